@@ -1,0 +1,166 @@
+"""The `router` command: serve, token, exec."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Sequence
+
+import jwt
+
+from . import auth, config
+from .client import STDERR, STDOUT, RouterClient, exit_code
+
+TOKEN_ENV = "ROUTER_TOKEN"
+
+
+def _state_dir(value: str | None) -> pathlib.Path:
+    return pathlib.Path(value).expanduser().resolve() if value else config.default_state_dir()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import RouterServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state_dir = config.ensure_state_dir(_state_dir(args.state_dir))
+    task_id = args.task_id or config.load_or_create_task_id(state_dir)
+    cfg = config.ServerConfig(state_dir=str(state_dir), task_id=task_id, listen=args.listen,
+                              kill_grace_secs=args.kill_grace, max_workers=args.max_workers)
+    server = RouterServer(cfg, auth.load_or_create_key(state_dir))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    host = args.listen.rsplit(":", 1)[0]
+    listen = f"{host}:{server.port}"
+    config.write_server_info(state_dir, config.ServerInfo(listen=listen, task_id=task_id, pid=os.getpid()))
+    print(f"router listening on {listen}", flush=True)
+    print(f"task id: {task_id}", flush=True)
+    print(f"state directory: {state_dir}", flush=True)
+    print(f"get a token with: router token --state-dir {state_dir}", flush=True)
+    try:
+        stop.wait()
+    finally:
+        print("router shutting down", flush=True)
+        server.stop()
+        config.remove_server_info(state_dir)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    state_dir = config.ensure_state_dir(_state_dir(args.state_dir))
+    task_id = args.task_id or config.load_or_create_task_id(state_dir)
+    print(f"token for task {task_id}, valid {args.ttl} s:", file=sys.stderr)
+    print(auth.mint_token(auth.load_or_create_key(state_dir), task_id, args.ttl))
+    return 0
+
+
+def _exec_target(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(target, token, task id), from flags, then the environment, then the local state directory."""
+    state_dir = _state_dir(args.state_dir)
+    info = config.read_server_info(state_dir)
+    target = args.target or (info.listen if info else config.DEFAULT_LISTEN)
+    token = args.token or os.environ.get(TOKEN_ENV)
+    task_id = args.task_id
+    if token and not task_id:
+        task_id = jwt.decode(token, options={"verify_signature": False}).get("task_id")
+    if not task_id:
+        task_id = info.task_id if info else config.load_or_create_task_id(config.ensure_state_dir(state_dir))
+    if not token:
+        token = auth.mint_token(auth.load_or_create_key(config.ensure_state_dir(state_dir)), task_id, 3600)
+    return target, token, task_id
+
+
+def _copy_output(client: RouterClient, exec_id: str, fd: int, out: int) -> None:
+    for data in client.read(exec_id, fd):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out, view):]
+
+
+def _forward_stdin(client: RouterClient, exec_id: str) -> None:
+    offset = 0
+    while True:
+        data = os.read(0, 1024 * 1024)
+        client.write_stdin(exec_id, offset, data, eof=not data)
+        if not data:
+            return
+        offset += len(data)
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    if not args.command:
+        print("router exec: no command given (router exec -- CMD ARGS...)", file=sys.stderr)
+        return 2
+    target, token, task_id = _exec_target(args)
+    exec_id = f"ex-{uuid.uuid4().hex}"
+    fields: dict[str, object] = {"stdout_config": 1, "stderr_config": 1}
+    if args.workdir:
+        fields["workdir"] = args.workdir
+    if args.timeout:
+        fields["timeout_secs"] = args.timeout
+    if args.env:
+        fields["env"] = dict(item.split("=", 1) for item in args.env)
+    with RouterClient(target, token, task_id) as client:
+        client.start(exec_id, args.command, **fields)
+        outputs = [threading.Thread(target=_copy_output, args=(client, exec_id, fd, out), daemon=True)
+                   for fd, out in ((STDOUT, 1), (STDERR, 2))]
+        for t in outputs:
+            t.start()
+        if args.no_stdin:
+            client.write_stdin(exec_id, 0, b"", eof=True)
+        else:
+            threading.Thread(target=_forward_stdin, args=(client, exec_id), daemon=True).start()
+        code = exit_code(client.wait(exec_id))
+        for t in outputs:
+            t.join()
+    return 1 if code is None else code
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="router", description="Run commands for remote clients and stream their output.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    serve = sub.add_parser("serve", help="start the server")
+    serve.add_argument("--listen", default=config.DEFAULT_LISTEN, help="HOST:PORT (default %(default)s; port 0 picks one)")
+    serve.add_argument("--state-dir", help="where keys, logs and state live (default: the user's state directory)")
+    serve.add_argument("--task-id", help="the task this server serves (default: generated once per state directory)")
+    serve.add_argument("--kill-grace", type=float, default=0.0,
+                       help="seconds between SIGTERM and SIGKILL when an exec times out (default 0: SIGKILL)")
+    serve.add_argument("--max-workers", type=int, default=13000, help="threads for concurrent calls")
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="print a bearer token for the task")
+    token.add_argument("--state-dir")
+    token.add_argument("--task-id")
+    token.add_argument("--ttl", type=int, default=auth.DEFAULT_TTL_SECS, help="lifetime in seconds")
+    token.set_defaults(func=cmd_token)
+
+    ex = sub.add_parser("exec", help="run a command on a server and stream its output")
+    ex.add_argument("--target", help="HOST:PORT of the server (default: the local server, else 127.0.0.1:50051)")
+    ex.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV}, else minted from the local state directory)")
+    ex.add_argument("--task-id", help="default: the token's task")
+    ex.add_argument("--state-dir")
+    ex.add_argument("--workdir")
+    ex.add_argument("--timeout", type=int, help="kill the command after this many seconds")
+    ex.add_argument("--env", action="append", metavar="KEY=VALUE")
+    ex.add_argument("-n", "--no-stdin", action="store_true", help="do not forward standard input")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    ex.set_defaults(func=cmd_exec)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "command", None) and args.command[0] == "--":
+        args.command = args.command[1:]
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

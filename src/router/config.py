@@ -1,0 +1,99 @@
+"""Server configuration and the files a server keeps in its state directory."""
+from __future__ import annotations
+
+import os
+import pathlib
+import secrets
+
+import msgspec
+import platformdirs
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+MiB = 1024 * 1024
+
+
+class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    state_dir: str
+    task_id: str
+    listen: str = DEFAULT_LISTEN
+    # Largest data field in one TaskExecStdioRead message; 1 MiB measured best for grpcio.
+    read_chunk_size: int = 1 * MiB
+    log_segment_size: int = 32 * MiB
+    # Bytes of stdin accepted but not yet taken by the child, per exec.
+    stdin_buffer_limit: int = 64 * MiB
+    # A single stdin write from Modal's client can carry 16 MiB.
+    max_receive_message_size: int = 128 * MiB
+    # Seconds between SIGTERM and SIGKILL when an exec's timeout fires; 0 sends SIGKILL at once.
+    kill_grace_secs: float = 0.0
+    # 0 means: derive from the open-file limit (each running exec holds up to 4 descriptors).
+    max_running_execs: int = 0
+    # One thread per in-flight call: a followed exec holds three calls (one Wait, two reads).
+    max_workers: int = 13000
+
+
+class ServerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Written by a running server so that local `router token` and `router exec` can find it."""
+
+    listen: str
+    task_id: str
+    pid: int
+
+
+_info_encoder = msgspec.json.Encoder()
+_info_decoder = msgspec.json.Decoder(ServerInfo)
+
+
+def default_state_dir() -> pathlib.Path:
+    return pathlib.Path(platformdirs.user_state_dir("task-command-router"))
+
+
+def ensure_state_dir(path: pathlib.Path) -> pathlib.Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def load_or_create_task_id(state_dir: pathlib.Path) -> str:
+    """The task id this state directory serves: generated once, then kept."""
+    path = state_dir / "task_id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        task_id = "ta-" + secrets.token_hex(12)
+        _write_private(path, task_id.encode() + b"\n")
+        return task_id
+
+
+def write_server_info(state_dir: pathlib.Path, info: ServerInfo) -> None:
+    _write_private(state_dir / "server.json", _info_encoder.encode(info))
+
+
+def read_server_info(state_dir: pathlib.Path) -> ServerInfo | None:
+    try:
+        return _info_decoder.decode((state_dir / "server.json").read_bytes())
+    except (FileNotFoundError, msgspec.DecodeError):
+        return None
+
+
+def remove_server_info(state_dir: pathlib.Path) -> None:
+    (state_dir / "server.json").unlink(missing_ok=True)
+
+
+def _write_private(path: pathlib.Path, data: bytes) -> None:
+    """Write a file readable only by its owner, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_or_create_private(path: pathlib.Path, make: bytes) -> bytes:
+    """Return the file's bytes; create it with `make` (mode 0600) if it does not exist."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        _write_private(path, make)
+        return make

@@ -1,0 +1,564 @@
+"""The engine: one uvloop event loop, in its own thread, owns every child process, pipe and timer.
+
+RPC threads never touch loop objects. They hand work to the loop with `call_soon_threadsafe`
+and wait on the exec's condition variable, which the loop notifies whenever output lands, stdin
+drains or the exec exits.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import errno
+import fcntl
+import itertools
+import logging
+import os
+import pathlib
+import resource
+import shutil
+import signal
+import struct
+import subprocess
+import termios
+import threading
+import time
+from typing import Literal
+
+import grpc
+import msgspec
+import uvloop
+
+from ._fastio import SegmentedLog
+from .errors import RouterError, throttled
+
+log = logging.getLogger(__name__)
+
+# One drain call takes at most this much from one pipe, so that one loud exec cannot starve the rest.
+DRAIN_BUDGET = 4 * 1024 * 1024
+PIPE_SIZE = 1024 * 1024
+# Descriptors each running exec may hold: stdin, stdout, stderr, pidfd.
+FDS_PER_EXEC = 4
+FDS_RESERVED = 1024
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.ENOSPC}
+
+
+class PtySpec(msgspec.Struct, frozen=True):
+    rows: int
+    cols: int
+
+
+class ExecSpec(msgspec.Struct, frozen=True):
+    """A validated request to run a command; `env` is the child's whole environment."""
+
+    args: list[str]
+    env: dict[str, str]
+    workdir: str | None = None
+    stdout: Literal["devnull", "pipe"] = "pipe"
+    stderr: Literal["devnull", "pipe", "stdout"] = "pipe"
+    timeout_secs: int | None = None
+    pty: PtySpec | None = None
+
+
+class ExitStatus(msgspec.Struct, frozen=True):
+    code: int | None = None
+    signal: int | None = None
+
+
+class Exec:
+    """One exec's state. Fields below `cond` are guarded by it; `_`-fields belong to the loop thread."""
+
+    def __init__(self, exec_id: str, fingerprint: bytes, spec: ExecSpec, stdout: SegmentedLog | None,
+                 stderr: SegmentedLog | None) -> None:
+        self.exec_id = exec_id
+        self.fingerprint = fingerprint
+        self.spec = spec
+        # Where output lands; None when discarded or merged into stdout. See `stream()`.
+        self.stdout = stdout
+        self.stderr = stderr
+        self.started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.cond = threading.Condition()
+        self.status: ExitStatus | None = None
+        self.stdin_written = 0  # bytes accepted so far, the offset the next write continues from
+        self.stdin_eof = False
+        self.stdin_pending: collections.deque[memoryview] = collections.deque()
+        self.stdin_pending_bytes = 0
+        self.stdin_dropping = False  # the child is gone or closed its stdin: accept and drop
+        self._pid = -1
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pidfd = -1
+        self._stdin_fd = -1
+        self._stdin_writer = False
+        self._output_fds: list[int] = []
+        self._timers: list[object] = []
+        self._is_pty = spec.pty is not None
+
+    def stream(self, which: Literal["stdout", "stderr"]) -> SegmentedLog | None:
+        """The log a reader of `which` gets, or None if that stream is discarded or merged."""
+        if which == "stderr":
+            return self.stderr
+        return self.stdout if self.spec.stdout == "pipe" else None
+
+    @property
+    def running(self) -> bool:
+        return self.status is None
+
+    def notify(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+
+def base_environment() -> dict[str, str]:
+    """The router's environment less its own settings and credentials (ROUTER_*)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+
+
+def default_max_running_execs() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, (soft - FDS_RESERVED) // FDS_PER_EXEC)
+
+
+def raise_open_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Engine:
+    def __init__(self, log_dir: pathlib.Path, *, segment_size: int, stdin_buffer_limit: int,
+                 kill_grace_secs: float = 0.0, max_running_execs: int = 0) -> None:
+        self._log_dir = log_dir
+        self._segment_size = segment_size
+        self._stdin_limit = stdin_buffer_limit
+        self._kill_grace = kill_grace_secs
+        self._max_running = max_running_execs or default_max_running_execs()
+        self._lock = threading.Lock()
+        self._execs: dict[str, Exec] = {}
+        self._running = 0
+        self._counter = itertools.count()
+        self._closing = False
+        self._loop: uvloop.Loop | None = None
+        self._thread: threading.Thread | None = None
+        self._setsid = shutil.which("setsid")
+        self.base_env = base_environment()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run_loop, args=(ready,), name="router-engine", daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def _run_loop(self, ready: threading.Event) -> None:
+        loop = uvloop.new_event_loop()
+        self._loop = loop
+        ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Kill every running exec's process group, reap them, close pipes and logs."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            execs = list(self._execs.values())
+        loop = self._loop
+        if loop is None:
+            return
+        loop.call_soon_threadsafe(self._kill_all, execs)
+        deadline = time.monotonic() + timeout
+        for ex in execs:
+            with ex.cond:
+                while ex.running and time.monotonic() < deadline:
+                    ex.cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+        done = concurrent.futures.Future[None]()
+        loop.call_soon_threadsafe(self._close_all, execs, done)
+        done.result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        assert self._thread is not None
+        self._thread.join(timeout)
+        for ex in execs:
+            for stream in (ex.stdout, ex.stderr):
+                if stream is not None:
+                    stream.close()
+            ex.notify()
+        shutil.rmtree(self._log_dir, ignore_errors=True)
+
+    def _kill_all(self, execs: list[Exec]) -> None:
+        for ex in execs:
+            if ex.running and ex._pid > 0:
+                _killpg(ex._pid, signal.SIGKILL)
+
+    def _close_all(self, execs: list[Exec], done: concurrent.futures.Future[None]) -> None:
+        for ex in execs:
+            if ex.running and ex._pid > 0:
+                # Not reaped in time (unkillable?): reap it here so nothing is left behind.
+                self._on_exit(ex, block=True)
+            for fd in list(ex._output_fds):
+                self._close_output(ex, fd)
+            self._close_stdin(ex)
+        done.set_result(None)
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def get(self, exec_id: str) -> Exec:
+        ex = self._execs.get(exec_id)
+        if ex is None:
+            raise RouterError(grpc.StatusCode.NOT_FOUND, f"exec {exec_id!r} not found")
+        return ex
+
+    @property
+    def running_count(self) -> int:
+        return self._running
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def start_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec, timeout: float | None = None) -> Exec:
+        """Start an exec, or return the one already started with this id and the same request."""
+        with self._lock:
+            if self._closing:
+                raise RouterError(grpc.StatusCode.UNAVAILABLE, "router is shutting down")
+            ex = self._execs.get(exec_id)
+            if ex is None:
+                if self._running >= self._max_running:
+                    raise throttled(f"too many running execs ({self._running})", retry_after=1.0)
+                ex = self._new_exec(exec_id, fingerprint, spec)
+                self._execs[exec_id] = ex
+                self._running += 1
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._spawn, ex)
+            elif ex.fingerprint != fingerprint:
+                raise RouterError(grpc.StatusCode.ALREADY_EXISTS,
+                                  f"exec {exec_id!r} already exists with a different request")
+        try:
+            ex.started.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "exec did not start in time") from None
+        return ex
+
+    def _new_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec) -> Exec:
+        n = next(self._counter)
+        stdout = self._new_log(f"{n}.stdout") if spec.stdout == "pipe" or spec.pty is not None else None
+        stderr = self._new_log(f"{n}.stderr") if spec.stderr == "pipe" and spec.pty is None else None
+        return Exec(exec_id, fingerprint, spec, stdout, stderr)
+
+    def _new_log(self, name: str) -> SegmentedLog:
+        path = self._log_dir / name
+        path.mkdir()
+        return SegmentedLog(str(path), self._segment_size)
+
+    def _forget(self, ex: Exec, error: RouterError) -> None:
+        """A start that failed for lack of resources leaves no exec behind, so a retry can run it."""
+        with self._lock:
+            if self._execs.get(ex.exec_id) is ex:
+                del self._execs[ex.exec_id]
+            self._running -= 1
+        for stream in (ex.stdout, ex.stderr):
+            if stream is not None:
+                stream.close()
+        ex.started.set_exception(error)
+
+    # -- loop thread: spawning ---------------------------------------------------------------
+
+    def _spawn(self, ex: Exec) -> None:
+        try:
+            self._spawn_child(ex)
+        except RouterError as e:
+            self._forget(ex, e)
+        except Exception as e:  # a bug: fail this start loudly, keep the loop alive
+            log.exception("spawning exec %s failed", ex.exec_id)
+            self._forget(ex, RouterError(grpc.StatusCode.INTERNAL, f"spawn failed: {e!r}"))
+        else:
+            ex.started.set_result(None)
+
+    def _spawn_child(self, ex: Exec) -> None:
+        spec = ex.spec
+        child_fds: list[int] = []
+        parent_fds: list[int] = []
+        try:
+            try:
+                if spec.pty is not None:
+                    stdin, stdout, stderr, stdin_w, reads = self._pty_pipes(ex, child_fds, parent_fds)
+                else:
+                    stdin, stdout, stderr, stdin_w, reads = self._plain_pipes(ex, child_fds, parent_fds)
+            except OSError as e:
+                raise throttled(f"cannot create pipes: {e.strerror}", retry_after=1.0) from None
+            try:
+                proc = self._popen(ex, stdin, stdout, stderr)
+            except OSError as e:
+                if e.errno in _RESOURCE_ERRNOS and e.filename is None:
+                    raise throttled(f"cannot start process: {e.strerror}", retry_after=1.0) from None
+                for fd in parent_fds:
+                    os.close(fd)
+                parent_fds.clear()
+                self._fail_start(ex, e)
+                return
+        except BaseException:
+            for fd in parent_fds:
+                os.close(fd)
+            raise
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        ex._proc = proc
+        ex._pid = proc.pid
+        try:
+            ex._pidfd = os.pidfd_open(proc.pid)
+        except OSError as e:
+            _killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            for fd in parent_fds:
+                os.close(fd)
+            raise throttled(f"cannot watch process: {e.strerror}", retry_after=1.0) from None
+        loop = self._loop
+        assert loop is not None
+        loop.add_reader(ex._pidfd, self._on_exit, ex)
+        ex._stdin_fd = stdin_w
+        for fd, stream in reads:
+            os.set_blocking(fd, False)
+            ex._output_fds.append(fd)
+            loop.add_reader(fd, self._on_output, ex, stream, fd)
+        os.set_blocking(stdin_w, False)
+        if spec.timeout_secs is not None:
+            ex._timers.append(loop.call_later(spec.timeout_secs, self._on_timeout, ex))
+        self._flush_stdin(ex)
+
+    def _popen(self, ex: Exec, stdin: int, stdout: int, stderr: int) -> subprocess.Popen[bytes]:
+        spec = ex.spec
+        argv = list(spec.args)
+        if spec.pty is not None:
+            resolved = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=spec.env.get("PATH", os.defpath))
+            if resolved is None:
+                raise FileNotFoundError(errno.ENOENT, "command not found", argv[0])
+            if self._setsid is None:
+                raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, "PTY execs need setsid(1) on the router host")
+            # setsid(1) makes the child a session leader with the pty as controlling terminal;
+            # subprocess cannot do that without preexec_fn, which would rule out vfork.
+            argv = [self._setsid, "--ctty", resolved, *argv[1:]]
+        return subprocess.Popen(
+            argv, stdin=stdin, stdout=stdout, stderr=stderr, env=spec.env, cwd=spec.workdir,
+            process_group=None if spec.pty is not None else 0, close_fds=True,
+        )
+
+    def _plain_pipes(self, ex: Exec, child_fds: list[int], parent_fds: list[int]):
+        def pipe() -> tuple[int, int]:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            child_fds.append(r)
+            parent_fds.append(w)
+            return r, w
+
+        def output_pipe() -> tuple[int, int]:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            parent_fds.append(r)
+            child_fds.append(w)
+            try:
+                fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass  # bigger pipes are an optimisation; the limit for unprivileged users is lower
+            return r, w
+
+        stdin_r, stdin_w = pipe()
+        reads: list[tuple[int, SegmentedLog]] = []
+        stdout: int = subprocess.DEVNULL
+        if ex.stdout is not None:
+            r, stdout = output_pipe()
+            reads.append((r, ex.stdout))
+        stderr: int
+        if ex.spec.stderr == "stdout":
+            stderr = subprocess.STDOUT
+        elif ex.stderr is not None:
+            r, stderr = output_pipe()
+            reads.append((r, ex.stderr))
+        else:
+            stderr = subprocess.DEVNULL
+        return stdin_r, stdout, stderr, stdin_w, reads
+
+    def _pty_pipes(self, ex: Exec, child_fds: list[int], parent_fds: list[int]):
+        spec = ex.spec.pty
+        assert spec is not None
+        master, slave = os.openpty()
+        parent_fds.append(master)
+        child_fds.append(slave)
+        os.set_inheritable(master, False)
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", spec.rows, spec.cols, 0, 0))
+        # Writes go through their own descriptor so that closing stdin never closes the output side.
+        stdin_w = os.dup(master)
+        parent_fds.append(stdin_w)
+        assert ex.stdout is not None  # a terminal's output is always drained, or the child would block
+        return slave, slave, slave, stdin_w, [(master, ex.stdout)]
+
+    def _fail_start(self, ex: Exec, e: OSError) -> None:
+        """Like a shell: a command that cannot start exits 127 (not found) or 126, saying why."""
+        code = 127 if e.errno == errno.ENOENT else 126
+        if ex.spec.workdir is not None and e.filename == ex.spec.workdir:
+            reason = f"router: cannot enter workdir {ex.spec.workdir}: {e.strerror}\n"
+        else:
+            what = "command not found" if code == 127 else e.strerror
+            reason = f"router: {ex.spec.args[0]}: {what}\n"
+        target = ex.stderr if ex.stderr is not None else (ex.stdout if ex.spec.stderr == "stdout" or ex._is_pty else None)
+        if target is not None:
+            target.append(reason.encode("utf-8", "replace"))
+        for stream in (ex.stdout, ex.stderr):
+            if stream is not None:
+                stream.mark_eof()
+        self._set_status(ex, ExitStatus(code=code))
+
+    # -- loop thread: events -------------------------------------------------------------------
+
+    def _on_output(self, ex: Exec, stream: SegmentedLog, fd: int) -> None:
+        try:
+            n, eof = stream.drain(fd, DRAIN_BUDGET)
+        except OSError as e:
+            log.error("reading output of exec %s failed: %s", ex.exec_id, e)
+            n, eof = 0, True
+            stream.mark_eof()
+        if eof:
+            self._close_output(ex, fd)
+        if n or eof:
+            ex.notify()
+
+    def _close_output(self, ex: Exec, fd: int) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(fd)
+        ex._output_fds.remove(fd)
+        os.close(fd)
+        for stream in (ex.stdout, ex.stderr):
+            if stream is not None and not stream.eof and not ex._output_fds:
+                stream.mark_eof()
+
+    def _on_exit(self, ex: Exec, block: bool = False) -> None:
+        assert self._loop is not None and ex._proc is not None
+        self._loop.remove_reader(ex._pidfd)
+        os.close(ex._pidfd)
+        ex._pidfd = -1
+        pid, status = os.waitpid(ex._pid, 0 if block else os.WNOHANG)
+        if pid == 0:
+            return  # not yet: cannot happen for a readable pidfd, but never block the loop
+        ex._proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not reap it again
+        ex._proc = None
+        for timer in ex._timers:
+            timer.cancel()  # type: ignore[attr-defined]
+        ex._timers.clear()
+        self._close_stdin(ex)
+        if os.WIFSIGNALED(status):
+            self._set_status(ex, ExitStatus(signal=os.WTERMSIG(status)))
+        else:
+            self._set_status(ex, ExitStatus(code=os.WEXITSTATUS(status)))
+
+    def _set_status(self, ex: Exec, status: ExitStatus) -> None:
+        with self._lock:
+            self._running -= 1
+        with ex.cond:
+            ex.status = status
+            ex.stdin_dropping = True
+            ex.stdin_pending.clear()
+            ex.stdin_pending_bytes = 0
+            ex.cond.notify_all()
+
+    def _on_timeout(self, ex: Exec) -> None:
+        if not ex.running:
+            return
+        if self._kill_grace > 0:
+            _killpg(ex._pid, signal.SIGTERM)
+            assert self._loop is not None
+            ex._timers.append(self._loop.call_later(self._kill_grace, self._kill_now, ex))
+        else:
+            self._kill_now(ex)
+
+    def _kill_now(self, ex: Exec) -> None:
+        if ex.running:
+            _killpg(ex._pid, signal.SIGKILL)
+
+    # -- stdin -----------------------------------------------------------------------------------
+
+    def write_stdin(self, ex: Exec, offset: int, data: bytes, eof: bool, deadline: float | None,
+                    is_active=lambda: True) -> None:
+        """Accept stdin bytes at `offset`; skip what a retry repeats; wait for room if the buffer is full."""
+        view = memoryview(data)
+        with ex.cond:
+            while True:
+                if offset > ex.stdin_written:
+                    raise RouterError(grpc.StatusCode.OUT_OF_RANGE,
+                                      f"offset {offset} is past the {ex.stdin_written} bytes written so far")
+                new = view[ex.stdin_written - offset:]
+                if ex.stdin_eof:
+                    if len(new):
+                        raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, "stdin is already closed")
+                    return
+                pending = ex.stdin_pending_bytes
+                if ex.stdin_dropping or not pending or pending + len(new) <= self._stdin_limit:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if (remaining is not None and remaining <= 0) or not is_active():
+                    raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "stdin buffer stayed full until the deadline")
+                ex.cond.wait(1.0 if remaining is None else min(remaining, 1.0))
+            ex.stdin_written += len(new)
+            ex.stdin_eof = eof
+            if not ex.stdin_dropping:
+                if len(new):
+                    ex.stdin_pending.append(new)
+                    ex.stdin_pending_bytes += len(new)
+        if not ex.stdin_dropping:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._flush_stdin, ex)
+
+    def _flush_stdin(self, ex: Exec) -> None:
+        fd = ex._stdin_fd
+        if fd < 0:
+            return
+        with ex.cond:
+            while ex.stdin_pending:
+                chunk = ex.stdin_pending[0]
+                try:
+                    n = os.write(fd, chunk)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    # EPIPE: the child closed its stdin. What is left can never be delivered.
+                    ex.stdin_dropping = True
+                    ex.stdin_pending.clear()
+                    ex.stdin_pending_bytes = 0
+                    break
+                ex.stdin_pending_bytes -= n
+                if n < len(chunk):
+                    ex.stdin_pending[0] = chunk[n:]
+                    break
+                ex.stdin_pending.popleft()
+            more = bool(ex.stdin_pending)
+            close = not more and (ex.stdin_eof or ex.stdin_dropping)
+            ex.cond.notify_all()
+        assert self._loop is not None
+        if more and not ex._stdin_writer:
+            self._loop.add_writer(fd, self._flush_stdin, ex)
+            ex._stdin_writer = True
+        elif not more and ex._stdin_writer:
+            self._loop.remove_writer(fd)
+            ex._stdin_writer = False
+        if close:
+            if ex._is_pty and ex.stdin_eof and not ex.stdin_dropping:
+                try:
+                    os.write(fd, b"\x04")  # end-of-file for the terminal's line discipline
+                except OSError:
+                    pass
+            self._close_stdin(ex)
+
+    def _close_stdin(self, ex: Exec) -> None:
+        fd, ex._stdin_fd = ex._stdin_fd, -1
+        if fd < 0:
+            return
+        if ex._stdin_writer:
+            assert self._loop is not None
+            self._loop.remove_writer(fd)
+            ex._stdin_writer = False
+        os.close(fd)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass

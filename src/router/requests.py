@@ -1,0 +1,111 @@
+"""Request validation: each function returns a clean value or raises INVALID_ARGUMENT naming the field."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from ._proto import task_command_router_pb2 as pb
+from .engine import ExecSpec, PtySpec
+from .errors import invalid, not_found
+
+MAX_ID_LENGTH = 256
+_STDOUT = {pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL: "devnull", pb.TASK_EXEC_STDOUT_CONFIG_PIPE: "pipe"}
+_STDERR = {
+    pb.TASK_EXEC_STDERR_CONFIG_DEVNULL: "devnull",
+    pb.TASK_EXEC_STDERR_CONFIG_PIPE: "pipe",
+    pb.TASK_EXEC_STDERR_CONFIG_STDOUT: "stdout",
+}
+_FDS = {pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDOUT: "stdout", pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDERR: "stderr"}
+_DEFAULT_TERM = "xterm-256color"
+
+
+def exec_id(request: Any) -> str:
+    value: str = request.exec_id
+    if not value:
+        raise invalid("exec_id", "must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise invalid("exec_id", f"longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def stdio_stream(request: pb.TaskExecStdioReadRequest) -> Literal["stdout", "stderr"]:
+    try:
+        return _FDS[request.file_descriptor]  # type: ignore[return-value]
+    except KeyError:
+        raise invalid("file_descriptor", f"unknown value {request.file_descriptor}") from None
+
+
+def _env_entry(field: str, key: str, value: str) -> None:
+    if not key or "=" in key or "\0" in key:
+        raise invalid(field, f"bad variable name {key!r}: must be non-empty, without '=' or NUL")
+    if "\0" in value:
+        raise invalid(field, f"value of {key!r} contains a NUL byte")
+
+
+def environment(request: pb.TaskExecStartRequest, base: dict[str, str]) -> dict[str, str]:
+    """Base, then `env`, then `secret_ids`, then `secret_sources` in order; later wins."""
+    env = dict(base)
+    for key, value in request.env.items():
+        _env_entry("env", key, value)
+        env[key] = value
+    for secret_id in request.secret_ids:
+        raise not_found(f"secret {secret_id!r} not found (this router has no secret store yet)")
+    for i, source in enumerate(request.secret_sources):
+        kind = source.WhichOneof("source")
+        if kind == "secret_id":
+            raise not_found(f"secret {source.secret_id!r} not found (this router has no secret store yet)")
+        if kind is None:
+            raise invalid(f"secret_sources[{i}]", "sets neither secret_id nor env")
+        for key, value in source.env.contents.items():
+            _env_entry(f"secret_sources[{i}].env", key, value)
+            env[key] = value
+    return env
+
+
+def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str]) -> ExecSpec:
+    exec_id(request)
+    if request.container_id:
+        raise not_found(f"container {request.container_id!r} not found: this router serves only the main container")
+    args = list(request.command_args)
+    if not args:
+        raise invalid("command_args", "must not be empty")
+    if not args[0]:
+        raise invalid("command_args[0]", "must not be empty")
+    for i, arg in enumerate(args):
+        if "\0" in arg:
+            raise invalid(f"command_args[{i}]", "contains a NUL byte")
+    stdout = _STDOUT.get(request.stdout_config)
+    if stdout is None:
+        raise invalid("stdout_config", f"unknown value {request.stdout_config}")
+    stderr = _STDERR.get(request.stderr_config)
+    if stderr is None:
+        raise invalid("stderr_config", f"unknown value {request.stderr_config}")
+    workdir = None
+    if request.HasField("workdir"):
+        workdir = request.workdir
+        if not workdir.startswith("/"):
+            raise invalid("workdir", f"must be an absolute path, got {workdir!r}")
+        if "\0" in workdir:
+            raise invalid("workdir", "contains a NUL byte")
+    timeout = None
+    if request.HasField("timeout_secs"):
+        timeout = request.timeout_secs
+        if timeout <= 0:
+            raise invalid("timeout_secs", "must be greater than 0 when set")
+    env = environment(request, base_env)
+    pty = None
+    if request.HasField("pty_info") and request.pty_info.enabled:
+        info = request.pty_info
+        for name in ("winsz_rows", "winsz_cols"):
+            if getattr(info, name) > 0xFFFF:
+                raise invalid(f"pty_info.{name}", "must fit in 16 bits")
+        for name, var in (("env_term", "TERM"), ("env_colorterm", "COLORTERM"), ("env_term_program", "TERM_PROGRAM")):
+            value = getattr(info, name)
+            if "\0" in value:
+                raise invalid(f"pty_info.{name}", "contains a NUL byte")
+            if value:
+                env[var] = value
+        env.setdefault("TERM", _DEFAULT_TERM)
+        pty = PtySpec(rows=info.winsz_rows or 24, cols=info.winsz_cols or 80)
+    return ExecSpec(args=args, env=env, workdir=workdir, stdout=stdout, stderr=stderr,  # type: ignore[arg-type]
+                    timeout_secs=timeout, pty=pty)
+
