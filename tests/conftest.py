@@ -1,0 +1,184 @@
+"""Shared fixtures: a real server on a free loopback port, clients, and leak guards after every test."""
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import uvloop
+
+from router import auth
+from router._proto import task_command_router_pb2 as pb
+from router._proto import task_command_router_pb2_grpc as pb_grpc
+from router.client import CHANNEL_OPTIONS, RouterClient
+from router.config import ServerConfig
+from router.server import RouterServer
+
+TASK_ID = "ta-test"
+
+
+def _fds() -> set[str]:
+    """This process's open descriptors, as fd -> target, so a reused number with a new file still counts."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            out.add(f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}")
+    return out
+
+
+def children() -> list[int]:
+    """Live and zombie children of this process (any thread's)."""
+    pids: list[int] = []
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{os.getpid()}/task/{task}/children") as f:
+            pids.extend(int(p) for p in f.read().split())
+    return pids
+
+
+def _settled(check, timeout: float = 5.0):  # type: ignore[no-untyped-def]
+    """Poll `check` until it returns a falsy value (nothing leaked) or time runs out; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        leaked = check()
+        if not leaked or time.monotonic() > deadline:
+            return leaked
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _grpc_warm() -> None:
+    """grpc core and libuv open process-wide descriptors on first use; open them before any baseline."""
+    uvloop.new_event_loop().close()  # libuv's global signal-lock pipe
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    with contextlib.suppress(grpc.FutureTimeoutError):
+        grpc.channel_ready_future(channel).result(timeout=0.1)
+    channel.close()
+
+
+@pytest.fixture(autouse=True)
+def leak_guard() -> Iterator[None]:
+    fds = _fds()
+    threads = set(threading.enumerate())
+    kids = set(children())
+    yield
+    leaked_kids = _settled(lambda: set(children()) - kids)
+    assert not leaked_kids, f"child processes left behind: {leaked_kids}"
+    leaked_threads = _settled(lambda: {t for t in threading.enumerate() if t not in threads and t.is_alive()})
+    assert not leaked_threads, f"threads left behind: {leaked_threads}"
+    # grpc core may keep a socket or eventfd of its own for a moment after a channel closes.
+    leaked_fds = _settled(lambda: {f for f in _fds() - fds if "socket:" not in f and "anon_inode" not in f})
+    assert not leaked_fds, f"descriptors left open: {leaked_fds}"
+
+
+def make_server(tmp_path: pathlib.Path, **overrides: object) -> tuple[RouterServer, bytes]:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    key = auth.load_or_create_key(state)
+    config = ServerConfig(state_dir=str(state), task_id=TASK_ID, listen="127.0.0.1:0", max_workers=512, **overrides)
+    server = RouterServer(config, key)
+    server.start()
+    return server, key
+
+
+@pytest.fixture
+def server_and_key(tmp_path: pathlib.Path) -> Iterator[tuple[RouterServer, bytes]]:
+    server, key = make_server(tmp_path)
+    try:
+        yield server, key
+    finally:
+        server.stop(grace=0.5)
+
+
+@pytest.fixture
+def server(server_and_key: tuple[RouterServer, bytes]) -> RouterServer:
+    return server_and_key[0]
+
+
+@pytest.fixture
+def token(server_and_key: tuple[RouterServer, bytes]) -> str:
+    return auth.mint_token(server_and_key[1], TASK_ID)
+
+
+@pytest.fixture
+def client(server: RouterServer, token: str) -> Iterator[RouterClient]:
+    with RouterClient(f"127.0.0.1:{server.port}", token, TASK_ID, retries=0) as c:
+        yield c
+
+
+class Raw:
+    """The generated stub with auth metadata, for tests that look at exact status codes."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
+        self.stub = pb_grpc.TaskCommandRouterStub(self.channel)
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),)
+
+    def call(self, name: str, request, timeout: float = 30.0, metadata=None):  # type: ignore[no-untyped-def]
+        return getattr(self.stub, name)(request, timeout=timeout,
+                                        metadata=self.metadata if metadata is None else metadata)
+
+    def code(self, name: str, request, **kw) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+        """The status code a call ends with (OK included); stream calls are read to the end."""
+        try:
+            result = self.call(name, request, **kw)
+            if name == "TaskExecStdioRead":
+                list(result)
+        except grpc.RpcError as e:
+            return e.code()
+        return grpc.StatusCode.OK
+
+
+@pytest.fixture
+def raw(server: RouterServer, token: str) -> Iterator[Raw]:
+    r = Raw(server.port, token)
+    try:
+        yield r
+    finally:
+        r.channel.close()
+
+
+def start_request(exec_id: str, args: list[str], **fields: object) -> pb.TaskExecStartRequest:
+    fields.setdefault("stdout_config", pb.TASK_EXEC_STDOUT_CONFIG_PIPE)
+    fields.setdefault("stderr_config", pb.TASK_EXEC_STDERR_CONFIG_PIPE)
+    return pb.TaskExecStartRequest(task_id=TASK_ID, exec_id=exec_id, command_args=args, **fields)
+
+
+def py(code: str) -> list[str]:
+    """A tiny Python child program."""
+    return [sys.executable, "-u", "-c", code]
+
+
+@contextlib.contextmanager
+def router_process(state_dir: pathlib.Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`router serve` in its own process on a free port; yields (process, HOST:PORT). Always stopped."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router.cli", "serve", "--listen", "127.0.0.1:0", "--state-dir", str(state_dir),
+         "--task-id", TASK_ID, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        listen = None
+        for line in proc.stdout:
+            if line.startswith("router listening on "):
+                listen = line.split()[-1]
+                break
+        assert listen, "server did not start"
+        yield proc, listen
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

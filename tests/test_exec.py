@@ -1,0 +1,383 @@
+"""The five exec RPCs against a real server, real children and a real gRPC channel (DESIGN.md section 2)."""
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import pathlib
+import random
+import time
+
+import grpc
+import pytest
+
+from router._proto import task_command_router_pb2 as pb
+from router.client import STDERR, STDOUT, RouterClient, exit_code
+
+from .conftest import TASK_ID, Raw, make_server, py, start_request
+
+OK = grpc.StatusCode.OK
+
+
+def read_all(client: RouterClient, exec_id: str, fd: int = STDOUT, offset: int = 0) -> bytes:
+    return b"".join(client.read(exec_id, fd, offset))
+
+
+def run(client: RouterClient, exec_id: str, args: list[str], **fields: object) -> tuple[bytes, bytes, int | None]:
+    client.start(exec_id, args, stdout_config=1, stderr_config=1, **fields)
+    out, err = read_all(client, exec_id), read_all(client, exec_id, STDERR)
+    return out, err, exit_code(client.wait(exec_id))
+
+
+# -- start -----------------------------------------------------------------------------------------
+
+def test_stdout_and_stderr_kept_apart(client: RouterClient) -> None:
+    out, err, code = run(client, "e", ["sh", "-c", "echo out; echo err >&2; echo out2; exit 3"])
+    assert (out, err, code) == (b"out\nout2\n", b"err\n", 3)
+
+
+def test_merged_stderr_keeps_order_and_stderr_stream_is_empty(client: RouterClient, raw: Raw) -> None:
+    code = "import sys\nfor i in range(200):\n    (sys.stdout if i % 2 else sys.stderr).write(f'{i},'); (sys.stdout if i % 2 else sys.stderr).flush()"
+    client.start("m", py(code), stdout_config=1, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_STDOUT)
+    assert read_all(client, "m") == "".join(f"{i}," for i in range(200)).encode()
+    stderr = raw.call("TaskExecStdioRead", pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="m",
+                                                                     file_descriptor=STDERR))
+    assert list(stderr) == []
+    assert exit_code(client.wait("m")) == 0
+
+
+def test_devnull_streams_end_at_once(client: RouterClient) -> None:
+    client.start("d", ["sh", "-c", "echo out; echo err >&2"], stdout_config=0, stderr_config=0)
+    assert read_all(client, "d") == b"" and read_all(client, "d", STDERR) == b""
+    assert exit_code(client.wait("d")) == 0
+
+
+def test_same_exec_id_runs_once(client: RouterClient, raw: Raw, tmp_path: pathlib.Path) -> None:
+    marker = tmp_path / "runs"
+    request = start_request("once", ["sh", "-c", f"echo run >> {marker}"])
+    for _ in range(3):
+        raw.call("TaskExecStart", request)
+    assert exit_code(client.wait("once")) == 0
+    assert marker.read_text() == "run\n"
+    different = start_request("once", ["sh", "-c", "echo other"])
+    assert raw.code("TaskExecStart", different) == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_concurrent_identical_starts_run_once(client: RouterClient, raw: Raw, tmp_path: pathlib.Path) -> None:
+    marker = tmp_path / "runs"
+    request = start_request("race", ["sh", "-c", f"echo run >> {marker}"])
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: raw.code("TaskExecStart", request), range(16)))
+    assert set(codes) == {OK}
+    client.wait("race")
+    assert marker.read_text() == "run\n"
+
+
+@pytest.mark.parametrize("field, request_fields", [
+    ("command_args", {"command_args": []}),
+    ("command_args[0]", {"command_args": [""]}),
+    ("command_args[1]", {"command_args": ["echo", "a\0b"]}),
+    ("workdir", {"workdir": "relative/dir"}),
+    ("timeout_secs", {"timeout_secs": 0}),
+    ("stdout_config", {"stdout_config": 7}),
+    ("stderr_config", {"stderr_config": 9}),
+    ("exec_id", {"exec_id": ""}),
+    ("env", {"env": {"A=B": "x"}}),
+])
+def test_malformed_start_is_invalid_argument(raw: Raw, field: str, request_fields: dict) -> None:
+    fields = {"exec_id": "bad", "command_args": ["true"], **request_fields}
+    request = pb.TaskExecStartRequest(task_id=TASK_ID, **fields)
+    with pytest.raises(grpc.RpcError) as info:
+        raw.call("TaskExecStart", request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in info.value.details()
+
+
+def test_unknown_secret_and_container_are_not_found(raw: Raw) -> None:
+    secret = start_request("s1", ["true"], secret_ids=["st-missing"])
+    with pytest.raises(grpc.RpcError) as info:
+        raw.call("TaskExecStart", secret)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "st-missing" in info.value.details()
+    source = start_request("s2", ["true"], secret_sources=[{"secret_id": "st-other"}])
+    assert raw.code("TaskExecStart", source) == grpc.StatusCode.NOT_FOUND
+    container = start_request("s3", ["true"], container_id="co-elsewhere")
+    assert raw.code("TaskExecStart", container) == grpc.StatusCode.NOT_FOUND
+    # None of them created an exec.
+    assert raw.code("TaskExecPoll", pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="s1")) == grpc.StatusCode.NOT_FOUND
+
+
+def test_command_not_found_is_127_with_reason(client: RouterClient) -> None:
+    out, err, code = run(client, "nf", ["no-such-command-xyz"])
+    assert code == 127 and out == b""
+    assert b"no-such-command-xyz" in err and err.count(b"\n") == 1
+
+
+def test_not_executable_is_126(client: RouterClient, tmp_path: pathlib.Path) -> None:
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\necho hi\n")
+    out, err, code = run(client, "nx", [str(script)])
+    assert code == 126 and out == b"" and str(script).encode() in err
+
+
+def test_bad_workdir_fails_like_a_shell_and_reason_follows_merge(client: RouterClient) -> None:
+    client.start("bw", ["pwd"], stdout_config=1, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_STDOUT,
+                 workdir="/no/such/dir")
+    assert b"/no/such/dir" in read_all(client, "bw")
+    assert exit_code(client.wait("bw")) == 127
+
+
+def test_workdir_honored(client: RouterClient, tmp_path: pathlib.Path) -> None:
+    out, _, code = run(client, "wd", ["pwd"], workdir=str(tmp_path))
+    assert out.decode().strip() == str(tmp_path) and code == 0
+
+
+def test_environment_layers_later_wins(client: RouterClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = [{"env": {"contents": {"B": "source1", "C": "source1"}}}, {"env": {"contents": {"C": "source2"}}}]
+    out, _, _ = run(client, "env", py("import os, json; print(json.dumps(dict(os.environ)))"),
+                    env={"A": "env", "B": "env"}, secret_sources=sources)
+    import json
+    env = json.loads(out)
+    assert (env["A"], env["B"], env["C"]) == ("env", "source1", "source2")
+    assert env["PATH"] == os.environ["PATH"]  # the router's base environment
+    assert not [k for k in env if k.startswith("ROUTER_")]
+
+
+def test_router_credentials_never_reach_the_child(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTER_TOKEN", "secret-token")
+    server, key = make_server(tmp_path)
+    try:
+        from router import auth
+        with RouterClient(f"127.0.0.1:{server.port}", auth.mint_token(key, TASK_ID), TASK_ID) as c:
+            out, _, _ = run(c, "creds", ["env"])
+        assert b"secret-token" not in out and b"ROUTER_TOKEN" not in out
+    finally:
+        server.stop(0.5)
+
+
+def test_timeout_kills_the_process_group(client: RouterClient) -> None:
+    started = time.monotonic()
+    client.start("to", ["sh", "-c", "sleep 100 & echo $!; wait"], stdout_config=1, stderr_config=1, timeout_secs=1)
+    child = int(next(client.read("to")).split()[0])
+    response = client.wait("to")
+    assert response.WhichOneof("exit_status") == "signal" and response.signal == 9
+    assert time.monotonic() - started < 10
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{child}"), "the exec's own child survived its timeout"
+
+
+def test_timeout_grace_sends_sigterm_first(tmp_path: pathlib.Path) -> None:
+    server, key = make_server(tmp_path, kill_grace_secs=5.0)
+    try:
+        from router import auth
+        with RouterClient(f"127.0.0.1:{server.port}", auth.mint_token(key, TASK_ID), TASK_ID) as c:
+            c.start("g", ["sleep", "100"], stdout_config=1, stderr_config=1, timeout_secs=1)
+            assert c.wait("g").signal == 15
+    finally:
+        server.stop(0.5)
+
+
+# -- poll and wait -----------------------------------------------------------------------------------
+
+def test_poll_running_then_exited(client: RouterClient) -> None:
+    client.start("p", ["sh", "-c", "read x; exit 5"], stdout_config=1, stderr_config=1)
+    assert client.poll("p").WhichOneof("exit_status") is None
+    client.write_stdin("p", 0, b"go\n")
+    client.wait("p")
+    assert client.poll("p").code == 5
+
+
+def test_wait_honors_the_callers_deadline_and_leaves_nothing_behind(client: RouterClient, raw: Raw) -> None:
+    client.start("w", ["sleep", "30"], stdout_config=1, stderr_config=1, timeout_secs=3)
+    request = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="w")
+    started = time.monotonic()
+    assert raw.code("TaskExecWait", request, timeout=0.5) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 3
+    assert raw.call("TaskExecWait", request).signal == 9
+
+
+def test_unknown_exec_is_not_found(raw: Raw) -> None:
+    requests = {
+        "TaskExecPoll": pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="nope"),
+        "TaskExecWait": pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="nope"),
+        "TaskExecStdioRead": pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="nope"),
+        "TaskExecStdinWrite": pb.TaskExecStdinWriteRequest(task_id=TASK_ID, exec_id="nope", data=b"x"),
+    }
+    for name, request in requests.items():
+        assert raw.code(name, request) == grpc.StatusCode.NOT_FOUND, name
+
+
+def test_mount_and_snapshot_are_unimplemented(raw: Raw) -> None:
+    assert raw.code("TaskMountDirectory", pb.TaskMountDirectoryRequest(task_id=TASK_ID, path=b"/tmp/x")) \
+        == grpc.StatusCode.UNIMPLEMENTED
+    assert raw.code("TaskSnapshotDirectory", pb.TaskSnapshotDirectoryRequest(task_id=TASK_ID, path=b"/tmp")) \
+        == grpc.StatusCode.UNIMPLEMENTED
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+BIG = 64 * 1024 * 1024
+BIG_PROGRAM = (
+    "import random, sys\n"
+    "r = random.Random(7)\n"
+    "for _ in range(64):\n"
+    "    sys.stdout.buffer.write(r.randbytes(1 << 20))\n"
+)
+
+
+def _big_expected() -> bytes:
+    r = random.Random(7)
+    return b"".join(r.randbytes(1 << 20) for _ in range(64))
+
+
+def test_64_mib_read_back_exact_from_zero_and_mid_stream(client: RouterClient, raw: Raw) -> None:
+    expected = _big_expected()
+    client.start("big", py(BIG_PROGRAM), stdout_config=1, stderr_config=1)
+    # Read while it runs, from 0 and from an offset in the middle of a segment and a message.
+    mid = 23_456_789
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        whole = pool.submit(read_all, client, "big")
+        tail = pool.submit(read_all, client, "big", STDOUT, mid)
+        assert hashlib.sha256(whole.result()).digest() == hashlib.sha256(expected).digest()
+        assert hashlib.sha256(tail.result()).digest() == hashlib.sha256(expected[mid:]).digest()
+    assert exit_code(client.wait("big")) == 0
+    # And long after exit: every message non-empty and within the chunk size.
+    sizes = [len(m.data) for m in raw.call("TaskExecStdioRead", pb.TaskExecStdioReadRequest(
+        task_id=TASK_ID, exec_id="big", offset=BIG - 5_000_000))]
+    assert sum(sizes) == 5_000_000 and min(sizes) > 0 and max(sizes) <= 1024 * 1024
+
+
+def test_offsets_at_and_beyond_the_end(client: RouterClient, raw: Raw) -> None:
+    run(client, "o", ["printf", "0123456789"])
+    assert read_all(client, "o", STDOUT, 4) == b"456789"
+    at_end = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="o", offset=10)
+    assert list(raw.call("TaskExecStdioRead", at_end)) == []
+    beyond = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="o", offset=11)
+    assert raw.code("TaskExecStdioRead", beyond) == grpc.StatusCode.OUT_OF_RANGE
+    bad_fd = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="o", file_descriptor=5)
+    assert raw.code("TaskExecStdioRead", bad_fd) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_reader_waits_for_output_and_many_readers_are_independent(client: RouterClient) -> None:
+    client.start("slow", ["sh", "-c", "for i in 1 2 3 4 5; do echo line$i; sleep 0.1; done"],
+                 stdout_config=1, stderr_config=1)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda off: read_all(client, "slow", STDOUT, off), range(8)))
+    full = b"".join(f"line{i}\n".encode() for i in range(1, 6))
+    assert results == [full[off:] for off in range(8)]
+    client.wait("slow")
+
+
+# -- stdin -------------------------------------------------------------------------------------------
+
+def test_stdin_offsets_retries_and_eof(client: RouterClient, raw: Raw) -> None:
+    client.start("cat", ["cat"], stdout_config=1, stderr_config=1)
+    client.write_stdin("cat", 0, b"hello ")
+    client.write_stdin("cat", 0, b"hello ")  # a retried duplicate: nothing new
+    client.write_stdin("cat", 3, b"lo world")  # overlaps: only "world" is new
+    gap = pb.TaskExecStdinWriteRequest(task_id=TASK_ID, exec_id="cat", offset=100, data=b"x")
+    assert raw.code("TaskExecStdinWrite", gap) == grpc.StatusCode.OUT_OF_RANGE
+    client.write_stdin("cat", 11, b"!", eof=True)
+    client.write_stdin("cat", 12, b"", eof=True)  # a repeated eof with nothing new is fine
+    client.write_stdin("cat", 0, b"hello world!", eof=True)  # a whole retry after eof: nothing new
+    late = pb.TaskExecStdinWriteRequest(task_id=TASK_ID, exec_id="cat", offset=12, data=b"more")
+    assert raw.code("TaskExecStdinWrite", late) == grpc.StatusCode.FAILED_PRECONDITION
+    assert read_all(client, "cat") == b"hello world!"
+    assert exit_code(client.wait("cat")) == 0
+
+
+def test_stdin_after_exit_is_accepted_and_dropped(client: RouterClient) -> None:
+    run(client, "gone", ["true"])
+    client.write_stdin("gone", 0, b"ignored")
+    client.write_stdin("gone", 7, b"", eof=True)
+
+
+def test_stdin_of_16_mib_in_one_write(client: RouterClient) -> None:
+    data = random.Random(3).randbytes(16 * 1024 * 1024)
+    client.start("sum", ["sha256sum"], stdout_config=1, stderr_config=1)
+    client.write_stdin("sum", 0, data, eof=True)
+    assert read_all(client, "sum").split()[0].decode() == hashlib.sha256(data).hexdigest()
+    client.wait("sum")
+
+
+def test_full_stdin_buffer_waits_until_the_deadline(tmp_path: pathlib.Path) -> None:
+    server, key = make_server(tmp_path, stdin_buffer_limit=1024 * 1024)
+    from router import auth
+    raw = Raw(server.port, auth.mint_token(key, TASK_ID))
+    try:
+        raw.call("TaskExecStart", start_request("full", ["sleep", "30"], timeout_secs=20))
+        chunk = b"x" * (1024 * 1024)
+        write = pb.TaskExecStdinWriteRequest(task_id=TASK_ID, exec_id="full", offset=0, data=chunk)
+        raw.call("TaskExecStdinWrite", write)  # fills the pipe and the buffer
+        more = pb.TaskExecStdinWriteRequest(task_id=TASK_ID, exec_id="full", offset=len(chunk), data=chunk)
+        started = time.monotonic()
+        assert raw.code("TaskExecStdinWrite", more, timeout=1.0) == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert 0.9 < time.monotonic() - started < 5
+        # Nothing of the refused write was taken: the next write continues at the same offset.
+        assert raw.code("TaskExecStdinWrite", pb.TaskExecStdinWriteRequest(
+            task_id=TASK_ID, exec_id="full", offset=2 * len(chunk) + 1, data=b"x")) == grpc.StatusCode.OUT_OF_RANGE
+    finally:
+        raw.channel.close()
+        server.stop(0.5)
+
+
+# -- pty ---------------------------------------------------------------------------------------------
+
+def test_pty_runs_on_a_terminal_of_the_given_size(client: RouterClient) -> None:
+    pty = {"enabled": True, "winsz_rows": 33, "winsz_cols": 111, "env_term": "xterm-test"}
+    client.start("tty", ["sh", "-c", "tty; stty size; echo $TERM; read line; echo got:$line"],
+                 stdout_config=1, stderr_config=1, pty_info=pty)
+    client.write_stdin("tty", 0, b"abc\n")
+    out = read_all(client, "tty").replace(b"\r", b"")
+    assert b"/dev/pts/" in out  # the terminal echoes input, so order varies
+    assert b"33 111\nxterm-test\n" in out and b"got:abc\n" in out
+    assert exit_code(client.wait("tty")) == 0
+    assert read_all(client, "tty", STDERR) == b""
+
+
+def test_pty_is_the_controlling_terminal(client: RouterClient) -> None:
+    out, _, code = run(client, "ctty", py("import os; fd = os.open('/dev/tty', os.O_RDWR); print('ctty ok')"),
+                       pty_info={"enabled": True})
+    assert b"ctty ok" in out and code == 0
+
+
+# -- fan-out -----------------------------------------------------------------------------------------
+
+def test_200_concurrent_execs_every_byte_checked(client: RouterClient) -> None:
+    def one(i: int) -> bool:
+        exec_id = f"fan-{i}"
+        lines = 50 + i
+        client.start(exec_id, ["sh", "-c", f"i=0; while [ $i -lt {lines} ]; do echo {exec_id}:$i; i=$((i+1)); done; "
+                                           f"echo err-{i} >&2"], stdout_config=1, stderr_config=1)
+        expected = "".join(f"{exec_id}:{n}\n" for n in range(lines)).encode()
+        return (read_all(client, exec_id) == expected and read_all(client, exec_id, STDERR) == f"err-{i}\n".encode()
+                and exit_code(client.wait(exec_id)) == 0)
+
+    with concurrent.futures.ThreadPoolExecutor(200) as pool:
+        results = list(pool.map(one, range(200)))
+    assert all(results), [i for i, ok in enumerate(results) if not ok]
+
+
+def test_throttled_start_carries_a_retry_policy(tmp_path: pathlib.Path) -> None:
+    from google.rpc import status_pb2
+
+    from router import auth
+    from router._proto import api_pb2
+    server, key = make_server(tmp_path, max_running_execs=1)
+    raw = Raw(server.port, auth.mint_token(key, TASK_ID))
+    try:
+        raw.call("TaskExecStart", start_request("first", ["sleep", "30"], timeout_secs=20))
+        with pytest.raises(grpc.RpcError) as info:
+            raw.call("TaskExecStart", start_request("second", ["true"]))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = dict(info.value.trailing_metadata())["grpc-status-details-bin"]
+        status = status_pb2.Status.FromString(details)
+        assert status.details[0].type_url == "type.modal.com/modal.client.RPCRetryPolicy"
+        assert api_pb2.RPCRetryPolicy.FromString(status.details[0].value).retry_after_secs > 0
+        # Refused means not created: the id is still free.
+        assert raw.code("TaskExecPoll", pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="second")) \
+            == grpc.StatusCode.NOT_FOUND
+    finally:
+        raw.channel.close()
+        server.stop(0.5)
