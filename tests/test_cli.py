@@ -1,0 +1,101 @@
+"""`router serve`, `router token` and `router exec` as a user runs them: separate processes."""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+
+from router import auth
+from router._proto import task_command_router_pb2 as pb
+
+from .conftest import TASK_ID, Raw, router_process, start_request
+
+ROUTER = [sys.executable, "-m", "router.cli"]
+
+
+def router(*args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*ROUTER, *args], input=input, capture_output=True, timeout=timeout)
+
+
+def test_token_is_alone_on_its_last_line(tmp_path: pathlib.Path) -> None:
+    result = router("token", "--state-dir", str(tmp_path), "--task-id", TASK_ID, "--ttl", "60")
+    assert result.returncode == 0
+    token = result.stdout.decode().strip().splitlines()[-1]
+    key = auth.load_or_create_key(tmp_path)
+    assert auth.Authenticator(key, TASK_ID).token_task((("authorization", f"Bearer {token}"),)) == TASK_ID
+
+
+def test_exec_streams_forwards_stdin_and_exits_with_the_code(tmp_path: pathlib.Path) -> None:
+    with router_process(tmp_path) as (_, listen):
+        result = router("exec", "--state-dir", str(tmp_path), "--",
+                        "sh", "-c", "cat; echo to-err >&2; exit 7", input=b"from stdin\n")
+        assert result.returncode == 7
+        assert result.stdout == b"from stdin\n" and result.stderr == b"to-err\n"
+        # Through an explicit target and a token from the environment, as a remote user would.
+        token = router("token", "--state-dir", str(tmp_path), "--task-id", TASK_ID).stdout.decode().split()[-1]
+        env = {**os.environ, "ROUTER_TOKEN": token}
+        timed = subprocess.run([*ROUTER, "exec", "--target", listen, "--timeout", "1", "-n", "--", "sleep", "50"],
+                               capture_output=True, timeout=60, env=env)
+        assert timed.returncode == 128 + signal.SIGKILL
+
+
+def test_exec_output_is_byte_exact(tmp_path: pathlib.Path) -> None:
+    with router_process(tmp_path):
+        result = router("exec", "--state-dir", str(tmp_path), "-n", "--", "head", "-c", "3000000", "/dev/urandom")
+        assert result.returncode == 0 and len(result.stdout) == 3_000_000
+
+
+def test_sigterm_stops_cleanly_and_kills_running_execs(tmp_path: pathlib.Path) -> None:
+    with router_process(tmp_path) as (proc, listen):
+        token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+        raw = Raw(int(listen.rsplit(":", 1)[1]), token)
+        try:
+            raw.call("TaskExecStart", start_request("sleeper", ["sh", "-c", "sleep 60 & echo $!; wait"]))
+            first = next(iter(raw.call("TaskExecStdioRead", pb.TaskExecStdioReadRequest(
+                task_id=TASK_ID, exec_id="sleeper"))))
+            grandchild = int(first.data.split()[0])
+        finally:
+            raw.channel.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/{grandchild}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{grandchild}")
+        assert not (tmp_path / "server.json").exists()
+        assert not (tmp_path / "logs").exists()
+
+
+def test_serve_defaults_generate_and_keep_a_task_id(tmp_path: pathlib.Path) -> None:
+    proc = subprocess.Popen([*ROUTER, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("get a token with"):
+                break
+        task_line = next(line for line in lines if line.startswith("task id: "))
+        task_id = task_line.split()[-1]
+        assert task_id == (tmp_path / "task_id").read_text().strip() and task_id.startswith("ta-")
+        assert (tmp_path / "jwt.key").stat().st_mode & 0o777 == 0o600
+        result = router("exec", "--state-dir", str(tmp_path), "-n", "--", "echo", "hi")
+        assert result.stdout == b"hi\n" and result.returncode == 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path: pathlib.Path) -> None:
+    result = router("exec", "--state-dir", str(tmp_path), "--target", "127.0.0.1:1", "-n", "--", "true")
+    assert result.returncode != 0
+    assert b"UNAVAILABLE" in result.stderr or b"unavailable" in result.stderr.lower()
+    _ = grpc  # the error names grpc's status
