@@ -1,0 +1,51 @@
+"""Segmented, mmap-backed append-only log (see router.pylog for the pure-Python twin)."""
+
+from typing_extensions import Buffer  # collections.abc.Buffer needs 3.12
+from os import PathLike
+
+class SegmentedLog:
+    """Append-only byte log in files `seg-00000000`, `seg-00000001`, ... of `directory`.
+
+    Single writer (append/drain/mark_eof), any number of reader threads
+    (read/read_frame); close() may come from any thread.
+    """
+
+    def __init__(self, directory: str | bytes | PathLike[str] | PathLike[bytes], segment_size: int = 33554432) -> None:
+        """`directory` must exist; `segment_size` a positive multiple of the page size (else ValueError)."""
+
+    @property
+    def committed(self) -> int:
+        """Bytes readers may trust; only grows."""
+
+    @property
+    def segment_size(self) -> int: ...
+    @property
+    def eof(self) -> bool:
+        """True once mark_eof() was called or drain() saw EOF (or EIO)."""
+
+    @property
+    def closed(self) -> bool: ...
+    def append(self, data: Buffer) -> None:
+        """Copy a contiguous bytes-like object into the tail. ValueError after EOF or close."""
+
+    def drain(self, fd: int, budget: int = 4194304) -> tuple[int, bool]:
+        """readv() a non-blocking fd straight into the mapped tail.
+
+        Stops at EAGAIN, EOF (EIO counts as EOF) or once at least `budget`
+        bytes were read in this call. Returns (bytes read by this call, eof).
+        Returns (0, True) at once if EOF was already seen.
+        """
+
+    def mark_eof(self) -> None: ...
+    def read(self, offset: int, max_len: int) -> bytes:
+        """Committed bytes [offset, min(offset + max_len, committed)).
+
+        offset == committed gives b""; offset > committed or negative
+        arguments, or a closed log, raise ValueError.
+        """
+
+    def read_frame(self, offset: int, max_len: int) -> bytes:
+        """Like read(), wrapped as protobuf `bytes data = 1` (b"\\x0a" + varint(n) + data); b"" when n == 0."""
+
+    def close(self) -> None:
+        """Idempotent. Unmaps once no reader is mid-copy; files are left in place."""

@@ -1,0 +1,18 @@
+# C declarations that Cython's bundled libc.*/posix.* cimports lack.
+# Everything else (readv/iovec, mmap, open, ftruncate, close, errno) comes
+# from those bundled .pxd files.
+
+cdef extern from "<errno.h>" nogil:
+    # Same value as EAGAIN on Linux, but POSIX allows them to differ.
+    enum: EWOULDBLOCK
+
+
+cdef extern from *:
+    """
+    #ifndef ROUTER_DEBUG
+    #define ROUTER_DEBUG 0
+    #endif
+    """
+    # Defined to 1 by setup.py for ROUTER_DEBUG=1 builds; gates invariant
+    # checks that the C compiler drops entirely from release builds.
+    enum: ROUTER_DEBUG

@@ -1,0 +1,615 @@
+"""SegmentedLog: the Cython hot path and its pure-Python twin, same tests."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import mmap
+import os
+import random
+import select
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tty
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from router import _fastio, pylog
+
+PAGE = mmap.PAGESIZE
+SEG = PAGE  # one-page segments: every few KiB crosses a boundary
+
+
+@pytest.fixture(
+    scope="module",
+    params=[_fastio.SegmentedLog, pylog.SegmentedLog],
+    ids=["cython", "python"],
+)
+def Log(request):
+    return request.param
+
+
+@pytest.fixture
+def logdir(tmp_path):
+    d = tmp_path / "log"
+    d.mkdir()
+    return str(d)
+
+
+def payload(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def decode_frame(frame: bytes) -> bytes:
+    """Parse `bytes data = 1` the way protobuf would."""
+    assert frame[0] == 0x0A
+    n, shift, i = 0, 0, 1
+    while True:
+        b = frame[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    assert len(frame) == i + n, "frame length must match its varint"
+    return frame[i:]
+
+
+def set_nonblocking(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+
+
+def drain_until_eof(log, fd: int, budget: int = 4 * 1024 * 1024, timeout: float = 20.0) -> list[int]:
+    """Event-loop stand-in: poll, drain, until EOF. Returns per-call byte counts."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    counts = []
+    deadline = time.monotonic() + timeout
+    while True:
+        n, eof = log.drain(fd, budget)
+        counts.append(n)
+        assert n <= budget  # each readv asks for what is left of the budget
+        if eof:
+            return counts
+        if n < budget:
+            assert time.monotonic() < deadline, "no EOF in time"
+            poller.poll(100)
+
+
+# -- construction, files ------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, -PAGE, 1, PAGE + 1, PAGE // 2])
+def test_segment_size_must_be_page_multiple(Log, logdir, size):
+    with pytest.raises(ValueError):
+        Log(logdir, size)
+
+
+def test_missing_directory(Log, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Log(str(tmp_path / "nope"), SEG)
+
+
+def test_defaults_and_properties(Log, logdir):
+    log = Log(logdir)
+    try:
+        assert log.segment_size == 32 * 1024 * 1024
+        assert (log.committed, log.eof, log.closed) == (0, False, False)
+        log.mark_eof()
+        assert log.eof
+    finally:
+        log.close()
+    assert log.closed
+
+
+def test_files_created_lazily(Log, logdir):
+    log = Log(logdir, SEG)
+    try:
+        log.append(b"")
+        assert log.read(0, 10) == b""
+        assert os.listdir(logdir) == []
+        data = payload(SEG + 1)
+        log.append(data[:SEG])
+        # Exactly full: the next segment has no byte yet, so no file.
+        assert sorted(os.listdir(logdir)) == ["seg-00000000"]
+        log.append(data[SEG:])
+        assert sorted(os.listdir(logdir)) == ["seg-00000000", "seg-00000001"]
+        for name in os.listdir(logdir):
+            st_ = os.stat(os.path.join(logdir, name))
+            assert st_.st_size == SEG
+            assert st_.st_mode & 0o777 == 0o600
+        # MAP_SHARED: the bytes are in the files too.
+        with open(os.path.join(logdir, "seg-00000000"), "rb") as f:
+            assert f.read() == data[:SEG]
+    finally:
+        log.close()
+    assert sorted(os.listdir(logdir)) == ["seg-00000000", "seg-00000001"]  # close keeps files
+
+
+def test_no_fd_kept_per_segment(Log, logdir):
+    if Log is pylog.SegmentedLog and sys.version_info < (3, 13):
+        pytest.skip("mmap keeps a dup of the fd before Python 3.13 (no trackfd)")
+    before = sorted(os.listdir("/proc/self/fd"))
+    log = Log(logdir, SEG)
+    try:
+        log.append(payload(5 * SEG))
+        assert sorted(os.listdir("/proc/self/fd")) == before
+    finally:
+        log.close()
+
+
+# -- append / read ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seg", [PAGE, 2 * PAGE])
+def test_round_trip_across_segments(Log, logdir, seg):
+    data = payload(5 * seg + 123, seed=seg)
+    log = Log(logdir, seg)
+    try:
+        for chunk in (data[:10], data[10:seg - 1], data[seg - 1:seg + 1], data[seg + 1:4 * seg], data[4 * seg:]):
+            log.append(chunk)
+        assert log.committed == len(data)
+        assert log.read(0, len(data) + 1000) == data
+        for off, ln in [(0, 0), (seg - 3, 6), (seg, seg), (1, 3 * seg), (len(data), 5), (len(data) - 1, 5)]:
+            expect = data[off:off + ln]
+            assert log.read(off, ln) == expect
+            frame = log.read_frame(off, ln)
+            assert (decode_frame(frame) if expect else frame) == expect
+        assert log.read(0, sys.maxsize) == data
+        # bytes-likes
+        log.append(bytearray(b"ab"))
+        log.append(memoryview(b"xcdx")[1:3])
+        assert log.read(len(data), 10) == b"abcd"
+    finally:
+        log.close()
+
+
+def test_read_returns_bytes(Log, logdir):
+    log = Log(logdir, SEG)
+    try:
+        log.append(b"hello")
+        assert type(log.read(0, 5)) is bytes
+        assert type(log.read_frame(0, 5)) is bytes
+        assert type(log.read(5, 5)) is bytes
+    finally:
+        log.close()
+
+
+@pytest.mark.parametrize("n", [1, 127, 128, 300, 16383, 16384, 3 * PAGE + 5])
+def test_read_frame_encoding(Log, logdir, n):
+    data = payload(n, seed=n)
+    log = Log(logdir, SEG)
+    try:
+        log.append(data)
+        frame = log.read_frame(0, n)
+        varint = bytearray()
+        m = n
+        while m >= 0x80:
+            varint.append(m & 0x7F | 0x80)
+            m >>= 7
+        varint.append(m)
+        assert frame == b"\x0a" + bytes(varint) + data
+        assert log.read_frame(n, 10) == b""
+        assert log.read_frame(0, 0) == b""
+    finally:
+        log.close()
+
+
+def test_read_frame_parses_as_protobuf(Log, logdir):
+    try:
+        from router._proto.task_command_router_pb2 import TaskExecStdioReadResponse
+    except Exception:  # generated code is someone else's; don't fail on it here
+        pytest.skip("generated protobuf module not importable")
+    data = payload(3 * SEG)
+    log = Log(logdir, SEG)
+    try:
+        log.append(data)
+        assert TaskExecStdioReadResponse.FromString(log.read_frame(5, 2 * SEG)).data == data[5:5 + 2 * SEG]
+        assert TaskExecStdioReadResponse(data=data).SerializeToString() == log.read_frame(0, len(data))
+    finally:
+        log.close()
+
+
+def test_read_errors(Log, logdir):
+    log = Log(logdir, SEG)
+    log.append(b"abc")
+    assert log.read(3, 10) == b""
+    for off, ln in [(4, 1), (-1, 1), (0, -1), (10**6, 0)]:
+        with pytest.raises(ValueError):
+            log.read(off, ln)
+        with pytest.raises(ValueError):
+            log.read_frame(off, ln)
+    with pytest.raises(TypeError):
+        log.read(0.0, 1)
+    log.close()
+    log.close()  # idempotent
+    for call in (lambda: log.read(0, 1), lambda: log.read_frame(0, 1), lambda: log.append(b"x")):
+        with pytest.raises(ValueError):
+            call()
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ValueError):
+            log.drain(r)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert log.committed == 3
+
+
+def test_append_after_eof(Log, logdir):
+    log = Log(logdir, SEG)
+    try:
+        log.append(b"abc")
+        log.mark_eof()
+        with pytest.raises(ValueError):
+            log.append(b"d")
+        assert log.read(0, 10) == b"abc"
+    finally:
+        log.close()
+
+
+def test_append_rejects_non_buffers(Log, logdir):
+    log = Log(logdir, SEG)
+    try:
+        with pytest.raises(TypeError):
+            log.append("text")
+        with pytest.raises(BufferError):
+            log.append(memoryview(b"abcd")[::2])
+        assert log.committed == 0
+    finally:
+        log.close()
+
+
+# -- property test against a bytearray model -----------------------------------
+
+op = st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 3 * SEG)),
+    st.tuples(st.just("read"), st.floats(0, 1), st.integers(0, 4 * SEG)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(op, max_size=25), seed=st.integers(0, 2**32 - 1))
+def test_model(Log, ops, seed):
+    rng = random.Random(seed)
+    model = bytearray()
+    with tempfile.TemporaryDirectory() as d:
+        log = Log(d, SEG)
+        try:
+            for o in ops:
+                if o[0] == "append":
+                    chunk = rng.randbytes(o[1])
+                    log.append(chunk)
+                    model += chunk
+                    assert log.committed == len(model)
+                else:
+                    off = int(o[1] * len(model))
+                    expect = bytes(model[off:off + o[2]])
+                    assert log.read(off, o[2]) == expect
+                    frame = log.read_frame(off, o[2])
+                    assert (decode_frame(frame) if frame else b"") == expect
+            assert log.read(0, len(model)) == model
+            assert sorted(os.listdir(d)) == [f"seg-{i:08d}" for i in range(-(-len(model) // SEG))]
+        finally:
+            log.close()
+
+
+@settings(max_examples=30, deadline=None)
+@given(sizes=st.lists(st.integers(0, 3 * SEG), max_size=12), budget=st.integers(1, 3 * SEG))
+def test_model_drain(Log, sizes, budget):
+    """Drain in random budgets from a pipe fed in random writes."""
+    data = payload(sum(sizes), seed=len(sizes))
+    with tempfile.TemporaryDirectory() as d:
+        log = Log(d, SEG)
+        r, w = os.pipe()
+        try:
+            set_nonblocking(r)
+            pos = 0
+            for s in sizes:
+                os.write(w, data[pos:pos + s])  # < pipe capacity since we drain after each
+                pos += s
+                while True:
+                    n, eof = log.drain(r, budget)
+                    assert not eof and n <= budget
+                    if n == 0:
+                        break
+                assert log.committed == pos
+            os.close(w)
+            w = -1
+            assert log.drain(r, budget) == (0, True)
+            assert log.read(0, len(data)) == data
+        finally:
+            log.close()
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+
+
+# -- drain ---------------------------------------------------------------------
+
+
+def test_drain_empty_pipe_then_eof(Log, logdir):
+    log = Log(logdir, SEG)
+    r, w = os.pipe()
+    try:
+        set_nonblocking(r)
+        assert log.drain(r) == (0, False)
+        assert not log.eof
+        assert os.listdir(logdir) == []  # nothing arrived, nothing created
+        os.close(w)
+        w = -1
+        assert log.drain(r) == (0, True)
+        assert log.eof
+        assert log.drain(r) == (0, True)  # and stays so without reading
+        assert os.listdir(logdir) == []
+        with pytest.raises(ValueError):
+            log.append(b"x")
+    finally:
+        log.close()
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_drain_budget(Log, logdir):
+    data = payload(3 * SEG + 100, seed=7)
+    log = Log(logdir, SEG)
+    r, w = os.pipe()
+    try:
+        set_nonblocking(r)
+        assert os.write(w, data) == len(data)
+        budget = SEG + 10
+        n, eof = log.drain(r, budget)
+        assert (n, eof) == (budget, False)  # stopped by the budget, not by EAGAIN
+        assert log.read(0, n) == data[:n]
+        total = n
+        while total < len(data):
+            n, eof = log.drain(r, budget)
+            assert 0 < n and not eof
+            total += n
+        assert total == len(data)
+        assert log.drain(r, budget) == (0, False)  # EAGAIN
+        assert log.read(0, len(data) + 1) == data
+        with pytest.raises(ValueError):
+            log.drain(r, 0)
+    finally:
+        log.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_drain_writer_thread(Log, logdir):
+    data = payload(300_000, seed=3)
+    log = Log(logdir, 2 * PAGE)
+    r, w = os.pipe()
+
+    def writer():
+        try:
+            for i in range(0, len(data), 7777):
+                os.write(w, data[i:i + 7777])
+        finally:
+            os.close(w)
+
+    t = threading.Thread(target=writer)
+    try:
+        set_nonblocking(r)
+        t.start()
+        counts = drain_until_eof(log, r, budget=10_000)
+        assert sum(counts) == len(data)
+        assert log.read(0, len(data)) == data
+        assert log.eof
+    finally:
+        t.join()
+        log.close()
+        os.close(r)
+
+
+def test_drain_child_process_fds_closed(Log, logdir):
+    n = 1_000_003
+    fds_before = sorted(os.listdir("/proc/self/fd"))
+    log = Log(logdir, 4 * PAGE)
+    r, w = os.pipe()
+    proc = None
+    try:
+        set_nonblocking(r)
+        proc = subprocess.Popen(
+            ["head", "-c", str(n), "/dev/urandom"], stdout=w, stdin=subprocess.DEVNULL
+        )
+        os.close(w)
+        w = -1
+        counts = drain_until_eof(log, r, budget=64 * 1024)
+        assert proc.wait(10) == 0
+        assert sum(counts) == log.committed == n
+        # Compare in pieces via read and via the segment files on disk.
+        h = hashlib.sha256()
+        for off in range(0, n, 50_000):
+            h.update(log.read(off, 50_000))
+        whole = hashlib.sha256(log.read(0, n)).hexdigest()
+        assert h.hexdigest() == whole
+        on_disk = hashlib.sha256()
+        left = n
+        for name in sorted(os.listdir(logdir)):
+            with open(os.path.join(logdir, name), "rb") as f:
+                chunk = f.read(min(left, log.segment_size))
+            on_disk.update(chunk)
+            left -= len(chunk)
+        assert left == 0 and on_disk.hexdigest() == whole
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    assert sorted(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_drain_python_child_known_bytes(Log, logdir):
+    code = "import random,sys; sys.stdout.buffer.write(random.Random(5).randbytes(200_000))"
+    log = Log(logdir, PAGE)
+    r, w = os.pipe()
+    proc = None
+    try:
+        set_nonblocking(r)
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=w, stdin=subprocess.DEVNULL)
+        os.close(w)
+        w = -1
+        drain_until_eof(log, r)
+        assert proc.wait(10) == 0
+        assert log.read(0, 10**9) == payload(200_000, seed=5)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_drain_pty_eio_is_eof(Log, logdir):
+    data = payload(20_000, seed=11)
+    log = Log(logdir, PAGE)
+    master, slave = os.openpty()
+    t = None
+    try:
+        tty.setraw(slave)  # no \n -> \r\n or echo games
+        set_nonblocking(master)
+
+        def writer():
+            nonlocal slave
+            try:
+                os.write(slave, data)
+            finally:
+                os.close(slave)
+                slave = -1
+
+        t = threading.Thread(target=writer)
+        t.start()
+        drain_until_eof(log, master, budget=3000)
+        assert log.eof
+        assert log.read(0, len(data) + 1) == data
+    finally:
+        if t is not None:
+            t.join()
+        log.close()
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+
+
+def test_drain_bad_fd_raises_oserror(Log, logdir):
+    log = Log(logdir, SEG)
+    r, w = os.pipe()
+    try:
+        with pytest.raises(OSError) as exc:
+            log.drain(w)  # write end: EBADF on read
+        assert exc.value.errno == 9
+        assert not log.eof and log.committed == 0
+    finally:
+        log.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_drain_segment_creation_failure(Log, tmp_path):
+    d = tmp_path / "gone"
+    d.mkdir()
+    log = Log(str(d), SEG)
+    r, w = os.pipe()
+    try:
+        set_nonblocking(r)
+        os.write(w, b"abc")
+        os.rmdir(d)  # segment files can't be created any more
+        with pytest.raises(FileNotFoundError):
+            log.drain(r)
+        assert log.committed == 0
+    finally:
+        log.close()
+        os.close(r)
+        os.close(w)
+
+
+# -- concurrency -------------------------------------------------------------
+
+
+def test_close_while_reading(Log, logdir):
+    seg = 64 * PAGE
+    size = 64 * seg  # 16 MiB with 4 KiB pages
+    data = payload(size)
+    log = Log(logdir, seg)
+    log.append(data)
+    results, errors = [], []
+    started = threading.Barrier(3)
+
+    def reader(k):
+        started.wait()
+        try:
+            while True:
+                off = (k * 12345) % seg
+                got = log.read(off, size)
+                results.append(got == data[off:])
+        except ValueError:
+            pass
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    started.wait()
+    time.sleep(0.05)
+    log.close()
+    log.close()
+    for t in threads:
+        t.join(10)
+    assert not errors
+    assert results and all(results)
+    assert log.closed
+    with pytest.raises(ValueError):
+        log.read(0, 1)
+
+
+def test_readers_while_draining(Log, logdir):
+    """Readers only ever see committed bytes, and those are final."""
+    data = payload(400_000, seed=9)
+    log = Log(logdir, PAGE)
+    r, w = os.pipe()
+    stop = threading.Event()
+    bad = []
+
+    def reader():
+        rng = random.Random(1)
+        while not stop.is_set():
+            c = log.committed
+            off = rng.randrange(c + 1)
+            got = log.read(off, rng.randrange(3 * PAGE))
+            if got != data[off:off + len(got)] or off + len(got) > log.committed:
+                bad.append(off)
+
+    def writer():
+        try:
+            for i in range(0, len(data), 5000):
+                os.write(w, data[i:i + 5000])
+        finally:
+            os.close(w)
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=writer)]
+    try:
+        set_nonblocking(r)
+        for t in threads:
+            t.start()
+        drain_until_eof(log, r, budget=20_000)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        log.close()
+        os.close(r)
+    assert not bad
