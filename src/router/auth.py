@@ -51,9 +51,8 @@ class Authenticator:
             raise RouterError(grpc.StatusCode.UNAUTHENTICATED, "invalid token: task_id is not a string")
         return task
 
-    def check(self, metadata: tuple[tuple[str, str | bytes], ...], task_id: str) -> None:
-        """Authorise a call on `task_id`: token first, then whether we serve the task, then whose it is."""
-        granted = self.token_task(metadata)
+    def check_task(self, granted: str, task_id: str) -> None:
+        """Authorise a call on `task_id` by a token for `granted`: do we serve the task, then is it theirs."""
         if task_id != self.task_id:
             raise RouterError(grpc.StatusCode.NOT_FOUND, f"task {task_id!r} is not served here")
         if granted != task_id:

@@ -8,10 +8,11 @@ import pathlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -34,7 +35,26 @@ _RECHECK_SECS = 5.0
 # Modal's client unpacks status details with this type URL prefix.
 _RETRY_POLICY_TYPE_URL = "type.modal.com/modal.client.RPCRetryPolicy"
 
-Request = TypeVar("Request")
+
+
+class MalformedRequest:
+    """Stands in for a request whose bytes did not parse, so the handler can say INVALID_ARGUMENT.
+
+    (grpcio answers a deserializer's exception with INTERNAL, which Modal's client retries forever.)
+    """
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _parser(cls: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError as e:
+            return MalformedRequest(str(e))
+
+    return parse
 
 
 def _abort(context: grpc.ServicerContext, err: RouterError) -> None:
@@ -62,7 +82,10 @@ class Servicer:
     # -- plumbing ------------------------------------------------------------------------------
 
     def _authorise(self, request: Any, context: grpc.ServicerContext) -> None:
-        self._auth.check(context.invocation_metadata(), request.task_id)
+        granted = self._auth.token_task(context.invocation_metadata())
+        if isinstance(request, MalformedRequest):
+            raise RouterError(grpc.StatusCode.INVALID_ARGUMENT, f"request: cannot be parsed: {request.error}")
+        self._auth.check_task(granted, request.task_id)
 
     def _unary(self, fn: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
         @functools.wraps(fn)
@@ -179,7 +202,7 @@ class Servicer:
 
         def unary(name: str, req: type, resp: type) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(getattr(self, name)), request_deserializer=req.FromString,
+                self._unary(getattr(self, name)), request_deserializer=_parser(req),
                 response_serializer=resp.SerializeToString)
 
         handlers = {
@@ -193,7 +216,7 @@ class Servicer:
                                            pb.TaskSnapshotDirectoryResponse),
             # No response serializer: the handler yields frames that are already encoded.
             "TaskExecStdioRead": grpc.unary_stream_rpc_method_handler(
-                self._stream(self.TaskExecStdioRead), request_deserializer=pb.TaskExecStdioReadRequest.FromString),
+                self._stream(self.TaskExecStdioRead), request_deserializer=_parser(pb.TaskExecStdioReadRequest)),
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 

@@ -1,0 +1,121 @@
+"""Request validation, as properties: every request is either a clean spec or a named INVALID_ARGUMENT /
+NOT_FOUND; and over the wire, no request of any shape makes a handler fail with UNKNOWN or INTERNAL."""
+from __future__ import annotations
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from router import requests
+from router._proto import api_pb2
+from router._proto import task_command_router_pb2 as pb
+from router.errors import RouterError
+
+from .conftest import TASK_ID, Raw
+
+BASE = {"PATH": "/usr/bin:/bin", "HOME": "/root"}
+names = st.text(min_size=0, max_size=8)
+values = st.text(max_size=8)
+env_maps = st.dictionaries(names, values, max_size=4)
+
+
+@st.composite
+def start_requests(draw: st.DrawFn) -> pb.TaskExecStartRequest:
+    request = pb.TaskExecStartRequest(
+        task_id=TASK_ID,
+        exec_id=draw(st.text(max_size=300)),
+        command_args=draw(st.lists(st.text(max_size=10), max_size=4)),
+        stdout_config=draw(st.integers(0, 3)),
+        stderr_config=draw(st.integers(0, 4)),
+        env=draw(env_maps),
+        container_id=draw(st.sampled_from(["", "", "co-x"])),
+    )
+    if draw(st.booleans()):
+        request.timeout_secs = draw(st.integers(0, 2**32 - 1))
+    if draw(st.booleans()):
+        request.workdir = draw(st.sampled_from(["/tmp", "tmp", "", "/a\0b", "/no/such"]))
+    for source in draw(st.lists(st.one_of(env_maps.map(lambda m: ("env", m)),
+                                          st.text(max_size=5).map(lambda s: ("secret_id", s)),
+                                          st.just(("none", None))), max_size=3)):
+        entry = request.secret_sources.add()
+        if source[0] == "env":
+            entry.env.contents.update(source[1])
+        elif source[0] == "secret_id":
+            entry.secret_id = source[1]
+    if draw(st.booleans()):
+        request.pty_info.enabled = draw(st.booleans())
+        request.pty_info.winsz_rows = draw(st.integers(0, 2**32 - 1))
+        request.pty_info.env_term = draw(st.text(max_size=5))
+    return request
+
+
+@settings(max_examples=400, deadline=None)
+@given(start_requests())
+def test_start_request_is_a_spec_or_a_named_error(request: pb.TaskExecStartRequest) -> None:
+    try:
+        spec = requests.exec_spec(request, BASE)
+    except RouterError as e:
+        assert e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+        assert e.message
+        if e.code == grpc.StatusCode.INVALID_ARGUMENT:
+            assert e.message.split(":")[0] in {
+                "exec_id", "command_args", "command_args[0]", "stdout_config", "stderr_config", "workdir",
+                "timeout_secs", "env", "pty_info.winsz_rows", "pty_info.env_term",
+            } | {f"command_args[{i}]" for i in range(4)} | {f"secret_sources[{i}]" for i in range(3)} \
+              | {f"secret_sources[{i}].env" for i in range(3)}
+        return
+    assert spec.args and spec.args[0] and all("\0" not in a for a in spec.args)
+    assert spec.workdir is None or spec.workdir.startswith("/")
+    assert spec.timeout_secs is None or spec.timeout_secs > 0
+    assert all(k and "=" not in k and "\0" not in k and "\0" not in v for k, v in spec.env.items())
+    # Later layers win: the last inline map that names a key decides it, else `env`, else the base.
+    for key in set(BASE) | set(request.env):
+        expected = request.env.get(key, BASE.get(key))
+        for source in request.secret_sources:
+            expected = source.env.contents.get(key, expected)
+        if spec.pty is not None and key == "TERM":
+            continue
+        assert spec.env[key] == expected
+
+
+def test_secret_sources_apply_in_order() -> None:
+    request = pb.TaskExecStartRequest(exec_id="e", command_args=["true"], env={"A": "env"}, secret_sources=[
+        api_pb2.SecretSource(env=api_pb2.StringMap(contents={"A": "first", "B": "first"})),
+        api_pb2.SecretSource(env=api_pb2.StringMap(contents={"A": "second"})),
+    ])
+    env = requests.exec_spec(request, {"A": "base", "C": "base"}).env
+    assert (env["A"], env["B"], env["C"]) == ("second", "first", "base")
+
+
+raw_bytes = st.binary(max_size=200)
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(["TaskExecStart", "TaskExecPoll", "TaskExecWait", "TaskExecStdinWrite",
+                               "TaskExecStdioRead", "TaskMountDirectory", "TaskSnapshotDirectory"]),
+       payload=raw_bytes)
+def test_no_request_bytes_make_a_handler_fail(raw: Raw, method: str, payload: bytes) -> None:
+    """Arbitrary bytes as any request: a definite status, never UNKNOWN or INTERNAL, and the server stays up."""
+    call = raw.channel.unary_stream if method == "TaskExecStdioRead" else raw.channel.unary_unary
+    rpc = call(f"/modal.task_command_router.TaskCommandRouter/{method}")
+    try:
+        result = rpc(payload, timeout=2, metadata=raw.metadata)
+        if method == "TaskExecStdioRead":
+            list(result)
+    except grpc.RpcError as e:
+        assert e.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), (e.code(), e.details())
+    assert raw.code("TaskExecPoll", pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="absent")) \
+        == grpc.StatusCode.NOT_FOUND
+
+
+def test_unparseable_request_is_invalid_argument(raw: Raw) -> None:
+    rpc = raw.channel.unary_unary("/modal.task_command_router.TaskCommandRouter/TaskExecPoll")
+    with pytest.raises(grpc.RpcError) as info:
+        rpc(b"\xff\xff\xff", timeout=5, metadata=raw.metadata)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "request" in info.value.details()
+    # The token is still checked first.
+    with pytest.raises(grpc.RpcError) as info:
+        rpc(b"\xff\xff\xff", timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
