@@ -1,4 +1,4 @@
-"""Segmented, mmap-backed append-only log (see router.pylog for the pure-Python twin)."""
+"""Segmented append-only log in files (see router.pylog for the pure-Python twin)."""
 
 from typing_extensions import Buffer  # collections.abc.Buffer needs 3.12
 from os import PathLike
@@ -29,7 +29,7 @@ class SegmentedLog:
         """Copy a contiguous bytes-like object into the tail. ValueError after EOF or close."""
 
     def drain(self, fd: int, budget: int = 4194304) -> tuple[int, bool]:
-        """readv() a non-blocking fd straight into the mapped tail.
+        """readv() a non-blocking fd into a reused buffer and pwrite() it to the tail segment.
 
         Stops at EAGAIN, EOF (EIO counts as EOF) or once at least `budget`
         bytes were read in this call. Returns (bytes read by this call, eof).
@@ -48,4 +48,4 @@ class SegmentedLog:
         """Like read(), wrapped as protobuf `bytes data = 1` (b"\\x0a" + varint(n) + data); b"" when n == 0."""
 
     def close(self) -> None:
-        """Idempotent. Unmaps once no reader is mid-copy; files are left in place."""
+        """Idempotent; later calls raise ValueError. Files are left in place (the caller owns the directory)."""

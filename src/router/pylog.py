@@ -1,12 +1,8 @@
 """Pure-Python twin of `router._fastio.SegmentedLog` (the test oracle).
 
-Same API and semantics, built on the mmap module and os.readv.  Differences
-that no caller can observe through the API:
-
-* On Python < 3.13 each mmap object keeps a dup of its segment's fd open
-  until close() (`trackfd=False` only exists from 3.13).
-* Reader bookkeeping uses a lock, since `+=` on an attribute is not atomic
-  across threads in Python code.
+Same API and semantics, built on os.readv, os.pwrite and os.pread: the writer
+reads into a reused buffer and writes it to the tail segment file; readers
+pread from the segment files. No descriptor outlives a call.
 """
 
 from __future__ import annotations
@@ -16,13 +12,11 @@ import mmap
 import operator
 import os
 import sys
-import threading
 
 __all__ = ["SegmentedLog"]
 
-_BOUNCE_SIZE = 4096
+_SCRATCH_SIZE = 1024 * 1024
 _SSIZE_MAX = sys.maxsize
-_MMAP_KW = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 
 
 def _ssize(value) -> int:
@@ -43,7 +37,7 @@ def _varint(n: int) -> bytes:
 
 
 class SegmentedLog:
-    __slots__ = ("_dir", "_segsize", "_segs", "_committed", "_users", "_eof", "_closed", "_lock")
+    __slots__ = ("_dir", "_segsize", "_committed", "_eof", "_closed", "_scratch")
 
     def __init__(self, directory, segment_size: int = 32 * 1024 * 1024) -> None:
         segment_size = _ssize(segment_size)
@@ -57,12 +51,10 @@ class SegmentedLog:
             raise FileNotFoundError(errno.ENOENT, "log directory does not exist", directory)
         self._dir = os.fsencode(directory)
         self._segsize = segment_size
-        self._segs: list[mmap.mmap | None] = []
         self._committed = 0
-        self._users = 0
         self._eof = False
         self._closed = False
-        self._lock = threading.Lock()
+        self._scratch = bytearray(_SCRATCH_SIZE)
 
     @property
     def committed(self) -> int:
@@ -86,53 +78,13 @@ class SegmentedLog:
             f"committed={self._committed} eof={self._eof} closed={self._closed}>"
         )
 
-    # -- lifetime ---------------------------------------------------------
-
-    def _enter(self) -> None:
-        with self._lock:
-            if self._closed:
-                raise ValueError("I/O operation on closed log")
-            self._users += 1
-
-    def _leave(self) -> None:
-        with self._lock:
-            self._users -= 1
-            if self._users == 0 and self._closed:
-                self._unmap_all()
-
-    def _unmap_all(self) -> None:
-        for mm in self._segs:
-            if mm is not None:
-                mm.close()
-        self._segs = []
-
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            if self._users == 0:
-                self._unmap_all()
+        self._closed = True
+
+    def _path(self, idx: int) -> bytes:
+        return b"%s/seg-%08d" % (self._dir, idx)
 
     # -- writer side ------------------------------------------------------
-
-    def _segment(self, idx: int) -> mmap.mmap:
-        while len(self._segs) <= idx:
-            self._segs.append(None)
-        mm = self._segs[idx]
-        if mm is None:
-            path = b"%s/seg-%08d" % (self._dir, idx)
-            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-            try:
-                os.ftruncate(fd, self._segsize)
-                mm = mmap.mmap(
-                    fd, self._segsize, flags=mmap.MAP_SHARED,
-                    prot=mmap.PROT_READ | mmap.PROT_WRITE, **_MMAP_KW,
-                )
-            finally:
-                os.close(fd)
-            self._segs[idx] = mm
-        return mm
 
     def _write(self, data) -> None:
         with memoryview(data) as view:
@@ -141,24 +93,30 @@ class SegmentedLog:
                 raise BufferError("append needs a C-contiguous buffer")
             with view.cast("B") as src:
                 done, n = 0, len(src)
-                while done < n:
-                    idx, pos = divmod(self._committed, self._segsize)
-                    mm = self._segment(idx)
-                    k = min(n - done, self._segsize - pos)
-                    mm[pos:pos + k] = src[done:done + k]
-                    self._committed += k  # publish after the bytes are in
-                    done += k
+                fd, fd_idx = -1, -1
+                try:
+                    while done < n:
+                        idx, pos = divmod(self._committed, self._segsize)
+                        if idx != fd_idx:
+                            if fd >= 0:
+                                os.close(fd)
+                                fd = -1
+                            fd = os.open(self._path(idx), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                            fd_idx = idx
+                        k = min(n - done, self._segsize - pos)
+                        w = os.pwrite(fd, src[done:done + k], pos)
+                        self._committed += w  # publish after the bytes are in
+                        done += w
+                finally:
+                    if fd >= 0:
+                        os.close(fd)
 
     def append(self, data) -> None:
         if self._closed:
             raise ValueError("I/O operation on closed log")
         if self._eof:
             raise ValueError("append after EOF")
-        self._enter()
-        try:
-            self._write(data)
-        finally:
-            self._leave()
+        self._write(data)
 
     def mark_eof(self) -> None:
         self._eof = True
@@ -172,34 +130,11 @@ class SegmentedLog:
             raise ValueError("I/O operation on closed log")
         if self._eof:
             return 0, True
-        self._enter()
         drained = 0
-        try:
+        with memoryview(self._scratch) as buf:
             while drained < budget and not self._closed:
-                want = budget - drained
-                idx, pos = divmod(self._committed, self._segsize)
-                room = self._segsize - pos
-                mm = self._segs[idx] if idx < len(self._segs) else None
                 try:
-                    if mm is None:
-                        # Tail segment not created yet: no file until a byte arrives.
-                        data = os.read(fd, min(want, _BOUNCE_SIZE))
-                        n = len(data)
-                        if n:
-                            self._write(data)
-                    else:
-                        views = [memoryview(mm)[pos:pos + min(want, room)]]
-                        try:
-                            if want > room:
-                                nxt = self._segment(idx + 1)
-                                views.append(memoryview(nxt)[:min(want - room, self._segsize)])
-                            n = os.readv(fd, views)  # retries EINTR itself (PEP 475)
-                        finally:
-                            # Exported buffers would make mmap.close() fail.
-                            for v in views:
-                                v.release()
-                        if n:
-                            self._committed += n
+                    n = os.readv(fd, [buf[:min(budget - drained, _SCRATCH_SIZE)]])  # retries EINTR (PEP 475)
                 except BlockingIOError:
                     break
                 except OSError as exc:
@@ -211,9 +146,8 @@ class SegmentedLog:
                 if n == 0:
                     self._eof = True
                     break
+                self._write(buf[:n])
                 drained += n
-        finally:
-            self._leave()
         return drained, self._eof
 
     # -- reader side ------------------------------------------------------
@@ -233,27 +167,29 @@ class SegmentedLog:
         while n > 0:
             idx, pos = divmod(offset, self._segsize)
             k = min(n, self._segsize - pos)
-            parts.append(self._segs[idx][pos:pos + k])
-            offset += k
-            n -= k
+            fd = os.open(self._path(idx), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                while k > 0:
+                    part = os.pread(fd, k, pos)
+                    if not part:
+                        raise OSError(errno.EIO, "committed bytes missing from segment", os.fsdecode(self._path(idx)))
+                    parts.append(part)
+                    pos += len(part)
+                    offset += len(part)
+                    n -= len(part)
+                    k -= len(part)
+            finally:
+                os.close(fd)
         return parts
 
     def read(self, offset: int, max_len: int) -> bytes:
         n = self._span(offset, max_len)
         if n == 0:
             return b""
-        self._enter()
-        try:
-            return b"".join(self._copy_out(offset, n))
-        finally:
-            self._leave()
+        return b"".join(self._copy_out(offset, n))
 
     def read_frame(self, offset: int, max_len: int) -> bytes:
         n = self._span(offset, max_len)
         if n == 0:
             return b""
-        self._enter()
-        try:
-            return b"".join([b"\x0a", _varint(n), *self._copy_out(offset, n)])
-        finally:
-            self._leave()
+        return b"".join([b"\x0a", _varint(n), *self._copy_out(offset, n)])
