@@ -614,3 +614,18 @@ def test_readers_while_draining(Log, logdir):
         log.close()
         os.close(r)
     assert not bad
+
+
+def test_logs_share_a_directory_by_name(Log, logdir):
+    a, b = Log(logdir, SEG, "1.stdout"), Log(logdir, SEG, "1.stderr")
+    try:
+        a.append(b"out" * SEG)
+        b.append(b"err")
+        assert sorted(os.listdir(logdir)) == ["1.stderr-00000000", "1.stdout-00000000", "1.stdout-00000001",
+                                              "1.stdout-00000002"]
+        assert a.read(0, 6) == b"outout" and b.read(0, 10) == b"err"
+        with pytest.raises(ValueError):
+            Log(logdir, SEG, "a/b")
+    finally:
+        a.close()
+        b.close()

@@ -4,13 +4,13 @@ from typing_extensions import Buffer  # collections.abc.Buffer needs 3.12
 from os import PathLike
 
 class SegmentedLog:
-    """Append-only byte log in files `seg-00000000`, `seg-00000001`, ... of `directory`.
+    """Append-only byte log in files `<name>-00000000`, `<name>-00000001`, ... of `directory`.
 
     Single writer (append/drain/mark_eof), any number of reader threads
     (read/read_frame); close() may come from any thread.
     """
 
-    def __init__(self, directory: str | bytes | PathLike[str] | PathLike[bytes], segment_size: int = 33554432) -> None:
+    def __init__(self, directory: str | PathLike[str], segment_size: int = 33554432, name: str = "seg") -> None:
         """`directory` must exist; `segment_size` a positive multiple of the page size (else ValueError)."""
 
     @property

@@ -71,7 +71,7 @@ cdef inline unsigned char *_put_varint(unsigned char *p, size_t n) noexcept nogi
 
 cdef class SegmentedLog:
     cdef:
-        bytes _dir                  # fs-encoded directory
+        bytes _prefix               # fs-encoded "directory/name"; segment i is "<prefix>-<i:08d>"
         Py_ssize_t _segsize
         Py_ssize_t _committed
         bint _eof
@@ -80,7 +80,7 @@ cdef class SegmentedLog:
         Py_ssize_t _widx
 
     def __cinit__(self, *args, **kwargs):
-        self._dir = None
+        self._prefix = None
         self._segsize = 0
         self._committed = 0
         self._eof = False
@@ -89,8 +89,8 @@ cdef class SegmentedLog:
         self._wfd = -1
         self._widx = -1
 
-    def __init__(self, directory, Py_ssize_t segment_size=32 * 1024 * 1024):
-        if self._dir is not None:
+    def __init__(self, directory, Py_ssize_t segment_size=32 * 1024 * 1024, name="seg"):
+        if self._prefix is not None:
             raise RuntimeError("SegmentedLog is already initialised")
         cdef long page = sysconf(_SC_PAGESIZE)
         if segment_size <= 0 or segment_size % page != 0:
@@ -101,7 +101,9 @@ cdef class SegmentedLog:
         directory = os.fspath(directory)
         if not os.path.isdir(directory):
             raise FileNotFoundError(2, "log directory does not exist", directory)
-        self._dir = os.fsencode(directory)
+        if not name or "/" in name:
+            raise ValueError(f"name must be a non-empty file name, got {name!r}")
+        self._prefix = os.fsencode(os.path.join(directory, name))
         self._segsize = segment_size
         self._closed = False
 
@@ -128,7 +130,7 @@ cdef class SegmentedLog:
 
     def __repr__(self):
         return (
-            f"<router._fastio.SegmentedLog dir={os.fsdecode(self._dir or b'')!r} "
+            f"<router._fastio.SegmentedLog prefix={os.fsdecode(self._prefix or b'')!r} "
             f"committed={self._committed} eof={self._eof} closed={self._closed}>"
         )
 
@@ -137,7 +139,7 @@ cdef class SegmentedLog:
         self._closed = True
 
     cdef bytes _path(self, Py_ssize_t idx):
-        return b"%s/seg-%08d" % (self._dir, idx)
+        return b"%s-%08d" % (self._prefix, idx)
 
     cdef int _open(self, Py_ssize_t idx, int flags) except -1:
         cdef bytes path = self._path(idx)

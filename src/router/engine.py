@@ -127,6 +127,7 @@ class Engine:
     def __init__(self, log_dir: pathlib.Path, *, segment_size: int, stdin_buffer_limit: int,
                  kill_grace_secs: float = 0.0, max_running_execs: int = 0) -> None:
         self._log_dir = log_dir
+        self._log_dir_str = str(log_dir)
         self._segment_size = segment_size
         self._stdin_limit = stdin_buffer_limit
         self._kill_grace = kill_grace_secs
@@ -247,9 +248,8 @@ class Engine:
         return Exec(exec_id, fingerprint, spec, stdout, stderr)
 
     def _new_log(self, name: str) -> SegmentedLog:
-        path = self._log_dir / name
-        path.mkdir()
-        return SegmentedLog(str(path), self._segment_size)
+        # All logs share one directory: a directory per log would cost a mkdir per exec.
+        return SegmentedLog(self._log_dir_str, self._segment_size, name)
 
     def _forget(self, ex: Exec, error: RouterError) -> None:
         """A start that failed for lack of resources leaves no exec behind, so a retry can run it."""

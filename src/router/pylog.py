@@ -37,9 +37,9 @@ def _varint(n: int) -> bytes:
 
 
 class SegmentedLog:
-    __slots__ = ("_dir", "_segsize", "_committed", "_eof", "_closed", "_scratch")
+    __slots__ = ("_prefix", "_segsize", "_committed", "_eof", "_closed", "_scratch")
 
-    def __init__(self, directory, segment_size: int = 32 * 1024 * 1024) -> None:
+    def __init__(self, directory, segment_size: int = 32 * 1024 * 1024, name: str = "seg") -> None:
         segment_size = _ssize(segment_size)
         if segment_size <= 0 or segment_size % mmap.PAGESIZE:
             raise ValueError(
@@ -49,7 +49,9 @@ class SegmentedLog:
         directory = os.fspath(directory)
         if not os.path.isdir(directory):
             raise FileNotFoundError(errno.ENOENT, "log directory does not exist", directory)
-        self._dir = os.fsencode(directory)
+        if not name or "/" in name:
+            raise ValueError(f"name must be a non-empty file name, got {name!r}")
+        self._prefix = os.fsencode(os.path.join(directory, name))
         self._segsize = segment_size
         self._committed = 0
         self._eof = False
@@ -74,7 +76,7 @@ class SegmentedLog:
 
     def __repr__(self) -> str:
         return (
-            f"<router.pylog.SegmentedLog dir={os.fsdecode(self._dir)!r} "
+            f"<router.pylog.SegmentedLog prefix={os.fsdecode(self._prefix)!r} "
             f"committed={self._committed} eof={self._eof} closed={self._closed}>"
         )
 
@@ -82,7 +84,7 @@ class SegmentedLog:
         self._closed = True
 
     def _path(self, idx: int) -> bytes:
-        return b"%s/seg-%08d" % (self._dir, idx)
+        return b"%s-%08d" % (self._prefix, idx)
 
     # -- writer side ------------------------------------------------------
 
