@@ -531,10 +531,20 @@ def test_drain_segment_creation_failure(Log, tmp_path):
         with pytest.raises(FileNotFoundError):
             log.drain(r)
         assert log.committed == 0
+        with pytest.raises(FileNotFoundError):
+            log.drain(r)  # still failing: nothing more is taken from the pipe
+        # Once writing works again, the bytes the failed calls took come first, nothing lost.
+        os.write(w, b"def")
+        d.mkdir()
+        os.close(w)
+        w = -1
+        drain_until_eof(log, r)
+        assert log.read(0, 100) == b"abcdef" and log.eof
     finally:
         log.close()
         os.close(r)
-        os.close(w)
+        if w >= 0:
+            os.close(w)
 
 
 # -- concurrency -------------------------------------------------------------

@@ -25,6 +25,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.errno cimport EAGAIN, EINTR, EIO, errno
+from libc.string cimport memcpy, memmove
 from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDONLY, O_WRONLY
 from posix.fcntl cimport open as c_open
 from posix.uio cimport iovec, readv
@@ -78,6 +79,8 @@ cdef class SegmentedLog:
         bint _closed
         int _wfd                    # writer's descriptor for segment _widx, only during a call
         Py_ssize_t _widx
+        char *_stash                # bytes taken from a pipe that could not be written yet
+        Py_ssize_t _stash_len
 
     def __cinit__(self, *args, **kwargs):
         self._prefix = None
@@ -88,6 +91,8 @@ cdef class SegmentedLog:
         self._closed = True
         self._wfd = -1
         self._widx = -1
+        self._stash = NULL
+        self._stash_len = 0
 
     def __init__(self, directory, Py_ssize_t segment_size=32 * 1024 * 1024, name="seg"):
         if self._prefix is not None:
@@ -111,6 +116,8 @@ cdef class SegmentedLog:
         if self._wfd >= 0:
             c_close(self._wfd)
             self._wfd = -1
+        PyMem_Free(self._stash)
+        self._stash = NULL
 
     @property
     def committed(self):
@@ -189,6 +196,38 @@ cdef class SegmentedLog:
             n -= w
         return 0
 
+    cdef int _write_or_keep(self, const char *src, Py_ssize_t n) except -1:
+        """_write, but what a failure leaves unwritten is kept, to be written first next time.
+
+        Bytes read from a pipe exist nowhere else: losing them would corrupt the stream.
+        """
+        cdef Py_ssize_t before = self._committed, rest
+        try:
+            self._write(src, n)
+        except OSError:
+            rest = n - (self._committed - before)
+            self._stash = <char *>PyMem_Malloc(rest)
+            if self._stash == NULL:
+                raise MemoryError()
+            memcpy(self._stash, src + (n - rest), <size_t>rest)
+            self._stash_len = rest
+            raise
+        return 0
+
+    cdef int _flush_stash(self) except -1:
+        cdef Py_ssize_t before = self._committed, done
+        try:
+            self._write(self._stash, self._stash_len)
+        finally:
+            done = self._committed - before
+            self._stash_len -= done
+            if self._stash_len:
+                memmove(self._stash, self._stash + done, <size_t>self._stash_len)
+            else:
+                PyMem_Free(self._stash)
+                self._stash = NULL
+        return 0
+
     def append(self, data):
         """Copy a bytes-like object to the tail (crossing segments). ValueError after EOF or close."""
         cdef Py_buffer view
@@ -210,6 +249,9 @@ cdef class SegmentedLog:
         """readv() a non-blocking fd into the tail until EAGAIN, EOF (EIO counts) or `budget` bytes.
 
         Returns (bytes drained by this call, eof). The GIL is released around every syscall.
+        If writing fails (no descriptor, disk full), OSError is raised and the bytes already
+        taken from the pipe are kept: the next call writes them first, so nothing is lost and
+        the pipe holds the child back meanwhile.
         """
         global _scratch, _scratch_busy
         cdef iovec iov
@@ -225,6 +267,11 @@ cdef class SegmentedLog:
             raise ValueError("I/O operation on closed log")
         if self._eof:
             return 0, True
+        if self._stash != NULL:
+            try:
+                self._flush_stash()
+            finally:
+                self._release_writer()
         if _scratch == NULL:
             _scratch = <char *>PyMem_Malloc(SCRATCH_SIZE)
             if _scratch == NULL:
@@ -247,7 +294,7 @@ cdef class SegmentedLog:
                 if n > 0:
                     if ROUTER_DEBUG:
                         assert <size_t>n <= iov.iov_len
-                    self._write(buf, n)
+                    self._write_or_keep(buf, n)
                     drained += n
                 elif n == 0:
                     self._eof = True

@@ -28,6 +28,7 @@ import grpc
 import msgspec
 import uvloop
 
+from . import procs
 from ._fastio import SegmentedLog
 from .errors import RouterError, throttled
 
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 # One drain call takes at most this much from one pipe, so that one loud exec cannot starve the rest.
 DRAIN_BUDGET = 4 * 1024 * 1024
 PIPE_SIZE = 1024 * 1024
+# After a failed write to a log, reading that pipe waits this long: the pipe holds the child back.
+DRAIN_RETRY_SECS = 0.5
 # Descriptors each running exec may hold: stdin, stdout, stderr, pidfd.
 FDS_PER_EXEC = 4
 FDS_RESERVED = 1024
@@ -83,12 +86,18 @@ class Exec:
         self.stdin_pending: collections.deque[memoryview] = collections.deque()
         self.stdin_pending_bytes = 0
         self.stdin_dropping = False  # the child is gone or closed its stdin: accept and drop
+        self.stdin_last = b""  # the last byte accepted, to end a terminal's input cleanly
+        self.failed: RouterError | None = None  # set if the start failed and the exec was dropped
         self._pid = -1
         self._proc: subprocess.Popen[bytes] | None = None
+        # Held from spawn until the exec is finished: while it is open the leader stays unreaped
+        # once it exits (a zombie), so its pid and process group id cannot be reused.
         self._pidfd = -1
         self._stdin_fd = -1
+        self._eof_queued = False
         self._stdin_writer = False
         self._output_fds: list[int] = []
+        self._held_master = -1  # a terminal's master, kept open until the leader exits
         self._timers: list[object] = []
         self._is_pty = spec.pty is not None
 
@@ -101,6 +110,11 @@ class Exec:
     @property
     def running(self) -> bool:
         return self.status is None
+
+    @property
+    def finished(self) -> bool:
+        """The leader exited and every output stream is complete: nothing of it can run on."""
+        return self.status is not None and not self._output_fds
 
     def notify(self) -> None:
         with self.cond:
@@ -141,10 +155,13 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._setsid = shutil.which("setsid")
         self.base_env = base_environment()
+        self._lingering_groups: set[int] = set()  # loop thread only
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Logs of a previous run that crashed: nothing can read them (exec records do not survive yet).
+        shutil.rmtree(self._log_dir, ignore_errors=True)
         self._log_dir.mkdir(parents=True, exist_ok=True)
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run_loop, args=(ready,), name="router-engine", daemon=True)
@@ -161,7 +178,7 @@ class Engine:
             loop.close()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Kill every running exec's process group, reap them, close pipes and logs."""
+        """Kill everything every exec started, reap, close pipes and logs, end the loop thread."""
         with self._lock:
             if self._closing:
                 return
@@ -170,39 +187,48 @@ class Engine:
         loop = self._loop
         if loop is None:
             return
-        loop.call_soon_threadsafe(self._kill_all, execs)
-        deadline = time.monotonic() + timeout
-        for ex in execs:
-            with ex.cond:
-                while ex.running and time.monotonic() < deadline:
-                    ex.cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
-        done = concurrent.futures.Future[None]()
-        loop.call_soon_threadsafe(self._close_all, execs, done)
-        done.result(timeout)
-        loop.call_soon_threadsafe(loop.stop)
-        assert self._thread is not None
-        self._thread.join(timeout)
-        for ex in execs:
-            for stream in (ex.stdout, ex.stderr):
-                if stream is not None:
-                    stream.close()
-            ex.notify()
-        shutil.rmtree(self._log_dir, ignore_errors=True)
+        try:
+            loop.call_soon_threadsafe(self._kill_all, execs)
+            deadline = time.monotonic() + timeout
+            for ex in execs:
+                with ex.cond:
+                    while ex.running and ex.failed is None and time.monotonic() < deadline:
+                        ex.cond.wait(min(0.5, max(0.0, deadline - time.monotonic())))
+            done = concurrent.futures.Future[None]()
+            loop.call_soon_threadsafe(self._close_all, execs, done)
+            done.result(timeout)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            assert self._thread is not None
+            self._thread.join(timeout)
+            for ex in execs:
+                for stream in (ex.stdout, ex.stderr):
+                    if stream is not None:
+                        stream.close()
+                ex.notify()
+            shutil.rmtree(self._log_dir, ignore_errors=True)
 
     def _kill_all(self, execs: list[Exec]) -> None:
-        for ex in execs:
-            if ex.running and ex._pid > 0:
-                _killpg(ex._pid, signal.SIGKILL)
+        for pgid in self._lingering_groups:
+            procs.killpg_quietly(pgid, signal.SIGKILL)
+        live = [ex for ex in execs if ex._pidfd >= 0]
+        for ex in live:
+            self._signal_exec(ex, signal.SIGKILL, sessions=False)
+        # One /proc scan for every terminal session, rather than one per exec.
+        procs.kill_sessions((ex._pid for ex in live if ex._is_pty), signal.SIGKILL)
 
     def _close_all(self, execs: list[Exec], done: concurrent.futures.Future[None]) -> None:
-        for ex in execs:
-            if ex.running and ex._pid > 0:
-                # Not reaped in time (unkillable?): reap it here so nothing is left behind.
-                self._on_exit(ex, block=True)
-            for fd in list(ex._output_fds):
-                self._close_output(ex, fd)
-            self._close_stdin(ex)
-        done.set_result(None)
+        try:
+            for ex in execs:
+                for fd in list(ex._output_fds):
+                    self._close_output(ex, fd)
+                self._close_stdin(ex)
+                self._close_held_master(ex)
+                if ex._pidfd >= 0:
+                    self._on_exit(ex)  # collects the status if the pidfd's wake-up has not run yet
+                    self._release(ex)
+        finally:
+            done.set_result(None)
 
     # -- lookups -----------------------------------------------------------------------------
 
@@ -235,6 +261,8 @@ class Engine:
             elif ex.fingerprint != fingerprint:
                 raise RouterError(grpc.StatusCode.ALREADY_EXISTS,
                                   f"exec {exec_id!r} already exists with a different request")
+        if timeout is not None and timeout > threading.TIMEOUT_MAX:
+            timeout = None  # grpcio reports "no deadline" as a huge number of seconds
         try:
             ex.started.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -260,6 +288,9 @@ class Engine:
         for stream in (ex.stdout, ex.stderr):
             if stream is not None:
                 stream.close()
+        with ex.cond:
+            ex.failed = error
+            ex.cond.notify_all()
         ex.started.set_exception(error)
 
     # -- loop thread: spawning ---------------------------------------------------------------
@@ -309,7 +340,8 @@ class Engine:
         try:
             ex._pidfd = os.pidfd_open(proc.pid)
         except OSError as e:
-            _killpg(proc.pid, signal.SIGKILL)
+            procs.killpg_quietly(proc.pid, signal.SIGKILL)
+            procs.kill_quietly(proc.pid, signal.SIGKILL)
             proc.wait()
             for fd in parent_fds:
                 os.close(fd)
@@ -331,14 +363,14 @@ class Engine:
         spec = ex.spec
         argv = list(spec.args)
         if spec.pty is not None:
-            resolved = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=spec.env.get("PATH", os.defpath))
-            if resolved is None:
+            # Checked here so that a missing command gets the same message as without a terminal.
+            if "/" not in argv[0] and shutil.which(argv[0], path=spec.env.get("PATH", os.defpath)) is None:
                 raise FileNotFoundError(errno.ENOENT, "command not found", argv[0])
             if self._setsid is None:
                 raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, "PTY execs need setsid(1) on the router host")
             # setsid(1) makes the child a session leader with the pty as controlling terminal;
             # subprocess cannot do that without preexec_fn, which would rule out vfork.
-            argv = [self._setsid, "--ctty", resolved, *argv[1:]]
+            argv = [self._setsid, "--ctty", *argv]
         return subprocess.Popen(
             argv, stdin=stdin, stdout=stdout, stderr=stderr, env=spec.env, cwd=spec.workdir,
             process_group=None if spec.pty is not None else 0, close_fds=True,
@@ -413,41 +445,84 @@ class Engine:
         try:
             n, eof = stream.drain(fd, DRAIN_BUDGET)
         except OSError as e:
-            log.error("reading output of exec %s failed: %s", ex.exec_id, e)
-            n, eof = 0, True
-            stream.mark_eof()
+            # The log kept what it took from the pipe; stop reading until writing can work again.
+            log.error("writing output of exec %s failed, retrying in %ss: %s", ex.exec_id, DRAIN_RETRY_SECS, e)
+            assert self._loop is not None
+            self._loop.remove_reader(fd)
+            ex._timers.append(self._loop.call_later(DRAIN_RETRY_SECS, self._resume_output, ex, stream, fd))
+            return
         if eof:
             self._close_output(ex, fd)
         if n or eof:
             ex.notify()
 
+    def _resume_output(self, ex: Exec, stream: SegmentedLog, fd: int) -> None:
+        if fd in ex._output_fds:
+            assert self._loop is not None
+            self._loop.add_reader(fd, self._on_output, ex, stream, fd)
+
     def _close_output(self, ex: Exec, fd: int) -> None:
         assert self._loop is not None
         self._loop.remove_reader(fd)
         ex._output_fds.remove(fd)
-        os.close(fd)
+        if ex._is_pty and ex.status is None:
+            # Closing the master hangs the terminal up (SIGHUP): a program that closes its
+            # terminal descriptors just before exiting (cat does) must be left to exit.
+            ex._held_master = fd
+        else:
+            os.close(fd)
         for stream in (ex.stdout, ex.stderr):
             if stream is not None and not stream.eof and not ex._output_fds:
                 stream.mark_eof()
+        if ex.finished:
+            self._release(ex)
 
-    def _on_exit(self, ex: Exec, block: bool = False) -> None:
-        assert self._loop is not None and ex._proc is not None
+    def _on_exit(self, ex: Exec) -> None:
+        """The leader exited: publish its status, but leave it unreaped until the exec is finished."""
+        if ex.status is not None:
+            return
+        info = os.waitid(os.P_PIDFD, ex._pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is None:
+            return  # spurious wake-up
+        assert self._loop is not None
         self._loop.remove_reader(ex._pidfd)
-        os.close(ex._pidfd)
-        ex._pidfd = -1
-        pid, status = os.waitpid(ex._pid, 0 if block else os.WNOHANG)
-        if pid == 0:
-            return  # not yet: cannot happen for a readable pidfd, but never block the loop
-        ex._proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not reap it again
-        ex._proc = None
+        self._close_stdin(ex)
+        self._close_held_master(ex)
+        if info.si_code == os.CLD_EXITED:
+            self._set_status(ex, ExitStatus(code=info.si_status))
+        else:
+            self._set_status(ex, ExitStatus(signal=info.si_status))
+        if ex.finished:
+            self._release(ex)
+
+    @staticmethod
+    def _close_held_master(ex: Exec) -> None:
+        if ex._held_master >= 0:
+            os.close(ex._held_master)
+            ex._held_master = -1
+
+    def _release(self, ex: Exec) -> None:
+        """Reap the leader and drop the pidfd: after this its pid and group id may be reused."""
         for timer in ex._timers:
             timer.cancel()  # type: ignore[attr-defined]
         ex._timers.clear()
-        self._close_stdin(ex)
-        if os.WIFSIGNALED(status):
-            self._set_status(ex, ExitStatus(signal=os.WTERMSIG(status)))
+        if ex._pidfd < 0:
+            return
+        assert self._loop is not None and ex._proc is not None
+        self._loop.remove_reader(ex._pidfd)
+        if ex.status is not None:
+            os.waitid(os.P_PIDFD, ex._pidfd, os.WEXITED | os.WNOHANG)
+            ex._proc.returncode = -1  # reaped here: Popen must not wait for it again
         else:
-            self._set_status(ex, ExitStatus(code=os.WEXITSTATUS(status)))
+            log.error("exec %s: leader %d survived SIGKILL; leaving it unreaped", ex.exec_id, ex._pid)
+            ex._proc.returncode = -1
+        os.close(ex._pidfd)
+        ex._pidfd = -1
+        ex._proc = None
+        if _group_exists(ex._pid):
+            # Background processes that closed their output outlive the exec; stop() ends them.
+            # (Linux keeps a group's id from reuse while it has members.)
+            self._lingering_groups.add(ex._pid)
 
     def _set_status(self, ex: Exec, status: ExitStatus) -> None:
         with self._lock:
@@ -460,18 +535,25 @@ class Engine:
             ex.cond.notify_all()
 
     def _on_timeout(self, ex: Exec) -> None:
-        if not ex.running:
+        if ex._pidfd < 0:
             return
         if self._kill_grace > 0:
-            _killpg(ex._pid, signal.SIGTERM)
+            self._signal_exec(ex, signal.SIGTERM)
             assert self._loop is not None
-            ex._timers.append(self._loop.call_later(self._kill_grace, self._kill_now, ex))
+            ex._timers.append(self._loop.call_later(self._kill_grace, self._signal_exec, ex, signal.SIGKILL))
         else:
-            self._kill_now(ex)
+            self._signal_exec(ex, signal.SIGKILL)
 
-    def _kill_now(self, ex: Exec) -> None:
-        if ex.running:
-            _killpg(ex._pid, signal.SIGKILL)
+    def _signal_exec(self, ex: Exec, sig: int, sessions: bool = True) -> None:
+        """Signal the exec's process group, its leader (even if it left the group) and, for a
+        terminal, its whole session. Safe while the pidfd is held: the ids cannot be reused."""
+        if ex._pidfd < 0:
+            return
+        procs.killpg_quietly(ex._pid, sig)
+        if ex.status is None:
+            procs.signal_pidfd(ex._pidfd, sig)
+        if sessions and ex._is_pty:
+            procs.kill_sessions([ex._pid], sig)
 
     # -- stdin -----------------------------------------------------------------------------------
 
@@ -498,6 +580,8 @@ class Engine:
                 ex.cond.wait(1.0 if remaining is None else min(remaining, 1.0))
             ex.stdin_written += len(new)
             ex.stdin_eof = eof
+            if len(new):
+                ex.stdin_last = bytes(new[-1:])
             if not ex.stdin_dropping:
                 if len(new):
                     ex.stdin_pending.append(new)
@@ -511,6 +595,11 @@ class Engine:
         if fd < 0:
             return
         with ex.cond:
+            if ex._is_pty and ex.stdin_eof and not ex._eof_queued and not ex.stdin_dropping:
+                ex._eof_queued = True
+                eof_bytes = _terminal_eof(fd, ex.stdin_last)
+                ex.stdin_pending.append(memoryview(eof_bytes))
+                ex.stdin_pending_bytes += len(eof_bytes)
             while ex.stdin_pending:
                 chunk = ex.stdin_pending[0]
                 try:
@@ -539,11 +628,6 @@ class Engine:
             self._loop.remove_writer(fd)
             ex._stdin_writer = False
         if close:
-            if ex._is_pty and ex.stdin_eof and not ex.stdin_dropping:
-                try:
-                    os.write(fd, b"\x04")  # end-of-file for the terminal's line discipline
-                except OSError:
-                    pass
             self._close_stdin(ex)
 
     def _close_stdin(self, ex: Exec) -> None:
@@ -557,8 +641,19 @@ class Engine:
         os.close(fd)
 
 
-def _killpg(pgid: int, sig: int) -> None:
+def _group_exists(pgid: int) -> bool:
     try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _terminal_eof(fd: int, last: bytes) -> bytes:
+    """What ends a terminal's input: its EOF character, twice unless at the start of a line
+    (the first only pushes out a partial line). A terminal in raw mode has no end of input."""
+    attrs = termios.tcgetattr(fd)
+    if not attrs[3] & termios.ICANON:
+        return b""
+    veof = attrs[6][termios.VEOF]
+    return veof if last in (b"", b"\n") else veof * 2

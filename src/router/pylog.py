@@ -37,7 +37,7 @@ def _varint(n: int) -> bytes:
 
 
 class SegmentedLog:
-    __slots__ = ("_prefix", "_segsize", "_committed", "_eof", "_closed", "_scratch")
+    __slots__ = ("_prefix", "_segsize", "_committed", "_eof", "_closed", "_scratch", "_stash")
 
     def __init__(self, directory, segment_size: int = 32 * 1024 * 1024, name: str = "seg") -> None:
         segment_size = _ssize(segment_size)
@@ -57,6 +57,7 @@ class SegmentedLog:
         self._eof = False
         self._closed = False
         self._scratch = bytearray(_SCRATCH_SIZE)
+        self._stash = b""  # bytes taken from a pipe that could not be written yet
 
     @property
     def committed(self) -> int:
@@ -132,6 +133,12 @@ class SegmentedLog:
             raise ValueError("I/O operation on closed log")
         if self._eof:
             return 0, True
+        if self._stash:
+            before = self._committed
+            try:
+                self._write(self._stash)
+            finally:
+                self._stash = self._stash[self._committed - before:]
         drained = 0
         with memoryview(self._scratch) as buf:
             while drained < budget and not self._closed:
@@ -148,7 +155,13 @@ class SegmentedLog:
                 if n == 0:
                     self._eof = True
                     break
-                self._write(buf[:n])
+                before = self._committed
+                try:
+                    self._write(buf[:n])
+                except OSError:
+                    # Bytes read from a pipe exist nowhere else: keep them for the next call.
+                    self._stash = bytes(buf[self._committed - before:n])
+                    raise
                 drained += n
         return drained, self._eof
 

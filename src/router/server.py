@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import functools
 import logging
 import pathlib
@@ -24,7 +25,7 @@ from ._proto import task_command_router_pb2 as pb
 from .auth import Authenticator
 from .config import ServerConfig
 from .engine import Engine, Exec, ExitStatus, raise_open_file_limit
-from .errors import RouterError
+from .errors import RouterError, throttled
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,25 @@ def _abort(context: grpc.ServicerContext, err: RouterError) -> None:
     context.abort_with_status(rpc_status.to_status(status))
 
 
-def _deadline(context: grpc.ServicerContext) -> float | None:
+def _remaining(context: grpc.ServicerContext) -> float | None:
+    """Seconds left before the call's deadline; None if it has none (grpcio then says ~1e19)."""
     remaining = context.time_remaining()
+    return None if remaining is None or remaining > threading.TIMEOUT_MAX else remaining
+
+
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    remaining = _remaining(context)
     return None if remaining is None else time.monotonic() + remaining
+
+
+def _log_error(e: OSError, what: str) -> RouterError:
+    """A failed read of a log: throttle when out of descriptors or memory, DATA_LOSS if the disk failed."""
+    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+        return throttled(f"cannot read {what}: {e.strerror}", retry_after=1.0)
+    if e.errno == errno.EIO:
+        return RouterError(grpc.StatusCode.DATA_LOSS, f"cannot read {what}: {e.strerror}")
+    log.exception("reading %s failed", what)
+    return RouterError(grpc.StatusCode.INTERNAL, f"cannot read {what}: {e!r}")
 
 
 class Servicer:
@@ -122,6 +139,8 @@ class Servicer:
     def _wait(self, ex: Exec, context: grpc.ServicerContext, ready: Callable[[], bool]) -> bool:
         """Wait on the exec until `ready()` or the call ends; returns ready(). Called with ex.cond held."""
         while not ready():
+            if ex.failed is not None:
+                raise ex.failed  # its start failed after this call found it
             if not context.is_active():
                 return False
             ex.cond.wait(_RECHECK_SECS)
@@ -136,8 +155,7 @@ class Servicer:
     def TaskExecStart(self, request: pb.TaskExecStartRequest, context: grpc.ServicerContext) -> pb.TaskExecStartResponse:
         spec = requests.exec_spec(request, self._engine.base_env)
         fingerprint = request.SerializeToString(deterministic=True)
-        remaining = context.time_remaining()
-        self._engine.start_exec(request.exec_id, fingerprint, spec, remaining)
+        self._engine.start_exec(request.exec_id, fingerprint, spec, _remaining(context))
         return pb.TaskExecStartResponse()
 
     def TaskExecPoll(self, request: pb.TaskExecPollRequest, context: grpc.ServicerContext) -> pb.TaskExecPollResponse:
@@ -168,7 +186,10 @@ class Servicer:
             committed = stream.committed
             if offset < committed:
                 # Frames are TaskExecStdioReadResponse already encoded: one copy out of the log.
-                frame = stream.read_frame(offset, min(chunk, committed - offset))
+                try:
+                    frame = stream.read_frame(offset, min(chunk, committed - offset))
+                except OSError as e:
+                    raise _log_error(e, f"the {which} of exec {request.exec_id!r}") from None
                 offset += min(chunk, committed - offset)
                 yield frame
                 continue
