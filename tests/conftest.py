@@ -1,7 +1,9 @@
 """Shared fixtures: a real server on a free loopback port, clients, and leak guards after every test."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import os
 import pathlib
 import subprocess
@@ -56,6 +58,13 @@ def _settled(check, timeout: float = 5.0):  # type: ignore[no-untyped-def]
 def _grpc_warm() -> None:
     """grpc core and libuv open process-wide descriptors on first use; open them before any baseline."""
     uvloop.new_event_loop().close()  # libuv's global signal-lock pipe
+    async def aio_server() -> None:  # grpc.aio's process-wide poller thread
+        server = grpc.aio.server()
+        server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        await server.stop(0)
+
+    asyncio.run(aio_server())
     channel = grpc.insecure_channel("127.0.0.1:1")
     with contextlib.suppress(grpc.FutureTimeoutError):
         grpc.channel_ready_future(channel).result(timeout=0.1)
@@ -68,6 +77,7 @@ def leak_guard() -> Iterator[None]:
     threads = set(threading.enumerate())
     kids = set(children())
     yield
+    gc.collect()  # grpc.aio ends its poller thread when its last object is freed
     leaked_kids = _settled(lambda: set(children()) - kids)
     assert not leaked_kids, f"child processes left behind: {leaked_kids}"
     leaked_threads = _settled(lambda: {t for t in threading.enumerate() if t not in threads and t.is_alive()})
@@ -87,9 +97,10 @@ def make_server(tmp_path: pathlib.Path, **overrides: object) -> tuple[RouterServ
     return server, key
 
 
-@pytest.fixture
-def server_and_key(tmp_path: pathlib.Path) -> Iterator[tuple[RouterServer, bytes]]:
-    server, key = make_server(tmp_path)
+@pytest.fixture(params=["aio", "threads"])
+def server_and_key(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[tuple[RouterServer, bytes]]:
+    """A server in each mode: both serve the same contract."""
+    server, key = make_server(tmp_path, server_mode=request.param)
     try:
         yield server, key
     finally:

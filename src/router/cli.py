@@ -30,7 +30,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     state_dir = config.ensure_state_dir(_state_dir(args.state_dir))
     task_id = args.task_id or config.load_or_create_task_id(state_dir)
     cfg = config.ServerConfig(state_dir=str(state_dir), task_id=task_id, listen=args.listen,
-                              kill_grace_secs=args.kill_grace, max_workers=args.max_workers)
+                              kill_grace_secs=args.kill_grace, server_mode=args.server_mode,
+                              max_workers=args.max_workers)
     server = RouterServer(cfg, auth.load_or_create_key(state_dir))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -132,7 +133,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--task-id", help="the task this server serves (default: generated once per state directory)")
     serve.add_argument("--kill-grace", type=float, default=0.0,
                        help="seconds between SIGTERM and SIGKILL when an exec times out (default 0: SIGKILL)")
-    serve.add_argument("--max-workers", type=int, default=13000, help="threads for concurrent calls")
+    serve.add_argument("--server-mode", choices=("aio", "threads"), default="aio",
+                       help="aio: every call on the engine's event loop (default); threads: a thread per call")
+    serve.add_argument("--max-workers", type=int, default=13000, help="threads mode: threads for concurrent calls")
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="print a bearer token for the task")

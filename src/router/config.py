@@ -5,6 +5,8 @@ import os
 import pathlib
 import secrets
 
+from typing import Literal
+
 import msgspec
 import platformdirs
 
@@ -27,7 +29,10 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kill_grace_secs: float = 0.0
     # 0 means: derive from the open-file limit (each running exec holds up to 4 descriptors).
     max_running_execs: int = 0
-    # One thread per in-flight call: a followed exec holds three calls (one Wait, two reads).
+    # "aio": grpc.aio on the engine's loop, one thread for every call (the default: measured faster
+    # for many execs, benchmarks/RESULTS.md); "threads": grpcio's thread-per-call server.
+    server_mode: Literal["aio", "threads"] = "aio"
+    # Threads mode only. A followed exec holds three calls (one Wait, two reads).
     max_workers: int = 13000
 
 

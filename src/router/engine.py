@@ -1,11 +1,13 @@
 """The engine: one uvloop event loop, in its own thread, owns every child process, pipe and timer.
 
-RPC threads never touch loop objects. They hand work to the loop with `call_soon_threadsafe`
-and wait on the exec's condition variable, which the loop notifies whenever output lands, stdin
-drains or the exec exits.
+Callers on other threads (the thread-per-call server) never touch loop objects: they hand work to
+the loop with `call_soon_threadsafe` and wait on the exec's condition variable. Coroutines on the
+loop itself (the grpc.aio server) call straight in and await `Exec.changed()`. Either way the
+loop wakes them whenever output lands, stdin drains or the exec exits.
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import errno
@@ -96,6 +98,7 @@ class Exec:
         self._stdin_fd = -1
         self._eof_queued = False
         self._stdin_writer = False
+        self._async_waiters: list[asyncio.Future[None]] = []
         self._output_fds: list[int] = []
         self._held_master = -1  # a terminal's master, kept open until the leader exits
         self._timers: list[object] = []
@@ -117,8 +120,28 @@ class Exec:
         return self.status is not None and not self._output_fds
 
     def notify(self) -> None:
+        """Wake every waiter: threads on `cond`, coroutines awaiting `changed()`. Loop thread only
+        when coroutines may wait (the aio server); from any thread otherwise."""
         with self.cond:
             self.cond.notify_all()
+        if self._async_waiters:
+            waiters, self._async_waiters = self._async_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def changed(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """A future the next notify() completes (call on the loop thread)."""
+        fut = loop.create_future()
+        self._async_waiters.append(fut)
+        return fut
+
+    def forget_waiter(self, fut: asyncio.Future[None]) -> None:
+        """Drop a waiter whose call ended first, so a quiet exec does not collect them."""
+        try:
+            self._async_waiters.remove(fut)
+        except ValueError:
+            pass
 
 
 def base_environment() -> dict[str, str]:
@@ -152,6 +175,7 @@ class Engine:
         self._counter = itertools.count()
         self._closing = False
         self._loop: uvloop.Loop | None = None
+        self._loop_ident = -1
         self._thread: threading.Thread | None = None
         self._setsid = shutil.which("setsid")
         self.base_env = base_environment()
@@ -170,7 +194,9 @@ class Engine:
 
     def _run_loop(self, ready: threading.Event) -> None:
         loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
         self._loop = loop
+        self._loop_ident = threading.get_ident()
         ready.set()
         try:
             loop.run_forever()
@@ -205,6 +231,7 @@ class Engine:
                 for stream in (ex.stdout, ex.stderr):
                     if stream is not None:
                         stream.close()
+                ex._async_waiters.clear()  # their loop has stopped; the aio server ended them first
                 ex.notify()
             shutil.rmtree(self._log_dir, ignore_errors=True)
 
@@ -232,6 +259,22 @@ class Engine:
 
     # -- lookups -----------------------------------------------------------------------------
 
+    @property
+    def loop(self) -> uvloop.Loop:
+        assert self._loop is not None
+        return self._loop
+
+    def on_loop(self) -> bool:
+        return threading.get_ident() == self._loop_ident
+
+    def _submit(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+        """Run fn(*args) on the loop thread: now if already there, else as soon as the loop can."""
+        if self.on_loop():
+            fn(*args)
+        else:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(fn, *args)
+
     def get(self, exec_id: str) -> Exec:
         ex = self._execs.get(exec_id)
         if ex is None:
@@ -246,6 +289,8 @@ class Engine:
 
     def start_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec, timeout: float | None = None) -> Exec:
         """Start an exec, or return the one already started with this id and the same request."""
+        on_loop = self.on_loop()
+        spawn_now = False
         with self._lock:
             if self._closing:
                 raise RouterError(grpc.StatusCode.UNAVAILABLE, "router is shutting down")
@@ -256,11 +301,20 @@ class Engine:
                 ex = self._new_exec(exec_id, fingerprint, spec)
                 self._execs[exec_id] = ex
                 self._running += 1
-                assert self._loop is not None
-                self._loop.call_soon_threadsafe(self._spawn, ex)
+                if on_loop:
+                    spawn_now = True
+                else:
+                    # Queued under the lock, so stop() (which takes it) sees it before killing.
+                    assert self._loop is not None
+                    self._loop.call_soon_threadsafe(self._spawn, ex)
             elif ex.fingerprint != fingerprint:
                 raise RouterError(grpc.StatusCode.ALREADY_EXISTS,
                                   f"exec {exec_id!r} already exists with a different request")
+        if on_loop:
+            if spawn_now:
+                self._spawn(ex)
+            ex.started.result(0)  # spawned synchronously: raises the error of a failed start
+            return ex
         if timeout is not None and timeout > threading.TIMEOUT_MAX:
             timeout = None  # grpcio reports "no deadline" as a huge number of seconds
         try:
@@ -290,7 +344,7 @@ class Engine:
                 stream.close()
         with ex.cond:
             ex.failed = error
-            ex.cond.notify_all()
+            ex.notify()
         ex.started.set_exception(error)
 
     # -- loop thread: spawning ---------------------------------------------------------------
@@ -532,7 +586,7 @@ class Engine:
             ex.stdin_dropping = True
             ex.stdin_pending.clear()
             ex.stdin_pending_bytes = 0
-            ex.cond.notify_all()
+            ex.notify()
 
     def _on_timeout(self, ex: Exec) -> None:
         if ex._pidfd < 0:
@@ -557,38 +611,44 @@ class Engine:
 
     # -- stdin -----------------------------------------------------------------------------------
 
-    def write_stdin(self, ex: Exec, offset: int, data: bytes, eof: bool, deadline: float | None,
-                    is_active=lambda: True) -> None:
-        """Accept stdin bytes at `offset`; skip what a retry repeats; wait for room if the buffer is full."""
+    def offer_stdin(self, ex: Exec, offset: int, data: bytes, eof: bool) -> bool:
+        """Accept stdin bytes at `offset`, skipping what a retry repeats. False, taking nothing,
+        if the buffer has no room yet: call again once the exec changes."""
         view = memoryview(data)
         with ex.cond:
-            while True:
-                if offset > ex.stdin_written:
-                    raise RouterError(grpc.StatusCode.OUT_OF_RANGE,
-                                      f"offset {offset} is past the {ex.stdin_written} bytes written so far")
-                new = view[ex.stdin_written - offset:]
-                if ex.stdin_eof:
-                    if len(new):
-                        raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, "stdin is already closed")
-                    return
-                pending = ex.stdin_pending_bytes
-                if ex.stdin_dropping or not pending or pending + len(new) <= self._stdin_limit:
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if (remaining is not None and remaining <= 0) or not is_active():
-                    raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "stdin buffer stayed full until the deadline")
-                ex.cond.wait(1.0 if remaining is None else min(remaining, 1.0))
+            if offset > ex.stdin_written:
+                raise RouterError(grpc.StatusCode.OUT_OF_RANGE,
+                                  f"offset {offset} is past the {ex.stdin_written} bytes written so far")
+            new = view[ex.stdin_written - offset:]
+            if ex.stdin_eof:
+                if len(new):
+                    raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, "stdin is already closed")
+                return True
+            pending = ex.stdin_pending_bytes
+            if not (ex.stdin_dropping or not pending or pending + len(new) <= self._stdin_limit):
+                return False
             ex.stdin_written += len(new)
             ex.stdin_eof = eof
             if len(new):
                 ex.stdin_last = bytes(new[-1:])
-            if not ex.stdin_dropping:
-                if len(new):
-                    ex.stdin_pending.append(new)
-                    ex.stdin_pending_bytes += len(new)
-        if not ex.stdin_dropping:
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._flush_stdin, ex)
+            dropping = ex.stdin_dropping
+            if not dropping and len(new):
+                ex.stdin_pending.append(new)
+                ex.stdin_pending_bytes += len(new)
+        if not dropping:
+            self._submit(self._flush_stdin, ex)
+        return True
+
+    def write_stdin(self, ex: Exec, offset: int, data: bytes, eof: bool, deadline: float | None,
+                    is_active=lambda: True) -> None:
+        """offer_stdin from a thread, waiting for room until `deadline` while the call is active."""
+        while not self.offer_stdin(ex, offset, data, eof):
+            with ex.cond:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if (remaining is not None and remaining <= 0) or not is_active():
+                    raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "stdin buffer stayed full until the deadline")
+                if ex.stdin_pending_bytes:
+                    ex.cond.wait(1.0 if remaining is None else min(remaining, 1.0))
 
     def _flush_stdin(self, ex: Exec) -> None:
         fd = ex._stdin_fd
@@ -619,7 +679,7 @@ class Engine:
                 ex.stdin_pending.popleft()
             more = bool(ex.stdin_pending)
             close = not more and (ex.stdin_eof or ex.stdin_dropping)
-            ex.cond.notify_all()
+            ex.notify()
         assert self._loop is not None
         if more and not ex._stdin_writer:
             self._loop.add_writer(fd, self._flush_stdin, ex)
