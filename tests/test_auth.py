@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from router import auth
 from router._proto import task_command_router_pb2 as pb
+from router.errors import RouterError
 from router.server import RouterServer
 
 from .conftest import TASK_ID, Raw, start_request
@@ -77,3 +78,15 @@ def test_health_and_reflection_need_no_token(server: RouterServer) -> None:
                                               timeout=5)
         names = {s.name for r in responses for s in r.list_services_response.service}
         assert "modal.task_command_router.TaskCommandRouter" in names
+
+
+def test_a_remembered_token_still_expires(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    key = auth.load_or_create_key(tmp_path)
+    checker = auth.Authenticator(key, TASK_ID)
+    short = jwt.encode({"task_id": TASK_ID, "exp": int(time.time()) + 2}, key, algorithm="HS256")
+    assert checker.token_task(bearer(short)) == TASK_ID
+    assert checker.token_task(bearer(short)) == TASK_ID  # remembered
+    time.sleep(2.1)
+    with pytest.raises(RouterError) as info:
+        checker.token_task(bearer(short))
+    assert info.value.code == grpc.StatusCode.UNAUTHENTICATED

@@ -381,3 +381,18 @@ def test_throttled_start_carries_a_retry_policy(tmp_path: pathlib.Path) -> None:
     finally:
         raw.channel.close()
         server.stop(0.5)
+
+
+def test_the_execs_own_path_finds_its_command(client: RouterClient, tmp_path: pathlib.Path) -> None:
+    tool = tmp_path / "my-tool"
+    tool.write_text("#!/bin/sh\necho found me\n")
+    tool.chmod(0o755)
+    out, _, code = run(client, "path", ["my-tool"], env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert (out, code) == (b"found me\n", 0)
+
+
+def test_children_start_with_default_signals_and_an_empty_mask(client: RouterClient) -> None:
+    out, _, _ = run(client, "sig", ["cat", "/proc/self/status"])
+    fields = dict(line.split(":\t", 1) for line in out.decode().splitlines() if ":\t" in line)
+    assert int(fields["SigIgn"], 16) & (1 << (13 - 1)) == 0, "SIGPIPE is ignored in the child"
+    assert int(fields["SigBlk"], 16) == 0

@@ -373,7 +373,7 @@ class Engine:
             except OSError as e:
                 raise throttled(f"cannot create pipes: {e.strerror}", retry_after=1.0) from None
             try:
-                proc = self._popen(ex, stdin, stdout, stderr)
+                pid, proc = self._start_process(ex, stdin, stdout, stderr)
             except OSError as e:
                 if e.errno in _RESOURCE_ERRNOS and e.filename is None:
                     raise throttled(f"cannot start process: {e.strerror}", retry_after=1.0) from None
@@ -390,13 +390,15 @@ class Engine:
             for fd in child_fds:
                 os.close(fd)
         ex._proc = proc
-        ex._pid = proc.pid
+        ex._pid = pid
         try:
-            ex._pidfd = os.pidfd_open(proc.pid)
+            ex._pidfd = os.pidfd_open(pid)
         except OSError as e:
-            procs.killpg_quietly(proc.pid, signal.SIGKILL)
-            procs.kill_quietly(proc.pid, signal.SIGKILL)
-            proc.wait()
+            procs.killpg_quietly(pid, signal.SIGKILL)
+            procs.kill_quietly(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            if proc is not None:
+                proc.returncode = -1  # reaped above
             for fd in parent_fds:
                 os.close(fd)
             raise throttled(f"cannot watch process: {e.strerror}", retry_after=1.0) from None
@@ -413,8 +415,12 @@ class Engine:
             ex._timers.append(loop.call_later(spec.timeout_secs, self._on_timeout, ex))
         self._flush_stdin(ex)
 
-    def _popen(self, ex: Exec, stdin: int, stdout: int, stderr: int) -> subprocess.Popen[bytes]:
+    def _start_process(self, ex: Exec, stdin: int, stdout: int, stderr: int) -> tuple[int, subprocess.Popen[bytes] | None]:
+        """Start the child with vfork semantics: os.posix_spawn, or Popen (no preexec_fn) when it
+        needs a working directory or a terminal, which posix_spawn cannot set up here."""
         spec = ex.spec
+        if spec.pty is None and spec.workdir is None:
+            return _posix_spawn(spec, stdin, stdout, stderr), None
         argv = list(spec.args)
         if spec.pty is not None:
             # Checked here so that a missing command gets the same message as without a terminal.
@@ -425,10 +431,11 @@ class Engine:
             # setsid(1) makes the child a session leader with the pty as controlling terminal;
             # subprocess cannot do that without preexec_fn, which would rule out vfork.
             argv = [self._setsid, "--ctty", *argv]
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             argv, stdin=stdin, stdout=stdout, stderr=stderr, env=spec.env, cwd=spec.workdir,
             process_group=None if spec.pty is not None else 0, close_fds=True,
         )
+        return proc.pid, proc
 
     def _plain_pipes(self, ex: Exec, child_fds: list[int], parent_fds: list[int]):
         def pipe() -> tuple[int, int]:
@@ -562,14 +569,14 @@ class Engine:
         ex._timers.clear()
         if ex._pidfd < 0:
             return
-        assert self._loop is not None and ex._proc is not None
+        assert self._loop is not None
         self._loop.remove_reader(ex._pidfd)
         if ex.status is not None:
             os.waitid(os.P_PIDFD, ex._pidfd, os.WEXITED | os.WNOHANG)
-            ex._proc.returncode = -1  # reaped here: Popen must not wait for it again
         else:
             log.error("exec %s: leader %d survived SIGKILL; leaving it unreaped", ex.exec_id, ex._pid)
-            ex._proc.returncode = -1
+        if ex._proc is not None:
+            ex._proc.returncode = -1  # reaped here: Popen must never wait for it again
         os.close(ex._pidfd)
         ex._pidfd = -1
         ex._proc = None
@@ -699,6 +706,35 @@ class Engine:
             self._loop.remove_writer(fd)
             ex._stdin_writer = False
         os.close(fd)
+
+
+# Python ignores these; a child must start with the defaults, as Popen(restore_signals=True) does.
+_RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _posix_spawn(spec: ExecSpec, stdin: int, stdout: int, stderr: int) -> int:
+    """posix_spawn into its own process group, stdio as given (subprocess.DEVNULL/STDOUT understood).
+    Every descriptor of the router is close-on-exec (PEP 446), so only these three are inherited."""
+    actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_DUP2, stdin, 0)]
+    for fd, target in ((stdout, 1), (stderr, 2)):
+        if fd == subprocess.DEVNULL:
+            actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_WRONLY, 0))
+        elif fd == subprocess.STDOUT:
+            actions.append((os.POSIX_SPAWN_DUP2, 1, target))
+        else:
+            actions.append((os.POSIX_SPAWN_DUP2, fd, target))
+    argv = spec.args
+    path = spec.env.get("PATH", os.defpath)
+    kwargs = {"file_actions": actions, "setpgroup": 0, "setsigdef": _RESTORED_SIGNALS, "setsigmask": ()}
+    if "/" in argv[0]:
+        return os.posix_spawn(argv[0], argv, spec.env, **kwargs)  # type: ignore[arg-type]
+    if path == os.environ.get("PATH"):
+        return os.posix_spawnp(argv[0], argv, spec.env, **kwargs)  # type: ignore[arg-type]
+    # posix_spawnp searches the router's PATH; the exec's own PATH decides.
+    resolved = shutil.which(argv[0], path=path)
+    if resolved is None:
+        raise FileNotFoundError(errno.ENOENT, "command not found", argv[0])
+    return os.posix_spawn(resolved, argv, spec.env, **kwargs)  # type: ignore[arg-type]
 
 
 def _group_exists(pgid: int) -> bool:
