@@ -1,4 +1,4 @@
-"""SegmentedLog: the Cython hot path and its pure-Python twin, same tests."""
+"""SegmentStore and SegmentedLog: the Cython hot path and its pure-Python twin, same tests."""
 
 from __future__ import annotations
 
@@ -25,13 +25,42 @@ PAGE = mmap.PAGESIZE
 SEG = PAGE  # one-page segments: every few KiB crosses a boundary
 
 
-@pytest.fixture(
-    scope="module",
-    params=[_fastio.SegmentedLog, pylog.SegmentedLog],
-    ids=["cython", "python"],
-)
+SLOTS = 3  # slots per arena file: a few segments already span arenas
+
+
+def _owning(mod):
+    class OwningLog(mod.SegmentedLog):
+        """A log with a store of its own, closed with it, so each test leaves no descriptor behind."""
+
+        def close(self):
+            super().close()
+            self.store.close()
+
+    def make(directory, segment_size=32 * 1024 * 1024, slots_per_file=SLOTS):
+        return OwningLog(mod.SegmentStore(directory, segment_size, slots_per_file))
+
+    return make
+
+
+@pytest.fixture(scope="module", params=[_fastio, pylog], ids=["cython", "python"])
 def Log(request):
-    return request.param
+    return _owning(request.param)
+
+
+def arena_bytes(directory: str, log, offset: int, n: int) -> bytes:
+    """Bytes [offset, offset + n) of a log as the arena files hold them on disk."""
+    out = b""
+    seg = log.segment_size
+    while n > 0:
+        idx, pos = divmod(offset, seg)
+        slot = log.segments[idx]
+        k = min(n, seg - pos)
+        with open(os.path.join(directory, f"arena-{slot // SLOTS:08d}"), "rb") as f:
+            f.seek((slot % SLOTS) * seg + pos)
+            out += f.read(k)
+        offset += k
+        n -= k
+    return out
 
 
 @pytest.fixture
@@ -112,36 +141,50 @@ def test_files_created_lazily(Log, logdir):
     try:
         log.append(b"")
         assert log.read(0, 10) == b""
-        assert os.listdir(logdir) == []
-        data = payload(SEG + 1)
+        assert os.listdir(logdir) == [] and log.segments == []
+        data = payload(SLOTS * SEG + 1)
         log.append(data[:SEG])
-        # Exactly full: the next segment has no byte yet, so no file.
-        assert sorted(os.listdir(logdir)) == ["seg-00000000"]
+        # Exactly full: the next segment has no byte yet, so it has no slot.
+        assert os.listdir(logdir) == ["arena-00000000"] and log.segments == [0]
         log.append(data[SEG:])
-        assert sorted(os.listdir(logdir)) == ["seg-00000000", "seg-00000001"]
-        sizes = {}
+        assert sorted(os.listdir(logdir)) == ["arena-00000000", "arena-00000001"]
+        assert log.segments == list(range(SLOTS + 1)) and log.store.slots_used == SLOTS + 1
         for name in os.listdir(logdir):
-            st_ = os.stat(os.path.join(logdir, name))
-            sizes[name] = st_.st_size
-            assert st_.st_mode & 0o777 == 0o600
-        # A segment file holds exactly the bytes written to it, so a reader of the files agrees.
-        assert sizes == {"seg-00000000": SEG, "seg-00000001": 1}
-        with open(os.path.join(logdir, "seg-00000000"), "rb") as f:
-            assert f.read() == data[:SEG]
+            assert os.stat(os.path.join(logdir, name)).st_mode & 0o777 == 0o600
+        # Arena files hold the bytes at slot * segment_size + position, sparse past the end.
+        assert os.stat(os.path.join(logdir, "arena-00000001")).st_size == 1
+        assert arena_bytes(logdir, log, 0, len(data)) == data
     finally:
         log.close()
-    assert sorted(os.listdir(logdir)) == ["seg-00000000", "seg-00000001"]  # close keeps files
+    assert sorted(os.listdir(logdir)) == ["arena-00000000", "arena-00000001"]  # close keeps files
 
 
-def test_no_fd_kept_per_segment(Log, logdir):
+def test_one_fd_per_arena_none_per_segment(Log, logdir):
     before = sorted(os.listdir("/proc/self/fd"))
     log = Log(logdir, SEG)
     try:
         log.append(payload(5 * SEG))
         assert log.read(SEG - 3, 2 * SEG + 6) == payload(5 * SEG)[SEG - 3:3 * SEG + 3]
-        assert sorted(os.listdir("/proc/self/fd")) == before
+        assert len(os.listdir("/proc/self/fd")) == len(before) + 2  # 5 segments, 3 slots an arena
     finally:
         log.close()
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_logs_share_a_store(Log, logdir):
+    a = Log(logdir, SEG)
+    try:
+        b = type(a)(a.store)
+        a.append(b"a" * SEG)
+        b.append(b"b" * (SEG + 1))
+        a.append(b"A")
+        assert (a.segments, b.segments) == ([0, 3], [1, 2])
+        assert a.read(SEG - 1, 2) == b"aA" and b.read(0, SEG + 1) == b"b" * (SEG + 1)
+        assert arena_bytes(logdir, b, 0, SEG + 1) == b"b" * (SEG + 1)
+        with pytest.raises(TypeError):
+            type(a)(logdir)
+    finally:
+        a.close()
 
 
 # -- append / read ------------------------------------------------------------
@@ -295,7 +338,8 @@ def test_model(Log, ops, seed):
                     frame = log.read_frame(off, o[2])
                     assert (decode_frame(frame) if frame else b"") == expect
             assert log.read(0, len(model)) == model
-            assert sorted(os.listdir(d)) == [f"seg-{i:08d}" for i in range(-(-len(model) // SEG))]
+            assert len(os.listdir(d)) == -(-len(log.segments) // SLOTS)
+            assert arena_bytes(d, log, 0, len(model)) == model
         finally:
             log.close()
 
@@ -432,14 +476,7 @@ def test_drain_child_process_fds_closed(Log, logdir):
             h.update(log.read(off, 50_000))
         whole = hashlib.sha256(log.read(0, n)).hexdigest()
         assert h.hexdigest() == whole
-        on_disk = hashlib.sha256()
-        left = n
-        for name in sorted(os.listdir(logdir)):
-            with open(os.path.join(logdir, name), "rb") as f:
-                chunk = f.read(min(left, log.segment_size))
-            on_disk.update(chunk)
-            left -= len(chunk)
-        assert left == 0 and on_disk.hexdigest() == whole
+        assert hashlib.sha256(arena_bytes(logdir, log, 0, n)).hexdigest() == whole
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -624,18 +661,3 @@ def test_readers_while_draining(Log, logdir):
         log.close()
         os.close(r)
     assert not bad
-
-
-def test_logs_share_a_directory_by_name(Log, logdir):
-    a, b = Log(logdir, SEG, "1.stdout"), Log(logdir, SEG, "1.stderr")
-    try:
-        a.append(b"out" * SEG)
-        b.append(b"err")
-        assert sorted(os.listdir(logdir)) == ["1.stderr-00000000", "1.stdout-00000000", "1.stdout-00000001",
-                                              "1.stdout-00000002"]
-        assert a.read(0, 6) == b"outout" and b.read(0, 10) == b"err"
-        with pytest.raises(ValueError):
-            Log(logdir, SEG, "a/b")
-    finally:
-        a.close()
-        b.close()

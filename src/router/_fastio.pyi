@@ -1,17 +1,39 @@
-"""Segmented append-only log in files (see router.pylog for the pure-Python twin)."""
+"""Segmented append-only logs in shared arena files (see router.pylog for the pure-Python twin)."""
 
 from typing_extensions import Buffer  # collections.abc.Buffer needs 3.12
 from os import PathLike
 
+class SegmentStore:
+    """Fixed-size segment slots in sparse files `arena-00000000`, ... of `directory`, whose
+    descriptors it keeps open (one per `slots_per_file` slots). Slot s lives in arena
+    s // slots_per_file at byte (s % slots_per_file) * segment_size."""
+
+    def __init__(self, directory: str | PathLike[str], segment_size: int = 33554432, slots_per_file: int = 1024) -> None:
+        """`directory` must exist; `segment_size` a positive multiple of the page size (else ValueError)."""
+
+    @property
+    def segment_size(self) -> int: ...
+    @property
+    def slots_used(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None:
+        """Idempotent. Descriptors close once no call is inside a syscall on them; files stay."""
+
+
 class SegmentedLog:
-    """Append-only byte log in files `<name>-00000000`, `<name>-00000001`, ... of `directory`.
+    """Append-only byte log whose segments are slots of a SegmentStore.
 
     Single writer (append/drain/mark_eof), any number of reader threads
     (read/read_frame); close() may come from any thread.
     """
 
-    def __init__(self, directory: str | PathLike[str], segment_size: int = 33554432, name: str = "seg") -> None:
-        """`directory` must exist; `segment_size` a positive multiple of the page size (else ValueError)."""
+    def __init__(self, store: SegmentStore) -> None: ...
+    @property
+    def store(self) -> SegmentStore: ...
+    @property
+    def segments(self) -> list[int]:
+        """The store slots holding this log's segments, in order."""
 
     @property
     def committed(self) -> int:
@@ -48,4 +70,4 @@ class SegmentedLog:
         """Like read(), wrapped as protobuf `bytes data = 1` (b"\\x0a" + varint(n) + data); b"" when n == 0."""
 
     def close(self) -> None:
-        """Idempotent; later calls raise ValueError. Files are left in place (the caller owns the directory)."""
+        """Idempotent; later calls raise ValueError. The bytes stay in the store."""

@@ -1,20 +1,20 @@
 # cython: cdivision=True
-"""Segmented append-only log in files: the exec router's output hot path.
+"""Segmented append-only logs in shared files: the exec router's output hot path.
 
-One writer (the event-loop thread) drains child pipes with readv() into a
-reused buffer and pwrite()s it to the tail segment file; any number of reader
-threads pread() committed byte ranges straight into the message they send.
-Coordination relies on the GIL: `_committed` only grows, is published after
-the bytes are in the page cache, and bytes below it never change.
+A `SegmentStore` hands out fixed-size segment slots in a few large sparse files ("arenas") whose
+descriptors it keeps open; a `SegmentedLog` is a list of slots. One writer (the event-loop
+thread) drains child pipes with readv() into a reused buffer and pwrite()s it at
+slot start + position; any number of reader threads pread() committed ranges straight into the
+message they send. Segment = offset // segment size: seeks are O(1).
 
-Why pwrite and not a shared mapping (measured, benchmarks/RESULTS.md): writing
-through a file mapping faults in every page (0.8-1.2 GB/s, 1.25 CPU s per GiB
-at 4 GiB) and every touched page counts in the server's RSS; readv into a
-reused buffer plus pwrite reaches 1.6-2.3 GB/s at half the CPU, with flat RSS.
+Why (measured, benchmarks/RESULTS.md): writing through a file mapping faults in every page
+(0.8-1.2 GB/s, every touched page in RSS); readv + pwrite reaches 1.6-2.3 GB/s with flat RSS.
+And a file per stream costs a file creation per exec, ~0.5 ms of CPU on the ext4 here, while an
+append to an open file costs 16 us: so streams share arena files.
 
-No descriptor outlives a call: the writer opens the tail segment for the
-length of one drain()/append(), readers open a segment per read. Thousands of
-execs then cost no descriptors beyond their pipes.
+Coordination relies on the GIL: `_committed` only grows, is published after the bytes are in
+the page cache, and bytes below it never change. The store counts calls inside a syscall and
+closes its descriptors only when none is (the py-pgproto rule for exported buffers).
 `router.pylog` is the pure-Python twin used as the test oracle.
 """
 
@@ -23,10 +23,10 @@ import os
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.errno cimport EAGAIN, EINTR, EIO, errno
 from libc.string cimport memcpy, memmove
-from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDONLY, O_WRONLY
+from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDWR
 from posix.fcntl cimport open as c_open
 from posix.uio cimport iovec, readv
 from posix.unistd cimport _SC_PAGESIZE, pread, pwrite, sysconf
@@ -70,54 +70,226 @@ cdef inline unsigned char *_put_varint(unsigned char *p, size_t n) noexcept nogi
     return p + 1
 
 
-cdef class SegmentedLog:
+cdef class SegmentStore:
     cdef:
-        bytes _prefix               # fs-encoded "directory/name"; segment i is "<prefix>-<i:08d>"
+        bytes _dir                  # fs-encoded directory
         Py_ssize_t _segsize
-        Py_ssize_t _committed
-        bint _eof
+        Py_ssize_t _per_file        # slots in one arena file
+        int *_fds                   # arena i's descriptor
+        Py_ssize_t _nfiles
+        Py_ssize_t _cap
+        Py_ssize_t _next            # next free slot
+        Py_ssize_t _users           # calls inside a syscall on an arena right now
         bint _closed
-        int _wfd                    # writer's descriptor for segment _widx, only during a call
-        Py_ssize_t _widx
-        char *_stash                # bytes taken from a pipe that could not be written yet
-        Py_ssize_t _stash_len
 
     def __cinit__(self, *args, **kwargs):
-        self._prefix = None
-        self._segsize = 0
-        self._committed = 0
-        self._eof = False
-        # An instance whose __init__ never ran behaves as closed.
-        self._closed = True
-        self._wfd = -1
-        self._widx = -1
-        self._stash = NULL
-        self._stash_len = 0
+        self._dir = None
+        self._fds = NULL
+        self._nfiles = self._cap = self._next = self._users = 0
+        self._closed = True  # until __init__ ran
 
-    def __init__(self, directory, Py_ssize_t segment_size=32 * 1024 * 1024, name="seg"):
-        if self._prefix is not None:
-            raise RuntimeError("SegmentedLog is already initialised")
+    def __init__(self, directory, Py_ssize_t segment_size=32 * 1024 * 1024, Py_ssize_t slots_per_file=1024):
+        if self._dir is not None:
+            raise RuntimeError("SegmentStore is already initialised")
         cdef long page = sysconf(_SC_PAGESIZE)
         if segment_size <= 0 or segment_size % page != 0:
             raise ValueError(
                 f"segment_size must be a positive multiple of the page size ({page}), "
                 f"got {segment_size}"
             )
+        if slots_per_file <= 0:
+            raise ValueError(f"slots_per_file must be positive, got {slots_per_file}")
         directory = os.fspath(directory)
         if not os.path.isdir(directory):
             raise FileNotFoundError(2, "log directory does not exist", directory)
-        if not name or "/" in name:
-            raise ValueError(f"name must be a non-empty file name, got {name!r}")
-        self._prefix = os.fsencode(os.path.join(directory, name))
+        self._dir = os.fsencode(directory)
         self._segsize = segment_size
+        self._per_file = slots_per_file
         self._closed = False
 
     def __dealloc__(self):
-        if self._wfd >= 0:
-            c_close(self._wfd)
-            self._wfd = -1
+        self._close_fds()
+
+    @property
+    def segment_size(self):
+        return self._segsize
+
+    @property
+    def slots_used(self):
+        return self._next
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def __repr__(self):
+        return (f"<router._fastio.SegmentStore dir={os.fsdecode(self._dir or b'')!r} "
+                f"slots_used={self._next} closed={self._closed}>")
+
+    cdef bytes _path(self, Py_ssize_t i):
+        return b"%s/arena-%08d" % (self._dir, i)
+
+    cdef void _close_fds(self) noexcept:
+        cdef Py_ssize_t i
+        for i in range(self._nfiles):
+            if self._fds[i] >= 0:
+                c_close(self._fds[i])
+                self._fds[i] = -1
+        PyMem_Free(self._fds)
+        self._fds = NULL
+        self._nfiles = self._cap = 0
+
+    def close(self):
+        """Idempotent. Descriptors close once no call is inside a syscall; files stay."""
+        self._closed = True
+        if self._users == 0:
+            self._close_fds()
+
+    cdef int _enter(self) except -1:
+        if self._closed:
+            raise ValueError("I/O operation on closed segment store")
+        self._users += 1
+        return 0
+
+    cdef void _leave(self) noexcept:
+        self._users -= 1
+        if self._users == 0 and self._closed:
+            self._close_fds()
+
+    cdef Py_ssize_t _allocate(self) except -1:
+        """A fresh slot; its arena file is created (sparse) when the first slot of it is taken."""
+        cdef Py_ssize_t slot = self._next, f = slot // self._per_file, n
+        cdef int *grown
+        cdef int fd, err = 0
+        cdef bytes path
+        cdef const char *cpath
+        if self._closed:
+            raise ValueError("I/O operation on closed segment store")
+        if f >= self._nfiles:
+            if self._nfiles == self._cap:
+                n = max(4, self._cap * 2)
+                grown = <int *>PyMem_Realloc(self._fds, n * sizeof(int))
+                if grown == NULL:
+                    raise MemoryError()
+                self._fds = grown
+                self._cap = n
+            path = self._path(f)
+            cpath = path
+            with nogil:
+                fd = c_open(cpath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+                if fd < 0:
+                    err = errno
+            if fd < 0:
+                raise OSError(err, os.strerror(err), os.fsdecode(path))
+            self._fds[self._nfiles] = fd
+            self._nfiles += 1
+        self._next += 1
+        return slot
+
+    cdef inline int _fd(self, Py_ssize_t slot) noexcept:
+        return self._fds[slot // self._per_file]
+
+    cdef inline Py_ssize_t _base(self, Py_ssize_t slot) noexcept:
+        return (slot % self._per_file) * self._segsize
+
+    cdef int _pwrite(self, Py_ssize_t slot, const char *src, Py_ssize_t k, Py_ssize_t pos) except -1:
+        """Write all of src at pos within the slot, or raise with nothing more written."""
+        cdef ssize_t w
+        cdef int fd, err
+        cdef Py_ssize_t at
+        self._enter()
+        try:
+            fd = self._fd(slot)
+            at = self._base(slot) + pos
+            while k > 0:
+                err = 0
+                with nogil:
+                    w = pwrite(fd, src, <size_t>k, at)
+                    if w < 0:
+                        err = errno
+                if w < 0:
+                    if err == EINTR:
+                        PyErr_CheckSignals()
+                        continue
+                    raise OSError(err, os.strerror(err), os.fsdecode(self._path(slot // self._per_file)))
+                src += w
+                at += w
+                k -= w
+        finally:
+            self._leave()
+        return 0
+
+    cdef int _pread(self, Py_ssize_t slot, char *dst, Py_ssize_t k, Py_ssize_t pos) except -1:
+        cdef ssize_t r
+        cdef int fd, err = 0
+        cdef Py_ssize_t at
+        self._enter()
+        try:
+            fd = self._fd(slot)
+            at = self._base(slot) + pos
+            with nogil:
+                while k > 0:
+                    r = pread(fd, dst, <size_t>k, at)
+                    if r > 0:
+                        dst += r
+                        at += r
+                        k -= r
+                    elif r == 0 or errno != EINTR:
+                        err = errno if r < 0 else EIO  # committed bytes cannot be missing
+                        break
+            if err:
+                raise OSError(err, os.strerror(err), os.fsdecode(self._path(slot // self._per_file)))
+        finally:
+            self._leave()
+        return 0
+
+
+cdef class SegmentedLog:
+    cdef:
+        SegmentStore _store
+        Py_ssize_t _segsize
+        Py_ssize_t *_slots          # segment i lives in store slot _slots[i]
+        Py_ssize_t _nslots
+        Py_ssize_t _cap
+        Py_ssize_t _committed
+        bint _eof
+        bint _closed
+        char *_stash                # bytes taken from a pipe that could not be written yet
+        Py_ssize_t _stash_len
+
+    def __cinit__(self, *args, **kwargs):
+        self._store = None
+        self._segsize = 0
+        self._slots = NULL
+        self._nslots = self._cap = 0
+        self._committed = 0
+        self._eof = False
+        # An instance whose __init__ never ran behaves as closed.
+        self._closed = True
+        self._stash = NULL
+        self._stash_len = 0
+
+    def __init__(self, SegmentStore store not None):
+        if self._store is not None:
+            raise RuntimeError("SegmentedLog is already initialised")
+        self._store = store
+        self._segsize = store._segsize
+        self._closed = False
+
+    def __dealloc__(self):
+        PyMem_Free(self._slots)
+        self._slots = NULL
         PyMem_Free(self._stash)
         self._stash = NULL
+
+    @property
+    def store(self):
+        return self._store
+
+    @property
+    def segments(self):
+        """The store slots holding this log's segments, in order."""
+        return [self._slots[i] for i in range(self._nslots)]
 
     @property
     def committed(self):
@@ -137,63 +309,44 @@ cdef class SegmentedLog:
 
     def __repr__(self):
         return (
-            f"<router._fastio.SegmentedLog prefix={os.fsdecode(self._prefix or b'')!r} "
+            f"<router._fastio.SegmentedLog segments={self._nslots} "
             f"committed={self._committed} eof={self._eof} closed={self._closed}>"
         )
 
     def close(self):
-        """Idempotent. Later calls raise ValueError; the files stay (the caller owns the directory)."""
+        """Idempotent. Later calls raise ValueError; the bytes stay in the store."""
         self._closed = True
-
-    cdef bytes _path(self, Py_ssize_t idx):
-        return b"%s-%08d" % (self._prefix, idx)
-
-    cdef int _open(self, Py_ssize_t idx, int flags) except -1:
-        cdef bytes path = self._path(idx)
-        cdef const char *cpath = path
-        cdef int fd, err = 0
-        with nogil:
-            fd = c_open(cpath, flags | O_CLOEXEC, 0o600)
-            if fd < 0:
-                err = errno
-        if fd < 0:
-            raise OSError(err, os.strerror(err), os.fsdecode(path))
-        return fd
 
     # -- writer side ------------------------------------------------------
 
-    cdef void _release_writer(self) noexcept:
-        if self._wfd >= 0:
-            c_close(self._wfd)
-            self._wfd = -1
-            self._widx = -1
+    cdef Py_ssize_t _slot(self, Py_ssize_t idx) except -1:
+        """The slot of segment idx; the next segment gets a fresh slot when the tail reaches it."""
+        cdef Py_ssize_t *grown
+        cdef Py_ssize_t n
+        if idx < self._nslots:
+            return self._slots[idx]
+        if self._nslots == self._cap:
+            n = max(4, self._cap * 2)
+            grown = <Py_ssize_t *>PyMem_Realloc(self._slots, n * sizeof(Py_ssize_t))
+            if grown == NULL:
+                raise MemoryError()
+            self._slots = grown
+            self._cap = n
+        self._slots[self._nslots] = self._store._allocate()
+        self._nslots += 1
+        return self._slots[idx]
 
     cdef int _write(self, const char *src, Py_ssize_t n) except -1:
         """Append n bytes at the tail, crossing segments; publish each piece once written."""
         cdef Py_ssize_t idx, pos, k
-        cdef ssize_t w
-        cdef int err = 0
         while n > 0:
             idx = self._committed // self._segsize
             pos = self._committed % self._segsize
             k = min(n, self._segsize - pos)
-            if idx != self._widx:
-                self._release_writer()
-                self._wfd = self._open(idx, O_WRONLY | O_CREAT)
-                self._widx = idx
-            with nogil:
-                w = pwrite(self._wfd, src, <size_t>k, pos)
-                if w < 0:
-                    err = errno
-            if w < 0:
-                if err == EINTR:
-                    PyErr_CheckSignals()
-                    continue
-                raise OSError(err, os.strerror(err), os.fsdecode(self._path(idx)))
-            # A short write (disk full is reported on the next call) just loops.
-            self._committed += w
-            src += w
-            n -= w
+            self._store._pwrite(self._slot(idx), src, k, pos)
+            self._committed += k
+            src += k
+            n -= k
         return 0
 
     cdef int _write_or_keep(self, const char *src, Py_ssize_t n) except -1:
@@ -240,7 +393,6 @@ cdef class SegmentedLog:
             self._write(<const char *>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
-            self._release_writer()
 
     def mark_eof(self):
         self._eof = True
@@ -268,10 +420,7 @@ cdef class SegmentedLog:
         if self._eof:
             return 0, True
         if self._stash != NULL:
-            try:
-                self._flush_stash()
-            finally:
-                self._release_writer()
+            self._flush_stash()
         if _scratch == NULL:
             _scratch = <char *>PyMem_Malloc(SCRATCH_SIZE)
             if _scratch == NULL:
@@ -310,7 +459,6 @@ cdef class SegmentedLog:
                 else:
                     raise OSError(err, os.strerror(err))
         finally:
-            self._release_writer()
             if own:
                 PyMem_Free(buf)
             else:
@@ -331,31 +479,16 @@ cdef class SegmentedLog:
     cdef int _copy_out(self, char *dst, Py_ssize_t offset, Py_ssize_t n) except -1:
         """pread committed [offset, offset + n) into dst, one segment at a time."""
         cdef Py_ssize_t idx, pos, k
-        cdef ssize_t r
-        cdef int fd, err
         if ROUTER_DEBUG:
             assert offset + n <= self._committed
         while n > 0:
             idx = offset // self._segsize
             pos = offset % self._segsize
             k = min(n, self._segsize - pos)
-            fd = self._open(idx, O_RDONLY)
-            err = 0
-            with nogil:
-                while k > 0:
-                    r = pread(fd, dst, <size_t>k, pos)
-                    if r > 0:
-                        dst += r
-                        pos += r
-                        offset += r
-                        n -= r
-                        k -= r
-                    elif r == 0 or errno != EINTR:
-                        err = errno if r < 0 else EIO  # committed bytes cannot be missing
-                        break
-                c_close(fd)
-            if err:
-                raise OSError(err, os.strerror(err), os.fsdecode(self._path(idx)))
+            self._store._pread(self._slots[idx], dst, k, pos)
+            dst += k
+            offset += k
+            n -= k
         return 0
 
     def read(self, Py_ssize_t offset, Py_ssize_t max_len):

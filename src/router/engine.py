@@ -12,7 +12,6 @@ import collections
 import concurrent.futures
 import errno
 import fcntl
-import itertools
 import logging
 import os
 import pathlib
@@ -31,7 +30,7 @@ import msgspec
 import uvloop
 
 from . import procs
-from ._fastio import SegmentedLog
+from ._fastio import SegmentedLog, SegmentStore
 from .errors import RouterError, throttled
 
 log = logging.getLogger(__name__)
@@ -164,7 +163,7 @@ class Engine:
     def __init__(self, log_dir: pathlib.Path, *, segment_size: int, stdin_buffer_limit: int,
                  kill_grace_secs: float = 0.0, max_running_execs: int = 0) -> None:
         self._log_dir = log_dir
-        self._log_dir_str = str(log_dir)
+        self._store: SegmentStore | None = None
         self._segment_size = segment_size
         self._stdin_limit = stdin_buffer_limit
         self._kill_grace = kill_grace_secs
@@ -172,7 +171,6 @@ class Engine:
         self._lock = threading.Lock()
         self._execs: dict[str, Exec] = {}
         self._running = 0
-        self._counter = itertools.count()
         self._closing = False
         self._loop: uvloop.Loop | None = None
         self._loop_ident = -1
@@ -187,6 +185,8 @@ class Engine:
         # Logs of a previous run that crashed: nothing can read them (exec records do not survive yet).
         shutil.rmtree(self._log_dir, ignore_errors=True)
         self._log_dir.mkdir(parents=True, exist_ok=True)
+        # Every stream's segments are slots in a few shared files: no file creation per exec.
+        self._store = SegmentStore(str(self._log_dir), self._segment_size)
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run_loop, args=(ready,), name="router-engine", daemon=True)
         self._thread.start()
@@ -233,6 +233,8 @@ class Engine:
                         stream.close()
                 ex._async_waiters.clear()  # their loop has stopped; the aio server ended them first
                 ex.notify()
+            if self._store is not None:
+                self._store.close()
             shutil.rmtree(self._log_dir, ignore_errors=True)
 
     def _kill_all(self, execs: list[Exec]) -> None:
@@ -324,14 +326,13 @@ class Engine:
         return ex
 
     def _new_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec) -> Exec:
-        n = next(self._counter)
-        stdout = self._new_log(f"{n}.stdout") if spec.stdout == "pipe" or spec.pty is not None else None
-        stderr = self._new_log(f"{n}.stderr") if spec.stderr == "pipe" and spec.pty is None else None
+        stdout = self._new_log() if spec.stdout == "pipe" or spec.pty is not None else None
+        stderr = self._new_log() if spec.stderr == "pipe" and spec.pty is None else None
         return Exec(exec_id, fingerprint, spec, stdout, stderr)
 
-    def _new_log(self, name: str) -> SegmentedLog:
-        # All logs share one directory: a directory per log would cost a mkdir per exec.
-        return SegmentedLog(self._log_dir_str, self._segment_size, name)
+    def _new_log(self) -> SegmentedLog:
+        assert self._store is not None
+        return SegmentedLog(self._store)
 
     def _forget(self, ex: Exec, error: RouterError) -> None:
         """A start that failed for lack of resources leaves no exec behind, so a retry can run it."""

@@ -1,8 +1,8 @@
-"""Pure-Python twin of `router._fastio.SegmentedLog` (the test oracle).
+"""Pure-Python twin of `router._fastio` (the test oracle): SegmentStore and SegmentedLog.
 
-Same API and semantics, built on os.readv, os.pwrite and os.pread: the writer
-reads into a reused buffer and writes it to the tail segment file; readers
-pread from the segment files. No descriptor outlives a call.
+Same API and semantics, built on os.readv, os.pwrite and os.pread: segments are fixed-size slots
+in shared sparse arena files; the writer reads a pipe into a reused buffer and writes it at
+slot start + position; readers pread committed ranges.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import mmap
 import operator
 import os
 import sys
+import threading
 
-__all__ = ["SegmentedLog"]
+__all__ = ["SegmentStore", "SegmentedLog"]
 
 _SCRATCH_SIZE = 1024 * 1024
 _SSIZE_MAX = sys.maxsize
@@ -36,23 +37,117 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-class SegmentedLog:
-    __slots__ = ("_prefix", "_segsize", "_committed", "_eof", "_closed", "_scratch", "_stash")
+class SegmentStore:
+    __slots__ = ("_dir", "_segsize", "_per_file", "_fds", "_next", "_users", "_closed", "_lock")
 
-    def __init__(self, directory, segment_size: int = 32 * 1024 * 1024, name: str = "seg") -> None:
+    def __init__(self, directory, segment_size: int = 32 * 1024 * 1024, slots_per_file: int = 1024) -> None:
         segment_size = _ssize(segment_size)
+        slots_per_file = _ssize(slots_per_file)
         if segment_size <= 0 or segment_size % mmap.PAGESIZE:
             raise ValueError(
                 f"segment_size must be a positive multiple of the page size ({mmap.PAGESIZE}), "
                 f"got {segment_size}"
             )
+        if slots_per_file <= 0:
+            raise ValueError(f"slots_per_file must be positive, got {slots_per_file}")
         directory = os.fspath(directory)
         if not os.path.isdir(directory):
             raise FileNotFoundError(errno.ENOENT, "log directory does not exist", directory)
-        if not name or "/" in name:
-            raise ValueError(f"name must be a non-empty file name, got {name!r}")
-        self._prefix = os.fsencode(os.path.join(directory, name))
+        self._dir = os.fsencode(directory)
         self._segsize = segment_size
+        self._per_file = slots_per_file
+        self._fds: list[int] = []
+        self._next = 0
+        self._users = 0
+        self._closed = False
+        self._lock = threading.Lock()  # `+=` on an attribute is not atomic across threads in Python
+
+    @property
+    def segment_size(self) -> int:
+        return self._segsize
+
+    @property
+    def slots_used(self) -> int:
+        return self._next
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _path(self, i: int) -> bytes:
+        return b"%s/arena-%08d" % (self._dir, i)
+
+    def _close_fds(self) -> None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._users == 0:
+                self._close_fds()
+
+    def _enter(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise ValueError("I/O operation on closed segment store")
+            self._users += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._closed:
+                self._close_fds()
+
+    def _allocate(self) -> int:
+        if self._closed:
+            raise ValueError("I/O operation on closed segment store")
+        slot = self._next
+        if slot // self._per_file >= len(self._fds):
+            self._fds.append(os.open(self._path(len(self._fds)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        self._next += 1
+        return slot
+
+    def _at(self, slot: int, pos: int) -> tuple[int, int]:
+        return self._fds[slot // self._per_file], (slot % self._per_file) * self._segsize + pos
+
+    def _pwrite(self, slot: int, data, pos: int) -> None:
+        self._enter()
+        try:
+            fd, at = self._at(slot, pos)
+            done = 0
+            while done < len(data):
+                done += os.pwrite(fd, data[done:], at + done)
+        finally:
+            self._leave()
+
+    def _pread(self, slot: int, k: int, pos: int) -> list[bytes]:
+        self._enter()
+        try:
+            fd, at = self._at(slot, pos)
+            parts = []
+            while k > 0:
+                part = os.pread(fd, k, at)
+                if not part:
+                    raise OSError(errno.EIO, "committed bytes missing", os.fsdecode(self._path(slot // self._per_file)))
+                parts.append(part)
+                at += len(part)
+                k -= len(part)
+            return parts
+        finally:
+            self._leave()
+
+
+class SegmentedLog:
+    __slots__ = ("_store", "_segsize", "_slots", "_committed", "_eof", "_closed", "_scratch", "_stash")
+
+    def __init__(self, store: SegmentStore) -> None:
+        if not isinstance(store, SegmentStore):
+            raise TypeError(f"store must be a SegmentStore, not {type(store).__name__}")
+        self._store = store
+        self._segsize = store.segment_size
+        self._slots: list[int] = []
         self._committed = 0
         self._eof = False
         self._closed = False
@@ -68,6 +163,14 @@ class SegmentedLog:
         return self._segsize
 
     @property
+    def store(self) -> SegmentStore:
+        return self._store
+
+    @property
+    def segments(self) -> list[int]:
+        return list(self._slots)
+
+    @property
     def eof(self) -> bool:
         return self._eof
 
@@ -76,18 +179,18 @@ class SegmentedLog:
         return self._closed
 
     def __repr__(self) -> str:
-        return (
-            f"<router.pylog.SegmentedLog prefix={os.fsdecode(self._prefix)!r} "
-            f"committed={self._committed} eof={self._eof} closed={self._closed}>"
-        )
+        return (f"<router.pylog.SegmentedLog segments={len(self._slots)} "
+                f"committed={self._committed} eof={self._eof} closed={self._closed}>")
 
     def close(self) -> None:
         self._closed = True
 
-    def _path(self, idx: int) -> bytes:
-        return b"%s-%08d" % (self._prefix, idx)
-
     # -- writer side ------------------------------------------------------
+
+    def _slot(self, idx: int) -> int:
+        if idx == len(self._slots):
+            self._slots.append(self._store._allocate())
+        return self._slots[idx]
 
     def _write(self, data) -> None:
         with memoryview(data) as view:
@@ -96,23 +199,12 @@ class SegmentedLog:
                 raise BufferError("append needs a C-contiguous buffer")
             with view.cast("B") as src:
                 done, n = 0, len(src)
-                fd, fd_idx = -1, -1
-                try:
-                    while done < n:
-                        idx, pos = divmod(self._committed, self._segsize)
-                        if idx != fd_idx:
-                            if fd >= 0:
-                                os.close(fd)
-                                fd = -1
-                            fd = os.open(self._path(idx), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                            fd_idx = idx
-                        k = min(n - done, self._segsize - pos)
-                        w = os.pwrite(fd, src[done:done + k], pos)
-                        self._committed += w  # publish after the bytes are in
-                        done += w
-                finally:
-                    if fd >= 0:
-                        os.close(fd)
+                while done < n:
+                    idx, pos = divmod(self._committed, self._segsize)
+                    k = min(n - done, self._segsize - pos)
+                    self._store._pwrite(self._slot(idx), src[done:done + k], pos)
+                    self._committed += k  # publish after the bytes are in
+                    done += k
 
     def append(self, data) -> None:
         if self._closed:
@@ -182,19 +274,9 @@ class SegmentedLog:
         while n > 0:
             idx, pos = divmod(offset, self._segsize)
             k = min(n, self._segsize - pos)
-            fd = os.open(self._path(idx), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                while k > 0:
-                    part = os.pread(fd, k, pos)
-                    if not part:
-                        raise OSError(errno.EIO, "committed bytes missing from segment", os.fsdecode(self._path(idx)))
-                    parts.append(part)
-                    pos += len(part)
-                    offset += len(part)
-                    n -= len(part)
-                    k -= len(part)
-            finally:
-                os.close(fd)
+            parts += self._store._pread(self._slots[idx], k, pos)
+            offset += k
+            n -= k
         return parts
 
     def read(self, offset: int, max_len: int) -> bytes:
