@@ -288,7 +288,7 @@ def section_stream(args: argparse.Namespace, rep: Report) -> None:
     router = bare = ssh = None
     bare_channel = None
     try:
-        router = c.RouterProcess(root=args.tmp)
+        router = c.RouterProcess(root=args.tmp, extra=router_args(args))
         client = c.SyncRouter(router.channel(), router.metadata)
         bare = c.BareGrpcProcess()
         bare_channel = grpc.insecure_channel(bare.target, options=c.CHANNEL_OPTIONS)
@@ -450,7 +450,7 @@ def fanout_for(args: argparse.Namespace, rep: Report, n: int, ssh: c.SSHServer |
             return o.seconds
         return run
 
-    router = c.RouterProcess(root=args.tmp)
+    router = c.RouterProcess(root=args.tmp, extra=router_args(args))
     try:
         router.channel().close()
         variants = [
@@ -498,7 +498,7 @@ def section_exec(args: argparse.Namespace, rep: Report) -> None:
     router = ssh = None
     why = None
     try:
-        router = c.RouterProcess(root=args.tmp)
+        router = c.RouterProcess(root=args.tmp, extra=router_args(args))
         client = c.SyncRouter(router.channel(), router.metadata)
         ssh, why = start_ssh(args, rep)
         if ssh is not None:
@@ -584,7 +584,7 @@ def section_seek(args: argparse.Namespace, rep: Report) -> None:
     size = args.seek_size
     far = int(size * 0.975)  # 3.9 GiB of 4 GiB
     label = c.human_size(size)
-    router = c.RouterProcess(root=args.tmp)
+    router = c.RouterProcess(root=args.tmp, extra=router_args(args))
     try:
         client = c.SyncRouter(router.channel(), router.metadata)
         exec_id = c.unique("seek")
@@ -636,7 +636,7 @@ def section_memory(args: argparse.Namespace, rep: Report) -> None:
     mib = c.MiB
 
     # (a) one exec streams `size` to a reader
-    router = c.RouterProcess(root=args.tmp)
+    router = c.RouterProcess(root=args.tmp, extra=router_args(args))
     try:
         client = c.SyncRouter(router.channel(), router.metadata)
         client.run_output(["head", "-c", "4096", "/dev/zero"], 4096)  # warm: one exec, one read
@@ -662,7 +662,7 @@ def section_memory(args: argparse.Namespace, rep: Report) -> None:
 
     # (b) `idle` execs held open, no reads
     marker = f"{600 + (os.getpid() % 1000) / 1000:.3f}"  # `sleep 600.xyz`: findable if the server leaves any behind
-    router = c.RouterProcess(root=args.tmp)
+    router = c.RouterProcess(root=args.tmp, extra=router_args(args))
     stopped = False
     try:
         router.channel().close()
@@ -721,6 +721,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="rounds for every alternating section (default 3-5, per section)")
     p.add_argument("--tmp", default="/tmp", help="where logs, state directories and segment files go (default /tmp)")
     p.add_argument("--channels", type=int, default=4, help="grpc.aio channels (connections) for concurrent clients")
+    p.add_argument("--server-mode", choices=("aio", "threads"), default="aio",
+                   help="the router's server mode: grpc.aio on the engine loop (default) or thread per call")
     p.add_argument("--no-ssh", action="store_true", help="skip the OpenSSH references")
     p.add_argument("--no-install", action="store_true", help="never apt-get install OpenSSH; skip it if missing")
     p.add_argument("--max-seconds", type=float, help="watchdog: interrupt the whole run after this long")
@@ -760,6 +762,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def router_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """`router serve` arguments for every router this run starts."""
+    return ("--server-mode", args.server_mode)
+
+
 def header(args: argparse.Namespace) -> list[str]:
     def git(*a: str) -> str:
         with contextlib.suppress(Exception):
@@ -778,6 +785,7 @@ def header(args: argparse.Namespace) -> list[str]:
         "",
         f"- commit {git('rev-parse', '--short', 'HEAD')} ({git('log', '-1', '--format=%s')})"
         + (f"; uncommitted changes under src/: {dirty}" if dirty else ""),
+        f"- router server mode: {args.server_mode} (`router serve --server-mode {args.server_mode}`)",
         f"- `_fastio`: {os.path.basename(fastio.__file__)}, built "
         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(fastio.__file__)))}",
         f"- {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
