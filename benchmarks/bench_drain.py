@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 
-from router._fastio import SegmentedLog
+from router._fastio import SegmentedLog, SegmentStore
 
 from .common import (
     SEGMENT_SIZE,
@@ -41,7 +41,7 @@ class Drain:
         self.dir = tempfile.mkdtemp(prefix="asv-drain-", dir="/tmp")
         for sub in ("log", "pwrite"):
             os.mkdir(os.path.join(self.dir, sub))
-        self.log = SegmentedLog(os.path.join(self.dir, "log"), SEGMENT_SIZE)
+        self.log = SegmentedLog(SegmentStore(os.path.join(self.dir, "log"), SEGMENT_SIZE))
         self.readv = ReadvSink()
         self.pwrite = ReadvPwriteSink(os.path.join(self.dir, "pwrite"), SEGMENT_SIZE)
         self.proc, self.fd = spawn_zero_writer(size)
@@ -50,6 +50,7 @@ class Drain:
         close_fd(self.fd)
         stop_process(self.proc, 5)
         self.log.close()
+        self.log.store.close()
         self.pwrite.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -208,7 +208,7 @@ def drain_once(size: int, make_sink: Callable[[], tuple[Callable[[int], tuple[in
 
 
 def section_drain(args: argparse.Namespace, rep: Report) -> None:
-    from router._fastio import SegmentedLog
+    from router._fastio import SegmentedLog, SegmentStore
 
     size = args.drain_size
     timeout = max(60.0, size / (50 * c.MiB))
@@ -226,7 +226,7 @@ def section_drain(args: argparse.Namespace, rep: Report) -> None:
 
     def fastio() -> float:
         d = fresh_dir("drain-log-")
-        log_ = SegmentedLog(d, c.SEGMENT_SIZE)
+        log_ = SegmentedLog(SegmentStore(d, c.SEGMENT_SIZE))
 
         def finish() -> int:
             try:
@@ -236,6 +236,7 @@ def section_drain(args: argparse.Namespace, rep: Report) -> None:
                 return committed
             finally:
                 log_.close()
+                log_.store.close()
         try:
             return drain_once(size, lambda: (c.log_sink(log_), finish), timeout)
         finally:

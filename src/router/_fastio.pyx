@@ -131,10 +131,13 @@ cdef class SegmentStore:
 
     cdef void _close_fds(self) noexcept:
         cdef Py_ssize_t i
+        cdef int fd
         for i in range(self._nfiles):
-            if self._fds[i] >= 0:
-                c_close(self._fds[i])
-                self._fds[i] = -1
+            fd = self._fds[i]
+            self._fds[i] = -1  # at once: a stale number could name another file
+            if fd >= 0:
+                with nogil:
+                    c_close(fd)
         PyMem_Free(self._fds)
         self._fds = NULL
         self._nfiles = self._cap = 0

@@ -1,9 +1,9 @@
 """The engine: one uvloop event loop, in its own thread, owns every child process, pipe and timer.
 
-Callers on other threads (the thread-per-call server) never touch loop objects: they hand work to
-the loop with `call_soon_threadsafe` and wait on the exec's condition variable. Coroutines on the
-loop itself (the grpc.aio server) call straight in and await `Exec.changed()`. Either way the
-loop wakes them whenever output lands, stdin drains or the exec exits.
+Callers on other threads never touch loop objects: they hand work to the loop with
+`call_soon_threadsafe`, then wait on the exec's condition variable (threads) or await an
+`Exec.changed()` future of their own loop (the grpc.aio server's loop). The loop wakes both
+whenever output lands, stdin drains or the exec exits.
 """
 from __future__ import annotations
 
@@ -119,28 +119,29 @@ class Exec:
         return self.status is not None and not self._output_fds
 
     def notify(self) -> None:
-        """Wake every waiter: threads on `cond`, coroutines awaiting `changed()`. Loop thread only
-        when coroutines may wait (the aio server); from any thread otherwise."""
+        """Wake every waiter: threads on `cond`, and coroutines awaiting `changed()` futures, each
+        on its own loop. Callable from any thread."""
         with self.cond:
             self.cond.notify_all()
-        if self._async_waiters:
             waiters, self._async_waiters = self._async_waiters, []
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+        if waiters:
+            _wake(waiters)
 
-    def changed(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
-        """A future the next notify() completes (call on the loop thread)."""
-        fut = loop.create_future()
-        self._async_waiters.append(fut)
+    def changed(self) -> asyncio.Future[None]:
+        """A future of the running loop that the next notify() completes. Register it, then check
+        the condition, then await it: a change in between is not missed."""
+        fut = asyncio.get_running_loop().create_future()
+        with self.cond:
+            self._async_waiters.append(fut)
         return fut
 
     def forget_waiter(self, fut: asyncio.Future[None]) -> None:
         """Drop a waiter whose call ended first, so a quiet exec does not collect them."""
-        try:
-            self._async_waiters.remove(fut)
-        except ValueError:
-            pass
+        with self.cond:
+            try:
+                self._async_waiters.remove(fut)
+            except ValueError:
+                pass
 
 
 def base_environment() -> dict[str, str]:
@@ -290,7 +291,20 @@ class Engine:
     # -- start ---------------------------------------------------------------------------------
 
     def start_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec, timeout: float | None = None) -> Exec:
-        """Start an exec, or return the one already started with this id and the same request."""
+        """Start an exec, or return the one already started with this id and the same request;
+        from a thread, waits until it is spawned (or its start failed, raised here)."""
+        ex = self.begin_exec(exec_id, fingerprint, spec)
+        if timeout is not None and timeout > threading.TIMEOUT_MAX:
+            timeout = None  # grpcio reports "no deadline" as a huge number of seconds
+        try:
+            ex.started.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "exec did not start in time") from None
+        return ex
+
+    def begin_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec) -> Exec:
+        """Register an exec and have the loop spawn it (at once when called on the loop); its
+        `started` future says when. An identical repeat returns the same exec."""
         on_loop = self.on_loop()
         spawn_now = False
         with self._lock:
@@ -312,17 +326,8 @@ class Engine:
             elif ex.fingerprint != fingerprint:
                 raise RouterError(grpc.StatusCode.ALREADY_EXISTS,
                                   f"exec {exec_id!r} already exists with a different request")
-        if on_loop:
-            if spawn_now:
-                self._spawn(ex)
-            ex.started.result(0)  # spawned synchronously: raises the error of a failed start
-            return ex
-        if timeout is not None and timeout > threading.TIMEOUT_MAX:
-            timeout = None  # grpcio reports "no deadline" as a huge number of seconds
-        try:
-            ex.started.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "exec did not start in time") from None
+        if spawn_now:
+            self._spawn(ex)
         return ex
 
     def _new_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec) -> Exec:
@@ -736,6 +741,31 @@ def _posix_spawn(spec: ExecSpec, stdin: int, stdout: int, stderr: int) -> int:
     if resolved is None:
         raise FileNotFoundError(errno.ENOENT, "command not found", argv[0])
     return os.posix_spawn(resolved, argv, spec.env, **kwargs)  # type: ignore[arg-type]
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    """Complete futures on their loops: directly on our own, through call_soon_threadsafe otherwise."""
+    try:
+        here = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for fut in waiters:
+        by_loop.setdefault(fut.get_loop(), []).append(fut)
+    for loop, futs in by_loop.items():
+        if loop is here:
+            _complete(futs)
+        else:
+            try:
+                loop.call_soon_threadsafe(_complete, futs)
+            except RuntimeError:
+                pass  # that loop is closed: its calls are over
+
+
+def _complete(futs: list[asyncio.Future[None]]) -> None:
+    for fut in futs:
+        if not fut.done():
+            fut.set_result(None)
 
 
 def _group_exists(pgid: int) -> bool:

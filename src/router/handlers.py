@@ -6,6 +6,8 @@ loop; awaits `Exec.changed()`). Handlers raise RouterError; the wrappers turn it
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import errno
 import functools
 import logging
@@ -168,11 +170,9 @@ class _Servicer:
             raise RouterError(grpc.StatusCode.INVALID_ARGUMENT, f"request: cannot be parsed: {request.error}")
         self._auth.check_task(granted, request.task_id)
 
-    def _start(self, request: pb.TaskExecStartRequest, context: Any) -> pb.TaskExecStartResponse:
+    def _begin(self, request: pb.TaskExecStartRequest) -> Exec:
         spec = requests.exec_spec(request, self._engine.base_env)
-        fingerprint = request.SerializeToString(deterministic=True)
-        self._engine.start_exec(request.exec_id, fingerprint, spec, remaining(context))
-        return pb.TaskExecStartResponse()
+        return self._engine.begin_exec(request.exec_id, request.SerializeToString(deterministic=True), spec)
 
     def _poll(self, request: pb.TaskExecPollRequest) -> pb.TaskExecPollResponse:
         return exit_message(pb.TaskExecPollResponse, self._engine.get(requests.exec_id(request)).status)
@@ -258,7 +258,13 @@ class ThreadServicer(_Servicer):
         return True
 
     def TaskExecStart(self, request: pb.TaskExecStartRequest, context: grpc.ServicerContext) -> Any:
-        return self._start(request, context)
+        ex = self._begin(request)
+        left = remaining(context)
+        try:
+            ex.started.result(left)
+        except concurrent.futures.TimeoutError:
+            raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "exec did not start in time") from None
+        return pb.TaskExecStartResponse()
 
     def TaskExecPoll(self, request: pb.TaskExecPollRequest, context: grpc.ServicerContext) -> Any:
         return self._poll(request)
@@ -297,7 +303,7 @@ class ThreadServicer(_Servicer):
 
 
 class AsyncServicer(_Servicer):
-    """For grpc.aio on the engine's loop: handlers run on the loop thread and await changes."""
+    """For grpc.aio on a loop of its own: one thread runs every handler, awaiting exec changes."""
 
     def _wrap_unary(self, fn: Any) -> Any:
         @functools.wraps(fn)
@@ -333,26 +339,31 @@ class AsyncServicer(_Servicer):
         else:
             await context.abort(status.code, status.details, status.trailing_metadata)
 
-    async def _changed(self, ex: Exec) -> None:
-        """Wait for the exec's next change. A call that ends meanwhile is cancelled here by grpc."""
-        fut = ex.changed(self._engine.loop)
-        try:
-            await fut
-        finally:
-            ex.forget_waiter(fut)
-        if ex.failed is not None:
-            raise ex.failed
+    @staticmethod
+    async def _until(ex: Exec, ready: Callable[[], bool]) -> None:
+        """Wait until `ready()`. A call that ends meanwhile is cancelled here by grpc."""
+        while True:
+            fut = ex.changed()  # registered before the check: a change in between wakes it
+            try:
+                if ready():
+                    return
+                if ex.failed is not None:
+                    raise ex.failed  # its start failed after this call found it
+                await fut
+            finally:
+                ex.forget_waiter(fut)
 
     async def TaskExecStart(self, request: pb.TaskExecStartRequest, context: Any) -> Any:
-        return self._start(request, context)
+        ex = self._begin(request)
+        await asyncio.wrap_future(ex.started)  # grpc cancels this at the call's deadline
+        return pb.TaskExecStartResponse()
 
     async def TaskExecPoll(self, request: pb.TaskExecPollRequest, context: Any) -> Any:
         return self._poll(request)
 
     async def TaskExecWait(self, request: pb.TaskExecWaitRequest, context: Any) -> Any:
         ex = self._engine.get(requests.exec_id(request))
-        while ex.status is None:
-            await self._changed(ex)
+        await self._until(ex, lambda: ex.status is not None)
         return exit_message(pb.TaskExecWaitResponse, ex.status)
 
     async def TaskExecStdioRead(self, request: pb.TaskExecStdioReadRequest, context: Any) -> AsyncIterator[bytes]:
@@ -362,15 +373,14 @@ class AsyncServicer(_Servicer):
             if frame is None:
                 return
             if frame is ReadCursor.WAIT:
-                await self._changed(ex)
+                await self._until(ex, cursor.ready)
                 continue
             yield frame  # type: ignore[misc]
 
     async def TaskExecStdinWrite(self, request: pb.TaskExecStdinWriteRequest, context: Any) -> Any:
         ex = self._engine.get(requests.exec_id(request))
         # A full buffer waits for room; grpc cancels the wait at the call's deadline.
-        while not self._engine.offer_stdin(ex, request.offset, request.data, request.eof):
-            await self._changed(ex)
+        await self._until(ex, lambda: self._engine.offer_stdin(ex, request.offset, request.data, request.eof))
         return pb.TaskExecStdinWriteResponse()
 
     async def TaskMountDirectory(self, request: pb.TaskMountDirectoryRequest, context: Any) -> Any:

@@ -1,7 +1,8 @@
 """The router's gRPC server: the engine, the TaskCommandRouter service, health and reflection.
 
 Two modes behind the same handlers (handlers.py):
-- "aio" (default): grpc.aio on the engine's own uvloop loop. One thread serves every call.
+- "aio" (default): grpc.aio on a uvloop loop in a thread of its own: one thread serves every call,
+  while the engine's loop thread spawns and drains beside it.
 - "threads": grpcio's synchronous server, one pool thread per call in flight.
 benchmarks/RESULTS.md has the measurements behind the default.
 """
@@ -14,6 +15,7 @@ import threading
 from typing import Any
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -61,12 +63,18 @@ class RouterServer:
         self._grpc: Any = None
         self._health: Any = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._aio_loop: asyncio.AbstractEventLoop | None = None
+        self._aio_thread: threading.Thread | None = None
 
     def start(self) -> None:
         self.engine.start()
         try:
             if self.config.server_mode == "aio":
-                asyncio.run_coroutine_threadsafe(self._start_aio(), self.engine.loop).result()
+                self._aio_loop = uvloop.new_event_loop()
+                self._aio_thread = threading.Thread(target=self._aio_loop.run_forever, name="router-grpc",
+                                                    daemon=True)
+                self._aio_thread.start()
+                asyncio.run_coroutine_threadsafe(self._start_aio(), self._aio_loop).result()
             else:
                 self._start_threads()
         except BaseException:
@@ -111,12 +119,17 @@ class RouterServer:
         """Stop accepting calls, end those in flight after `grace`, then kill and reap every exec."""
         try:
             if self._grpc is not None:
-                if self.config.server_mode == "aio":
-                    asyncio.run_coroutine_threadsafe(self._stop_aio(grace), self.engine.loop).result()
+                if self._aio_loop is not None:
+                    asyncio.run_coroutine_threadsafe(self._stop_aio(grace), self._aio_loop).result()
                 else:
                     self._health.enter_graceful_shutdown()
                     self._grpc.stop(grace).wait()
         finally:
+            if self._aio_loop is not None and self._aio_thread is not None:
+                self._aio_loop.call_soon_threadsafe(self._aio_loop.stop)
+                self._aio_thread.join()
+                self._aio_loop.close()
+                self._aio_loop = self._aio_thread = None
             # Dropped so that grpc.aio can end its poller thread once nothing of it is left.
             self._grpc = self._health = None
             self.engine.stop()
