@@ -99,3 +99,16 @@ def test_unreachable_server_is_a_clear_error(tmp_path: pathlib.Path) -> None:
     assert result.returncode != 0
     assert b"UNAVAILABLE" in result.stderr or b"unavailable" in result.stderr.lower()
     _ = grpc  # the error names grpc's status
+
+
+def test_log_dir_holds_the_logs_and_keeps_what_else_is_there(tmp_path: pathlib.Path) -> None:
+    logs = tmp_path / "logs-elsewhere"
+    logs.mkdir()
+    (logs / "keep-me").write_text("not the router's")
+    (logs / "arena-00000000").write_text("stale, from a crashed run")
+    with router_process(tmp_path / "state", "--log-dir", str(logs)) as (_, listen):
+        assert not (logs / "arena-00000000").exists() or (logs / "arena-00000000").stat().st_size == 0
+        result = router("exec", "--state-dir", str(tmp_path / "state"), "-n", "--", "echo", "logged")
+        assert result.stdout == b"logged\n"
+        assert (logs / "arena-00000000").exists() and not (tmp_path / "state" / "logs").exists()
+    assert sorted(p.name for p in logs.iterdir()) == ["keep-me"]

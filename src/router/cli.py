@@ -29,7 +29,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state_dir = config.ensure_state_dir(_state_dir(args.state_dir))
     task_id = args.task_id or config.load_or_create_task_id(state_dir)
-    cfg = config.ServerConfig(state_dir=str(state_dir), task_id=task_id, listen=args.listen,
+    log_dir = str(pathlib.Path(args.log_dir).expanduser().resolve()) if args.log_dir else ""
+    cfg = config.ServerConfig(state_dir=str(state_dir), task_id=task_id, listen=args.listen, log_dir=log_dir,
                               kill_grace_secs=args.kill_grace, server_mode=args.server_mode,
                               max_workers=args.max_workers)
     server = RouterServer(cfg, auth.load_or_create_key(state_dir))
@@ -131,6 +132,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default=config.DEFAULT_LISTEN, help="HOST:PORT (default %(default)s; port 0 picks one)")
     serve.add_argument("--state-dir", help="where keys, logs and state live (default: the user's state directory)")
     serve.add_argument("--task-id", help="the task this server serves (default: generated once per state directory)")
+    serve.add_argument("--log-dir", help="where output logs live (default: STATE_DIR/logs); emptied at start")
     serve.add_argument("--kill-grace", type=float, default=0.0,
                        help="seconds between SIGTERM and SIGKILL when an exec times out (default 0: SIGKILL)")
     serve.add_argument("--server-mode", choices=("aio", "threads"), default="aio",

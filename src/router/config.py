@@ -18,6 +18,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     state_dir: str
     task_id: str
     listen: str = DEFAULT_LISTEN
+    # Where output logs live; empty means <state_dir>/logs. A tmpfs (say /dev/shm/router) spares
+    # the disk's writeback and keeps logs across a router crash, not a reboot, in memory.
+    log_dir: str = ""
     # Largest data field in one TaskExecStdioRead message; 1 MiB measured best for grpcio.
     read_chunk_size: int = 1 * MiB
     log_segment_size: int = 32 * MiB

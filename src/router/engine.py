@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import errno
 import fcntl
 import logging
@@ -183,9 +184,9 @@ class Engine:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        # Logs of a previous run that crashed: nothing can read them (exec records do not survive yet).
-        shutil.rmtree(self._log_dir, ignore_errors=True)
         self._log_dir.mkdir(parents=True, exist_ok=True)
+        # Logs of a previous run that crashed: nothing can read them (exec records do not survive yet).
+        self._remove_logs()
         # Every stream's segments are slots in a few shared files: no file creation per exec.
         self._store = SegmentStore(str(self._log_dir), self._segment_size)
         ready = threading.Event()
@@ -236,7 +237,15 @@ class Engine:
                 ex.notify()
             if self._store is not None:
                 self._store.close()
-            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._remove_logs()
+            with contextlib.suppress(OSError):
+                self._log_dir.rmdir()  # only if nothing else lives there
+
+    def _remove_logs(self) -> None:
+        """Delete the arena files, and nothing else: the log directory may be shared (--log-dir)."""
+        for path in self._log_dir.glob("arena-*"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def _kill_all(self, execs: list[Exec]) -> None:
         for pgid in self._lingering_groups:

@@ -52,7 +52,7 @@ class RouterServer:
         self.config = config
         raise_open_file_limit()
         self.engine = Engine(
-            pathlib.Path(config.state_dir) / "logs",
+            pathlib.Path(config.log_dir) if config.log_dir else pathlib.Path(config.state_dir) / "logs",
             segment_size=config.log_segment_size,
             stdin_buffer_limit=config.stdin_buffer_limit,
             kill_grace_secs=config.kill_grace_secs,
