@@ -53,8 +53,18 @@ QUICK = dict(drain_size="64M", stream_size="128M", fanout="64,256", fanout_size=
              seek_size="256M", seek_rounds=15, memory_size="256M", idle=256,
              drain_rounds=3, stream_rounds=3, fanout_rounds=2, exec_rounds=3, max_seconds=600)
 FANOUT_TARGET_N = 1024
+# Targets from the performance issue: ratios of one run of this script.
+DRAIN_TARGET = 0.9  # vs readv + pwrite, the ceiling for a log that keeps its data
+STREAM_BARE_TARGET = 0.7
+STREAM_SSH_TARGET = 1.5
 FANOUT_TARGET = 0.5
+EXEC_TARGET = 0.5  # 64 in flight vs local posix_spawn
 SEEK_TARGET = 1.2
+RSS_GROWTH_TARGET_MIB = 64
+
+
+def at_least(target: float) -> dict[str, Any]:
+    return {"target": f">= {target}", "check": lambda r: r >= target}
 
 
 def log(msg: str) -> None:
@@ -276,7 +286,8 @@ def section_drain(args: argparse.Namespace, rep: Report) -> None:
               "drain: _fastio.SegmentedLog", "drain: os.readv into a reused 1 MiB buffer", "MB/s")
     ratio_row(f"drain {label} from one pipe: `_fastio` vs readv + `os.pwrite` into {c.SEGMENT_SIZE // c.MiB} MiB "
               "segment files (ceiling for a log that keeps its data)", rep,
-              "drain: _fastio.SegmentedLog", "drain: readv + os.pwrite into segment files", "MB/s")
+              "drain: _fastio.SegmentedLog", "drain: readv + os.pwrite into segment files", "MB/s",
+              **at_least(DRAIN_TARGET))
 
 
 # -- 2. stream -----------------------------------------------------------------------------------------
@@ -352,10 +363,12 @@ def section_stream(args: argparse.Namespace, rep: Report) -> None:
             if proc is not None:
                 proc.stop()
     ratio_row(f"one exec's stdout, {label}: router vs bare grpcio server (throughput)", rep,
-              "stream: router (TaskExecStdioRead, raw frames)", "stream: bare grpcio (raw 1 MiB messages)", "MB/s")
+              "stream: router (TaskExecStdioRead, raw frames)", "stream: bare grpcio (raw 1 MiB messages)", "MB/s",
+              **at_least(STREAM_BARE_TARGET))
     if rep.median("stream: ssh 'head' > /dev/null") is not None:
         ratio_row(f"one exec's stdout, {label}: router vs OpenSSH `ssh host head` (throughput)", rep,
-                  "stream: router (TaskExecStdioRead, raw frames)", "stream: ssh 'head' > /dev/null", "MB/s")
+                  "stream: router (TaskExecStdioRead, raw frames)", "stream: ssh 'head' > /dev/null", "MB/s",
+                  **at_least(STREAM_SSH_TARGET))
 
 
 _ssh_skip: str | None = None
@@ -566,7 +579,8 @@ def section_exec(args: argparse.Namespace, rep: Report) -> None:
               "exec rate sequential: router", "exec rate sequential: local posix_spawn + waitpid", "execs/s")
     ratio_row(f"exec rate, {inflight} in flight: router/local posix_spawn", rep,
               f"exec rate {inflight} in flight: router (grpc.aio)",
-              f"exec rate {inflight} in flight: local posix_spawn + waitpid (threads)", "execs/s")
+              f"exec rate {inflight} in flight: local posix_spawn + waitpid (threads)", "execs/s",
+              **(at_least(EXEC_TARGET) if inflight == 64 else {}))
     if rep.median("exec rate sequential: ssh ControlMaster") is not None:
         ratio_row("exec rate, sequential: router/ssh ControlMaster", rep,
                   "exec rate sequential: router", "exec rate sequential: ssh ControlMaster", "execs/s")
@@ -654,9 +668,13 @@ def section_memory(args: argparse.Namespace, rep: Report) -> None:
     rep.add(f"memory: server VmHWM (peak RSS) after the {label} stream", "MiB", after["VmHWM"] / mib)
     rep.facts.append(f"memory: the {label} exec streamed to a reader in {elapsed:.1f} s "
                      f"({mbps(size, elapsed):.0f} MB/s)")
+    growth = (after["VmHWM"] - before["VmRSS"]) / mib
     rep.rows.append(Row(f"server VmRSS after one exec streamed {label} to a reader (reference: before)",
                         f"{after['VmRSS'] / mib:.0f} MiB", f"{before['VmRSS'] / mib:.0f} MiB",
                         fmt(after["VmRSS"] / before["VmRSS"])))
+    rep.rows.append(Row(f"server RSS growth while streaming {label}: peak (VmHWM) minus before",
+                        f"{growth:.1f} MiB", "—", "—", f"<= {RSS_GROWTH_TARGET_MIB} MiB",
+                        "yes" if growth <= RSS_GROWTH_TARGET_MIB else "**no**"))
     rep.rows.append(Row("server peak RSS (VmHWM) during that stream; RssFile / RssAnon after",
                         hwm_file_anon(after), hwm_file_anon(before),
                         fmt(after["VmHWM"] / before["VmHWM"])))
