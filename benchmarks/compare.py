@@ -742,6 +742,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--channels", type=int, default=4, help="grpc.aio channels (connections) for concurrent clients")
     p.add_argument("--server-mode", choices=("aio", "threads"), default="aio",
                    help="the router's server mode: grpc.aio on the engine loop (default) or thread per call")
+    p.add_argument("--log-root", help="give each router a log directory under this one (say /dev/shm) "
+                                      "instead of its state directory's")
     p.add_argument("--no-ssh", action="store_true", help="skip the OpenSSH references")
     p.add_argument("--no-install", action="store_true", help="never apt-get install OpenSSH; skip it if missing")
     p.add_argument("--max-seconds", type=float, help="watchdog: interrupt the whole run after this long")
@@ -782,8 +784,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def router_args(args: argparse.Namespace) -> tuple[str, ...]:
-    """`router serve` arguments for every router this run starts."""
-    return ("--server-mode", args.server_mode)
+    """`router serve` arguments for every router this run starts (each its own log directory)."""
+    extra: tuple[str, ...] = ("--server-mode", args.server_mode)
+    if args.log_root:
+        extra += ("--log-dir", tempfile.mkdtemp(prefix="router-logs-", dir=args.log_root))
+    return extra
 
 
 def header(args: argparse.Namespace) -> list[str]:
@@ -804,7 +809,8 @@ def header(args: argparse.Namespace) -> list[str]:
         "",
         f"- commit {git('rev-parse', '--short', 'HEAD')} ({git('log', '-1', '--format=%s')})"
         + (f"; uncommitted changes under src/: {dirty}" if dirty else ""),
-        f"- router server mode: {args.server_mode} (`router serve --server-mode {args.server_mode}`)",
+        f"- router server mode: {args.server_mode} (`router serve --server-mode {args.server_mode}`); logs in "
+        + (f"a directory under {args.log_root}" if args.log_root else "each router's state directory (under --tmp)"),
         f"- `_fastio`: {os.path.basename(fastio.__file__)}, built "
         f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(fastio.__file__)))}",
         f"- {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
