@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 
+import grpc
 import jwt
 
 from . import auth, config
@@ -160,11 +161,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# Like ssh: the exit status when the router, not the command, failed.
+ROUTER_FAILED = 255
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "command", None) and args.command[0] == "--":
         args.command = args.command[1:]
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except grpc.RpcError as e:
+        print(f"router {args.cmd}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return ROUTER_FAILED
 
 
 if __name__ == "__main__":
