@@ -114,7 +114,7 @@ def main() -> None:
     for _ in range(3):
         for kind in kinds:
             results[kind].append(run(kind, total))
-    print(f"| kind | MB/s (median of 3) | CPU s | RSS after, MiB |\n| --- | --- | --- | --- |")
+    print("| kind | MB/s (median of 3) | CPU s | RSS after, MiB |\n| --- | --- | --- | --- |")
     for kind, runs in results.items():
         print(f"| {kind} | {statistics.median(x[0] for x in runs):.0f} | "
               f"{statistics.median(x[1] for x in runs):.2f} | {runs[-1][2]} |")

@@ -271,11 +271,6 @@ class Engine:
 
     # -- lookups -----------------------------------------------------------------------------
 
-    @property
-    def loop(self) -> uvloop.Loop:
-        assert self._loop is not None
-        return self._loop
-
     def on_loop(self) -> bool:
         return threading.get_ident() == self._loop_ident
 
