@@ -206,27 +206,50 @@ def test_pty_timeout_kills_background_jobs_of_an_interactive_shell(client: Route
         _kill(sleeper)
 
 
-@pytest.mark.xfail(reason="orphan reaping as PID 1 / subreaper is not implemented yet", strict=True)
-def test_orphans_are_reaped_when_the_router_is_a_subreaper(client: RouterClient) -> None:
-    """As PID 1 of a container (or a child subreaper) the router inherits every orphaned grandchild and
-    should reap them. Not done yet: the engine only reaps the pids it spawned.
-    """
+def test_orphans_are_reaped_when_the_router_is_a_subreaper(tmp_path: pathlib.Path) -> None:
+    """As PID 1 of a container (or a child subreaper) the router inherits every orphaned grandchild
+    of an exec, and reaps it; an exec's own leader is still its to reap."""
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     PR_SET_CHILD_SUBREAPER = 36
     assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     orphan = 0
     try:
-        client.start("orph", ["sh", "-c", "sleep 0.3 >/dev/null 2>&1 & echo $!"], stdout_config=1, stderr_config=1)
-        orphan = int(_first_line(client, "orph"))
-        assert exit_code(client.wait("orph")) == 0
-        time.sleep(1.5)  # the sleep has exited by now; someone has to reap it
-        assert not os.path.exists(f"/proc/{orphan}"), "orphaned grandchild left as a zombie of the router"
+        with _server(tmp_path, reap_orphans=True) as (server, client, _):
+            client.start("orph", ["sh", "-c", "sleep 0.3 >/dev/null 2>&1 & echo $!"], stdout_config=1,
+                         stderr_config=1)
+            orphan = int(_first_line(client, "orph"))
+            assert exit_code(client.wait("orph")) == 0
+            deadline = time.monotonic() + 5
+            while os.path.exists(f"/proc/{orphan}") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not os.path.exists(f"/proc/{orphan}"), "orphaned grandchild left as a zombie of the router"
+            client.start("after", ["sh", "-c", "exit 3"], stdout_config=1, stderr_config=1)
+            assert exit_code(client.wait("after")) == 3  # its own children are still the engine's
     finally:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-        if orphan:
+        if orphan and os.path.exists(f"/proc/{orphan}"):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(orphan, 0)
+
+
+def test_serve_reaps_orphans_as_a_subreaper(tmp_path: pathlib.Path) -> None:
+    """`router serve` notices it inherits orphans (here a subreaper, kept across exec) and reaps them."""
+    import subprocess
+    import sys
+    wrapper = ("import ctypes, os, sys; ctypes.CDLL(None).prctl(36, 1, 0, 0, 0); "
+               "os.execv(sys.executable, [sys.executable, '-m', 'router.cli', *sys.argv[1:]])")
+    proc = subprocess.Popen([sys.executable, "-c", wrapper, "serve", "--listen", "127.0.0.1:0", "--state-dir",
+                             str(tmp_path), "--task-id", TASK_ID], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(5)]
+        assert any(line.startswith("reaping orphaned processes") for line in lines), lines
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 def test_emfile_while_draining_loses_nothing(tmp_path: pathlib.Path) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import grpc
 import jwt
 
-from . import auth, config
+from . import auth, config, procs
 from .client import STDERR, STDOUT, RouterClient, exit_code
 
 TOKEN_ENV = "ROUTER_TOKEN"
@@ -33,6 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log_dir = str(pathlib.Path(args.log_dir).expanduser().resolve()) if args.log_dir else ""
     cfg = config.ServerConfig(state_dir=str(state_dir), task_id=task_id, listen=args.listen, log_dir=log_dir,
                               kill_grace_secs=args.kill_grace, server_mode=args.server_mode,
+                              reap_orphans=procs.inherits_orphans(),
                               max_workers=args.max_workers)
     server = RouterServer(cfg, auth.load_or_create_key(state_dir))
     stop = threading.Event()
@@ -45,6 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"router listening on {listen}", flush=True)
     print(f"task id: {task_id}", flush=True)
     print(f"state directory: {state_dir}", flush=True)
+    if cfg.reap_orphans:
+        print("reaping orphaned processes (this router is their init)", flush=True)
     print(f"get a token with: router token --state-dir {state_dir}", flush=True)
     try:
         stop.wait()

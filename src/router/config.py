@@ -35,6 +35,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # "aio": grpc.aio on the engine's loop, one thread for every call (the default: measured faster
     # for many execs, benchmarks/RESULTS.md); "threads": grpcio's thread-per-call server.
     server_mode: Literal["aio", "threads"] = "aio"
+    # Reap orphaned processes (the router inherits them as PID 1 of a container or a subreaper).
+    reap_orphans: bool = False
     # Threads mode only. A followed exec holds three calls (one Wait, two reads).
     max_workers: int = 13000
 

@@ -41,6 +41,8 @@ DRAIN_BUDGET = 4 * 1024 * 1024
 PIPE_SIZE = 1024 * 1024
 # After a failed write to a log, reading that pipe waits this long: the pipe holds the child back.
 DRAIN_RETRY_SECS = 0.5
+# How often orphans are reaped when the router inherits them (PID 1 or a subreaper).
+ORPHAN_REAP_SECS = 1.0
 # Descriptors each running exec may hold: stdin, stdout, stderr, pidfd.
 FDS_PER_EXEC = 4
 FDS_RESERVED = 1024
@@ -163,8 +165,9 @@ def raise_open_file_limit() -> None:
 
 class Engine:
     def __init__(self, log_dir: pathlib.Path, *, segment_size: int, stdin_buffer_limit: int,
-                 kill_grace_secs: float = 0.0, max_running_execs: int = 0) -> None:
+                 kill_grace_secs: float = 0.0, max_running_execs: int = 0, reap_orphans: bool = False) -> None:
         self._log_dir = log_dir
+        self._reap_orphans = reap_orphans
         self._store: SegmentStore | None = None
         self._segment_size = segment_size
         self._stdin_limit = stdin_buffer_limit
@@ -199,6 +202,10 @@ class Engine:
         asyncio.set_event_loop(loop)
         self._loop = loop
         self._loop_ident = threading.get_ident()
+        if self._reap_orphans:
+            main_thread_id = threading.main_thread().native_id
+            assert main_thread_id is not None
+            loop.call_soon(self._reap, main_thread_id)
         ready.set()
         try:
             loop.run_forever()
@@ -268,6 +275,12 @@ class Engine:
                     self._release(ex)
         finally:
             done.set_result(None)
+
+    def _reap(self, main_thread_id: int) -> None:
+        """As init of a container (or a subreaper), reap the orphans an exec's children leave."""
+        procs.reap_orphans(main_thread_id)
+        assert self._loop is not None
+        self._loop.call_later(ORPHAN_REAP_SECS, self._reap, main_thread_id)
 
     # -- lookups -----------------------------------------------------------------------------
 

@@ -1,9 +1,12 @@
 """Signalling what an exec started: its leader, its process group, and for terminals its session."""
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 from collections.abc import Iterable
+
+_PR_GET_CHILD_SUBREAPER = 37
 
 
 def processes_in(groups: set[int], sessions: set[int]) -> list[int]:
@@ -52,3 +55,34 @@ def kill_sessions(sessions: Iterable[int], sig: int) -> None:
     if wanted:
         for pid in processes_in(set(), wanted):
             kill_quietly(pid, sig)
+
+
+def inherits_orphans() -> bool:
+    """True when orphaned processes are re-parented to this one: PID 1 of a container, or a
+    child subreaper (prctl PR_SET_CHILD_SUBREAPER, kept across exec)."""
+    if os.getpid() == 1:
+        return True
+    flag = ctypes.c_int(0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value != 0
+
+
+def reap_orphans(thread_id: int) -> int:
+    """Reap the exited processes among one thread's children; returns how many.
+
+    Orphans are re-parented to the main thread of their reaper, while the engine's own children
+    are its loop thread's, so looking only at the main thread's never touches an exec's leader
+    (which the engine leaves unreaped on purpose)."""
+    try:
+        with open(f"/proc/self/task/{thread_id}/children") as f:
+            pids = [int(p) for p in f.read().split()]
+    except OSError:
+        return 0
+    reaped = 0
+    for pid in pids:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        reaped += done != 0
+    return reaped

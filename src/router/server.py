@@ -57,6 +57,7 @@ class RouterServer:
             stdin_buffer_limit=config.stdin_buffer_limit,
             kill_grace_secs=config.kill_grace_secs,
             max_running_execs=config.max_running_execs,
+            reap_orphans=config.reap_orphans,
         )
         self._auth = Authenticator(key, config.task_id)
         self.port = 0
