@@ -30,6 +30,7 @@ import grpc
 from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router._proto import task_command_router_pb2_grpc as pb_grpc
+from router.client import exit_code
 from router.config import ServerConfig
 
 KiB = 1024
@@ -314,15 +315,6 @@ def wait_request(exec_id: str) -> pb.TaskExecWaitRequest:
 
 def read_request(exec_id: str, offset: int = 0, fd: int = STDOUT) -> pb.TaskExecStdioReadRequest:
     return pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id=exec_id, offset=offset, file_descriptor=fd)
-
-
-def exit_code(response: pb.TaskExecWaitResponse) -> int | None:
-    kind = response.WhichOneof("exit_status")
-    if kind == "code":
-        return response.code
-    if kind == "signal":
-        return 128 + response.signal
-    return None
 
 
 def frame_payload_len(frame: bytes) -> int:
