@@ -433,3 +433,21 @@ def test_pty_output_after_exit_is_drained_to_eio(client: RouterClient) -> None:
                  pty_info={"enabled": True})
     assert exit_code(client.wait("p")) == 0
     assert b"".join(client.read("p")) == b"z" * 200000
+
+
+def test_a_cancelled_start_leaves_the_exec_usable(server, token: str) -> None:  # type: ignore[no-untyped-def]
+    """A TaskExecStart that ends early (deadline, client gone) cannot cancel the spawn it waits for:
+    its retries and the exec's other calls still work."""
+    raw = Raw(server.port, token)
+    try:
+        request = start_request("cancelled", ["sh", "-c", "echo ok"])
+        raw.code("TaskExecStart", request, timeout=0.0001)  # may or may not get through in time
+        assert raw.code("TaskExecStart", request) == OK
+        # Before its spawn has run too: nothing can cancel the future a start waits on.
+        from router.engine import Exec, ExecSpec
+        unspawned = Exec("x", b"", ExecSpec(args=["true"], env={}), None, None)
+        assert not unspawned.started.cancel()
+        wait = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="cancelled")
+        assert raw.call("TaskExecWait", wait).code == 0
+    finally:
+        raw.channel.close()

@@ -83,6 +83,9 @@ class Exec:
         self.stdout = stdout
         self.stderr = stderr
         self.started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        # Running from the start, so no caller can cancel it (a cancelled TaskExecStart must not
+        # leave the exec's id unusable for its retries).
+        self.started.set_running_or_notify_cancel()
         self.cond = threading.Condition()
         self.status: ExitStatus | None = None
         self.stdin_written = 0  # bytes accepted so far, the offset the next write continues from
