@@ -310,21 +310,10 @@ class Engine:
 
     # -- start ---------------------------------------------------------------------------------
 
-    def start_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec, timeout: float | None = None) -> Exec:
-        """Start an exec, or return the one already started with this id and the same request;
-        from a thread, waits until it is spawned (or its start failed, raised here)."""
-        ex = self.begin_exec(exec_id, fingerprint, spec)
-        if timeout is not None and timeout > threading.TIMEOUT_MAX:
-            timeout = None  # grpcio reports "no deadline" as a huge number of seconds
-        try:
-            ex.started.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "exec did not start in time") from None
-        return ex
-
     def begin_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec) -> Exec:
-        """Register an exec and have the loop spawn it (at once when called on the loop); its
-        `started` future says when. An identical repeat returns the same exec."""
+        """Start an exec, or return the one already started with this id and the same request.
+        The loop spawns it (at once when called on the loop); its `started` future says when, or
+        raises why the start failed."""
         on_loop = self.on_loop()
         spawn_now = False
         with self._lock:
@@ -606,7 +595,7 @@ class Engine:
         os.close(ex._pidfd)
         ex._pidfd = -1
         ex._proc = None
-        if _group_exists(ex._pid):
+        if procs.group_exists(ex._pid):
             # Background processes that closed their output outlive the exec; stop() ends them.
             # (Linux keeps a group's id from reuse while it has members.)
             self._lingering_groups.add(ex._pid)
@@ -786,14 +775,6 @@ def _complete(futs: list[asyncio.Future[None]]) -> None:
     for fut in futs:
         if not fut.done():
             fut.set_result(None)
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
 
 
 def _terminal_eof(fd: int, last: bytes) -> bytes:

@@ -41,6 +41,15 @@ def killpg_quietly(pgid: int, sig: int) -> None:
         pass
 
 
+def group_exists(pgid: int) -> bool:
+    """Whether a process group still has members (signal 0 checks without sending)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def signal_pidfd(pidfd: int, sig: int) -> None:
     """Signal a process through its pidfd: never another process that reused the pid."""
     try:
