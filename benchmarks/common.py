@@ -438,13 +438,18 @@ class ReadvSink:
                 continue
             if n == 0:
                 return drained, True
+            self._keep(n)
             drained += n
         return drained, False
+
+    def _keep(self, n: int) -> None:
+        """What happens to the n bytes just read into the buffer: nothing, for the ceiling."""
 
 
 class ReadvPwriteSink(ReadvSink):
     """The ceiling for a log that keeps its data: readv into a reused buffer, then os.pwrite into
-    segment files `seg-00000000`, ... of `segment_size` in `directory` (same layout as the log)."""
+    segment files `seg-00000000`, ... of `segment_size` in `directory` (the log keeps its segments
+    as slots of shared arena files; a file per 32 MiB costs one creation per 32 MiB, nothing here)."""
 
     def __init__(self, directory: str | os.PathLike[str], segment_size: int = SEGMENT_SIZE, size: int = MiB,
                  budget: int = DRAIN_BUDGET) -> None:
@@ -465,27 +470,14 @@ class ReadvPwriteSink(ReadvSink):
             self._seg = idx
         return self._fd
 
-    def __call__(self, fd: int) -> tuple[int, bool]:
-        drained = 0
-        bufs = [self.buf]
-        while drained < self.budget:
-            try:
-                n = os.readv(fd, bufs)
-            except BlockingIOError:
-                return drained, False
-            except InterruptedError:
-                continue
-            if n == 0:
-                return drained, True
-            done = 0
-            while done < n:
-                idx, pos = divmod(self.offset, self.segment_size)
-                k = min(n - done, self.segment_size - pos)
-                w = os.pwrite(self._segment_fd(idx), self._view[done:done + k], pos)
-                done += w
-                self.offset += w
-            drained += n
-        return drained, False
+    def _keep(self, n: int) -> None:
+        done = 0
+        while done < n:
+            idx, pos = divmod(self.offset, self.segment_size)
+            k = min(n - done, self.segment_size - pos)
+            w = os.pwrite(self._segment_fd(idx), self._view[done:done + k], pos)
+            done += w
+            self.offset += w
 
     def close(self) -> None:
         if self._fd >= 0:
