@@ -18,7 +18,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -72,9 +72,12 @@ class Outcome:
 
 
 async def gather_with_deadline(coros: Sequence[Any], timeout: float, out: Outcome) -> None:
-    """Run all coroutines concurrently; after `timeout`, cancel what is left (each counts its own cancel)."""
+    """Run all coroutines concurrently, timing them into `out.seconds`; after `timeout`, cancel what
+    is left (each counts its own cancel)."""
+    t0 = time.perf_counter()
     tasks = [asyncio.ensure_future(co) for co in coros]
     done, pending = await asyncio.wait(tasks, timeout=timeout)
+    out.seconds = time.perf_counter() - t0
     for t in pending:
         t.cancel()
     if pending:
@@ -102,6 +105,17 @@ async def close_channels(channels: Sequence[grpc.aio.Channel]) -> None:
             await asyncio.wait_for(ch.close(), 10)
 
 
+@contextlib.asynccontextmanager
+async def router_stubs(router: c.RouterProcess, count: int) -> AsyncIterator[list[pb_grpc.TaskCommandRouterStub]]:
+    """Stubs on `count` ready connections to the router, closed afterwards."""
+    channels = aio_channels(router.target, count)
+    try:
+        await channels_ready(channels)
+        yield [pb_grpc.TaskCommandRouterStub(ch) for ch in channels]
+    finally:
+        await close_channels(channels)
+
+
 async def kill_all(procs: Sequence[asyncio.subprocess.Process]) -> None:
     for p in procs:
         if p.returncode is None:
@@ -120,10 +134,7 @@ def zeros(data: bytes) -> bool:
 async def router_fanout(router: c.RouterProcess, n: int, size: int, nchannels: int, timeout: float) -> Outcome:
     """N execs of `head -c size /dev/zero`, all in flight: start, read stdout to the end, wait; every byte checked."""
     out = Outcome(n)
-    channels = aio_channels(router.target, nchannels)
-    try:
-        await channels_ready(channels)
-        stubs = [pb_grpc.TaskCommandRouterStub(ch) for ch in channels]
+    async with router_stubs(router, nchannels) as stubs:
         md = router.metadata
         prefix = c.unique("fan")
         argv = ["head", "-c", str(size), "/dev/zero"]
@@ -152,11 +163,7 @@ async def router_fanout(router: c.RouterProcess, n: int, size: int, nchannels: i
             else:
                 out.ok += 1
 
-        t0 = time.perf_counter()
         await gather_with_deadline([one(i) for i in range(n)], timeout, out)
-        out.seconds = time.perf_counter() - t0
-    finally:
-        await close_channels(channels)
     return out
 
 
@@ -185,9 +192,7 @@ async def local_fanout(argv: Sequence[str], n: int, size: int, timeout: float) -
             out.ok += 1
 
     try:
-        t0 = time.perf_counter()
         await gather_with_deadline([one() for _ in range(n)], timeout, out)
-        out.seconds = time.perf_counter() - t0
     finally:
         await kill_all(procs)
     return out
@@ -198,10 +203,7 @@ async def router_exec_inflight(router: c.RouterProcess, total: int, inflight: in
                                timeout: float) -> Outcome:
     """`total` execs of `true` (start + wait), `inflight` at a time, grpc.aio."""
     out = Outcome(total)
-    channels = aio_channels(router.target, nchannels)
-    try:
-        await channels_ready(channels)
-        stubs = [pb_grpc.TaskCommandRouterStub(ch) for ch in channels]
+    async with router_stubs(router, nchannels) as stubs:
         md = router.metadata
         prefix = c.unique("rate")
         counter = iter(range(total))
@@ -226,11 +228,7 @@ async def router_exec_inflight(router: c.RouterProcess, total: int, inflight: in
                 else:
                     out.ok += 1
 
-        t0 = time.perf_counter()
         await gather_with_deadline([worker(w) for w in range(inflight)], timeout, out)
-        out.seconds = time.perf_counter() - t0
-    finally:
-        await close_channels(channels)
     return out
 
 
@@ -256,9 +254,7 @@ async def subprocess_inflight(argv: Sequence[str], total: int, inflight: int, ti
                 out.ok += 1
 
     try:
-        t0 = time.perf_counter()
         await gather_with_deadline([worker() for _ in range(inflight)], timeout, out)
-        out.seconds = time.perf_counter() - t0
     finally:
         await kill_all(procs)
     return out
@@ -268,10 +264,7 @@ async def subprocess_inflight(argv: Sequence[str], total: int, inflight: int, ti
 async def start_idle(router: c.RouterProcess, n: int, marker: str, inflight: int, nchannels: int,
                      timeout: float) -> Outcome:
     out = Outcome(n)
-    channels = aio_channels(router.target, nchannels)
-    try:
-        await channels_ready(channels)
-        stubs = [pb_grpc.TaskCommandRouterStub(ch) for ch in channels]
+    async with router_stubs(router, nchannels) as stubs:
         prefix = c.unique("idle")
         counter = iter(range(n))
 
@@ -284,11 +277,7 @@ async def start_idle(router: c.RouterProcess, n: int, marker: str, inflight: int
                 except grpc.aio.AioRpcError as e:
                     out.fail(f"start: {e.code().name}", e.details() or "")
 
-        t0 = time.perf_counter()
         await gather_with_deadline([worker(w) for w in range(inflight)], timeout, out)
-        out.seconds = time.perf_counter() - t0
-    finally:
-        await close_channels(channels)
     return out
 
 
