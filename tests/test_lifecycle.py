@@ -68,6 +68,26 @@ def _server(tmp_path: pathlib.Path, **overrides: object):  # type: ignore[no-unt
         server.stop(0.5)
 
 
+@contextlib.contextmanager
+def descriptors_exhausted(free: int = 0):  # type: ignore[no-untyped-def]
+    """This process at its descriptor limit, with `free` descriptors left, for the block's length."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    fillers: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top + 64, hard))
+        with contextlib.suppress(OSError):
+            while True:
+                fillers.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        for _ in range(free):
+            os.close(fillers.pop())
+        yield
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 # A leader that leaves its own process group: it forks a helper into a new group and joins it, so
 # killpg(leader pid) no longer reaches it (ESRCH). Prints "<leader pid> <helper group>".
 LEAVE_GROUP = (
@@ -253,23 +273,12 @@ def test_serve_reaps_orphans_as_a_subreaper(tmp_path: pathlib.Path) -> None:
 
 
 def test_emfile_while_draining_loses_nothing(tmp_path: pathlib.Path) -> None:
-    """A momentary EMFILE while draining (every drain opens its segment file) pauses reading; no output is lost.
-    """
+    """A momentary EMFILE while draining (the first output must create the first arena file) pauses
+    reading; no output is lost."""
     with _server(tmp_path) as (server, client, raw):
         client.start("fd", ["sh", "-c", "sleep 0.4; echo one; sleep 0.6; echo two"], stdout_config=1, stderr_config=1)
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-        fillers: list[int] = []
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (top + 64, hard))
-            with contextlib.suppress(OSError):
-                while True:
-                    fillers.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        with descriptors_exhausted():
             time.sleep(0.7)  # "one" arrives while no descriptor is free
-        finally:
-            for fd in fillers:
-                os.close(fd)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         status = client.wait("fd", call_timeout=5)
         out = b"".join(client.read("fd"))
         assert (out, exit_code(status)) == (b"one\ntwo\n", 0)
@@ -290,21 +299,8 @@ def test_spawn_emfile_is_throttled_and_leaks_nothing(tmp_path: pathlib.Path, fre
     with _server(tmp_path) as (server, client, raw):
         poll = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="emfile")
         assert raw.code("TaskExecPoll", poll) == grpc.StatusCode.NOT_FOUND  # connection is up
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-        fillers: list[int] = []
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (top + 64, hard))
-            with contextlib.suppress(OSError):
-                while True:
-                    fillers.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
-            for _ in range(free_fds):
-                os.close(fillers.pop())
+        with descriptors_exhausted(free_fds):
             code = raw.code("TaskExecStart", start_request("emfile", ["true"]))
-        finally:
-            for fd in fillers:
-                os.close(fd)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert raw.code("TaskExecPoll", poll) == grpc.StatusCode.NOT_FOUND
         assert server.engine.running_count == 0
