@@ -342,7 +342,8 @@ def test_largest_timeout_secs_is_accepted(client: RouterClient) -> None:
 
 
 def _waiters(server, exec_id: str) -> int:  # type: ignore[no-untyped-def]
-    return len(server.engine.get(exec_id).cond._waiters)
+    """Threads (threads mode) and coroutines (aio mode) waiting on the exec right now."""
+    return server.engine.get(exec_id).waiters
 
 
 def test_cancelled_waits_and_reads_leave_no_waiters(client: RouterClient, raw: Raw, server) -> None:  # type: ignore[no-untyped-def]
@@ -440,8 +441,9 @@ def test_a_cancelled_start_leaves_the_exec_usable(server, token: str) -> None:  
         raw.code("TaskExecStart", request, timeout=0.0001)  # may or may not get through in time
         assert raw.code("TaskExecStart", request) == OK
         # Before its spawn has run too: nothing can cancel the future a start waits on.
-        from router.engine import Exec, ExecSpec
-        unspawned = Exec("x", b"", ExecSpec(args=["true"], env={}), None, None)
+        from router.execs import Exec
+        from router.records import ExecSpec
+        unspawned = Exec("x", b"", ExecSpec(args=["true"], env={}), None, None, 1024)
         assert not unspawned.started.cancel()
         wait = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="cancelled")
         assert raw.call("TaskExecWait", wait).code == 0

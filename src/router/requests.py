@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from ._proto import task_command_router_pb2 as pb
-from .engine import ExecSpec, PtySpec
+from .records import ExecSpec, PtySpec
 from .errors import invalid, not_found
 
 MAX_ID_LENGTH = 256

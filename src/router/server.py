@@ -1,6 +1,6 @@
 """The router's gRPC server: the engine, the TaskCommandRouter service, health and reflection.
 
-Two modes behind the same handlers (handlers.py):
+Two modes drive the same RPC bodies (service.py) through thin adapters (handlers.py):
 - "aio" (default): grpc.aio on a uvloop loop in a thread of its own: one thread serves every call,
   while the engine's loop thread spawns and drains beside it.
 - "threads": grpcio's synchronous server, one pool thread per call in flight.
@@ -22,7 +22,8 @@ from grpc_reflection.v1alpha import reflection
 from .auth import Authenticator
 from .config import ServerConfig
 from .engine import Engine, raise_open_file_limit
-from .handlers import SERVICE_NAME, AsyncServicer, ThreadServicer
+from .handlers import Handlers
+from .service import SERVICE_NAME, Service
 
 REFLECTED = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
@@ -59,7 +60,7 @@ class RouterServer:
             max_running_execs=config.max_running_execs,
             reap_orphans=config.reap_orphans,
         )
-        self._auth = Authenticator(key, config.task_id)
+        self._handlers = Handlers(Service(config, self.engine), Authenticator(key, config.task_id))
         self.port = 0
         self._grpc: Any = None
         self._health: Any = None
@@ -88,7 +89,7 @@ class RouterServer:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.config.max_workers,
                                                            thread_name_prefix="router-rpc")
         server = grpc.server(self._pool, options=server_options(self.config))
-        server.add_generic_rpc_handlers((ThreadServicer(self.config, self.engine, self._auth).generic_handler(),))
+        server.add_generic_rpc_handlers((self._handlers.generic_handler(aio=False),))
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(REFLECTED, server)
@@ -100,7 +101,7 @@ class RouterServer:
 
     async def _start_aio(self) -> None:
         server = grpc.aio.server(options=server_options(self.config))
-        server.add_generic_rpc_handlers((AsyncServicer(self.config, self.engine, self._auth).generic_handler(),))
+        server.add_generic_rpc_handlers((self._handlers.generic_handler(aio=True),))
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(REFLECTED, server)

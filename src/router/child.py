@@ -1,0 +1,123 @@
+"""An exec's leader, watched through a pidfd on the loop thread: exit, timeout, signals, reaping.
+
+The pidfd is held from spawn until the exec is finished. While it is open the leader stays unreaped
+once it exits (a zombie), so its pid and process group id cannot be reused: signalling the group,
+the leader (even one that left its group) and a terminal's session is safe until `release()`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+
+from . import procs
+from .records import ExitStatus
+
+log = logging.getLogger(__name__)
+
+
+class Child:
+    def __init__(self, pid: int, pidfd: int, proc: subprocess.Popen[bytes] | None, terminal: bool) -> None:
+        self.pid = pid
+        self._pidfd = pidfd
+        self._proc = proc  # the Popen that started it, told when it is reaped here
+        self._terminal = terminal
+        self.exited = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+
+    @classmethod
+    def open(cls, pid: int, proc: subprocess.Popen[bytes] | None, terminal: bool) -> Child:
+        """Take hold of a just-started child. If no pidfd can be had, the child is killed and
+        reaped before the OSError is raised: nothing is left behind that no one watches."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            procs.killpg_quietly(pid, signal.SIGKILL)
+            procs.kill_quietly(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            if proc is not None:
+                proc.returncode = -1  # reaped above: Popen must never wait for it again
+            raise
+        return cls(pid, pidfd, proc, terminal)
+
+    @property
+    def held(self) -> bool:
+        """Until release(): the pid and group id are still this child's."""
+        return self._pidfd >= 0
+
+    def watch(self, loop: asyncio.AbstractEventLoop, on_exit: Callable[[], None]) -> None:
+        self._loop = loop
+        loop.add_reader(self._pidfd, on_exit)
+
+    def exit_status(self) -> ExitStatus | None:
+        """The leader's status once it has exited (None before: a spurious wake-up); not reaped."""
+        if self._pidfd < 0 or self.exited:
+            return None
+        info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        if info is None:
+            return None
+        self.exited = True
+        self._unwatch()
+        if info.si_code == os.CLD_EXITED:
+            return ExitStatus(code=info.si_status)
+        return ExitStatus(signal=info.si_status)
+
+    def _unwatch(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self._pidfd)
+            self._loop = None
+
+    # -- signals and timeouts ---------------------------------------------------------------------
+
+    def signal(self, sig: int, sessions: bool = True) -> None:
+        """Signal the process group, the leader (even if it left the group) and, for a terminal,
+        its whole session (an interactive shell puts each job in a group of its own)."""
+        if self._pidfd < 0:
+            return
+        procs.killpg_quietly(self.pid, sig)
+        if not self.exited:
+            procs.signal_pidfd(self._pidfd, sig)
+        if sessions and self._terminal:
+            procs.kill_sessions([self.pid], sig)
+
+    @property
+    def terminal(self) -> bool:
+        return self._terminal
+
+    def arm_timeout(self, loop: asyncio.AbstractEventLoop, secs: float, grace: float) -> None:
+        """At `secs`, SIGKILL the exec; with a `grace`, SIGTERM first and SIGKILL `grace` later."""
+        self._timers.append(loop.call_later(secs, self._on_timeout, loop, grace))
+
+    def _on_timeout(self, loop: asyncio.AbstractEventLoop, grace: float) -> None:
+        if grace > 0:
+            self.signal(signal.SIGTERM)
+            self._timers.append(loop.call_later(grace, self.signal, signal.SIGKILL))
+        else:
+            self.signal(signal.SIGKILL)
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def release(self) -> bool:
+        """Reap the leader and drop the pidfd: after this its pid and group id may be reused.
+        True if members of its process group live on (background jobs that closed their output)."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if self._pidfd < 0:
+            return False
+        self._unwatch()
+        if self.exited:
+            os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+        else:
+            log.error("leader %d survived SIGKILL; leaving it unreaped", self.pid)
+        if self._proc is not None:
+            self._proc.returncode = -1  # reaped here: Popen must never wait for it again
+            self._proc = None
+        os.close(self._pidfd)
+        self._pidfd = -1
+        # Linux keeps a group's id from reuse while it has members.
+        return procs.group_exists(self.pid)

@@ -1,0 +1,166 @@
+"""One exec as every thread sees it: its records, its logs, its stdin, and waiting for it to change.
+
+RPC code on any thread reads an `Exec` and waits on it; only the loop thread changes it, and every
+change ends with `notify()`, which wakes threads blocked in `wait_until` and completes the futures
+that coroutines await from `changed()`, each on its own loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ._fastio import SegmentedLog
+from .errors import RouterError
+from .records import ExecSpec, ExitStatus, StreamName
+from .stdin import StdinBuffer
+
+if TYPE_CHECKING:
+    from .child import Child
+    from .output import OutputPipes
+
+# How long a blocked thread sleeps before it looks again at whether its call is still wanted. A
+# wake-up from notify() comes sooner; this only bounds the cost of a missed one.
+RECHECK_SECS = 5.0
+
+
+class Exec:
+    """Fields below `cond` are guarded by it; `child` and `output` belong to the loop thread."""
+
+    def __init__(self, exec_id: str, fingerprint: bytes, spec: ExecSpec, stdout: SegmentedLog | None,
+                 stderr: SegmentedLog | None, stdin_limit: int) -> None:
+        self.exec_id = exec_id
+        self.fingerprint = fingerprint
+        self.spec = spec
+        # Where output lands; None when discarded or merged into stdout. See `stream()`.
+        self.stdout = stdout
+        self.stderr = stderr
+        self.started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        # Running from the start, so no caller can cancel it (a cancelled TaskExecStart must not
+        # leave the exec's id unusable for its retries).
+        self.started.set_running_or_notify_cancel()
+        self.cond = threading.Condition()
+        self.status: ExitStatus | None = None
+        self.failed: RouterError | None = None  # set if the start failed and the exec was dropped
+        self.stdin = StdinBuffer(self.cond, stdin_limit, spec.pty is not None, self.notify)
+        self.child: Child | None = None
+        self.output: OutputPipes | None = None
+        self._async_waiters: list[asyncio.Future[None]] = []
+        self._thread_waiters = 0
+
+    def stream(self, which: StreamName) -> SegmentedLog | None:
+        """The log a reader of `which` gets, or None if that stream is discarded or merged."""
+        if which == "stderr":
+            return self.stderr
+        return self.stdout if self.spec.stdout == "pipe" else None
+
+    def logs(self) -> list[SegmentedLog]:
+        return [log for log in (self.stdout, self.stderr) if log is not None]
+
+    @property
+    def running(self) -> bool:
+        return self.status is None
+
+    @property
+    def finished(self) -> bool:
+        """The leader exited and every output stream is complete: nothing of it can run on."""
+        return self.status is not None and (self.output is None or self.output.done)
+
+    @property
+    def waiters(self) -> int:
+        """Threads and coroutines waiting for this exec to change right now."""
+        with self.cond:
+            return self._thread_waiters + len(self._async_waiters)
+
+    def notify(self) -> None:
+        """Wake every waiter. Callable from any thread."""
+        with self.cond:
+            self.cond.notify_all()
+            waiters, self._async_waiters = self._async_waiters, []
+        if waiters:
+            _wake(waiters)
+
+    def check_started(self, ready: Callable[[], bool]) -> bool:
+        """ready(), unless the exec's start failed after the caller found it: then raise why."""
+        if ready():
+            return True
+        if self.failed is not None:
+            raise self.failed
+        return False
+
+    # -- waiting on a thread ---------------------------------------------------------------------
+
+    def wait_until(self, ready: Callable[[], bool], wanted: Callable[[], bool], deadline: float | None) -> bool:
+        """Block until `ready()` (True), or until the caller stops being `wanted()` or the
+        monotonic `deadline` passes (False). `ready` is called with `cond` held."""
+        with self.cond:
+            self._thread_waiters += 1
+            try:
+                while not self.check_started(ready):
+                    left = RECHECK_SECS if deadline is None else deadline - time.monotonic()
+                    if left <= 0 or not wanted():
+                        return False
+                    self.cond.wait(min(left, RECHECK_SECS))
+                return True
+            finally:
+                self._thread_waiters -= 1
+
+    # -- waiting in a coroutine ------------------------------------------------------------------
+
+    async def until(self, ready: Callable[[], bool]) -> None:
+        """Wait until `ready()`. Cancelling the caller (grpc.aio does at a call's end) ends it."""
+        while True:
+            fut = self._changed()  # registered before the check: a change in between wakes it
+            try:
+                if self.check_started(ready):
+                    return
+                await fut
+            finally:
+                self._forget_waiter(fut)
+
+    def _changed(self) -> asyncio.Future[None]:
+        fut = asyncio.get_running_loop().create_future()
+        with self.cond:
+            self._async_waiters.append(fut)
+        return fut
+
+    def _forget_waiter(self, fut: asyncio.Future[None]) -> None:
+        """Drop a waiter whose call ended first, so a quiet exec does not collect them."""
+        with self.cond:
+            try:
+                self._async_waiters.remove(fut)
+            except ValueError:
+                pass
+
+    def abandon_waiters(self) -> None:
+        """Drop every coroutine's future: their loop has stopped (the server ended their calls)."""
+        with self.cond:
+            self._async_waiters.clear()
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    """Complete futures on their loops: directly on our own, through call_soon_threadsafe otherwise."""
+    try:
+        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for fut in waiters:
+        by_loop.setdefault(fut.get_loop(), []).append(fut)
+    for loop, futs in by_loop.items():
+        if loop is here:
+            _complete(futs)
+        else:
+            try:
+                loop.call_soon_threadsafe(_complete, futs)
+            except RuntimeError:
+                pass  # that loop is closed: its calls are over
+
+
+def _complete(futs: list[asyncio.Future[None]]) -> None:
+    for fut in futs:
+        if not fut.done():
+            fut.set_result(None)

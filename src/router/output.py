@@ -1,0 +1,89 @@
+"""Draining an exec's output pipes (or its terminal) into its logs, on the loop thread."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+
+from ._fastio import SegmentedLog
+
+log = logging.getLogger(__name__)
+
+# One drain call takes at most this much from one pipe, so that one loud exec cannot starve the rest.
+DRAIN_BUDGET = 4 * 1024 * 1024
+# After a failed write to a log, reading that pipe waits this long: the pipe holds the child back.
+DRAIN_RETRY_SECS = 0.5
+
+
+class OutputPipes:
+    """The router's ends of an exec's output, each drained into its log as it becomes readable.
+
+    `on_change` runs after new bytes or an end of stream; `on_done` once every stream is complete.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, outputs: list[tuple[int, SegmentedLog]], terminal: bool,
+                 on_change: Callable[[], None], on_done: Callable[[], None]) -> None:
+        self._loop = loop
+        self._terminal = terminal
+        self._on_change = on_change
+        self._on_done = on_done
+        self._logs = dict(outputs)
+        self._held_master = -1  # a terminal's master, kept open until the leader exits
+        self._leader_exited = False
+        self._retries: list[asyncio.TimerHandle] = []
+        for fd in self._logs:
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, self._on_readable, fd)
+
+    @property
+    def done(self) -> bool:
+        return not self._logs
+
+    def _on_readable(self, fd: int) -> None:
+        stream = self._logs[fd]
+        try:
+            n, eof = stream.drain(fd, DRAIN_BUDGET)
+        except OSError as e:
+            # The log kept what it took from the pipe; stop reading until writing can work again.
+            log.error("writing output failed, retrying in %ss: %s", DRAIN_RETRY_SECS, e)
+            self._loop.remove_reader(fd)
+            self._retries.append(self._loop.call_later(DRAIN_RETRY_SECS, self._resume, fd))
+            return
+        if eof:
+            self._close(fd)
+        if n or eof:
+            self._on_change()
+        if eof and self.done:
+            self._on_done()
+
+    def _resume(self, fd: int) -> None:
+        if fd in self._logs:
+            self._loop.add_reader(fd, self._on_readable, fd)
+
+    def _close(self, fd: int) -> None:
+        self._loop.remove_reader(fd)
+        stream = self._logs.pop(fd)
+        if not stream.eof:
+            stream.mark_eof()
+        if self._terminal and not self._leader_exited:
+            # Closing the master hangs the terminal up (SIGHUP): a program that closes its
+            # terminal descriptors just before exiting (cat does) must be left to exit.
+            self._held_master = fd
+        else:
+            os.close(fd)
+
+    def leader_exited(self) -> None:
+        self._leader_exited = True
+        if self._held_master >= 0:
+            os.close(self._held_master)
+            self._held_master = -1
+
+    def close(self) -> None:
+        """Stop draining: every stream ends where it is. For shutdown."""
+        for timer in self._retries:
+            timer.cancel()
+        self._retries.clear()
+        for fd in list(self._logs):
+            self._close(fd)
+        self.leader_exited()

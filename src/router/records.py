@@ -1,0 +1,38 @@
+"""What an exec is, as data: the validated request and its exit status.
+
+These are the exec's records, msgspec structs so that they can be journaled as they are; nothing
+here holds a descriptor, a process or a lock.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+StdoutMode = Literal["devnull", "pipe"]
+StderrMode = Literal["devnull", "pipe", "stdout"]
+StreamName = Literal["stdout", "stderr"]
+
+
+class PtySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    rows: int
+    cols: int
+
+
+class ExecSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A validated request to run a command; `env` is the child's whole environment."""
+
+    args: list[str]
+    env: dict[str, str]
+    workdir: str | None = None
+    stdout: StdoutMode = "pipe"
+    stderr: StderrMode = "pipe"
+    timeout_secs: int | None = None
+    pty: PtySpec | None = None
+
+
+class ExitStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the leader ended: `code` if it exited, `signal` if a signal ended it."""
+
+    code: int | None = None
+    signal: int | None = None

@@ -1,0 +1,76 @@
+"""The registry: exec id -> Exec, admission (how many may run), idempotent begin, forgetting."""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import grpc
+
+from .errors import RouterError, not_found, throttled
+from .execs import Exec
+
+# How long a throttled client is told to wait before it starts again.
+RETRY_AFTER_SECS = 1.0
+
+
+class Registry:
+    """Thread-safe. `running` counts execs admitted and not yet exited."""
+
+    def __init__(self, max_running: int) -> None:
+        self._lock = threading.Lock()
+        self._execs: dict[str, Exec] = {}
+        self._max_running = max_running
+        self._running = 0
+        self._closing = False
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def get(self, exec_id: str) -> Exec:
+        ex = self._execs.get(exec_id)
+        if ex is None:
+            raise not_found(f"exec {exec_id!r} not found")
+        return ex
+
+    def begin(self, exec_id: str, fingerprint: bytes, make: Callable[[], Exec],
+              admitted: Callable[[Exec], None]) -> Exec:
+        """The exec with this id: the one already there if its request had the same `fingerprint`,
+        else a new one from `make()`, then passed to `admitted()` under the registry's lock (so
+        that `close()` sees whatever it schedules)."""
+        with self._lock:
+            if self._closing:
+                raise RouterError(grpc.StatusCode.UNAVAILABLE, "router is shutting down")
+            ex = self._execs.get(exec_id)
+            if ex is not None:
+                if ex.fingerprint != fingerprint:
+                    raise RouterError(grpc.StatusCode.ALREADY_EXISTS,
+                                      f"exec {exec_id!r} already exists with a different request")
+                return ex
+            if self._running >= self._max_running:
+                raise throttled(f"too many running execs ({self._running})", retry_after=RETRY_AFTER_SECS)
+            ex = make()
+            self._execs[exec_id] = ex
+            self._running += 1
+            admitted(ex)
+            return ex
+
+    def exited(self) -> None:
+        """An admitted exec stopped running."""
+        with self._lock:
+            self._running -= 1
+
+    def forget(self, ex: Exec) -> None:
+        """Drop an exec whose start failed, so a retry of its id starts afresh."""
+        with self._lock:
+            if self._execs.get(ex.exec_id) is ex:
+                del self._execs[ex.exec_id]
+            self._running -= 1
+
+    def close(self) -> list[Exec] | None:
+        """Admit nothing more; every exec there is, or None if already closed."""
+        with self._lock:
+            if self._closing:
+                return None
+            self._closing = True
+            return list(self._execs.values())

@@ -1,0 +1,170 @@
+"""The TaskCommandRouter RPCs, each written once.
+
+An RPC body is a generator: it yields `Wait(exec, ready)` when it must wait for an exec to change
+and, for TaskExecStdioRead, the frames to send; it returns the response. It never blocks and never
+awaits, so the two servers (handlers.py) drive the same bodies: grpcio's threaded server by blocking
+its thread on the exec, grpc.aio by awaiting it. Bodies raise RouterError for a status.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Generator
+from typing import Any, NamedTuple
+
+import grpc
+from google.protobuf import empty_pb2
+
+from . import requests
+from ._fastio import SegmentedLog
+from ._proto import task_command_router_pb2 as pb
+from .config import ServerConfig
+from .engine import Engine
+from .errors import RouterError, throttled
+from .execs import Exec
+from .records import ExitStatus, StreamName
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "modal.task_command_router.TaskCommandRouter"
+
+
+class Wait(NamedTuple):
+    """Resume the body once `ready()` is true (called with the exec's lock held; it may act, as
+    offering stdin does). A body whose call ended meanwhile is simply never resumed."""
+
+    exec: Exec
+    ready: Callable[[], bool]
+
+
+Body = Generator[Wait | bytes, None, Any]
+
+
+class Method(NamedTuple):
+    request: Any  # the request message class
+    response: Any  # the response message class; None when the body yields encoded frames
+    streaming: bool
+
+
+METHODS: dict[str, Method] = {
+    "TaskExecStart": Method(pb.TaskExecStartRequest, pb.TaskExecStartResponse, False),
+    "TaskExecPoll": Method(pb.TaskExecPollRequest, pb.TaskExecPollResponse, False),
+    "TaskExecWait": Method(pb.TaskExecWaitRequest, pb.TaskExecWaitResponse, False),
+    "TaskExecStdinWrite": Method(pb.TaskExecStdinWriteRequest, pb.TaskExecStdinWriteResponse, False),
+    "TaskMountDirectory": Method(pb.TaskMountDirectoryRequest, empty_pb2.Empty, False),
+    "TaskSnapshotDirectory": Method(pb.TaskSnapshotDirectoryRequest, pb.TaskSnapshotDirectoryResponse, False),
+    # No response class: the body yields TaskExecStdioReadResponse frames already encoded.
+    "TaskExecStdioRead": Method(pb.TaskExecStdioReadRequest, None, True),
+}
+
+
+def exit_message(cls: type, status: ExitStatus | None) -> Any:
+    if status is None:
+        return cls()
+    if status.signal is not None:
+        return cls(signal=status.signal)
+    return cls(code=status.code)
+
+
+class Service:
+    """The bodies of the seven RPCs, by name (see METHODS)."""
+
+    def __init__(self, config: ServerConfig, engine: Engine) -> None:
+        self._config = config
+        self._engine = engine
+
+    def TaskExecStart(self, request: pb.TaskExecStartRequest) -> Body:
+        spec = requests.exec_spec(request, self._engine.base_env)
+        ex = self._engine.begin_exec(request.exec_id, request.SerializeToString(deterministic=True), spec)
+        yield Wait(ex, ex.started.done)
+        ex.started.result()  # raises why the start failed
+        return pb.TaskExecStartResponse()
+
+    def TaskExecPoll(self, request: pb.TaskExecPollRequest) -> Body:
+        return exit_message(pb.TaskExecPollResponse, self._engine.get(requests.exec_id(request)).status)
+        yield  # a body that never waits
+
+    def TaskExecWait(self, request: pb.TaskExecWaitRequest) -> Body:
+        ex = self._engine.get(requests.exec_id(request))
+        yield Wait(ex, lambda: ex.status is not None)
+        return exit_message(pb.TaskExecWaitResponse, ex.status)
+
+    def TaskExecStdioRead(self, request: pb.TaskExecStdioReadRequest) -> Body:
+        ex = self._engine.get(requests.exec_id(request))
+        which = requests.stdio_stream(request)
+        stream = ex.stream(which)
+        if stream is None:
+            return None  # discarded or merged into stdout: a complete, empty stream
+        cursor = ReadCursor(request, which, stream, self._config.read_chunk_size)
+        while True:
+            frame = cursor.next_frame()
+            if frame is None:
+                if cursor.complete():
+                    return None
+                yield Wait(ex, cursor.ready)
+            else:
+                yield frame
+
+    def TaskExecStdinWrite(self, request: pb.TaskExecStdinWriteRequest) -> Body:
+        ex = self._engine.get(requests.exec_id(request))
+        # A full buffer waits for room, until the call's deadline.
+        yield Wait(ex, lambda: self._engine.offer_stdin(ex, request.offset, request.data, request.eof))
+        return pb.TaskExecStdinWriteResponse()
+
+    def TaskMountDirectory(self, request: pb.TaskMountDirectoryRequest) -> Body:
+        raise RouterError(grpc.StatusCode.UNIMPLEMENTED, "TaskMountDirectory is not implemented yet")
+        yield
+
+    def TaskSnapshotDirectory(self, request: pb.TaskSnapshotDirectoryRequest) -> Body:
+        raise RouterError(grpc.StatusCode.UNIMPLEMENTED, "TaskSnapshotDirectory is not implemented yet")
+        yield
+
+
+class ReadCursor:
+    """Where one TaskExecStdioRead call is in its stream."""
+
+    def __init__(self, request: pb.TaskExecStdioReadRequest, which: StreamName, stream: SegmentedLog,
+                 chunk: int) -> None:
+        self.stream = stream
+        self.offset = request.offset
+        self._which = which
+        self._exec_id = request.exec_id
+        self._chunk = chunk
+
+    def next_frame(self) -> bytes | None:
+        """The next frame to send, or None if nothing is committed past the offset yet."""
+        committed = self.stream.committed
+        if self.offset >= committed:
+            return None
+        n = min(self._chunk, committed - self.offset)
+        try:
+            # One copy out of the log, already a TaskExecStdioReadResponse on the wire.
+            frame = self.stream.read_frame(self.offset, n)
+        except OSError as e:
+            raise _log_error(e, f"the {self._which} of exec {self._exec_id!r}") from None
+        self.offset += n
+        return frame
+
+    def complete(self) -> bool:
+        """True once everything up to the stream's end was sent; OUT_OF_RANGE past that end."""
+        # eof before committed: once eof is seen, the committed length read after it is final.
+        if not self.stream.eof:
+            return False
+        committed = self.stream.committed
+        if self.offset > committed:
+            raise RouterError(grpc.StatusCode.OUT_OF_RANGE,
+                              f"offset {self.offset} is past the end of the {self._which} stream ({committed} bytes)")
+        return self.offset == committed
+
+    def ready(self) -> bool:
+        return self.stream.committed > self.offset or self.stream.eof
+
+
+def _log_error(e: OSError, what: str) -> RouterError:
+    """A failed read of a log: throttle when out of descriptors or memory, DATA_LOSS if the disk failed."""
+    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+        return throttled(f"cannot read {what}: {e.strerror}", retry_after=1.0)
+    if e.errno == errno.EIO:
+        return RouterError(grpc.StatusCode.DATA_LOSS, f"cannot read {what}: {e.strerror}")
+    log.exception("reading %s failed", what)
+    return RouterError(grpc.StatusCode.INTERNAL, f"cannot read {what}: {e!r}")

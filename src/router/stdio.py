@@ -1,0 +1,100 @@
+"""A child's stdio: pipes, or a pseudo-terminal, and which ends the router keeps."""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import struct
+import subprocess
+import termios
+
+from ._fastio import SegmentedLog
+from .records import ExecSpec
+
+# Big pipes are 2-3x faster for writers of big chunks (benchmarks/RESULTS.md).
+PIPE_SIZE = 1024 * 1024
+
+
+@dataclasses.dataclass
+class ChildStdio:
+    """The child's ends (descriptors, or subprocess.DEVNULL / subprocess.STDOUT) and the router's."""
+
+    stdin: int
+    stdout: int
+    stderr: int
+    stdin_writer: int  # the router's end of the child's stdin
+    outputs: list[tuple[int, SegmentedLog]]  # the router's ends to drain, each into its log
+    child_fds: list[int] = dataclasses.field(default_factory=list)
+    router_fds: list[int] = dataclasses.field(default_factory=list)
+
+    def close_child_ends(self) -> None:
+        """Once the child holds them (or will never run), the router's copies must go."""
+        for fd in self.child_fds:
+            os.close(fd)
+        self.child_fds.clear()
+
+    def close_router_ends(self) -> None:
+        for fd in self.router_fds:
+            os.close(fd)
+        self.router_fds.clear()
+
+
+def open_stdio(spec: ExecSpec, stdout: SegmentedLog | None, stderr: SegmentedLog | None) -> ChildStdio:
+    """Pipes (or a terminal) for a child, draining into these logs. On OSError nothing stays open."""
+    child_fds: list[int] = []
+    router_fds: list[int] = []
+    try:
+        if spec.pty is not None:
+            assert stdout is not None  # a terminal's output is always drained, or the child would block
+            return _terminal(spec, stdout, child_fds, router_fds)
+        return _pipes(spec, stdout, stderr, child_fds, router_fds)
+    except BaseException:
+        for fd in child_fds + router_fds:
+            os.close(fd)
+        raise
+
+
+def _pipes(spec: ExecSpec, stdout_log: SegmentedLog | None, stderr_log: SegmentedLog | None,
+           child_fds: list[int], router_fds: list[int]) -> ChildStdio:
+    stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+    child_fds.append(stdin_r)
+    router_fds.append(stdin_w)
+    outputs: list[tuple[int, SegmentedLog]] = []
+
+    def output_pipe(log: SegmentedLog) -> int:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        router_fds.append(r)
+        child_fds.append(w)
+        try:
+            fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # an optimisation; the limit for unprivileged users is lower
+        outputs.append((r, log))
+        return w
+
+    stdout = subprocess.DEVNULL if stdout_log is None else output_pipe(stdout_log)
+    if spec.stderr == "stdout":
+        stderr = subprocess.STDOUT
+    elif stderr_log is not None:
+        stderr = output_pipe(stderr_log)
+    else:
+        stderr = subprocess.DEVNULL
+    return ChildStdio(stdin_r, stdout, stderr, stdin_w, outputs, child_fds, router_fds)
+
+
+def _terminal(spec: ExecSpec, log: SegmentedLog, child_fds: list[int], router_fds: list[int]) -> ChildStdio:
+    assert spec.pty is not None
+    master, slave = os.openpty()
+    router_fds.append(master)
+    child_fds.append(slave)
+    os.set_inheritable(master, False)
+    resize(master, spec.pty.rows, spec.pty.cols)
+    # Writes go through their own descriptor so that closing stdin never closes the output side.
+    stdin_w = os.dup(master)
+    router_fds.append(stdin_w)
+    return ChildStdio(slave, slave, slave, stdin_w, [(master, log)], child_fds, router_fds)
+
+
+def resize(fd: int, rows: int, cols: int) -> None:
+    """Set a terminal's window size (the foreground process group gets SIGWINCH)."""
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
