@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -24,6 +24,8 @@ from router.config import ServerConfig
 from router.server import RouterServer
 
 TASK_ID = "ta-test"
+# Both output streams piped: what most tests start an exec with.
+PIPES = {"stdout_config": pb.TASK_EXEC_STDOUT_CONFIG_PIPE, "stderr_config": pb.TASK_EXEC_STDERR_CONFIG_PIPE}
 
 
 def _fds() -> set[str]:
@@ -54,6 +56,16 @@ def _settled(check, timeout: float = 5.0):  # type: ignore[no-untyped-def]
         time.sleep(0.05)
 
 
+def eventually(check: Callable[[], object], timeout: float = 5.0) -> bool:
+    """Poll `check` until it is true (then True) or `timeout` seconds pass (then False)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _grpc_warm() -> None:
     """grpc core and libuv open process-wide descriptors on first use; open them before any baseline."""
@@ -82,9 +94,14 @@ def leak_guard() -> Iterator[None]:
     assert not leaked_kids, f"child processes left behind: {leaked_kids}"
     leaked_threads = _settled(lambda: {t for t in threading.enumerate() if t not in threads and t.is_alive()})
     assert not leaked_threads, f"threads left behind: {leaked_threads}"
-    # grpc core may keep a socket or eventfd of its own for a moment after a channel closes.
-    leaked_fds = _settled(lambda: {f for f in _fds() - fds if "socket:" not in f and "anon_inode" not in f})
+    leaked_fds = _settled(lambda: {f for f in _fds() - fds if not _grpc_internal(f)})
     assert not leaked_fds, f"descriptors left open: {leaked_fds}"
+
+
+def _grpc_internal(fd: str) -> bool:
+    """grpc core may keep a socket, eventfd or epoll of its own for a moment after a channel closes;
+    a pidfd (anon_inode:[pidfd]) or anything else left open is a leak."""
+    return "socket:" in fd or fd.endswith(("anon_inode:[eventfd]", "anon_inode:[eventpoll]"))
 
 
 def make_server(tmp_path: pathlib.Path, **overrides: object) -> tuple[RouterServer, bytes]:

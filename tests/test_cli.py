@@ -1,6 +1,7 @@
 """`router serve`, `router token` and `router exec` as a user runs them: separate processes."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -110,3 +111,26 @@ def test_log_dir_holds_the_logs_and_keeps_what_else_is_there(tmp_path: pathlib.P
         assert result.stdout == b"logged\n"
         assert (logs / "arena-00000000").exists() and not (tmp_path / "state" / "logs").exists()
     assert sorted(p.name for p in logs.iterdir()) == ["keep-me"]
+
+
+def test_exec_gives_up_on_a_router_that_died(tmp_path: pathlib.Path) -> None:
+    """`router exec` waiting on a command whose router is killed exits 255 with one line, in time."""
+    with router_process(tmp_path) as (server, _):
+        client = subprocess.Popen([*ROUTER, "exec", "--state-dir", str(tmp_path), "--give-up", "2", "-n", "--",
+                                   "sh", "-c", "echo $$; exec sleep 30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        sleeper = 0
+        try:
+            assert client.stdout is not None
+            sleeper = int(client.stdout.readline())
+            server.kill()
+            server.wait(10)
+            _, err = client.communicate(timeout=40)
+            assert client.returncode == 255
+            assert err.startswith(b"router exec: UNAVAILABLE: ") and err.count(b"\n") == 1, err
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.communicate()
+            if sleeper:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(sleeper, signal.SIGKILL)

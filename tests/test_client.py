@@ -5,9 +5,10 @@ import hashlib
 import socket
 import threading
 
+from router._proto import task_command_router_pb2 as pb
 from router.client import RouterClient, exit_code
 
-from .conftest import TASK_ID, py
+from .conftest import PIPES, TASK_ID, py
 
 
 class CuttableProxy:
@@ -85,7 +86,7 @@ def test_read_resumes_from_its_offset_after_a_cut(server, token: str) -> None:  
     expected = b"".join(bytes([i]) * 100_000 for i in range(40))
     try:
         with RouterClient(f"127.0.0.1:{proxy.port}", token, TASK_ID, retries=20) as client:
-            client.start("cut", py(program), stdout_config=1, stderr_config=1)
+            client.start("cut", py(program), **PIPES)
             received = bytearray()
             for data in client.read("cut"):
                 received += data

@@ -14,7 +14,7 @@ import pytest
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, RouterClient, exit_code
 
-from .conftest import TASK_ID, Raw, make_server, py, start_request
+from .conftest import PIPES, TASK_ID, Raw, make_server, py, start_request
 
 OK = grpc.StatusCode.OK
 
@@ -24,7 +24,7 @@ def read_all(client: RouterClient, exec_id: str, fd: int = STDOUT, offset: int =
 
 
 def run(client: RouterClient, exec_id: str, args: list[str], **fields: object) -> tuple[bytes, bytes, int | None]:
-    client.start(exec_id, args, stdout_config=1, stderr_config=1, **fields)
+    client.start(exec_id, args, **PIPES, **fields)
     out, err = read_all(client, exec_id), read_all(client, exec_id, STDERR)
     return out, err, exit_code(client.wait(exec_id))
 
@@ -38,7 +38,7 @@ def test_stdout_and_stderr_kept_apart(client: RouterClient) -> None:
 
 def test_merged_stderr_keeps_order_and_stderr_stream_is_empty(client: RouterClient, raw: Raw) -> None:
     code = "import sys\nfor i in range(200):\n    (sys.stdout if i % 2 else sys.stderr).write(f'{i},'); (sys.stdout if i % 2 else sys.stderr).flush()"
-    client.start("m", py(code), stdout_config=1, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_STDOUT)
+    client.start("m", py(code), stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_PIPE, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_STDOUT)
     assert read_all(client, "m") == "".join(f"{i}," for i in range(200)).encode()
     stderr = raw.call("TaskExecStdioRead", pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="m",
                                                                      file_descriptor=STDERR))
@@ -47,7 +47,7 @@ def test_merged_stderr_keeps_order_and_stderr_stream_is_empty(client: RouterClie
 
 
 def test_devnull_streams_end_at_once(client: RouterClient) -> None:
-    client.start("d", ["sh", "-c", "echo out; echo err >&2"], stdout_config=0, stderr_config=0)
+    client.start("d", ["sh", "-c", "echo out; echo err >&2"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_DEVNULL)
     assert read_all(client, "d") == b"" and read_all(client, "d", STDERR) == b""
     assert exit_code(client.wait("d")) == 0
 
@@ -120,7 +120,7 @@ def test_not_executable_is_126(client: RouterClient, tmp_path: pathlib.Path) -> 
 
 
 def test_bad_workdir_fails_like_a_shell_and_reason_follows_merge(client: RouterClient) -> None:
-    client.start("bw", ["pwd"], stdout_config=1, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_STDOUT,
+    client.start("bw", ["pwd"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_PIPE, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_STDOUT,
                  workdir="/no/such/dir")
     assert b"/no/such/dir" in read_all(client, "bw")
     assert exit_code(client.wait("bw")) == 127
@@ -156,7 +156,7 @@ def test_router_credentials_never_reach_the_child(tmp_path: pathlib.Path, monkey
 
 def test_timeout_kills_the_process_group(client: RouterClient) -> None:
     started = time.monotonic()
-    client.start("to", ["sh", "-c", "sleep 100 & echo $!; wait"], stdout_config=1, stderr_config=1, timeout_secs=1)
+    client.start("to", ["sh", "-c", "sleep 100 & echo $!; wait"], **PIPES, timeout_secs=1)
     child = int(next(client.read("to")).split()[0])
     response = client.wait("to")
     assert response.WhichOneof("exit_status") == "signal" and response.signal == 9
@@ -172,7 +172,7 @@ def test_timeout_grace_sends_sigterm_first(tmp_path: pathlib.Path) -> None:
     try:
         from router import auth
         with RouterClient(f"127.0.0.1:{server.port}", auth.mint_token(key, TASK_ID), TASK_ID) as c:
-            c.start("g", ["sleep", "100"], stdout_config=1, stderr_config=1, timeout_secs=1)
+            c.start("g", ["sleep", "100"], **PIPES, timeout_secs=1)
             assert c.wait("g").signal == 15
     finally:
         server.stop(0.5)
@@ -181,7 +181,7 @@ def test_timeout_grace_sends_sigterm_first(tmp_path: pathlib.Path) -> None:
 # -- poll and wait -----------------------------------------------------------------------------------
 
 def test_poll_running_then_exited(client: RouterClient) -> None:
-    client.start("p", ["sh", "-c", "read x; exit 5"], stdout_config=1, stderr_config=1)
+    client.start("p", ["sh", "-c", "read x; exit 5"], **PIPES)
     assert client.poll("p").WhichOneof("exit_status") is None
     client.write_stdin("p", 0, b"go\n")
     client.wait("p")
@@ -189,7 +189,7 @@ def test_poll_running_then_exited(client: RouterClient) -> None:
 
 
 def test_wait_honors_the_callers_deadline_and_leaves_nothing_behind(client: RouterClient, raw: Raw) -> None:
-    client.start("w", ["sleep", "30"], stdout_config=1, stderr_config=1, timeout_secs=3)
+    client.start("w", ["sleep", "30"], **PIPES, timeout_secs=3)
     request = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="w")
     started = time.monotonic()
     assert raw.code("TaskExecWait", request, timeout=0.5) == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -233,7 +233,7 @@ def _big_expected() -> bytes:
 
 def test_64_mib_read_back_exact_from_zero_and_mid_stream(client: RouterClient, raw: Raw) -> None:
     expected = _big_expected()
-    client.start("big", py(BIG_PROGRAM), stdout_config=1, stderr_config=1)
+    client.start("big", py(BIG_PROGRAM), **PIPES)
     # Read while it runs, from 0 and from an offset in the middle of a segment and a message.
     mid = 23_456_789
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -261,7 +261,7 @@ def test_offsets_at_and_beyond_the_end(client: RouterClient, raw: Raw) -> None:
 
 def test_reader_waits_for_output_and_many_readers_are_independent(client: RouterClient) -> None:
     client.start("slow", ["sh", "-c", "for i in 1 2 3 4 5; do echo line$i; sleep 0.1; done"],
-                 stdout_config=1, stderr_config=1)
+                 **PIPES)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda off: read_all(client, "slow", STDOUT, off), range(8)))
     full = b"".join(f"line{i}\n".encode() for i in range(1, 6))
@@ -272,7 +272,7 @@ def test_reader_waits_for_output_and_many_readers_are_independent(client: Router
 # -- stdin -------------------------------------------------------------------------------------------
 
 def test_stdin_offsets_retries_and_eof(client: RouterClient, raw: Raw) -> None:
-    client.start("cat", ["cat"], stdout_config=1, stderr_config=1)
+    client.start("cat", ["cat"], **PIPES)
     client.write_stdin("cat", 0, b"hello ")
     client.write_stdin("cat", 0, b"hello ")  # a retried duplicate: nothing new
     client.write_stdin("cat", 3, b"lo world")  # overlaps: only "world" is new
@@ -295,7 +295,7 @@ def test_stdin_after_exit_is_accepted_and_dropped(client: RouterClient) -> None:
 
 def test_stdin_of_16_mib_in_one_write(client: RouterClient) -> None:
     data = random.Random(3).randbytes(16 * 1024 * 1024)
-    client.start("sum", ["sha256sum"], stdout_config=1, stderr_config=1)
+    client.start("sum", ["sha256sum"], **PIPES)
     client.write_stdin("sum", 0, data, eof=True)
     assert read_all(client, "sum").split()[0].decode() == hashlib.sha256(data).hexdigest()
     client.wait("sum")
@@ -327,7 +327,7 @@ def test_full_stdin_buffer_waits_until_the_deadline(tmp_path: pathlib.Path) -> N
 def test_pty_runs_on_a_terminal_of_the_given_size(client: RouterClient) -> None:
     pty = {"enabled": True, "winsz_rows": 33, "winsz_cols": 111, "env_term": "xterm-test"}
     client.start("tty", ["sh", "-c", "tty; stty size; echo $TERM; read line; echo got:$line"],
-                 stdout_config=1, stderr_config=1, pty_info=pty)
+                 **PIPES, pty_info=pty)
     client.write_stdin("tty", 0, b"abc\n")
     out = read_all(client, "tty").replace(b"\r", b"")
     # The terminal echoes the input too, wherever it lands among the output lines.
@@ -351,7 +351,7 @@ def test_200_concurrent_execs_every_byte_checked(client: RouterClient) -> None:
         exec_id = f"fan-{i}"
         lines = 50 + i
         client.start(exec_id, ["sh", "-c", f"i=0; while [ $i -lt {lines} ]; do echo {exec_id}:$i; i=$((i+1)); done; "
-                                           f"echo err-{i} >&2"], stdout_config=1, stderr_config=1)
+                                           f"echo err-{i} >&2"], **PIPES)
         expected = "".join(f"{exec_id}:{n}\n" for n in range(lines)).encode()
         return (read_all(client, exec_id) == expected and read_all(client, exec_id, STDERR) == f"err-{i}\n".encode()
                 and exit_code(client.wait(exec_id)) == 0)

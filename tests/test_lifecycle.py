@@ -18,7 +18,7 @@ from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, RouterClient, exit_code
 
-from .conftest import TASK_ID, Raw, make_server, py, start_request
+from .conftest import PIPES, TASK_ID, Raw, eventually, make_server, py, start_request
 
 OK = grpc.StatusCode.OK
 U64_MAX = 2**64 - 1
@@ -38,6 +38,15 @@ def _gone(pid: int, timeout: float = 3.0) -> bool:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
     return not _alive(pid)
+
+
+def _parent(pid: int) -> int:
+    """The parent of `pid`, 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except FileNotFoundError:
+        return 0
 
 
 def _kill(pid: int, group: bool = False) -> None:
@@ -113,7 +122,7 @@ def test_start_without_a_deadline_is_ok(raw: Raw, client: RouterClient) -> None:
 def test_timeout_kills_a_leader_that_left_its_process_group(client: RouterClient, raw: Raw) -> None:
     """The timeout signals the leader through its pidfd as well as its group, so leaving the group does not escape it.
     """
-    client.start("escape", py(LEAVE_GROUP), stdout_config=1, stderr_config=1, timeout_secs=1)
+    client.start("escape", py(LEAVE_GROUP), **PIPES, timeout_secs=1)
     leader, group = map(int, _first_line(client, "escape").split())
     try:
         wait = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="escape")
@@ -131,7 +140,7 @@ def test_stop_kills_a_leader_outside_its_group(tmp_path: pathlib.Path) -> None:
     """Stopping the server kills and reaps a leader that left its process group, promptly."""
     server, key = make_server(tmp_path)
     with RouterClient(f"127.0.0.1:{server.port}", auth.mint_token(key, TASK_ID), TASK_ID, retries=0) as c:
-        c.start("escape", py(LEAVE_GROUP), stdout_config=1, stderr_config=1)
+        c.start("escape", py(LEAVE_GROUP), **PIPES)
         leader, group = map(int, _first_line(c, "escape").split())
     stopper = threading.Thread(target=server.stop, args=(0.2,))
     started = time.monotonic()
@@ -150,7 +159,7 @@ def test_stop_kills_a_leader_outside_its_group(tmp_path: pathlib.Path) -> None:
 def test_timeout_still_kills_the_group_after_the_leader_exits(client: RouterClient, raw: Raw) -> None:
     """A background process holding stdout after the leader exited is killed at the deadline, so the stream completes.
     """
-    client.start("bg", ["sh", "-c", "sleep 30 & echo $!"], stdout_config=1, stderr_config=1, timeout_secs=1)
+    client.start("bg", ["sh", "-c", "sleep 30 & echo $!"], **PIPES, timeout_secs=1)
     sleeper = int(_first_line(client, "bg"))
     try:
         assert exit_code(client.wait("bg")) == 0
@@ -166,7 +175,7 @@ def test_stop_kills_background_processes_of_exited_execs(tmp_path: pathlib.Path)
     """Processes an exec left in its group (output closed, leader gone) do not outlive the router's shutdown.
     """
     with _server(tmp_path) as (server, client, _):
-        client.start("bg", ["sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $!"], stdout_config=1, stderr_config=1)
+        client.start("bg", ["sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $!"], **PIPES)
         sleeper = int(_first_line(client, "bg"))
         assert exit_code(client.wait("bg")) == 0
         server.stop(0.2)
@@ -179,7 +188,7 @@ def test_stop_kills_background_processes_of_exited_execs(tmp_path: pathlib.Path)
 def test_pty_eof_after_a_partial_line_ends_input(client: RouterClient, raw: Raw) -> None:
     """In canonical mode one EOF character after "abc" only pushes the partial line; eof sends two.
     """
-    client.start("ptycat", ["cat"], stdout_config=1, stderr_config=1, pty_info={"enabled": True}, timeout_secs=10)
+    client.start("ptycat", ["cat"], **PIPES, pty_info={"enabled": True}, timeout_secs=10)
     client.write_stdin("ptycat", 0, b"abc", eof=True)
     wait = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="ptycat")
     try:
@@ -189,7 +198,11 @@ def test_pty_eof_after_a_partial_line_ends_input(client: RouterClient, raw: Raw)
     assert exit_code(response) == 0
 
 
-def test_output_survives_a_log_that_cannot_be_written(tmp_path: pathlib.Path) -> None:
+def _drain_failures(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(r.name == "router.output" and r.getMessage().startswith("writing output failed") for r in caplog.records)
+
+
+def test_output_survives_a_log_that_cannot_be_written(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     """When the log cannot take output (EISDIR here, standing in for EMFILE / ENOSPC / EIO), the bytes the
     drain took are kept and reading pauses; once the log works again the stream is whole and the child unharmed.
     """
@@ -197,9 +210,9 @@ def test_output_survives_a_log_that_cannot_be_written(tmp_path: pathlib.Path) ->
         arena = tmp_path / "state" / "logs" / "arena-00000000"
         assert not arena.exists()
         arena.mkdir()  # creating the first arena file now fails (EISDIR)
-        client.start("lossy", ["sh", "-c", "echo hello; sleep 0.3; echo world"], stdout_config=1, stderr_config=1)
+        client.start("lossy", ["sh", "-c", "echo hello; sleep 0.3; echo world"], **PIPES)
         assert exit_code(client.wait("lossy", call_timeout=5)) == 0, "the child was harmed by the log's failure"
-        time.sleep(0.6)
+        assert eventually(lambda: _drain_failures(caplog) >= 2), "the drain neither failed nor retried"
         arena.rmdir()  # the log works again
         read = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="lossy", offset=0)
         assert b"".join(m.data for m in raw.call("TaskExecStdioRead", read, timeout=5)) == b"hello\nworld\n"
@@ -209,7 +222,7 @@ def test_pty_timeout_kills_background_jobs_of_an_interactive_shell(client: Route
     """An interactive shell puts each job in its own process group: a terminal exec's timeout kills its whole session.
     """
     client.start("ish", ["bash", "--norc", "--noprofile", "-i", "-c", "sleep 30 & echo pid=$!; wait"],
-                 stdout_config=1, stderr_config=1, pty_info={"enabled": True}, timeout_secs=1)
+                 **PIPES, pty_info={"enabled": True}, timeout_secs=1)
     out = b""
     for data in client.read("ish"):
         out += data
@@ -236,15 +249,14 @@ def test_orphans_are_reaped_when_the_router_is_a_subreaper(tmp_path: pathlib.Pat
     orphan = 0
     try:
         with _server(tmp_path, reap_orphans=True) as (server, client, _):
-            client.start("orph", ["sh", "-c", "sleep 0.3 >/dev/null 2>&1 & echo $!"], stdout_config=1,
-                         stderr_config=1)
+            client.start("orph", ["sh", "-c", "sleep 0.3 >/dev/null 2>&1 & echo $!"], **PIPES)
             orphan = int(_first_line(client, "orph"))
             assert exit_code(client.wait("orph")) == 0
             deadline = time.monotonic() + 5
             while os.path.exists(f"/proc/{orphan}") and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert not os.path.exists(f"/proc/{orphan}"), "orphaned grandchild left as a zombie of the router"
-            client.start("after", ["sh", "-c", "exit 3"], stdout_config=1, stderr_config=1)
+            client.start("after", ["sh", "-c", "exit 3"], **PIPES)
             assert exit_code(client.wait("after")) == 3  # its own children are still the engine's
     finally:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
@@ -261,24 +273,38 @@ def test_serve_reaps_orphans_as_a_subreaper(tmp_path: pathlib.Path) -> None:
                "os.execv(sys.executable, [sys.executable, '-m', 'router.cli', *sys.argv[1:]])")
     proc = subprocess.Popen([sys.executable, "-c", wrapper, "serve", "--listen", "127.0.0.1:0", "--state-dir",
                              str(tmp_path), "--task-id", TASK_ID], stdout=subprocess.PIPE, text=True)
+    orphan = 0
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(5)]
         assert any(line.startswith("reaping orphaned processes") for line in lines), lines
+        port = int(lines[0].split()[-1].rsplit(":", 1)[1])
+        with RouterClient(f"127.0.0.1:{port}", auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID),
+                          TASK_ID) as client:
+            # The background job outlives its shell: an orphan, re-parented to the router, which must reap it.
+            client.start("orph", ["sh", "-c", "sleep 1.5 >/dev/null 2>&1 & echo $!"], **PIPES)
+            orphan = int(_first_line(client, "orph"))
+            assert exit_code(client.wait("orph")) == 0
+            assert eventually(lambda: _parent(orphan) == proc.pid), "the orphan was not re-parented to the router"
+            assert eventually(lambda: not os.path.exists(f"/proc/{orphan}")), \
+                f"orphan {orphan} left as a zombie of the router"
     finally:
+        if orphan and _alive(orphan):
+            _kill(orphan)
         proc.terminate()
         assert proc.wait(15) == 0
         assert proc.stdout is not None
         proc.stdout.close()
 
 
-def test_emfile_while_draining_loses_nothing(tmp_path: pathlib.Path) -> None:
+def test_emfile_while_draining_loses_nothing(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     """A momentary EMFILE while draining (the first output must create the first arena file) pauses
     reading; no output is lost."""
     with _server(tmp_path) as (server, client, raw):
-        client.start("fd", ["sh", "-c", "sleep 0.4; echo one; sleep 0.6; echo two"], stdout_config=1, stderr_config=1)
+        client.start("fd", ["sh", "-c", "sleep 0.4; echo one; sleep 0.6; echo two"], **PIPES)
         with descriptors_exhausted():
-            time.sleep(0.7)  # "one" arrives while no descriptor is free
+            # "one" arrives while no descriptor is free.
+            assert eventually(lambda: _drain_failures(caplog) >= 1), "the drain never met EMFILE"
         status = client.wait("fd", call_timeout=5)
         out = b"".join(client.read("fd"))
         assert (out, exit_code(status)) == (b"one\ntwo\n", 0)
@@ -287,7 +313,7 @@ def test_emfile_while_draining_loses_nothing(tmp_path: pathlib.Path) -> None:
 # -- checked and found correct ------------------------------------------------------------------------
 
 def test_pty_eof_after_a_full_line_ends_input(client: RouterClient) -> None:
-    client.start("ptycat2", ["cat"], stdout_config=1, stderr_config=1, pty_info={"enabled": True}, timeout_secs=10)
+    client.start("ptycat2", ["cat"], **PIPES, pty_info={"enabled": True}, timeout_secs=10)
     client.write_stdin("ptycat2", 0, b"abc\n", eof=True)
     assert exit_code(client.wait("ptycat2", call_timeout=5)) == 0
 
@@ -322,7 +348,7 @@ def test_leftover_segments_of_a_crashed_router_never_show_through(tmp_path: path
         assert b"".join(client.read("after-crash")) == b"hi"
 
 def test_uint64_offsets_are_out_of_range_not_internal(client: RouterClient, raw: Raw) -> None:
-    client.start("o", ["printf", "abc"], stdout_config=1, stderr_config=1)
+    client.start("o", ["printf", "abc"], **PIPES)
     assert exit_code(client.wait("o")) == 0
     for fd in (STDOUT, STDERR):
         read = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="o", offset=U64_MAX, file_descriptor=fd)
@@ -330,13 +356,13 @@ def test_uint64_offsets_are_out_of_range_not_internal(client: RouterClient, raw:
     write = pb.TaskExecStdinWriteRequest(task_id=TASK_ID, exec_id="o", offset=U64_MAX, data=b"x", eof=True)
     assert raw.code("TaskExecStdinWrite", write) == grpc.StatusCode.OUT_OF_RANGE
     # A huge offset on a running stream just waits (until the caller's deadline).
-    client.start("r", ["sleep", "10"], stdout_config=1, stderr_config=1, timeout_secs=5)
+    client.start("r", ["sleep", "10"], **PIPES, timeout_secs=5)
     read = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="r", offset=U64_MAX)
     assert raw.code("TaskExecStdioRead", read, timeout=0.3) == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def test_largest_timeout_secs_is_accepted(client: RouterClient) -> None:
-    client.start("t", ["sh", "-c", "echo hi"], stdout_config=1, stderr_config=1, timeout_secs=2**32 - 1)
+    client.start("t", ["sh", "-c", "echo hi"], **PIPES, timeout_secs=2**32 - 1)
     assert b"".join(client.read("t")) == b"hi\n"
     assert exit_code(client.wait("t")) == 0
 
@@ -347,7 +373,7 @@ def _waiters(server, exec_id: str) -> int:  # type: ignore[no-untyped-def]
 
 
 def test_cancelled_waits_and_reads_leave_no_waiters(client: RouterClient, raw: Raw, server) -> None:  # type: ignore[no-untyped-def]
-    client.start("w", ["sleep", "10"], stdout_config=1, stderr_config=1, timeout_secs=8)
+    client.start("w", ["sleep", "10"], **PIPES, timeout_secs=8)
     wait = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="w")
     read = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="w")
     with concurrent.futures.ThreadPoolExecutor(64) as pool:
@@ -363,7 +389,7 @@ def test_cancelled_waits_and_reads_leave_no_waiters(client: RouterClient, raw: R
 
 def test_stop_with_blocked_readers_waiters_and_writers_is_prompt(tmp_path: pathlib.Path) -> None:
     with _server(tmp_path, stdin_buffer_limit=64 * 1024) as (server, client, raw):
-        client.start("b", ["sleep", "30"], stdout_config=1, stderr_config=1)
+        client.start("b", ["sleep", "30"], **PIPES)
         chunk = b"x" * (1024 * 1024)
         raw.call("TaskExecStdinWrite", pb.TaskExecStdinWriteRequest(task_id=TASK_ID, exec_id="b", data=chunk))
         calls = [
@@ -373,7 +399,7 @@ def test_stop_with_blocked_readers_waiters_and_writers_is_prompt(tmp_path: pathl
         ]
         reader = raw.stub.TaskExecStdioRead(pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="b"),
                                             metadata=raw.metadata)
-        time.sleep(0.3)
+        assert eventually(lambda: _waiters(server, "b") == 3), "the calls never blocked"
         started = time.monotonic()
         server.stop(0.2)
         assert time.monotonic() - started < 3
@@ -397,7 +423,7 @@ def test_concurrent_different_starts_for_one_id_run_exactly_one(raw: Raw, client
 
 
 def test_stdin_writes_racing_exit_are_all_accepted(client: RouterClient, raw: Raw) -> None:
-    client.start("h", ["head", "-c", "100000"], stdout_config=0, stderr_config=1)
+    client.start("h", ["head", "-c", "100000"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_PIPE)
     chunk = b"y" * 65536
     offset = 0
     for _ in range(64):
@@ -410,7 +436,7 @@ def test_stdin_writes_racing_exit_are_all_accepted(client: RouterClient, raw: Ra
 
 
 def test_child_that_closes_stdout_early_keeps_running(client: RouterClient) -> None:
-    client.start("c", ["sh", "-c", "echo early; exec 1>&-; read x; echo late >&2"], stdout_config=1, stderr_config=1)
+    client.start("c", ["sh", "-c", "echo early; exec 1>&-; read x; echo late >&2"], **PIPES)
     assert b"".join(client.read("c")) == b"early\n"  # complete while the exec still runs
     assert exit_code(client.poll("c")) is None
     client.write_stdin("c", 0, b"go\n")
@@ -419,14 +445,14 @@ def test_child_that_closes_stdout_early_keeps_running(client: RouterClient) -> N
 
 
 def test_timeout_after_exit_changes_nothing(client: RouterClient) -> None:
-    client.start("q", ["true"], stdout_config=1, stderr_config=1, timeout_secs=1)
+    client.start("q", ["true"], **PIPES, timeout_secs=1)
     assert exit_code(client.wait("q")) == 0
     time.sleep(1.3)
     assert exit_code(client.poll("q")) == 0
 
 
 def test_pty_output_after_exit_is_drained_to_eio(client: RouterClient) -> None:
-    client.start("p", py("import sys; sys.stdout.write('z' * 200000)"), stdout_config=1, stderr_config=1,
+    client.start("p", py("import sys; sys.stdout.write('z' * 200000)"), **PIPES,
                  pty_info={"enabled": True})
     assert exit_code(client.wait("p")) == 0
     assert b"".join(client.read("p")) == b"z" * 200000

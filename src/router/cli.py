@@ -9,13 +9,15 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 import jwt
 
 from . import auth, config, procs
-from .client import STDERR, STDOUT, RouterClient, exit_code
+from ._proto import task_command_router_pb2 as pb
+from .client import STDERR, STDOUT, UNREACHABLE_SECS, RouterClient, exit_code
 
 TOKEN_ENV = "ROUTER_TOKEN"
 
@@ -82,7 +84,7 @@ def _exec_target(args: argparse.Namespace) -> tuple[str, str, str]:
     return target, token, task_id
 
 
-def _copy_output(client: RouterClient, exec_id: str, fd: int, out: int) -> None:
+def _copy_output(client: RouterClient, exec_id: str, fd: pb.TaskExecStdioFileDescriptor, out: int) -> None:
     for data in client.read(exec_id, fd):
         view = memoryview(data)
         while view:
@@ -99,13 +101,29 @@ def _forward_stdin(client: RouterClient, exec_id: str) -> None:
         offset += len(data)
 
 
+def _in_background(fn: Callable[..., None], *args: Any) -> tuple[threading.Thread, list[grpc.RpcError]]:
+    """Run fn(*args) in a daemon thread; a failed call lands in the returned list, not a traceback."""
+    errors: list[grpc.RpcError] = []
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except grpc.RpcError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     if not args.command:
         print("router exec: no command given (router exec -- CMD ARGS...)", file=sys.stderr)
         return 2
     target, token, task_id = _exec_target(args)
     exec_id = f"ex-{uuid.uuid4().hex}"
-    fields: dict[str, object] = {"stdout_config": 1, "stderr_config": 1}
+    fields: dict[str, Any] = {"stdout_config": pb.TASK_EXEC_STDOUT_CONFIG_PIPE,
+                              "stderr_config": pb.TASK_EXEC_STDERR_CONFIG_PIPE}
     if args.workdir:
         fields["workdir"] = args.workdir
     if args.timeout:
@@ -114,17 +132,18 @@ def cmd_exec(args: argparse.Namespace) -> int:
         fields["env"] = dict(item.split("=", 1) for item in args.env)
     with RouterClient(target, token, task_id) as client:
         client.start(exec_id, args.command, **fields)
-        outputs = [threading.Thread(target=_copy_output, args=(client, exec_id, fd, out), daemon=True)
-                   for fd, out in ((STDOUT, 1), (STDERR, 2))]
-        for t in outputs:
-            t.start()
+        outputs = [_in_background(_copy_output, client, exec_id, fd, out) for fd, out in ((STDOUT, 1), (STDERR, 2))]
+        errors: list[grpc.RpcError] = []
         if args.no_stdin:
             client.write_stdin(exec_id, 0, b"", eof=True)
         else:
-            threading.Thread(target=_forward_stdin, args=(client, exec_id), daemon=True).start()
-        code = exit_code(client.wait(exec_id))
-        for t in outputs:
-            t.join()
+            errors = _in_background(_forward_stdin, client, exec_id)[1]
+        code = exit_code(client.wait(exec_id, unreachable_secs=args.give_up))
+        for thread, output_errors in outputs:
+            thread.join()
+            errors += output_errors
+        if errors:
+            raise errors[0]
     return 1 if code is None else code
 
 
@@ -140,7 +159,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--kill-grace", type=float, default=0.0,
                        help="seconds between SIGTERM and SIGKILL when an exec times out (default 0: SIGKILL)")
     serve.add_argument("--server-mode", choices=("aio", "threads"), default="aio",
-                       help="aio: every call on the engine's event loop (default); threads: a thread per call")
+                       help="aio: grpc.aio, every call on one event loop thread (default); threads: a thread per call")
     serve.add_argument("--max-workers", type=int, default=13000, help="threads mode: threads for concurrent calls")
     serve.set_defaults(func=cmd_serve)
 
@@ -159,6 +178,8 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--timeout", type=int, help="kill the command after this many seconds")
     ex.add_argument("--env", action="append", metavar="KEY=VALUE")
     ex.add_argument("-n", "--no-stdin", action="store_true", help="do not forward standard input")
+    ex.add_argument("--give-up", type=float, default=UNREACHABLE_SECS, metavar="SECS",
+                    help="exit 255 once the router has not answered for this long (default %(default)s)")
     ex.add_argument("command", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_exec)
     return p

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 
@@ -23,6 +24,9 @@ CHANNEL_OPTIONS = [
 ]
 STDOUT = pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDOUT
 STDERR = pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDERR
+# How long `wait` keeps trying while the router cannot be reached before it gives up.
+UNREACHABLE_SECS = 30.0
+
 
 
 def exit_code(response: pb.TaskExecWaitResponse | pb.TaskExecPollResponse) -> int | None:
@@ -52,7 +56,7 @@ class RouterClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method, request, timeout: float | None = 30.0):  # type: ignore[no-untyped-def]
+    def _call(self, method: Any, request: Any, timeout: float | None = 30.0) -> Any:
         delay = 0.05
         for attempt in range(self._retries + 1):
             try:
@@ -63,29 +67,49 @@ class RouterClient:
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    def start(self, exec_id: str, args: Sequence[str], **fields: object) -> None:
+    def start(self, exec_id: str, args: Sequence[str], **fields: Any) -> None:
         self._call(self._stub.TaskExecStart,
                    pb.TaskExecStartRequest(task_id=self.task_id, exec_id=exec_id, command_args=list(args), **fields))
 
-    def poll(self, exec_id: str) -> pb.TaskExecPollResponse:
-        return self._call(self._stub.TaskExecPoll, pb.TaskExecPollRequest(task_id=self.task_id, exec_id=exec_id))
+    def poll(self, exec_id: str, timeout: float = 30.0) -> pb.TaskExecPollResponse:
+        response: pb.TaskExecPollResponse = self._call(
+            self._stub.TaskExecPoll, pb.TaskExecPollRequest(task_id=self.task_id, exec_id=exec_id), timeout)
+        return response
 
-    def wait(self, exec_id: str, call_timeout: float = 60.0) -> pb.TaskExecWaitResponse:
-        """Wait for exit, calling again every `call_timeout` seconds as Modal's client does."""
+    def wait(self, exec_id: str, call_timeout: float = 60.0,
+             unreachable_secs: float = UNREACHABLE_SECS) -> pb.TaskExecWaitResponse | pb.TaskExecPollResponse:
+        """Wait for exit, calling again every `call_timeout` seconds as Modal's client does, for as
+        long as the command runs. Raises the last error once the router has not answered for
+        `unreachable_secs` (dead, or hung): a call that ends without the exit status is followed
+        by a Poll, which says whether the router is still there."""
         request = pb.TaskExecWaitRequest(task_id=self.task_id, exec_id=exec_id)
+        last_answer = time.monotonic()
         while True:
             try:
-                return self._stub.TaskExecWait(request, timeout=call_timeout, metadata=self._metadata)
+                response: pb.TaskExecWaitResponse = self._stub.TaskExecWait(
+                    request, timeout=call_timeout, metadata=self._metadata)
+                return response
             except grpc.RpcError as e:
                 if e.code() not in RETRYABLE:
                     raise
-                time.sleep(0.05)
+            try:
+                polled: pb.TaskExecPollResponse = self._stub.TaskExecPoll(pb.TaskExecPollRequest(task_id=self.task_id, exec_id=exec_id),
+                                                 timeout=min(call_timeout, 10.0), metadata=self._metadata)
+            except grpc.RpcError as e:
+                if e.code() not in RETRYABLE or time.monotonic() - last_answer > unreachable_secs:
+                    raise
+                time.sleep(min(1.0, unreachable_secs / 10))
+                continue
+            last_answer = time.monotonic()
+            if polled.WhichOneof("exit_status") is not None:
+                return polled
 
     def write_stdin(self, exec_id: str, offset: int, data: bytes, eof: bool = False) -> None:
         self._call(self._stub.TaskExecStdinWrite, pb.TaskExecStdinWriteRequest(
             task_id=self.task_id, exec_id=exec_id, offset=offset, data=data, eof=eof), timeout=None)
 
-    def read(self, exec_id: str, fd: int = STDOUT, offset: int = 0) -> Iterator[bytes]:
+    def read(self, exec_id: str, fd: pb.TaskExecStdioFileDescriptor = STDOUT,
+             offset: int = 0) -> Iterator[bytes]:
         """Yield the stream's bytes from `offset` to its end, reconnecting at the last offset on failure."""
         failures = 0
         while True:

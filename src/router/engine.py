@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import pathlib
@@ -56,6 +57,10 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _ended(ex: Exec) -> bool:
+    return not ex.running or ex.failed is not None
+
+
 class Engine:
     def __init__(self, log_dir: pathlib.Path, *, segment_size: int, stdin_buffer_limit: int,
                  kill_grace_secs: float = 0.0, max_running_execs: int = 0, reap_orphans: bool = False) -> None:
@@ -94,7 +99,7 @@ class Engine:
             self._loop.call_soon(self._kill_all, execs)
             deadline = time.monotonic() + timeout
             for ex in execs:
-                ex.wait_until(lambda ex=ex: not ex.running or ex.failed is not None, lambda: True, deadline)
+                ex.wait_until(functools.partial(_ended, ex), lambda: True, deadline)
             self._loop.run(self._close_all, execs, timeout=timeout)
         finally:
             self._loop.stop(timeout)

@@ -47,7 +47,7 @@ def start_process(spec: ExecSpec, stdio: ChildStdio) -> tuple[int, subprocess.Po
 
 def _posix_spawn(spec: ExecSpec, stdio: ChildStdio) -> int:
     """Every descriptor of the router is close-on-exec (PEP 446), so only these three are inherited."""
-    actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_DUP2, stdio.stdin, 0)]
+    actions: list[tuple[int, int, int] | tuple[int, int, str, int, int]] = [(os.POSIX_SPAWN_DUP2, stdio.stdin, 0)]
     for fd, target in ((stdio.stdout, 1), (stdio.stderr, 2)):
         if fd == subprocess.DEVNULL:
             actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_WRONLY, 0))

@@ -134,5 +134,5 @@ def terminal_eof(fd: int, last: bytes) -> bytes:
     attrs = termios.tcgetattr(fd)
     if not attrs[3] & termios.ICANON:
         return b""
-    veof = attrs[6][termios.VEOF]
+    veof: bytes = attrs[6][termios.VEOF]
     return veof if last in (b"", b"\n") else veof * 2
