@@ -1,7 +1,7 @@
 # Developer shortcuts; CI runs .ci/run. Uses the active Python (a venv with `pip install -e '.[test]'`).
 PYTHON ?= python
 
-.PHONY: build debug asan test test-dev proto bench-quick bench
+.PHONY: build debug asan test test-dev typecheck proto bench-quick bench
 
 build:
 	$(PYTHON) -m pip install -e '.[test]' --no-build-isolation -q
@@ -22,6 +22,9 @@ test:
 
 test-dev:
 	$(PYTHON) -X dev -m pytest
+
+typecheck:
+	$(PYTHON) -m mypy
 
 proto:
 	$(PYTHON) scripts/gen_proto.py

@@ -1,4 +1,4 @@
-"""Bearer tokens on every call: UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as DESIGN.md section 3 says."""
+"""Bearer tokens on every call: UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as the README's contract says."""
 from __future__ import annotations
 
 import time

@@ -1,4 +1,4 @@
-"""The five exec RPCs against a real server, real children and a real gRPC channel (DESIGN.md section 2)."""
+"""The five exec RPCs against a real server, real children and a real gRPC channel."""
 from __future__ import annotations
 
 import concurrent.futures

@@ -1,4 +1,4 @@
-"""Modal's own client class against a router in its own process (DESIGN.md section 1)."""
+"""Modal's own client class against a router in its own process (its stubs and ours cannot share a process: protobuf refuses two definitions of one message name)."""
 from __future__ import annotations
 
 import importlib.util
