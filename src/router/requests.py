@@ -1,20 +1,20 @@
 """Request validation: each function returns a clean value or raises INVALID_ARGUMENT naming the field."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from ._proto import task_command_router_pb2 as pb
-from .records import ExecSpec, PtySpec
+from .records import ExecSpec, PtySpec, StderrMode, StdoutMode, StreamName
 from .errors import invalid, not_found
 
 MAX_ID_LENGTH = 256
-_STDOUT = {pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL: "devnull", pb.TASK_EXEC_STDOUT_CONFIG_PIPE: "pipe"}
-_STDERR = {
+_STDOUT: dict[int, StdoutMode] = {pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL: "devnull", pb.TASK_EXEC_STDOUT_CONFIG_PIPE: "pipe"}
+_STDERR: dict[int, StderrMode] = {
     pb.TASK_EXEC_STDERR_CONFIG_DEVNULL: "devnull",
     pb.TASK_EXEC_STDERR_CONFIG_PIPE: "pipe",
     pb.TASK_EXEC_STDERR_CONFIG_STDOUT: "stdout",
 }
-_FDS = {pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDOUT: "stdout", pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDERR: "stderr"}
+_FDS: dict[int, StreamName] = {pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDOUT: "stdout", pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDERR: "stderr"}
 _DEFAULT_TERM = "xterm-256color"
 
 
@@ -27,9 +27,9 @@ def exec_id(request: Any) -> str:
     return value
 
 
-def stdio_stream(request: pb.TaskExecStdioReadRequest) -> Literal["stdout", "stderr"]:
+def stdio_stream(request: pb.TaskExecStdioReadRequest) -> StreamName:
     try:
-        return _FDS[request.file_descriptor]  # type: ignore[return-value]
+        return _FDS[request.file_descriptor]
     except KeyError:
         raise invalid("file_descriptor", f"unknown value {request.file_descriptor}") from None
 
@@ -106,6 +106,6 @@ def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str]) -> Exe
                 env[var] = value
         env.setdefault("TERM", _DEFAULT_TERM)
         pty = PtySpec(rows=info.winsz_rows or 24, cols=info.winsz_cols or 80)
-    return ExecSpec(args=args, env=env, workdir=workdir, stdout=stdout, stderr=stderr,  # type: ignore[arg-type]
+    return ExecSpec(args=args, env=env, workdir=workdir, stdout=stdout, stderr=stderr,
                     timeout_secs=timeout, pty=pty)
 
