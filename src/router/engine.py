@@ -188,7 +188,8 @@ class Engine:
         loop = self._loop.loop
         ex.child = child
         child.watch(loop, lambda: self._on_exit(ex))
-        ex.output = OutputPipes(loop, pipes.outputs, ex.spec.pty is not None, ex.notify, lambda: self._on_output_done(ex))
+        ex.output = OutputPipes(ex.exec_id, loop, pipes.outputs, ex.spec.pty is not None, ex.notify,
+                                lambda: self._on_output_done(ex))
         if ex.spec.timeout_secs is not None:
             child.arm_timeout(loop, ex.spec.timeout_secs, self._kill_grace)
         ex.stdin.attach(loop, pipes.stdin_writer)

@@ -83,7 +83,7 @@ class Exec:
         if waiters:
             _wake(waiters)
 
-    def check_started(self, ready: Callable[[], bool]) -> bool:
+    def _ready_or_failed(self, ready: Callable[[], bool]) -> bool:
         """ready(), unless the exec's start failed after the caller found it: then raise why."""
         if ready():
             return True
@@ -99,7 +99,7 @@ class Exec:
         with self.cond:
             self._thread_waiters += 1
             try:
-                while not self.check_started(ready):
+                while not self._ready_or_failed(ready):
                     left = RECHECK_SECS if deadline is None else deadline - time.monotonic()
                     if left <= 0 or not wanted():
                         return False
@@ -115,7 +115,7 @@ class Exec:
         while True:
             fut = self._changed()  # registered before the check: a change in between wakes it
             try:
-                if self.check_started(ready):
+                if self._ready_or_failed(ready):
                     return
                 await fut
             finally:

@@ -22,8 +22,9 @@ class OutputPipes:
     `on_change` runs after new bytes or an end of stream; `on_done` once every stream is complete.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, outputs: list[tuple[int, SegmentedLog]], terminal: bool,
-                 on_change: Callable[[], None], on_done: Callable[[], None]) -> None:
+    def __init__(self, exec_id: str, loop: asyncio.AbstractEventLoop, outputs: list[tuple[int, SegmentedLog]],
+                 terminal: bool, on_change: Callable[[], None], on_done: Callable[[], None]) -> None:
+        self._exec_id = exec_id
         self._loop = loop
         self._terminal = terminal
         self._on_change = on_change
@@ -46,7 +47,7 @@ class OutputPipes:
             n, eof = stream.drain(fd, DRAIN_BUDGET)
         except OSError as e:
             # The log kept what it took from the pipe; stop reading until writing can work again.
-            log.error("writing output failed, retrying in %ss: %s", DRAIN_RETRY_SECS, e)
+            log.error("writing output failed (exec %s), retrying in %ss: %s", self._exec_id, DRAIN_RETRY_SECS, e)
             self._loop.remove_reader(fd)
             self._retries.append(self._loop.call_later(DRAIN_RETRY_SECS, self._resume, fd))
             return
