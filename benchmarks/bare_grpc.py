@@ -1,64 +1,115 @@
-"""A bare grpcio server, the reference for the router's stream figure.
+"""A bare grpcio server: the reference for what the router's gRPC stack costs by itself.
 
-One unary-stream method, `/bench.Bare/Stream`: the request is the total byte count in ASCII; the
-handler yields one prebuilt `bytes` chunk (1 MiB by default) over and over, raw: no serializer on
-either side, no log, no exec. Same grpcio sync server and options as the router
+Two raw methods (no serializer on either side, no log, no exec), with the router's server options
 (`router.server.server_options`), in its own process:
 
-    python benchmarks/bare_grpc.py --listen 127.0.0.1:0      # prints "bare listening on HOST:PORT"
+- `/bench.Bare/Stream` (unary-stream): the request is a byte count in ASCII; the handler yields one
+  prebuilt 1 MiB `bytes` message over and over. The reference for one exec's stdout.
+- `/bench.Bare/Call` (unary): returns b"". The floor of one gRPC call, against the exec rate.
+
+    python benchmarks/bare_grpc.py --listen 127.0.0.1:0 --mode sync|aio|aio-uvloop
+    # prints "bare listening on HOST:PORT"
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 
 SERVICE = "bench.Bare"
-METHOD = f"/{SERVICE}/Stream"
+STREAM_METHOD = f"/{SERVICE}/Stream"
+CALL_METHOD = f"/{SERVICE}/Call"
+CHUNK = 1024 * 1024
+MODES = ("sync", "aio", "aio-uvloop")
 
 
-def serve(listen: str, chunk_size: int) -> int:
+def chunks(request: bytes) -> Iterator[bytes]:
+    chunk = bytes(CHUNK)
+    full, rest = divmod(int(request.decode()), CHUNK)
+    for _ in range(full):
+        yield chunk
+    if rest:
+        yield chunk[:rest]
+
+
+def options() -> list:
     from router.config import ServerConfig
     from router.server import server_options
 
-    chunk = bytes(chunk_size)
+    return server_options(ServerConfig(state_dir="", task_id=""))
 
-    def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        full, rest = divmod(int(request.decode()), chunk_size)
-        for _ in range(full):
-            yield chunk
-        if rest:
-            yield chunk[:rest]
 
-    handler = grpc.method_handlers_generic_handler(SERVICE, {"Stream": grpc.unary_stream_rpc_method_handler(stream)})
-    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=64),
-                         options=server_options(ServerConfig(state_dir="", task_id="")))
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port(listen)
+def handlers(stream, call) -> grpc.GenericRpcHandler:  # type: ignore[no-untyped-def]
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Call": grpc.unary_unary_rpc_method_handler(call),
+    })
+
+
+def listening(listen: str, port: int) -> int:
     if port == 0:
         print(f"cannot listen on {listen}", file=sys.stderr, flush=True)
         return 1
+    print(f"bare listening on {listen.rsplit(':', 1)[0]}:{port}", flush=True)
+    return 0
+
+
+def serve_sync(listen: str) -> int:
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=64), options=options())
+    server.add_generic_rpc_handlers((handlers(lambda request, context: chunks(request),
+                                              lambda request, context: b""),))
+    port = server.add_insecure_port(listen)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
-    print(f"bare listening on {listen.rsplit(':', 1)[0]}:{port}", flush=True)
+    if listening(listen, port):
+        return 1
     stop.wait()
     server.stop(1.0).wait(10)
+    return 0
+
+
+async def serve_aio(listen: str) -> int:
+    async def stream(request: bytes, context: object) -> AsyncIterator[bytes]:
+        for chunk in chunks(request):
+            yield chunk
+
+    async def call(request: bytes, context: object) -> bytes:
+        return b""
+
+    server = grpc.aio.server(options=options())
+    server.add_generic_rpc_handlers((handlers(stream, call),))
+    port = server.add_insecure_port(listen)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await server.start()
+    if listening(listen, port):
+        return 1
+    await stop.wait()
+    await server.stop(1.0)
     return 0
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--listen", default="127.0.0.1:0")
-    p.add_argument("--chunk", type=int, default=1024 * 1024, help="bytes per message (default 1 MiB)")
+    p.add_argument("--mode", choices=MODES, default="sync")
     args = p.parse_args()
-    return serve(args.listen, args.chunk)
+    if args.mode == "sync":
+        return serve_sync(args.listen)
+    if args.mode == "aio-uvloop":
+        import uvloop
+
+        uvloop.install()
+    return asyncio.run(serve_aio(args.listen))
 
 
 if __name__ == "__main__":

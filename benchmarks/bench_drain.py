@@ -1,88 +1,146 @@
-"""SegmentedLog.drain: one pipe fed by `head -c N /dev/zero` (1 MiB pipe, O_NONBLOCK, poll between
-drains of up to 4 MiB, as the engine does), against the two ceilings: os.readv into a reused 1 MiB
-buffer, and readv + os.pwrite into segment files (the ceiling for a log that keeps its data)."""
+"""Draining one pipe fed by `head -c N /dev/zero` (1 MiB pipe, O_NONBLOCK, poll between drains of up
+to 4 MiB, as the router's event loop does) into the router's log and into the alternatives.
+
+The drain runs in this process, so peakmem_ and the RSS track mean something here (they do not for
+the server benchmarks, whose work happens in `router serve`)."""
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 
-from router._fastio import SegmentedLog, SegmentStore
+from . import alternating
+from .common import SIZE, BenchError, GiB, MiB, Target, close_fd, proc_status, reap, stop_process
+from .sinks import drain_until_eof, new_sink, spawn_zero_writer
 
-from .common import (
-    SEGMENT_SIZE,
-    MiB,
-    ReadvPwriteSink,
-    ReadvSink,
-    close_fd,
-    drain_until_eof,
-    log_sink,
-    proc_status,
-    reap,
-    spawn_zero_writer,
-    stop_process,
-)
-
-DRAIN_TIMEOUT = 120.0
+DRAIN_TIMEOUT = 600.0
 
 
 class Drain:
-    params = [16 * MiB, 128 * MiB]
-    param_names = ["size"]
-    # Each call needs a fresh writer and log: asv re-runs setup before every timed call.
+    """impl: fastio (`_fastio.SegmentedLog`, the router's log), readv (os.readv into one reused 1 MiB
+    buffer: the ceiling, keeps nothing), readv_pwrite (readv + os.pwrite into 32 MiB segment files:
+    the ceiling for a log that keeps its data)."""
+
+    params = [SIZE.drain, ["fastio", "readv", "readv_pwrite"]]
+    param_names = ["size", "impl"]
+    # Every call needs a fresh writer and sink: asv re-runs setup before every timed sample.
     number = 1
     repeat = (1, 7, 20.0)
     warmup_time = 0.0
-    timeout = 300
+    timeout = 900
 
-    def setup(self, size: int) -> None:
-        # The log lives on /tmp, the file system state directories use.
-        self.dir = tempfile.mkdtemp(prefix="asv-drain-", dir="/tmp")
-        for sub in ("log", "pwrite"):
-            os.mkdir(os.path.join(self.dir, sub))
-        self.log = SegmentedLog(SegmentStore(os.path.join(self.dir, "log"), SEGMENT_SIZE))
-        self.readv = ReadvSink()
-        self.pwrite = ReadvPwriteSink(os.path.join(self.dir, "pwrite"), SEGMENT_SIZE)
+    def setup(self, size: int, impl: str) -> None:
+        self.sink = self.dir = self.proc = None
+        self.fd = -1
+        try:
+            self._arm(size, impl)
+        except BaseException:
+            self.teardown(size, impl)  # asv does not tear down after a failed setup
+            raise
+
+    def _arm(self, size: int, impl: str) -> None:
+        """A fresh sink in a fresh directory, and a writer of `size` bytes; what was there goes."""
+        self.teardown(size, impl)
+        self.sink, self.dir = new_sink(impl)
         self.proc, self.fd = spawn_zero_writer(size)
+        self.armed = True
 
-    def teardown(self, size: int) -> None:
+    def teardown(self, size: int, impl: str) -> None:
         close_fd(self.fd)
-        stop_process(self.proc, 5)
-        self.log.close()
-        self.log.store.close()
-        self.pwrite.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.fd = -1
+        if self.proc is not None:
+            stop_process(self.proc, 5)
+        if self.sink is not None:
+            self.sink.close()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.sink = self.dir = self.proc = None
 
-    def _drain(self, step) -> int:  # type: ignore[no-untyped-def]
-        n = drain_until_eof(self.fd, step, DRAIN_TIMEOUT)
+    def _ready(self, size: int, impl: str) -> None:
+        """Before a measurement: a fresh writer and sink if the last measurement used them."""
+        if not self.armed:
+            self._arm(size, impl)
+
+    def _drain(self, size: int, impl: str) -> None:
+        """Drain the armed writer to EOF: the measured part."""
+        self._ready(size, impl)
+        self.armed = False
+        n = drain_until_eof(self.fd, self.sink, DRAIN_TIMEOUT)
+        if n != size:
+            raise BenchError(f"drained {n} bytes, expected {size}")
+
+    def _check(self, size: int) -> None:
         reap(self.proc, 30)
-        return n
+        kept = self.sink.kept()
+        if kept not in (None, size):
+            raise BenchError(f"the sink kept {kept} bytes of {size}")
 
-    def time_drain(self, size: int) -> None:
-        self._drain(log_sink(self.log))
+    def time_drain(self, size: int, impl: str) -> None:
+        self._drain(size, impl)
 
-    def time_readv_ceiling(self, size: int) -> None:
-        self._drain(self.readv)
+    def peakmem_drain(self, size: int, impl: str) -> None:
+        self._drain(size, impl)
 
-    def time_readv_pwrite_ceiling(self, size: int) -> None:
-        self._drain(self.pwrite)
-
-    def track_drain_rate(self, size: int) -> float:
+    def track_rate(self, size: int, impl: str) -> float:
+        self._ready(size, impl)
         t0 = time.perf_counter()
-        n = self._drain(log_sink(self.log))
-        return n / (time.perf_counter() - t0) / 1e6
+        self._drain(size, impl)
+        elapsed = time.perf_counter() - t0
+        self._check(size)
+        return size / elapsed / 1e6
 
-    track_drain_rate.unit = "MB/s"  # type: ignore[attr-defined]
+    track_rate.unit = "MB/s"  # type: ignore[attr-defined]
 
-    def track_rss_growth(self, size: int) -> float:
+    def track_cpu(self, size: int, impl: str) -> float:
+        """This process's CPU seconds (user + system) per GiB drained."""
+        self._ready(size, impl)
+        t0 = os.times()
+        self._drain(size, impl)
+        t1 = os.times()
+        self._check(size)
+        return (t1.user + t1.system - t0.user - t0.system) / (size / GiB)
+
+    track_cpu.unit = "CPU s/GiB"  # type: ignore[attr-defined]
+
+    def track_rss_growth(self, size: int, impl: str) -> float:
         """This process's RSS growth over one drain, MiB: a log that maps its segments shows here
-        (peakmem_ does not count mapped files); a pwrite log should stay flat."""
+        (peakmem_ does not count mapped files); a pwrite log stays flat."""
+        self._ready(size, impl)
         before = proc_status(os.getpid())["VmRSS"]
-        self._drain(log_sink(self.log))
-        return (proc_status(os.getpid())["VmRSS"] - before) / MiB
+        self._drain(size, impl)
+        grown = (proc_status(os.getpid())["VmRSS"] - before) / MiB
+        self._check(size)
+        return grown
 
     track_rss_growth.unit = "MiB"  # type: ignore[attr-defined]
 
-    def peakmem_drain(self, size: int) -> None:
-        self._drain(log_sink(self.log))
+
+class LogKind(Drain):
+    """The other kinds of log issue 3 measured against readv + pwrite (Drain's readv_pwrite):
+    readv straight into shared mappings of 32 MiB segments (files on /tmp, with MADV_POPULATE_WRITE
+    4 MiB ahead, files on /dev/shm, memfds, anonymous memory with MADV_HUGEPAGE populated ahead),
+    readv + pwrite into files on /dev/shm, and splice from the pipe into a file."""
+
+    params = [SIZE.drain, ["mmap_file", "mmap_file_populate", "mmap_shm", "mmap_memfd", "mmap_anon_populate",
+                           "pwrite_shm", "splice"]]
+    param_names = ["size", "kind"]
+
+
+class DrainRatio(alternating.RouterVsReference):
+    """fastio / reference drain rate, alternating rounds in one setup (target: >= 0.9 of readv +
+    pwrite, the ceiling for a log that keeps its data)."""
+
+    params = [SIZE.drain, ["readv", "readv_pwrite"]]
+    param_names = ["size", "reference"]
+    subject = Drain
+    router_side = "fastio"
+    rounds = SIZE.rounds["drain"]
+
+    @staticmethod
+    def target(size: int, reference: str) -> Target | None:
+        return Target(">=", 0.9) if reference == "readv_pwrite" else None
+
+    def track_ratio(self, size: int, reference: str) -> float:
+        return self.ratio()
+
+    track_ratio.unit = "fastio/reference"  # type: ignore[attr-defined]

@@ -1,70 +1,142 @@
-"""Exec rate: start + wait of `true` (stdout and stderr piped), sequential and 64 in flight (grpc.aio),
-against os.posix_spawn + os.waitpid at the same concurrency."""
+"""Exec rate: start + wait of `true` (stdout and stderr piped), one at a time and 64 in flight,
+against local posix_spawn + waitpid and ssh; and the floor under it, one empty gRPC call."""
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 
-from .common import BenchError, RouterProcess, SyncRouter
-from .workloads import close_event_loop, local_spawn_rate, new_event_loop, router_exec_inflight
+from . import alternating
+from .bare_grpc import CALL_METHOD, MODES
+from .common import (
+    IN_FLIGHT,
+    SIZE,
+    BareGrpcProcess,
+    RouterProcess,
+    SyncRouter,
+    Target,
+    closing_on_error,
+)
+from .sshd import SSHServer, require_openssh
+from .workloads import AioSide, local_spawn_rate, router_exec_rate, rpc_calls, subprocess_batch
 
-SEQUENTIAL = 100
-TOTAL = 500
-IN_FLIGHT = 64
-CHANNELS = 4
+
+def exec_count(concurrency: int, impl: str) -> int:
+    n = SIZE.exec_sequential if concurrency == 1 else SIZE.exec_in_flight
+    return n // 2 if impl == "ssh" else n  # ssh is several times slower: half the execs
+
+
+def batch_timeout(count: int) -> float:
+    return max(120.0, count * 0.5)
+
+
+def sequential_rate(count: int, one: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    for _ in range(count):
+        one()
+    return count / (time.perf_counter() - t0)
 
 
 class ExecRate:
+    """impl: router (sequential: the sync client; in flight: grpc.aio over 4 channels), local
+    (os.posix_spawn + os.waitpid, in threads when in flight), ssh (`ssh host true` over one
+    ControlMaster connection; half as many execs). One server for all calls of a setup."""
+
+    params = [[1, IN_FLIGHT], ["router", "local", "ssh"]]
+    param_names = ["in_flight", "impl"]
     number = 1
     repeat = (1, 5, 20.0)
     warmup_time = 0.0
-    timeout = 300
+    timeout = 900
 
-    def setup(self) -> None:
-        self.loop = new_event_loop()
-        self.router = RouterProcess()
-        try:
-            self.client = SyncRouter(self.router.channel(), self.router.metadata)
-            for _ in range(3):
-                self.client.start_wait(["true"])
-        except BaseException:
-            self.router.stop()
-            raise
+    def setup(self, in_flight: int, impl: str) -> None:
+        self.stack = contextlib.ExitStack()
+        with closing_on_error(self.stack):
+            self.batch: Callable[[], float] = getattr(self, f"_start_{impl}")(exec_count(in_flight, impl), in_flight)
 
-    def teardown(self) -> None:
-        self.router.stop()
-        close_event_loop(self.loop)
+    def _start_router(self, count: int, concurrency: int) -> Callable[[], float]:
+        router = self.stack.enter_context(RouterProcess())
+        client = SyncRouter(router)
+        for _ in range(5):  # channel, first spawns
+            client.start_wait(["true"])
+        if concurrency == 1:
+            return lambda: sequential_rate(count, lambda: client.start_wait(["true"]))
+        side = self.stack.enter_context(AioSide(router.target))
+        return lambda: router_exec_rate(side, router.metadata, count, concurrency, batch_timeout(count)).checked().rate
 
-    def time_start_wait_true(self) -> None:
-        code = self.client.start_wait(["true"])
-        if code != 0:
-            raise BenchError(f"true exited {code}")
+    def _start_local(self, count: int, concurrency: int) -> Callable[[], float]:
+        return lambda: local_spawn_rate(count, concurrency, batch_timeout(count))
 
-    def track_sequential_rate(self) -> float:
-        t0 = time.perf_counter()
-        for _ in range(SEQUENTIAL):
-            self.client.start_wait(["true"])
-        return SEQUENTIAL / (time.perf_counter() - t0)
+    def _start_ssh(self, count: int, concurrency: int) -> Callable[[], float]:
+        require_openssh()
+        ssh = self.stack.enter_context(SSHServer())
+        ssh.start_master()
+        if concurrency == 1:
+            return lambda: sequential_rate(count, lambda: ssh.run("true", mux=True))
+        side = self.stack.enter_context(AioSide())
+        argv = ssh.argv("true", mux=True)
+        return lambda: subprocess_batch(side, argv, count, concurrency, 0, batch_timeout(count)).checked().rate
 
-    track_sequential_rate.unit = "execs/s"  # type: ignore[attr-defined]
+    def teardown(self, in_flight: int, impl: str) -> None:
+        self.stack.close()
 
-    def track_in_flight_rate(self) -> float:
-        out = self.loop.run_until_complete(router_exec_inflight(self.router, TOTAL, IN_FLIGHT, CHANNELS, 120.0))
-        if out.failures:
-            raise BenchError(out.describe())
-        return out.ok / out.seconds
+    def time_execs(self, in_flight: int, impl: str) -> None:
+        self.batch()
 
-    track_in_flight_rate.unit = "execs/s"  # type: ignore[attr-defined]
+    def track_rate(self, in_flight: int, impl: str) -> float:
+        return self.batch()
+
+    track_rate.unit = "execs/s"  # type: ignore[attr-defined]
 
 
-class LocalSpawnRate:
-    """The reference: os.posix_spawn('true') + os.waitpid in this process."""
+class ExecRatio(alternating.RouterVsReference):
+    """router / reference exec rate, alternating rounds in one setup (target: >= 0.5 of local
+    posix_spawn with 64 in flight)."""
 
-    def track_sequential_rate(self) -> float:
-        return local_spawn_rate(SEQUENTIAL, 1)
+    params = [[1, IN_FLIGHT], ["local", "ssh"]]
+    param_names = ["in_flight", "reference"]
+    subject = ExecRate
+    rounds = SIZE.rounds["exec"]
 
-    track_sequential_rate.unit = "execs/s"  # type: ignore[attr-defined]
+    @staticmethod
+    def target(in_flight: int, reference: str) -> Target | None:
+        return Target(">=", 0.5) if (in_flight, reference) == (IN_FLIGHT, "local") else None
 
-    def track_in_flight_rate(self) -> float:
-        return local_spawn_rate(TOTAL, IN_FLIGHT)
+    def track_ratio(self, in_flight: int, reference: str) -> float:
+        return self.ratio()
 
-    track_in_flight_rate.unit = "execs/s"  # type: ignore[attr-defined]
+    track_ratio.unit = "router/reference"  # type: ignore[attr-defined]
+
+
+class RpcFloor:
+    """The floor of one gRPC call here: an empty unary call (no serializers) to the bare grpcio
+    server in its own process (sync, grpc.aio, grpc.aio on uvloop), 64 in flight over 4 grpc.aio
+    channels. Start + wait of an exec is two calls."""
+
+    params = [list(MODES)]
+    param_names = ["mode"]
+    number = 1
+    repeat = (1, 5, 20.0)
+    warmup_time = 0.0
+    timeout = 600
+
+    def setup(self, mode: str) -> None:
+        self.stack = contextlib.ExitStack()
+        with closing_on_error(self.stack):
+            server = self.stack.enter_context(BareGrpcProcess(mode))
+            self.side = self.stack.enter_context(AioSide(server.target))
+
+    def teardown(self, mode: str) -> None:
+        self.stack.close()
+
+    def _calls(self) -> float:
+        n = SIZE.rpc_calls
+        return rpc_calls(self.side, CALL_METHOD, n, IN_FLIGHT, batch_timeout(n)).checked().rate
+
+    def time_calls(self, mode: str) -> None:
+        self._calls()
+
+    def track_rate(self, mode: str) -> float:
+        return self._calls()
+
+    track_rate.unit = "calls/s"  # type: ignore[attr-defined]

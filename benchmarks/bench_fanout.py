@@ -1,47 +1,87 @@
-"""N concurrent execs of `head -c 65536 /dev/zero`, all in flight over grpc.aio (start, read stdout to
-the end, wait; every byte checked), against the same commands as local asyncio subprocesses."""
+"""N concurrent execs of `head -c 65536 /dev/zero`, all in flight, every byte checked: through the
+router, as local asyncio subprocesses, and over one ssh ControlMaster connection."""
 from __future__ import annotations
 
-from .common import BenchError, KiB, RouterProcess
-from .workloads import close_event_loop, local_fanout, new_event_loop, router_fanout
+import contextlib
+import shlex
+from collections.abc import Callable
 
-SIZE = 64 * KiB
-CHANNELS = 4
+from . import alternating
+from .common import SIZE, KiB, RouterProcess, Target, closing_on_error, raise_nofile_limit, zeros_command
+from .sshd import SSHServer, require_openssh
+from .workloads import AioSide, Outcome, router_fanout, subprocess_batch
+
+OUTPUT = 64 * KiB
+
+
+def fanout_timeout(n: int) -> float:
+    return max(120.0, n * 0.1)
 
 
 class Fanout:
-    params = [64, 256]
-    param_names = ["n"]
+    """impl: router (TaskExecStart, TaskExecStdioRead of stdout to the end, TaskExecWait, over 4
+    grpc.aio channels; stdout and stderr piped), local (asyncio.create_subprocess_exec with pipes +
+    communicate()), ssh (the same command through one ControlMaster connection, MaxSessions 1000).
+    One server for all calls of a setup."""
+
+    params = [SIZE.fanout, ["router", "local", "ssh"]]
+    param_names = ["n", "impl"]
     number = 1
     repeat = (1, 5, 30.0)
     warmup_time = 0.0
-    timeout = 300
+    timeout = 900
 
-    def setup(self, n: int) -> None:
-        self.loop = new_event_loop()
-        self.router = RouterProcess()
-        self.router.channel().close()
+    def setup(self, n: int, impl: str) -> None:
+        raise_nofile_limit()  # N children with three pipes each, here and in the router (inherited)
+        self.stack = contextlib.ExitStack()
+        with closing_on_error(self.stack):
+            self.batch: Callable[[], Outcome] = getattr(self, f"_start_{impl}")(n)
 
-    def teardown(self, n: int) -> None:
-        self.router.stop()
-        close_event_loop(self.loop)
+    def _start_router(self, n: int) -> Callable[[], Outcome]:
+        router = self.stack.enter_context(RouterProcess())
+        side = self.stack.enter_context(AioSide(router.target))
+        return lambda: router_fanout(side, router.metadata, n, OUTPUT, fanout_timeout(n)).checked()
 
-    def _router(self, n: int):  # type: ignore[no-untyped-def]
-        out = self.loop.run_until_complete(router_fanout(self.router, n, SIZE, CHANNELS, 120.0))
-        if out.failures:
-            raise BenchError(out.describe())
-        return out
+    def _start_local(self, n: int) -> Callable[[], Outcome]:
+        side = self.stack.enter_context(AioSide())
+        return lambda: subprocess_batch(side, zeros_command(OUTPUT), n, n, OUTPUT, fanout_timeout(n)).checked()
 
-    def time_fanout(self, n: int) -> None:
-        self._router(n)
+    def _start_ssh(self, n: int) -> Callable[[], Outcome]:
+        require_openssh()
+        if n > SIZE.fanout_ssh_max:
+            raise NotImplementedError(f"ssh fan-out runs up to N={SIZE.fanout_ssh_max} (sshd MaxSessions)")
+        ssh = self.stack.enter_context(SSHServer())
+        ssh.start_master()
+        side = self.stack.enter_context(AioSide())
+        argv = ssh.argv(shlex.join(zeros_command(OUTPUT)), mux=True)
+        return lambda: subprocess_batch(side, argv, n, n, OUTPUT, fanout_timeout(n)).checked()
 
-    def time_local_asyncio_reference(self, n: int) -> None:
-        out = self.loop.run_until_complete(local_fanout(["head", "-c", str(SIZE), "/dev/zero"], n, SIZE, 120.0))
-        if out.failures:
-            raise BenchError(out.describe())
+    def teardown(self, n: int, impl: str) -> None:
+        self.stack.close()
 
-    def track_execs_per_second(self, n: int) -> float:
-        out = self._router(n)
-        return out.ok / out.seconds
+    def time_fanout(self, n: int, impl: str) -> None:
+        self.batch()
 
-    track_execs_per_second.unit = "execs/s"  # type: ignore[attr-defined]
+    def track_rate(self, n: int, impl: str) -> float:
+        return self.batch().rate
+
+    track_rate.unit = "execs/s"  # type: ignore[attr-defined]
+
+
+class FanoutRatio(alternating.RouterVsReference):
+    """router / reference fan-out rate (= reference / router wall time), alternating rounds in one
+    setup (target: >= 0.5 of local subprocesses at N=1024)."""
+
+    params = [SIZE.fanout, ["local", "ssh"]]
+    param_names = ["n", "reference"]
+    subject = Fanout
+    rounds = SIZE.rounds["fanout"]
+
+    @staticmethod
+    def target(n: int, reference: str) -> Target | None:
+        return Target(">=", 0.5) if (n, reference) == (1024, "local") else None
+
+    def track_ratio(self, n: int, reference: str) -> float:
+        return self.ratio()
+
+    track_ratio.unit = "router/reference"  # type: ignore[attr-defined]

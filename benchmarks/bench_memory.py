@@ -1,74 +1,109 @@
-"""The server's memory, threads and descriptors, from /proc/PID/status of the `router serve` process
-(VmRSS, as track_*: peakmem_ would measure this process, and does not count mapped files)."""
+"""The server's memory, threads and descriptors, from /proc/PID/status of the `router serve`
+process (as track_*: peakmem_ would measure this process, and does not count mapped files).
+
+Setup does the work (one exec streamed to a reader; N idle execs started) and records the
+server's status before and after; the tracks report those readings."""
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import signal
 
-from .common import BenchError, MiB, RouterProcess, SyncRouter
-from .workloads import close_event_loop, new_event_loop, start_idle
-
-STREAM = 256 * MiB
+from .common import (
+    IN_FLIGHT,
+    SIZE,
+    BenchError,
+    MiB,
+    RouterProcess,
+    SyncRouter,
+    Target,
+    closing_on_error,
+    processes_with_arg,
+    raise_nofile_limit,
+    stream_timeout,
+    zeros_command,
+)
+from .workloads import AioSide, router_start_idle
 
 
 class ServerMemory:
-    timeout = 300
+    """The server's RSS before and after one exec streamed `size` bytes to a reader."""
 
-    def setup(self) -> None:
-        self.router = RouterProcess()
-        try:
-            self.client = SyncRouter(self.router.channel(), self.router.metadata)
-            self.client.run_output(["head", "-c", "4096", "/dev/zero"], 4096)
-        except BaseException:
-            self.router.stop()
-            raise
+    params = [[SIZE.memory]]
+    param_names = ["size"]
+    timeout = 1200
+    growth_target = Target("<=", 64, "MiB")  # peak (VmHWM) minus before
 
-    def teardown(self) -> None:
-        self.router.stop()
+    def setup(self, size: int) -> None:
+        self.stack = contextlib.ExitStack()
+        with closing_on_error(self.stack):
+            router = self.stack.enter_context(RouterProcess())
+            client = SyncRouter(router)
+            client.run_output(zeros_command(4096), 4096)  # warm: one exec, one read
+            self.before = router.status()
+            client.run_output(zeros_command(size), size, timeout=stream_timeout(size, 300.0))
+            self.after = router.status()
 
-    def track_rss_idle(self) -> float:
-        return self.router.status()["VmRSS"] / MiB
+    def teardown(self, size: int) -> None:
+        self.stack.close()
 
-    track_rss_idle.unit = "MiB"  # type: ignore[attr-defined]
+    def track_rss_before(self, size: int) -> float:
+        return self.before["VmRSS"] / MiB
 
-    def track_rss_after_stream(self) -> float:
-        """VmRSS after one exec streamed 256 MiB to a reader."""
-        self.client.run_output(["head", "-c", str(STREAM), "/dev/zero"], STREAM, timeout=300)
-        return self.router.status()["VmRSS"] / MiB
+    track_rss_before.unit = "MiB"  # type: ignore[attr-defined]
 
-    track_rss_after_stream.unit = "MiB"  # type: ignore[attr-defined]
+    def track_rss_after(self, size: int) -> float:
+        return self.after["VmRSS"] / MiB
 
-    def track_rss_growth_over_stream(self) -> float:
-        before = self.router.status()["VmRSS"]
-        self.client.run_output(["head", "-c", str(STREAM), "/dev/zero"], STREAM, timeout=300)
-        return (self.router.status()["VmRSS"] - before) / MiB
+    track_rss_after.unit = "MiB"  # type: ignore[attr-defined]
 
-    track_rss_growth_over_stream.unit = "MiB"  # type: ignore[attr-defined]
+    def track_peak_rss(self, size: int) -> float:
+        """VmHWM after the stream: the server's peak RSS so far."""
+        return self.after["VmHWM"] / MiB
+
+    track_peak_rss.unit = "MiB"  # type: ignore[attr-defined]
+
+    def track_rss_growth(self, size: int) -> float:
+        """Peak RSS (VmHWM) after the stream minus RSS before it (target <= 64 MiB)."""
+        return (self.after["VmHWM"] - self.before["VmRSS"]) / MiB
+
+    track_rss_growth.unit = "MiB"  # type: ignore[attr-defined]
 
 
 class IdleExecs:
-    """N idle execs (`sleep`, stdout and stderr piped, nobody reading) held open by the server."""
+    """N idle execs (`sleep`, stdout and stderr piped, nobody reading) held open by the server;
+    n=0 is the same server with none. Teardown fails if any exec outlives the server's shutdown."""
 
-    params = [256]
+    params = [[0, SIZE.idle]]
     param_names = ["n"]
-    timeout = 300
+    timeout = 600
 
     def setup(self, n: int) -> None:
-        self.loop = new_event_loop()
-        self.router = RouterProcess()
-        try:
-            marker = f"{600 + (os.getpid() % 1000) / 1000:.3f}"
-            out = self.loop.run_until_complete(start_idle(self.router, n, marker, 64, 4, 120.0))
-            if out.failures:
-                raise BenchError(out.describe())
-            self.status = self.router.status()
-        except BaseException:
-            self.router.stop()
-            close_event_loop(self.loop)
-            raise
+        # `sleep 600.NNNNNN`, unique to this setup: findable if the server leaves any behind.
+        self.marker = f"600.{secrets.randbelow(10**6):06d}"
+        raise_nofile_limit()  # the router (inherits it) holds pipes for every exec
+        self.stack = contextlib.ExitStack()
+        with closing_on_error(self.stack):
+            self.stack.callback(self._no_leftovers)
+            router = self.stack.enter_context(RouterProcess())
+            side = self.stack.enter_context(AioSide(router.target))
+            if n:
+                router_start_idle(side, router.metadata, ["sleep", self.marker], n, IN_FLIGHT,
+                                  max(120.0, n * 0.1)).checked()
+            self.status = router.status()
+
+    def _no_leftovers(self) -> None:
+        """After the server stopped (SIGTERM kills its execs): none of them may be left."""
+        leftovers = processes_with_arg(self.marker)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if leftovers:
+            raise BenchError(f"{len(leftovers)} `sleep {self.marker}` execs outlived the router's shutdown")
 
     def teardown(self, n: int) -> None:
-        self.router.stop()  # kills the execs
-        close_event_loop(self.loop)
+        self.stack.close()
 
     def track_rss(self, n: int) -> float:
         return self.status["VmRSS"] / MiB

@@ -1,66 +1,86 @@
-"""Seek: time to the first TaskExecStdioRead message at offset 0 and near the end of a finished log.
+"""Seek: time to the first TaskExecStdioRead message at offset 0 and at 97.5 % of a finished log.
 Reading is O(1) in the offset (segment = offset // size), so the two should match."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
-from .common import BenchError, MiB, RouterProcess, SyncRouter, unique
-
-LOG_SIZE = 512 * MiB
-FAR = int(LOG_SIZE * 0.975)
+from . import alternating
+from .common import (
+    SIZE,
+    BenchError,
+    RouterProcess,
+    SyncRouter,
+    Target,
+    closing_on_error,
+    stream_timeout,
+    unique,
+    zeros_command,
+)
 
 
 class Seek:
-    params = ["start", "end"]
-    param_names = ["offset"]
+    """One router, one finished log of `size` bytes produced by an exec with no reader; each call
+    opens a read at the start (offset 0) or the end (97.5 % of the log), takes the first message
+    and cancels."""
+
+    params = [[SIZE.seek]]
+    param_names = ["size"]
+    # Producing the log is the expensive part, and asv re-runs setup per timed sample: few samples.
     number = 1
-    repeat = (3, 15, 20.0)
+    repeat = (1, 3, 30.0)
     warmup_time = 0.0
-    timeout = 300
+    timeout = 1200
+    target = Target("<=", 1.2)  # end / start
 
-    def setup(self, offset: str = "start") -> None:
-        self.router = RouterProcess()
-        try:
-            self.client = SyncRouter(self.router.channel(), self.router.metadata)
+    def setup(self, size: int) -> None:
+        self.stack = contextlib.ExitStack()
+        with closing_on_error(self.stack):
+            self.client = SyncRouter(self.stack.enter_context(RouterProcess()))
             self.exec_id = unique("seek")
-            self.client.start(self.exec_id, ["head", "-c", str(LOG_SIZE), "/dev/zero"])
-            if self.client.wait(self.exec_id) != 0:
-                raise BenchError("producing the log failed")
-            # A read at the very end sends nothing and returns once the log is complete.
-            self.client.read_all(self.exec_id, offset=LOG_SIZE)
-            self.offset = {"start": 0, "end": FAR}.get(offset, 0)
-            self.client.first_message(self.exec_id, 0)
-            self.client.first_message(self.exec_id, FAR)
-        except BaseException:
-            self.router.stop()
-            raise
+            self.client.start(self.exec_id, zeros_command(size))
+            code = self.client.wait(self.exec_id, timeout=stream_timeout(size, 300.0))
+            # A read at the very end sends nothing and ends once the log is complete: the barrier.
+            if code != 0 or self.client.read_all(self.exec_id, offset=size, timeout=120) != 0:
+                raise BenchError(f"producing the {size}-byte log failed: exit {code}")
+            self.offsets = {"start": 0, "end": int(size * 0.975)}
+            for _ in range(2):  # warm both places
+                for offset in self.offsets.values():
+                    self._first_message(offset)
 
-    def teardown(self, offset: str = "start") -> None:
-        self.router.stop()
+    def teardown(self, size: int) -> None:
+        self.stack.close()
 
-    def time_first_message(self, offset: str) -> None:
-        self.client.first_message(self.exec_id, self.offset)
+    def _first_message(self, offset: int) -> None:
+        if self.client.first_message(self.exec_id, offset) <= 0:
+            raise BenchError(f"the first message at offset {offset} is empty")
 
-
-class SeekRatio:
-    """ttfb(97.5 % of the log) / ttfb(0), medians of alternating reads (target <= 1.2)."""
-
-    timeout = 300
-    setup = Seek.setup
-    teardown = Seek.teardown
-
-    def _ttfb(self, offset: int) -> float:
+    def _ttfb_ms(self, where: str) -> float:
         t0 = time.perf_counter()
-        self.client.first_message(self.exec_id, offset)
-        return time.perf_counter() - t0
+        self._first_message(self.offsets[where])
+        return (time.perf_counter() - t0) * 1e3
 
-    def track_ttfb_far_over_near(self) -> float:
-        near, far = [], []
-        for i in range(15):
-            pair = [(near, 0), (far, FAR)]
-            for samples, offset in (pair if i % 2 else pair[::-1]):
-                samples.append(self._ttfb(offset))
-        return statistics.median(far) / statistics.median(near)
+    def time_first_message_start(self, size: int) -> None:
+        self._first_message(self.offsets["start"])
 
-    track_ttfb_far_over_near.unit = "ratio"  # type: ignore[attr-defined]
+    def time_first_message_end(self, size: int) -> None:
+        self._first_message(self.offsets["end"])
+
+    def track_ttfb_start(self, size: int) -> float:
+        return self._ttfb_ms("start")
+
+    track_ttfb_start.unit = "ms"  # type: ignore[attr-defined]
+
+    def track_ttfb_end(self, size: int) -> float:
+        return self._ttfb_ms("end")
+
+    track_ttfb_end.unit = "ms"  # type: ignore[attr-defined]
+
+    def track_end_over_start(self, size: int) -> float:
+        """Median ttfb at the end / median at the start, alternating reads (target <= 1.2)."""
+        samples = alternating.alternate({"end": lambda: self._ttfb_ms("end"), "start": lambda: self._ttfb_ms("start")},
+                                        SIZE.rounds["seek"])
+        return statistics.median(samples["end"]) / statistics.median(samples["start"])
+
+    track_end_over_start.unit = "end/start"  # type: ignore[attr-defined]

@@ -1,88 +1,97 @@
 """One exec's stdout end to end: `head -c N /dev/zero` on a router in its own process, read through
-TaskExecStdioRead by a sync grpcio client (raw messages, no parsing), against a bare grpcio server
-(same stack and options) streaming prebuilt 1 MiB messages."""
+TaskExecStdioRead, against the same bytes from a bare grpcio server and from OpenSSH."""
 from __future__ import annotations
 
+import contextlib
+import shlex
 import time
+from collections.abc import Callable
 
-import grpc
+from . import alternating
+from .bare_grpc import STREAM_METHOD
+from .common import (
+    SIZE,
+    BareGrpcProcess,
+    BenchError,
+    MiB,
+    RouterProcess,
+    SyncRouter,
+    Target,
+    closing_on_error,
+    stream_timeout,
+    zeros_command,
+)
+from .sshd import SSHServer, require_openssh
 
-from .bare_grpc import METHOD as BARE_METHOD
-from .common import CHANNEL_OPTIONS, BareGrpcProcess, BenchError, MiB, RouterProcess, SyncRouter, wait_channel_ready
-
-STREAM_TIMEOUT = 300.0
+WARM = 16 * MiB
 
 
 class Stream:
-    params = [64 * MiB, 256 * MiB]
-    param_names = ["size"]
+    """impl: router (an exec's stdout through TaskExecStdioRead, start and wait included; a sync
+    grpcio client reading raw messages, so the client does no protobuf parsing), bare_grpc (the
+    same grpcio stack and options streaming prebuilt 1 MiB messages), ssh (`ssh host head -c N
+    /dev/zero` to a loopback sshd, output to /dev/null). One server for all calls of a setup."""
+
+    params = [SIZE.stream, ["router", "bare_grpc", "ssh"]]
+    param_names = ["size", "impl"]
     number = 1
-    repeat = (1, 5, 20.0)
+    repeat = (1, 5, 30.0)
     warmup_time = 0.0
-    timeout = 300
+    timeout = 900
 
-    def setup(self, size: int) -> None:
-        self.router = RouterProcess()
-        try:
-            self.client = SyncRouter(self.router.channel(), self.router.metadata)
-            self.client.run_output(["head", "-c", str(MiB), "/dev/zero"], MiB)  # warm: connection, first spawn
-        except BaseException:
-            self.router.stop()
-            raise
+    def setup(self, size: int, impl: str) -> None:
+        self.stack = contextlib.ExitStack()
+        with closing_on_error(self.stack):
+            self.send: Callable[[int], None] = getattr(self, f"_start_{impl}")()
+            self.send(min(size, WARM))  # connections, first spawn, lazy imports: not measured
 
-    def teardown(self, size: int) -> None:
-        self.router.stop()
+    def _start_router(self) -> Callable[[int], None]:
+        client = SyncRouter(self.stack.enter_context(RouterProcess()))
+        return lambda n: client.run_output(zeros_command(n), n, timeout=stream_timeout(n))
 
-    def _stream(self, size: int) -> None:
-        self.client.run_output(["head", "-c", str(size), "/dev/zero"], size, timeout=STREAM_TIMEOUT)
+    def _start_bare_grpc(self) -> Callable[[int], None]:
+        server = self.stack.enter_context(BareGrpcProcess())
+        call = server.channel().unary_stream(STREAM_METHOD, request_serializer=None, response_deserializer=None)
 
-    def time_stream(self, size: int) -> None:
-        self._stream(size)
+        def send(n: int) -> None:
+            got = sum(len(m) for m in call(str(n).encode(), timeout=stream_timeout(n)))
+            if got != n:
+                raise BenchError(f"bare grpc sent {got} bytes, expected {n}")
+        return send
 
-    def track_stream_rate(self, size: int) -> float:
+    def _start_ssh(self) -> Callable[[int], None]:
+        require_openssh()
+        ssh = self.stack.enter_context(SSHServer())
+        return lambda n: ssh.run(shlex.join(zeros_command(n)), timeout=stream_timeout(n))
+
+    def teardown(self, size: int, impl: str) -> None:
+        self.stack.close()
+
+    def time_stream(self, size: int, impl: str) -> None:
+        self.send(size)
+
+    def track_rate(self, size: int, impl: str) -> float:
         t0 = time.perf_counter()
-        self._stream(size)
+        self.send(size)
         return size / (time.perf_counter() - t0) / 1e6
 
-    track_stream_rate.unit = "MB/s"  # type: ignore[attr-defined]
+    track_rate.unit = "MB/s"  # type: ignore[attr-defined]
 
 
-class BareGrpcStream:
-    """The reference: what the same grpcio stack does with no router behind it."""
+class StreamRatio(alternating.RouterVsReference):
+    """router / reference stream rate, alternating rounds in one setup (targets: >= 0.7 of the
+    bare grpcio server, >= 1.5 of OpenSSH)."""
 
-    params = [64 * MiB, 256 * MiB]
-    param_names = ["size"]
-    number = 1
-    repeat = (1, 5, 20.0)
-    warmup_time = 0.0
-    timeout = 300
+    params = [SIZE.stream, ["bare_grpc", "ssh"]]
+    param_names = ["size", "reference"]
+    subject = Stream
+    rounds = SIZE.rounds["stream"]
 
-    def setup(self, size: int) -> None:
-        self.server = BareGrpcProcess()
-        try:
-            self.channel = grpc.insecure_channel(self.server.target, options=CHANNEL_OPTIONS)
-            wait_channel_ready(self.channel)
-            self.call = self.channel.unary_stream(BARE_METHOD, request_serializer=None, response_deserializer=None)
-            self._stream(MiB)
-        except BaseException:
-            self.server.stop()
-            raise
+    @staticmethod
+    def target(size: int, reference: str) -> Target | None:
+        return {"bare_grpc": Target(">=", 0.7), "ssh": Target(">=", 1.5)}[reference]
 
-    def teardown(self, size: int) -> None:
-        self.channel.close()
-        self.server.stop()
+    def track_ratio(self, size: int, reference: str) -> float:
+        return self.ratio()
 
-    def _stream(self, size: int) -> None:
-        got = sum(len(m) for m in self.call(str(size).encode(), timeout=STREAM_TIMEOUT))
-        if got != size:
-            raise BenchError(f"bare grpc sent {got} bytes, expected {size}")
-
-    def time_stream(self, size: int) -> None:
-        self._stream(size)
-
-    def track_stream_rate(self, size: int) -> float:
-        t0 = time.perf_counter()
-        self._stream(size)
-        return size / (time.perf_counter() - t0) / 1e6
-
-    track_stream_rate.unit = "MB/s"  # type: ignore[attr-defined]
+    track_ratio.unit = "router/reference"  # type: ignore[attr-defined]

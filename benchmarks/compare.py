@@ -1,147 +1,59 @@
-"""The router against references, in one command: prints a markdown table of ratios.
+"""The router against its references, side by side: a markdown table of ratios from the asv suite.
 
-    python -m benchmarks.compare                      # full sizes (several minutes, ~12 GiB of /tmp writes)
-    python -m benchmarks.compare --quick              # small sizes, a smoke run (< 2 minutes)
-    python -m benchmarks.compare --only drain,stream --rounds 5
+    python -m benchmarks.compare                   # run the suite's classes here, full sizes (long)
+    python -m benchmarks.compare --quick           # quick sizes (BENCH_SIZE=quick), a few minutes
+    python -m benchmarks.compare --size tiny --only drain,stream --rounds 2
+    python -m benchmarks.compare --from-asv        # the latest `asv run` results for this machine
 
-Every reference is started by this script (a bare grpcio server, an sshd on a loopback port with
-throwaway keys, local subprocesses); every server runs in its own process. Each section measures its
-variants in alternating rounds (A B C A B C ...) and reports medians: these machines are shared and
-noisy, so only ratios measured side by side mean anything. Every wait has a deadline, every child is
-stopped in a finally block, and a watchdog interrupts the whole run after --max-seconds.
+Every figure comes from a track_* method of the suite (bench_<area>.py); nothing here measures.
+Run directly, each section sets up the classes it compares (the router and every reference, each
+in its own process where it is a server), calls their track_* methods in alternating rounds
+(A B C A B C ...), tears them down and reports medians: these machines are shared and noisy, so
+only ratios measured side by side mean anything. With --from-asv the table shows what asv
+recorded, the ratio column being the suite's own *Ratio benchmark where there is one.
 
-Sections: drain, stream, fanout, exec, seek, memory (see the issue and DESIGN.md section 5).
+Sections: drain, stream, fanout, exec, seek, memory (the default), and log_kinds (on request).
 """
 from __future__ import annotations
 
 import _thread
 import argparse
-import asyncio
-import collections
 import contextlib
 import dataclasses
+import importlib
 import os
 import pathlib
 import platform
 import shlex
-import shutil
 import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import grpc
-
-from . import common as c
-from . import workloads as w
-from .bare_grpc import METHOD as BARE_METHOD
-
-SECTIONS = ("drain", "stream", "fanout", "exec", "seek", "memory")
-
-FULL = dict(drain_size="2G", stream_size="1G", fanout="256,1024,4096", fanout_size="65536", fanout_ssh="256",
-            exec_seq=200, exec_total=1000, exec_inflight=64, ssh_seq=100, ssh_total=500,
-            seek_size="4G", seek_rounds=31, memory_size="4G", idle=4096,
-            drain_rounds=5, stream_rounds=3, fanout_rounds=3, exec_rounds=5, max_seconds=5400)
-QUICK = dict(drain_size="64M", stream_size="128M", fanout="64,256", fanout_size="65536", fanout_ssh="64",
-             exec_seq=50, exec_total=200, exec_inflight=64, ssh_seq=20, ssh_total=100,
-             seek_size="256M", seek_rounds=15, memory_size="256M", idle=256,
-             drain_rounds=3, stream_rounds=3, fanout_rounds=2, exec_rounds=3, max_seconds=600)
-FANOUT_TARGET_N = 1024
-# Targets from the performance issue: ratios of one run of this script.
-DRAIN_TARGET = 0.9  # vs readv + pwrite, the ceiling for a log that keeps its data
-STREAM_BARE_TARGET = 0.7
-STREAM_SSH_TARGET = 1.5
-FANOUT_TARGET = 0.5
-EXEC_TARGET = 0.5  # 64 in flight vs local posix_spawn
-SEEK_TARGET = 1.2
-RSS_GROWTH_TARGET_MIB = 64
+# The suite reads BENCH_SIZE and the other settings when it is imported: main() sets them from the
+# command line first, then imports it. (asv also imports this module: nothing may run here.)
+SECTIONS = ("drain", "stream", "fanout", "exec", "seek", "memory", "log_kinds")
+DEFAULT_SECTIONS = SECTIONS[:-1]
 
 
-def at_least(target: float) -> dict[str, Any]:
-    return {"target": f">= {target}", "check": lambda r: r >= target}
+def suite(module: str) -> Any:
+    return importlib.import_module(f"benchmarks.{module}")
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def mbps(nbytes: int, secs: float) -> float:
-    return nbytes / secs / 1e6
-
-
-# -- the report ----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Row:
-    measure: str
-    router: str
-    reference: str
-    ratio: str = "—"
-    target: str = "—"
-    met: str = "—"
-
-
-@dataclasses.dataclass
-class Series:
-    name: str
-    unit: str
-    samples: list[float] = dataclasses.field(default_factory=list)
-
-    @property
-    def median(self) -> float | None:
-        return statistics.median(self.samples) if self.samples else None
-
-
-class Report:
-    def __init__(self) -> None:
-        self.rows: list[Row] = []
-        self.series: dict[str, Series] = {}
-        self.facts: list[str] = []
-        self.timings: list[tuple[str, float, str]] = []
-        self.problems: list[str] = []
-
-    def add(self, name: str, unit: str, value: float) -> None:
-        self.series.setdefault(name, Series(name, unit)).samples.append(value)
-
-    def median(self, name: str) -> float | None:
-        s = self.series.get(name)
-        return s.median if s else None
-
-    def problem(self, text: str) -> None:
-        if text not in self.problems:
-            self.problems.append(text)
-            log("PROBLEM: " + text.splitlines()[0])
-
-    def render(self, header: Sequence[str]) -> str:
-        out = list(header)
-        out += ["", "| measure | router | reference | ratio | target | met |", "| --- | --- | --- | --- | --- | --- |"]
-        out += [f"| {r.measure} | {r.router} | {r.reference} | {r.ratio} | {r.target} | {r.met} |" for r in self.rows]
-        out += ["", "Raw series (median of the rounds; every round in order):", "",
-                "| series | unit | median | rounds |", "| --- | --- | --- | --- |"]
-        for s in self.series.values():
-            out.append(f"| {s.name} | {s.unit} | {fmt(s.median)} | {', '.join(fmt(v) for v in s.samples)} |")
-        if self.facts:
-            out += ["", "Facts measured along the way:", ""] + [f"- {f}" for f in self.facts]
-        out += ["", "| section | seconds | status |", "| --- | --- | --- |"]
-        out += [f"| {name} | {secs:.1f} | {status} |" for name, secs, status in self.timings]
-        if self.problems:
-            out += ["", "Problems:", ""] + [f"- {p}" for p in self.problems]
-        return "\n".join(out)
-
-
 def fmt(v: float | None) -> str:
     if v is None:
         return "n/a"
-    if v == 0:
-        return "0"
     a = abs(v)
+    if float(v).is_integer() and a < 1e6:  # counts: threads, descriptors
+        return str(int(v))
     if a >= 100:
         return f"{v:.0f}"
     if a >= 10:
@@ -151,713 +63,413 @@ def fmt(v: float | None) -> str:
     return f"{v:.3g}"
 
 
-def ratio_row(measure: str, rep: Report, router: str, reference: str, unit: str, *, invert: bool = False,
-              target: str = "—", check: Callable[[float], bool] | None = None) -> None:
-    """A table row from two series' medians. ratio = router/reference, or reference/router if `invert`."""
-    a, b = rep.median(router), rep.median(reference)
-    ratio = None
-    if a is not None and b is not None and a > 0 and b > 0:
-        ratio = b / a if invert else a / b
-    met = "—" if check is None or ratio is None else ("yes" if check(ratio) else "**no**")
-    rep.rows.append(Row(measure, f"{fmt(a)} {unit}" if a is not None else "n/a",
-                        f"{fmt(b)} {unit}" if b is not None else "n/a",
-                        fmt(ratio) if ratio is not None else "n/a", target, met))
+# -- what the table shows --------------------------------------------------------------------------
 
 
-def alternate(rep: Report, rounds: int, variants: Sequence[tuple[str, str, Callable[[], float]]]) -> None:
-    """Run each variant once per round, in order, `rounds` times; a failing variant is reported and skipped."""
-    failed: set[str] = set()
-    for r in range(rounds):
-        for name, unit, fn in variants:
-            if name in failed:
-                continue
-            try:
-                value = fn()
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as e:  # one reference failing must not lose the others
-                rep.problem(f"{name}: {type(e).__name__}: {e}")
-                failed.add(name)
-                continue
-            rep.add(name, unit, value)
-            log(f"  round {r + 1}/{rounds} {name}: {fmt(value)} {unit}")
+@dataclasses.dataclass(frozen=True)
+class V:
+    """One value of the suite: `cls().method(*params)` after `setup(*params)`."""
+
+    cls: type
+    params: tuple[Any, ...]
+    method: str = "track_rate"
+
+    @property
+    def asv_name(self) -> str:
+        return f"{self.cls.__module__.rsplit('.', 1)[-1]}.{self.cls.__name__}.{self.method}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.cls.__name__}.{self.method}({', '.join(map(repr, self.params))})"
+
+    @property
+    def unit(self) -> str:
+        return getattr(getattr(self.cls, self.method), "unit", "")
 
 
-def with_cpu(rep: Report, name: str, pid: int, fn: Callable[[], float]) -> Callable[[], float]:
-    """Also record the CPU seconds the server (pid) and this process (the client) spent in each run."""
-    def run() -> float:
-        server0, me0 = c.cpu_seconds(pid), os.times()
-        value = fn()
-        me1 = os.times()
-        rep.add(f"{name} [server CPU]", "s", c.cpu_seconds(pid) - server0)
-        rep.add(f"{name} [client CPU]", "s", (me1.user + me1.system) - (me0.user + me0.system))
-        return value
-    return run
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """router vs reference; ratio = router / reference; the target applies to the ratio, or to the
+    router's value when there is no reference. `asv_ratio` is the suite's own side-by-side ratio.
+    With `per`, the ratio column shows (router - reference) / per instead."""
+
+    measure: str
+    router: V
+    reference: V | None = None
+    target: Any = None
+    asv_ratio: V | None = None
+    per: tuple[int, str] | None = None
 
 
-# -- 1. drain ------------------------------------------------------------------------------------------
+def vs(measure: str, ratio_cls: type, fixed: tuple[Any, ...], reference: str) -> Row:
+    """A row for one of the suite's *Ratio classes: its subject's router side against `reference`."""
+    subject = ratio_cls.subject
+    return Row(measure, V(subject, (*fixed, ratio_cls.router_side)), V(subject, (*fixed, reference)),
+               ratio_cls.target(*fixed, reference), V(ratio_cls, (*fixed, reference), "track_ratio"))
 
 
-def drain_once(size: int, make_sink: Callable[[], tuple[Callable[[int], tuple[int, bool]], Callable[[], int]]],
-               timeout: float) -> float:
-    """One `head -c size /dev/zero` drained to EOF by a sink; MB/s. make_sink -> (step, finish->bytes kept)."""
-    step, finish = make_sink()
-    proc, fd = c.spawn_zero_writer(size)
-    try:
-        t0 = time.perf_counter()
-        n = c.drain_until_eof(fd, step, timeout)
-        elapsed = time.perf_counter() - t0
-        c.reap(proc, 30)
-    finally:
-        c.close_fd(fd)
-        c.stop_process(proc, 5)
-    kept = finish()
-    if n != size or kept not in (size, -1):
-        raise c.BenchError(f"drained {n} bytes, kept {kept}, expected {size}")
-    return mbps(size, elapsed)
+Axis = Callable[[type], list[Any]]  # a class's first parameter's values (this run's, or asv's)
 
 
-def section_drain(args: argparse.Namespace, rep: Report) -> None:
-    from router._fastio import SegmentedLog, SegmentStore
+def drain_rows(axis: Axis) -> list[list[Row]]:
+    m = suite("bench_drain")
+    return [[vs(f"drain {human(size)} from one pipe: `_fastio` vs `os.readv` into a reused 1 MiB buffer (ceiling)",
+                m.DrainRatio, (size,), "readv"),
+             vs(f"drain {human(size)} from one pipe: `_fastio` vs readv + `os.pwrite` into 32 MiB segment files "
+                "(ceiling for a log that keeps its data)", m.DrainRatio, (size,), "readv_pwrite")]
+            for size in axis(m.Drain)]
 
-    size = args.drain_size
-    timeout = max(60.0, size / (50 * c.MiB))
-    label = c.human_size(size)
-    dirs: list[pathlib.Path] = []
 
-    def fresh_dir(prefix: str) -> str:
-        d = pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir=args.tmp))
-        dirs.append(d)
-        return str(d)
+def stream_rows(axis: Axis) -> list[list[Row]]:
+    m = suite("bench_stream")
+    return [[vs(f"one exec's stdout, {human(size)}: router vs bare grpcio server (throughput)",
+                m.StreamRatio, (size,), "bare_grpc"),
+             vs(f"one exec's stdout, {human(size)}: router vs OpenSSH `ssh host head` (throughput)",
+                m.StreamRatio, (size,), "ssh")]
+            for size in axis(m.Stream)]
 
-    def cleanup() -> None:
-        while dirs:
-            shutil.rmtree(dirs.pop(), ignore_errors=True)
 
-    def fastio() -> float:
-        d = fresh_dir("drain-log-")
-        log_ = SegmentedLog(SegmentStore(d, c.SEGMENT_SIZE))
+def fanout_rows(axis: Axis) -> list[list[Row]]:
+    m = suite("bench_fanout")
+    return [[vs(f"fan-out N={n} x 64 KiB, execs/s (= wall time local/router): router vs local subprocesses",
+                m.FanoutRatio, (n,), "local"),
+             vs(f"fan-out N={n}: router vs ssh ControlMaster", m.FanoutRatio, (n,), "ssh")]
+            for n in axis(m.Fanout)]
 
-        def finish() -> int:
-            try:
-                committed = log_.committed
-                if committed and log_.read(committed - 4096, 4096) != bytes(4096):
-                    raise c.BenchError("log tail is not zeros")
-                return committed
-            finally:
-                log_.close()
-                log_.store.close()
-        try:
-            return drain_once(size, lambda: (c.log_sink(log_), finish), timeout)
-        finally:
-            log_.close()
-            cleanup()
 
-    def readv() -> float:
-        sink = c.ReadvSink()
-        return drain_once(size, lambda: (sink, lambda: -1), timeout)
+def exec_rows(axis: Axis) -> list[list[Row]]:
+    m = suite("bench_exec")
+    groups = []
+    for k in axis(m.ExecRate):
+        how = "sequential" if k == 1 else f"{k} in flight"
+        rows = [vs(f"exec rate, {how}, start+wait of `true`: router vs local posix_spawn", m.ExecRatio, (k,), "local"),
+                vs(f"exec rate, {how}: router vs ssh ControlMaster", m.ExecRatio, (k,), "ssh")]
+        if k > 1:  # the floor: an exec is two calls (start, wait)
+            rows += [Row(f"exec rate, {how}: router (2 calls per exec) vs empty unary calls to a bare "
+                         f"grpcio server ({mode})", V(m.ExecRate, (k, "router")), V(m.RpcFloor, (mode,)))
+                     for mode in axis(m.RpcFloor)]
+        groups.append(rows)
+    return groups
 
-    def readv_pwrite() -> float:
-        sink = c.ReadvPwriteSink(fresh_dir("drain-pwrite-"), c.SEGMENT_SIZE)
 
-        def finish() -> int:
-            sink.close()
-            return sink.offset
-        try:
-            return drain_once(size, lambda: (sink, finish), timeout)
-        finally:
-            sink.close()
-            cleanup()
+def seek_rows(axis: Axis) -> list[list[Row]]:
+    m = suite("bench_seek")
+    return [[Row(f"time to first byte of a finished {human(size)} log: at 97.5 % / at offset 0",
+                 V(m.Seek, (size,), "track_ttfb_end"), V(m.Seek, (size,), "track_ttfb_start"), m.Seek.target,
+                 V(m.Seek, (size,), "track_end_over_start"))]
+            for size in axis(m.Seek)]
 
-    fs = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", args.tmp], capture_output=True, text=True,
-                        timeout=10).stdout.strip() or "?"
-    rep.facts.append(f"drain: {label} per run from `head -c {size} /dev/zero` through a {c.PIPE_SIZE // c.MiB} MiB "
-                     f"O_NONBLOCK pipe, poll() between drains of up to {c.DRAIN_BUDGET // c.MiB} MiB; logs and "
-                     f"segment files ({c.SEGMENT_SIZE // c.MiB} MiB) in {args.tmp} ({fs}), deleted after each run")
-    try:
-        alternate(rep, args.drain_rounds, [
-            ("drain: _fastio.SegmentedLog", "MB/s", fastio),
-            ("drain: os.readv into a reused 1 MiB buffer", "MB/s", readv),
-            ("drain: readv + os.pwrite into segment files", "MB/s", readv_pwrite),
+
+def memory_rows(axis: Axis) -> list[list[Row]]:
+    m = suite("bench_memory")
+    groups = []
+    for size in axis(m.ServerMemory):
+        def mem(method: str, size: int = size) -> V:
+            return V(m.ServerMemory, (size,), method)
+        groups.append([
+            Row(f"server VmRSS after one exec streamed {human(size)} to a reader (reference: before)",
+                mem("track_rss_after"), mem("track_rss_before")),
+            Row(f"server RSS growth while streaming {human(size)}: peak (VmHWM) minus before",
+                mem("track_rss_growth"), None, m.ServerMemory.growth_target),
+            Row("server peak RSS (VmHWM) during that stream (reference: VmRSS before)",
+                mem("track_peak_rss"), mem("track_rss_before")),
         ])
-    finally:
-        cleanup()
-    ratio_row(f"drain {label} from one pipe: `_fastio` vs `os.readv` into a reused 1 MiB buffer (ceiling)", rep,
-              "drain: _fastio.SegmentedLog", "drain: os.readv into a reused 1 MiB buffer", "MB/s")
-    ratio_row(f"drain {label} from one pipe: `_fastio` vs readv + `os.pwrite` into {c.SEGMENT_SIZE // c.MiB} MiB "
-              "segment files (ceiling for a log that keeps its data)", rep,
-              "drain: _fastio.SegmentedLog", "drain: readv + os.pwrite into segment files", "MB/s",
-              **at_least(DRAIN_TARGET))
+    n = max(axis(m.IdleExecs))
+    groups.append([Row(f"server {what} with {n} idle execs held open (reference: no execs)",
+                       V(m.IdleExecs, (n,), method), V(m.IdleExecs, (0,), method),
+                       per=(n, "per exec") if method == "track_fds" else None)
+                   for what, method in (("VmRSS", "track_rss"), ("threads", "track_threads"),
+                                        ("open descriptors", "track_fds"))])
+    return groups
 
 
-# -- 2. stream -----------------------------------------------------------------------------------------
+def log_kinds_rows(axis: Axis) -> list[list[Row]]:
+    m = suite("bench_drain")
+    groups = []
+    for size in axis(m.LogKind):
+        ref = V(m.Drain, (size, "readv_pwrite"))
+        kinds = [V(m.Drain, (size, k)) for k in ("readv", "fastio")] + [V(m.LogKind, (size, k))
+                                                                        for k in m.LogKind.params[1]]
+        groups.append([Row(f"drain {human(size)} from one pipe: {v.params[1]} vs readv + pwrite (the router's kind)",
+                           v, ref) for v in kinds])
+    return groups
 
 
-def section_stream(args: argparse.Namespace, rep: Report) -> None:
-    size = args.stream_size
-    label = c.human_size(size)
-    timeout = max(120.0, size / (20 * c.MiB))
-    router = bare = ssh = None
-    bare_channel = None
+BUILDERS: dict[str, Callable[[Axis], list[list[Row]]]] = {
+    "drain": drain_rows, "stream": stream_rows, "fanout": fanout_rows, "exec": exec_rows,
+    "seek": seek_rows, "memory": memory_rows, "log_kinds": log_kinds_rows,
+}
+
+
+def human(n: int) -> str:
+    return suite("common").human_size(n)
+
+
+# -- measuring by running the suite ------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Group:
+    """Rows measured together (one setup of every class they show), and what was measured."""
+
+    rows: list[Row]
+    samples: dict[V, list[float]] = dataclasses.field(default_factory=dict)
+    notes: dict[V, str] = dataclasses.field(default_factory=dict)  # why a value is missing
+
+    def value(self, v: V | None) -> float | None:
+        from .alternating import median
+
+        return median(self.samples.get(v, [])) if v is not None else None
+
+    def cell(self, v: V | None) -> str:
+        if v is None:
+            return "—"
+        x = self.value(v)
+        return f"{fmt(x)} {v.unit}" if x is not None else self.notes.get(v, "n/a")
+
+
+@dataclasses.dataclass
+class Report:
+    groups: list[Group] = dataclasses.field(default_factory=list)
+    timings: list[tuple[str, float, str]] = dataclasses.field(default_factory=list)
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    def problem(self, text: str) -> None:
+        if text not in self.problems:
+            self.problems.append(text)
+            log("PROBLEM: " + text.splitlines()[0])
+
+    def failed(self) -> bool:
+        return bool(self.problems) or any(note.startswith("failed") for g in self.groups for note in g.notes.values())
+
+
+def measured(rows: Sequence[Row]) -> list[V]:
+    """The values a group of rows shows, each once, in order (the alternation's A B C)."""
+    out: list[V] = []
+    for r in rows:
+        for v in (r.router, r.reference):
+            if v is not None and v not in out:
+                out.append(v)
+    return out
+
+
+def run_group(g: Group, rounds: int, rep: Report) -> None:
+    """Set up every value's class, alternate their track_* methods for `rounds`, tear down."""
+    from .alternating import Sides, alternate
+
+    sides = Sides()
+    measures = {}
     try:
-        router = c.RouterProcess(root=args.tmp, extra=router_args(args))
-        client = c.SyncRouter(router.channel(), router.metadata)
-        bare = c.BareGrpcProcess()
-        bare_channel = grpc.insecure_channel(bare.target, options=c.CHANNEL_OPTIONS)
-        c.wait_channel_ready(bare_channel)
-        bare_call = bare_channel.unary_stream(BARE_METHOD, request_serializer=None, response_deserializer=None)
-        ssh, why = start_ssh(args, rep)
+        for v in measured(g.rows):
+            try:
+                measures[v] = sides.measure(v.cls, v.params, v.method)
+            except NotImplementedError as e:  # a deliberate skip, as asv reports it
+                g.notes[v] = f"skipped: {e}"
+            except Exception as e:
+                g.notes[v] = f"failed: {type(e).__name__}"
+                rep.problem(f"{v.label} setup: {type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
 
-        def via_router(n: int = size) -> float:
-            t0 = time.perf_counter()
-            client.run_output(["head", "-c", str(n), "/dev/zero"], n, timeout=timeout)
-            rate = mbps(n, time.perf_counter() - t0)
-            if n == size:  # the log's pages stay in the page cache; writeback competes with the next run
-                dirty = c.meminfo("Dirty", "Writeback")
-                rep.add("stream: system Dirty + Writeback after a router run", "MiB",
-                        (dirty["Dirty"] + dirty["Writeback"]) / c.MiB)
-            return rate
+        def failed(v: V, e: Exception) -> None:
+            g.notes[v] = f"failed: {type(e).__name__}"
+            rep.problem(f"{v.label}: {type(e).__name__}: {e}")
 
-        def via_bare(n: int = size) -> float:
-            t0 = time.perf_counter()
-            got = sum(len(m) for m in bare_call(str(n).encode(), timeout=timeout))
-            elapsed = time.perf_counter() - t0
-            if got != n:
-                raise c.BenchError(f"bare grpc sent {got} bytes, expected {n}")
-            return mbps(n, elapsed)
-
-        def via_ssh(n: int = size) -> float:
-            assert ssh is not None
-            t0 = time.perf_counter()
-            done = subprocess.run(ssh.argv(f"head -c {n} /dev/zero"), stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout)
-            elapsed = time.perf_counter() - t0
-            if done.returncode != 0:
-                raise c.BenchError(f"ssh exited {done.returncode}: {done.stderr.decode(errors='replace')[-300:]}")
-            return mbps(n, elapsed)
-
-        # Warm-up: connections, caches, lazy imports (not recorded).
-        warm = 16 * c.MiB
-        via_router(warm)
-        via_bare(warm)
-        variants = [("stream: router (TaskExecStdioRead, raw frames)", "MB/s",
-                     with_cpu(rep, "stream: router", router.pid, via_router)),
-                    ("stream: bare grpcio (raw 1 MiB messages)", "MB/s", via_bare)]
-        if ssh is not None:
-            via_ssh(warm)
-            variants.append(("stream: ssh 'head' > /dev/null", "MB/s", via_ssh))
-        rep.facts.append(f"stream: {label} of `head -c {size} /dev/zero` per run; router and bare server in their own "
-                         "processes, sync grpcio client in the benchmark process reading raw messages (no protobuf "
-                         "parsing on the client); the router run includes TaskExecStart and TaskExecWait; one router "
-                         f"server for all rounds (its logs are kept for its life: {args.stream_rounds} x {label})")
-        alternate(rep, args.stream_rounds, variants)
-        if ssh is None:
-            rep.rows.append(Row(f"one exec's stdout, {label}: router vs OpenSSH", "—", "—", "skipped", "—", why or ""))
-        st = router.status()
-        rep.facts.append(f"stream: router server after all rounds: VmRSS {st['VmRSS'] / c.MiB:.0f} MiB, "
-                         f"VmHWM {st['VmHWM'] / c.MiB:.0f} MiB, RssFile {st['RssFile'] / c.MiB:.0f} MiB")
+        for v, samples in alternate(measures, rounds, on_error=failed).items():
+            g.samples[v] = samples
+            log(f"  {v.label}: {', '.join(fmt(x) for x in samples)} {v.unit}")
     finally:
-        if bare_channel is not None:
-            bare_channel.close()
-        for proc in (ssh, bare, router):
-            if proc is not None:
-                proc.stop()
-    ratio_row(f"one exec's stdout, {label}: router vs bare grpcio server (throughput)", rep,
-              "stream: router (TaskExecStdioRead, raw frames)", "stream: bare grpcio (raw 1 MiB messages)", "MB/s",
-              **at_least(STREAM_BARE_TARGET))
-    if rep.median("stream: ssh 'head' > /dev/null") is not None:
-        ratio_row(f"one exec's stdout, {label}: router vs OpenSSH `ssh host head` (throughput)", rep,
-                  "stream: router (TaskExecStdioRead, raw frames)", "stream: ssh 'head' > /dev/null", "MB/s",
-                  **at_least(STREAM_SSH_TARGET))
+        for err in sides.close():
+            rep.problem(err)
 
 
-_ssh_skip: str | None = None
+def from_asv(g: Group, results: Any) -> None:
+    """Fill the group with what asv recorded for its rows' values."""
+    from .asv_results import is_skip
+    from .sshd import openssh_missing
+
+    for r in g.rows:
+        for v in (r.router, r.reference, r.asv_ratio):
+            if v is None or v in g.samples or v in g.notes:
+                continue
+            try:
+                x = results.value(v.asv_name, v.params)
+            except KeyError:
+                g.notes[v] = "not in this asv run"
+                continue
+            if x is None:
+                g.notes[v] = "failed in the asv run"
+            elif is_skip(x):
+                why = openssh_missing() if "ssh" in v.params else None
+                g.notes[v] = f"skipped: {why}" if why else "skipped in the asv run"
+            else:
+                g.samples[v] = [float(x)]
 
 
-def start_ssh(args: argparse.Namespace, rep: Report) -> tuple[c.SSHServer | None, str | None]:
-    """An sshd for this section, or (None, why not). The skip reason is reported once."""
-    global _ssh_skip
-    if args.no_ssh:
-        return None, "--no-ssh"
-    if _ssh_skip is None:
-        why = c.ensure_openssh(install=not args.no_install, log=log)
-        _ssh_skip = why or ""
-        if why:
-            rep.problem(f"OpenSSH references skipped: {why}")
-    if _ssh_skip:
-        return None, _ssh_skip
-    try:
-        server = c.SSHServer()
-        fact = (f"ssh: {server.version}, loopback sshd started by the script, cipher {server.cipher}; the remote "
-                "command runs as `bash -c CMD` with HOME set to an empty directory (SetEnv), so the account's "
-                "~/.bashrc (here: `pyenv init`, ~120 ms a session) is not part of the figure")
-        if fact not in rep.facts:
-            rep.facts.append(fact)
-        return server, None
-    except Exception as e:
-        rep.problem(f"cannot start the benchmark sshd: {e}")
-        return None, str(e).splitlines()[0]
+# -- the table ----------------------------------------------------------------------------------------
 
 
-# -- asyncio helpers -----------------------------------------------------------------------------------
-
-_loop: asyncio.AbstractEventLoop | None = None
-
-
-def run_async(coro: Any) -> Any:
-    """Run a coroutine on the script's one event loop."""
-    global _loop
-    if _loop is None:
-        _loop = w.new_event_loop()
-    return _loop.run_until_complete(coro)
-
-
-def close_loop() -> None:
-    global _loop
-    if _loop is not None:
-        w.close_event_loop(_loop)
-        _loop = None
+def render(rep: Report, header: Sequence[str], asv: bool = False) -> str:
+    out = [*header, "", "| measure | router | reference | ratio | target | met |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for g in rep.groups:
+        out += [row_line(g, r) for r in g.rows]
+    out += ["", "Every value (median; every round in order):" if not asv else "Every value asv recorded:", "",
+            "| value | unit | median | rounds |", "| --- | --- | --- | --- |"]
+    for g in rep.groups:
+        out += [f"| {v.label} | {v.unit} | {fmt(g.value(v))} | {', '.join(fmt(x) for x in samples)} |"
+                for v, samples in g.samples.items()]
+    if rep.timings:
+        out += ["", "| section | seconds | status |", "| --- | --- | --- |"]
+        out += [f"| {name} | {secs:.1f} | {status} |" for name, secs, status in rep.timings]
+    if rep.problems:
+        out += ["", "Problems:", ""] + [f"- {p}" for p in rep.problems]
+    return "\n".join(out)
 
 
-# -- 3. fan-out ----------------------------------------------------------------------------------------
+def row_line(g: Group, r: Row) -> str:
+    a, b = g.value(r.router), g.value(r.reference)
+    ratio = g.value(r.asv_ratio)
+    if ratio is None and a is not None and b:
+        ratio = a / b
+    if r.per is not None and a is not None and b is not None:
+        ratio_cell = f"{fmt((a - b) / r.per[0])} {r.per[1]}"
+    elif r.reference is not None and b is None:
+        ratio_cell = "skipped" if g.notes.get(r.reference, "").startswith("skipped") else "n/a"
+    else:
+        ratio_cell = fmt(ratio) if r.reference is not None else "—"
+    checked = ratio if r.reference is not None else a
+    met = "—" if r.target is None or checked is None else ("yes" if r.target.met(checked) else "**no**")
+    return (f"| {r.measure} | {g.cell(r.router)} | {g.cell(r.reference)} | {ratio_cell} | "
+            f"{r.target or '—'} | {met} |")
 
 
-def section_fanout(args: argparse.Namespace, rep: Report) -> None:
-    size = args.fanout_size
-    rep.facts.append(f"fanout: N concurrent execs of `head -c {size} /dev/zero` (stdout and stderr piped), all in "
-                     f"flight: TaskExecStart, TaskExecStdioRead(stdout) to the end, TaskExecWait, over "
-                     f"{args.channels} grpc.aio channels; every byte checked (length and all zeros); "
-                     "a fresh router per N. "
-                     "Local reference: asyncio.create_subprocess_exec (PIPE) + communicate(), all N concurrent. "
-                     "ssh: the same command over one ControlMaster connection (MaxSessions 1000)")
-    ssh = None
-    why = None
-    try:
-        if args.fanout_ssh:
-            ssh, why = start_ssh(args, rep)
-            if ssh is not None:
-                ssh.start_master()
-        for n in args.fanout:
-            fanout_for(args, rep, n, ssh if n in args.fanout_ssh else None)
-        if args.fanout_ssh and ssh is None:
-            rep.rows.append(Row("fan-out over ssh ControlMaster", "—", "—", "skipped", "—", why or ""))
-    finally:
-        if ssh is not None:
-            ssh.stop()
+def header(args: argparse.Namespace, results: Any) -> list[str]:
+    import grpc
 
+    common = suite("common")
 
-def fanout_for(args: argparse.Namespace, rep: Report, n: int, ssh: c.SSHServer | None) -> None:
-    """One N: a fresh router, then router / local (/ ssh) in alternating rounds."""
-    size = args.fanout_size
-    timeout = max(120.0, n * 0.1)
-    outcomes: dict[str, list[w.Outcome]] = collections.defaultdict(list)
-    command = ["head", "-c", str(size), "/dev/zero"]
+    def git(*a: str) -> str:
+        with contextlib.suppress(Exception):
+            return subprocess.run(["git", *a], capture_output=True, text=True, timeout=10,
+                                  cwd=common.BENCH_DIR.parent).stdout.strip()
+        return "?"
 
-    def measure(name: str, make: Callable[[], Any]) -> Callable[[], float]:
-        def run() -> float:
-            o = run_async(make())
-            outcomes[name].append(o)
-            if o.failures and name != "router":
-                raise c.BenchError(f"reference failed: {o.describe()}")
-            if o.failures:  # the router's time still counts; the completion row says what failed
-                rep.problem(f"fanout N={n} {name}: {o.describe()}")
-            return o.seconds
-        return run
-
-    router = c.RouterProcess(root=args.tmp, extra=router_args(args))
-    try:
-        router.channel().close()
-        variants = [
-            (f"fanout N={n}: router", "s",
-             with_cpu(rep, f"fanout N={n}: router", router.pid,
-                      measure("router", lambda: w.router_fanout(router, n, size, args.channels, timeout)))),
-            (f"fanout N={n}: local asyncio subprocesses", "s",
-             measure("local", lambda: w.local_fanout(command, n, size, timeout))),
-        ]
-        if ssh is not None:
-            argv = ssh.argv(shlex.join(command), mux=True)
-            variants.append((f"fanout N={n}: ssh ControlMaster", "s",
-                             measure("ssh", lambda: w.local_fanout(argv, n, size, timeout))))
-        alternate(rep, args.fanout_rounds, variants)
-        st = router.status()
-        rep.facts.append(f"fanout N={n}: router server after the rounds: VmRSS {st['VmRSS'] / c.MiB:.0f} MiB, "
-                         f"{st['Threads']} threads, {st['fds']} fds")
-    finally:
-        router.stop()
-    at_target = n == FANOUT_TARGET_N
-    ratio_row(f"fan-out N={n} x {c.human_size(size)}: wall time, local/router", rep,
-              f"fanout N={n}: router", f"fanout N={n}: local asyncio subprocesses", "s", invert=True,
-              target=f">= {FANOUT_TARGET}" if at_target else "—",
-              check=(lambda r: r >= FANOUT_TARGET) if at_target else None)
-    if rep.median(f"fanout N={n}: ssh ControlMaster") is not None:
-        ratio_row(f"fan-out N={n}: wall time, ssh ControlMaster/router", rep,
-                  f"fanout N={n}: router", f"fanout N={n}: ssh ControlMaster", "s", invert=True)
-    router_runs = outcomes.get("router", [])
-    ok_all = bool(router_runs) and all(o.ok == n and not o.failures for o in router_runs)
-    detail = "; ".join(o.describe() for o in router_runs) or "not run"
-    if n == max(args.fanout):
-        local = "; ".join(o.describe() for o in outcomes.get("local", [])) or "not run"
-        rep.rows.append(Row(f"fan-out N={n}: every exec completed, every byte checked ({len(router_runs)} rounds)",
-                            "yes" if ok_all else f"**no**: {detail}", f"local: {local}",
-                            "—", "all ok", "yes" if ok_all else "**no**"))
-    elif not ok_all:
-        rep.rows.append(Row(f"fan-out N={n}: failures", f"**{detail}**", "—"))
-
-
-# -- 4. exec rate --------------------------------------------------------------------------------------
-
-
-def section_exec(args: argparse.Namespace, rep: Report) -> None:
-    seq, total, inflight = args.exec_seq, args.exec_total, args.exec_inflight
-    router = ssh = None
-    why = None
-    try:
-        router = c.RouterProcess(root=args.tmp, extra=router_args(args))
-        client = c.SyncRouter(router.channel(), router.metadata)
-        ssh, why = start_ssh(args, rep)
-        if ssh is not None:
-            ssh.start_master()
-
-        def router_seq() -> float:
-            t0 = time.perf_counter()
-            for _ in range(seq):
-                code = client.start_wait(["true"])
-                if code != 0:
-                    raise c.BenchError(f"true exited {code}")
-            return seq / (time.perf_counter() - t0)
-
-        def router_par() -> float:
-            o = run_async(w.router_exec_inflight(router, total, inflight, args.channels, max(120.0, total * 0.2)))
-            if o.failures:
-                rep.problem(f"exec rate, router {inflight} in flight: {o.describe()}")
-            return o.ok / o.seconds
-
-        def ssh_seq() -> float:
-            assert ssh is not None
-            argv = ssh.argv("true", mux=True)
-            t0 = time.perf_counter()
-            for _ in range(args.ssh_seq):
-                subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               timeout=30, check=True)
-            return args.ssh_seq / (time.perf_counter() - t0)
-
-        def ssh_par() -> float:
-            assert ssh is not None
-            o = run_async(w.subprocess_inflight(ssh.argv("true", mux=True), args.ssh_total, inflight,
-                                              max(120.0, args.ssh_total * 0.5)))
-            if o.failures:
-                raise c.BenchError(f"ssh {inflight} in flight: {o.describe()}")
-            return o.ok / o.seconds
-
-        # Warm-up: channel, first spawn, ssh session.
-        for _ in range(5):
-            client.start_wait(["true"])
-        variants = [
-            ("exec rate sequential: router", "execs/s",
-             with_cpu(rep, "exec rate sequential: router", router.pid, router_seq)),
-            ("exec rate sequential: local posix_spawn + waitpid", "execs/s", lambda: w.local_spawn_rate(seq, 1)),
-            (f"exec rate {inflight} in flight: router (grpc.aio)", "execs/s",
-             with_cpu(rep, f"exec rate {inflight} in flight: router", router.pid, router_par)),
-            (f"exec rate {inflight} in flight: local posix_spawn + waitpid (threads)", "execs/s",
-             lambda: w.local_spawn_rate(total, inflight)),
-        ]
-        if ssh is not None:
-            variants += [("exec rate sequential: ssh ControlMaster", "execs/s", ssh_seq),
-                         (f"exec rate {inflight} in flight: ssh ControlMaster", "execs/s", ssh_par)]
-        rep.facts.append(f"exec: start + wait of `true` with stdout and stderr piped: {seq} sequential (sync client), "
-                         f"{total} with {inflight} in flight (grpc.aio, {args.channels} channels); "
-                         "local: os.posix_spawn + os.waitpid, same counts; ssh over one ControlMaster connection: "
-                         f"{args.ssh_seq} sequential, "
-                         f"{args.ssh_total} with {inflight} in flight; one router server for all rounds")
-        alternate(rep, args.exec_rounds, variants)
-    finally:
-        if ssh is not None:
-            ssh.stop()
-        if router is not None:
-            router.stop()
-    ratio_row("exec rate, sequential start+wait of `true`: router/local posix_spawn", rep,
-              "exec rate sequential: router", "exec rate sequential: local posix_spawn + waitpid", "execs/s")
-    ratio_row(f"exec rate, {inflight} in flight: router/local posix_spawn", rep,
-              f"exec rate {inflight} in flight: router (grpc.aio)",
-              f"exec rate {inflight} in flight: local posix_spawn + waitpid (threads)", "execs/s",
-              **(at_least(EXEC_TARGET) if inflight == 64 else {}))
-    if rep.median("exec rate sequential: ssh ControlMaster") is not None:
-        ratio_row("exec rate, sequential: router/ssh ControlMaster", rep,
-                  "exec rate sequential: router", "exec rate sequential: ssh ControlMaster", "execs/s")
-    if rep.median(f"exec rate {inflight} in flight: ssh ControlMaster") is not None:
-        ratio_row(f"exec rate, {inflight} in flight: router/ssh ControlMaster", rep,
-                  f"exec rate {inflight} in flight: router (grpc.aio)",
-                  f"exec rate {inflight} in flight: ssh ControlMaster", "execs/s")
-    if ssh is None and why:
-        rep.rows.append(Row("exec rate vs ssh", "—", "—", "skipped", "—", why))
-
-
-# -- 5. seek -------------------------------------------------------------------------------------------
-
-
-def section_seek(args: argparse.Namespace, rep: Report) -> None:
-    size = args.seek_size
-    far = int(size * 0.975)  # 3.9 GiB of 4 GiB
-    label = c.human_size(size)
-    router = c.RouterProcess(root=args.tmp, extra=router_args(args))
-    try:
-        client = c.SyncRouter(router.channel(), router.metadata)
-        exec_id = c.unique("seek")
-        t0 = time.perf_counter()
-        client.start(exec_id, ["head", "-c", str(size), "/dev/zero"])
-        code = client.wait(exec_id, timeout=max(300.0, size / (10 * c.MiB)))
-        # A read at the very end sends nothing and ends once the log is complete: the barrier.
-        if code != 0 or client.read_all(exec_id, offset=size, timeout=120) != 0:
-            raise c.BenchError(f"producing the {label} log failed: exit {code}")
-        produced = time.perf_counter() - t0
-        rep.facts.append(f"seek: the {label} log was produced by the server with no reader in {produced:.1f} s "
-                         f"({mbps(size, produced):.0f} MB/s, spawn to complete log)")
-
-        def ttfb(offset: int) -> float:
-            t = time.perf_counter()
-            n = client.first_message(exec_id, offset)
-            elapsed = time.perf_counter() - t
-            if n <= 0:
-                raise c.BenchError(f"first message at offset {offset} is empty")
-            return elapsed * 1e3
-
-        for _ in range(2):  # warm-up
-            ttfb(0)
-            ttfb(far)
-        name_far, name_zero = f"seek: ttfb at {far / c.GiB:.3g} GiB", "seek: ttfb at offset 0"
-        for r in range(args.seek_rounds):
-            order = [(name_zero, 0), (name_far, far)]
-            if r % 2:
-                order.reverse()  # A B B A ...: neither position always goes first
-            for name, offset in order:
-                rep.add(name, "ms", ttfb(offset))
-        log(f"  seek: median ttfb at 0 {fmt(rep.median(name_zero))} ms, at {far} {fmt(rep.median(name_far))} ms")
-    finally:
-        router.stop()
-    ratio_row(f"time to first byte of a finished {label} log: at {far / c.GiB:.3g} GiB / at offset 0", rep,
-              name_far, name_zero, "ms", target=f"<= {SEEK_TARGET}", check=lambda r: r <= SEEK_TARGET)
-
-
-# -- 6. memory -----------------------------------------------------------------------------------------
-
-
-def hwm_file_anon(st: dict[str, int]) -> str:
-    return "{:.0f} MiB; {:.0f} / {:.0f} MiB".format(*(st[k] / c.MiB for k in ("VmHWM", "RssFile", "RssAnon")))
-
-
-def section_memory(args: argparse.Namespace, rep: Report) -> None:
-    size, idle = args.memory_size, args.idle
-    label = c.human_size(size)
-    mib = c.MiB
-
-    # (a) one exec streams `size` to a reader
-    router = c.RouterProcess(root=args.tmp, extra=router_args(args))
-    try:
-        client = c.SyncRouter(router.channel(), router.metadata)
-        client.run_output(["head", "-c", "4096", "/dev/zero"], 4096)  # warm: one exec, one read
-        before = router.status()
-        t0 = time.perf_counter()
-        client.run_output(["head", "-c", str(size), "/dev/zero"], size, timeout=max(300.0, size / (10 * mib)))
-        elapsed = time.perf_counter() - t0
-        after = router.status()
-    finally:
-        router.stop()
-    for key in ("VmRSS", "RssAnon", "RssFile"):
-        rep.add(f"memory: server {key} before the {label} stream", "MiB", before[key] / mib)
-        rep.add(f"memory: server {key} after the {label} stream", "MiB", after[key] / mib)
-    rep.add(f"memory: server VmHWM (peak RSS) after the {label} stream", "MiB", after["VmHWM"] / mib)
-    rep.facts.append(f"memory: the {label} exec streamed to a reader in {elapsed:.1f} s "
-                     f"({mbps(size, elapsed):.0f} MB/s)")
-    growth = (after["VmHWM"] - before["VmRSS"]) / mib
-    rep.rows.append(Row(f"server VmRSS after one exec streamed {label} to a reader (reference: before)",
-                        f"{after['VmRSS'] / mib:.0f} MiB", f"{before['VmRSS'] / mib:.0f} MiB",
-                        fmt(after["VmRSS"] / before["VmRSS"])))
-    rep.rows.append(Row(f"server RSS growth while streaming {label}: peak (VmHWM) minus before",
-                        f"{growth:.1f} MiB", "—", "—", f"<= {RSS_GROWTH_TARGET_MIB} MiB",
-                        "yes" if growth <= RSS_GROWTH_TARGET_MIB else "**no**"))
-    rep.rows.append(Row("server peak RSS (VmHWM) during that stream; RssFile / RssAnon after",
-                        hwm_file_anon(after), hwm_file_anon(before),
-                        fmt(after["VmHWM"] / before["VmHWM"])))
-
-    # (b) `idle` execs held open, no reads
-    marker = f"{600 + (os.getpid() % 1000) / 1000:.3f}"  # `sleep 600.xyz`: findable if the server leaves any behind
-    router = c.RouterProcess(root=args.tmp, extra=router_args(args))
-    stopped = False
-    try:
-        router.channel().close()
-        base = router.status()
-        o = run_async(w.start_idle(router, idle, marker, 64, args.channels, max(120.0, idle * 0.1)))
-        if o.failures:
-            rep.problem(f"memory: starting {idle} idle execs: {o.describe()}")
-        time.sleep(1.0)
-        held = router.status()
-        alive = len(c.processes_with_arg(marker))
-        t0 = time.perf_counter()
-        code = router.stop(timeout=120)
-        stopped = True
-        shutdown = time.perf_counter() - t0
-    finally:
-        if not stopped:
-            router.stop(timeout=120)
-        leftovers = c.processes_with_arg(marker)
-        for pid in leftovers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    if leftovers:
-        rep.problem(f"memory: {len(leftovers)} `sleep {marker}` execs outlived the router's shutdown "
-                    "(killed by the script)")
-    rep.facts.append(f"memory: {o.ok} idle execs (`sleep {marker}`, stdout and stderr piped) started in "
-                     f"{o.seconds:.1f} s "
-                     f"with 64 in flight ({o.ok / o.seconds:.0f}/s); {alive} such processes alive at the measurement; "
-                     f"router shutdown (SIGTERM, kills them) took {shutdown:.1f} s, exit status {code}")
-    for key, unit, scale in (("VmRSS", "MiB", mib), ("Threads", "threads", 1), ("fds", "fds", 1)):
-        rep.add(f"memory: server {key} idle, no execs", unit, base[key] / scale)
-        rep.add(f"memory: server {key} with {o.ok} idle execs", unit, held[key] / scale)
-    pending = f" ({o.describe()})" if o.failures else ""
-    rep.rows.append(Row(f"server VmRSS with {idle} idle execs held open{pending} (reference: no execs)",
-                        f"{held['VmRSS'] / mib:.0f} MiB", f"{base['VmRSS'] / mib:.0f} MiB",
-                        fmt(held["VmRSS"] / base["VmRSS"])))
-    rep.rows.append(Row(f"server threads with {idle} idle execs (reference: no execs)",
-                        str(held["Threads"]), str(base["Threads"])))
-    rep.rows.append(Row(f"server open descriptors with {idle} idle execs (reference: no execs)",
-                        str(held["fds"]), str(base["fds"]), fmt(held["fds"] / max(1, o.ok)) + " per exec"))
+    cmd = shlex.join(["python", "-m", "benchmarks.compare", *sys.argv[1:]])
+    lines = ["# router vs references", "", f"command: `{cmd}`", ""]
+    if results is not None:
+        lines += [f"- from asv results {results.path} (commit {results.commit[:8]})"]
+    else:
+        dirty = git("status", "--short", "--", "src").replace("\n", ", ")
+        lines += [f"- commit {git('rev-parse', '--short', 'HEAD')} ({git('log', '-1', '--format=%s')})"
+                  + (f"; uncommitted changes under src/: {dirty}" if dirty else ""),
+                  f"- BENCH_SIZE={common.SIZE_NAME}; router `--server-mode {common.SERVER_MODE}`; state and logs "
+                  f"under {common.LOG_ROOT or common.TMP}"]
+    lines += [f"- {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
+              f"grpcio {grpc.__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}",
+              "- ratio = router / reference (rates: higher is better; time to first byte: lower is better); "
+              + ("router and reference are asv's separate runs of each; the ratio is the suite's *Ratio benchmark "
+                 "(both measured alternately in one setup) where there is one" if results is not None
+                 else "medians of alternating rounds")]
+    return lines
 
 
 # -- main ----------------------------------------------------------------------------------------------
 
 
-RUNNERS: dict[str, Callable[[argparse.Namespace, Report], None]] = {
-    "drain": section_drain, "stream": section_stream, "fanout": section_fanout,
-    "exec": section_exec, "seek": section_seek, "memory": section_memory,
-}
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of under two minutes")
-    p.add_argument("--only", help=f"comma-separated sections to run ({','.join(SECTIONS)}); default all")
-    p.add_argument("--rounds", type=int, help="rounds for every alternating section (default 3-5, per section)")
-    p.add_argument("--tmp", default="/tmp", help="where logs, state directories and segment files go (default /tmp)")
-    p.add_argument("--channels", type=int, default=4, help="grpc.aio channels (connections) for concurrent clients")
-    p.add_argument("--server-mode", choices=("aio", "threads"), default="aio",
-                   help="the router's server mode: grpc.aio on the engine loop (default) or thread per call")
-    p.add_argument("--log-root", help="give each router a log directory under this one (say /dev/shm) "
-                                      "instead of its state directory's")
-    p.add_argument("--no-ssh", action="store_true", help="skip the OpenSSH references")
-    p.add_argument("--no-install", action="store_true", help="never apt-get install OpenSSH; skip it if missing")
-    p.add_argument("--max-seconds", type=float, help="watchdog: interrupt the whole run after this long")
-    sizes = p.add_argument_group("sizes (defaults: full, or --quick)")
-    sizes.add_argument("--drain-size", help=f"bytes per drain (full {FULL['drain_size']}, quick {QUICK['drain_size']})")
-    sizes.add_argument("--stream-size",
-                       help=f"bytes per stream (full {FULL['stream_size']}, quick {QUICK['stream_size']})")
-    sizes.add_argument("--fanout", help=f"fan-out Ns (full {FULL['fanout']}, quick {QUICK['fanout']})")
-    sizes.add_argument("--fanout-size", help="bytes each fan-out exec prints (65536)")
-    sizes.add_argument("--fanout-ssh", help=f"Ns also run over ssh (full {FULL['fanout_ssh']}; '' for none)")
-    sizes.add_argument("--exec-seq", type=int, help=f"sequential execs per round (full {FULL['exec_seq']})")
-    sizes.add_argument("--exec-total", type=int,
-                       help=f"execs per round with --exec-inflight in flight (full {FULL['exec_total']})")
-    sizes.add_argument("--exec-inflight", type=int, help="execs in flight (64)")
-    sizes.add_argument("--ssh-seq", type=int, help=f"sequential ssh execs per round (full {FULL['ssh_seq']})")
-    sizes.add_argument("--ssh-total", type=int, help=f"ssh execs per round in flight (full {FULL['ssh_total']})")
-    sizes.add_argument("--seek-size", help=f"log size for seek (full {FULL['seek_size']})")
-    sizes.add_argument("--seek-rounds", type=int, help=f"ttfb pairs (full {FULL['seek_rounds']})")
-    sizes.add_argument("--memory-size", help=f"bytes streamed for the memory figure (full {FULL['memory_size']})")
-    sizes.add_argument("--idle", type=int, help=f"idle execs held open (full {FULL['idle']})")
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    p.add_argument("--size", choices=("tiny", "quick", "full"),
+                   help="the suite's sizes (sets BENCH_SIZE; default: BENCH_SIZE, else full)")
+    p.add_argument("--quick", action="store_true", help="same as --size quick")
+    p.add_argument("--only", help=f"comma-separated sections ({','.join(SECTIONS)}); default all but log_kinds")
+    p.add_argument("--rounds", type=int, help="alternating rounds for every section (default: per section and size)")
+    p.add_argument("--server-mode", choices=("aio", "threads"), help="the router's --server-mode (BENCH_SERVER_MODE)")
+    p.add_argument("--tmp", help="where state directories, logs and drain files go (BENCH_TMP; default /tmp)")
+    p.add_argument("--log-root", help="give each router a log directory under this one, say /dev/shm (BENCH_LOG_ROOT)")
+    p.add_argument("--from-asv", nargs="?", const="latest", metavar="RESULTS_JSON",
+                   help="render asv's results instead of measuring: the latest file for this machine, or this one")
+    p.add_argument("--max-seconds", type=float, default=7200, help="watchdog: interrupt the whole run after this long")
     args = p.parse_args(argv)
-    preset = QUICK if args.quick else FULL
-    for key, value in preset.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    if args.rounds is not None:
-        for key in ("drain_rounds", "stream_rounds", "fanout_rounds", "exec_rounds"):
-            setattr(args, key, args.rounds)
-    for key in ("drain_size", "stream_size", "fanout_size", "seek_size", "memory_size"):
-        setattr(args, key, c.parse_size(str(getattr(args, key))))
-    args.fanout = [int(x) for x in str(args.fanout).split(",") if x.strip()]
-    args.fanout_ssh = [int(x) for x in str(args.fanout_ssh).split(",") if x.strip()]
-    args.sections = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
+    if args.quick:
+        args.size = "quick"
+    args.sections = [s.strip() for s in args.only.split(",")] if args.only else list(DEFAULT_SECTIONS)
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     return args
 
 
-def router_args(args: argparse.Namespace) -> tuple[str, ...]:
-    """`router serve` arguments for every router this run starts (each its own log directory)."""
-    extra: tuple[str, ...] = ("--server-mode", args.server_mode)
-    if args.log_root:
-        extra += ("--log-dir", tempfile.mkdtemp(prefix="router-logs-", dir=args.log_root))
-    return extra
+def configure(args: argparse.Namespace) -> None:
+    """Settings for the suite, before it is imported."""
+    for env, value in (("BENCH_SIZE", args.size), ("BENCH_SERVER_MODE", args.server_mode),
+                       ("BENCH_TMP", args.tmp), ("BENCH_LOG_ROOT", args.log_root)):
+        if value:
+            os.environ[env] = value
 
 
-def header(args: argparse.Namespace) -> list[str]:
-    def git(*a: str) -> str:
-        with contextlib.suppress(Exception):
-            return subprocess.run(["git", *a], capture_output=True, text=True, timeout=10,
-                                  cwd=c.BENCH_DIR.parent).stdout.strip()
-        return "?"
-
-    dirty = git("status", "--short", "--", "src").replace("\n", ", ")
-    cmd = shlex.join([os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable,
-                      "-m", "benchmarks.compare", *sys.argv[1:]])
-    import router._fastio as fastio
-    return [
-        "# router vs references",
-        "",
-        f"command: `{cmd}`",
-        "",
-        f"- commit {git('rev-parse', '--short', 'HEAD')} ({git('log', '-1', '--format=%s')})"
-        + (f"; uncommitted changes under src/: {dirty}" if dirty else ""),
-        f"- router server mode: {args.server_mode} (`router serve --server-mode {args.server_mode}`); logs in "
-        + (f"a directory under {args.log_root}" if args.log_root else "each router's state directory (under --tmp)"),
-        f"- `_fastio`: {os.path.basename(fastio.__file__)}, built "
-        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(os.path.getmtime(fastio.__file__)))}",
-        f"- {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
-        f"grpcio {grpc.__version__}, RLIMIT_NOFILE {c.raise_nofile_limit()}, {time.strftime('%Y-%m-%d %H:%M:%S')}",
-        "- ratios: router/reference for rates (higher is better), reference/router for wall times "
-        "(higher is better), far/near for time to first byte (lower is better); medians of alternating rounds",
-    ]
+def rounds_for(section: str, override: int | None, size: Any) -> int:
+    if section == "memory":
+        return 1  # its tracks read what one setup recorded
+    return override or size.rounds["drain" if section == "log_kinds" else section]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    c.raise_nofile_limit()
+    configure(args)
+    common = suite("common")
+    results = None
+    if args.from_asv:
+        from . import asv_results
+
+        try:
+            path = asv_results.latest_file() if args.from_asv == "latest" else pathlib.Path(args.from_asv)
+            results = asv_results.Results(path)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"cannot read asv's results: {e}", file=sys.stderr)
+            return 2
+
+        def axis(cls: type) -> list[Any]:  # asv's parameters, whatever BENCH_SIZE it ran with
+            prefix = V(cls, (), "").asv_name  # "bench_x.Cls."
+            name = next((n for n in results.params if n.startswith(prefix)), None)
+            return results.params[name][0] if name else list(cls.params[0])
+    else:
+        def axis(cls: type) -> list[Any]:
+            return list(cls.params[0])
+
     rep = Report()
-    head = header(args)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, lambda signum, frame: _thread.interrupt_main())
     watchdog = threading.Timer(args.max_seconds, _thread.interrupt_main)
     watchdog.daemon = True
     watchdog.start()
     status = 0
-    started = time.perf_counter()
     try:
-        for name in args.sections:
-            log(f"section {name} ...")
+        for section in args.sections:
             t0 = time.perf_counter()
+            outcome = "done"
             try:
-                RUNNERS[name](args, rep)
-                outcome = "done"
+                for rows in BUILDERS[section](axis):
+                    g = Group(rows)
+                    rep.groups.append(g)
+                    if results is not None:
+                        from_asv(g, results)
+                    else:
+                        rounds = rounds_for(section, args.rounds, common.SIZE)
+                        log(f"{section}: {len(measured(rows))} values, {rounds} rounds ...")
+                        run_group(g, rounds, rep)
             except KeyboardInterrupt:
-                rep.timings.append((name, time.perf_counter() - t0, "interrupted"))
-                rep.problem(f"{name}: interrupted (watchdog after {args.max_seconds:.0f} s, or a signal)")
+                rep.problem(f"{section}: interrupted (watchdog after {args.max_seconds:.0f} s, or a signal)")
+                rep.timings.append((section, time.perf_counter() - t0, "interrupted"))
                 status = 130
                 break
             except Exception as e:
-                outcome = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                rep.problem(f"{name}: {type(e).__name__}: {e}\n" + "".join(traceback.format_exc(limit=4)))
-                status = 1
-            rep.timings.append((name, time.perf_counter() - t0, outcome))
-            log(f"section {name}: {outcome} in {time.perf_counter() - t0:.1f} s")
+                outcome = f"failed: {type(e).__name__}: {e}"
+                rep.problem(f"{section}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}")
+            rep.timings.append((section, time.perf_counter() - t0, outcome))
     finally:
         watchdog.cancel()
-        close_loop()
-    rep.timings.append(("total", time.perf_counter() - started, ""))
-    print(rep.render(head), flush=True)
+    if rep.failed():
+        status = status or 1
+    print(render(rep, header(args, results), asv=results is not None), flush=True)
     return status
 
 

@@ -1,71 +1,52 @@
-"""A steady load on a running router, for profiling it (py-spy) while it serves.
+"""A steady load on a router you started yourself, for profiling it (py-spy) while it serves.
+Not a benchmark: figures come from the suite (`asv run`, `python -m benchmarks.compare`).
 
     router serve --state-dir /tmp/prof --listen 127.0.0.1:50556 &
     python -m benchmarks.load /tmp/prof 127.0.0.1:50556 [SECONDS] [rate|fan]
 
-64 execs in flight over 4 grpc.aio channels for SECONDS (default 10): `rate` starts and waits
-`true`; `fan` also reads 64 KiB of stdout (`head -c 65536 /dev/zero`) and checks its length.
-Prints execs per second.
+64 execs in flight over 4 grpc.aio channels for SECONDS (default 10), with the suite's own
+operations: `rate` starts and waits `true` (as ExecRate does); `fan` also reads 64 KiB of stdout
+and checks every byte (as Fanout does). Prints execs per second.
 """
 from __future__ import annotations
 
-import asyncio
+import itertools
 import pathlib
 import sys
 import time
-import uuid
+from collections.abc import Awaitable
 
-import grpc
+from router.config import load_or_create_task_id
 
-from router import auth
-from router._proto import task_command_router_pb2 as pb
-from router._proto import task_command_router_pb2_grpc as pb_grpc
-
-IN_FLIGHT = 64
-CHANNELS = 4
+from .bench_fanout import OUTPUT as FAN_OUTPUT
+from .common import IN_FLIGHT, token_metadata, unique
+from .workloads import AioSide, exec_output, exec_true, in_flight
 
 
-async def run(state_dir: pathlib.Path, target: str, seconds: float, mode: str) -> float:
-    task = (state_dir / "task_id").read_text().strip()
-    metadata = (("authorization", "Bearer " + auth.mint_token(auth.load_or_create_key(state_dir), task)),)
-    channels = [grpc.aio.insecure_channel(target) for _ in range(CHANNELS)]
-    stubs = [pb_grpc.TaskCommandRouterStub(c) for c in channels]
-    args = ["true"] if mode == "rate" else ["head", "-c", "65536", "/dev/zero"]
-    done = 0
-    end = time.monotonic() + seconds
-
-    async def worker(i: int) -> None:
-        nonlocal done
-        stub = stubs[i % CHANNELS]
-        while time.monotonic() < end:
-            exec_id = uuid.uuid4().hex
-            await stub.TaskExecStart(pb.TaskExecStartRequest(
-                task_id=task, exec_id=exec_id, command_args=args, stdout_config=1, stderr_config=1), metadata=metadata)
-            if mode == "fan":
-                got = 0
-                async for message in stub.TaskExecStdioRead(
-                        pb.TaskExecStdioReadRequest(task_id=task, exec_id=exec_id), metadata=metadata):
-                    got += len(message.data)
-                if got != 65536:
-                    raise RuntimeError(f"exec {exec_id}: read {got} bytes, not 65536")
-            await stub.TaskExecWait(pb.TaskExecWaitRequest(task_id=task, exec_id=exec_id), metadata=metadata)
-            done += 1
-
-    started = time.monotonic()
-    try:
-        await asyncio.gather(*(worker(i) for i in range(IN_FLIGHT)))
-    finally:
-        for channel in channels:
-            await channel.close()
-    return done / (time.monotonic() - started)
-
-
-def main() -> None:
+def main() -> int:
+    if len(sys.argv) < 3 or (len(sys.argv) > 4 and sys.argv[4] not in ("rate", "fan")):
+        print(__doc__, file=sys.stderr)
+        return 2
     state_dir, target = pathlib.Path(sys.argv[1]), sys.argv[2]
     seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 10.0
     mode = sys.argv[4] if len(sys.argv) > 4 else "rate"
-    print(f"{asyncio.run(run(state_dir, target, seconds, mode)):.0f} execs/s")
+    task_id = load_or_create_task_id(state_dir)
+    md = token_metadata(state_dir, task_id)
+    prefix = unique("load")
+    end = time.monotonic() + seconds
+    with AioSide(target) as side:
+        def op(i: int) -> Awaitable[None]:
+            stub = side.stubs[i % len(side.stubs)]
+            if mode == "rate":
+                return exec_true(stub, md, f"{prefix}-{i}", 60.0, task_id)
+            return exec_output(stub, md, f"{prefix}-{i}", FAN_OUTPUT, 60.0, task_id)
+
+        until_end = itertools.takewhile(lambda i: time.monotonic() < end, itertools.count())
+        out = side.run(in_flight(0, IN_FLIGHT, op, seconds + 120.0, until_end))
+    out.n = out.ok + sum(out.failures.values())
+    print(f"{out.rate:.0f} execs/s" + (f" ({out.describe()})" if out.failures else ""))
+    return 1 if out.failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,9 @@
-"""Workloads shared by the asv suite and `benchmarks.compare`: concurrent execs over grpc.aio, their local
-and ssh references, and local spawn rates. Each returns an `Outcome` (wall time, successes, failures by kind)
-and has a deadline after which whatever is still running is cancelled (and its children killed).
+"""Concurrent work for the suite: execs over grpc.aio, the same commands as local or ssh
+subprocesses, and local spawn rates.
+
+Every batch runs through `in_flight`, which returns an `Outcome` (wall time of the batch,
+successes, failures by kind) and has a deadline after which whatever is still running is
+cancelled (and its children killed). Channels are opened by `AioSide`, in a benchmark's setup.
 
 Names here must not start with asv's benchmark prefixes (time_, track_, mem_, peakmem_, timeraw_).
 """
@@ -18,35 +21,83 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
 
 from router._proto import task_command_router_pb2_grpc as pb_grpc
+from router.client import exit_code
 
-from . import common as c
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A fresh loop, set as current; on 3.11 with a pidfd child watcher (the default from 3.12 on;
-    3.11's default runs a thread per child, which 4096 concurrent subprocesses would pay for)."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    if sys.version_info < (3, 12) and hasattr(asyncio, "PidfdChildWatcher"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            watcher = asyncio.PidfdChildWatcher()  # type: ignore[attr-defined]
-            asyncio.set_child_watcher(watcher)
-            watcher.attach_loop(loop)
-    return loop
+from .common import (
+    CHANNEL_OPTIONS,
+    CHANNELS,
+    TASK_ID,
+    BenchError,
+    read_request,
+    start_request,
+    wait_request,
+    zeros_command,
+)
 
 
-def close_event_loop(loop: asyncio.AbstractEventLoop) -> None:
-    with contextlib.suppress(Exception):
-        loop.run_until_complete(loop.shutdown_asyncgens())
-    loop.close()
-    asyncio.set_event_loop(None)
+def install_pidfd_child_watcher() -> None:
+    """On 3.11, a pidfd child watcher (the default from 3.12 on): 3.11's default runs a thread per
+    child, which 4096 concurrent subprocesses would pay for. The policy attaches it to whichever
+    loop `asyncio.set_event_loop` makes current."""
+    if sys.version_info >= (3, 12):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if not isinstance(asyncio.get_child_watcher(), asyncio.PidfdChildWatcher):
+            asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+
+
+class AioSide:
+    """An event loop of its own and, given a server's target, CHANNELS ready grpc.aio channels to
+    it (each its own HTTP/2 connection). Open in setup, close in teardown. Several may be open at
+    once (compare sets up the router and its references together); one runs at a time."""
+
+    def __init__(self, target: str | None = None, count: int = CHANNELS, ready_timeout: float = 15.0) -> None:
+        install_pidfd_child_watcher()
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)  # grpc.aio channels take the current loop
+        self.channels: list[grpc.aio.Channel] = []
+        try:
+            if target is not None:
+                # A local subchannel pool per channel: `count` separate connections.
+                self.channels = [grpc.aio.insecure_channel(
+                    target, options=[*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]) for _ in range(count)]
+                self.run(asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in self.channels)),
+                                          ready_timeout))
+        except BaseException:
+            self.close()
+            raise
+        self.stubs = [pb_grpc.TaskCommandRouterStub(ch) for ch in self.channels]
+
+    def run(self, coro: Awaitable[Any]) -> Any:
+        # Current, so that the child watcher (attached by set_event_loop) serves this loop.
+        asyncio.set_event_loop(self.loop)
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        for ch in self.channels:
+            with contextlib.suppress(Exception):
+                self.run(asyncio.wait_for(ch.close(), 10))
+        self.channels = []
+        with contextlib.suppress(Exception):
+            self.run(self.loop.shutdown_asyncgens())
+        self.loop.close()
+        asyncio.set_event_loop(None)
+
+    def __enter__(self) -> AioSide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- batches ----------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -70,50 +121,117 @@ class Outcome:
                           for k, v in self.failures.most_common())
         return f"{self.ok}/{self.n} ok; failed: {kinds}"
 
+    def checked(self) -> Outcome:
+        """This outcome, or BenchError if anything failed: a benchmark that lost work measures nothing."""
+        if self.failures or self.ok != self.n:
+            raise BenchError(self.describe())
+        return self
 
-async def gather_with_deadline(coros: Sequence[Any], timeout: float, out: Outcome) -> None:
-    """Run all coroutines concurrently, timing them into `out.seconds`; after `timeout`, cancel what
-    is left (each counts its own cancel)."""
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds
+
+
+class Failure(Exception):
+    """One operation of a batch went wrong in a way worth counting: `kind` groups them."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind, self.detail = kind, detail
+
+
+async def in_flight(n: int, concurrency: int, op: Callable[[int], Awaitable[None]], timeout: float,
+                    indices: Iterable[int] | None = None) -> Outcome:
+    """Run `op(i)` for i in range(n) (or `indices`), `concurrency` at a time; time the batch. After
+    `timeout`, what is still running is cancelled and counted as failed."""
+    out = Outcome(n)
+    todo = iter(range(n) if indices is None else indices)
+
+    async def worker() -> None:
+        for i in todo:
+            try:
+                await op(i)
+            except Failure as f:
+                out.fail(f.kind, f.detail)
+            except OSError as e:
+                out.fail(f"{type(e).__name__} errno {e.errno}", str(e))
+            else:
+                out.ok += 1
+
     t0 = time.perf_counter()
-    tasks = [asyncio.ensure_future(co) for co in coros]
+    tasks = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
     done, pending = await asyncio.wait(tasks, timeout=timeout)
     out.seconds = time.perf_counter() - t0
     for t in pending:
         t.cancel()
     if pending:
-        out.fail("deadline", f"{len(pending)} still running after {timeout:.0f} s, cancelled")
+        out.fail("deadline", f"{len(pending)} workers still busy after {timeout:.0f} s, cancelled")
         await asyncio.wait(pending, timeout=30)
     for t in done:
         if not t.cancelled() and t.exception() is not None:
             e = t.exception()
             out.fail(f"bug: {type(e).__name__}", "".join(traceback.format_exception_only(type(e), e)).strip())
+    return out
 
 
-def aio_channels(target: str, count: int) -> list[grpc.aio.Channel]:
-    # A local subchannel pool per channel: `count` separate HTTP/2 connections.
-    return [grpc.aio.insecure_channel(target, options=[*c.CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)])
-            for _ in range(count)]
+# -- operations -------------------------------------------------------------------------------------
 
 
-async def channels_ready(channels: Sequence[grpc.aio.Channel], timeout: float = 15.0) -> None:
-    await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), timeout)
+def zeros(data: bytes) -> bool:
+    return data.count(0) == len(data)
 
 
-async def close_channels(channels: Sequence[grpc.aio.Channel]) -> None:
-    for ch in channels:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(ch.close(), 10)
-
-
-@contextlib.asynccontextmanager
-async def router_stubs(router: c.RouterProcess, count: int) -> AsyncIterator[list[pb_grpc.TaskCommandRouterStub]]:
-    """Stubs on `count` ready connections to the router, closed afterwards."""
-    channels = aio_channels(router.target, count)
+async def rpc(stage: str, call: Awaitable[Any]) -> Any:
     try:
-        await channels_ready(channels)
-        yield [pb_grpc.TaskCommandRouterStub(ch) for ch in channels]
-    finally:
-        await close_channels(channels)
+        return await call
+    except grpc.aio.AioRpcError as e:
+        raise Failure(f"{stage}: {e.code().name}", e.details() or "") from None
+
+
+async def exec_start(stub: pb_grpc.TaskCommandRouterStub, md: Any, exec_id: str, argv: Sequence[str],
+                     timeout: float, task_id: str = TASK_ID) -> None:
+    await rpc("start", stub.TaskExecStart(start_request(exec_id, argv, task_id), metadata=md, timeout=timeout))
+
+
+async def exec_wait(stub: pb_grpc.TaskCommandRouterStub, md: Any, exec_id: str, timeout: float,
+                    task_id: str = TASK_ID) -> None:
+    code = exit_code(await rpc("wait", stub.TaskExecWait(wait_request(exec_id, task_id), metadata=md,
+                                                         timeout=timeout)))
+    if code != 0:
+        raise Failure("exit status", f"exit {code}")
+
+
+async def exec_output(stub: pb_grpc.TaskCommandRouterStub, md: Any, exec_id: str, size: int, timeout: float,
+                      task_id: str = TASK_ID) -> None:
+    """Start `head -c size /dev/zero`, read its stdout to the end (every byte checked), wait."""
+    await exec_start(stub, md, exec_id, zeros_command(size), timeout, task_id)
+    got = bad = 0
+    try:
+        async for msg in stub.TaskExecStdioRead(read_request(exec_id, 0, task_id), metadata=md, timeout=timeout):
+            got += len(msg.data)
+            bad += not zeros(msg.data)
+    except grpc.aio.AioRpcError as e:
+        raise Failure(f"read: {e.code().name}", e.details() or "") from None
+    if got != size or bad:
+        raise Failure("wrong output", f"{got} bytes (expected {size}), {bad} non-zero messages")
+    await exec_wait(stub, md, exec_id, timeout, task_id)
+
+
+async def exec_true(stub: pb_grpc.TaskCommandRouterStub, md: Any, exec_id: str, timeout: float,
+                    task_id: str = TASK_ID) -> None:
+    await exec_start(stub, md, exec_id, ["true"], timeout, task_id)
+    await exec_wait(stub, md, exec_id, timeout, task_id)
+
+
+async def subprocess_output(argv: Sequence[str], size: int, procs: list[asyncio.subprocess.Process]) -> None:
+    """A local asyncio subprocess (stdout and stderr piped): its stdout must be `size` zero bytes."""
+    p = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE)
+    procs.append(p)
+    data, err = await p.communicate()
+    if len(data) != size or not zeros(data) or p.returncode != 0:
+        raise Failure("wrong output", f"{len(data)} bytes (expected {size}), exit {p.returncode}, "
+                                      f"stderr {err[-200:]!r}")
 
 
 async def kill_all(procs: Sequence[asyncio.subprocess.Process]) -> None:
@@ -126,166 +244,55 @@ async def kill_all(procs: Sequence[asyncio.subprocess.Process]) -> None:
             await asyncio.wait_for(p.wait(), 10)
 
 
-def zeros(data: bytes) -> bool:
-    return data.count(0) == len(data)
+# -- what the benchmarks run ---------------------------------------------------------------------------
 
 
-
-async def router_fanout(router: c.RouterProcess, n: int, size: int, nchannels: int, timeout: float) -> Outcome:
-    """N execs of `head -c size /dev/zero`, all in flight: start, read stdout to the end, wait; every byte checked."""
-    out = Outcome(n)
-    async with router_stubs(router, nchannels) as stubs:
-        md = router.metadata
-        prefix = c.unique("fan")
-        argv = ["head", "-c", str(size), "/dev/zero"]
-
-        async def one(i: int) -> None:
-            stub = stubs[i % len(stubs)]
-            exec_id = f"{prefix}-{i}"
-            stage = "start"
-            try:
-                await stub.TaskExecStart(c.start_request(exec_id, argv), metadata=md, timeout=timeout)
-                stage = "read"
-                got, bad = 0, 0
-                async for msg in stub.TaskExecStdioRead(c.read_request(exec_id), metadata=md, timeout=timeout):
-                    got += len(msg.data)
-                    bad += not zeros(msg.data)
-                stage = "wait"
-                code = c.exit_code(await stub.TaskExecWait(c.wait_request(exec_id), metadata=md, timeout=timeout))
-            except grpc.aio.AioRpcError as e:
-                out.fail(f"{stage}: {e.code().name}", e.details() or "")
-                return
-            except asyncio.CancelledError:
-                out.fail(f"{stage}: cancelled by the benchmark deadline")
-                raise
-            if got != size or bad or code != 0:
-                out.fail("wrong output", f"{got} bytes (expected {size}), {bad} non-zero messages, exit {code}")
-            else:
-                out.ok += 1
-
-        await gather_with_deadline([one(i) for i in range(n)], timeout, out)
-    return out
+def router_fanout(side: AioSide, md: Any, n: int, size: int, timeout: float) -> Outcome:
+    """N execs of `head -c size /dev/zero`, all in flight: start, read stdout to the end, wait."""
+    prefix = f"fan-{os.urandom(6).hex()}"
+    return side.run(in_flight(n, n, lambda i: exec_output(side.stubs[i % len(side.stubs)], md, f"{prefix}-{i}",
+                                                           size, timeout), timeout))
 
 
-async def local_fanout(argv: Sequence[str], n: int, size: int, timeout: float) -> Outcome:
-    """N local asyncio subprocesses (stdout and stderr piped), all concurrent; every byte checked."""
-    out = Outcome(n)
-    procs: list[asyncio.subprocess.Process] = []
-
-    async def one() -> None:
-        stage = "spawn"
-        try:
-            p = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                                     stderr=subprocess.PIPE)
-            procs.append(p)
-            stage = "read"
-            data, err = await p.communicate()
-        except OSError as e:
-            out.fail(f"{stage}: {type(e).__name__} errno {e.errno}", str(e))
-            return
-        except asyncio.CancelledError:
-            out.fail(f"{stage}: cancelled by the benchmark deadline")
-            raise
-        if len(data) != size or not zeros(data) or p.returncode != 0:
-            out.fail("wrong output", f"{len(data)} bytes, exit {p.returncode}, stderr {err[-200:]!r}")
-        else:
-            out.ok += 1
-
-    try:
-        await gather_with_deadline([one() for _ in range(n)], timeout, out)
-    finally:
-        await kill_all(procs)
-    return out
+def router_exec_rate(side: AioSide, md: Any, total: int, concurrency: int, timeout: float) -> Outcome:
+    """`total` execs of `true` (start + wait), `concurrency` at a time."""
+    prefix = f"rate-{os.urandom(6).hex()}"
+    return side.run(in_flight(total, concurrency, lambda i: exec_true(side.stubs[i % len(side.stubs)], md,
+                                                                       f"{prefix}-{i}", 60.0), timeout))
 
 
-
-async def router_exec_inflight(router: c.RouterProcess, total: int, inflight: int, nchannels: int,
-                               timeout: float) -> Outcome:
-    """`total` execs of `true` (start + wait), `inflight` at a time, grpc.aio."""
-    out = Outcome(total)
-    async with router_stubs(router, nchannels) as stubs:
-        md = router.metadata
-        prefix = c.unique("rate")
-        counter = iter(range(total))
-
-        async def worker(w: int) -> None:
-            stub = stubs[w % len(stubs)]
-            for i in counter:
-                exec_id = f"{prefix}-{i}"
-                stage = "start"
-                try:
-                    await stub.TaskExecStart(c.start_request(exec_id, ["true"]), metadata=md, timeout=60)
-                    stage = "wait"
-                    code = c.exit_code(await stub.TaskExecWait(c.wait_request(exec_id), metadata=md, timeout=60))
-                except grpc.aio.AioRpcError as e:
-                    out.fail(f"{stage}: {e.code().name}", e.details() or "")
-                    continue
-                except asyncio.CancelledError:
-                    out.fail(f"{stage}: cancelled by the benchmark deadline")
-                    raise
-                if code != 0:
-                    out.fail("exit status", f"exit {code}")
-                else:
-                    out.ok += 1
-
-        await gather_with_deadline([worker(w) for w in range(inflight)], timeout, out)
-    return out
+def router_start_idle(side: AioSide, md: Any, argv: Sequence[str], n: int, concurrency: int,
+                      timeout: float) -> Outcome:
+    """Start `n` execs of argv (stdout and stderr piped) and leave them running."""
+    prefix = f"idle-{os.urandom(6).hex()}"
+    return side.run(in_flight(n, concurrency, lambda i: exec_start(side.stubs[i % len(side.stubs)], md,
+                                                                    f"{prefix}-{i}", argv, 60.0), timeout))
 
 
-async def subprocess_inflight(argv: Sequence[str], total: int, inflight: int, timeout: float) -> Outcome:
-    """`total` runs of argv (asyncio subprocesses, output discarded), `inflight` at a time."""
-    out = Outcome(total)
-    procs: list[asyncio.subprocess.Process] = []
-    counter = iter(range(total))
-
-    async def worker() -> None:
-        for _ in counter:
-            try:
-                p = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                                         stderr=subprocess.PIPE)
-                procs.append(p)
-                _, err = await p.communicate()
-            except OSError as e:
-                out.fail(f"spawn: errno {e.errno}", str(e))
-                continue
-            if p.returncode != 0:
-                out.fail(f"exit {p.returncode}", err.decode(errors="replace")[-200:])
-            else:
-                out.ok += 1
-
-    try:
-        await gather_with_deadline([worker() for _ in range(inflight)], timeout, out)
-    finally:
-        await kill_all(procs)
-    return out
+def rpc_calls(side: AioSide, method: str, n: int, concurrency: int, timeout: float) -> Outcome:
+    """`n` raw unary calls of `method` (request b"x", no serializers), `concurrency` at a time."""
+    calls = [ch.unary_unary(method) for ch in side.channels]
+    return side.run(in_flight(n, concurrency, lambda i: rpc("call", calls[i % len(calls)](b"x", timeout=30)),
+                              timeout))
 
 
-
-async def start_idle(router: c.RouterProcess, n: int, marker: str, inflight: int, nchannels: int,
+def subprocess_batch(side: AioSide, argv: Sequence[str], total: int, concurrency: int, size: int,
                      timeout: float) -> Outcome:
-    out = Outcome(n)
-    async with router_stubs(router, nchannels) as stubs:
-        prefix = c.unique("idle")
-        counter = iter(range(n))
-
-        async def worker(w: int) -> None:
-            for i in counter:
-                try:
-                    await stubs[w % len(stubs)].TaskExecStart(c.start_request(f"{prefix}-{i}", ["sleep", marker]),
-                                                              metadata=router.metadata, timeout=60)
-                    out.ok += 1
-                except grpc.aio.AioRpcError as e:
-                    out.fail(f"start: {e.code().name}", e.details() or "")
-
-        await gather_with_deadline([worker(w) for w in range(inflight)], timeout, out)
-    return out
+    """`total` local asyncio subprocesses of argv, `concurrency` at a time, each printing `size`
+    zero bytes; whatever is left after the batch is killed."""
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        return side.run(in_flight(total, concurrency, lambda i: subprocess_output(argv, size, procs), timeout))
+    finally:
+        side.run(kill_all(procs))
 
 
-def local_spawn_rate(total: int, inflight: int) -> float:
-    """os.posix_spawn('true') + os.waitpid: sequential, or `inflight` threads each spawning and reaping."""
+def local_spawn_rate(total: int, concurrency: int, timeout: float = 120.0) -> float:
+    """os.posix_spawn('true') + os.waitpid: sequential, or `concurrency` threads each spawning and
+    reaping. Returns execs per second."""
     true = shutil.which("true") or "/bin/true"
     env = dict(os.environ)
-    counter = iter(range(total))
+    todo = iter(range(total))
     lock = threading.Lock()
     errors: list[BaseException] = []
 
@@ -293,26 +300,27 @@ def local_spawn_rate(total: int, inflight: int) -> float:
         try:
             while True:
                 with lock:
-                    if next(counter, None) is None:
+                    if next(todo, None) is None:
                         return
                 pid = os.posix_spawn(true, [true], env)
                 _, status = os.waitpid(pid, 0)
                 if os.waitstatus_to_exitcode(status) != 0:
-                    raise c.BenchError(f"true exited with status {status}")
+                    raise BenchError(f"true exited with status {status}")
         except BaseException as e:
             errors.append(e)
 
     t0 = time.perf_counter()
-    if inflight <= 1:
+    if concurrency <= 1:
         work()
     else:
-        threads = [threading.Thread(target=work, daemon=True) for _ in range(inflight)]
+        threads = [threading.Thread(target=work, daemon=True) for _ in range(concurrency)]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + timeout
         for t in threads:
-            t.join(120)
+            t.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in threads):
-            raise c.BenchError("local spawn threads did not finish within 120 s")
+            raise BenchError(f"local spawn threads did not finish within {timeout} s")
     elapsed = time.perf_counter() - t0
     if errors:
         raise errors[0]

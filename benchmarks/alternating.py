@@ -1,0 +1,116 @@
+"""Measurements side by side: suite classes set up together, their track_* methods called in
+alternating rounds (A B C A B C ...), medians compared.
+
+These machines are shared and noisy, so only ratios measured side by side mean anything. The
+*Ratio classes of the suite use this inside one asv benchmark; `benchmarks.compare` uses it to
+run the same classes directly. Nothing here measures anything itself.
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .common import BenchError, Target
+
+Measure = Callable[[], float]
+
+
+class Sides:
+    """Instances of suite classes, each set up once for its params and torn down together.
+
+    Asking twice for the same class and params gives the same instance (the seek and memory
+    figures read several tracks of one setup)."""
+
+    def __init__(self) -> None:
+        self._instances: dict[tuple[type, tuple[Any, ...]], Any] = {}
+
+    def instance(self, cls: type, params: Sequence[Any]) -> Any:
+        key = (cls, tuple(params))
+        if key not in self._instances:
+            obj = cls()
+            if hasattr(obj, "setup"):
+                obj.setup(*params)  # NotImplementedError: a deliberate skip (OpenSSH missing); propagates
+            self._instances[key] = obj
+        return self._instances[key]
+
+    def measure(self, cls: type, params: Sequence[Any], method: str) -> Measure:
+        """`cls(...).method(*params)` on the instance set up for `params`, as a call without arguments."""
+        fn = getattr(self.instance(cls, params), method)
+        return lambda: fn(*params)
+
+    def close(self) -> list[str]:
+        """Tear every instance down, the last set up first; returns what failed (all are tried)."""
+        errors = []
+        while self._instances:
+            (cls, params), obj = self._instances.popitem()
+            try:
+                if hasattr(obj, "teardown"):
+                    obj.teardown(*params)
+            except Exception as e:
+                errors.append(f"{cls.__name__}{params!r} teardown: {type(e).__name__}: {e}")
+        return errors
+
+
+def alternate(measures: dict[str, Measure], rounds: int,
+              on_error: Callable[[str, Exception], None] | None = None) -> dict[str, list[float]]:
+    """Call each measure once per round, in order, `rounds` times. Without `on_error` a failure
+    propagates; with it, the failing measure is reported and left out of later rounds."""
+    samples: dict[str, list[float]] = {name: [] for name in measures}
+    failed: set[str] = set()
+    for _ in range(rounds):
+        for name, fn in measures.items():
+            if name in failed:
+                continue
+            try:
+                samples[name].append(float(fn()))
+            except Exception as e:
+                if on_error is None:
+                    raise
+                on_error(name, e)
+                failed.add(name)
+    return samples
+
+
+def median(samples: Sequence[float]) -> float | None:
+    return statistics.median(samples) if samples else None
+
+
+class RouterVsReference:
+    """Base of the *Ratio classes: `subject.<method>` for the router and for one reference, both
+    set up in this benchmark's setup and measured in alternating rounds; `ratio()` is
+    median(router) / median(reference). Subclasses set `params` (..., reference), `subject`,
+    `rounds`, maybe `method`, `router_side` and `target`, and define track_ratio calling `ratio()`.
+
+    Bench modules refer to this class as `alternating.RouterVsReference`, never import the name:
+    asv takes every class named in a bench module for part of the suite."""
+
+    subject: type
+    method = "track_rate"
+    router_side = "router"  # the subject's impl param for the router's side
+    rounds = 3
+    timeout = 1800  # asv's limit: both sides' setups and every round
+
+    @staticmethod
+    def target(*params: Any) -> Target | None:
+        """The performance issue's target for this ratio, if it states one."""
+        return None
+
+    def setup(self, *params: Any) -> None:
+        *fixed, reference = params
+        self.sides = Sides()
+        try:
+            self.router = self.sides.measure(self.subject, (*fixed, self.router_side), self.method)
+            self.reference = self.sides.measure(self.subject, (*fixed, reference), self.method)
+        except BaseException:
+            self.sides.close()
+            raise
+
+    def teardown(self, *params: Any) -> None:
+        errors = self.sides.close()
+        if errors:
+            raise BenchError("; ".join(errors))
+
+    def ratio(self) -> float:
+        samples = alternate({"router": self.router, "reference": self.reference}, self.rounds)
+        return statistics.median(samples["router"]) / statistics.median(samples["reference"])
