@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import mmap
 import os
 import random
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,12 @@ def _owning(mod):
 @pytest.fixture(scope="module", params=[_fastio, pylog], ids=["cython", "python"])
 def Log(request):
     return _owning(request.param)
+
+
+@pytest.fixture(scope="module", params=[_fastio, pylog], ids=["cython", "python"])
+def fio(request):
+    """The module itself, for tests that build stores and logs (and read counters) on their own."""
+    return request.param
 
 
 def arena_bytes(directory: str, log, offset: int, n: int) -> bytes:
@@ -661,3 +669,195 @@ def test_readers_while_draining(Log, logdir):
         log.close()
         os.close(r)
     assert not bad
+
+
+# -- signals: EINTR runs the handlers, then the call is retried ---------------------------
+
+
+class Interrupted(Exception):
+    """Raised by a test's signal handler."""
+
+
+@contextlib.contextmanager
+def kicking(handler, enough, on_timeout, timeout: float = 5.0):
+    """Install `handler` for SIGUSR1 and send SIGUSR1 to the main thread every 10 ms until `enough()`.
+
+    A signal that lands before the main thread sleeps in the syscall only sets Python's flag, so
+    keep sending: the next one interrupts the syscall. If `enough()` stays false for `timeout`
+    seconds (the handler never ran: the bug under test), `on_timeout()` must unblock the main
+    thread; the yielded list then holds True.
+    """
+    main = threading.main_thread().ident
+    timed_out: list[bool] = []
+    stop = threading.Event()
+
+    def kick():
+        deadline = time.monotonic() + timeout
+        while not stop.is_set() and not enough():
+            if time.monotonic() > deadline:
+                timed_out.append(True)
+                on_timeout()
+                return
+            signal.pthread_kill(main, signal.SIGUSR1)
+            stop.wait(0.01)
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    t = threading.Thread(target=kick)
+    t.start()
+    try:
+        yield timed_out
+    finally:
+        stop.set()
+        t.join()
+        signal.signal(signal.SIGUSR1, old)
+
+
+def raised_in(exc: BaseException, name: str) -> bool:
+    """Whether `name` (a Python or Cython function) is on the exception's traceback."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name.rsplit(".", 1)[-1] == name:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def test_drain_eintr_retried_after_handlers_ran(fio, logdir):
+    """readv() on a blocking pipe, interrupted twice: each time the handler runs, then the read is retried."""
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    log = fio.SegmentedLog(store)
+    r, w = os.pipe()  # blocking: readv sleeps until bytes come
+    data = payload(1000)
+    armed, hits = False, []
+
+    def handler(signum, frame):
+        if armed:
+            hits.append(signum)
+            if len(hits) == 2:
+                os.write(w, data)  # the retried readv gets them
+
+    try:
+        with kicking(handler, lambda: len(hits) >= 2, lambda: os.write(w, data)) as timed_out:
+            armed = True
+            got = log.drain(r, len(data))
+            armed = False
+        assert not timed_out, "no signal handler ran while readv() slept"
+        assert got == (len(data), False) and log.read(0, len(data)) == data
+    finally:
+        log.close()
+        store.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_drain_signal_handler_exception_propagates(fio, logdir):
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    log = fio.SegmentedLog(store)
+    r, w = os.pipe()
+    armed, done = False, threading.Event()
+
+    def handler(signum, frame):
+        if armed:
+            raise Interrupted
+
+    try:
+        # A budget of 4: should the handler never run, the 4 bytes written after 5 s end the call.
+        with kicking(handler, done.is_set, lambda: os.write(w, b"late")) as timed_out:
+            armed = True
+            try:
+                with pytest.raises(Interrupted) as exc:
+                    log.drain(r, 4)
+            finally:
+                armed = False
+                done.set()
+        assert not timed_out and raised_in(exc.value, "drain"), "the handler did not run inside drain()"
+        assert log.committed == 0 and not log.eof
+        # Nothing was taken from the pipe, and the log still works.
+        os.write(w, b"abc")
+        os.close(w)
+        w = -1
+        assert log.drain(r) == (3, True)
+        assert log.read(0, 10) == b"abc"
+    finally:
+        log.close()
+        store.close()
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def _kmsg_reader() -> int | None:
+    """A descriptor on /dev/kmsg positioned at its end, where pread() sleeps until the kernel logs
+    something: the one file here a pread() really blocks on (pipes and FIFOs refuse pread).
+    None where it can't be used (not root, no /dev/kmsg)."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        os.lseek(fd, 0, os.SEEK_END)
+        with open("/dev/kmsg", "wb"):  # the failure path needs to wake a stuck pread by logging a line
+            pass
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def blocking_arena(logdir: str, arena: int):
+    """Make reads from arena file `arena` (already open in a store) sleep in pread().
+
+    The store's descriptor for it is replaced in place (dup2) by one on /dev/kmsg; closing the
+    store closes that. Yields `unblock`, which makes the sleeping pread return and the next ones
+    read the original file again: for a test whose bug keeps it asleep.
+    """
+    kmsg = _kmsg_reader()
+    if kmsg is None:
+        pytest.skip("needs a readable and writable /dev/kmsg (root)")
+    path = os.path.join(logdir, f"arena-{arena:08d}")
+    fds = [int(fd) for fd in os.listdir("/proc/self/fd")
+           if os.path.realpath(f"/proc/self/fd/{fd}") == os.path.realpath(path)]
+    assert len(fds) == 1, fds
+    arena_fd = fds[0]
+    saved = os.dup(arena_fd)
+    os.dup2(kmsg, arena_fd, inheritable=False)
+    os.close(kmsg)
+
+    def unblock():
+        os.dup2(saved, arena_fd, inheritable=False)  # the next pread reads the file again
+        with open("/dev/kmsg", "wb") as k:
+            k.write(b"router test_fastio: waking a pread that ignored signals\n")
+
+    try:
+        yield unblock
+    finally:
+        os.close(saved)
+
+
+def test_pread_eintr_runs_signal_handlers(fio, logdir):
+    """A reader asleep in pread() lets signal handlers run (the old loop retried EINTR in C only)."""
+    store = fio.SegmentStore(logdir, SEG, 1)
+    log = fio.SegmentedLog(store)
+    log.append(payload(SEG))
+    armed, hits = False, []
+
+    def handler(signum, frame):
+        if armed:
+            hits.append(signum)
+            if len(hits) == 2:  # the first one returned: pread was retried
+                raise Interrupted
+
+    try:
+        with blocking_arena(logdir, 0) as unblock, kicking(handler, lambda: len(hits) >= 2, unblock) as timed_out:
+            armed = True
+            try:
+                with pytest.raises(Interrupted) as exc:
+                    log.read(0, SEG)
+            finally:
+                armed = False
+        assert not timed_out and raised_in(exc.value, "read"), "no signal handler ran while pread() slept"
+        assert len(hits) == 2
+    finally:
+        log.close()
+        store.close()

@@ -24,7 +24,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.errno cimport EAGAIN, EINTR, EIO, errno
+from libc.errno cimport EAGAIN, EBADF, EINTR, EIO, errno
 from libc.string cimport memcpy, memmove
 from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDWR
 from posix.fcntl cimport open as c_open
@@ -43,6 +43,19 @@ cdef enum:
 # log; a concurrent drain (never done by the engine) gets a buffer of its own.
 cdef char *_scratch = NULL
 cdef bint _scratch_busy = False
+
+
+cdef int _raise_os_error(int err, object filename=None) except -1:
+    """The one errno -> OSError conversion; OSError() picks the subclass (FileNotFoundError, ...)."""
+    if filename is None:
+        raise OSError(err, os.strerror(err))
+    raise OSError(err, os.strerror(err), filename)
+
+
+# Every syscall loop below follows one convention (uvloop's): errno is read into a local inside the
+# nogil block right after the call, before anything else can change it; EINTR runs the signal
+# handlers with the GIL (PyErr_CheckSignals, PEP 475: a handler may raise) and retries; EAGAIN
+# where it can happen means no progress; every other error goes through _raise_os_error.
 
 
 cdef inline bint _would_block(int err) noexcept nogil:
@@ -129,18 +142,29 @@ cdef class SegmentStore:
     cdef bytes _path(self, Py_ssize_t i):
         return b"%s/arena-%08d" % (self._dir, i)
 
-    cdef void _close_fds(self) noexcept:
+    cdef str _arena_name(self, Py_ssize_t slot):
+        """The arena file holding slot, as OSError's filename."""
+        return os.fsdecode(self._path(slot // self._per_file))
+
+    cdef int _close_fds(self) except -1:
         cdef Py_ssize_t i
-        cdef int fd
+        cdef int fd, rc, err
         for i in range(self._nfiles):
             fd = self._fds[i]
             self._fds[i] = -1  # at once: a stale number could name another file
             if fd >= 0:
                 with nogil:
-                    c_close(fd)
+                    rc = c_close(fd)
+                    err = errno if rc < 0 else 0
+                # Never retried: Linux frees the descriptor even when close() reports EINTR, so a
+                # retry could close one another thread just opened (PEP 475 leaves close() alone).
+                # Nothing else to do on error either: the descriptor is gone.
+                if ROUTER_DEBUG:
+                    assert err != EBADF, "arena descriptor closed twice"
         PyMem_Free(self._fds)
         self._fds = NULL
         self._nfiles = self._cap = 0
+        return 0
 
     def close(self):
         """Idempotent. Descriptors close once no call is inside a syscall; files stay."""
@@ -154,16 +178,17 @@ cdef class SegmentStore:
         self._users += 1
         return 0
 
-    cdef void _leave(self) noexcept:
+    cdef int _leave(self) except -1:
         self._users -= 1
         if self._users == 0 and self._closed:
             self._close_fds()
+        return 0
 
     cdef Py_ssize_t _allocate(self) except -1:
         """A fresh slot; its arena file is created (sparse) when the first slot of it is taken."""
         cdef Py_ssize_t slot = self._next, f = slot // self._per_file, n
         cdef int *grown
-        cdef int fd, err = 0
+        cdef int fd = -1, err
         cdef bytes path
         cdef const char *cpath
         if self._closed:
@@ -178,12 +203,16 @@ cdef class SegmentStore:
                 self._cap = n
             path = self._path(f)
             cpath = path
-            with nogil:
-                fd = c_open(cpath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-                if fd < 0:
-                    err = errno
-            if fd < 0:
-                raise OSError(err, os.strerror(err), os.fsdecode(path))
+            while True:
+                with nogil:
+                    fd = c_open(cpath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+                    err = errno if fd < 0 else 0
+                if fd >= 0:
+                    break
+                if err == EINTR:
+                    PyErr_CheckSignals()
+                else:
+                    _raise_os_error(err, os.fsdecode(path))
             self._fds[self._nfiles] = fd
             self._nfiles += 1
         self._next += 1
@@ -205,43 +234,43 @@ cdef class SegmentStore:
             fd = self._fd(slot)
             at = self._base(slot) + pos
             while k > 0:
-                err = 0
                 with nogil:
                     w = pwrite(fd, src, <size_t>k, at)
-                    if w < 0:
-                        err = errno
-                if w < 0:
-                    if err == EINTR:
-                        PyErr_CheckSignals()
-                        continue
-                    raise OSError(err, os.strerror(err), os.fsdecode(self._path(slot // self._per_file)))
-                src += w
-                at += w
-                k -= w
+                    err = errno if w < 0 else 0
+                if w >= 0:
+                    src += w
+                    at += w
+                    k -= w
+                elif err == EINTR:
+                    PyErr_CheckSignals()
+                else:
+                    _raise_os_error(err, self._arena_name(slot))
         finally:
             self._leave()
         return 0
 
     cdef int _pread(self, Py_ssize_t slot, char *dst, Py_ssize_t k, Py_ssize_t pos) except -1:
         cdef ssize_t r
-        cdef int fd, err = 0
+        cdef int fd, err
         cdef Py_ssize_t at
         self._enter()
         try:
             fd = self._fd(slot)
             at = self._base(slot) + pos
-            with nogil:
-                while k > 0:
+            while k > 0:
+                with nogil:
                     r = pread(fd, dst, <size_t>k, at)
-                    if r > 0:
-                        dst += r
-                        at += r
-                        k -= r
-                    elif r == 0 or errno != EINTR:
-                        err = errno if r < 0 else EIO  # committed bytes cannot be missing
-                        break
-            if err:
-                raise OSError(err, os.strerror(err), os.fsdecode(self._path(slot // self._per_file)))
+                    err = errno if r < 0 else 0
+                if r > 0:
+                    dst += r
+                    at += r
+                    k -= r
+                elif r == 0:
+                    _raise_os_error(EIO, self._arena_name(slot))  # committed bytes cannot be missing
+                elif err == EINTR:
+                    PyErr_CheckSignals()  # a reader blocked in pread must not delay signal handlers
+                else:
+                    _raise_os_error(err, self._arena_name(slot))
         finally:
             self._leave()
         return 0
@@ -460,7 +489,7 @@ cdef class SegmentedLog:
                     self._eof = True
                     break
                 else:
-                    raise OSError(err, os.strerror(err))
+                    _raise_os_error(err)
         finally:
             if own:
                 PyMem_Free(buf)
