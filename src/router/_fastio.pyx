@@ -20,6 +20,7 @@ closes its descriptors only when none is (the py-pgproto rule for exported buffe
 
 import os
 
+cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
@@ -91,7 +92,10 @@ cdef class SegmentStore:
         int *_fds                   # arena i's descriptor
         Py_ssize_t _nfiles
         Py_ssize_t _cap
-        Py_ssize_t _next            # next free slot
+        Py_ssize_t _next            # slots created so far; the next fresh slot
+        Py_ssize_t *_free           # slots closed logs gave back, handed out again first (LIFO)
+        Py_ssize_t _nfree
+        Py_ssize_t _free_cap        # kept > every slot number: giving a slot back never allocates
         Py_ssize_t _users           # calls inside a syscall on an arena right now
         bint _closed
 
@@ -99,6 +103,8 @@ cdef class SegmentStore:
         self._dir = None
         self._fds = NULL
         self._nfiles = self._cap = self._next = self._users = 0
+        self._free = NULL
+        self._nfree = self._free_cap = 0
         self._closed = True  # until __init__ ran
 
     def __init__(self, directory, Py_ssize_t segment_size=32 * 1024 * 1024, Py_ssize_t slots_per_file=1024):
@@ -122,6 +128,8 @@ cdef class SegmentStore:
 
     def __dealloc__(self):
         self._close_fds()
+        PyMem_Free(self._free)
+        self._free = NULL
 
     @property
     def segment_size(self):
@@ -185,15 +193,31 @@ cdef class SegmentStore:
         return 0
 
     cdef Py_ssize_t _allocate(self) except -1:
-        """A fresh slot; its arena file is created (sparse) when the first slot of it is taken."""
-        cdef Py_ssize_t slot = self._next, f = slot // self._per_file, n
+        """A slot for a log: the one given back last if any, else a fresh one. An arena file is
+        created (sparse) when the first slot of it is taken."""
+        cdef Py_ssize_t slot, f, n
         cdef int *grown
+        cdef Py_ssize_t *grown_free
         cdef int fd = -1, err
         cdef bytes path
         cdef const char *cpath
         if self._closed:
             raise ValueError("I/O operation on closed segment store")
+        if self._nfree > 0:
+            self._nfree -= 1
+            return self._free[self._nfree]
+        slot = self._next
+        f = slot // self._per_file
+        if slot >= self._free_cap:
+            n = max(16, self._free_cap * 2)
+            grown_free = <Py_ssize_t *>PyMem_Realloc(self._free, n * sizeof(Py_ssize_t))
+            if grown_free == NULL:
+                raise MemoryError()
+            self._free = grown_free
+            self._free_cap = n
         if f >= self._nfiles:
+            if ROUTER_DEBUG:
+                assert f == self._nfiles
             if self._nfiles == self._cap:
                 n = max(4, self._cap * 2)
                 grown = <int *>PyMem_Realloc(self._fds, n * sizeof(int))
@@ -213,10 +237,26 @@ cdef class SegmentStore:
                     PyErr_CheckSignals()
                 else:
                     _raise_os_error(err, os.fsdecode(path))
+            if self._closed:
+                # close() ran while open() had the GIL released: _fds may be gone.
+                with nogil:
+                    c_close(fd)
+                raise ValueError("I/O operation on closed segment store")
             self._fds[self._nfiles] = fd
             self._nfiles += 1
         self._next += 1
         return slot
+
+    cdef int _free_slot(self, Py_ssize_t slot) except -1:
+        """Take back a slot no log uses any more (its bytes stay until it is written again)."""
+        cdef Py_ssize_t i
+        if ROUTER_DEBUG:
+            assert 0 <= slot < self._next and self._nfree < self._free_cap
+            for i in range(self._nfree):
+                assert self._free[i] != slot, "slot given back twice"
+        self._free[self._nfree] = slot
+        self._nfree += 1
+        return 0
 
     cdef inline int _fd(self, Py_ssize_t slot) noexcept:
         return self._fds[slot // self._per_file]
@@ -276,6 +316,8 @@ cdef class SegmentStore:
         return 0
 
 
+# No tp_clear: __dealloc__ needs _store to give the slots back, even when the log dies in a cycle.
+@cython.no_gc_clear
 cdef class SegmentedLog:
     cdef:
         SegmentStore _store
@@ -284,6 +326,8 @@ cdef class SegmentedLog:
         Py_ssize_t _nslots
         Py_ssize_t _cap
         Py_ssize_t _committed
+        Py_ssize_t _readers         # calls inside read/read_frame (GIL released in pread)
+        Py_ssize_t _writers         # calls inside append/drain (one, by contract)
         bint _eof
         bint _closed
         char *_stash                # bytes taken from a pipe that could not be written yet
@@ -295,6 +339,7 @@ cdef class SegmentedLog:
         self._slots = NULL
         self._nslots = self._cap = 0
         self._committed = 0
+        self._readers = self._writers = 0
         self._eof = False
         # An instance whose __init__ never ran behaves as closed.
         self._closed = True
@@ -309,6 +354,12 @@ cdef class SegmentedLog:
         self._closed = False
 
     def __dealloc__(self):
+        if self._store is not None:
+            # Whoever was inside held a reference: nobody is.
+            if ROUTER_DEBUG:
+                assert self._readers == 0 and self._writers == 0
+            self._closed = True
+            self._release_slots()
         PyMem_Free(self._slots)
         self._slots = NULL
         PyMem_Free(self._stash)
@@ -339,6 +390,11 @@ cdef class SegmentedLog:
     def closed(self):
         return self._closed
 
+    @property
+    def readers(self):
+        """Calls inside read()/read_frame() right now."""
+        return self._readers
+
     def __repr__(self):
         return (
             f"<router._fastio.SegmentedLog segments={self._nslots} "
@@ -346,8 +402,42 @@ cdef class SegmentedLog:
         )
 
     def close(self):
-        """Idempotent. Later calls raise ValueError; the bytes stay in the store."""
+        """Idempotent. Later calls raise ValueError. The slots go back to the store for other logs
+        once no call is inside this one: now, or when the last reader (or the writer) leaves."""
+        if self._closed:
+            return
         self._closed = True
+        self._release_if_idle()
+
+    # A closed log's slots may be handed to another log and overwritten: a reader still inside
+    # would copy foreign bytes. So, like py-pgproto's buffer that will not move memory while a view
+    # is exported, slots go back only once no call is inside. Callers hold the GIL.
+
+    cdef inline int _leave_reader(self) except -1:
+        self._readers -= 1
+        if ROUTER_DEBUG:
+            assert self._readers >= 0
+        return self._release_if_idle()
+
+    cdef inline int _leave_writer(self) except -1:
+        self._writers -= 1
+        if ROUTER_DEBUG:
+            assert self._writers >= 0
+        return self._release_if_idle()
+
+    cdef int _release_if_idle(self) except -1:
+        if self._closed and self._readers == 0 and self._writers == 0:
+            self._release_slots()
+        return 0
+
+    cdef int _release_slots(self) except -1:
+        cdef Py_ssize_t i
+        for i in range(self._nslots - 1, -1, -1):  # last first: the next log gets them in this order
+            self._store._free_slot(self._slots[i])
+        self._nslots = self._cap = 0
+        PyMem_Free(self._slots)
+        self._slots = NULL
+        return 0
 
     # -- writer side ------------------------------------------------------
 
@@ -357,6 +447,8 @@ cdef class SegmentedLog:
         cdef Py_ssize_t n
         if idx < self._nslots:
             return self._slots[idx]
+        if self._closed:  # closed meanwhile: a slot taken now would never go back
+            raise ValueError("I/O operation on closed log")
         if self._nslots == self._cap:
             n = max(4, self._cap * 2)
             grown = <Py_ssize_t *>PyMem_Realloc(self._slots, n * sizeof(Py_ssize_t))
@@ -421,10 +513,12 @@ cdef class SegmentedLog:
         if self._eof:
             raise ValueError("append after EOF")
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        self._writers += 1
         try:
             self._write(<const char *>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
+            self._leave_writer()
 
     def mark_eof(self):
         self._eof = True
@@ -437,6 +531,19 @@ cdef class SegmentedLog:
         taken from the pipe are kept: the next call writes them first, so nothing is lost and
         the pipe holds the child back meanwhile.
         """
+        if budget <= 0:
+            raise ValueError(f"budget must be positive, got {budget}")
+        if self._closed:
+            raise ValueError("I/O operation on closed log")
+        if self._eof:
+            return 0, True
+        self._writers += 1
+        try:
+            return self._drain(fd, budget)
+        finally:
+            self._leave_writer()
+
+    cdef tuple _drain(self, int fd, Py_ssize_t budget):
         global _scratch, _scratch_busy
         cdef iovec iov
         cdef int err
@@ -444,13 +551,6 @@ cdef class SegmentedLog:
         cdef Py_ssize_t drained = 0
         cdef char *buf
         cdef bint own = False
-
-        if budget <= 0:
-            raise ValueError(f"budget must be positive, got {budget}")
-        if self._closed:
-            raise ValueError("I/O operation on closed log")
-        if self._eof:
-            return 0, True
         if self._stash != NULL:
             self._flush_stash()
         if _scratch == NULL:
@@ -528,8 +628,12 @@ cdef class SegmentedLog:
         cdef Py_ssize_t n = self._span(offset, max_len)
         if n == 0:
             return b""
-        out = PyBytes_FromStringAndSize(NULL, n)
-        self._copy_out(PyBytes_AS_STRING(out), offset, n)
+        self._readers += 1  # with the GIL, right after _span's check: close() can't come between
+        try:
+            out = PyBytes_FromStringAndSize(NULL, n)
+            self._copy_out(PyBytes_AS_STRING(out), offset, n)
+        finally:
+            self._leave_reader()
         return out
 
     def read_frame(self, Py_ssize_t offset, Py_ssize_t max_len):
@@ -538,9 +642,13 @@ cdef class SegmentedLog:
         cdef unsigned char *p
         if n == 0:
             return b""
-        out = PyBytes_FromStringAndSize(NULL, 1 + _varint_len(<size_t>n) + n)
-        p = <unsigned char *>PyBytes_AS_STRING(out)
-        p[0] = 0x0A  # field 1, wire type 2 (length-delimited)
-        p = _put_varint(p + 1, <size_t>n)
-        self._copy_out(<char *>p, offset, n)
+        self._readers += 1
+        try:
+            out = PyBytes_FromStringAndSize(NULL, 1 + _varint_len(<size_t>n) + n)
+            p = <unsigned char *>PyBytes_AS_STRING(out)
+            p[0] = 0x0A  # field 1, wire type 2 (length-delimited)
+            p = _put_varint(p + 1, <size_t>n)
+            self._copy_out(<char *>p, offset, n)
+        finally:
+            self._leave_reader()
         return out

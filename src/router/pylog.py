@@ -38,7 +38,7 @@ def _varint(n: int) -> bytes:
 
 
 class SegmentStore:
-    __slots__ = ("_dir", "_segsize", "_per_file", "_fds", "_next", "_users", "_closed", "_lock")
+    __slots__ = ("_dir", "_segsize", "_per_file", "_fds", "_next", "_free", "_users", "_closed", "_lock")
 
     def __init__(self, directory, segment_size: int = 32 * 1024 * 1024, slots_per_file: int = 1024) -> None:
         segment_size = _ssize(segment_size)
@@ -58,6 +58,7 @@ class SegmentStore:
         self._per_file = slots_per_file
         self._fds: list[int] = []
         self._next = 0
+        self._free: list[int] = []  # slots closed logs gave back, handed out again first (LIFO)
         self._users = 0
         self._closed = False
         self._lock = threading.Lock()  # `+=` on an attribute is not atomic across threads in Python
@@ -101,13 +102,21 @@ class SegmentStore:
                 self._close_fds()
 
     def _allocate(self) -> int:
-        if self._closed:
-            raise ValueError("I/O operation on closed segment store")
-        slot = self._next
-        if slot // self._per_file >= len(self._fds):
-            self._fds.append(os.open(self._path(len(self._fds)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-        self._next += 1
-        return slot
+        with self._lock:
+            if self._closed:
+                raise ValueError("I/O operation on closed segment store")
+            if self._free:
+                return self._free.pop()
+            slot = self._next
+            if slot // self._per_file >= len(self._fds):
+                self._fds.append(os.open(self._path(len(self._fds)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            self._next += 1
+            return slot
+
+    def _free_slot(self, slot: int) -> None:
+        with self._lock:
+            assert 0 <= slot < self._next and slot not in self._free
+            self._free.append(slot)
 
     def _at(self, slot: int, pos: int) -> tuple[int, int]:
         return self._fds[slot // self._per_file], (slot % self._per_file) * self._segsize + pos
@@ -140,19 +149,28 @@ class SegmentStore:
 
 
 class SegmentedLog:
-    __slots__ = ("_store", "_segsize", "_slots", "_committed", "_eof", "_closed", "_scratch", "_stash")
+    __slots__ = ("_store", "_segsize", "_slots", "_committed", "_readers", "_writers", "_eof", "_closed",
+                 "_lock", "_scratch", "_stash")
 
     def __init__(self, store: SegmentStore) -> None:
         if not isinstance(store, SegmentStore):
             raise TypeError(f"store must be a SegmentStore, not {type(store).__name__}")
-        self._store = store
         self._segsize = store.segment_size
         self._slots: list[int] = []
         self._committed = 0
+        self._readers = 0  # calls inside read/read_frame
+        self._writers = 0  # calls inside append/drain
         self._eof = False
         self._closed = False
+        self._lock = threading.Lock()
         self._scratch = bytearray(_SCRATCH_SIZE)
         self._stash = b""  # bytes taken from a pipe that could not be written yet
+        self._store = store  # last: __del__ gives slots back only if __init__ got here
+
+    def __del__(self) -> None:
+        if getattr(self, "_store", None) is not None:
+            self._closed = True
+            self._release_if_idle()  # whoever was inside held a reference: nobody is
 
     @property
     def committed(self) -> int:
@@ -178,17 +196,43 @@ class SegmentedLog:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def readers(self) -> int:
+        return self._readers
+
     def __repr__(self) -> str:
         return (f"<router.pylog.SegmentedLog segments={len(self._slots)} "
                 f"committed={self._committed} eof={self._eof} closed={self._closed}>")
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._release_if_idle()
+
+    # Slots go back to the store only once no call is inside (a reader would copy another log's
+    # bytes): now, or when the last one leaves.
+
+    def _leave(self, which: str) -> None:
+        with self._lock:
+            setattr(self, which, getattr(self, which) - 1)
+        self._release_if_idle()
+
+    def _release_if_idle(self) -> None:
+        with self._lock:
+            if not (self._closed and self._readers == 0 and self._writers == 0):
+                return
+            slots, self._slots = self._slots, []
+        for slot in reversed(slots):  # last first: the next log gets them in this order
+            self._store._free_slot(slot)
 
     # -- writer side ------------------------------------------------------
 
     def _slot(self, idx: int) -> int:
         if idx == len(self._slots):
+            if self._closed:  # closed meanwhile: a slot taken now would never go back
+                raise ValueError("I/O operation on closed log")
             self._slots.append(self._store._allocate())
         return self._slots[idx]
 
@@ -207,11 +251,16 @@ class SegmentedLog:
                     done += k
 
     def append(self, data) -> None:
-        if self._closed:
-            raise ValueError("I/O operation on closed log")
-        if self._eof:
-            raise ValueError("append after EOF")
-        self._write(data)
+        with self._lock:
+            if self._closed:
+                raise ValueError("I/O operation on closed log")
+            if self._eof:
+                raise ValueError("append after EOF")
+            self._writers += 1
+        try:
+            self._write(data)
+        finally:
+            self._leave("_writers")
 
     def mark_eof(self) -> None:
         self._eof = True
@@ -221,10 +270,18 @@ class SegmentedLog:
         budget = _ssize(budget)
         if budget <= 0:
             raise ValueError(f"budget must be positive, got {budget}")
-        if self._closed:
-            raise ValueError("I/O operation on closed log")
-        if self._eof:
-            return 0, True
+        with self._lock:
+            if self._closed:
+                raise ValueError("I/O operation on closed log")
+            if self._eof:
+                return 0, True
+            self._writers += 1
+        try:
+            return self._drain(fd, budget)
+        finally:
+            self._leave("_writers")
+
+    def _drain(self, fd: int, budget: int) -> tuple[int, bool]:
         if self._stash:
             before = self._committed
             try:
@@ -279,14 +336,27 @@ class SegmentedLog:
             n -= k
         return parts
 
+    def _enter_reader(self, offset, max_len) -> int:
+        with self._lock:
+            n = self._span(offset, max_len)
+            if n:
+                self._readers += 1
+            return n
+
     def read(self, offset: int, max_len: int) -> bytes:
-        n = self._span(offset, max_len)
+        n = self._enter_reader(offset, max_len)
         if n == 0:
             return b""
-        return b"".join(self._copy_out(offset, n))
+        try:
+            return b"".join(self._copy_out(offset, n))
+        finally:
+            self._leave("_readers")
 
     def read_frame(self, offset: int, max_len: int) -> bytes:
-        n = self._span(offset, max_len)
+        n = self._enter_reader(offset, max_len)
         if n == 0:
             return b""
-        return b"".join([b"\x0a", _varint(n), *self._copy_out(offset, n)])
+        try:
+            return b"".join([b"\x0a", _varint(n), *self._copy_out(offset, n)])
+        finally:
+            self._leave("_readers")
