@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import hashlib
 import mmap
 import os
@@ -54,6 +55,21 @@ def Log(request):
 def fio(request):
     """The module itself, for tests that build stores and logs (and read counters) on their own."""
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def counters_restored():
+    """Every test here leaves both modules' counters as it found them: they are exact."""
+    before = {mod: mod.counters() for mod in (_fastio, pylog)}
+    yield
+    gc.collect()
+    assert {mod: mod.counters() for mod in (_fastio, pylog)} == before
+
+
+def delta(mod, before: dict[str, int]) -> dict[str, int]:
+    """The counters that changed since `before`, by how much."""
+    now = mod.counters()
+    return {k: now[k] - before[k] for k in now if now[k] != before[k]}
 
 
 def arena_bytes(directory: str, log, offset: int, n: int) -> bytes:
@@ -621,7 +637,9 @@ def test_close_while_reading(Log, logdir):
     for t in threads:
         t.start()
     started.wait()
-    time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while not results and time.monotonic() < deadline:  # a fixed sleep is too short on a busy machine
+        time.sleep(0.005)
     log.close()
     log.close()
     for t in threads:
@@ -913,8 +931,10 @@ def test_close_with_reader_inside_defers_slot_release(fio, logdir):
     def handler(signum, frame):
         if log.readers != 1 or seen:
             return  # not inside read() yet
+        before = fio.counters()
         log.close()
         seen["closed"] = (log.closed, log.readers, log.segments)
+        seen["counts"] = (before["syscalls_in_flight"], delta(fio, before))
         other = fio.SegmentedLog(store)
         try:
             other.append(b"o" * (2 * SEG))  # must not get slot 0: its reader is still inside
@@ -929,9 +949,11 @@ def test_close_with_reader_inside_defers_slot_release(fio, logdir):
                 log.read(0, SEG)
         assert not timed_out
         assert seen["closed"] == (True, 1, [0]), "slots went back while a reader was inside"
+        assert seen["counts"] == (1, {"open_logs": -1})  # the reader was in pread; slot 0 still held
         assert "append" not in seen and seen["other"].segments == [1, 2]
         # The reader has left: slot 0 is back and is the next one handed out.
         assert log.readers == 0 and log.segments == []
+        assert fio.counters()["syscalls_in_flight"] == seen["counts"][0] - 1
         third = fio.SegmentedLog(store)
         third.append(b"t")
         assert third.segments == [0] and store.slots_used == 3
@@ -1117,3 +1139,58 @@ def test_slot_reuse_state_machine(fio):
     run_state_machine_as_test(lambda: SlotMachine(fio),
                               settings=settings(max_examples=60, stateful_step_count=30, deadline=None,
                                                 suppress_health_check=[HealthCheck.too_slow]))
+
+
+# -- counters ------------------------------------------------------------------------------
+
+
+def test_counters_exact(fio, logdir):
+    c0 = fio.counters()
+    assert set(c0) >= {"open_stores", "open_logs", "syscalls_in_flight", "slots_in_use"}
+    assert all(type(v) is int and v >= 0 for v in c0.values())
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    assert delta(fio, c0) == {"open_stores": 1}
+    a, b = fio.SegmentedLog(store), fio.SegmentedLog(store)
+    a.append(b"a" * (2 * SEG + 1))
+    b.append(b"b")
+    assert delta(fio, c0) == {"open_stores": 1, "open_logs": 2, "slots_in_use": 4}
+    assert a.read(0, 3 * SEG) and delta(fio, c0)["open_logs"] == 2  # reads leave nothing behind
+    a.close()
+    a.close()
+    assert delta(fio, c0) == {"open_stores": 1, "open_logs": 1, "slots_in_use": 1}
+    del b  # never closed: dealloc counts it down
+    assert delta(fio, c0) == {"open_stores": 1}
+    c = fio.SegmentedLog(store)
+    c.append(b"c")  # reuses a slot: still counted
+    store.close()
+    store.close()
+    assert delta(fio, c0) == {"open_logs": 1, "slots_in_use": 1}
+    c.close()  # after its store: counts down all the same
+    d = fio.SegmentedLog(store)  # a log on a closed store is a log
+    assert delta(fio, c0) == {"open_logs": 1}
+    del d
+    with pytest.raises(ValueError):
+        fio.SegmentStore(logdir, SEG + 1)  # __init__ failed: nothing counted
+    with pytest.raises(TypeError):
+        fio.SegmentedLog(logdir)
+    fio.SegmentedLog.__new__(fio.SegmentedLog).close()  # never initialised: never counted
+    del store
+    assert delta(fio, c0) == {}
+
+
+def test_counters_dealloc(fio, logdir):
+    """A store and a log dropped unclosed, the log in a reference cycle: counted down once each."""
+    c0 = fio.counters()
+
+    class Tagged(fio.SegmentedLog):
+        pass
+
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    log = Tagged(store)
+    log.append(b"x" * (SEG + 1))
+    log.me = log  # only the collector can free it
+    assert delta(fio, c0) == {"open_stores": 1, "open_logs": 1, "slots_in_use": 2}
+    del log, store
+    gc.collect()
+    assert delta(fio, c0) == {}
+    assert not [f for f in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{f}").startswith(logdir)]

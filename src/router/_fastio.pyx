@@ -46,6 +46,35 @@ cdef char *_scratch = NULL
 cdef bint _scratch_busy = False
 
 
+# Live objects and calls in flight, for leak checks (see counters()). Always kept: a few integer
+# updates, all with the GIL held; debug builds assert none goes negative.
+cdef struct Counts:
+    Py_ssize_t open_stores          # initialised and not closed
+    Py_ssize_t open_logs            # initialised and not closed (close() or dealloc counts once)
+    Py_ssize_t syscalls_in_flight   # calls inside a pread/pwrite on a store (its _users, summed)
+    Py_ssize_t slots_in_use         # slots handed to logs and not given back
+
+cdef Counts _counts
+
+
+cdef inline int _count(Py_ssize_t *counter, Py_ssize_t delta) except -1:
+    counter[0] += delta
+    if ROUTER_DEBUG:
+        assert counter[0] >= 0, "a counter went negative"
+    return 0
+
+
+def counters():
+    """Live stores and logs, calls inside a pread/pwrite, slots held by logs: all exact, so a test
+    can check they are back where they were."""
+    return {
+        "open_stores": _counts.open_stores,
+        "open_logs": _counts.open_logs,
+        "syscalls_in_flight": _counts.syscalls_in_flight,
+        "slots_in_use": _counts.slots_in_use,
+    }
+
+
 cdef int _raise_os_error(int err, object filename=None) except -1:
     """The one errno -> OSError conversion; OSError() picks the subclass (FileNotFoundError, ...)."""
     if filename is None:
@@ -125,8 +154,12 @@ cdef class SegmentStore:
         self._segsize = segment_size
         self._per_file = slots_per_file
         self._closed = False
+        _count(&_counts.open_stores, 1)
 
     def __dealloc__(self):
+        if not self._closed:
+            self._closed = True
+            _count(&_counts.open_stores, -1)
         self._close_fds()
         PyMem_Free(self._free)
         self._free = NULL
@@ -176,7 +209,9 @@ cdef class SegmentStore:
 
     def close(self):
         """Idempotent. Descriptors close once no call is inside a syscall; files stay."""
-        self._closed = True
+        if not self._closed:
+            self._closed = True
+            _count(&_counts.open_stores, -1)
         if self._users == 0:
             self._close_fds()
 
@@ -184,10 +219,12 @@ cdef class SegmentStore:
         if self._closed:
             raise ValueError("I/O operation on closed segment store")
         self._users += 1
+        _count(&_counts.syscalls_in_flight, 1)
         return 0
 
     cdef int _leave(self) except -1:
         self._users -= 1
+        _count(&_counts.syscalls_in_flight, -1)
         if self._users == 0 and self._closed:
             self._close_fds()
         return 0
@@ -205,6 +242,7 @@ cdef class SegmentStore:
             raise ValueError("I/O operation on closed segment store")
         if self._nfree > 0:
             self._nfree -= 1
+            _count(&_counts.slots_in_use, 1)
             return self._free[self._nfree]
         slot = self._next
         f = slot // self._per_file
@@ -245,6 +283,7 @@ cdef class SegmentStore:
             self._fds[self._nfiles] = fd
             self._nfiles += 1
         self._next += 1
+        _count(&_counts.slots_in_use, 1)
         return slot
 
     cdef int _free_slot(self, Py_ssize_t slot) except -1:
@@ -256,6 +295,7 @@ cdef class SegmentStore:
                 assert self._free[i] != slot, "slot given back twice"
         self._free[self._nfree] = slot
         self._nfree += 1
+        _count(&_counts.slots_in_use, -1)
         return 0
 
     cdef inline int _fd(self, Py_ssize_t slot) noexcept:
@@ -352,13 +392,16 @@ cdef class SegmentedLog:
         self._store = store
         self._segsize = store._segsize
         self._closed = False
+        _count(&_counts.open_logs, 1)
 
     def __dealloc__(self):
         if self._store is not None:
             # Whoever was inside held a reference: nobody is.
             if ROUTER_DEBUG:
                 assert self._readers == 0 and self._writers == 0
-            self._closed = True
+            if not self._closed:
+                self._closed = True
+                _count(&_counts.open_logs, -1)
             self._release_slots()
         PyMem_Free(self._slots)
         self._slots = NULL
@@ -407,6 +450,7 @@ cdef class SegmentedLog:
         if self._closed:
             return
         self._closed = True
+        _count(&_counts.open_logs, -1)
         self._release_if_idle()
 
     # A closed log's slots may be handed to another log and overwritten: a reader still inside

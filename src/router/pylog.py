@@ -14,10 +14,25 @@ import os
 import sys
 import threading
 
-__all__ = ["SegmentStore", "SegmentedLog"]
+__all__ = ["SegmentStore", "SegmentedLog", "counters"]
 
 _SCRATCH_SIZE = 1024 * 1024
 _SSIZE_MAX = sys.maxsize
+
+_counts = {"open_stores": 0, "open_logs": 0, "syscalls_in_flight": 0, "slots_in_use": 0}
+_counts_lock = threading.Lock()
+
+
+def _count(key: str, delta: int) -> None:
+    with _counts_lock:
+        _counts[key] += delta
+        assert _counts[key] >= 0, f"{key} went negative"
+
+
+def counters() -> dict[str, int]:
+    """Live stores and logs, calls inside a pread/pwrite, slots held by logs (as router._fastio)."""
+    with _counts_lock:
+        return dict(_counts)
 
 
 def _ssize(value) -> int:
@@ -60,8 +75,16 @@ class SegmentStore:
         self._next = 0
         self._free: list[int] = []  # slots closed logs gave back, handed out again first (LIFO)
         self._users = 0
-        self._closed = False
         self._lock = threading.Lock()  # `+=` on an attribute is not atomic across threads in Python
+        self._closed = False  # last: __del__ counts the store down only if __init__ got here
+        _count("open_stores", 1)
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        _count("open_stores", -1)
+        self._close_fds()
 
     @property
     def segment_size(self) -> int:
@@ -85,7 +108,9 @@ class SegmentStore:
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
+            if not self._closed:
+                self._closed = True
+                _count("open_stores", -1)
             if self._users == 0:
                 self._close_fds()
 
@@ -94,10 +119,12 @@ class SegmentStore:
             if self._closed:
                 raise ValueError("I/O operation on closed segment store")
             self._users += 1
+            _count("syscalls_in_flight", 1)
 
     def _leave(self) -> None:
         with self._lock:
             self._users -= 1
+            _count("syscalls_in_flight", -1)
             if self._users == 0 and self._closed:
                 self._close_fds()
 
@@ -106,17 +133,20 @@ class SegmentStore:
             if self._closed:
                 raise ValueError("I/O operation on closed segment store")
             if self._free:
-                return self._free.pop()
-            slot = self._next
-            if slot // self._per_file >= len(self._fds):
-                self._fds.append(os.open(self._path(len(self._fds)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            self._next += 1
+                slot = self._free.pop()
+            else:
+                slot = self._next
+                if slot // self._per_file >= len(self._fds):
+                    self._fds.append(os.open(self._path(len(self._fds)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                self._next += 1
+            _count("slots_in_use", 1)
             return slot
 
     def _free_slot(self, slot: int) -> None:
         with self._lock:
             assert 0 <= slot < self._next and slot not in self._free
             self._free.append(slot)
+            _count("slots_in_use", -1)
 
     def _at(self, slot: int, pos: int) -> tuple[int, int]:
         return self._fds[slot // self._per_file], (slot % self._per_file) * self._segsize + pos
@@ -165,12 +195,16 @@ class SegmentedLog:
         self._lock = threading.Lock()
         self._scratch = bytearray(_SCRATCH_SIZE)
         self._stash = b""  # bytes taken from a pipe that could not be written yet
-        self._store = store  # last: __del__ gives slots back only if __init__ got here
+        self._store = store  # last: __del__ counts down and gives slots back only if __init__ got here
+        _count("open_logs", 1)
 
     def __del__(self) -> None:
-        if getattr(self, "_store", None) is not None:
+        if getattr(self, "_store", None) is None:
+            return
+        if not self._closed:
             self._closed = True
-            self._release_if_idle()  # whoever was inside held a reference: nobody is
+            _count("open_logs", -1)
+        self._release_if_idle()  # whoever was inside held a reference: nobody is
 
     @property
     def committed(self) -> int:
@@ -205,10 +239,13 @@ class SegmentedLog:
                 f"committed={self._committed} eof={self._eof} closed={self._closed}>")
 
     def close(self) -> None:
+        if getattr(self, "_store", None) is None:
+            return  # __init__ never ran: behaves as closed (as in _fastio)
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        _count("open_logs", -1)
         self._release_if_idle()
 
     # Slots go back to the store only once no call is inside (a reader would copy another log's
