@@ -1194,3 +1194,90 @@ def test_counters_dealloc(fio, logdir):
     gc.collect()
     assert delta(fio, c0) == {}
     assert not [f for f in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{f}").startswith(logdir)]
+
+
+# -- the drain buffer belongs to the store ---------------------------------------------------
+
+
+def test_scratch_made_on_first_drain_freed_by_store_close(fio, logdir, tmp_path):
+    c0 = fio.counters()
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    a, b = fio.SegmentedLog(store), fio.SegmentedLog(store)
+    r, w = os.pipe()
+    try:
+        set_nonblocking(r)
+        a.append(b"x")
+        assert "scratch_buffers" not in delta(fio, c0)  # made on first use
+        os.write(w, b"abc")
+        assert a.drain(r) == (3, False) and b.drain(r) == (0, False)
+        assert a.read(0, 10) == b"xabc"
+        assert delta(fio, c0)["scratch_buffers"] == 1  # one per store, kept between drains
+        other = fio.SegmentStore(tmp_path, SEG)
+        c = fio.SegmentedLog(other)
+        c.drain(r)
+        assert delta(fio, c0)["scratch_buffers"] == 2
+        other.close()
+        c.close()
+        assert delta(fio, c0)["scratch_buffers"] == 1
+        store.close()
+        assert "scratch_buffers" not in delta(fio, c0)
+        # Its logs can't drain any more, and take nothing from the pipe trying.
+        os.write(w, b"def")
+        for log in (a, b):
+            with pytest.raises(ValueError):
+                log.drain(r)
+        assert os.read(r, 10) == b"def" and "scratch_buffers" not in delta(fio, c0)
+        a.mark_eof()
+        assert a.drain(r) == (0, True)  # EOF already seen: as before, no store needed
+    finally:
+        a.close()
+        b.close()
+        store.close()
+        os.close(r)
+        os.close(w)
+    assert delta(fio, c0) == {}
+
+
+def test_scratch_not_freed_under_a_drain(fio, logdir):
+    """A drain asleep in readv() holds the store's buffer: a second drain gets a temporary one, and
+    store.close() leaves it to the sleeping drain, which frees it on its way out."""
+    c0 = fio.counters()
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    slow, quick = fio.SegmentedLog(store), fio.SegmentedLog(store)
+    r1, w1 = os.pipe()  # blocking
+    r2, w2 = os.pipe()
+    outcome = []
+
+    def sleeper():
+        try:
+            outcome.append(slow.drain(r1))
+        except Exception as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=sleeper)
+    try:
+        t.start()
+        deadline = time.monotonic() + 10
+        while delta(fio, c0).get("scratch_buffers") != 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert delta(fio, c0)["scratch_buffers"] == 1  # the sleeper took the store's
+        set_nonblocking(r2)
+        data = payload(3 * SEG + 5)
+        os.write(w2, data)
+        assert quick.drain(r2) == (len(data), False)  # through a temporary buffer, gone again
+        assert quick.read(0, len(data)) == data and delta(fio, c0)["scratch_buffers"] == 1
+        store.close()
+        assert delta(fio, c0) == {"open_logs": 2, "slots_in_use": 4, "scratch_buffers": 1}
+        os.write(w1, b"late")  # wakes the sleeper: its store is closed, so its write fails
+        t.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], ValueError)
+        assert delta(fio, c0) == {"open_logs": 2, "slots_in_use": 4}
+    finally:
+        os.close(w1)
+        t.join(10)
+        slow.close()
+        quick.close()
+        store.close()
+        for fd in (r1, r2, w2):
+            os.close(fd)
+    assert delta(fio, c0) == {}

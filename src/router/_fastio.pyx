@@ -40,11 +40,6 @@ cdef enum:
     # One readv() takes at most this much; it matches the 1 MiB pipes the engine asks for.
     SCRATCH_SIZE = 1024 * 1024
 
-# The drain buffer. Only the loop thread drains, so one buffer serves every
-# log; a concurrent drain (never done by the engine) gets a buffer of its own.
-cdef char *_scratch = NULL
-cdef bint _scratch_busy = False
-
 
 # Live objects and calls in flight, for leak checks (see counters()). Always kept: a few integer
 # updates, all with the GIL held; debug builds assert none goes negative.
@@ -53,6 +48,7 @@ cdef struct Counts:
     Py_ssize_t open_logs            # initialised and not closed (close() or dealloc counts once)
     Py_ssize_t syscalls_in_flight   # calls inside a pread/pwrite on a store (its _users, summed)
     Py_ssize_t slots_in_use         # slots handed to logs and not given back
+    Py_ssize_t scratch_buffers      # drain buffers allocated: stores' own and temporary ones
 
 cdef Counts _counts
 
@@ -72,6 +68,7 @@ def counters():
         "open_logs": _counts.open_logs,
         "syscalls_in_flight": _counts.syscalls_in_flight,
         "slots_in_use": _counts.slots_in_use,
+        "scratch_buffers": _counts.scratch_buffers,
     }
 
 
@@ -126,6 +123,10 @@ cdef class SegmentStore:
         Py_ssize_t _nfree
         Py_ssize_t _free_cap        # kept > every slot number: giving a slot back never allocates
         Py_ssize_t _users           # calls inside a syscall on an arena right now
+        # The drain buffer, made on first use. Only the loop thread drains, so one serves every
+        # log of the store; a concurrent drain (never done by the engine) gets a temporary one.
+        char *_scratch
+        bint _scratch_busy
         bint _closed
 
     def __cinit__(self, *args, **kwargs):
@@ -134,6 +135,8 @@ cdef class SegmentStore:
         self._nfiles = self._cap = self._next = self._users = 0
         self._free = NULL
         self._nfree = self._free_cap = 0
+        self._scratch = NULL
+        self._scratch_busy = False
         self._closed = True  # until __init__ ran
 
     def __init__(self, directory, Py_ssize_t segment_size=32 * 1024 * 1024, Py_ssize_t slots_per_file=1024):
@@ -163,6 +166,9 @@ cdef class SegmentStore:
         self._close_fds()
         PyMem_Free(self._free)
         self._free = NULL
+        if ROUTER_DEBUG:
+            assert not self._scratch_busy  # a drain holds a reference
+        self._free_scratch()
 
     @property
     def segment_size(self):
@@ -214,6 +220,42 @@ cdef class SegmentStore:
             _count(&_counts.open_stores, -1)
         if self._users == 0:
             self._close_fds()
+        self._free_scratch()  # unless a drain is using it: then when it gives it back
+
+    cdef char *_take_scratch(self) except NULL:
+        cdef char *buf
+        if self._closed:
+            raise ValueError("I/O operation on closed segment store")
+        if not self._scratch_busy:
+            if self._scratch == NULL:
+                self._scratch = <char *>PyMem_Malloc(SCRATCH_SIZE)
+                if self._scratch == NULL:
+                    raise MemoryError()
+                _count(&_counts.scratch_buffers, 1)
+            self._scratch_busy = True
+            return self._scratch
+        buf = <char *>PyMem_Malloc(SCRATCH_SIZE)
+        if buf == NULL:
+            raise MemoryError()
+        _count(&_counts.scratch_buffers, 1)
+        return buf
+
+    cdef int _give_scratch(self, char *buf) except -1:
+        if buf == self._scratch:
+            self._scratch_busy = False
+            if self._closed:
+                self._free_scratch()
+        else:
+            PyMem_Free(buf)
+            _count(&_counts.scratch_buffers, -1)
+        return 0
+
+    cdef int _free_scratch(self) except -1:
+        if self._scratch != NULL and not self._scratch_busy:
+            PyMem_Free(self._scratch)
+            self._scratch = NULL
+            _count(&_counts.scratch_buffers, -1)
+        return 0
 
     cdef int _enter(self) except -1:
         if self._closed:
@@ -588,29 +630,17 @@ cdef class SegmentedLog:
             self._leave_writer()
 
     cdef tuple _drain(self, int fd, Py_ssize_t budget):
-        global _scratch, _scratch_busy
+        cdef SegmentStore store = self._store
         cdef iovec iov
         cdef int err
         cdef ssize_t n
         cdef Py_ssize_t drained = 0
-        cdef char *buf
-        cdef bint own = False
-        if self._stash != NULL:
-            self._flush_stash()
-        if _scratch == NULL:
-            _scratch = <char *>PyMem_Malloc(SCRATCH_SIZE)
-            if _scratch == NULL:
-                raise MemoryError()
-        if _scratch_busy:
-            own = True
-            buf = <char *>PyMem_Malloc(SCRATCH_SIZE)
-            if buf == NULL:
-                raise MemoryError()
-        else:
-            _scratch_busy = True
-            buf = _scratch
+        cdef char *buf = store._take_scratch()  # ValueError once the store is closed: nothing read
         try:
-            while drained < budget and not self._closed:
+            if self._stash != NULL:
+                self._flush_stash()
+            # Stop reading once either is closed: bytes taken from the pipe could not be written.
+            while drained < budget and not self._closed and not store._closed:
                 iov.iov_base = buf
                 iov.iov_len = <size_t>min(budget - drained, <Py_ssize_t>SCRATCH_SIZE)
                 with nogil:
@@ -635,10 +665,7 @@ cdef class SegmentedLog:
                 else:
                     _raise_os_error(err)
         finally:
-            if own:
-                PyMem_Free(buf)
-            else:
-                _scratch_busy = False
+            store._give_scratch(buf)
         return drained, self._eof
 
     # -- reader side ------------------------------------------------------

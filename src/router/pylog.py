@@ -19,7 +19,7 @@ __all__ = ["SegmentStore", "SegmentedLog", "counters"]
 _SCRATCH_SIZE = 1024 * 1024
 _SSIZE_MAX = sys.maxsize
 
-_counts = {"open_stores": 0, "open_logs": 0, "syscalls_in_flight": 0, "slots_in_use": 0}
+_counts = {"open_stores": 0, "open_logs": 0, "syscalls_in_flight": 0, "slots_in_use": 0, "scratch_buffers": 0}
 _counts_lock = threading.Lock()
 
 
@@ -53,7 +53,8 @@ def _varint(n: int) -> bytes:
 
 
 class SegmentStore:
-    __slots__ = ("_dir", "_segsize", "_per_file", "_fds", "_next", "_free", "_users", "_closed", "_lock")
+    __slots__ = ("_dir", "_segsize", "_per_file", "_fds", "_next", "_free", "_users", "_scratch", "_scratch_busy",
+                 "_closed", "_lock")
 
     def __init__(self, directory, segment_size: int = 32 * 1024 * 1024, slots_per_file: int = 1024) -> None:
         segment_size = _ssize(segment_size)
@@ -75,6 +76,8 @@ class SegmentStore:
         self._next = 0
         self._free: list[int] = []  # slots closed logs gave back, handed out again first (LIFO)
         self._users = 0
+        self._scratch: bytearray | None = None  # the drain buffer, made on first use
+        self._scratch_busy = False
         self._lock = threading.Lock()  # `+=` on an attribute is not atomic across threads in Python
         self._closed = False  # last: __del__ counts the store down only if __init__ got here
         _count("open_stores", 1)
@@ -85,6 +88,7 @@ class SegmentStore:
         self._closed = True
         _count("open_stores", -1)
         self._close_fds()
+        self._free_scratch()
 
     @property
     def segment_size(self) -> int:
@@ -113,6 +117,35 @@ class SegmentStore:
                 _count("open_stores", -1)
             if self._users == 0:
                 self._close_fds()
+            self._free_scratch()  # unless a drain is using it: then when it gives it back
+
+    def _take_scratch(self) -> bytearray:
+        """The store's drain buffer; a drain that finds it busy gets a temporary one."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("I/O operation on closed segment store")
+            if self._scratch_busy:
+                _count("scratch_buffers", 1)
+                return bytearray(_SCRATCH_SIZE)
+            if self._scratch is None:
+                self._scratch = bytearray(_SCRATCH_SIZE)
+                _count("scratch_buffers", 1)
+            self._scratch_busy = True
+            return self._scratch
+
+    def _give_scratch(self, buf: bytearray) -> None:
+        with self._lock:
+            if buf is self._scratch:
+                self._scratch_busy = False
+                if self._closed:
+                    self._free_scratch()
+            else:
+                _count("scratch_buffers", -1)
+
+    def _free_scratch(self) -> None:
+        if self._scratch is not None and not self._scratch_busy:
+            self._scratch = None
+            _count("scratch_buffers", -1)
 
     def _enter(self) -> None:
         with self._lock:
@@ -180,7 +213,7 @@ class SegmentStore:
 
 class SegmentedLog:
     __slots__ = ("_store", "_segsize", "_slots", "_committed", "_readers", "_writers", "_eof", "_closed",
-                 "_lock", "_scratch", "_stash")
+                 "_lock", "_stash")
 
     def __init__(self, store: SegmentStore) -> None:
         if not isinstance(store, SegmentStore):
@@ -193,7 +226,6 @@ class SegmentedLog:
         self._eof = False
         self._closed = False
         self._lock = threading.Lock()
-        self._scratch = bytearray(_SCRATCH_SIZE)
         self._stash = b""  # bytes taken from a pipe that could not be written yet
         self._store = store  # last: __del__ counts down and gives slots back only if __init__ got here
         _count("open_logs", 1)
@@ -319,6 +351,14 @@ class SegmentedLog:
             self._leave("_writers")
 
     def _drain(self, fd: int, budget: int) -> tuple[int, bool]:
+        store = self._store
+        scratch = store._take_scratch()  # ValueError once the store is closed: nothing read
+        try:
+            return self._drain_into(scratch, fd, budget)
+        finally:
+            store._give_scratch(scratch)
+
+    def _drain_into(self, scratch: bytearray, fd: int, budget: int) -> tuple[int, bool]:
         if self._stash:
             before = self._committed
             try:
@@ -326,8 +366,9 @@ class SegmentedLog:
             finally:
                 self._stash = self._stash[self._committed - before:]
         drained = 0
-        with memoryview(self._scratch) as buf:
-            while drained < budget and not self._closed:
+        with memoryview(scratch) as buf:
+            # Stop reading once either is closed: bytes taken from the pipe could not be written.
+            while drained < budget and not self._closed and not self._store._closed:
                 try:
                     n = os.readv(fd, [buf[:min(budget - drained, _SCRATCH_SIZE)]])  # retries EINTR (PEP 475)
                 except BlockingIOError:
