@@ -3,19 +3,22 @@
 
 A `SegmentStore` hands out fixed-size segment slots in a few large sparse files ("arenas") whose
 descriptors it keeps open; a `SegmentedLog` is a list of slots. One writer (the event-loop
-thread) drains child pipes with readv() into a reused buffer and pwrite()s it at
+thread) drains child pipes with readv() into the store's drain buffer and pwrite()s it at
 slot start + position; any number of reader threads pread() committed ranges straight into the
-message they send. Segment = offset // segment size: seeks are O(1).
+message they send. Segment = offset // segment size: seeks are O(1). A closed log's slots go back
+to the store, which hands them out again before it makes new ones.
 
-Why (measured, benchmarks/RESULTS.md): writing through a file mapping faults in every page
-(0.8-1.2 GB/s, every touched page in RSS); readv + pwrite reaches 1.6-2.3 GB/s with flat RSS.
-And a file per stream costs a file creation per exec, ~0.5 ms of CPU on the ext4 here, while an
-append to an open file costs 16 us: so streams share arena files.
+Why (benchmarks/RESULTS.md, "Which kind of log"): draining 4 GiB into a file mapping ran at
+643 MB/s and left every touched page in RSS (4109 MiB); readv + pwrite ran at 1523 MB/s in 13 MiB.
+Streams share arena files rather than having a file each: that alone took the fan-out rate from
+417 to 505 execs/s ("Earlier states" there).
 
 Coordination relies on the GIL: `_committed` only grows, is published after the bytes are in
-the page cache, and bytes below it never change. The store counts calls inside a syscall and
-closes its descriptors only when none is (the py-pgproto rule for exported buffers).
-`router.pylog` is the pure-Python twin used as the test oracle.
+the page cache, and bytes below it never change. Nothing is freed under a call still using it (the
+py-pgproto rule for exported buffers): the store closes its descriptors once no call is inside a
+pread/pwrite, a closed log gives its slots back once no reader (nor the writer) is inside it, and
+the drain buffer is freed once no drain holds it. `counters()` counts all of these, exactly, for
+leak checks. `router.pylog` is the pure-Python twin used as the test oracle.
 """
 
 import os
@@ -176,6 +179,7 @@ cdef class SegmentStore:
 
     @property
     def slots_used(self):
+        """Slots made so far (the arenas' extent); given-back slots are reused before it grows."""
         return self._next
 
     @property
@@ -214,7 +218,8 @@ cdef class SegmentStore:
         return 0
 
     def close(self):
-        """Idempotent. Descriptors close once no call is inside a syscall; files stay."""
+        """Idempotent. Descriptors close once no call is inside a pread/pwrite, the drain buffer once
+        no drain holds it; files stay. Logs of the store can no longer read, append or drain."""
         if not self._closed:
             self._closed = True
             _count(&_counts.open_stores, -1)
@@ -613,6 +618,7 @@ cdef class SegmentedLog:
         """readv() a non-blocking fd into the tail until EAGAIN, EOF (EIO counts) or `budget` bytes.
 
         Returns (bytes drained by this call, eof). The GIL is released around every syscall.
+        ValueError if the log or its store is closed (before anything is read from fd).
         If writing fails (no descriptor, disk full), OSError is raised and the bytes already
         taken from the pipe are kept: the next call writes them first, so nothing is lost and
         the pipe holds the child back meanwhile.

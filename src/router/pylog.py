@@ -1,8 +1,10 @@
-"""Pure-Python twin of `router._fastio` (the test oracle): SegmentStore and SegmentedLog.
+"""Pure-Python twin of `router._fastio` (the test oracle): SegmentStore, SegmentedLog, counters().
 
 Same API and semantics, built on os.readv, os.pwrite and os.pread: segments are fixed-size slots
-in shared sparse arena files; the writer reads a pipe into a reused buffer and writes it at
-slot start + position; readers pread committed ranges.
+in shared sparse arena files; the writer reads a pipe into the store's drain buffer and writes it at
+slot start + position; readers pread committed ranges. A closed log gives its slots back once no
+reader (nor the writer) is inside it, and the store reuses them first. counters() keeps its own
+counts, of this module's objects only.
 """
 
 from __future__ import annotations
