@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import gc
 import hashlib
 import mmap
 import os
 import random
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +21,7 @@ import tty
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from router import _fastio, pylog
 
@@ -45,6 +49,27 @@ def _owning(mod):
 @pytest.fixture(scope="module", params=[_fastio, pylog], ids=["cython", "python"])
 def Log(request):
     return _owning(request.param)
+
+
+@pytest.fixture(scope="module", params=[_fastio, pylog], ids=["cython", "python"])
+def fio(request):
+    """The module itself, for tests that build stores and logs (and read counters) on their own."""
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def counters_restored():
+    """Every test here leaves both modules' counters as it found them: they are exact."""
+    before = {mod: mod.counters() for mod in (_fastio, pylog)}
+    yield
+    gc.collect()
+    assert {mod: mod.counters() for mod in (_fastio, pylog)} == before
+
+
+def delta(mod, before: dict[str, int]) -> dict[str, int]:
+    """The counters that changed since `before`, by how much."""
+    now = mod.counters()
+    return {k: now[k] - before[k] for k in now if now[k] != before[k]}
 
 
 def arena_bytes(directory: str, log, offset: int, n: int) -> bytes:
@@ -612,7 +637,9 @@ def test_close_while_reading(Log, logdir):
     for t in threads:
         t.start()
     started.wait()
-    time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while not results and time.monotonic() < deadline:  # a fixed sleep is too short on a busy machine
+        time.sleep(0.005)
     log.close()
     log.close()
     for t in threads:
@@ -661,3 +688,596 @@ def test_readers_while_draining(Log, logdir):
         log.close()
         os.close(r)
     assert not bad
+
+
+# -- signals: EINTR runs the handlers, then the call is retried ---------------------------
+
+
+class Interrupted(Exception):
+    """Raised by a test's signal handler."""
+
+
+@contextlib.contextmanager
+def kicking(handler, enough, on_timeout, timeout: float = 5.0):
+    """Install `handler` for SIGUSR1 and send SIGUSR1 to the main thread every 10 ms until `enough()`.
+
+    A signal that lands before the main thread sleeps in the syscall only sets Python's flag, so
+    keep sending: the next one interrupts the syscall. If `enough()` stays false for `timeout`
+    seconds (the handler never ran: the bug under test), `on_timeout()` must unblock the main
+    thread; the yielded list then holds True.
+    """
+    main = threading.main_thread().ident
+    timed_out: list[bool] = []
+    stop = threading.Event()
+
+    def kick():
+        deadline = time.monotonic() + timeout
+        while not stop.is_set() and not enough():
+            if time.monotonic() > deadline:
+                timed_out.append(True)
+                on_timeout()
+                return
+            signal.pthread_kill(main, signal.SIGUSR1)
+            stop.wait(0.01)
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    t = threading.Thread(target=kick)
+    t.start()
+    try:
+        yield timed_out
+    finally:
+        stop.set()
+        t.join()
+        signal.signal(signal.SIGUSR1, old)
+
+
+def raised_in(exc: BaseException, name: str) -> bool:
+    """Whether `name` (a Python or Cython function) is on the exception's traceback."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name.rsplit(".", 1)[-1] == name:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def test_drain_eintr_retried_after_handlers_ran(fio, logdir):
+    """readv() on a blocking pipe, interrupted twice: each time the handler runs, then the read is retried."""
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    log = fio.SegmentedLog(store)
+    r, w = os.pipe()  # blocking: readv sleeps until bytes come
+    data = payload(1000)
+    armed, hits = False, []
+
+    def handler(signum, frame):
+        if armed:
+            hits.append(signum)
+            if len(hits) == 2:
+                os.write(w, data)  # the retried readv gets them
+
+    try:
+        with kicking(handler, lambda: len(hits) >= 2, lambda: os.write(w, data)) as timed_out:
+            armed = True
+            got = log.drain(r, len(data))
+            armed = False
+        assert not timed_out, "no signal handler ran while readv() slept"
+        assert got == (len(data), False) and log.read(0, len(data)) == data
+    finally:
+        log.close()
+        store.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_drain_signal_handler_exception_propagates(fio, logdir):
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    log = fio.SegmentedLog(store)
+    r, w = os.pipe()
+    armed, done = False, threading.Event()
+
+    def handler(signum, frame):
+        if armed:
+            raise Interrupted
+
+    try:
+        # A budget of 4: should the handler never run, the 4 bytes written after 5 s end the call.
+        with kicking(handler, done.is_set, lambda: os.write(w, b"late")) as timed_out:
+            armed = True
+            try:
+                with pytest.raises(Interrupted) as exc:
+                    log.drain(r, 4)
+            finally:
+                armed = False
+                done.set()
+        assert not timed_out and raised_in(exc.value, "drain"), "the handler did not run inside drain()"
+        assert log.committed == 0 and not log.eof
+        # Nothing was taken from the pipe, and the log still works.
+        os.write(w, b"abc")
+        os.close(w)
+        w = -1
+        assert log.drain(r) == (3, True)
+        assert log.read(0, 10) == b"abc"
+    finally:
+        log.close()
+        store.close()
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def _kmsg_reader() -> int | None:
+    """A descriptor on /dev/kmsg positioned at its end, where pread() sleeps until the kernel logs
+    something: the one file here a pread() really blocks on (pipes and FIFOs refuse pread).
+    None where it can't be used (not root, no /dev/kmsg)."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        os.lseek(fd, 0, os.SEEK_END)
+        with open("/dev/kmsg", "wb"):  # the failure path needs to wake a stuck pread by logging a line
+            pass
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def blocking_arena(logdir: str, arena: int):
+    """Make reads from arena file `arena` (already open in a store) sleep in pread().
+
+    The store's descriptor for it is replaced in place (dup2) by one on /dev/kmsg, read-only: a
+    write there fails with EBADF. On exit the file is put back. Yields `unblock`, which makes the
+    sleeping pread return and the next ones read the file again: for a test whose bug keeps it asleep.
+    """
+    kmsg = _kmsg_reader()
+    if kmsg is None:
+        pytest.skip("needs a readable and writable /dev/kmsg (root)")
+    path = os.path.join(logdir, f"arena-{arena:08d}")
+    fds = [int(fd) for fd in os.listdir("/proc/self/fd")
+           if os.path.realpath(f"/proc/self/fd/{fd}") == os.path.realpath(path)]
+    assert len(fds) == 1, fds
+    arena_fd = fds[0]
+    saved = os.dup(arena_fd)
+    os.dup2(kmsg, arena_fd, inheritable=False)
+    os.close(kmsg)
+
+    def unblock():
+        os.dup2(saved, arena_fd, inheritable=False)  # the next pread reads the file again
+        with open("/dev/kmsg", "wb") as k:
+            k.write(b"router test_fastio: waking a pread that ignored signals\n")
+
+    try:
+        yield unblock
+    finally:
+        os.dup2(saved, arena_fd, inheritable=False)
+        os.close(saved)
+
+
+def test_pread_eintr_runs_signal_handlers(fio, logdir):
+    """A reader asleep in pread() lets signal handlers run (the old loop retried EINTR in C only)."""
+    store = fio.SegmentStore(logdir, SEG, 1)
+    log = fio.SegmentedLog(store)
+    log.append(payload(SEG))
+    armed, hits = False, []
+
+    def handler(signum, frame):
+        if armed:
+            hits.append(signum)
+            if len(hits) == 2:  # the first one returned: pread was retried
+                raise Interrupted
+
+    try:
+        with blocking_arena(logdir, 0) as unblock, kicking(handler, lambda: len(hits) >= 2, unblock) as timed_out:
+            armed = True
+            try:
+                with pytest.raises(Interrupted) as exc:
+                    log.read(0, SEG)
+            finally:
+                armed = False
+        assert not timed_out and raised_in(exc.value, "read"), "no signal handler ran while pread() slept"
+        assert len(hits) == 2
+    finally:
+        log.close()
+        store.close()
+
+
+# -- closed logs give their slots back, once no reader is inside -----------------------------
+
+
+def test_closed_log_slots_reused(fio, logdir):
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    try:
+        a = fio.SegmentedLog(store)
+        a.append(b"a" * (2 * SEG + 1))
+        assert a.segments == [0, 1, 2] and a.readers == 0
+        a.close()
+        assert a.segments == [] and a.committed == 2 * SEG + 1  # nobody was inside: back at once
+        with pytest.raises(ValueError):
+            a.read(0, 1)
+        b = fio.SegmentedLog(store)
+        b.append(b"b" * 5)
+        c = fio.SegmentedLog(store)
+        c.append(b"c" * (2 * SEG))
+        assert (b.segments, c.segments, store.slots_used) == ([0], [1, 2], 3)  # reused, in order
+        # A reused slot still holds the old bytes; a log shows only its own committed ones.
+        assert b.read(0, 10 * SEG) == b"b" * 5 and c.read(0, 10 * SEG) == b"c" * (2 * SEG)
+        assert arena_bytes(logdir, b, 0, 6) == b"bbbbba"
+        # A log dropped without close() gives its slots back too.
+        del c
+        d = fio.SegmentedLog(store)
+        d.append(b"d" * (SEG + 1))
+        assert d.segments == [1, 2] and store.slots_used == 3
+        # close() during the write: the writer's slots go back when it leaves, none taken after.
+        e = fio.SegmentedLog(store)
+        e.close()
+        e.close()
+        with pytest.raises(ValueError):
+            e.append(b"x")
+        assert e.segments == [] and store.slots_used == 3
+    finally:
+        store.close()
+
+
+def test_close_with_reader_inside_defers_slot_release(fio, logdir):
+    """Deterministic: the reader sleeps in pread() (see blocking_arena) and the signal handler,
+    running inside read(), closes the log and has another log take slots."""
+    store = fio.SegmentStore(logdir, SEG, 1)  # one slot an arena: only slot 0 reads from kmsg
+    log = fio.SegmentedLog(store)
+    log.append(payload(SEG))
+    seen = {}
+
+    def handler(signum, frame):
+        if log.readers != 1 or seen:
+            return  # not inside read() yet
+        before = fio.counters()
+        log.close()
+        seen["closed"] = (log.closed, log.readers, log.segments)
+        seen["counts"] = (before["syscalls_in_flight"], delta(fio, before))
+        other = fio.SegmentedLog(store)
+        try:
+            other.append(b"o" * (2 * SEG))  # must not get slot 0: its reader is still inside
+        except OSError as e:  # slot 0 is /dev/kmsg, read-only, now
+            seen["append"] = e
+        seen["other"] = other
+        raise Interrupted
+
+    try:
+        with blocking_arena(logdir, 0) as unblock, kicking(handler, lambda: bool(seen), unblock) as timed_out:
+            with pytest.raises(Interrupted):
+                log.read(0, SEG)
+        assert not timed_out
+        assert seen["closed"] == (True, 1, [0]), "slots went back while a reader was inside"
+        assert seen["counts"] == (1, {"open_logs": -1})  # the reader was in pread; slot 0 still held
+        assert "append" not in seen and seen["other"].segments == [1, 2]
+        # The reader has left: slot 0 is back and is the next one handed out.
+        assert log.readers == 0 and log.segments == []
+        assert fio.counters()["syscalls_in_flight"] == seen["counts"][0] - 1
+        third = fio.SegmentedLog(store)
+        third.append(b"t")
+        assert third.segments == [0] and store.slots_used == 3
+    finally:
+        seen.clear()
+        log.close()
+        store.close()
+
+
+def test_close_while_reading_big_range_then_reuse(fio, logdir):
+    """A reader inside a 16 MiB read while the log is closed and another log writes new bytes,
+    which would land in the same slots if they went back at close(): intact bytes or ValueError."""
+    seg = 64 * PAGE
+    size = 64 * seg
+    store = fio.SegmentStore(logdir, seg, 16)
+    try:
+        for rnd in range(3):
+            data = payload(size, seed=rnd)
+            log = fio.SegmentedLog(store)
+            log.append(data)
+            got, inside = [], threading.Event()
+
+            def reader():
+                try:
+                    while True:
+                        inside.set()
+                        got.append(log.read(0, size) == data)
+                except ValueError:
+                    got.append("closed")
+
+            t = threading.Thread(target=reader)
+            t.start()
+            inside.wait()
+            deadline = time.monotonic() + 5
+            while log.readers == 0 and time.monotonic() < deadline:
+                pass
+            log.close()
+            other = fio.SegmentedLog(store)
+            other.append(b"\x00" * size)
+            t.join(20)
+            assert got and all(g is True or g == "closed" for g in got), got
+            assert other.read(0, size) == b"\x00" * size
+            other.close()
+    finally:
+        store.close()
+
+
+def test_readers_only_see_their_own_log(fio, logdir):
+    """Stress: readers on many logs while the main thread keeps closing logs and writing new ones
+    into the slots they give back; every read gives the log's own bytes or ValueError."""
+    store = fio.SegmentStore(logdir, PAGE, 8)
+    size = 24 * PAGE
+    serial = iter(range(10**6))
+    logs: list = []
+
+    def new_log():
+        k = next(serial)
+        log = fio.SegmentedLog(store)
+        data = payload(size, seed=k)
+        log.append(data)
+        return log, data
+
+    stop = threading.Event()
+    bad, reads, refused = [], [0], [0]
+
+    def reader(seed):
+        rng = random.Random(seed)
+        while not stop.is_set():
+            log, data = rng.choice(logs)  # a list swap from the main thread is atomic
+            off = rng.randrange(size)
+            try:
+                got = log.read(off, rng.randrange(1, size))
+            except ValueError:
+                refused[0] += 1
+                continue
+            reads[0] += 1
+            if got != data[off:off + len(got)]:
+                bad.append((off, len(got)))
+
+    try:
+        logs.extend(new_log() for _ in range(4))
+        threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        created = 4
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline and not bad:
+            i = random.randrange(len(logs))
+            old, _ = logs[i]
+            old.close()
+            logs[i] = new_log()
+            created += 1
+        stop.set()
+        for t in threads:
+            t.join(10)
+        assert not bad, f"a reader saw another log's bytes: {bad[:5]}"
+        assert reads[0] > 0
+        # Slots were reused: far fewer exist than the logs ever written needed.
+        assert store.slots_used < created * 24
+    finally:
+        stop.set()
+        for log, _ in logs:
+            log.close()
+        store.close()
+
+
+class SlotMachine(RuleBasedStateMachine):
+    """Logs created, appended to, read, closed and dropped in any order on one store."""
+
+    def __init__(self, mod):
+        super().__init__()
+        self.mod = mod
+        self.tmp = tempfile.TemporaryDirectory()
+        self.store = mod.SegmentStore(self.tmp.name, SEG, SLOTS)
+        self.live: list[tuple[object, bytearray, random.Random]] = []
+        self.serial = 0
+        self.peak = 0
+
+    def _pick(self, i):
+        return self.live[i % len(self.live)]
+
+    def _in_use(self):
+        return sum(len(log.segments) for log, _, _ in self.live)
+
+    @rule()
+    def new_log(self):
+        self.serial += 1
+        self.live.append((self.mod.SegmentedLog(self.store), bytearray(), random.Random(self.serial)))
+
+    @precondition(lambda self: self.live)
+    @rule(i=st.integers(0, 99), n=st.integers(0, 3 * SEG))
+    def append(self, i, n):
+        log, model, rng = self._pick(i)
+        chunk = rng.randbytes(n)  # each log draws from its own seed: others' bytes would show
+        log.append(chunk)
+        model += chunk
+        self.peak = max(self.peak, self._in_use())
+
+    @precondition(lambda self: self.live)
+    @rule(i=st.integers(0, 99), frac=st.floats(0, 1), n=st.integers(0, 4 * SEG))
+    def read(self, i, frac, n):
+        log, model, _ = self._pick(i)
+        off = int(frac * len(model))
+        assert log.read(off, n) == model[off:off + n]
+
+    @precondition(lambda self: self.live)
+    @rule(i=st.integers(0, 99))
+    def close(self, i):
+        entry = self._pick(i)
+        self.live.remove(entry)
+        log = entry[0]
+        log.close()
+        assert log.segments == []
+        with pytest.raises(ValueError):
+            log.read(0, 0)
+
+    @precondition(lambda self: self.live)
+    @rule(i=st.integers(0, 99))
+    def drop(self, i):
+        self.live.remove(self._pick(i))  # the last reference: dealloc gives the slots back
+
+    @invariant()
+    def slots_disjoint_and_reused_first(self):
+        slots = [s for log, _, _ in self.live for s in log.segments]
+        assert len(slots) == len(set(slots))
+        # A fresh slot is made only when none is free: the store never grew past the peak.
+        assert self.store.slots_used == self.peak
+
+    @invariant()
+    def every_log_holds_its_own_bytes(self):
+        for log, model, _ in self.live:
+            assert log.committed == len(model) and log.read(0, len(model)) == model
+
+    def teardown(self):
+        for log, _, _ in self.live:
+            log.close()
+        self.live.clear()
+        self.store.close()
+        self.tmp.cleanup()
+
+
+def test_slot_reuse_state_machine(fio):
+    run_state_machine_as_test(lambda: SlotMachine(fio),
+                              settings=settings(max_examples=60, stateful_step_count=30, deadline=None,
+                                                suppress_health_check=[HealthCheck.too_slow]))
+
+
+# -- counters ------------------------------------------------------------------------------
+
+
+def test_counters_exact(fio, logdir):
+    c0 = fio.counters()
+    assert set(c0) >= {"open_stores", "open_logs", "syscalls_in_flight", "slots_in_use"}
+    assert all(type(v) is int and v >= 0 for v in c0.values())
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    assert delta(fio, c0) == {"open_stores": 1}
+    a, b = fio.SegmentedLog(store), fio.SegmentedLog(store)
+    a.append(b"a" * (2 * SEG + 1))
+    b.append(b"b")
+    assert delta(fio, c0) == {"open_stores": 1, "open_logs": 2, "slots_in_use": 4}
+    assert a.read(0, 3 * SEG) and delta(fio, c0)["open_logs"] == 2  # reads leave nothing behind
+    a.close()
+    a.close()
+    assert delta(fio, c0) == {"open_stores": 1, "open_logs": 1, "slots_in_use": 1}
+    del b  # never closed: dealloc counts it down
+    assert delta(fio, c0) == {"open_stores": 1}
+    c = fio.SegmentedLog(store)
+    c.append(b"c")  # reuses a slot: still counted
+    store.close()
+    store.close()
+    assert delta(fio, c0) == {"open_logs": 1, "slots_in_use": 1}
+    c.close()  # after its store: counts down all the same
+    d = fio.SegmentedLog(store)  # a log on a closed store is a log
+    assert delta(fio, c0) == {"open_logs": 1}
+    del d
+    with pytest.raises(ValueError):
+        fio.SegmentStore(logdir, SEG + 1)  # __init__ failed: nothing counted
+    with pytest.raises(TypeError):
+        fio.SegmentedLog(logdir)
+    fio.SegmentedLog.__new__(fio.SegmentedLog).close()  # never initialised: never counted
+    del store
+    assert delta(fio, c0) == {}
+
+
+def test_counters_dealloc(fio, logdir):
+    """A store and a log dropped unclosed, the log in a reference cycle: counted down once each."""
+    c0 = fio.counters()
+
+    class Tagged(fio.SegmentedLog):
+        pass
+
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    log = Tagged(store)
+    log.append(b"x" * (SEG + 1))
+    log.me = log  # only the collector can free it
+    assert delta(fio, c0) == {"open_stores": 1, "open_logs": 1, "slots_in_use": 2}
+    del log, store
+    gc.collect()
+    assert delta(fio, c0) == {}
+    assert not [f for f in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{f}").startswith(logdir)]
+
+
+# -- the drain buffer belongs to the store ---------------------------------------------------
+
+
+def test_scratch_made_on_first_drain_freed_by_store_close(fio, logdir, tmp_path):
+    c0 = fio.counters()
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    a, b = fio.SegmentedLog(store), fio.SegmentedLog(store)
+    r, w = os.pipe()
+    try:
+        set_nonblocking(r)
+        a.append(b"x")
+        assert "scratch_buffers" not in delta(fio, c0)  # made on first use
+        os.write(w, b"abc")
+        assert a.drain(r) == (3, False) and b.drain(r) == (0, False)
+        assert a.read(0, 10) == b"xabc"
+        assert delta(fio, c0)["scratch_buffers"] == 1  # one per store, kept between drains
+        other = fio.SegmentStore(tmp_path, SEG)
+        c = fio.SegmentedLog(other)
+        c.drain(r)
+        assert delta(fio, c0)["scratch_buffers"] == 2
+        other.close()
+        c.close()
+        assert delta(fio, c0)["scratch_buffers"] == 1
+        store.close()
+        assert "scratch_buffers" not in delta(fio, c0)
+        # Its logs can't drain any more, and take nothing from the pipe trying.
+        os.write(w, b"def")
+        for log in (a, b):
+            with pytest.raises(ValueError):
+                log.drain(r)
+        assert os.read(r, 10) == b"def" and "scratch_buffers" not in delta(fio, c0)
+        a.mark_eof()
+        assert a.drain(r) == (0, True)  # EOF already seen: as before, no store needed
+    finally:
+        a.close()
+        b.close()
+        store.close()
+        os.close(r)
+        os.close(w)
+    assert delta(fio, c0) == {}
+
+
+def test_scratch_not_freed_under_a_drain(fio, logdir):
+    """A drain asleep in readv() holds the store's buffer: a second drain gets a temporary one, and
+    store.close() leaves it to the sleeping drain, which frees it on its way out."""
+    c0 = fio.counters()
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    slow, quick = fio.SegmentedLog(store), fio.SegmentedLog(store)
+    r1, w1 = os.pipe()  # blocking
+    r2, w2 = os.pipe()
+    outcome = []
+
+    def sleeper():
+        try:
+            outcome.append(slow.drain(r1))
+        except Exception as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=sleeper)
+    try:
+        t.start()
+        deadline = time.monotonic() + 10
+        while delta(fio, c0).get("scratch_buffers") != 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert delta(fio, c0)["scratch_buffers"] == 1  # the sleeper took the store's
+        set_nonblocking(r2)
+        data = payload(3 * SEG + 5)
+        os.write(w2, data)
+        assert quick.drain(r2) == (len(data), False)  # through a temporary buffer, gone again
+        assert quick.read(0, len(data)) == data and delta(fio, c0)["scratch_buffers"] == 1
+        store.close()
+        assert delta(fio, c0) == {"open_logs": 2, "slots_in_use": 4, "scratch_buffers": 1}
+        os.write(w1, b"late")  # wakes the sleeper: its store is closed, so its write fails
+        t.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], ValueError)
+        assert delta(fio, c0) == {"open_logs": 2, "slots_in_use": 4}
+    finally:
+        os.close(w1)
+        t.join(10)
+        slow.close()
+        quick.close()
+        store.close()
+        for fd in (r1, r2, w2):
+            os.close(fd)
+    assert delta(fio, c0) == {}

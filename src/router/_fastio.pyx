@@ -3,28 +3,32 @@
 
 A `SegmentStore` hands out fixed-size segment slots in a few large sparse files ("arenas") whose
 descriptors it keeps open; a `SegmentedLog` is a list of slots. One writer (the event-loop
-thread) drains child pipes with readv() into a reused buffer and pwrite()s it at
+thread) drains child pipes with readv() into the store's drain buffer and pwrite()s it at
 slot start + position; any number of reader threads pread() committed ranges straight into the
-message they send. Segment = offset // segment size: seeks are O(1).
+message they send. Segment = offset // segment size: seeks are O(1). A closed log's slots go back
+to the store, which hands them out again before it makes new ones.
 
-Why (measured, benchmarks/RESULTS.md): writing through a file mapping faults in every page
-(0.8-1.2 GB/s, every touched page in RSS); readv + pwrite reaches 1.6-2.3 GB/s with flat RSS.
-And a file per stream costs a file creation per exec, ~0.5 ms of CPU on the ext4 here, while an
-append to an open file costs 16 us: so streams share arena files.
+Why (benchmarks/RESULTS.md, "Which kind of log"): draining 4 GiB into a file mapping ran at
+643 MB/s and left every touched page in RSS (4109 MiB); readv + pwrite ran at 1523 MB/s in 13 MiB.
+Streams share arena files rather than having a file each: that alone took the fan-out rate from
+417 to 505 execs/s ("Earlier states" there).
 
 Coordination relies on the GIL: `_committed` only grows, is published after the bytes are in
-the page cache, and bytes below it never change. The store counts calls inside a syscall and
-closes its descriptors only when none is (the py-pgproto rule for exported buffers).
-`router.pylog` is the pure-Python twin used as the test oracle.
+the page cache, and bytes below it never change. Nothing is freed under a call still using it (the
+py-pgproto rule for exported buffers): the store closes its descriptors once no call is inside a
+pread/pwrite, a closed log gives its slots back once no reader (nor the writer) is inside it, and
+the drain buffer is freed once no drain holds it. `counters()` counts all of these, exactly, for
+leak checks. `router.pylog` is the pure-Python twin used as the test oracle.
 """
 
 import os
 
+cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.errno cimport EAGAIN, EINTR, EIO, errno
+from libc.errno cimport EAGAIN, EBADF, EINTR, EIO, errno
 from libc.string cimport memcpy, memmove
 from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDWR
 from posix.fcntl cimport open as c_open
@@ -39,10 +43,49 @@ cdef enum:
     # One readv() takes at most this much; it matches the 1 MiB pipes the engine asks for.
     SCRATCH_SIZE = 1024 * 1024
 
-# The drain buffer. Only the loop thread drains, so one buffer serves every
-# log; a concurrent drain (never done by the engine) gets a buffer of its own.
-cdef char *_scratch = NULL
-cdef bint _scratch_busy = False
+
+# Live objects and calls in flight, for leak checks (see counters()). Always kept: a few integer
+# updates, all with the GIL held; debug builds assert none goes negative.
+cdef struct Counts:
+    Py_ssize_t open_stores          # initialised and not closed
+    Py_ssize_t open_logs            # initialised and not closed (close() or dealloc counts once)
+    Py_ssize_t syscalls_in_flight   # calls inside a pread/pwrite on a store (its _users, summed)
+    Py_ssize_t slots_in_use         # slots handed to logs and not given back
+    Py_ssize_t scratch_buffers      # drain buffers allocated: stores' own and temporary ones
+
+cdef Counts _counts
+
+
+cdef inline int _count(Py_ssize_t *counter, Py_ssize_t delta) except -1:
+    counter[0] += delta
+    if ROUTER_DEBUG:
+        assert counter[0] >= 0, "a counter went negative"
+    return 0
+
+
+def counters():
+    """Live stores and logs, calls inside a pread/pwrite, slots held by logs: all exact, so a test
+    can check they are back where they were."""
+    return {
+        "open_stores": _counts.open_stores,
+        "open_logs": _counts.open_logs,
+        "syscalls_in_flight": _counts.syscalls_in_flight,
+        "slots_in_use": _counts.slots_in_use,
+        "scratch_buffers": _counts.scratch_buffers,
+    }
+
+
+cdef int _raise_os_error(int err, object filename=None) except -1:
+    """The one errno -> OSError conversion; OSError() picks the subclass (FileNotFoundError, ...)."""
+    if filename is None:
+        raise OSError(err, os.strerror(err))
+    raise OSError(err, os.strerror(err), filename)
+
+
+# Every syscall loop below follows one convention (uvloop's): errno is read into a local inside the
+# nogil block right after the call, before anything else can change it; EINTR runs the signal
+# handlers with the GIL (PyErr_CheckSignals, PEP 475: a handler may raise) and retries; EAGAIN
+# where it can happen means no progress; every other error goes through _raise_os_error.
 
 
 cdef inline bint _would_block(int err) noexcept nogil:
@@ -78,14 +121,25 @@ cdef class SegmentStore:
         int *_fds                   # arena i's descriptor
         Py_ssize_t _nfiles
         Py_ssize_t _cap
-        Py_ssize_t _next            # next free slot
+        Py_ssize_t _next            # slots created so far; the next fresh slot
+        Py_ssize_t *_free           # slots closed logs gave back, handed out again first (LIFO)
+        Py_ssize_t _nfree
+        Py_ssize_t _free_cap        # kept > every slot number: giving a slot back never allocates
         Py_ssize_t _users           # calls inside a syscall on an arena right now
+        # The drain buffer, made on first use. Only the loop thread drains, so one serves every
+        # log of the store; a concurrent drain (never done by the engine) gets a temporary one.
+        char *_scratch
+        bint _scratch_busy
         bint _closed
 
     def __cinit__(self, *args, **kwargs):
         self._dir = None
         self._fds = NULL
         self._nfiles = self._cap = self._next = self._users = 0
+        self._free = NULL
+        self._nfree = self._free_cap = 0
+        self._scratch = NULL
+        self._scratch_busy = False
         self._closed = True  # until __init__ ran
 
     def __init__(self, directory, Py_ssize_t segment_size=32 * 1024 * 1024, Py_ssize_t slots_per_file=1024):
@@ -106,9 +160,18 @@ cdef class SegmentStore:
         self._segsize = segment_size
         self._per_file = slots_per_file
         self._closed = False
+        _count(&_counts.open_stores, 1)
 
     def __dealloc__(self):
+        if not self._closed:
+            self._closed = True
+            _count(&_counts.open_stores, -1)
         self._close_fds()
+        PyMem_Free(self._free)
+        self._free = NULL
+        if ROUTER_DEBUG:
+            assert not self._scratch_busy  # a drain holds a reference
+        self._free_scratch()
 
     @property
     def segment_size(self):
@@ -116,6 +179,7 @@ cdef class SegmentStore:
 
     @property
     def slots_used(self):
+        """Slots made so far (the arenas' extent); given-back slots are reused before it grows."""
         return self._next
 
     @property
@@ -129,46 +193,116 @@ cdef class SegmentStore:
     cdef bytes _path(self, Py_ssize_t i):
         return b"%s/arena-%08d" % (self._dir, i)
 
-    cdef void _close_fds(self) noexcept:
+    cdef str _arena_name(self, Py_ssize_t slot):
+        """The arena file holding slot, as OSError's filename."""
+        return os.fsdecode(self._path(slot // self._per_file))
+
+    cdef int _close_fds(self) except -1:
         cdef Py_ssize_t i
-        cdef int fd
+        cdef int fd, rc, err
         for i in range(self._nfiles):
             fd = self._fds[i]
             self._fds[i] = -1  # at once: a stale number could name another file
             if fd >= 0:
                 with nogil:
-                    c_close(fd)
+                    rc = c_close(fd)
+                    err = errno if rc < 0 else 0
+                # Never retried: Linux frees the descriptor even when close() reports EINTR, so a
+                # retry could close one another thread just opened (PEP 475 leaves close() alone).
+                # Nothing else to do on error either: the descriptor is gone.
+                if ROUTER_DEBUG:
+                    assert err != EBADF, "arena descriptor closed twice"
         PyMem_Free(self._fds)
         self._fds = NULL
         self._nfiles = self._cap = 0
+        return 0
 
     def close(self):
-        """Idempotent. Descriptors close once no call is inside a syscall; files stay."""
-        self._closed = True
+        """Idempotent. Descriptors close once no call is inside a pread/pwrite, the drain buffer once
+        no drain holds it; files stay. Logs of the store can no longer read, append or drain."""
+        if not self._closed:
+            self._closed = True
+            _count(&_counts.open_stores, -1)
         if self._users == 0:
             self._close_fds()
+        self._free_scratch()  # unless a drain is using it: then when it gives it back
+
+    cdef char *_take_scratch(self) except NULL:
+        cdef char *buf
+        if self._closed:
+            raise ValueError("I/O operation on closed segment store")
+        if not self._scratch_busy:
+            if self._scratch == NULL:
+                self._scratch = <char *>PyMem_Malloc(SCRATCH_SIZE)
+                if self._scratch == NULL:
+                    raise MemoryError()
+                _count(&_counts.scratch_buffers, 1)
+            self._scratch_busy = True
+            return self._scratch
+        buf = <char *>PyMem_Malloc(SCRATCH_SIZE)
+        if buf == NULL:
+            raise MemoryError()
+        _count(&_counts.scratch_buffers, 1)
+        return buf
+
+    cdef int _give_scratch(self, char *buf) except -1:
+        if buf == self._scratch:
+            self._scratch_busy = False
+            if self._closed:
+                self._free_scratch()
+        else:
+            PyMem_Free(buf)
+            _count(&_counts.scratch_buffers, -1)
+        return 0
+
+    cdef int _free_scratch(self) except -1:
+        if self._scratch != NULL and not self._scratch_busy:
+            PyMem_Free(self._scratch)
+            self._scratch = NULL
+            _count(&_counts.scratch_buffers, -1)
+        return 0
 
     cdef int _enter(self) except -1:
         if self._closed:
             raise ValueError("I/O operation on closed segment store")
         self._users += 1
+        _count(&_counts.syscalls_in_flight, 1)
         return 0
 
-    cdef void _leave(self) noexcept:
+    cdef int _leave(self) except -1:
         self._users -= 1
+        _count(&_counts.syscalls_in_flight, -1)
         if self._users == 0 and self._closed:
             self._close_fds()
+        return 0
 
     cdef Py_ssize_t _allocate(self) except -1:
-        """A fresh slot; its arena file is created (sparse) when the first slot of it is taken."""
-        cdef Py_ssize_t slot = self._next, f = slot // self._per_file, n
+        """A slot for a log: the one given back last if any, else a fresh one. An arena file is
+        created (sparse) when the first slot of it is taken."""
+        cdef Py_ssize_t slot, f, n
         cdef int *grown
-        cdef int fd, err = 0
+        cdef Py_ssize_t *grown_free
+        cdef int fd = -1, err
         cdef bytes path
         cdef const char *cpath
         if self._closed:
             raise ValueError("I/O operation on closed segment store")
+        if self._nfree > 0:
+            self._nfree -= 1
+            _count(&_counts.slots_in_use, 1)
+            return self._free[self._nfree]
+        slot = self._next
+        f = slot // self._per_file
+        if slot >= self._free_cap:
+            n = max(16, self._free_cap * 2)
+            grown_free = <Py_ssize_t *>PyMem_Realloc(self._free, n * sizeof(Py_ssize_t))
+            if grown_free == NULL:
+                raise MemoryError()
+            self._free = grown_free
+            self._free_cap = n
         if f >= self._nfiles:
+            if ROUTER_DEBUG:
+                assert f == self._nfiles
             if self._nfiles == self._cap:
                 n = max(4, self._cap * 2)
                 grown = <int *>PyMem_Realloc(self._fds, n * sizeof(int))
@@ -178,16 +312,38 @@ cdef class SegmentStore:
                 self._cap = n
             path = self._path(f)
             cpath = path
-            with nogil:
-                fd = c_open(cpath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-                if fd < 0:
-                    err = errno
-            if fd < 0:
-                raise OSError(err, os.strerror(err), os.fsdecode(path))
+            while True:
+                with nogil:
+                    fd = c_open(cpath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+                    err = errno if fd < 0 else 0
+                if fd >= 0:
+                    break
+                if err == EINTR:
+                    PyErr_CheckSignals()
+                else:
+                    _raise_os_error(err, os.fsdecode(path))
+            if self._closed:
+                # close() ran while open() had the GIL released: _fds may be gone.
+                with nogil:
+                    c_close(fd)
+                raise ValueError("I/O operation on closed segment store")
             self._fds[self._nfiles] = fd
             self._nfiles += 1
         self._next += 1
+        _count(&_counts.slots_in_use, 1)
         return slot
+
+    cdef int _free_slot(self, Py_ssize_t slot) except -1:
+        """Take back a slot no log uses any more (its bytes stay until it is written again)."""
+        cdef Py_ssize_t i
+        if ROUTER_DEBUG:
+            assert 0 <= slot < self._next and self._nfree < self._free_cap
+            for i in range(self._nfree):
+                assert self._free[i] != slot, "slot given back twice"
+        self._free[self._nfree] = slot
+        self._nfree += 1
+        _count(&_counts.slots_in_use, -1)
+        return 0
 
     cdef inline int _fd(self, Py_ssize_t slot) noexcept:
         return self._fds[slot // self._per_file]
@@ -205,48 +361,50 @@ cdef class SegmentStore:
             fd = self._fd(slot)
             at = self._base(slot) + pos
             while k > 0:
-                err = 0
                 with nogil:
                     w = pwrite(fd, src, <size_t>k, at)
-                    if w < 0:
-                        err = errno
-                if w < 0:
-                    if err == EINTR:
-                        PyErr_CheckSignals()
-                        continue
-                    raise OSError(err, os.strerror(err), os.fsdecode(self._path(slot // self._per_file)))
-                src += w
-                at += w
-                k -= w
+                    err = errno if w < 0 else 0
+                if w >= 0:
+                    src += w
+                    at += w
+                    k -= w
+                elif err == EINTR:
+                    PyErr_CheckSignals()
+                else:
+                    _raise_os_error(err, self._arena_name(slot))
         finally:
             self._leave()
         return 0
 
     cdef int _pread(self, Py_ssize_t slot, char *dst, Py_ssize_t k, Py_ssize_t pos) except -1:
         cdef ssize_t r
-        cdef int fd, err = 0
+        cdef int fd, err
         cdef Py_ssize_t at
         self._enter()
         try:
             fd = self._fd(slot)
             at = self._base(slot) + pos
-            with nogil:
-                while k > 0:
+            while k > 0:
+                with nogil:
                     r = pread(fd, dst, <size_t>k, at)
-                    if r > 0:
-                        dst += r
-                        at += r
-                        k -= r
-                    elif r == 0 or errno != EINTR:
-                        err = errno if r < 0 else EIO  # committed bytes cannot be missing
-                        break
-            if err:
-                raise OSError(err, os.strerror(err), os.fsdecode(self._path(slot // self._per_file)))
+                    err = errno if r < 0 else 0
+                if r > 0:
+                    dst += r
+                    at += r
+                    k -= r
+                elif r == 0:
+                    _raise_os_error(EIO, self._arena_name(slot))  # committed bytes cannot be missing
+                elif err == EINTR:
+                    PyErr_CheckSignals()  # a reader blocked in pread must not delay signal handlers
+                else:
+                    _raise_os_error(err, self._arena_name(slot))
         finally:
             self._leave()
         return 0
 
 
+# No tp_clear: __dealloc__ needs _store to give the slots back, even when the log dies in a cycle.
+@cython.no_gc_clear
 cdef class SegmentedLog:
     cdef:
         SegmentStore _store
@@ -255,6 +413,8 @@ cdef class SegmentedLog:
         Py_ssize_t _nslots
         Py_ssize_t _cap
         Py_ssize_t _committed
+        Py_ssize_t _readers         # calls inside read/read_frame (GIL released in pread)
+        Py_ssize_t _writers         # calls inside append/drain (one, by contract)
         bint _eof
         bint _closed
         char *_stash                # bytes taken from a pipe that could not be written yet
@@ -266,6 +426,7 @@ cdef class SegmentedLog:
         self._slots = NULL
         self._nslots = self._cap = 0
         self._committed = 0
+        self._readers = self._writers = 0
         self._eof = False
         # An instance whose __init__ never ran behaves as closed.
         self._closed = True
@@ -278,8 +439,17 @@ cdef class SegmentedLog:
         self._store = store
         self._segsize = store._segsize
         self._closed = False
+        _count(&_counts.open_logs, 1)
 
     def __dealloc__(self):
+        if self._store is not None:
+            # Whoever was inside held a reference: nobody is.
+            if ROUTER_DEBUG:
+                assert self._readers == 0 and self._writers == 0
+            if not self._closed:
+                self._closed = True
+                _count(&_counts.open_logs, -1)
+            self._release_slots()
         PyMem_Free(self._slots)
         self._slots = NULL
         PyMem_Free(self._stash)
@@ -310,6 +480,11 @@ cdef class SegmentedLog:
     def closed(self):
         return self._closed
 
+    @property
+    def readers(self):
+        """Calls inside read()/read_frame() right now."""
+        return self._readers
+
     def __repr__(self):
         return (
             f"<router._fastio.SegmentedLog segments={self._nslots} "
@@ -317,8 +492,43 @@ cdef class SegmentedLog:
         )
 
     def close(self):
-        """Idempotent. Later calls raise ValueError; the bytes stay in the store."""
+        """Idempotent. Later calls raise ValueError. The slots go back to the store for other logs
+        once no call is inside this one: now, or when the last reader (or the writer) leaves."""
+        if self._closed:
+            return
         self._closed = True
+        _count(&_counts.open_logs, -1)
+        self._release_if_idle()
+
+    # A closed log's slots may be handed to another log and overwritten: a reader still inside
+    # would copy foreign bytes. So, like py-pgproto's buffer that will not move memory while a view
+    # is exported, slots go back only once no call is inside. Callers hold the GIL.
+
+    cdef inline int _leave_reader(self) except -1:
+        self._readers -= 1
+        if ROUTER_DEBUG:
+            assert self._readers >= 0
+        return self._release_if_idle()
+
+    cdef inline int _leave_writer(self) except -1:
+        self._writers -= 1
+        if ROUTER_DEBUG:
+            assert self._writers >= 0
+        return self._release_if_idle()
+
+    cdef int _release_if_idle(self) except -1:
+        if self._closed and self._readers == 0 and self._writers == 0:
+            self._release_slots()
+        return 0
+
+    cdef int _release_slots(self) except -1:
+        cdef Py_ssize_t i
+        for i in range(self._nslots - 1, -1, -1):  # last first: the next log gets them in this order
+            self._store._free_slot(self._slots[i])
+        self._nslots = self._cap = 0
+        PyMem_Free(self._slots)
+        self._slots = NULL
+        return 0
 
     # -- writer side ------------------------------------------------------
 
@@ -328,6 +538,8 @@ cdef class SegmentedLog:
         cdef Py_ssize_t n
         if idx < self._nslots:
             return self._slots[idx]
+        if self._closed:  # closed meanwhile: a slot taken now would never go back
+            raise ValueError("I/O operation on closed log")
         if self._nslots == self._cap:
             n = max(4, self._cap * 2)
             grown = <Py_ssize_t *>PyMem_Realloc(self._slots, n * sizeof(Py_ssize_t))
@@ -392,10 +604,12 @@ cdef class SegmentedLog:
         if self._eof:
             raise ValueError("append after EOF")
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        self._writers += 1
         try:
             self._write(<const char *>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
+            self._leave_writer()
 
     def mark_eof(self):
         self._eof = True
@@ -404,40 +618,35 @@ cdef class SegmentedLog:
         """readv() a non-blocking fd into the tail until EAGAIN, EOF (EIO counts) or `budget` bytes.
 
         Returns (bytes drained by this call, eof). The GIL is released around every syscall.
+        ValueError if the log or its store is closed (before anything is read from fd).
         If writing fails (no descriptor, disk full), OSError is raised and the bytes already
         taken from the pipe are kept: the next call writes them first, so nothing is lost and
         the pipe holds the child back meanwhile.
         """
-        global _scratch, _scratch_busy
-        cdef iovec iov
-        cdef int err
-        cdef ssize_t n
-        cdef Py_ssize_t drained = 0
-        cdef char *buf
-        cdef bint own = False
-
         if budget <= 0:
             raise ValueError(f"budget must be positive, got {budget}")
         if self._closed:
             raise ValueError("I/O operation on closed log")
         if self._eof:
             return 0, True
-        if self._stash != NULL:
-            self._flush_stash()
-        if _scratch == NULL:
-            _scratch = <char *>PyMem_Malloc(SCRATCH_SIZE)
-            if _scratch == NULL:
-                raise MemoryError()
-        if _scratch_busy:
-            own = True
-            buf = <char *>PyMem_Malloc(SCRATCH_SIZE)
-            if buf == NULL:
-                raise MemoryError()
-        else:
-            _scratch_busy = True
-            buf = _scratch
+        self._writers += 1
         try:
-            while drained < budget and not self._closed:
+            return self._drain(fd, budget)
+        finally:
+            self._leave_writer()
+
+    cdef tuple _drain(self, int fd, Py_ssize_t budget):
+        cdef SegmentStore store = self._store
+        cdef iovec iov
+        cdef int err
+        cdef ssize_t n
+        cdef Py_ssize_t drained = 0
+        cdef char *buf = store._take_scratch()  # ValueError once the store is closed: nothing read
+        try:
+            if self._stash != NULL:
+                self._flush_stash()
+            # Stop reading once either is closed: bytes taken from the pipe could not be written.
+            while drained < budget and not self._closed and not store._closed:
                 iov.iov_base = buf
                 iov.iov_len = <size_t>min(budget - drained, <Py_ssize_t>SCRATCH_SIZE)
                 with nogil:
@@ -460,12 +669,9 @@ cdef class SegmentedLog:
                     self._eof = True
                     break
                 else:
-                    raise OSError(err, os.strerror(err))
+                    _raise_os_error(err)
         finally:
-            if own:
-                PyMem_Free(buf)
-            else:
-                _scratch_busy = False
+            store._give_scratch(buf)
         return drained, self._eof
 
     # -- reader side ------------------------------------------------------
@@ -499,8 +705,12 @@ cdef class SegmentedLog:
         cdef Py_ssize_t n = self._span(offset, max_len)
         if n == 0:
             return b""
-        out = PyBytes_FromStringAndSize(NULL, n)
-        self._copy_out(PyBytes_AS_STRING(out), offset, n)
+        self._readers += 1  # with the GIL, right after _span's check: close() can't come between
+        try:
+            out = PyBytes_FromStringAndSize(NULL, n)
+            self._copy_out(PyBytes_AS_STRING(out), offset, n)
+        finally:
+            self._leave_reader()
         return out
 
     def read_frame(self, Py_ssize_t offset, Py_ssize_t max_len):
@@ -509,9 +719,13 @@ cdef class SegmentedLog:
         cdef unsigned char *p
         if n == 0:
             return b""
-        out = PyBytes_FromStringAndSize(NULL, 1 + _varint_len(<size_t>n) + n)
-        p = <unsigned char *>PyBytes_AS_STRING(out)
-        p[0] = 0x0A  # field 1, wire type 2 (length-delimited)
-        p = _put_varint(p + 1, <size_t>n)
-        self._copy_out(<char *>p, offset, n)
+        self._readers += 1
+        try:
+            out = PyBytes_FromStringAndSize(NULL, 1 + _varint_len(<size_t>n) + n)
+            p = <unsigned char *>PyBytes_AS_STRING(out)
+            p[0] = 0x0A  # field 1, wire type 2 (length-delimited)
+            p = _put_varint(p + 1, <size_t>n)
+            self._copy_out(<char *>p, offset, n)
+        finally:
+            self._leave_reader()
         return out

@@ -1,5 +1,5 @@
 # C declarations that Cython's bundled libc.*/posix.* cimports lack.
-# Everything else (readv/iovec, mmap, open, ftruncate, close, errno) comes
+# Everything else (readv/iovec, pread, pwrite, open, close, errno) comes
 # from those bundled .pxd files.
 
 cdef extern from "<errno.h>" nogil:
