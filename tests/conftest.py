@@ -16,7 +16,7 @@ import grpc
 import pytest
 import uvloop
 
-from router import auth
+from router import _fastio, auth, pylog
 from router._proto import task_command_router_pb2 as pb
 from router._proto import task_command_router_pb2_grpc as pb_grpc
 from router.client import CHANNEL_OPTIONS, RouterClient
@@ -88,6 +88,7 @@ def leak_guard() -> Iterator[None]:
     fds = _fds()
     threads = set(threading.enumerate())
     kids = set(children())
+    logs = _log_counters()
     yield
     gc.collect()  # grpc.aio ends its poller thread when its last object is freed
     leaked_kids = _settled(lambda: set(children()) - kids)
@@ -96,6 +97,14 @@ def leak_guard() -> Iterator[None]:
     assert not leaked_threads, f"threads left behind: {leaked_threads}"
     leaked_fds = _settled(lambda: {f for f in _fds() - fds if not _grpc_internal(f)})
     assert not leaked_fds, f"descriptors left open: {leaked_fds}"
+    # Stores, logs, slots and drain buffers of the hot path (and its twin), and calls inside a syscall.
+    left = _settled(lambda: {k: v for k, v in _log_counters().items() if v != logs[k]})
+    assert not left, f"hot-path objects left behind (now, before): {({k: (v, logs[k]) for k, v in left.items()})}"
+
+
+def _log_counters() -> dict[str, int]:
+    return {**{f"_fastio.{k}": v for k, v in _fastio.counters().items()},
+            **{f"pylog.{k}": v for k, v in pylog.counters().items()}}
 
 
 def _grpc_internal(fd: str) -> bool:

@@ -15,6 +15,10 @@ import operator
 import os
 import sys
 import threading
+from typing import TYPE_CHECKING, SupportsIndex
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer needs 3.12
 
 __all__ = ["SegmentStore", "SegmentedLog", "counters"]
 
@@ -37,12 +41,12 @@ def counters() -> dict[str, int]:
         return dict(_counts)
 
 
-def _ssize(value) -> int:
+def _ssize(value: SupportsIndex) -> int:
     # Mirror the C version's Py_ssize_t argument conversion.
-    value = operator.index(value)
-    if not -_SSIZE_MAX - 1 <= value <= _SSIZE_MAX:
+    number = operator.index(value)
+    if not -_SSIZE_MAX - 1 <= number <= _SSIZE_MAX:
         raise OverflowError("Python int too large to convert to C ssize_t")
-    return value
+    return number
 
 
 def _varint(n: int) -> bytes:
@@ -58,7 +62,7 @@ class SegmentStore:
     __slots__ = ("_dir", "_segsize", "_per_file", "_fds", "_next", "_free", "_users", "_scratch", "_scratch_busy",
                  "_closed", "_lock")
 
-    def __init__(self, directory, segment_size: int = 32 * 1024 * 1024, slots_per_file: int = 1024) -> None:
+    def __init__(self, directory: str | os.PathLike[str], segment_size: int = 32 * 1024 * 1024, slots_per_file: int = 1024) -> None:
         segment_size = _ssize(segment_size)
         slots_per_file = _ssize(slots_per_file)
         if segment_size <= 0 or segment_size % mmap.PAGESIZE:
@@ -186,13 +190,14 @@ class SegmentStore:
     def _at(self, slot: int, pos: int) -> tuple[int, int]:
         return self._fds[slot // self._per_file], (slot % self._per_file) * self._segsize + pos
 
-    def _pwrite(self, slot: int, data, pos: int) -> None:
+    def _pwrite(self, slot: int, data: Buffer, pos: int) -> None:
         self._enter()
         try:
             fd, at = self._at(slot, pos)
+            view = memoryview(data)
             done = 0
-            while done < len(data):
-                done += os.pwrite(fd, data[done:], at + done)
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], at + done)
         finally:
             self._leave()
 
@@ -307,7 +312,7 @@ class SegmentedLog:
             self._slots.append(self._store._allocate())
         return self._slots[idx]
 
-    def _write(self, data) -> None:
+    def _write(self, data: Buffer) -> None:
         with memoryview(data) as view:
             if not view.c_contiguous:
                 # Same error PyObject_GetBuffer(PyBUF_SIMPLE) gives the C version.
@@ -321,7 +326,7 @@ class SegmentedLog:
                     self._committed += k  # publish after the bytes are in
                     done += k
 
-    def append(self, data) -> None:
+    def append(self, data: Buffer) -> None:
         with self._lock:
             if self._closed:
                 raise ValueError("I/O operation on closed log")
@@ -396,7 +401,7 @@ class SegmentedLog:
 
     # -- reader side ------------------------------------------------------
 
-    def _span(self, offset, max_len) -> int:
+    def _span(self, offset: SupportsIndex, max_len: SupportsIndex) -> int:
         offset, max_len = _ssize(offset), _ssize(max_len)
         if self._closed:
             raise ValueError("I/O operation on closed log")
@@ -416,7 +421,7 @@ class SegmentedLog:
             n -= k
         return parts
 
-    def _enter_reader(self, offset, max_len) -> int:
+    def _enter_reader(self, offset: SupportsIndex, max_len: SupportsIndex) -> int:
         with self._lock:
             n = self._span(offset, max_len)
             if n:
