@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import jwt
 
-from . import auth, config, procs
+from . import auth, config, procs, retention
 from ._proto import task_command_router_pb2 as pb
 from .client import STDERR, STDOUT, UNREACHABLE_SECS, RouterClient, exit_code
 
@@ -36,7 +36,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = config.ServerConfig(state_dir=str(state_dir), task_id=task_id, listen=args.listen, log_dir=log_dir,
                               kill_grace_secs=args.kill_grace, server_mode=args.server_mode,
                               reap_orphans=procs.inherits_orphans(),
-                              max_workers=args.max_workers)
+                              max_workers=args.max_workers, retain_bytes=args.retain_bytes,
+                              retain_secs=args.retain_secs, retain_execs=args.retain_execs)
     server = RouterServer(cfg, auth.load_or_create_key(state_dir))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -147,6 +148,22 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 1 if code is None else code
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def size(text: str) -> int:
+    """A byte count: digits with an optional binary unit (K, M, G, T; B or iB may follow)."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
+    try:
+        number = int(value[: len(value) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 4G)") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (negative)")
+    return number * _SIZE_UNITS[unit]
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="router", description="Run commands for remote clients and stream their output.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -161,6 +178,13 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--server-mode", choices=("aio", "threads"), default="aio",
                        help="aio: grpc.aio, every call on one event loop thread (default); threads: a thread per call")
     serve.add_argument("--max-workers", type=int, default=13000, help="threads mode: threads for concurrent calls")
+    serve.add_argument("--retain-bytes", type=size, default=0, metavar="SIZE",
+                       help="finished execs' output kept in all, e.g. 2G (default: 10%% of the logs' filesystem, "
+                            "at most 4G); oldest released first")
+    serve.add_argument("--retain-secs", type=float, default=retention.DEFAULT_SECS, metavar="SECS",
+                       help="release a finished exec this long after it exited (default %(default)s)")
+    serve.add_argument("--retain-execs", type=int, default=retention.DEFAULT_EXECS, metavar="N",
+                       help="finished execs kept (default %(default)s)")
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="print a bearer token for the task")

@@ -10,6 +10,8 @@ from typing import Literal
 import msgspec
 import platformdirs
 
+from .retention import DEFAULT_EXECS, DEFAULT_SECS
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 MiB = 1024 * 1024
 
@@ -40,6 +42,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reap_orphans: bool = False
     # Threads mode only. A followed exec holds three calls (one Wait, two reads).
     max_workers: int = 13000
+    # Finished execs' output kept (retention.py): total bytes (0: 10% of the logs' filesystem, at
+    # most 4 GiB), seconds after exit, number of execs. Oldest released first.
+    retain_bytes: int = 0
+    retain_secs: float = DEFAULT_SECS
+    retain_execs: int = DEFAULT_EXECS
 
 
 class ServerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

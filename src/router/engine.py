@@ -29,6 +29,7 @@ from .loop import LoopThread
 from .output import OutputPipes
 from .records import ExecSpec, ExitStatus
 from .registry import RETRY_AFTER_SECS, Registry
+from .retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,14 @@ def _ended(ex: Exec) -> bool:
 
 class Engine:
     def __init__(self, log_dir: pathlib.Path, *, segment_size: int, stdin_buffer_limit: int,
-                 kill_grace_secs: float = 0.0, max_running_execs: int = 0, reap_orphans: bool = False) -> None:
+                 kill_grace_secs: float = 0.0, max_running_execs: int = 0, reap_orphans: bool = False,
+                 retention: Retention = Retention()) -> None:
         self._log_dir = log_dir
         self._segment_size = segment_size
         self._stdin_limit = stdin_buffer_limit
         self._kill_grace = kill_grace_secs
         self._reap_orphans = reap_orphans
+        self._retention = retention
         self._store: SegmentStore | None = None
         self._registry = Registry(max_running_execs or default_max_running_execs())
         self._loop = LoopThread("router-engine")
@@ -84,7 +87,9 @@ class Engine:
         self._remove_logs()
         # Every stream's segments are slots in a few shared files: no file creation per exec.
         self._store = SegmentStore(str(self._log_dir), self._segment_size)
+        self._retention = self._retention.resolved(str(self._log_dir))
         self._loop.start()
+        self._loop.call_soon(self._expire_periodically)
         if self._reap_orphans:
             main_thread_id = threading.main_thread().native_id
             assert main_thread_id is not None
@@ -124,6 +129,10 @@ class Engine:
     @property
     def running_count(self) -> int:
         return self._registry.running
+
+    @property
+    def retention(self) -> Retention:
+        return self._retention
 
     def get(self, exec_id: str) -> Exec:
         return self._registry.get(exec_id)
@@ -203,6 +212,7 @@ class Engine:
         for stream in ex.logs():
             stream.mark_eof()
         self._set_status(ex, status)
+        self._on_finished(ex)
 
     def _forget(self, ex: Exec, error: RouterError) -> None:
         """A start that failed for lack of resources leaves no exec behind, so a retry can run it."""
@@ -226,16 +236,17 @@ class Engine:
         ex.output.leader_exited()
         self._set_status(ex, status)
         if ex.finished:
-            self._release(ex)
+            self._on_finished(ex)
 
     def _on_output_done(self, ex: Exec) -> None:
         if ex.finished:
-            self._release(ex)
+            self._on_finished(ex)
 
     def _set_status(self, ex: Exec, status: ExitStatus) -> None:
         self._registry.exited()
         with ex.cond:
             ex.status = status
+            ex.exited_at = time.monotonic()
             ex.stdin.drop()
             ex.notify()
 
@@ -243,6 +254,24 @@ class Engine:
         if ex.child is not None and ex.child.release():
             # Background processes that closed their output outlive the exec; stop() ends them.
             self._lingering_groups.add(ex.child.pid)
+
+    def _on_finished(self, ex: Exec) -> None:
+        """Nothing of the exec runs on: reap it, and keep its output within the retention limits."""
+        self._release(ex)
+        self._registry.finished(ex, ex.held_bytes())
+        self._expire()
+
+    def _expire(self) -> None:
+        for ex in self._registry.expire(self._retention):
+            # Slots go back to the store once the last reader is out of the log.
+            for stream in ex.logs():
+                stream.close()
+            ex.notify()
+
+    def _expire_periodically(self) -> None:
+        self._expire()
+        # Often enough that age is honoured to within a quarter of the limit.
+        self._loop.loop.call_later(min(max(self._retention.secs / 4, 0.05), 60.0), self._expire_periodically)
 
     # -- loop thread: shutdown -------------------------------------------------------------------
 

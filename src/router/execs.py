@@ -44,6 +44,7 @@ class Exec:
         self.started.set_running_or_notify_cancel()
         self.cond = threading.Condition()
         self.status: ExitStatus | None = None
+        self.exited_at: float | None = None  # time.monotonic() when the status was set
         self.failed: RouterError | None = None  # set if the start failed and the exec was dropped
         self.stdin = StdinBuffer(self.cond, stdin_limit, spec.pty is not None, self.notify)
         self.child: Child | None = None
@@ -59,6 +60,10 @@ class Exec:
 
     def logs(self) -> list[SegmentedLog]:
         return [log for log in (self.stdout, self.stderr) if log is not None]
+
+    def held_bytes(self) -> int:
+        """Output bytes this exec holds in the store."""
+        return sum(log.committed for log in self.logs())
 
     @property
     def running(self) -> bool:

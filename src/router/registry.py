@@ -1,20 +1,24 @@
 """The registry: exec id -> Exec, admission (how many may run), idempotent begin, forgetting."""
 from __future__ import annotations
 
+import collections
 import threading
+import time
 from collections.abc import Callable
 
 import grpc
 
 from .errors import RouterError, not_found, throttled
 from .execs import Exec
+from .retention import Retention
 
 # How long a throttled client is told to wait before it starts again.
 RETRY_AFTER_SECS = 1.0
 
 
 class Registry:
-    """Thread-safe. `running` counts execs admitted and not yet exited."""
+    """Thread-safe. `running` counts execs admitted and not yet exited; finished execs are kept in
+    the order they finished, with their output's size, for retention."""
 
     def __init__(self, max_running: int) -> None:
         self._lock = threading.Lock()
@@ -22,6 +26,13 @@ class Registry:
         self._max_running = max_running
         self._running = 0
         self._closing = False
+        self._finished: collections.OrderedDict[str, tuple[Exec, int]] = collections.OrderedDict()
+        self._finished_bytes = 0
+
+    @property
+    def finished_bytes(self) -> int:
+        """Output held by finished execs."""
+        return self._finished_bytes
 
     @property
     def running(self) -> int:
@@ -66,6 +77,30 @@ class Registry:
             if self._execs.get(ex.exec_id) is ex:
                 del self._execs[ex.exec_id]
             self._running -= 1
+
+    def finished(self, ex: Exec, held_bytes: int) -> None:
+        """An exec is finished (exited, output complete) holding `held_bytes` of output."""
+        with self._lock:
+            if ex.exec_id not in self._finished and self._execs.get(ex.exec_id) is ex:
+                self._finished[ex.exec_id] = (ex, held_bytes)
+                self._finished_bytes += held_bytes
+
+    def expire(self, retention: Retention) -> list[Exec]:
+        """Forget finished execs, oldest first, while any limit of `retention` is passed; the
+        caller releases what they hold."""
+        now = time.monotonic()
+        released = []
+        with self._lock:
+            while self._finished:
+                ex, held = next(iter(self._finished.values()))
+                if (len(self._finished) <= retention.execs and self._finished_bytes <= retention.bytes
+                        and (ex.exited_at is None or now - ex.exited_at <= retention.secs)):
+                    break
+                del self._finished[ex.exec_id]
+                del self._execs[ex.exec_id]
+                self._finished_bytes -= held
+                released.append(ex)
+        return released
 
     def close(self) -> list[Exec] | None:
         """Admit nothing more; every exec there is, or None if already closed."""

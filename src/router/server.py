@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .auth import Authenticator
 from .config import ServerConfig
+from .retention import Retention
 from .engine import Engine, raise_open_file_limit
 from .handlers import Handlers
 from .service import SERVICE_NAME, Service
@@ -59,6 +60,7 @@ class RouterServer:
             kill_grace_secs=config.kill_grace_secs,
             max_running_execs=config.max_running_execs,
             reap_orphans=config.reap_orphans,
+            retention=Retention(bytes=config.retain_bytes, secs=config.retain_secs, execs=config.retain_execs),
         )
         self._handlers = Handlers(Service(config, self.engine), Authenticator(key, config.task_id))
         self.port = 0

@@ -20,7 +20,7 @@ from ._fastio import SegmentedLog
 from ._proto import task_command_router_pb2 as pb
 from .config import ServerConfig
 from .engine import Engine
-from .errors import RouterError, throttled
+from .errors import RouterError, not_found, throttled
 from .execs import Exec
 from .records import ExitStatus, StreamName
 
@@ -140,6 +140,9 @@ class ReadCursor:
         try:
             # One copy out of the log, already a TaskExecStdioReadResponse on the wire.
             frame = self.stream.read_frame(self.offset, n)
+        except ValueError:
+            # Closed under us: retention released the exec (the only reason a log closes early).
+            raise not_found(f"exec {self._exec_id!r} not found: its output was released") from None
         except OSError as e:
             raise _log_error(e, f"the {self._which} of exec {self._exec_id!r}") from None
         self.offset += n
