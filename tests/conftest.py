@@ -123,6 +123,21 @@ def make_server(tmp_path: pathlib.Path, **overrides: object) -> tuple[RouterServ
     return server, key
 
 
+@contextlib.contextmanager
+def serving(tmp_path: pathlib.Path, **overrides: object) -> Iterator[tuple[RouterServer, RouterClient, "Raw"]]:
+    """A server with these config overrides, a client and a raw stub on it; all stopped after."""
+    server, key = make_server(tmp_path, **overrides)
+    token = auth.mint_token(key, TASK_ID)
+    client = RouterClient(f"127.0.0.1:{server.port}", token, TASK_ID, retries=0)
+    raw = Raw(server.port, token)
+    try:
+        yield server, client, raw
+    finally:
+        client.close()
+        raw.channel.close()
+        server.stop(0.5)
+
+
 @pytest.fixture(params=["aio", "threads"])
 def server_and_key(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[tuple[RouterServer, bytes]]:
     """A server in each mode: both serve the same contract."""

@@ -18,7 +18,7 @@ from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, RouterClient, exit_code
 
-from .conftest import PIPES, TASK_ID, Raw, eventually, make_server, py, start_request
+from .conftest import PIPES, TASK_ID, Raw, eventually, make_server, py, serving, start_request
 
 OK = grpc.StatusCode.OK
 U64_MAX = 2**64 - 1
@@ -61,20 +61,6 @@ def _first_line(client: RouterClient, exec_id: str) -> bytes:
         if b"\n" in buf:
             return buf.split(b"\n", 1)[0]
     return buf
-
-
-@contextlib.contextmanager
-def _server(tmp_path: pathlib.Path, **overrides: object):  # type: ignore[no-untyped-def]
-    server, key = make_server(tmp_path, **overrides)
-    token = auth.mint_token(key, TASK_ID)
-    client = RouterClient(f"127.0.0.1:{server.port}", token, TASK_ID, retries=0)
-    raw = Raw(server.port, token)
-    try:
-        yield server, client, raw
-    finally:
-        client.close()
-        raw.channel.close()
-        server.stop(0.5)
 
 
 @contextlib.contextmanager
@@ -174,7 +160,7 @@ def test_timeout_still_kills_the_group_after_the_leader_exits(client: RouterClie
 def test_stop_kills_background_processes_of_exited_execs(tmp_path: pathlib.Path) -> None:
     """Processes an exec left in its group (output closed, leader gone) do not outlive the router's shutdown.
     """
-    with _server(tmp_path) as (server, client, _):
+    with serving(tmp_path) as (server, client, _):
         client.start("bg", ["sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $!"], **PIPES)
         sleeper = int(_first_line(client, "bg"))
         assert exit_code(client.wait("bg")) == 0
@@ -206,7 +192,7 @@ def test_output_survives_a_log_that_cannot_be_written(tmp_path: pathlib.Path, ca
     """When the log cannot take output (EISDIR here, standing in for EMFILE / ENOSPC / EIO), the bytes the
     drain took are kept and reading pauses; once the log works again the stream is whole and the child unharmed.
     """
-    with _server(tmp_path) as (server, client, raw):
+    with serving(tmp_path) as (server, client, raw):
         arena = tmp_path / "state" / "logs" / "arena-00000000"
         assert not arena.exists()
         arena.mkdir()  # creating the first arena file now fails (EISDIR)
@@ -248,7 +234,7 @@ def test_orphans_are_reaped_when_the_router_is_a_subreaper(tmp_path: pathlib.Pat
     assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     orphan = 0
     try:
-        with _server(tmp_path, reap_orphans=True) as (server, client, _):
+        with serving(tmp_path, reap_orphans=True) as (server, client, _):
             client.start("orph", ["sh", "-c", "sleep 0.3 >/dev/null 2>&1 & echo $!"], **PIPES)
             orphan = int(_first_line(client, "orph"))
             assert exit_code(client.wait("orph")) == 0
@@ -300,7 +286,7 @@ def test_serve_reaps_orphans_as_a_subreaper(tmp_path: pathlib.Path) -> None:
 def test_emfile_while_draining_loses_nothing(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
     """A momentary EMFILE while draining (the first output must create the first arena file) pauses
     reading; no output is lost."""
-    with _server(tmp_path) as (server, client, raw):
+    with serving(tmp_path) as (server, client, raw):
         client.start("fd", ["sh", "-c", "sleep 0.4; echo one; sleep 0.6; echo two"], **PIPES)
         with descriptors_exhausted():
             # "one" arrives while no descriptor is free.
@@ -322,7 +308,7 @@ def test_pty_eof_after_a_full_line_ends_input(client: RouterClient) -> None:
 def test_spawn_emfile_is_throttled_and_leaks_nothing(tmp_path: pathlib.Path, free_fds: int) -> None:
     """EMFILE at each descriptor the spawn needs (stdin pipe, stdout pipe, stderr pipe) is
     RESOURCE_EXHAUSTED with a retry policy, creates no exec, and closes every descriptor it opened."""
-    with _server(tmp_path) as (server, client, raw):
+    with serving(tmp_path) as (server, client, raw):
         poll = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="emfile")
         assert raw.code("TaskExecPoll", poll) == grpc.StatusCode.NOT_FOUND  # connection is up
         with descriptors_exhausted(free_fds):
@@ -342,7 +328,7 @@ def test_leftover_segments_of_a_crashed_router_never_show_through(tmp_path: path
     logs.mkdir(parents=True)
     (logs / "0.stdout-00000000").write_bytes(b"STALE" * 1000)
     (logs / "0.stdout").mkdir()  # the pre-c0ca171 layout
-    with _server(tmp_path) as (_, client, raw):
+    with serving(tmp_path) as (_, client, raw):
         assert raw.code("TaskExecStart", start_request("after-crash", ["printf", "hi"])) == OK
         assert exit_code(client.wait("after-crash")) == 0
         assert b"".join(client.read("after-crash")) == b"hi"
@@ -388,7 +374,7 @@ def test_cancelled_waits_and_reads_leave_no_waiters(client: RouterClient, raw: R
 
 
 def test_stop_with_blocked_readers_waiters_and_writers_is_prompt(tmp_path: pathlib.Path) -> None:
-    with _server(tmp_path, stdin_buffer_limit=64 * 1024) as (server, client, raw):
+    with serving(tmp_path, stdin_buffer_limit=64 * 1024) as (server, client, raw):
         client.start("b", ["sleep", "30"], **PIPES)
         chunk = b"x" * (1024 * 1024)
         raw.call("TaskExecStdinWrite", pb.TaskExecStdinWriteRequest(task_id=TASK_ID, exec_id="b", data=chunk))

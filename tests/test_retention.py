@@ -4,36 +4,26 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-from collections.abc import Iterator
 
 import grpc
 import pytest
 
-from router import _fastio, auth
+from router import _fastio
 from router._proto import task_command_router_pb2 as pb
 from router.client import RouterClient, exit_code
 from router.errors import RouterError
 from router.server import RouterServer
 from router.service import ReadCursor
 
-from .conftest import PIPES, TASK_ID, Raw, eventually, make_server
+from .conftest import PIPES, TASK_ID, Raw, eventually, serving
 
 KiB = 1024
 SEGMENT = 64 * KiB
 
 
-@contextlib.contextmanager
-def serving(tmp_path: pathlib.Path, **overrides: object) -> Iterator[tuple[RouterServer, RouterClient, Raw]]:
-    server, key = make_server(tmp_path, log_segment_size=SEGMENT, **overrides)
-    token = auth.mint_token(key, TASK_ID)
-    client = RouterClient(f"127.0.0.1:{server.port}", token, TASK_ID, retries=0)
-    raw = Raw(server.port, token)
-    try:
-        yield server, client, raw
-    finally:
-        client.close()
-        raw.channel.close()
-        server.stop(0.5)
+def small(tmp_path: pathlib.Path, **overrides: object) -> contextlib.AbstractContextManager[tuple[RouterServer, RouterClient, Raw]]:
+    """A server with small segments, so a few KiB of output spans several."""
+    return serving(tmp_path, log_segment_size=SEGMENT, **overrides)
 
 
 def run(client: RouterClient, exec_id: str, nbytes: int) -> bytes:
@@ -49,7 +39,7 @@ def known(raw: Raw, exec_id: str) -> bool:
 
 
 def test_count_releases_the_oldest_finished(tmp_path: pathlib.Path) -> None:
-    with serving(tmp_path, retain_execs=3) as (server, client, raw):
+    with small(tmp_path, retain_execs=3) as (server, client, raw):
         for i in range(5):
             assert run(client, f"e{i}", 10) == b"\0" * 10
         assert [known(raw, f"e{i}") for i in range(5)] == [False, False, True, True, True]
@@ -58,14 +48,14 @@ def test_count_releases_the_oldest_finished(tmp_path: pathlib.Path) -> None:
 
 
 def test_bytes_release_the_oldest_until_within_budget(tmp_path: pathlib.Path) -> None:
-    with serving(tmp_path, retain_bytes=300 * KiB) as (server, client, raw):
+    with small(tmp_path, retain_bytes=300 * KiB) as (server, client, raw):
         for i in range(5):
             assert len(run(client, f"b{i}", 100 * KiB)) == 100 * KiB
         assert [known(raw, f"b{i}") for i in range(5)] == [False, False, True, True, True]
 
 
 def test_age_releases_after_exit_and_never_a_running_exec(tmp_path: pathlib.Path) -> None:
-    with serving(tmp_path, retain_secs=0.2) as (server, client, raw):
+    with small(tmp_path, retain_secs=0.2) as (server, client, raw):
         client.start("slow", ["sh", "-c", "read x; echo done"], **PIPES)
         assert run(client, "quick", 5) == b"\0" * 5
         assert eventually(lambda: not known(raw, "quick")), "a finished exec outlived its age limit"
@@ -77,7 +67,7 @@ def test_age_releases_after_exit_and_never_a_running_exec(tmp_path: pathlib.Path
 
 def test_released_slots_are_recycled_so_arenas_stay_within_budget(tmp_path: pathlib.Path) -> None:
     budget = 256 * KiB
-    with serving(tmp_path, retain_bytes=budget) as (server, client, raw):
+    with small(tmp_path, retain_bytes=budget) as (server, client, raw):
         for i in range(40):  # 20x the budget streams through
             assert len(run(client, f"r{i}", 128 * KiB)) == 128 * KiB
         arenas = list((tmp_path / "state" / "logs").glob("arena-*"))
