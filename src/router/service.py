@@ -8,6 +8,7 @@ its thread on the exec, grpc.aio by awaiting it. Bodies raise RouterError for a 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
@@ -58,6 +59,12 @@ METHODS: dict[str, Method] = {
 }
 
 
+def fingerprint(request: pb.TaskExecStartRequest) -> bytes:
+    """What makes two starts of one exec id the same request: a digest, so that no secret value a
+    request carries is kept (or journaled) with the exec."""
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+
+
 def exit_message(cls: type, status: ExitStatus | None) -> Any:
     if status is None:
         return cls()
@@ -75,7 +82,7 @@ class Service:
 
     def TaskExecStart(self, request: pb.TaskExecStartRequest) -> Body:
         spec = requests.exec_spec(request, self._engine.base_env)
-        ex = self._engine.begin_exec(request.exec_id, request.SerializeToString(deterministic=True), spec)
+        ex = self._engine.begin_exec(request.exec_id, fingerprint(request), spec)
         yield Wait(ex, ex.started.done)
         ex.started.result()  # raises why the start failed
         return pb.TaskExecStartResponse()
