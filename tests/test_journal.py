@@ -126,6 +126,15 @@ def test_forgotten_removes_and_begun_restarts(tmp_path: pathlib.Path) -> None:
     assert (state.orphans, state.replaced, state.replayed) == (2, 1, len(records))
 
 
+def test_execs_are_in_age_order() -> None:
+    """A Begun for a live id starts it afresh as the newest, so retention releases it last."""
+    state = expected([begun("a"), begun("b"), begun("c"), Spawned("a", 1, False), begun("b"), Forgotten("c"),
+                      begun("c")])
+    assert list(state.execs) == ["a", "b", "c"]
+    assert expected([begun("a"), begun("b"), begun("a")]).execs.keys() == {"a", "b"}
+    assert list(expected([begun("a"), begun("b"), begun("a")]).execs) == ["b", "a"]
+
+
 # -- secrets ---------------------------------------------------------------------------------------
 
 
