@@ -228,7 +228,7 @@ class JournalState(msgspec.Struct):
         (of that stream, for Output). Records naming no live exec are counted and ignored."""
         self.replayed += 1
         execs = self.execs
-        if isinstance(record, Begun):
+        if type(record) is Begun:
             if execs.pop(record.exec_id, None) is not None:
                 self.replaced += 1
             execs[record.exec_id] = JournaledExec(record)
@@ -236,13 +236,13 @@ class JournalState(msgspec.Struct):
         ex = execs.get(record.exec_id)
         if ex is None:
             self.orphans += 1
-        elif isinstance(record, Output):
+        elif type(record) is Output:
             ex.outputs[record.stream] = record
-        elif isinstance(record, Stdin):
+        elif type(record) is Stdin:
             ex.stdin = record
-        elif isinstance(record, Spawned):
+        elif type(record) is Spawned:
             ex.spawned = record
-        elif isinstance(record, Exited):
+        elif type(record) is Exited:
             ex.exited = record
         else:
             del execs[record.exec_id]
@@ -479,20 +479,17 @@ class Journal:
     def _encode(self, batch: list[Record]) -> bytes:
         """Frame every record into one buffer. A record over MAX_RECORD is removed from `batch`
         and RecordTooLarge raised (the caller puts the rest back)."""
-        buf = bytearray()
-        encode_into, pack_into, crc32 = _encoder.encode_into, _FRAME.pack_into, zlib.crc32
+        parts: list[bytes] = []
+        add, encode, pack, crc32, limit = parts.append, _encoder.encode, _FRAME.pack, zlib.crc32, MAX_RECORD
         for i, record in enumerate(batch):
-            start = len(buf)
-            encode_into(record, buf, start + FRAME_SIZE)  # zero-fills the frame's place
-            length = len(buf) - start - FRAME_SIZE
-            if length > MAX_RECORD:
+            payload = encode(record)
+            if len(payload) > limit:
                 del batch[i]
                 raise RecordTooLarge(f"{type(record).__name__} of exec {record.exec_id!r} encodes to "
-                                     f"{length} bytes (at most {MAX_RECORD})")
-            with memoryview(buf) as view:
-                crc = crc32(view[start + FRAME_SIZE:])
-            pack_into(buf, start, length, crc)
-        return bytes(buf)
+                                     f"{len(payload)} bytes (at most {limit})")
+            add(pack(len(payload), crc32(payload)))
+            add(payload)
+        return b"".join(parts)
 
     def _write(self, data: bytes) -> None:
         """Write `data` at the end of the last whole record, looping on short writes. If that
