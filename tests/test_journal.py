@@ -297,6 +297,7 @@ def test_append_buffers_and_flush_writes_once(tmp_path: pathlib.Path, monkeypatc
         written = j.flush()
         assert len(calls) == 1 and written == calls[0] == path.stat().st_size - len(HEADER) == j.size - len(HEADER)
         assert j.pending == 0 and j.flush() == 0 and len(calls) == 1
+        assert j.flush(fsync=True) == 0 and len(calls) == 1
     assert same(replay(path), expected(records))
 
 

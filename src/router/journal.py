@@ -365,6 +365,7 @@ class Journal:
                 os.ftruncate(fd, 0)
                 _pwrite_all(fd, HEADER, 0)
                 size = len(HEADER)
+                _fsync_dir(path.parent)  # so that flush(fsync=True) finds the file after a power cut
             else:
                 size = state.valid_length
                 if size < len(data):
