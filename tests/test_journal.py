@@ -5,10 +5,14 @@ import contextlib
 import errno
 import os
 import pathlib
+import signal
 import stat
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 
@@ -489,3 +493,60 @@ def test_ten_thousand_execs_replay(tmp_path: pathlib.Path) -> None:
     assert list(state.execs)[0] == "exec-00000" and list(state.execs)[-1] == "exec-09999"
     for i in (0, 4321, 9999):
         assert list(state.execs[f"exec-{i:05d}"].records()) == lifecycle(f"exec-{i:05d}")
+
+
+WRITER = """
+import sys
+from router.journal import Journal, Begun, Spawned, Output, Exited
+from router.records import ExecSpec, ExitStatus
+from router.journal import Forgotten
+churn = sys.argv[2] == "churn"  # retention keeps 50 execs; compaction every 64 KiB or so
+j, _ = Journal.open(sys.argv[1], compact_min=1 << 16)
+spec = ExecSpec(args=["x" * 100], env={"A": "1"})
+i = 0
+while True:
+    e = f"e{i}"
+    for r in (Begun.from_spec(e, bytes(32), spec, 1.0), Spawned(e, i, False), Output(e, "stdout", [i], i, True),
+              Output(e, "stderr", [], 0, True), Exited(e, ExitStatus(code=0), 2.0, "exited")):
+        j.append(r)
+        if i % 3 == 0:
+            j.flush()
+    if i % 7 == 0:
+        j.append(Spawned(e, -1, True))  # a record left buffered across execs
+    if churn and i >= 50:
+        j.append(Forgotten(f"e{i - 50}"))
+    j.flush()
+    i += 1
+"""
+
+
+@pytest.mark.parametrize("mode", ["grow", "churn"])
+def test_kill_9_leaves_a_replayable_prefix(tmp_path: pathlib.Path, mode: str) -> None:
+    """A writer killed at a random moment (with churn: compacting now and then): whole execs up to
+    some point, then a prefix of the next."""
+    path = tmp_path / "journal"
+    for _ in range(3):
+        path.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), mode])
+        try:
+            deadline = time.monotonic() + 30
+            started = time.monotonic()
+            while time.monotonic() < deadline and not (
+                    path.exists() and (path.stat().st_size > 200_000 if mode == "grow" else time.monotonic() - started > 0.5)):
+                time.sleep(0.005)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        state = replay(path)
+        assert state.stopped in ("end", "short") and state.execs
+        ids = list(state.execs)
+        first = int(ids[0][1:])
+        assert ids == [f"e{i}" for i in range(first, first + len(ids))]
+        assert mode == "grow" and first == 0 or mode == "churn" and len(ids) <= 51
+        for ex in list(state.execs.values())[:-1]:
+            assert ex.exited is not None and set(ex.outputs) == {"stdout", "stderr"}
+        j, reopened = Journal.open(path)
+        with j:
+            j.append(Forgotten(ids[0]))
+        assert same(reopened, state) and list(replay(path).execs) == ids[1:]
+        assert not (tmp_path / "journal.tmp").exists()
