@@ -1,0 +1,159 @@
+"""The exec journal's cost, in this process (no server): appending and flushing what 10,000 execs
+write (Begun, Spawned, Output x2, Exited each), replaying a journal of 10,000 finished execs, and
+compacting one. `python -m benchmarks.bench_journal` prints the figures without asv."""
+from __future__ import annotations
+
+import functools
+import pathlib
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+from router import journal as jr
+from router.records import ExecSpec, ExitStatus
+
+EXECS = 10_000
+RECORDS_PER_EXEC = 5
+_SPEC = ExecSpec(args=["python", "-c", "print('hello')"], env={"PATH": "/usr/bin:/bin", "HOME": "/root",
+                                                                  "TOKEN": "secret"}, workdir="/work")
+
+
+def exec_records(i: int) -> list[jr.Record]:
+    exec_id = f"exec-{i:08d}-0123456789abcdef"
+    return [jr.Begun.from_spec(exec_id, bytes(32), _SPEC, 1.7e9 + i),
+            jr.Spawned(exec_id, 100_000 + i, False),
+            jr.Output(exec_id, "stdout", [i % 4096, (i + 1) % 4096], 70_000, True),
+            jr.Output(exec_id, "stderr", [(i + 2) % 4096], 120, True),
+            jr.Exited(exec_id, ExitStatus(code=0), 1.7e9 + i + 0.5, jr.CAUSE_EXITED)]
+
+
+class Journal:
+    """10,000 execs' records appended, flushed every `flush_every` execs (1: one write per exec,
+    the most the engine could do; 100: a busy loop iteration)."""
+
+    params = [[1, 100]]
+    param_names = ["flush_every"]
+    number = 1
+    repeat = (3, 10, 20.0)
+    warmup_time = 0.0
+
+    def setup(self, flush_every: int) -> None:
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="bench-journal-"))
+        self.records = [exec_records(i) for i in range(EXECS)]
+        self.journal, _ = jr.Journal.open(self.dir / "journal", auto_compact=False)
+
+    def teardown(self, flush_every: int) -> None:
+        self.journal.close(fsync=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def time_append_flush(self, flush_every: int) -> None:
+        append, flush = self.journal.append, self.journal.flush
+        for i, records in enumerate(self.records):
+            for record in records:
+                append(record)
+            if i % flush_every == 0:
+                flush()
+        flush()
+
+
+class Replay:
+    """Replaying a journal that holds 10,000 finished execs (50,000 records)."""
+
+    number = 1
+    repeat = (3, 10, 20.0)
+    warmup_time = 0.0
+
+    def setup(self) -> None:
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="bench-journal-"))
+        self.path = self.dir / "journal"
+        write_finished(self.path)
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def time_replay(self) -> None:
+        state = jr.replay(self.path)
+        assert len(state.execs) == EXECS
+
+    def track_bytes_per_exec(self) -> float:
+        return self.path.stat().st_size / EXECS
+
+
+class Compact:
+    """Compacting an open journal of 10,000 live execs (encode, write, fsync, rename), after as
+    many records again of churn (every exec's Output and Exited written twice)."""
+
+    number = 1
+    repeat = (3, 10, 20.0)
+    warmup_time = 0.0
+
+    def setup(self) -> None:
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="bench-journal-"))
+        path = self.dir / "journal"
+        write_finished(path)
+        self.journal, _ = jr.Journal.open(path, auto_compact=False)
+        for i in range(EXECS):
+            for record in exec_records(i)[2:]:
+                self.journal.append(record)
+        self.journal.flush()
+        self.before = self.journal.size
+
+    def teardown(self) -> None:
+        self.journal.close(fsync=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def time_compact(self) -> None:
+        self.journal.compact()
+
+
+def write_finished(path: pathlib.Path) -> None:
+    journal, _ = jr.Journal.open(path, auto_compact=False)
+    with journal:
+        for i in range(EXECS):
+            for record in exec_records(i):
+                journal.append(record)
+            if i % 100 == 99:
+                journal.flush()
+
+
+def _best(fn: Callable[[], object], setup: Callable[[], object], teardown: Callable[[], object],
+          runs: int = 7) -> tuple[float, float]:
+    """Best and median seconds of `runs` calls, each with its own setup and teardown."""
+    times = []
+    for _ in range(runs):
+        setup()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        teardown()
+    return min(times), statistics.median(times)
+
+
+def main() -> None:
+    n = EXECS * RECORDS_PER_EXEC
+    for flush_every in Journal.params[0]:
+        b = Journal()
+        best, median = _best(functools.partial(b.time_append_flush, flush_every),
+                             functools.partial(b.setup, flush_every), functools.partial(b.teardown, flush_every))
+        print(f"append+flush, flush every {flush_every:>3} execs: {best * 1e3:7.1f} ms best, {median * 1e3:7.1f} ms median"
+              f" for {EXECS} execs = {best / EXECS * 1e6:5.2f} us/exec, {n / best / 1e3:6.0f} k records/s")
+    r = Replay()
+    best, median = _best(r.time_replay, r.setup, r.teardown)
+    print(f"replay of {EXECS} finished execs ({n} records): {best * 1e3:.1f} ms best, {median * 1e3:.1f} ms median")
+    c = Compact()
+    best, median = _best(c.time_compact, c.setup, c.teardown)
+    c.setup()
+    c.time_compact()
+    sizes = f"{c.before / 2**20:.1f} MiB -> {c.journal.size / 2**20:.1f} MiB"
+    c.teardown()
+    print(f"compact of {EXECS} live execs ({sizes}, incl. fsync, rename): {best * 1e3:.1f} ms best, "
+          f"{median * 1e3:.1f} ms median")
+    r.setup()
+    print(f"journal size: {r.track_bytes_per_exec():.0f} bytes per exec")
+    r.teardown()
+
+
+if __name__ == "__main__":
+    main()
