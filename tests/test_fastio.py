@@ -1281,3 +1281,454 @@ def test_scratch_not_freed_under_a_drain(fio, logdir):
         for fd in (r1, r2, w2):
             os.close(fd)
     assert delta(fio, c0) == {}
+
+
+# -- releasing the middle of a running log (the per-exec output cap) -----------------------------
+
+
+def test_release_then_read(fio, logdir):
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    log = fio.SegmentedLog(store)
+    data = payload(6 * SEG + 10)
+    try:
+        log.append(data)
+        c0 = fio.counters()
+        assert (log.released_range, log.held_bytes) == ((0, 0), len(data))
+        assert log.release(1, 3) == 2 * SEG
+        assert log.segments == [0, -1, -1, 3, 4, 5, 6]
+        assert (log.released_range, log.held_bytes) == ((SEG, 3 * SEG), len(data) - 2 * SEG)
+        assert delta(fio, c0) == {"slots_in_use": -2}  # nobody inside: back at once
+        assert issubclass(fio.OffsetReleased, LookupError)
+        # Inside the gap: OffsetReleased naming the first offset still held, whatever the length.
+        for off in (SEG, SEG + 1, 2 * SEG, 3 * SEG - 1):
+            for call in (log.read, log.read_frame):
+                for n in (0, 1, 10 * SEG):
+                    with pytest.raises(fio.OffsetReleased) as exc:
+                        call(off, n)
+                    assert exc.value.first_held == 3 * SEG and exc.value.offset == off
+                    assert str(3 * SEG) in str(exc.value)
+        # Before it: stops at the gap, never bytes across it.
+        assert log.read(0, 10 * SEG) == data[:SEG]
+        assert log.read(SEG - 5, 100) == data[SEG - 5:SEG]
+        assert decode_frame(log.read_frame(SEG - 5, 100)) == data[SEG - 5:SEG]
+        assert log.read(SEG - 5, 3) == data[SEG - 5:SEG - 2]
+        # After it: as before.
+        assert log.read(3 * SEG, 10 * SEG) == data[3 * SEG:]
+        assert log.read(4 * SEG - 3, 6) == data[4 * SEG - 3:4 * SEG + 3]
+        assert decode_frame(log.read_frame(3 * SEG, SEG)) == data[3 * SEG:4 * SEG]
+        assert log.read(len(data), 5) == b""
+        # Extended at its end only; an empty range does nothing.
+        assert log.release(1, 3) == 0 and log.release(2, 3) == 0 and log.release(4, 4) == 0
+        assert log.release(3, 4) == SEG and log.release(1, 5) == SEG
+        assert log.segments == [0, -1, -1, -1, -1, 5, 6] and log.released_range == (SEG, 5 * SEG)
+        assert delta(fio, c0) == {"slots_in_use": -4}
+        with pytest.raises(fio.OffsetReleased) as exc:
+            log.read(3 * SEG, 1)
+        assert exc.value.first_held == 5 * SEG
+        for start, stop, why in [(0, 6, "extended at its end"), (0, 1, "extended at its end"),
+                                 (6, 6 + 1, "tail"), (5, 7, "tail"), (2, 1, "bad"), (-1, 2, "bad"),
+                                 (1, 7, "tail")]:
+            with pytest.raises(ValueError, match=why):
+                log.release(start, stop)
+        assert log.released_range == (SEG, 5 * SEG)
+        # The tail moves on: what was the tail segment can go now.
+        log.append(data[:SEG])
+        assert log.release(5, 7) == 2 * SEG and log.read(0, 10 * SEG) == data[:SEG]
+        assert log.read(7 * SEG, 2 * SEG) == (data + data[:SEG])[7 * SEG:]
+    finally:
+        log.close()
+        store.close()
+    assert log.segments == [] and log.released_range == (SEG, 7 * SEG)
+    with pytest.raises(ValueError):
+        log.release(1, 2)
+
+
+def test_release_needs_a_contiguous_range(fio, logdir):
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    log = fio.SegmentedLog(store)
+    try:
+        log.append(payload(8 * SEG))
+        assert log.release(2, 3) == SEG
+        with pytest.raises(ValueError):
+            log.release(4, 6)  # a second range
+        with pytest.raises(ValueError):
+            log.release(1, 3)  # growing at the start
+        assert log.release(3, 5) == 2 * SEG and log.released_range == (2 * SEG, 5 * SEG)
+        assert log.read(0, 8 * SEG) == payload(8 * SEG)[:2 * SEG]
+        other = fio.SegmentedLog(store)
+        with pytest.raises(ValueError):
+            other.release(0, 1)  # empty log: segment 0 is the tail
+        assert other.release(0, 0) == 0 and other.released_range == (0, 0)
+        other.close()
+    finally:
+        log.close()
+        store.close()
+
+
+def test_released_slots_reused_by_other_logs(fio, logdir):
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    log = fio.SegmentedLog(store)
+    data = payload(5 * SEG + 1, seed=1)
+    try:
+        log.append(data)
+        log.release(1, 4)
+        other = fio.SegmentedLog(store)
+        other.append(b"o" * (4 * SEG))
+        assert other.segments == [1, 2, 3, 6]  # the released ones first, lowest first
+        assert store.slots_used == 7
+        assert arena_bytes(logdir, other, 0, 4 * SEG) == b"o" * (4 * SEG)
+        assert log.read(0, 10 * SEG) == data[:SEG] and log.read(4 * SEG, 10 * SEG) == data[4 * SEG:]
+        c0 = fio.counters()
+        log.close()  # gives back what it still holds, the released ones not again
+        assert delta(fio, c0) == {"open_logs": -1, "slots_in_use": -3}
+        third = fio.SegmentedLog(store)
+        third.append(b"t" * (3 * SEG))
+        assert sorted(third.segments) == [0, 4, 5] and other.read(0, 4 * SEG) == b"o" * (4 * SEG)
+        third.close()
+        other.close()
+    finally:
+        log.close()
+        store.close()
+
+
+def test_release_with_reader_inside_defers_slot_return(fio, logdir):
+    """Deterministic: the reader sleeps in pread() on segment 0 (see blocking_arena) and the signal
+    handler, running inside read(), releases segments 1-2 and has another log take slots: it must
+    not get 1 or 2 while the reader is inside; once it has left, they are handed out."""
+    store = fio.SegmentStore(logdir, SEG, 1)  # one slot an arena: only slot 0 reads from kmsg
+    log = fio.SegmentedLog(store)
+    data = payload(4 * SEG + 1)
+    log.append(data)
+    seen = {}
+
+    def handler(signum, frame):
+        if log.readers != 1 or seen:
+            return  # not inside read() yet
+        before = fio.counters()
+        seen["released"] = log.release(1, 3)
+        seen["state"] = (log.segments, log.released_range, delta(fio, before))
+        other = fio.SegmentedLog(store)
+        other.append(b"o" * (2 * SEG))  # must not get slot 1 or 2: the reader is still inside
+        seen["other"] = other
+        seen["in_use"] = fio.counters()["slots_in_use"]
+        raise Interrupted
+
+    try:
+        with blocking_arena(logdir, 0) as unblock, kicking(handler, lambda: bool(seen), unblock) as timed_out:
+            with pytest.raises(Interrupted):
+                log.read(0, 4 * SEG)
+        assert not timed_out
+        assert seen["released"] == 2 * SEG
+        assert seen["state"] == ([0, -1, -1, 3, 4], (SEG, 3 * SEG), {}), "slots went back with a reader inside"
+        assert seen["other"].segments == [5, 6], "released slots were handed out with a reader inside"
+        # The reader has left: slots 1 and 2 are back, and the next ones handed out.
+        assert log.readers == 0 and fio.counters()["slots_in_use"] == seen["in_use"] - 2
+        third = fio.SegmentedLog(store)
+        third.append(b"t" * (2 * SEG))
+        assert third.segments == [1, 2] and store.slots_used == 7
+        assert log.read(3 * SEG, 2 * SEG) == data[3 * SEG:]
+        third.close()
+        seen["other"].close()
+    finally:
+        seen.clear()
+        log.close()
+        store.close()
+
+
+release_op = st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 3 * SEG)),
+    st.tuples(st.just("release"), st.integers(0, 3), st.integers(0, 12)),
+    st.tuples(st.just("read"), st.floats(0, 1), st.integers(0, 4 * SEG)),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(release_op, max_size=30), seed=st.integers(0, 2**32 - 1))
+def test_model_release(fio, ops, seed):
+    """release() and reads at random offsets against a model: bytes plus one released range."""
+    rng = random.Random(seed)
+    model = bytearray()
+    rel: tuple[int, int] | None = None  # released segments [a, b)
+    with tempfile.TemporaryDirectory() as d:
+        store = fio.SegmentStore(d, SEG, SLOTS)
+        c0 = fio.counters()
+        log = fio.SegmentedLog(store)
+        try:
+            for o in ops:
+                if o[0] == "append":
+                    chunk = rng.randbytes(o[1])
+                    log.append(chunk)
+                    model += chunk
+                elif o[0] == "release":
+                    start, stop = o[1], o[1] + o[2]
+                    tail = len(model) // SEG
+                    if start == stop:
+                        assert log.release(start, stop) == 0
+                    elif stop > tail or (rel is not None and not rel[0] <= start <= rel[1]):
+                        with pytest.raises(ValueError):
+                            log.release(start, stop)
+                    else:
+                        first = start if rel is None else max(start, rel[1])
+                        assert log.release(start, stop) == max(stop - first, 0) * SEG
+                        rel = (start, stop) if rel is None else (rel[0], max(rel[1], stop))
+                else:
+                    off = int(o[1] * len(model))
+                    lo, hi = (rel[0] * SEG, rel[1] * SEG) if rel else (len(model) + 1, len(model) + 1)
+                    if lo <= off < hi:
+                        for call in (log.read, log.read_frame):
+                            with pytest.raises(fio.OffsetReleased) as exc:
+                                call(off, o[2])
+                            assert exc.value.first_held == hi
+                    else:
+                        expect = bytes(model[off:min(off + o[2], lo if off < lo else len(model))])
+                        assert log.read(off, o[2]) == expect
+                        frame = log.read_frame(off, o[2])
+                        assert (decode_frame(frame) if frame else b"") == expect
+                segs = log.segments
+                assert len(segs) == -(-len(model) // SEG)
+                assert [i for i, s in enumerate(segs) if s == -1] == (list(range(*rel)) if rel else [])
+                assert log.released_range == ((rel[0] * SEG, rel[1] * SEG) if rel else (0, 0))
+                assert log.held_bytes == len(model) - ((rel[1] - rel[0]) * SEG if rel else 0)
+                assert delta(fio, c0).get("slots_in_use", 0) == sum(s >= 0 for s in segs)
+        finally:
+            log.close()
+            store.close()
+
+
+def test_release_while_readers_read(fio, logdir):
+    """Stress: readers at random offsets of a log whose released range keeps growing while other
+    logs write into the slots it gives back: every read gives the log's own bytes or
+    OffsetReleased, never another log's bytes."""
+    store = fio.SegmentStore(logdir, PAGE, 8)
+    nseg = 200
+    data = payload(nseg * PAGE + 1, seed=42)
+    log = fio.SegmentedLog(store)
+    log.append(data)
+    stop = threading.Event()
+    bad, reads, refused = [], [0], [0]
+
+    def reader(seed):
+        rng = random.Random(seed)
+        while not stop.is_set():
+            off = rng.randrange(len(data))
+            try:
+                got = log.read(off, rng.randrange(1, 16 * PAGE))
+            except fio.OffsetReleased as e:
+                refused[0] += 1
+                if not (e.first_held > off and e.first_held % PAGE == 0):
+                    bad.append(("first_held", off, e.first_held))
+                continue
+            reads[0] += 1
+            if got != data[off:off + len(got)]:
+                bad.append((off, len(got)))
+            time.sleep(0.0002)  # now and then no reader is inside: the slots go back
+
+    others = []
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for end in range(2, nseg):
+            log.release(1, end)
+            other = fio.SegmentedLog(store)
+            other.append(b"\xff" * PAGE)  # lands in a released slot once it is back
+            others.append(other)
+            if end % 20 == 0:
+                time.sleep(0.002)
+        stop.set()
+        for t in threads:
+            t.join(10)
+        assert not bad, f"a reader saw wrong bytes: {bad[:5]}"
+        assert reads[0] > 0 and refused[0] > 0
+        assert store.slots_used < nseg + 1 + len(others)  # released slots were reused
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        for other in others:
+            other.close()
+        log.close()
+        store.close()
+
+
+# -- restore after a restart -----------------------------------------------------------------------
+
+
+def _open_arenas(logdir: str) -> list[str]:
+    """The arena files of logdir this process has open."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if os.path.dirname(target) == os.path.realpath(logdir):
+                out.append(os.path.basename(target))
+    return sorted(out)
+
+
+def _crashed_run(fio, logdir):
+    """A run that writes logs and 'crashes': the journal says what each live log held, then the
+    objects are just dropped (nothing closed on purpose; the arena files stay). Arena 1 (slots 3-5)
+    belonged to a log closed before the crash: no journal entry holds a slot of it."""
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    a, b, c, gone = (fio.SegmentedLog(store) for _ in range(4))
+    datas = {"a": payload(3 * SEG, seed=1), "b": payload(2 * SEG + 100, seed=2),
+             "c": payload(6 * SEG + 7, seed=3), "empty": b""}
+    a.append(datas["a"])                  # slots 0 1 2, exactly full: no tail slot
+    gone.append(payload(3 * SEG, seed=4))  # slots 3 4 5
+    b.append(datas["b"])                  # 6 7 8
+    c.append(datas["c"])                  # 9 .. 15
+    b.mark_eof()
+    c.release(1, 4)                       # 10 11 12 back to the store
+    gone.close()
+    empty = fio.SegmentedLog(store)
+    assert (a.segments, b.segments, c.segments, empty.segments) == (
+        [0, 1, 2], [6, 7, 8], [9, -1, -1, -1, 13, 14, 15], [])
+    journal = {name: (log.segments, log.committed, log.eof)
+               for name, log in [("a", a), ("b", b), ("c", c), ("empty", empty)]}
+    return store, [a, b, c, empty], journal, datas
+
+
+def test_restore_round_trip(fio, logdir):
+    old = _crashed_run(fio, logdir)
+    journal, datas = old[2], old[3]
+    sizes = {name: os.stat(os.path.join(logdir, name)).st_size for name in os.listdir(logdir)}
+    del old  # the crash: nothing closed, the objects just go
+    gc.collect()
+    c0 = fio.counters()
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    logs = {}
+    try:
+        assert store.slots_used == 0 and _open_arenas(logdir) == []
+        for name, (slots, committed, eof) in journal.items():
+            logs[name] = fio.SegmentedLog.restore(store, slots, committed, eof)
+        assert {n: os.stat(os.path.join(logdir, n)).st_size for n in os.listdir(logdir)} == sizes  # never truncated
+        assert store.slots_used == 16
+        assert delta(fio, c0) == {"open_stores": 1, "open_logs": 4, "slots_in_use": 3 + 3 + 4}
+        assert _open_arenas(logdir) == ["arena-00000000", "arena-00000002", "arena-00000003",
+                                        "arena-00000004", "arena-00000005"]  # not arena 1: nobody's
+        for name, log in logs.items():
+            slots, committed, eof = journal[name]
+            assert (log.segments, log.committed, log.eof, log.store) == (slots, committed, eof, store)
+        c = logs["c"]
+        assert (c.released_range, c.held_bytes) == ((SEG, 4 * SEG), 6 * SEG + 7 - 3 * SEG)
+        with pytest.raises(fio.OffsetReleased) as exc:
+            c.read(2 * SEG, 1)
+        assert exc.value.first_held == 4 * SEG
+
+        def check_bytes(rng):
+            for name, log in logs.items():
+                data = datas[name]
+                lo, hi = log.released_range
+                assert log.read(0, len(data)) == data[:lo if hi else len(data)]
+                assert log.read(hi, len(data)) == data[hi:]
+                for _ in range(20):
+                    off = rng.randrange(len(data) + 1)
+                    n = rng.randrange(3 * SEG)
+                    if lo <= off < hi:
+                        continue
+                    assert log.read(off, n) == data[off:min(off + n, lo if off < lo else len(data))]
+
+        check_bytes(random.Random(0))
+        # finish_restore: the slots nobody claimed (3-5: the closed log's; 10-12: c's released
+        # ones) are handed out, lowest first, before new ones.
+        store.finish_restore()
+        assert delta(fio, c0)["slots_in_use"] == 10
+        new = fio.SegmentedLog(store)
+        new.append(b"n" * (7 * SEG))
+        assert new.segments == [3, 4, 5, 10, 11, 12, 16] and store.slots_used == 17
+        assert arena_bytes(logdir, new, 0, 7 * SEG) == b"n" * (7 * SEG)
+        assert "arena-00000001" in _open_arenas(logdir)
+        # The restored logs go on: c's tail segment is continued in place; a's next byte gets a slot.
+        logs["c"].append(b"C" * SEG)
+        logs["a"].append(b"A")
+        datas["c"] += b"C" * SEG
+        datas["a"] += b"A"
+        assert logs["c"].segments == [9, -1, -1, -1, 13, 14, 15, 17] and logs["a"].segments == [0, 1, 2, 18]
+        with pytest.raises(ValueError):
+            logs["b"].append(b"x")  # restored at EOF
+        assert logs["c"].release(1, 7) == 3 * SEG
+        # The restored bytes were never overwritten.
+        check_bytes(random.Random(1))
+        new.close()
+    finally:
+        for log in logs.values():
+            log.close()
+        store.close()
+
+
+def test_restore_validation(fio, logdir):
+    old = _crashed_run(fio, logdir)
+    journal = old[2]
+    del old
+    gc.collect()
+    c0 = fio.counters()
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    logs = []
+    try:
+        logs.append(fio.SegmentedLog.restore(store, *journal["a"]))  # slots 0 1 2
+        c1 = fio.counters()
+        bad = [
+            ([6, 7, 6], 2 * SEG + 100, "twice"),
+            ([6, 1, 8], 2 * SEG + 100, "already held"),
+            ([6, -2, 8], 2 * SEG + 100, "out of range"),
+            ([6, 7, 10**6], 2 * SEG + 100, "out of range"),  # no such arena file
+            ([6, 7, 8], 3 * SEG + 100, "does not fit"),       # too few slots
+            ([6, 7, 8, 9], 2 * SEG + 100, "does not fit"),    # too many
+            ([6, 7, 8], 2 * SEG - 1, "does not fit"),         # an extra slot, and the tail not empty
+            ([6, 7, 8, 9], 3 * SEG + 1, "short"),             # slot 9 holds a full segment, slot 8 not
+            ([9, -1, 11, -1, 13], 5 * SEG, "contiguous"),
+            ([9, 10, -1], 2 * SEG + 1, "below the tail"),
+            ([9, -1], 2 * SEG - 1, "below the tail"),
+            ([], -1, "committed"),
+        ]
+        for slots, committed, why in bad:
+            with pytest.raises(ValueError, match=why):
+                fio.SegmentedLog.restore(store, slots, committed, False)
+            assert fio.counters() == c1 and store.slots_used == 3, f"{why}: something was claimed"
+        with pytest.raises(TypeError):
+            fio.SegmentedLog.restore(store, [6, "7"], SEG + 1, False)
+        with pytest.raises(TypeError):
+            fio.SegmentedLog.restore(logdir, [6], 1, False)
+        assert fio.counters() == c1
+        # Valid ones still go: an empty tail slot, a released run at the start.
+        logs.append(fio.SegmentedLog.restore(store, [6, 7, 8], 2 * SEG, False))
+        logs.append(fio.SegmentedLog.restore(store, [-1, -1, 15], 2 * SEG + 7, True))
+        assert logs[-1].released_range == (0, 2 * SEG) and logs[-1].read(2 * SEG, 10) == payload(6 * SEG + 7, seed=3)[6 * SEG:]
+        assert delta(fio, c0) == {"open_stores": 1, "open_logs": 3, "slots_in_use": 7}
+        # A restored log closed before finish_restore gives its slots back exactly once.
+        logs.pop(1).close()
+        store.finish_restore()
+        with pytest.raises(RuntimeError):
+            store.finish_restore()
+        with pytest.raises(RuntimeError):
+            fio.SegmentedLog.restore(store, [9], SEG, False)
+        others = [fio.SegmentedLog(store) for _ in range(3)]
+        for o in others:
+            o.append(b"x" * (5 * SEG))
+        handed = [s for o in others for s in o.segments]
+        assert len(handed) == len(set(handed)) == 15 and not set(handed) & {0, 1, 2, 15}
+        assert sorted(handed)[:13] == [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16]
+        logs.extend(others)
+    finally:
+        for log in logs:
+            log.close()
+        store.close()
+    # The first allocation ends the restore phase too; a closed store refuses.
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    log = fio.SegmentedLog(store)
+    try:
+        log.append(b"x")
+        assert log.segments == [0]
+        with pytest.raises(RuntimeError):
+            fio.SegmentedLog.restore(store, [1], 1, False)
+        with pytest.raises(RuntimeError):
+            store.finish_restore()
+    finally:
+        log.close()
+        store.close()
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    store.close()
+    with pytest.raises(ValueError):
+        fio.SegmentedLog.restore(store, [0], 1, False)
+    with pytest.raises(ValueError):
+        store.finish_restore()

@@ -1,5 +1,7 @@
 """Segmented append-only logs in shared arena files (see router.pylog for the pure-Python twin)."""
 
+from collections.abc import Iterable
+from typing import SupportsIndex
 from typing_extensions import Buffer  # collections.abc.Buffer needs 3.12
 from os import PathLike
 
@@ -13,11 +15,24 @@ def counters() -> dict[str, int]:
     scratch_buffers: drain buffers allocated (each store's own, and temporary ones).
     """
 
+class OffsetReleased(LookupError):
+    """read()/read_frame() at an offset inside a log's released range (see SegmentedLog.release).
+    `first_held` (also in the message) is the first offset after the gap the log still holds."""
+
+    offset: int
+    first_held: int
+    def __init__(self, offset: int, first_held: int) -> None: ...
+
+
 class SegmentStore:
     """Fixed-size segment slots in sparse files `arena-00000000`, ... of `directory`, whose
     descriptors it keeps open (one per `slots_per_file` slots). Slot s lives in arena
     s // slots_per_file at byte (s % slots_per_file) * segment_size. Slots that closed logs give
-    back are handed out again (last given back first) before a new one is made."""
+    back are handed out again (last given back first) before a new one is made.
+
+    Arena files already in `directory` (a previous run's) are opened when needed and never
+    truncated: a new store starts in its restore phase, where SegmentedLog.restore() claims the
+    slots a journal says logs hold, until finish_restore() (or the first allocation) frees the rest."""
 
     def __init__(self, directory: str | PathLike[str], segment_size: int = 33554432, slots_per_file: int = 1024) -> None:
         """`directory` must exist; `segment_size` a positive multiple of the page size (else ValueError)."""
@@ -30,6 +45,12 @@ class SegmentStore:
 
     @property
     def closed(self) -> bool: ...
+    def finish_restore(self) -> None:
+        """End of startup: every slot below slots_used that no restored log holds goes on the free
+        list (lowest handed out first), to be reused. The first allocation does this by itself.
+        RuntimeError if the restore phase is over already (a second call, or after an allocation);
+        ValueError once closed."""
+
     def close(self) -> None:
         """Idempotent. Descriptors close once no call is inside a pread/pwrite on them, the drain
         buffer once no drain holds it; files stay. The store's logs can no longer read, append or
@@ -44,11 +65,35 @@ class SegmentedLog:
     """
 
     def __init__(self, store: SegmentStore) -> None: ...
+    @classmethod
+    def restore(cls, store: SegmentStore, slots: Iterable[SupportsIndex], committed: int, eof: bool) -> SegmentedLog:
+        """A log as a journal recorded it (`segments`, `committed`, `eof`) before a restart, on a new
+        store over the same directory: segment i lives in slots[i]; -1 entries (one contiguous run)
+        become the released range. The slots are claimed (in use, their arena files opened,
+        slots_used grows to cover them).
+
+        RuntimeError once the store's restore phase is over (finish_restore() or any allocation);
+        ValueError, with nothing claimed, when the store is closed, committed < 0, a slot is < -1
+        or has no arena file ("out of range"), is listed twice or already claimed, its arena file
+        is too short for the segment's committed bytes, len(slots) does not fit committed (it must
+        be ceil(committed / segment_size), or committed // segment_size + 1 when the tail segment
+        has a slot but no byte yet), or the -1 entries are not one run below the tail segment.
+        """
+
     @property
     def store(self) -> SegmentStore: ...
     @property
     def segments(self) -> list[int]:
-        """The store slots holding this log's segments, in order; [] once closed and given back."""
+        """The store slots holding this log's segments, in order, -1 for released ones; [] once
+        closed and given back."""
+
+    @property
+    def released_range(self) -> tuple[int, int]:
+        """Byte offsets [start, end) that release() released; (0, 0) if none."""
+
+    @property
+    def held_bytes(self) -> int:
+        """committed minus the released bytes."""
 
     @property
     def committed(self) -> int:
@@ -79,11 +124,25 @@ class SegmentedLog:
         """
 
     def mark_eof(self) -> None: ...
+    def release(self, start_segment: int, stop_segment: int) -> int:
+        """Release segments [start_segment, stop_segment) of a running log (the per-exec output cap).
+
+        Returns the bytes newly released. From now on reads there raise OffsetReleased; the slots
+        go back to the store (to be reused by any log) once no read/read_frame is inside this log:
+        at once, or when the last reader leaves. Only whole segments below the tail segment
+        (stop_segment <= committed // segment_size). A log has one released range: the first
+        non-empty call fixes its start, later ones must start inside it or at its end and may
+        extend its end. An empty range (start == stop) does nothing and returns 0. ValueError
+        otherwise (negative or reversed bounds, reaching the tail, non-contiguous, closed log).
+        """
+
     def read(self, offset: int, max_len: int) -> bytes:
         """Committed bytes [offset, min(offset + max_len, committed)).
 
         offset == committed gives b""; offset > committed or negative
-        arguments, or a closed log, raise ValueError.
+        arguments, or a closed log, raise ValueError. An offset inside the
+        released range raises OffsetReleased; a read starting before it stops
+        at its start.
         """
 
     def read_frame(self, offset: int, max_len: int) -> bytes:

@@ -28,10 +28,11 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.errno cimport EAGAIN, EBADF, EINTR, EIO, errno
+from libc.errno cimport EAGAIN, EBADF, EINTR, EIO, ENOENT, errno
 from libc.string cimport memcpy, memmove
 from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDWR
 from posix.fcntl cimport open as c_open
+from posix.stat cimport fstat, struct_stat
 from posix.uio cimport iovec, readv
 from posix.unistd cimport _SC_PAGESIZE, pread, pwrite, sysconf
 from posix.unistd cimport close as c_close
@@ -82,6 +83,19 @@ cdef int _raise_os_error(int err, object filename=None) except -1:
     raise OSError(err, os.strerror(err), filename)
 
 
+class OffsetReleased(LookupError):
+    """read()/read_frame() at an offset inside a log's released range; `first_held` is the first
+    offset after it that the log still holds."""
+
+    def __init__(self, offset, first_held):
+        super().__init__(f"offset {offset} was released; the first offset still held is {first_held}")
+        self.offset = offset
+        self.first_held = first_held
+
+    def __reduce__(self):
+        return type(self), (self.offset, self.first_held)
+
+
 # Every syscall loop below follows one convention (uvloop's): errno is read into a local inside the
 # nogil block right after the call, before anything else can change it; EINTR runs the signal
 # handlers with the GIL (PyErr_CheckSignals, PEP 475: a handler may raise) and retries; EAGAIN
@@ -118,7 +132,7 @@ cdef class SegmentStore:
         bytes _dir                  # fs-encoded directory
         Py_ssize_t _segsize
         Py_ssize_t _per_file        # slots in one arena file
-        int *_fds                   # arena i's descriptor
+        int *_fds                   # arena i's descriptor, -1 until first needed
         Py_ssize_t _nfiles
         Py_ssize_t _cap
         Py_ssize_t _next            # slots created so far; the next fresh slot
@@ -126,6 +140,10 @@ cdef class SegmentStore:
         Py_ssize_t _nfree
         Py_ssize_t _free_cap        # kept > every slot number: giving a slot back never allocates
         Py_ssize_t _users           # calls inside a syscall on an arena right now
+        # Startup: until finish_restore() or the first allocation, logs may be restored; _claimed
+        # holds the slots restored logs hold (a closed or released one leaves it).
+        bint _restoring
+        set _claimed
         # The drain buffer, made on first use. Only the loop thread drains, so one serves every
         # log of the store; a concurrent drain (never done by the engine) gets a temporary one.
         char *_scratch
@@ -140,6 +158,8 @@ cdef class SegmentStore:
         self._nfree = self._free_cap = 0
         self._scratch = NULL
         self._scratch_busy = False
+        self._restoring = True
+        self._claimed = set()
         self._closed = True  # until __init__ ran
 
     def __init__(self, directory, Py_ssize_t segment_size=32 * 1024 * 1024, Py_ssize_t slots_per_file=1024):
@@ -276,62 +296,160 @@ cdef class SegmentStore:
             self._close_fds()
         return 0
 
-    cdef Py_ssize_t _allocate(self) except -1:
-        """A slot for a log: the one given back last if any, else a fresh one. An arena file is
-        created (sparse) when the first slot of it is taken."""
-        cdef Py_ssize_t slot, f, n
+    cdef int _grow_free(self, Py_ssize_t upto) except -1:
+        """Room on the free list for every slot below upto."""
+        cdef Py_ssize_t n
+        cdef Py_ssize_t *grown
+        if upto > self._free_cap:
+            n = max(16, self._free_cap * 2, upto)
+            grown = <Py_ssize_t *>PyMem_Realloc(self._free, n * sizeof(Py_ssize_t))
+            if grown == NULL:
+                raise MemoryError()
+            self._free = grown
+            self._free_cap = n
+        return 0
+
+    cdef int _open_arena(self, Py_ssize_t f, bint create) except -1:
+        """Open arena file f unless it is open: created (sparse) if `create`, never truncated.
+        Without `create` a missing file raises FileNotFoundError."""
+        cdef Py_ssize_t n, i
         cdef int *grown
-        cdef Py_ssize_t *grown_free
-        cdef int fd = -1, err
+        cdef int fd = -1, err, flags = O_RDWR | O_CLOEXEC
         cdef bytes path
         cdef const char *cpath
         if self._closed:
             raise ValueError("I/O operation on closed segment store")
+        if f < self._nfiles and self._fds[f] >= 0:
+            return 0
+        if f >= self._cap:
+            n = max(4, self._cap * 2, f + 1)
+            grown = <int *>PyMem_Realloc(self._fds, n * sizeof(int))
+            if grown == NULL:
+                raise MemoryError()
+            self._fds = grown
+            self._cap = n
+        for i in range(self._nfiles, f + 1):
+            self._fds[i] = -1
+        self._nfiles = max(self._nfiles, f + 1)
+        if create:
+            flags |= O_CREAT
+        path = self._path(f)
+        cpath = path
+        while True:
+            with nogil:
+                fd = c_open(cpath, flags, 0o600)
+                err = errno if fd < 0 else 0
+            if fd >= 0:
+                break
+            if err == EINTR:
+                PyErr_CheckSignals()
+            else:
+                _raise_os_error(err, os.fsdecode(path))
+        if self._closed or self._fds[f] >= 0:
+            # close() ran while open() had the GIL released (_fds may be gone), or another thread
+            # opened the file meanwhile.
+            with nogil:
+                c_close(fd)
+            if self._closed:
+                raise ValueError("I/O operation on closed segment store")
+            return 0
+        self._fds[f] = fd
+        return 0
+
+    cdef Py_ssize_t _allocate(self) except -1:
+        """A slot for a log: the one given back last if any, else a fresh one. An arena file is
+        created (sparse) when the first slot of it is taken, opened when one of it is handed out.
+        Ends the restore phase (finish_restore())."""
+        cdef Py_ssize_t slot
+        if self._closed:
+            raise ValueError("I/O operation on closed segment store")
+        if self._restoring:
+            self.finish_restore()
         if self._nfree > 0:
+            slot = self._free[self._nfree - 1]
+            self._open_arena(slot // self._per_file, True)  # a restored store opens them lazily
             self._nfree -= 1
             _count(&_counts.slots_in_use, 1)
-            return self._free[self._nfree]
+            return slot
         slot = self._next
-        f = slot // self._per_file
-        if slot >= self._free_cap:
-            n = max(16, self._free_cap * 2)
-            grown_free = <Py_ssize_t *>PyMem_Realloc(self._free, n * sizeof(Py_ssize_t))
-            if grown_free == NULL:
-                raise MemoryError()
-            self._free = grown_free
-            self._free_cap = n
-        if f >= self._nfiles:
-            if ROUTER_DEBUG:
-                assert f == self._nfiles
-            if self._nfiles == self._cap:
-                n = max(4, self._cap * 2)
-                grown = <int *>PyMem_Realloc(self._fds, n * sizeof(int))
-                if grown == NULL:
-                    raise MemoryError()
-                self._fds = grown
-                self._cap = n
-            path = self._path(f)
-            cpath = path
+        self._grow_free(slot + 1)
+        self._open_arena(slot // self._per_file, True)
+        self._next += 1
+        _count(&_counts.slots_in_use, 1)
+        return slot
+
+    def finish_restore(self):
+        """End of startup: every slot below slots_used that no restored log holds goes on the free
+        list (lowest handed out first). Later restore() calls raise RuntimeError, as does a second
+        finish_restore(). The first allocation does this by itself."""
+        cdef Py_ssize_t s
+        if self._closed:
+            raise ValueError("I/O operation on closed segment store")
+        if not self._restoring:
+            raise RuntimeError("the store is past its restore phase")
+        self._grow_free(self._next)
+        self._nfree = 0  # rebuilt: slots restored logs gave back are not in _claimed either
+        for s in range(self._next - 1, -1, -1):
+            if s not in self._claimed:
+                self._free[self._nfree] = s
+                self._nfree += 1
+        self._restoring = False
+        self._claimed = None
+        return None
+
+    cdef int _claim(self, Py_ssize_t *slots, Py_ssize_t n, Py_ssize_t committed) except -1:
+        """Restore: check, then take, the slots of a log whose segment i lives in slots[i] (-1:
+        released). Each must be >= 0, not held, in an existing arena file long enough for the
+        segment's committed bytes. ValueError, with nothing taken, otherwise."""
+        cdef Py_ssize_t i, slot, need, top = self._next
+        cdef int fd, rc, err
+        cdef struct_stat st
+        cdef dict seen = {}
+        if self._closed:
+            raise ValueError("I/O operation on closed segment store")
+        if not self._restoring:
+            raise RuntimeError("restore after the store handed out slots or finished restoring")
+        for i in range(n):
+            slot = slots[i]
+            if slot == -1:
+                continue
+            if slot < 0:
+                raise ValueError(f"slot {slot} (segment {i}) is out of range")
+            if slot in self._claimed:
+                raise ValueError(f"slot {slot} (segment {i}) is already held by a restored log")
+            if slot in seen:
+                raise ValueError(f"slot {slot} is claimed twice (segments {seen[slot]} and {i})")
+            seen[slot] = i
+            try:
+                self._open_arena(slot // self._per_file, False)
+            except FileNotFoundError:
+                raise ValueError(
+                    f"slot {slot} (segment {i}) is out of range: no arena file "
+                    f"{self._arena_name(slot)}") from None
+            fd = self._fd(slot)
             while True:
                 with nogil:
-                    fd = c_open(cpath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-                    err = errno if fd < 0 else 0
-                if fd >= 0:
+                    rc = fstat(fd, &st)
+                    err = errno if rc < 0 else 0
+                if rc == 0:
                     break
                 if err == EINTR:
                     PyErr_CheckSignals()
                 else:
-                    _raise_os_error(err, os.fsdecode(path))
-            if self._closed:
-                # close() ran while open() had the GIL released: _fds may be gone.
-                with nogil:
-                    c_close(fd)
-                raise ValueError("I/O operation on closed segment store")
-            self._fds[self._nfiles] = fd
-            self._nfiles += 1
-        self._next += 1
-        _count(&_counts.slots_in_use, 1)
-        return slot
+                    _raise_os_error(err, self._arena_name(slot))
+            need = min(max(committed - i * self._segsize, 0), self._segsize)
+            if st.st_size < self._base(slot) + need:
+                raise ValueError(
+                    f"slot {slot} (segment {i}) is short: {self._arena_name(slot)} holds "
+                    f"{st.st_size} bytes, committed needs {self._base(slot) + need}")
+            top = max(top, slot + 1)
+        self._grow_free(top)
+        for i in range(n):
+            if slots[i] >= 0:
+                self._claimed.add(slots[i])
+                _count(&_counts.slots_in_use, 1)
+        self._next = top
+        return 0
 
     cdef int _free_slot(self, Py_ssize_t slot) except -1:
         """Take back a slot no log uses any more (its bytes stay until it is written again)."""
@@ -340,6 +458,9 @@ cdef class SegmentStore:
             assert 0 <= slot < self._next and self._nfree < self._free_cap
             for i in range(self._nfree):
                 assert self._free[i] != slot, "slot given back twice"
+        if self._restoring:
+            # finish_restore() rebuilds the free list from _claimed: leave it, and it is free.
+            self._claimed.discard(slot)
         self._free[self._nfree] = slot
         self._nfree += 1
         _count(&_counts.slots_in_use, -1)
@@ -409,10 +530,15 @@ cdef class SegmentedLog:
     cdef:
         SegmentStore _store
         Py_ssize_t _segsize
-        Py_ssize_t *_slots          # segment i lives in store slot _slots[i]
+        Py_ssize_t *_slots          # segment i lives in store slot _slots[i]; -1 once given back
         Py_ssize_t _nslots
         Py_ssize_t _cap
         Py_ssize_t _committed
+        # Released segments [_rel_start, _rel_end) (empty: none), reads refuse them at once; their
+        # slots go back to the store once no reader is inside: [_rel_start, _ret_end) went back.
+        Py_ssize_t _rel_start
+        Py_ssize_t _rel_end
+        Py_ssize_t _ret_end
         Py_ssize_t _readers         # calls inside read/read_frame (GIL released in pread)
         Py_ssize_t _writers         # calls inside append/drain (one, by contract)
         bint _eof
@@ -426,6 +552,7 @@ cdef class SegmentedLog:
         self._slots = NULL
         self._nslots = self._cap = 0
         self._committed = 0
+        self._rel_start = self._rel_end = self._ret_end = 0
         self._readers = self._writers = 0
         self._eof = False
         # An instance whose __init__ never ran behaves as closed.
@@ -459,10 +586,86 @@ cdef class SegmentedLog:
     def store(self):
         return self._store
 
+    @classmethod
+    def restore(cls, SegmentStore store not None, slots, Py_ssize_t committed, eof):
+        """A log as a journal recorded it before a restart: segment i in slots[i] (-1: released;
+        those form one contiguous run, the released range), `committed` bytes, `eof`.
+
+        Only while the store restores (RuntimeError after finish_restore() or any allocation;
+        ValueError once closed). ValueError, with nothing taken from the store, when a slot is
+        negative (other than -1), has no arena file, is listed twice or held by a restored log,
+        when the arena file is too short for the committed bytes, when len(slots) does not fit
+        committed (ceil(committed / segment_size), or one more whose segment has no byte yet), or
+        when the -1 entries are not one run wholly below the tail segment.
+        """
+        cdef SegmentedLog log
+        cdef Py_ssize_t seg = store._segsize, n, i, a = -1, b = -1
+        cdef Py_ssize_t *arr = NULL
+        if store._closed:
+            raise ValueError("I/O operation on closed segment store")
+        if not store._restoring:
+            raise RuntimeError("restore after the store handed out slots or finished restoring")
+        if committed < 0:
+            raise ValueError(f"committed must be >= 0, got {committed}")
+        slots = list(slots)
+        n = len(slots)
+        if not (committed + seg - 1) // seg <= n <= committed // seg + 1:
+            raise ValueError(
+                f"committed {committed} does not fit {n} slots of {seg} bytes "
+                f"(needs {(committed + seg - 1) // seg}, or {committed // seg + 1} with an empty tail)")
+        arr = <Py_ssize_t *>PyMem_Malloc(max(n, 1) * sizeof(Py_ssize_t))
+        if arr == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                arr[i] = slots[i]
+                if arr[i] == -1:
+                    if a < 0:
+                        a = i
+                    elif b != i:
+                        raise ValueError(f"released slots (-1) must be one contiguous run: {slots}")
+                    b = i + 1
+            if a >= 0 and b > committed // seg:
+                raise ValueError(
+                    f"released segments [{a}, {b}) must lie below the tail segment {committed // seg}")
+            store._claim(arr, n, committed)
+            try:
+                log = cls(store)
+            except BaseException:
+                for i in range(n):
+                    if arr[i] >= 0:
+                        store._free_slot(arr[i])
+                raise
+            if ROUTER_DEBUG:
+                assert log._nslots == 0 and log._slots == NULL
+            log._slots = arr
+            arr = NULL
+            log._nslots = log._cap = n
+            log._committed = committed
+            log._eof = bool(eof)
+            if a >= 0:
+                log._rel_start = a
+                log._rel_end = log._ret_end = b
+            return log
+        finally:
+            PyMem_Free(arr)
+
     @property
     def segments(self):
-        """The store slots holding this log's segments, in order."""
-        return [self._slots[i] for i in range(self._nslots)]
+        """The store slots holding this log's segments, in order; -1 for released ones."""
+        return [-1 if self._rel_start <= i < self._rel_end else self._slots[i] for i in range(self._nslots)]
+
+    @property
+    def released_range(self):
+        """Byte offsets [start, end) released by release(); (0, 0) if none."""
+        if self._rel_end == self._rel_start:
+            return (0, 0)
+        return (self._rel_start * self._segsize, self._rel_end * self._segsize)
+
+    @property
+    def held_bytes(self):
+        """committed minus the released bytes."""
+        return self._committed - (self._rel_end - self._rel_start) * self._segsize
 
     @property
     def committed(self):
@@ -517,18 +720,73 @@ cdef class SegmentedLog:
         return self._release_if_idle()
 
     cdef int _release_if_idle(self) except -1:
-        if self._closed and self._readers == 0 and self._writers == 0:
-            self._release_slots()
+        if self._readers == 0:
+            if self._closed and self._writers == 0:
+                self._release_slots()
+            elif self._ret_end < self._rel_end:
+                self._return_released()
+        return 0
+
+    cdef int _return_released(self) except -1:
+        """Give back the released segments' slots not given back yet (no reader is inside)."""
+        cdef Py_ssize_t i, slot
+        if ROUTER_DEBUG:
+            assert self._readers == 0
+        for i in range(self._rel_end - 1, self._ret_end - 1, -1):  # last first, as _release_slots
+            slot = self._slots[i]
+            if slot >= 0:
+                self._slots[i] = -1
+                self._store._free_slot(slot)
+        self._ret_end = self._rel_end
         return 0
 
     cdef int _release_slots(self) except -1:
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i, slot
         for i in range(self._nslots - 1, -1, -1):  # last first: the next log gets them in this order
-            self._store._free_slot(self._slots[i])
+            slot = self._slots[i]
+            if slot >= 0:  # released ones went back already
+                self._slots[i] = -1
+                self._store._free_slot(slot)
+        self._ret_end = self._rel_end
         self._nslots = self._cap = 0
         PyMem_Free(self._slots)
         self._slots = NULL
         return 0
+
+    def release(self, Py_ssize_t start_segment, Py_ssize_t stop_segment):
+        """Release segments [start_segment, stop_segment): reads there raise OffsetReleased from
+        now on, and their slots go back to the store once no reader is inside this log (at once,
+        or when the last one leaves). Returns the bytes newly released.
+
+        Only whole segments below the tail segment (stop_segment <= committed // segment_size).
+        A log has one released range, fixed at its start and extended at its end: a call must
+        start inside it or at its end. An empty range does nothing. ValueError otherwise, or once
+        closed.
+        """
+        cdef Py_ssize_t tail = self._committed // self._segsize, first
+        if self._closed:
+            raise ValueError("I/O operation on closed log")
+        if start_segment < 0 or stop_segment < start_segment:
+            raise ValueError(f"bad segment range [{start_segment}, {stop_segment})")
+        if start_segment == stop_segment:
+            return 0
+        if stop_segment > tail:
+            raise ValueError(
+                f"segments [{start_segment}, {stop_segment}) reach the tail segment {tail}: "
+                f"only whole segments below it can be released")
+        if self._rel_end > self._rel_start:
+            if not self._rel_start <= start_segment <= self._rel_end:
+                raise ValueError(
+                    f"released [{self._rel_start}, {self._rel_end}) can only be extended at its end, "
+                    f"not by [{start_segment}, {stop_segment})")
+            first = max(start_segment, self._rel_end)
+            if stop_segment <= first:
+                return 0
+        else:
+            first = self._rel_start = self._ret_end = start_segment
+        self._rel_end = stop_segment  # published: from here on reads refuse the range
+        self._release_if_idle()
+        return (stop_segment - first) * self._segsize
 
     # -- writer side ------------------------------------------------------
 
@@ -683,7 +941,17 @@ cdef class SegmentedLog:
             raise ValueError(f"offset and max_len must be >= 0, got {offset}, {max_len}")
         if offset > self._committed:
             raise ValueError(f"offset {offset} is beyond committed {self._committed}")
-        return min(max_len, self._committed - offset)
+        cdef Py_ssize_t lo, hi, n = min(max_len, self._committed - offset)
+        if self._rel_end > self._rel_start:
+            lo = self._rel_start * self._segsize
+            hi = self._rel_end * self._segsize
+            if offset >= hi:
+                pass
+            elif offset >= lo:
+                raise OffsetReleased(offset, hi)
+            else:
+                n = min(n, lo - offset)  # never across the gap
+        return n
 
     cdef int _copy_out(self, char *dst, Py_ssize_t offset, Py_ssize_t n) except -1:
         """pread committed [offset, offset + n) into dst, one segment at a time."""
@@ -694,6 +962,8 @@ cdef class SegmentedLog:
             idx = offset // self._segsize
             pos = offset % self._segsize
             k = min(n, self._segsize - pos)
+            if ROUTER_DEBUG:
+                assert self._slots[idx] >= 0, "read from a slot given back"
             self._store._pread(self._slots[idx], dst, k, pos)
             dst += k
             offset += k

@@ -15,12 +15,13 @@ import operator
 import os
 import sys
 import threading
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, SupportsIndex
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer needs 3.12
 
-__all__ = ["SegmentStore", "SegmentedLog", "counters"]
+__all__ = ["OffsetReleased", "SegmentStore", "SegmentedLog", "counters"]
 
 _SCRATCH_SIZE = 1024 * 1024
 _SSIZE_MAX = sys.maxsize
@@ -58,9 +59,22 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+class OffsetReleased(LookupError):
+    """read()/read_frame() at an offset inside a log's released range; `first_held` is the first
+    offset after it that the log still holds."""
+
+    def __init__(self, offset: int, first_held: int) -> None:
+        super().__init__(f"offset {offset} was released; the first offset still held is {first_held}")
+        self.offset = offset
+        self.first_held = first_held
+
+    def __reduce__(self) -> tuple[type[OffsetReleased], tuple[int, int]]:
+        return type(self), (self.offset, self.first_held)
+
+
 class SegmentStore:
     __slots__ = ("_dir", "_segsize", "_per_file", "_fds", "_next", "_free", "_users", "_scratch", "_scratch_busy",
-                 "_closed", "_lock")
+                 "_restoring", "_claimed", "_closed", "_lock")
 
     def __init__(self, directory: str | os.PathLike[str], segment_size: int = 32 * 1024 * 1024, slots_per_file: int = 1024) -> None:
         segment_size = _ssize(segment_size)
@@ -78,13 +92,17 @@ class SegmentStore:
         self._dir = os.fsencode(directory)
         self._segsize = segment_size
         self._per_file = slots_per_file
-        self._fds: list[int] = []
+        self._fds: list[int] = []  # arena i's descriptor, -1 until first needed
         self._next = 0
         self._free: list[int] = []  # slots closed logs gave back, handed out again first (LIFO)
         self._users = 0
         self._scratch: bytearray | None = None  # the drain buffer, made on first use
         self._scratch_busy = False
         self._lock = threading.Lock()  # `+=` on an attribute is not atomic across threads in Python
+        # Startup: until finish_restore() or the first allocation, logs may be restored; _claimed
+        # holds the slots restored logs hold (a closed or released one leaves it).
+        self._restoring = True
+        self._claimed: set[int] = set()
         self._closed = False  # last: __del__ counts the store down only if __init__ got here
         _count("open_stores", 1)
 
@@ -114,7 +132,8 @@ class SegmentStore:
     def _close_fds(self) -> None:
         fds, self._fds = self._fds, []
         for fd in fds:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def close(self) -> None:
         with self._lock:
@@ -167,23 +186,95 @@ class SegmentStore:
             if self._users == 0 and self._closed:
                 self._close_fds()
 
+    def _open_arena(self, f: int, create: bool) -> None:
+        """Open arena file f unless it is open (lock held): created (sparse) if `create`, never
+        truncated. Without `create` a missing file raises FileNotFoundError."""
+        if self._closed:
+            raise ValueError("I/O operation on closed segment store")
+        if f < len(self._fds) and self._fds[f] >= 0:
+            return
+        self._fds.extend([-1] * (f + 1 - len(self._fds)))
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        self._fds[f] = os.open(self._path(f), flags, 0o600)
+
     def _allocate(self) -> int:
         with self._lock:
             if self._closed:
                 raise ValueError("I/O operation on closed segment store")
+            if self._restoring:
+                self._finish_restore()
             if self._free:
-                slot = self._free.pop()
+                slot = self._free[-1]
+                self._open_arena(slot // self._per_file, True)  # a restored store opens them lazily
+                self._free.pop()
             else:
                 slot = self._next
-                if slot // self._per_file >= len(self._fds):
-                    self._fds.append(os.open(self._path(len(self._fds)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                self._open_arena(slot // self._per_file, True)
                 self._next += 1
             _count("slots_in_use", 1)
             return slot
 
+    def finish_restore(self) -> None:
+        """End of startup: every slot below slots_used that no restored log holds goes on the free
+        list (lowest handed out first). Later restore() calls raise RuntimeError, as does a second
+        finish_restore(). The first allocation does this by itself."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("I/O operation on closed segment store")
+            if not self._restoring:
+                raise RuntimeError("the store is past its restore phase")
+            self._finish_restore()
+
+    def _finish_restore(self) -> None:
+        # Rebuilt: slots restored logs gave back are not in _claimed either.
+        self._free = [s for s in range(self._next - 1, -1, -1) if s not in self._claimed]
+        self._restoring = False
+        self._claimed = set()
+
+    def _claim(self, slots: list[int], committed: int) -> None:
+        """Restore: check, then take, the slots of a log whose segment i lives in slots[i] (-1:
+        released). Each must be >= 0, not held, in an existing arena file long enough for the
+        segment's committed bytes. ValueError, with nothing taken, otherwise."""
+        with self._lock:
+            if self._closed:
+                raise ValueError("I/O operation on closed segment store")
+            if not self._restoring:
+                raise RuntimeError("restore after the store handed out slots or finished restoring")
+            seen: dict[int, int] = {}
+            top = self._next
+            for i, slot in enumerate(slots):
+                if slot == -1:
+                    continue
+                if slot < 0:
+                    raise ValueError(f"slot {slot} (segment {i}) is out of range")
+                if slot in self._claimed:
+                    raise ValueError(f"slot {slot} (segment {i}) is already held by a restored log")
+                if slot in seen:
+                    raise ValueError(f"slot {slot} is claimed twice (segments {seen[slot]} and {i})")
+                seen[slot] = i
+                name = os.fsdecode(self._path(slot // self._per_file))
+                try:
+                    self._open_arena(slot // self._per_file, False)
+                except FileNotFoundError:
+                    raise ValueError(f"slot {slot} (segment {i}) is out of range: no arena file {name}") from None
+                fd, base = self._at(slot, 0)
+                size = os.fstat(fd).st_size
+                need = min(max(committed - i * self._segsize, 0), self._segsize)
+                if size < base + need:
+                    raise ValueError(
+                        f"slot {slot} (segment {i}) is short: {name} holds {size} bytes, committed needs {base + need}")
+                top = max(top, slot + 1)
+            for slot in seen:
+                self._claimed.add(slot)
+                _count("slots_in_use", 1)
+            self._next = top
+
     def _free_slot(self, slot: int) -> None:
         with self._lock:
             assert 0 <= slot < self._next and slot not in self._free
+            if self._restoring:
+                # finish_restore() rebuilds the free list from _claimed: leave it, and it is free.
+                self._claimed.discard(slot)
             self._free.append(slot)
             _count("slots_in_use", -1)
 
@@ -219,15 +310,18 @@ class SegmentStore:
 
 
 class SegmentedLog:
-    __slots__ = ("_store", "_segsize", "_slots", "_committed", "_readers", "_writers", "_eof", "_closed",
-                 "_lock", "_stash")
+    __slots__ = ("_store", "_segsize", "_slots", "_committed", "_rel_start", "_rel_end", "_ret_end", "_readers",
+                 "_writers", "_eof", "_closed", "_lock", "_stash")
 
     def __init__(self, store: SegmentStore) -> None:
         if not isinstance(store, SegmentStore):
             raise TypeError(f"store must be a SegmentStore, not {type(store).__name__}")
         self._segsize = store.segment_size
-        self._slots: list[int] = []
+        self._slots: list[int] = []  # -1 once a released segment's slot went back
         self._committed = 0
+        # Released segments [_rel_start, _rel_end) (empty: none), reads refuse them at once; their
+        # slots go back to the store once no reader is inside: [_rel_start, _ret_end) went back.
+        self._rel_start = self._rel_end = self._ret_end = 0
         self._readers = 0  # calls inside read/read_frame
         self._writers = 0  # calls inside append/drain
         self._eof = False
@@ -257,9 +351,68 @@ class SegmentedLog:
     def store(self) -> SegmentStore:
         return self._store
 
+    @classmethod
+    def restore(cls, store: SegmentStore, slots: Iterable[SupportsIndex], committed: int, eof: bool) -> SegmentedLog:
+        """A log as a journal recorded it before a restart (see router._fastio)."""
+        if not isinstance(store, SegmentStore):
+            raise TypeError(f"store must be a SegmentStore, not {type(store).__name__}")
+        committed = _ssize(committed)
+        if store._closed:
+            raise ValueError("I/O operation on closed segment store")
+        if not store._restoring:
+            raise RuntimeError("restore after the store handed out slots or finished restoring")
+        if committed < 0:
+            raise ValueError(f"committed must be >= 0, got {committed}")
+        seg = store.segment_size
+        listed = list(slots)
+        n = len(listed)
+        if not (committed + seg - 1) // seg <= n <= committed // seg + 1:
+            raise ValueError(
+                f"committed {committed} does not fit {n} slots of {seg} bytes "
+                f"(needs {(committed + seg - 1) // seg}, or {committed // seg + 1} with an empty tail)")
+        arr = [_ssize(s) for s in listed]
+        a = b = -1
+        for i, slot in enumerate(arr):
+            if slot == -1:
+                if a < 0:
+                    a = i
+                elif b != i:
+                    raise ValueError(f"released slots (-1) must be one contiguous run: {listed}")
+                b = i + 1
+        if a >= 0 and b > committed // seg:
+            raise ValueError(f"released segments [{a}, {b}) must lie below the tail segment {committed // seg}")
+        store._claim(arr, committed)
+        try:
+            log = cls(store)
+        except BaseException:
+            for slot in arr:
+                if slot >= 0:
+                    store._free_slot(slot)
+            raise
+        log._slots = arr
+        log._committed = committed
+        log._eof = bool(eof)
+        if a >= 0:
+            log._rel_start = a
+            log._rel_end = log._ret_end = b
+        return log
+
     @property
     def segments(self) -> list[int]:
-        return list(self._slots)
+        """The store slots holding this log's segments, in order; -1 for released ones."""
+        lo, hi = self._rel_start, self._rel_end
+        return [-1 if lo <= i < hi else s for i, s in enumerate(self._slots)]
+
+    @property
+    def released_range(self) -> tuple[int, int]:
+        """Byte offsets [start, end) released by release(); (0, 0) if none."""
+        if self._rel_end == self._rel_start:
+            return (0, 0)
+        return (self._rel_start * self._segsize, self._rel_end * self._segsize)
+
+    @property
+    def held_bytes(self) -> int:
+        return self._committed - (self._rel_end - self._rel_start) * self._segsize
 
     @property
     def eof(self) -> bool:
@@ -297,11 +450,49 @@ class SegmentedLog:
 
     def _release_if_idle(self) -> None:
         with self._lock:
-            if not (self._closed and self._readers == 0 and self._writers == 0):
+            if self._readers:
                 return
-            slots, self._slots = self._slots, []
-        for slot in reversed(slots):  # last first: the next log gets them in this order
+            if self._closed and self._writers == 0:
+                give = [s for s in reversed(self._slots) if s >= 0]  # last first: the next log gets them in order
+                self._slots = []
+            else:
+                give = []
+                for i in range(self._rel_end - 1, self._ret_end - 1, -1):  # released ones, no reader inside
+                    if self._slots[i] >= 0:
+                        give.append(self._slots[i])
+                        self._slots[i] = -1
+            self._ret_end = self._rel_end
+        for slot in give:
             self._store._free_slot(slot)
+
+    def release(self, start_segment: int, stop_segment: int) -> int:
+        """Release segments [start_segment, stop_segment) (see router._fastio)."""
+        start_segment, stop_segment = _ssize(start_segment), _ssize(stop_segment)
+        with self._lock:
+            tail = self._committed // self._segsize
+            if self._closed:
+                raise ValueError("I/O operation on closed log")
+            if start_segment < 0 or stop_segment < start_segment:
+                raise ValueError(f"bad segment range [{start_segment}, {stop_segment})")
+            if start_segment == stop_segment:
+                return 0
+            if stop_segment > tail:
+                raise ValueError(
+                    f"segments [{start_segment}, {stop_segment}) reach the tail segment {tail}: "
+                    f"only whole segments below it can be released")
+            if self._rel_end > self._rel_start:
+                if not self._rel_start <= start_segment <= self._rel_end:
+                    raise ValueError(
+                        f"released [{self._rel_start}, {self._rel_end}) can only be extended at its end, "
+                        f"not by [{start_segment}, {stop_segment})")
+                first = max(start_segment, self._rel_end)
+                if stop_segment <= first:
+                    return 0
+            else:
+                first = self._rel_start = self._ret_end = start_segment
+            self._rel_end = stop_segment  # published: from here on reads refuse the range
+        self._release_if_idle()
+        return (stop_segment - first) * self._segsize
 
     # -- writer side ------------------------------------------------------
 
@@ -409,13 +600,21 @@ class SegmentedLog:
             raise ValueError(f"offset and max_len must be >= 0, got {offset}, {max_len}")
         if offset > self._committed:
             raise ValueError(f"offset {offset} is beyond committed {self._committed}")
-        return min(max_len, self._committed - offset)
+        n = min(max_len, self._committed - offset)
+        if self._rel_end > self._rel_start:
+            lo, hi = self._rel_start * self._segsize, self._rel_end * self._segsize
+            if lo <= offset < hi:
+                raise OffsetReleased(offset, hi)
+            if offset < lo:
+                n = min(n, lo - offset)  # never across the gap
+        return n
 
     def _copy_out(self, offset: int, n: int) -> list[bytes]:
         parts = []
         while n > 0:
             idx, pos = divmod(offset, self._segsize)
             k = min(n, self._segsize - pos)
+            assert self._slots[idx] >= 0, "read from a slot given back"
             parts += self._store._pread(self._slots[idx], k, pos)
             offset += k
             n -= k
