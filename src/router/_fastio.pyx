@@ -6,7 +6,11 @@ descriptors it keeps open; a `SegmentedLog` is a list of slots. One writer (the 
 thread) drains child pipes with readv() into the store's drain buffer and pwrite()s it at
 slot start + position; any number of reader threads pread() committed ranges straight into the
 message they send. Segment = offset // segment size: seeks are O(1). A closed log's slots go back
-to the store, which hands them out again before it makes new ones.
+to the store, which hands them out again before it makes new ones; so do those of the one range a
+running log released (release(): the per-exec output cap), whose offsets reads then refuse with
+OffsetReleased. After a restart, SegmentedLog.restore() rebuilds logs from a journal's (slots,
+committed, eof) on a new store over the same arena files (opened when needed, never truncated),
+and SegmentStore.finish_restore() frees every slot no restored log claimed.
 
 Why (benchmarks/RESULTS.md, "Which kind of log"): draining 4 GiB into a file mapping ran at
 643 MB/s and left every touched page in RSS (4109 MiB); readv + pwrite ran at 1523 MB/s in 13 MiB.
@@ -16,8 +20,8 @@ Streams share arena files rather than having a file each: that alone took the fa
 Coordination relies on the GIL: `_committed` only grows, is published after the bytes are in
 the page cache, and bytes below it never change. Nothing is freed under a call still using it (the
 py-pgproto rule for exported buffers): the store closes its descriptors once no call is inside a
-pread/pwrite, a closed log gives its slots back once no reader (nor the writer) is inside it, and
-the drain buffer is freed once no drain holds it. `counters()` counts all of these, exactly, for
+pread/pwrite, a closed log gives its slots back once no reader (nor the writer) is inside it,
+released segments' slots go back once no reader is inside the log, and the drain buffer is freed once no drain holds it. `counters()` counts all of these, exactly, for
 leak checks. `router.pylog` is the pure-Python twin used as the test oracle.
 """
 

@@ -3,8 +3,10 @@
 Same API and semantics, built on os.readv, os.pwrite and os.pread: segments are fixed-size slots
 in shared sparse arena files; the writer reads a pipe into the store's drain buffer and writes it at
 slot start + position; readers pread committed ranges. A closed log gives its slots back once no
-reader (nor the writer) is inside it, and the store reuses them first. counters() keeps its own
-counts, of this module's objects only.
+reader (nor the writer) is inside it, and the store reuses them first; a running log's released
+range (release()) gives its slots back once no reader is inside. SegmentedLog.restore() and
+SegmentStore.finish_restore() rebuild logs after a restart. counters() keeps its own counts, of this
+module's objects only.
 """
 
 from __future__ import annotations
