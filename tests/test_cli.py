@@ -10,7 +10,7 @@ import sys
 import time
 
 
-from router import auth
+from router import auth, journal
 from router._proto import task_command_router_pb2 as pb
 
 from .conftest import TASK_ID, Raw, router_process, start_request
@@ -68,7 +68,10 @@ def test_sigterm_stops_cleanly_and_kills_running_execs(tmp_path: pathlib.Path) -
             time.sleep(0.05)
         assert not os.path.exists(f"/proc/{grandchild}")
         assert not (tmp_path / "server.json").exists()
-        assert not (tmp_path / "logs").exists()
+        # The records stay for the next run: the exec it killed, with its output.
+        kept = journal.replay(tmp_path / "journal").execs["sleeper"]
+        assert kept.exited is not None and kept.exited.status.signal == signal.SIGKILL
+        assert kept.outputs["stdout"].committed == len(first.data)
 
 
 def test_serve_defaults_generate_and_keep_a_task_id(tmp_path: pathlib.Path) -> None:
@@ -106,10 +109,14 @@ def test_log_dir_holds_the_logs_and_keeps_what_else_is_there(tmp_path: pathlib.P
     (logs / "keep-me").write_text("not the router's")
     (logs / "arena-00000000").write_text("stale, from a crashed run")
     with router_process(tmp_path / "state", "--log-dir", str(logs)) as (_, listen):
-        assert not (logs / "arena-00000000").exists() or (logs / "arena-00000000").stat().st_size == 0
         result = router("exec", "--state-dir", str(tmp_path / "state"), "-n", "--", "echo", "logged")
-        assert result.stdout == b"logged\n"
-        assert (logs / "arena-00000000").exists() and not (tmp_path / "state" / "logs").exists()
+        assert result.stdout == b"logged\n"  # into a slot of the stale arena, whose bytes never show
+        assert not (tmp_path / "state" / "logs").exists()
+    # Kept for the next run, beside what else lives there.
+    assert sorted(p.name for p in logs.iterdir()) == ["arena-00000000", "keep-me"]
+    # Without a journal nothing can read old logs: the router removes its own files, nothing else.
+    with router_process(tmp_path / "state", "--log-dir", str(logs), "--no-journal"):
+        pass
     assert sorted(p.name for p in logs.iterdir()) == ["keep-me"]
 
 

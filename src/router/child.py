@@ -26,6 +26,7 @@ class Child:
         self._proc = proc  # the Popen that started it, told when it is reaped here
         self._terminal = terminal
         self.exited = False
+        self.timed_out = False  # its timeout fired
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: list[asyncio.TimerHandle] = []
 
@@ -93,6 +94,7 @@ class Child:
         self._timers.append(loop.call_later(secs, self._on_timeout, loop, grace))
 
     def _on_timeout(self, loop: asyncio.AbstractEventLoop, grace: float) -> None:
+        self.timed_out = True
         if grace > 0:
             self.signal(signal.SIGTERM)
             self._timers.append(loop.call_later(grace, self.signal, signal.SIGKILL))

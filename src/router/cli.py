@@ -37,7 +37,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               kill_grace_secs=args.kill_grace, server_mode=args.server_mode,
                               reap_orphans=procs.inherits_orphans(),
                               max_workers=args.max_workers, retain_bytes=args.retain_bytes,
-                              retain_secs=args.retain_secs, retain_execs=args.retain_execs)
+                              retain_secs=args.retain_secs, retain_execs=args.retain_execs,
+                              max_exec_output=args.max_exec_output, journal=not args.no_journal)
     server = RouterServer(cfg, auth.load_or_create_key(state_dir))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -185,6 +186,11 @@ def parser() -> argparse.ArgumentParser:
                        help="release a finished exec this long after it exited (default %(default)s)")
     serve.add_argument("--retain-execs", type=int, default=retention.DEFAULT_EXECS, metavar="N",
                        help="finished execs kept (default %(default)s)")
+    serve.add_argument("--max-exec-output", type=size, default=0, metavar="SIZE",
+                       help="output a running exec keeps; past it the first segment and the latest output are "
+                            "kept and the middle released (default: as much as --retain-bytes)")
+    serve.add_argument("--no-journal", action="store_true",
+                       help="keep no records: a restarted router starts empty (and deletes old logs)")
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="print a bearer token for the task")

@@ -47,6 +47,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retain_bytes: int = 0
     retain_secs: float = DEFAULT_SECS
     retain_execs: int = DEFAULT_EXECS
+    # Output a running exec keeps (0: as much as retain_bytes); past it, the head segment and the
+    # latest output are kept and the middle released.
+    max_exec_output: int = 0
+    # Journal exec records in the state directory, so a restarted router serves what it had.
+    journal: bool = True
 
 
 class ServerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

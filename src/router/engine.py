@@ -28,13 +28,18 @@ from .execs import Exec
 from .loop import LoopThread
 from .output import OutputPipes
 from .records import ExecSpec, ExitStatus
+from .journal import (CAUSE_EXITED, CAUSE_SIGNALLED, CAUSE_TIMED_OUT, Begun, Exited, Forgotten, Journal,
+                      JournaledExec, Output, Record, Spawned, Stdin)
 from .registry import RETRY_AFTER_SECS, Registry
+from .restore import restored_execs
 from .retention import Retention
 
 log = logging.getLogger(__name__)
 
 # How often orphans are reaped when the router inherits them (PID 1 or a subreaper).
 ORPHAN_REAP_SECS = 1.0
+# How often new output's length and slots are journaled: what a crash can lose of a running exec's output.
+JOURNAL_FLUSH_SECS = 0.05
 # Descriptors each running exec may hold: stdin, stdout, stderr, pidfd.
 FDS_PER_EXEC = 4
 FDS_RESERVED = 1024
@@ -65,13 +70,19 @@ def _ended(ex: Exec) -> bool:
 class Engine:
     def __init__(self, log_dir: pathlib.Path, *, segment_size: int, stdin_buffer_limit: int,
                  kill_grace_secs: float = 0.0, max_running_execs: int = 0, reap_orphans: bool = False,
-                 retention: Retention = Retention()) -> None:
+                 retention: Retention = Retention(), journal_path: pathlib.Path | None = None,
+                 max_exec_output: int = 0) -> None:
         self._log_dir = log_dir
         self._segment_size = segment_size
         self._stdin_limit = stdin_buffer_limit
         self._kill_grace = kill_grace_secs
         self._reap_orphans = reap_orphans
         self._retention = retention
+        self._max_exec_output = max_exec_output  # 0: as much as retention keeps in all
+        self._journal_path = journal_path
+        self._journal: Journal | None = None
+        self._dirty: set[Exec] = set()  # execs whose output changed since the last journal flush
+        self._boot_id = procs.boot_id()
         self._store: SegmentStore | None = None
         self._registry = Registry(max_running_execs or default_max_running_execs())
         self._loop = LoopThread("router-engine")
@@ -83,17 +94,37 @@ class Engine:
 
     def start(self) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        # Logs of a previous run that crashed: nothing can read them (exec records do not survive yet).
-        self._remove_logs()
+        if self._journal_path is None:
+            self._remove_logs()  # without a journal nothing can read what a previous run left
         # Every stream's segments are slots in a few shared files: no file creation per exec.
         self._store = SegmentStore(str(self._log_dir), self._segment_size)
         self._retention = self._retention.resolved(str(self._log_dir))
+        if self._max_exec_output <= 0:
+            self._max_exec_output = self._retention.bytes
+        # Keep the head segment and at least two more, so a reader that keeps up is never cut.
+        self._max_exec_output = max(self._max_exec_output, 3 * self._segment_size)
+        if self._journal_path is not None:
+            self._journal, state = Journal.open(self._journal_path)
+            self._restore(state.execs)
         self._loop.start()
         self._loop.call_soon(self._expire_periodically)
+        if self._journal is not None:
+            self._loop.call_soon(self._flush_journal_periodically)
         if self._reap_orphans:
             main_thread_id = threading.main_thread().native_id
             assert main_thread_id is not None
             self._loop.call_soon(self._reap, main_thread_id)
+
+    def _restore(self, journaled: dict[str, JournaledExec]) -> None:
+        """Execs of the previous run, finished (or lost, if it died while they ran), oldest first."""
+        assert self._store is not None and self._journal is not None
+        for ex, lost in restored_execs(journaled, self._store, self._stdin_limit, self._boot_id):
+            self._registry.restore(ex, ex.held_bytes())
+            if lost is not None:
+                self._journal.append(lost)
+        self._store.finish_restore()
+        self._journal.flush(fsync=True)
+        log.info("restored %d execs from the journal", self._registry.finished_count)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Kill everything every exec started, reap, close pipes and logs, end the loop thread."""
@@ -114,9 +145,12 @@ class Engine:
                 ex.abandon_waiters()  # their loop has stopped; the aio server ended them first
                 ex.notify()
             self._store.close()
-            self._remove_logs()
-            with contextlib.suppress(OSError):
-                self._log_dir.rmdir()  # only if nothing else lives there
+            if self._journal is not None:
+                self._journal.close(fsync=True)  # the next run serves what this one had
+            else:
+                self._remove_logs()
+                with contextlib.suppress(OSError):
+                    self._log_dir.rmdir()  # only if nothing else lives there
 
     def _remove_logs(self) -> None:
         """Delete the arena files, and nothing else: the log directory may be shared (--log-dir)."""
@@ -159,7 +193,12 @@ class Engine:
 
     # -- loop thread: start ----------------------------------------------------------------------
 
+    def _record(self, record: Record) -> None:
+        if self._journal is not None:
+            self._journal.append(record)
+
     def _spawn(self, ex: Exec) -> None:
+        self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, time.time()))
         try:
             self._start_child(ex)
         except RouterError as e:
@@ -196,9 +235,11 @@ class Engine:
             raise throttled(f"cannot watch process: {e.strerror}", retry_after=RETRY_AFTER_SECS) from None
         loop = self._loop.loop
         ex.child = child
+        if self._journal is not None:
+            self._record(Spawned(ex.exec_id, pid, child.terminal, procs.start_ticks(pid) or 0, self._boot_id))
         child.watch(loop, lambda: self._on_exit(ex))
-        ex.output = OutputPipes(ex.exec_id, loop, pipes.outputs, ex.spec.pty is not None, ex.notify,
-                                lambda: self._on_output_done(ex))
+        ex.output = OutputPipes(ex.exec_id, loop, pipes.outputs, ex.spec.pty is not None,
+                                lambda: self._on_output(ex), lambda: self._on_output_done(ex))
         if ex.spec.timeout_secs is not None:
             child.arm_timeout(loop, ex.spec.timeout_secs, self._kill_grace)
         ex.stdin.attach(loop, pipes.stdin_writer)
@@ -217,6 +258,7 @@ class Engine:
     def _forget(self, ex: Exec, error: RouterError) -> None:
         """A start that failed for lack of resources leaves no exec behind, so a retry can run it."""
         self._registry.forget(ex)
+        self._record(Forgotten(ex.exec_id))
         for stream in ex.logs():
             stream.close()
         with ex.cond:
@@ -238,6 +280,24 @@ class Engine:
         if ex.finished:
             self._on_finished(ex)
 
+    def _on_output(self, ex: Exec) -> None:
+        """New output (or an end of stream): wake readers, cap what a running exec keeps, and
+        journal where the output is at the next flush."""
+        for stream in ex.logs():
+            if stream.held_bytes > self._max_exec_output:
+                self._cap(stream)
+        ex.notify()
+        if self._journal is not None:
+            self._dirty.add(ex)
+
+    def _cap(self, stream: SegmentedLog) -> None:
+        """Keep the head segment and the latest output; release the segments between."""
+        seg = self._segment_size
+        stop = (stream.committed - (self._max_exec_output - seg)) // seg + 1
+        stop = min(stop, stream.committed // seg)
+        if stop > max(1, stream.released_range[1] // seg):
+            stream.release(1, stop)
+
     def _on_output_done(self, ex: Exec) -> None:
         if ex.finished:
             self._on_finished(ex)
@@ -257,12 +317,38 @@ class Engine:
 
     def _on_finished(self, ex: Exec) -> None:
         """Nothing of the exec runs on: reap it, and keep its output within the retention limits."""
+        timed_out = ex.child is not None and ex.child.timed_out
         self._release(ex)
+        if self._journal is not None:
+            self._dirty.discard(ex)
+            self._journal_output(ex)
+            self._record(Stdin(ex.exec_id, ex.stdin.written, ex.stdin.eof))
+            assert ex.status is not None
+            cause = CAUSE_EXITED if ex.status.code is not None else CAUSE_TIMED_OUT if timed_out else CAUSE_SIGNALLED
+            self._record(Exited(ex.exec_id, ex.status, time.time(), cause))
         self._registry.finished(ex, ex.held_bytes())
         self._expire()
 
+    def _journal_output(self, ex: Exec) -> None:
+        for name, stream in (("stdout", ex.stdout), ("stderr", ex.stderr)):
+            if stream is not None and not stream.closed:
+                self._record(Output(ex.exec_id, name, stream.segments, stream.committed, stream.eof))  # type: ignore[arg-type]
+
+    def _flush_journal_periodically(self) -> None:
+        assert self._journal is not None
+        for ex in self._dirty:
+            self._journal_output(ex)
+        self._dirty.clear()
+        if self._journal.pending:
+            try:
+                self._journal.flush()
+            except OSError as e:  # the records stay buffered for the next try
+                log.error("writing the journal failed, retrying: %s", e)
+        self._loop.loop.call_later(JOURNAL_FLUSH_SECS, self._flush_journal_periodically)
+
     def _expire(self) -> None:
         for ex in self._registry.expire(self._retention):
+            self._record(Forgotten(ex.exec_id))
             # Slots go back to the store once the last reader is out of the log.
             for stream in ex.logs():
                 stream.close()

@@ -27,6 +27,24 @@ def processes_in(groups: set[int], sessions: set[int]) -> list[int]:
     return found
 
 
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks after boot (None if there is no such process)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def boot_id() -> str:
+    """This boot's id: pids and start times mean something only within one boot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def kill_quietly(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)

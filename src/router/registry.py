@@ -85,6 +85,17 @@ class Registry:
                 self._finished[ex.exec_id] = (ex, held_bytes)
                 self._finished_bytes += held_bytes
 
+    @property
+    def finished_count(self) -> int:
+        return len(self._finished)
+
+    def restore(self, ex: Exec, held_bytes: int) -> None:
+        """A finished exec from the journal, at startup."""
+        with self._lock:
+            self._execs[ex.exec_id] = ex
+            self._finished[ex.exec_id] = (ex, held_bytes)
+            self._finished_bytes += held_bytes
+
     def expire(self, retention: Retention) -> list[Exec]:
         """Forget finished execs, oldest first, while any limit of `retention` is passed; the
         caller releases what they hold."""

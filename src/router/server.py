@@ -61,6 +61,8 @@ class RouterServer:
             max_running_execs=config.max_running_execs,
             reap_orphans=config.reap_orphans,
             retention=Retention(bytes=config.retain_bytes, secs=config.retain_secs, execs=config.retain_execs),
+            journal_path=pathlib.Path(config.state_dir) / "journal" if config.journal else None,
+            max_exec_output=config.max_exec_output,
         )
         self._handlers = Handlers(Service(config, self.engine), Authenticator(key, config.task_id))
         self.port = 0

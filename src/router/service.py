@@ -17,7 +17,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from . import requests
-from ._fastio import SegmentedLog
+from ._fastio import OffsetReleased, SegmentedLog
 from ._proto import task_command_router_pb2 as pb
 from .config import ServerConfig
 from .engine import Engine
@@ -147,6 +147,12 @@ class ReadCursor:
         try:
             # One copy out of the log, already a TaskExecStdioReadResponse on the wire.
             frame = self.stream.read_frame(self.offset, n)
+        except OffsetReleased as e:
+            # The per-exec cap released the middle of a running exec's output: never skip silently,
+            # since clients count offsets themselves.
+            raise RouterError(grpc.StatusCode.OUT_OF_RANGE,
+                              f"offset {self.offset} of the {self._which} stream was released (the exec's output passed "
+                              f"its cap); the first offset still held is {e.first_held}") from None
         except ValueError:
             # Closed under us: retention released the exec (the only reason a log closes early).
             raise not_found(f"exec {self._exec_id!r} not found: its output was released") from None

@@ -1,0 +1,90 @@
+"""Execs rebuilt from the journal after a restart (or a crash): records, logs and exit statuses.
+
+A finished exec comes back as it was: pollable, waitable, readable from any offset. An exec that
+was running when its router died is reported finished with SIGKILL (cause "lost"), its output up to
+the last journaled commit readable, and its process group killed if it is still the same group.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Iterator
+
+from . import procs
+from ._fastio import SegmentedLog, SegmentStore
+from .execs import Exec
+from .journal import CAUSE_LOST, Exited, JournaledExec, Output
+from .records import ExecSpec, ExitStatus
+
+log = logging.getLogger(__name__)
+
+LOST = ExitStatus(signal=signal.SIGKILL)
+
+
+def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, stdin_limit: int,
+                   boot_id: str) -> Iterator[tuple[Exec, Exited | None]]:
+    """Each journaled exec rebuilt, oldest first, with the Exited record to journal for one that
+    was lost (None for one that had finished). Slots no exec claims are left for the caller's
+    `store.finish_restore()`. An exec whose logs cannot be restored is skipped, loudly."""
+    for je in journaled.values():
+        try:
+            ex = _rebuild(je, store, stdin_limit)
+        except ValueError as e:
+            log.error("exec %s cannot be restored from the journal, dropped: %s", je.exec_id, e)
+            continue
+        lost = None
+        if je.exited is None:
+            _kill_lost_group(je, boot_id)
+            lost = Exited(je.exec_id, LOST, time.time(), CAUSE_LOST)
+            ex.status = LOST
+        else:
+            ex.status = je.exited.status
+        ex.exited_at = time.monotonic()
+        ex.started.set_result(None)
+        yield ex, lost
+
+
+def _rebuild(je: JournaledExec, store: SegmentStore, stdin_limit: int) -> Exec:
+    b = je.begun
+    spec = ExecSpec(args=b.args, env={}, workdir=b.workdir, stdout=b.stdout, stderr=b.stderr,
+                    timeout_secs=b.timeout_secs, pty=b.pty)
+    # The logs the exec had (as Engine._new_exec makes them), each complete at its journaled length.
+    stdout = _restored_log(store, je.outputs.get("stdout")) if b.stdout == "pipe" or b.pty is not None else None
+    try:
+        stderr = _restored_log(store, je.outputs.get("stderr")) if b.stderr == "pipe" and b.pty is None else None
+    except ValueError:
+        if stdout is not None:
+            stdout.close()
+        raise
+    ex = Exec(b.exec_id, b.fingerprint, spec, stdout, stderr, stdin_limit)
+    if je.stdin is not None:
+        ex.stdin.written, ex.stdin.eof = je.stdin.written, je.stdin.eof
+    with ex.cond:
+        ex.stdin.drop()  # as after any exit: writes are accepted and dropped
+    return ex
+
+
+def _restored_log(store: SegmentStore, out: Output | None) -> SegmentedLog:
+    """The log as journaled, complete: a stream never journaled had no output yet."""
+    if out is None:
+        return SegmentedLog.restore(store, [], 0, True)
+    return SegmentedLog.restore(store, list(out.slots), out.committed, True)
+
+
+def _kill_lost_group(je: JournaledExec, boot_id: str) -> None:
+    """Kill what a lost exec started, unless its ids may now name someone else's processes."""
+    spawned = je.spawned
+    if spawned is None or spawned.boot_id != boot_id:
+        return  # never spawned, or a reboot ended it (and ids may be reused)
+    pid = spawned.pid
+    ticks = procs.start_ticks(pid)
+    if ticks is not None and ticks != spawned.start_ticks:
+        return  # the pid, and so the group id, belongs to a newer process
+    # The leader itself, or its group without it (a group id is not reused while it has members).
+    procs.killpg_quietly(pid, signal.SIGKILL)
+    if ticks is not None:
+        procs.kill_quietly(pid, signal.SIGKILL)
+    if spawned.terminal:
+        procs.kill_sessions([pid], signal.SIGKILL)
+

@@ -1,0 +1,111 @@
+"""The journal across restarts: a clean stop, a `kill -9`, and a journal of 10,000 finished execs."""
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import signal
+import time
+
+import grpc
+
+from router import auth, journal
+from router._proto import task_command_router_pb2 as pb
+from router.client import STDERR, RouterClient, exit_code
+from router.records import ExecSpec, ExitStatus
+
+from .conftest import PIPES, TASK_ID, eventually, router_process, serving, start_request
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_clean_stop_keeps_every_finished_exec(tmp_path: pathlib.Path) -> None:
+    marker = tmp_path / "runs"
+    args = ["sh", "-c", f"echo run >> {marker}; head -c 300000 /dev/urandom; echo oops >&2; exit 3"]
+    with serving(tmp_path) as (_, client, _raw):
+        client.start("a", args, **PIPES)
+        assert exit_code(client.wait("a")) == 3
+        out = b"".join(client.read("a"))
+    assert len(out) == 300000
+    with serving(tmp_path) as (_, client, raw):
+        assert exit_code(client.poll("a")) == 3 and exit_code(client.wait("a")) == 3
+        assert b"".join(client.read("a")) == out
+        assert b"".join(client.read("a", offset=123457)) == out[123457:]
+        assert b"".join(client.read("a", STDERR)) == b"oops\n"
+        client.start("a", args, **PIPES)  # the same request again: OK, and nothing runs
+        assert raw.code("TaskExecStart", start_request("a", ["true"])) == grpc.StatusCode.ALREADY_EXISTS
+        client.start("b", ["echo", "new"], **PIPES)  # new output goes into recycled or fresh slots
+        assert exit_code(client.wait("b")) == 0 and b"".join(client.read("b")) == b"new\n"
+        assert b"".join(client.read("a")) == out
+    assert marker.read_text() == "run\n"
+
+
+def test_kill_9_then_serve_again(tmp_path: pathlib.Path) -> None:
+    """After a crash: finished execs as they were, a running one reported lost (SIGKILL) with its
+    output up to the crash, its process group killed, and a repeated start runs nothing."""
+    marker = tmp_path / "runs"
+    done_args = ["sh", "-c", f"echo run >> {marker}; head -c 200000 /dev/urandom"]
+    leader = 0
+    try:
+        with router_process(tmp_path) as (proc, listen):
+            token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+            with RouterClient(listen, token, TASK_ID, retries=0) as client:
+                client.start("done", done_args, **PIPES)
+                assert exit_code(client.wait("done")) == 0
+                done = b"".join(client.read("done"))
+                client.start("running", ["sh", "-c", "echo $$; echo second; exec sleep 60"], **PIPES)
+                seen = b""
+                for data in client.read("running"):
+                    seen += data
+                    if seen.endswith(b"second\n"):
+                        break
+                leader = int(seen.split()[0])
+
+                def journaled() -> bool:
+                    state = journal.replay(tmp_path / "journal")
+                    out = state.execs["running"].outputs.get("stdout") if "running" in state.execs else None
+                    return out is not None and out.committed == len(seen)
+
+                assert eventually(journaled), "the running exec's output never reached the journal"
+            proc.kill()
+            proc.wait(10)
+        assert _alive(leader), "the exec died with its router: nothing left to kill"
+        with router_process(tmp_path) as (_, listen):
+            token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+            with RouterClient(listen, token, TASK_ID, retries=0) as client:
+                assert eventually(lambda: not _alive(leader)), "the lost exec's process group outlived the restart"
+                assert client.poll("running").signal == signal.SIGKILL
+                assert client.wait("running").signal == signal.SIGKILL
+                assert b"".join(client.read("running")) == seen
+                assert b"".join(client.read("running", offset=3)) == seen[3:]
+                assert exit_code(client.wait("done")) == 0 and b"".join(client.read("done")) == done
+                client.start("done", done_args, **PIPES)  # a retry of the finished start: runs nothing
+                assert exit_code(client.wait("done")) == 0
+        assert marker.read_text() == "run\n"
+    finally:
+        if leader:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(leader, signal.SIGKILL)
+
+
+def test_ten_thousand_finished_execs_are_served_after_a_restart(tmp_path: pathlib.Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    spec = ExecSpec(args=["true"], env={"SECRET": "value"}, stdout="devnull", stderr="devnull")
+    with journal.Journal.open(state / "journal")[0] as j:
+        for i in range(10_000):
+            j.append(journal.Begun.from_spec(f"e{i}", b"f", spec, time.time()))
+            j.append(journal.Exited(f"e{i}", ExitStatus(code=i % 7), time.time(), journal.CAUSE_EXITED))
+    started = time.monotonic()
+    with serving(tmp_path) as (_, client, raw):
+        ready = time.monotonic() - started
+        assert exit_code(client.poll("e0")) == 0 and exit_code(client.wait("e9999")) == 9999 % 7
+        read = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="e5")
+        assert raw.code("TaskExecStdioRead", read) == grpc.StatusCode.OK
+    print(f"serving 10,000 journaled execs {ready:.3f} s after start")
