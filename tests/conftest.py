@@ -56,6 +56,15 @@ def _settled(check, timeout: float = 5.0):  # type: ignore[no-untyped-def]
         time.sleep(0.05)
 
 
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def eventually(check: Callable[[], object], timeout: float = 5.0) -> bool:
     """Poll `check` until it is true (then True) or `timeout` seconds pass (then False)."""
     deadline = time.monotonic() + timeout

@@ -18,26 +18,17 @@ from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, RouterClient, exit_code
 
-from .conftest import PIPES, TASK_ID, Raw, eventually, make_server, py, serving, start_request
+from .conftest import PIPES, TASK_ID, Raw, alive, eventually, make_server, py, serving, start_request
 
 OK = grpc.StatusCode.OK
 U64_MAX = 2**64 - 1
 
 
-def _alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _gone(pid: int, timeout: float = 3.0) -> bool:
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    return not _alive(pid)
+    return not alive(pid)
 
 
 def _parent(pid: int) -> int:
@@ -133,7 +124,7 @@ def test_stop_kills_a_leader_outside_its_group(tmp_path: pathlib.Path) -> None:
     stopper.start()
     try:
         stopper.join(8.0)
-        assert not stopper.is_alive(), "server.stop() did not return"
+        assert not stopper.isalive(), "server.stop() did not return"
         assert time.monotonic() - started < 5
         assert _gone(leader), "stop() left the exec's leader running"
     finally:
@@ -152,7 +143,7 @@ def test_timeout_still_kills_the_group_after_the_leader_exits(client: RouterClie
         read = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="bg", offset=0)
         code = raw.code("TaskExecStdioRead", read, timeout=3.0)
         assert code == OK, f"stdout of an exec with timeout_secs=1 still open after 3 s: {code}"
-        assert not _alive(sleeper)
+        assert not alive(sleeper)
     finally:
         _kill(sleeper)
 
@@ -219,7 +210,7 @@ def test_pty_timeout_kills_background_jobs_of_an_interactive_shell(client: Route
         assert client.wait("ish", call_timeout=5).signal == signal.SIGKILL
         read = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="ish", offset=0)
         code = raw.code("TaskExecStdioRead", read, timeout=2.0)
-        assert code == OK and not _alive(sleeper), \
+        assert code == OK and not alive(sleeper), \
             f"background job survived the exec's timeout (stdout read: {code})"
     finally:
         _kill(sleeper)
@@ -275,7 +266,7 @@ def test_serve_reaps_orphans_as_a_subreaper(tmp_path: pathlib.Path) -> None:
             assert eventually(lambda: not os.path.exists(f"/proc/{orphan}")), \
                 f"orphan {orphan} left as a zombie of the router"
     finally:
-        if orphan and _alive(orphan):
+        if orphan and alive(orphan):
             _kill(orphan)
         proc.terminate()
         assert proc.wait(15) == 0

@@ -14,15 +14,7 @@ from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, RouterClient, exit_code
 from router.records import ExecSpec, ExitStatus
 
-from .conftest import PIPES, TASK_ID, eventually, router_process, serving, start_request
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+from .conftest import PIPES, TASK_ID, alive, eventually, router_process, serving, start_request
 
 
 def test_a_clean_stop_keeps_every_finished_exec(tmp_path: pathlib.Path) -> None:
@@ -75,11 +67,11 @@ def test_kill_9_then_serve_again(tmp_path: pathlib.Path) -> None:
                 assert eventually(journaled), "the running exec's output never reached the journal"
             proc.kill()
             proc.wait(10)
-        assert _alive(leader), "the exec died with its router: nothing left to kill"
+        assert alive(leader), "the exec died with its router: nothing left to kill"
         with router_process(tmp_path) as (_, listen):
             token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
             with RouterClient(listen, token, TASK_ID, retries=0) as client:
-                assert eventually(lambda: not _alive(leader)), "the lost exec's process group outlived the restart"
+                assert eventually(lambda: not alive(leader)), "the lost exec's process group outlived the restart"
                 assert client.poll("running").signal == signal.SIGKILL
                 assert client.wait("running").signal == signal.SIGKILL
                 assert b"".join(client.read("running")) == seen

@@ -7,15 +7,17 @@ import pathlib
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router import _fastio
 from router._proto import task_command_router_pb2 as pb
 from router.client import RouterClient, exit_code
 from router.errors import RouterError
 from router.server import RouterServer
-from router.service import ReadCursor
+from router.service import ReadCursor, _frame_data_length
 
-from .conftest import PIPES, TASK_ID, Raw, eventually, serving
+from .conftest import PIPES, TASK_ID, Raw, eventually, py, serving
 
 KiB = 1024
 SEGMENT = 64 * KiB
@@ -95,3 +97,48 @@ def test_a_log_released_under_a_reader_is_not_found(tmp_path: pathlib.Path) -> N
     finally:
         log.close()
         store.close()
+
+
+PATTERN = bytes(i % 251 for i in range(2 * 1024 * KiB))
+
+
+def test_a_running_exec_past_its_cap_keeps_head_and_tail(tmp_path: pathlib.Path) -> None:
+    cap = 256 * KiB
+    size = 1024 * KiB
+    program = f"import sys; sys.stdout.buffer.write(bytes(i % 251 for i in range({size}))); sys.stdout.flush(); sys.stdin.read()"
+    with small(tmp_path, max_exec_output=cap) as (server, client, raw):
+        client.start("cap", py(program), **PIPES)
+        assert eventually(lambda: server.engine.get("cap").stdout.committed == size)  # type: ignore[union-attr]
+        got = b""
+        with pytest.raises(grpc.RpcError) as caught:
+            for message in raw.call("TaskExecStdioRead", pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="cap")):
+                got += message.data
+        assert got == PATTERN[:SEGMENT], "the head segment is kept"
+        assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        first_held = int(caught.value.details().rsplit(" ", 1)[1])
+        assert first_held % SEGMENT == 0 and 0 < size - first_held <= cap - SEGMENT
+        client.write_stdin("cap", 0, b"", eof=True)
+        assert exit_code(client.wait("cap")) == 0
+        assert b"".join(client.read("cap", offset=first_held)) == PATTERN[first_held:size]
+        middle = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="cap", offset=first_held - 1)
+        assert raw.code("TaskExecStdioRead", middle) == grpc.StatusCode.OUT_OF_RANGE
+
+
+def test_a_reader_that_keeps_up_is_never_cut(tmp_path: pathlib.Path) -> None:
+    program = ("import sys, time\n"
+               f"data = bytes(i % 251 for i in range({len(PATTERN)}))\n"
+               "for i in range(0, len(data), 32768):\n"
+               "    sys.stdout.buffer.write(data[i:i + 32768]); sys.stdout.flush(); time.sleep(0.002)\n")
+    with small(tmp_path, max_exec_output=256 * KiB) as (server, client, raw):
+        client.start("follow", py(program), **PIPES)
+        assert b"".join(client.read("follow")) == PATTERN
+        assert exit_code(client.wait("follow")) == 0
+        held = server.engine.get("follow").stdout
+        assert held is not None and held.released_range != (0, 0), "the cap never released anything"
+
+
+@given(st.integers(min_value=1, max_value=3 * 1024 * 1024))
+@settings(max_examples=60, deadline=None)
+def test_a_frames_data_length_is_read_back(n: int) -> None:
+    frame = pb.TaskExecStdioReadResponse(data=b"x" * n).SerializeToString()
+    assert _frame_data_length(frame) == n

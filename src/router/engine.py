@@ -27,7 +27,7 @@ from .errors import RouterError, throttled
 from .execs import Exec
 from .loop import LoopThread
 from .output import OutputPipes
-from .records import ExecSpec, ExitStatus
+from .records import ExecSpec, ExitStatus, StreamName
 from .journal import (CAUSE_EXITED, CAUSE_SIGNALLED, CAUSE_TIMED_OUT, Begun, Exited, Forgotten, Journal,
                       JournaledExec, Output, Record, Spawned, Stdin)
 from .registry import RETRY_AFTER_SECS, Registry
@@ -293,8 +293,8 @@ class Engine:
     def _cap(self, stream: SegmentedLog) -> None:
         """Keep the head segment and the latest output; release the segments between."""
         seg = self._segment_size
-        stop = (stream.committed - (self._max_exec_output - seg)) // seg + 1
-        stop = min(stop, stream.committed // seg)
+        # The fewest segments released for head + rest <= cap (ceil), never the tail's own segment.
+        stop = min(-(-(stream.committed - self._max_exec_output + seg) // seg), stream.committed // seg)
         if stop > max(1, stream.released_range[1] // seg):
             stream.release(1, stop)
 
@@ -330,9 +330,10 @@ class Engine:
         self._expire()
 
     def _journal_output(self, ex: Exec) -> None:
-        for name, stream in (("stdout", ex.stdout), ("stderr", ex.stderr)):
+        streams: tuple[tuple[StreamName, SegmentedLog | None], ...] = (("stdout", ex.stdout), ("stderr", ex.stderr))
+        for name, stream in streams:
             if stream is not None and not stream.closed:
-                self._record(Output(ex.exec_id, name, stream.segments, stream.committed, stream.eof))  # type: ignore[arg-type]
+                self._record(Output(ex.exec_id, name, stream.segments, stream.committed, stream.eof))
 
     def _flush_journal_periodically(self) -> None:
         assert self._journal is not None

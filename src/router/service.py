@@ -158,7 +158,8 @@ class ReadCursor:
             raise not_found(f"exec {self._exec_id!r} not found: its output was released") from None
         except OSError as e:
             raise _log_error(e, f"the {self._which} of exec {self._exec_id!r}") from None
-        self.offset += n
+        # A read stops early at a range the cap released meanwhile: advance by what the frame holds.
+        self.offset += _frame_data_length(frame)
         return frame
 
     def complete(self) -> bool:
@@ -174,6 +175,17 @@ class ReadCursor:
 
     def ready(self) -> bool:
         return self.stream.committed > self.offset or self.stream.eof
+
+
+def _frame_data_length(frame: bytes) -> int:
+    """The length of `data` in an encoded TaskExecStdioReadResponse (tag 0x0A, then a varint)."""
+    n = shift = 0
+    for byte in frame[1:11]:
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return n
+        shift += 7
+    raise ValueError("malformed frame")
 
 
 def _log_error(e: OSError, what: str) -> RouterError:
