@@ -124,7 +124,7 @@ def test_stop_kills_a_leader_outside_its_group(tmp_path: pathlib.Path) -> None:
     stopper.start()
     try:
         stopper.join(8.0)
-        assert not stopper.isalive(), "server.stop() did not return"
+        assert not stopper.is_alive(), "server.stop() did not return"
         assert time.monotonic() - started < 5
         assert _gone(leader), "stop() left the exec's leader running"
     finally:

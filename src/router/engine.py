@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 
 # How often orphans are reaped when the router inherits them (PID 1 or a subreaper).
 ORPHAN_REAP_SECS = 1.0
-# How often new output's length and slots are journaled: what a crash can lose of a running exec's output.
-JOURNAL_FLUSH_SECS = 0.05
+# After a failed journal write, the next try comes this much later.
+JOURNAL_RETRY_SECS = 0.5
 # Descriptors each running exec may hold: stdin, stdout, stderr, pidfd.
 FDS_PER_EXEC = 4
 FDS_RESERVED = 1024
@@ -82,6 +82,7 @@ class Engine:
         self._journal_path = journal_path
         self._journal: Journal | None = None
         self._dirty: set[Exec] = set()  # execs whose output changed since the last journal flush
+        self._flush_scheduled = False
         self._boot_id = procs.boot_id()
         self._store: SegmentStore | None = None
         self._registry = Registry(max_running_execs or default_max_running_execs())
@@ -108,8 +109,6 @@ class Engine:
             self._restore(state.execs)
         self._loop.start()
         self._loop.call_soon(self._expire_periodically)
-        if self._journal is not None:
-            self._loop.call_soon(self._flush_journal_periodically)
         if self._reap_orphans:
             main_thread_id = threading.main_thread().native_id
             assert main_thread_id is not None
@@ -181,7 +180,10 @@ class Engine:
         assert self._store is not None
         stdout = SegmentedLog(self._store) if spec.stdout == "pipe" or spec.pty is not None else None
         stderr = SegmentedLog(self._store) if spec.stderr == "pipe" and spec.pty is None else None
-        return Exec(exec_id, fingerprint, spec, stdout, stderr, self._stdin_limit)
+        ex = Exec(exec_id, fingerprint, spec, stdout, stderr, self._stdin_limit)
+        if self._journal is not None:
+            ex.readable = {}
+        return ex
 
     def offer_stdin(self, ex: Exec, offset: int, data: bytes, eof: bool) -> bool:
         """Accept stdin bytes at `offset`, skipping what a retry repeats. False, taking nothing,
@@ -196,6 +198,32 @@ class Engine:
     def _record(self, record: Record) -> None:
         if self._journal is not None:
             self._journal.append(record)
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Flush the journal once this loop iteration's events are handled: one write for them all."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.loop.call_soon(self._flush_journal)
+
+    def _flush_journal(self) -> None:
+        """Journal where the changed execs' output is, then let their readers have it."""
+        assert self._journal is not None
+        self._flush_scheduled = False
+        changed = [(ex, self._journal_output(ex)) for ex in self._dirty]
+        self._dirty.clear()
+        try:
+            self._journal.flush()
+        except OSError as e:  # the records stay buffered; readers wait for the next try
+            log.error("writing the journal failed, retrying in %ss: %s", JOURNAL_RETRY_SECS, e)
+            self._dirty.update(ex for ex, _ in changed)
+            self._loop.loop.call_later(JOURNAL_RETRY_SECS, self._flush_soon)
+            return
+        for ex, lengths in changed:
+            with ex.cond:
+                if ex.readable is not None:
+                    ex.readable.update(lengths)
+            ex.notify()
 
     def _spawn(self, ex: Exec) -> None:
         self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, time.time()))
@@ -286,9 +314,11 @@ class Engine:
         for stream in ex.logs():
             if stream.held_bytes > self._max_exec_output:
                 self._cap(stream)
-        ex.notify()
-        if self._journal is not None:
-            self._dirty.add(ex)
+        if self._journal is None:
+            ex.notify()
+        else:
+            self._dirty.add(ex)  # readers get it once it is journaled
+            self._flush_soon()
 
     def _cap(self, stream: SegmentedLog) -> None:
         """Keep the head segment and the latest output; release the segments between."""
@@ -320,8 +350,7 @@ class Engine:
         timed_out = ex.child is not None and ex.child.timed_out
         self._release(ex)
         if self._journal is not None:
-            self._dirty.discard(ex)
-            self._journal_output(ex)
+            self._dirty.add(ex)
             self._record(Stdin(ex.exec_id, ex.stdin.written, ex.stdin.eof))
             assert ex.status is not None
             cause = CAUSE_EXITED if ex.status.code is not None else CAUSE_TIMED_OUT if timed_out else CAUSE_SIGNALLED
@@ -329,23 +358,18 @@ class Engine:
         self._registry.finished(ex, ex.held_bytes())
         self._expire()
 
-    def _journal_output(self, ex: Exec) -> None:
+    def _journal_output(self, ex: Exec) -> dict[StreamName, int]:
+        """Record where each of the exec's streams is; returns the lengths recorded."""
+        assert self._journal is not None
+        lengths: dict[StreamName, int] = {}
         streams: tuple[tuple[StreamName, SegmentedLog | None], ...] = (("stdout", ex.stdout), ("stderr", ex.stderr))
         for name, stream in streams:
             if stream is not None and not stream.closed:
-                self._record(Output(ex.exec_id, name, stream.segments, stream.committed, stream.eof))
-
-    def _flush_journal_periodically(self) -> None:
-        assert self._journal is not None
-        for ex in self._dirty:
-            self._journal_output(ex)
-        self._dirty.clear()
-        if self._journal.pending:
-            try:
-                self._journal.flush()
-            except OSError as e:  # the records stay buffered for the next try
-                log.error("writing the journal failed, retrying: %s", e)
-        self._loop.loop.call_later(JOURNAL_FLUSH_SECS, self._flush_journal_periodically)
+                eof = stream.eof  # before committed: once eof is seen, committed is final
+                committed = stream.committed
+                self._journal.append(Output(ex.exec_id, name, stream.segments, committed, eof))
+                lengths[name] = committed
+        return lengths
 
     def _expire(self) -> None:
         for ex in self._registry.expire(self._retention):
@@ -379,6 +403,8 @@ class Engine:
             if ex.child is not None and ex.child.held:
                 self._on_exit(ex)  # collects the status if the pidfd's wake-up has not run yet
                 self._release(ex)
+        if self._journal is not None:
+            self._flush_journal()  # the last records, before the loop stops
 
     def _reap(self, main_thread_id: int) -> None:
         """As init of a container (or a subreaper), reap the orphans an exec's children leave."""

@@ -45,6 +45,10 @@ class Exec:
         self.cond = threading.Condition()
         self.status: ExitStatus | None = None
         self.exited_at: float | None = None  # time.monotonic() when the status was set
+        # How much of each stream readers may have: what the journal holds (None: all committed,
+        # without a journal). A byte a client has seen must survive a crash of the router, since
+        # clients count offsets themselves and resume from them.
+        self.readable: dict[StreamName, int] | None = None
         self.failed: RouterError | None = None  # set if the start failed and the exec was dropped
         self.stdin = StdinBuffer(self.cond, stdin_limit, spec.pty is not None, self.notify)
         self.child: Child | None = None
@@ -60,6 +64,10 @@ class Exec:
 
     def logs(self) -> list[SegmentedLog]:
         return [log for log in (self.stdout, self.stderr) if log is not None]
+
+    def readable_length(self, which: StreamName, stream: SegmentedLog) -> int:
+        limits = self.readable
+        return stream.committed if limits is None else limits.get(which, 0)
 
     def held_bytes(self) -> int:
         """Output bytes this exec holds in the store."""

@@ -102,7 +102,8 @@ class Service:
         stream = ex.stream(which)
         if stream is None:
             return None  # discarded or merged into stdout: a complete, empty stream
-        cursor = ReadCursor(request, which, stream, self._config.read_chunk_size)
+        cursor = ReadCursor(request, which, stream, self._config.read_chunk_size,
+                            lambda: ex.readable_length(which, stream))
         while True:
             frame = cursor.next_frame()
             if frame is None:
@@ -131,19 +132,21 @@ class ReadCursor:
     """Where one TaskExecStdioRead call is in its stream."""
 
     def __init__(self, request: pb.TaskExecStdioReadRequest, which: StreamName, stream: SegmentedLog,
-                 chunk: int) -> None:
+                 chunk: int, readable: Callable[[], int] | None = None) -> None:
         self.stream = stream
+        # How far readers may go: everything committed, or what the journal holds of it.
+        self._readable = readable or (lambda: stream.committed)
         self.offset = request.offset
         self._which = which
         self._exec_id = request.exec_id
         self._chunk = chunk
 
     def next_frame(self) -> bytes | None:
-        """The next frame to send, or None if nothing is committed past the offset yet."""
-        committed = self.stream.committed
-        if self.offset >= committed:
+        """The next frame to send, or None if nothing readable lies past the offset yet."""
+        readable = self._readable()
+        if self.offset >= readable:
             return None
-        n = min(self._chunk, committed - self.offset)
+        n = min(self._chunk, readable - self.offset)
         try:
             # One copy out of the log, already a TaskExecStdioReadResponse on the wire.
             frame = self.stream.read_frame(self.offset, n)
@@ -168,13 +171,17 @@ class ReadCursor:
         if not self.stream.eof:
             return False
         committed = self.stream.committed
+        if self._readable() < committed:
+            return False  # the end is not journaled yet
         if self.offset > committed:
             raise RouterError(grpc.StatusCode.OUT_OF_RANGE,
                               f"offset {self.offset} is past the end of the {self._which} stream ({committed} bytes)")
         return self.offset == committed
 
     def ready(self) -> bool:
-        return self.stream.committed > self.offset or self.stream.eof
+        eof = self.stream.eof
+        readable = self._readable()
+        return readable > self.offset or (eof and readable == self.stream.committed)
 
 
 def _frame_data_length(frame: bytes) -> int:
