@@ -4,10 +4,14 @@ It must not import `router`: Modal's generated modules define the same proto nam
 descriptor pool refuses a second definition in one process.
 
 usage: python modal_driver.py URL TOKEN TASK_ID   (prints one JSON object)
+       python modal_driver.py URL TOKEN TASK_ID follow EXEC_ID
+           reads EXEC_ID's stdout slowly (a line "reading" once the first bytes came), then prints
+           {"length": N, "sha256": HEX}
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sys
 import types
@@ -17,12 +21,34 @@ from modal_proto import api_pb2
 from modal_proto import task_command_router_pb2 as sr_pb2
 
 
-async def main(url: str, token: str, task_id: str) -> dict:
+async def connect(url: str, token: str, task_id: str) -> TaskCommandRouterClient:
     async def fetch_access() -> api_pb2.CommandRouterAccess:
         return api_pb2.CommandRouterAccess(url=url, jwt=token)
 
     server_client = types.SimpleNamespace(_is_localhost=True)
-    client = await TaskCommandRouterClient._connect(server_client, task_id, url, token, fetch_access=fetch_access)
+    return await TaskCommandRouterClient._connect(server_client, task_id, url, token, fetch_access=fetch_access)
+
+
+async def follow(url: str, token: str, task_id: str, exec_id: str) -> dict:
+    """Read a stream slowly, so that the test can kill and restart the router meanwhile: the
+    client must resume by offset and get every byte once."""
+    client = await connect(url, token, task_id)
+    try:
+        digest = hashlib.sha256()
+        length = 0
+        async for message in client.exec_stdio_read(task_id, exec_id, api_pb2.FILE_DESCRIPTOR_STDOUT):
+            if not length:
+                print("reading", flush=True)
+            digest.update(message.data)
+            length += len(message.data)
+            await asyncio.sleep(0.02)
+        return {"length": length, "sha256": digest.hexdigest()}
+    finally:
+        await client.close()
+
+
+async def main(url: str, token: str, task_id: str) -> dict:
+    client = await connect(url, token, task_id)
     try:
         result: dict = {}
         # Sandbox.exec(env=...) arrives as a secret_sources entry with env set.
@@ -54,4 +80,7 @@ async def main(url: str, token: str, task_id: str) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main(*sys.argv[1:4]))))
+    if sys.argv[4:5] == ["follow"]:
+        print(json.dumps(asyncio.run(follow(*sys.argv[1:4], sys.argv[5]))))
+    else:
+        print(json.dumps(asyncio.run(main(*sys.argv[1:4]))))

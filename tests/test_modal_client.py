@@ -1,17 +1,20 @@
 """Modal's own client class against a router in its own process (its stubs and ours cannot share a process: protobuf refuses two definitions of one message name)."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import pathlib
+import socket
 import subprocess
 import sys
 
 import pytest
 
 from router import auth
+from router.client import RouterClient, exit_code
 
-from .conftest import TASK_ID, router_process
+from .conftest import PIPES, TASK_ID, router_process
 
 # Only look for it: importing Modal here would clash with router's protos in this process.
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("modal") is None,
@@ -33,3 +36,36 @@ def test_modal_client_start_read_write_wait(tmp_path: pathlib.Path) -> None:
         "poll_code": 4,
         "tail": "abc:hello\n",
     }
+
+
+def test_modal_client_reads_across_a_kill_9_restart(tmp_path: pathlib.Path) -> None:
+    """Modal's client reading a finished exec's output while its router is killed (-9) and started
+    again on the same address resumes by offset and gets every byte once."""
+    with socket.socket() as s:  # a port for both runs: the client reconnects to the same address
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    listen = f"127.0.0.1:{port}"
+    token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+    # Well past what the client's 64 MiB HTTP/2 window lets the first server send ahead.
+    size = 160 * 1024 * 1024
+    driver = pathlib.Path(__file__).with_name("modal_driver.py")
+    with router_process(tmp_path, "--listen", listen) as (server, _):
+        with RouterClient(listen, token, TASK_ID, retries=0) as client:
+            client.start("big", ["head", "-c", str(size), "/dev/urandom"], **PIPES)
+            assert exit_code(client.wait("big")) == 0
+            expected = hashlib.sha256(b"".join(client.read("big"))).hexdigest()
+        reader = subprocess.Popen([sys.executable, str(driver), f"http://{listen}", token, TASK_ID, "follow", "big"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert reader.stdout is not None
+            assert reader.stdout.readline().strip() == "reading"
+            server.kill()
+            server.wait(10)
+            with router_process(tmp_path, "--listen", listen):
+                out, err = reader.communicate(timeout=90)
+        finally:
+            if reader.poll() is None:
+                reader.kill()
+                reader.communicate()
+    assert reader.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1]) == {"length": size, "sha256": expected}
