@@ -101,3 +101,16 @@ def test_ten_thousand_finished_execs_are_served_after_a_restart(tmp_path: pathli
         read = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="e5")
         assert raw.code("TaskExecStdioRead", read) == grpc.StatusCode.OK
     print(f"serving 10,000 journaled execs {ready:.3f} s after start")
+
+
+def test_a_lost_exec_takes_stdin_retries_after_a_restart(tmp_path: pathlib.Path) -> None:
+    """The child is gone: writes at any offset are accepted and dropped, as after any exit."""
+    state = tmp_path / "state"
+    state.mkdir()
+    spec = ExecSpec(args=["cat"], env={}, stdout="pipe", stderr="pipe")
+    with journal.Journal.open(state / "journal")[0] as j:
+        j.append(journal.Begun.from_spec("cat", b"f", spec, time.time()))  # never spawned, never ended
+    with serving(tmp_path) as (_, client, _raw):
+        assert client.poll("cat").signal == signal.SIGKILL
+        client.write_stdin("cat", 12345, b"late", eof=True)
+        assert b"".join(client.read("cat")) == b""

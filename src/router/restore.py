@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 from collections.abc import Iterator
 
@@ -38,6 +39,9 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
             _kill_lost_group(je, boot_id)
             lost = Exited(je.exec_id, LOST, time.time(), CAUSE_LOST)
             ex.status = LOST
+            # How much stdin it had taken was not journaled: accept (and drop) a write at any
+            # offset, as for any exec that has exited, rather than call a client's retry a gap.
+            ex.stdin.written = sys.maxsize
         else:
             ex.status = je.exited.status
         ex.exited_at = time.monotonic()
