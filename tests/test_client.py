@@ -5,7 +5,6 @@ import hashlib
 import socket
 import threading
 
-from router._proto import task_command_router_pb2 as pb
 from router.client import RouterClient, exit_code
 
 from .conftest import PIPES, TASK_ID, py
