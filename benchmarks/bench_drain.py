@@ -126,6 +126,30 @@ class LogKind(Drain):
     param_names = ["size", "kind"]
 
 
+class LogKindSteady(Drain):
+    """Issue 7, steady state: the same drain into storage that was written once before (an untimed
+    drain of as many bytes into the same sink, then `Sink.recycle()`), so no page is fresh, as
+    when a router writes into slots retention released. kind: fastio (`_fastio`: a new log on the
+    same store gets the closed log's slots back), readv_pwrite (readv into a reused buffer +
+    pwrite: what `_fastio` does), mmap_file (readv straight into the shared mappings of the
+    segment files, kept mapped: one copy fewer, every page already faulted), splice (pipe -> the
+    same file), and the same on /dev/shm (pwrite_shm, mmap_shm)."""
+
+    params = [SIZE.drain, ["fastio", "readv_pwrite", "mmap_file", "splice", "pwrite_shm", "mmap_shm"]]
+    param_names = ["size", "kind"]
+
+    def _arm(self, size: int, impl: str) -> None:
+        super()._arm(size, impl)
+        n = drain_until_eof(self.fd, self.sink, DRAIN_TIMEOUT)  # the first pass: every page written
+        self._check(size)
+        if n != size:
+            raise BenchError(f"the first pass drained {n} bytes, expected {size}")
+        close_fd(self.fd)
+        self.fd = -1
+        self.sink.recycle()
+        self.proc, self.fd = spawn_zero_writer(size)
+
+
 class DrainRatio(alternating.RouterVsReference):
     """fastio / reference drain rate, alternating rounds in one setup (target: >= 0.9 of readv +
     pwrite, the ceiling for a log that keeps its data)."""
