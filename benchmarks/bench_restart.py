@@ -132,9 +132,6 @@ class Restart:
             raise BenchError(f"{self.newest}: exit code {exit_code(response)}, expected {self.code}")
         return elapsed
 
-    def time_restart(self, execs: int) -> None:
-        self._serve_once()
-
     def track_seconds(self, execs: int) -> float:
         return self._serve_once()
 
