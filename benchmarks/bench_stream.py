@@ -126,6 +126,33 @@ def retain_args(size: int) -> list[str]:
     return [] if SIZE_NAME == "full" else ["--retain-bytes", f"{(size + size // 4) // MiB}M"]
 
 
+def _median_track(side: str, doc: str, first: bool = False) -> Callable[..., float]:
+    """A StreamRounds track: the median of `side`'s first or last LAST rounds, MB/s."""
+    def track(self: StreamRounds, result: dict, size: int) -> float:
+        return self._median(side, first)
+    track.__doc__ = doc
+    track.unit = "MB/s"  # type: ignore[attr-defined]
+    return track
+
+
+def _ratio_track(a: tuple[str, bool], b: tuple[str, bool], unit: str, doc: str) -> Callable[..., float]:
+    """A StreamRounds track: median of (side, first) `a` / median of `b`."""
+    def track(self: StreamRounds, result: dict, size: int) -> float:
+        return self._median(*a) / self._median(*b)
+    track.__doc__ = doc
+    track.unit = unit  # type: ignore[attr-defined]
+    return track
+
+
+def _arena_track(side: str) -> Callable[..., float]:
+    """A StreamRounds track: what `side`'s arena files occupy after every round, MiB."""
+    def track(self: StreamRounds, result: dict, size: int) -> float:
+        return result["arena_mib"][side]
+    track.__doc__ = f"disk (allocated blocks) of {side}'s arena files after every round"
+    track.unit = "MiB"  # type: ignore[attr-defined]
+    return track
+
+
 class StreamRounds:
     """Issue 7: SIZE.recycle rounds (full 12 x 1 GiB, quick 12 x 128 MiB, tiny 3 x 8 MiB) of one
     exec's stdout (`head -c N /dev/zero`, as Stream) through ONE server per side, the sides
@@ -175,60 +202,20 @@ class StreamRounds:
         return {f"StreamRounds({size}) {side}" + (f" ({flags})" if side.startswith("router") else ""): (rounds, "MB/s")
                 for side, rounds in self.series.items()}
 
-    def track_router_last(self, result: dict, size: int) -> float:
-        """The router's median over its last four rounds (logs in the state directory)."""
-        return self._median("router")
-
-    track_router_last.unit = "MB/s"  # type: ignore[attr-defined]
-
-    def track_router_first(self, result: dict, size: int) -> float:
-        return self._median("router", first=True)
-
-    track_router_first.unit = "MB/s"  # type: ignore[attr-defined]
-
-    def track_shm_last(self, result: dict, size: int) -> float:
-        return self._median("router_shm")
-
-    track_shm_last.unit = "MB/s"  # type: ignore[attr-defined]
-
-    def track_shm_first(self, result: dict, size: int) -> float:
-        return self._median("router_shm", first=True)
-
-    track_shm_first.unit = "MB/s"  # type: ignore[attr-defined]
-
-    def track_bare_last(self, result: dict, size: int) -> float:
-        return self._median("bare_grpc")
-
-    track_bare_last.unit = "MB/s"  # type: ignore[attr-defined]
-
-    def track_router_over_bare(self, result: dict, size: int) -> float:
-        """Last four rounds, router / bare grpcio (target >= 0.8)."""
-        return self._median("router") / self._median("bare_grpc")
-
-    track_router_over_bare.unit = "router/bare"  # type: ignore[attr-defined]
-
-    def track_last_over_first(self, result: dict, size: int) -> float:
-        """The router's last four rounds / its first four (target >= 0.95)."""
-        return self._median("router") / self._median("router", first=True)
-
-    track_last_over_first.unit = "last/first"  # type: ignore[attr-defined]
-
-    def track_shm_over_state(self, result: dict, size: int) -> float:
-        """Last four rounds, logs on /dev/shm / logs in the state directory."""
-        return self._median("router_shm") / self._median("router")
-
-    track_shm_over_state.unit = "shm/state"  # type: ignore[attr-defined]
-
-    def track_arena_mib(self, result: dict, size: int) -> float:
-        """Disk the router's arena files occupy after every round (state directory)."""
-        return result["arena_mib"]["router"]
-
-    track_arena_mib.unit = "MiB"  # type: ignore[attr-defined]
-
-    def track_shm_arena_mib(self, result: dict, size: int) -> float:
-        return result["arena_mib"]["router_shm"]
-
-    track_shm_arena_mib.unit = "MiB"  # type: ignore[attr-defined]
+    # The tracks (asv's track_*: every one reads the same setup_cache).
+    track_router_last = _median_track("router", "the router's median over its last four rounds (state directory)")
+    track_router_first = _median_track("router", "its first four rounds", first=True)
+    track_shm_last = _median_track("router_shm", "the /dev/shm router's last four rounds")
+    track_shm_first = _median_track("router_shm", "its first four rounds", first=True)
+    track_bare_last = _median_track("bare_grpc", "the bare grpcio server's last four rounds")
+    track_router_over_bare = _ratio_track(("router", False), ("bare_grpc", False), "router/bare",
+                                          "last four rounds, router / bare grpcio (target >= 0.8)")
+    track_last_over_first = _ratio_track(("router", False), ("router", True), "last/first",
+                                         "the router's last four rounds / its first four (target >= 0.95)")
+    track_shm_over_state = _ratio_track(("router_shm", False), ("router", False), "shm/state",
+                                        "last four rounds, logs on /dev/shm / logs in the state directory")
+    track_arena_mib = _arena_track("router")
+    track_shm_arena_mib = _arena_track("router_shm")
 
     target_over_bare = Target(">=", 0.8)
     target_last_over_first = Target(">=", 0.95)

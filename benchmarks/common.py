@@ -102,7 +102,7 @@ SIZES = {
     "quick": Sizes(drain=[64 * MiB], stream=[128 * MiB], fanout=[64, 256], fanout_ssh_max=64,
                    exec_sequential=50, exec_in_flight=200, rpc_calls=5000, seek=256 * MiB, memory=256 * MiB,
                    idle=256, recycle=(12, 128 * MiB), restart_execs=10_000,
-                   rounds={"drain": 3, "stream": 3, "fanout": 2, "exec": 3, "seek": 15, "journal": 7, "restart": 5}),
+                   rounds={"drain": 3, "stream": 3, "fanout": 2, "exec": 3, "seek": 15, "journal": 15, "restart": 5}),
     "full": Sizes(drain=[2 * GiB], stream=[1 * GiB], fanout=[256, 1024, 4096], fanout_ssh_max=256,
                   exec_sequential=200, exec_in_flight=1000, rpc_calls=20000, seek=4 * GiB, memory=4 * GiB,
                   idle=4096, recycle=(12, 1 * GiB), restart_execs=10_000,

@@ -157,6 +157,11 @@ def exec_rows(axis: Axis) -> list[list[Row]]:
     return groups
 
 
+def tracks_of(cls: type, *params: Any) -> Callable[[str], V]:
+    """method -> V(cls, params, method): several tracks of one setup."""
+    return lambda method: V(cls, params, method)
+
+
 def seek_rows(axis: Axis) -> list[list[Row]]:
     m = suite("bench_seek")
     return [[Row(f"time to first byte of a finished {human(size)} log: at 97.5 % / at offset 0",
@@ -169,8 +174,7 @@ def memory_rows(axis: Axis) -> list[list[Row]]:
     m = suite("bench_memory")
     groups = []
     for size in axis(m.ServerMemory):
-        def mem(method: str, size: int = size) -> V:
-            return V(m.ServerMemory, (size,), method)
+        mem = tracks_of(m.ServerMemory, size)
         groups.append([
             Row(f"server VmRSS after one exec streamed {human(size)} to a reader (reference: before)",
                 mem("track_rss_after"), mem("track_rss_before")),
@@ -204,8 +208,7 @@ def recycle_rows(axis: Axis) -> list[list[Row]]:
     m = suite("bench_stream")
     groups = []
     for size in axis(m.StreamRounds):
-        def sr(method: str, size: int = size) -> V:
-            return V(m.StreamRounds, (size,), method)
+        sr = tracks_of(m.StreamRounds, size)
         rounds, _ = suite("common").SIZE.recycle
         k = min(m.LAST, rounds)
         flags = ("default flags" if not m.retain_args(size)
