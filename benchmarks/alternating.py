@@ -20,33 +20,50 @@ class Sides:
     """Instances of suite classes, each set up once for its params and torn down together.
 
     Asking twice for the same class and params gives the same instance (the seek and memory
-    figures read several tracks of one setup)."""
+    figures read several tracks of one setup). A class with asv's `setup_cache` gets it called
+    once here too, and its value passed first to setup, the tracks and teardown, as asv does."""
 
     def __init__(self) -> None:
-        self._instances: dict[tuple[type, tuple[Any, ...]], Any] = {}
+        self._instances: dict[tuple[type, tuple[Any, ...]], tuple[Any, tuple[Any, ...]]] = {}
+        self._caches: dict[type, Any] = {}
 
     def instance(self, cls: type, params: Sequence[Any]) -> Any:
+        return self._instance(cls, params)[0]
+
+    def _instance(self, cls: type, params: Sequence[Any]) -> tuple[Any, tuple[Any, ...]]:
+        """(instance, the arguments its methods take)."""
         key = (cls, tuple(params))
         if key not in self._instances:
             obj = cls()
+            args = tuple(params)
+            if hasattr(obj, "setup_cache"):
+                if cls not in self._caches:
+                    self._caches[cls] = obj.setup_cache()
+                args = (self._caches[cls], *args)
             if hasattr(obj, "setup"):
-                obj.setup(*params)  # NotImplementedError: a deliberate skip (OpenSSH missing); propagates
-            self._instances[key] = obj
+                obj.setup(*args)  # NotImplementedError: a deliberate skip (OpenSSH missing); propagates
+            self._instances[key] = (obj, args)
         return self._instances[key]
+
+    def each(self) -> list[tuple[Any, tuple[Any, ...]]]:
+        """Every instance set up so far, with the arguments its methods take."""
+        return list(self._instances.values())
 
     def measure(self, cls: type, params: Sequence[Any], method: str) -> Measure:
         """`cls(...).method(*params)` on the instance set up for `params`, as a call without arguments."""
-        fn = getattr(self.instance(cls, params), method)
-        return lambda: fn(*params)
+        obj, args = self._instance(cls, params)
+        fn = getattr(obj, method)
+        return lambda: fn(*args)
 
     def close(self) -> list[str]:
         """Tear every instance down, the last set up first; returns what failed (all are tried)."""
         errors = []
+        self._caches.clear()
         while self._instances:
-            (cls, params), obj = self._instances.popitem()
+            (cls, params), (obj, args) = self._instances.popitem()
             try:
                 if hasattr(obj, "teardown"):
-                    obj.teardown(*params)
+                    obj.teardown(*args)
             except Exception as e:
                 errors.append(f"{cls.__name__}{params!r} teardown: {type(e).__name__}: {e}")
         return errors

@@ -38,11 +38,12 @@ def sequential_rate(count: int, one: Callable[[], None]) -> float:
 
 
 class ExecRate:
-    """impl: router (sequential: the sync client; in flight: grpc.aio over 4 channels), local
-    (os.posix_spawn + os.waitpid, in threads when in flight), ssh (`ssh host true` over one
-    ControlMaster connection; half as many execs). One server for all calls of a setup."""
+    """impl: router (sequential: the sync client; in flight: grpc.aio over 4 channels),
+    router_no_journal (the same router started with --no-journal), local (os.posix_spawn +
+    os.waitpid, in threads when in flight), ssh (`ssh host true` over one ControlMaster
+    connection; half as many execs). One server for all calls of a setup."""
 
-    params = [[1, IN_FLIGHT], ["router", "local", "ssh"]]
+    params = [[1, IN_FLIGHT], ["router", "router_no_journal", "local", "ssh"]]
     param_names = ["in_flight", "impl"]
     number = 1
     repeat = (1, 5, 20.0)
@@ -54,8 +55,8 @@ class ExecRate:
         with closing_on_error(self.stack):
             self.batch: Callable[[], float] = getattr(self, f"_start_{impl}")(exec_count(in_flight, impl), in_flight)
 
-    def _start_router(self, count: int, concurrency: int) -> Callable[[], float]:
-        router = self.stack.enter_context(RouterProcess())
+    def _start_router(self, count: int, concurrency: int, args: tuple[str, ...] = ()) -> Callable[[], float]:
+        router = self.stack.enter_context(RouterProcess(args=args))
         client = SyncRouter(router)
         for _ in range(5):  # channel, first spawns
             client.start_wait(["true"])
@@ -63,6 +64,9 @@ class ExecRate:
             return lambda: sequential_rate(count, lambda: client.start_wait(["true"]))
         side = self.stack.enter_context(AioSide(router.target))
         return lambda: router_exec_rate(side, router.metadata, count, concurrency, batch_timeout(count)).checked().rate
+
+    def _start_router_no_journal(self, count: int, concurrency: int) -> Callable[[], float]:
+        return self._start_router(count, concurrency, ("--no-journal",))
 
     def _start_local(self, count: int, concurrency: int) -> Callable[[], float]:
         return lambda: local_spawn_rate(count, concurrency, batch_timeout(count))
@@ -106,6 +110,25 @@ class ExecRatio(alternating.RouterVsReference):
         return self.ratio()
 
     track_ratio.unit = "router/reference"  # type: ignore[attr-defined]
+
+
+class JournalRatio(alternating.RouterVsReference):
+    """Issue 7: the journal's cost, exec rate with the journal (the default) / with --no-journal,
+    alternating rounds in one setup (target: >= 0.95, the journal costs at most 5 %)."""
+
+    params = [[1, IN_FLIGHT], ["router_no_journal"]]
+    param_names = ["in_flight", "reference"]
+    subject = ExecRate
+    rounds = SIZE.rounds["journal"]
+
+    @staticmethod
+    def target(in_flight: int, reference: str) -> Target | None:
+        return Target(">=", 0.95)
+
+    def track_ratio(self, in_flight: int, reference: str) -> float:
+        return self.ratio()
+
+    track_ratio.unit = "journal/no journal"  # type: ignore[attr-defined]
 
 
 class RpcFloor:

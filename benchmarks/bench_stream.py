@@ -1,9 +1,13 @@
 """One exec's stdout end to end: `head -c N /dev/zero` on a router in its own process, read through
-TaskExecStdioRead, against the same bytes from a bare grpcio server and from OpenSSH."""
+TaskExecStdioRead, against the same bytes from a bare grpcio server and from OpenSSH; and many
+rounds of it through one server, where retention releases old execs and new output recycles
+their log slots (StreamRounds, issue 7)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import shlex
+import statistics
 import time
 from collections.abc import Callable
 
@@ -11,6 +15,7 @@ from . import alternating
 from .bare_grpc import STREAM_METHOD
 from .common import (
     SIZE,
+    SIZE_NAME,
     BareGrpcProcess,
     BenchError,
     MiB,
@@ -24,6 +29,30 @@ from .common import (
 from .sshd import SSHServer, require_openssh
 
 WARM = 16 * MiB
+
+
+def router_sender(router: RouterProcess) -> Callable[[int], None]:
+    """n -> one exec of `head -c n /dev/zero` on the router: start, read stdout to the end, wait."""
+    client = SyncRouter(router)
+    return lambda n: client.run_output(zeros_command(n), n, timeout=stream_timeout(n))
+
+
+def bare_sender(server: BareGrpcProcess) -> Callable[[int], None]:
+    """n -> n bytes streamed by the bare grpcio server (raw 1 MiB messages)."""
+    call = server.channel().unary_stream(STREAM_METHOD, request_serializer=None, response_deserializer=None)
+
+    def send(n: int) -> None:
+        got = sum(len(m) for m in call(str(n).encode(), timeout=stream_timeout(n)))
+        if got != n:
+            raise BenchError(f"bare grpc sent {got} bytes, expected {n}")
+    return send
+
+
+def rate(send: Callable[[int], None], n: int) -> float:
+    """MB/s of one send of n bytes."""
+    t0 = time.perf_counter()
+    send(n)
+    return n / (time.perf_counter() - t0) / 1e6
 
 
 class Stream:
@@ -46,18 +75,10 @@ class Stream:
             self.send(min(size, WARM))  # connections, first spawn, lazy imports: not measured
 
     def _start_router(self) -> Callable[[int], None]:
-        client = SyncRouter(self.stack.enter_context(RouterProcess()))
-        return lambda n: client.run_output(zeros_command(n), n, timeout=stream_timeout(n))
+        return router_sender(self.stack.enter_context(RouterProcess()))
 
     def _start_bare_grpc(self) -> Callable[[int], None]:
-        server = self.stack.enter_context(BareGrpcProcess())
-        call = server.channel().unary_stream(STREAM_METHOD, request_serializer=None, response_deserializer=None)
-
-        def send(n: int) -> None:
-            got = sum(len(m) for m in call(str(n).encode(), timeout=stream_timeout(n)))
-            if got != n:
-                raise BenchError(f"bare grpc sent {got} bytes, expected {n}")
-        return send
+        return bare_sender(self.stack.enter_context(BareGrpcProcess()))
 
     def _start_ssh(self) -> Callable[[int], None]:
         require_openssh()
@@ -71,9 +92,7 @@ class Stream:
         self.send(size)
 
     def track_rate(self, size: int, impl: str) -> float:
-        t0 = time.perf_counter()
-        self.send(size)
-        return size / (time.perf_counter() - t0) / 1e6
+        return rate(self.send, size)
 
     track_rate.unit = "MB/s"  # type: ignore[attr-defined]
 
@@ -95,3 +114,108 @@ class StreamRatio(alternating.RouterVsReference):
         return self.ratio()
 
     track_ratio.unit = "router/reference"  # type: ignore[attr-defined]
+
+
+SHM = "/dev/shm"
+LAST = 4  # issue 7's targets: the last four rounds (against the bare server, and the router's first four)
+
+
+def retain_args(size: int) -> list[str]:
+    """Full size: the router's defaults. Smaller: `--retain-bytes` 1.25 x the round, so that
+    retention releases the previous rounds' execs and later rounds reuse their slots within the run."""
+    return [] if SIZE_NAME == "full" else ["--retain-bytes", f"{(size + size // 4) // MiB}M"]
+
+
+def _median_track(side: str, doc: str, first: bool = False) -> Callable[..., float]:
+    """A StreamRounds track: the median of `side`'s first or last LAST rounds, MB/s."""
+    def track(self: StreamRounds, result: dict, size: int) -> float:
+        return self._median(side, first)
+    track.__doc__ = doc
+    track.unit = "MB/s"  # type: ignore[attr-defined]
+    return track
+
+
+def _ratio_track(a: tuple[str, bool], b: tuple[str, bool], unit: str, doc: str) -> Callable[..., float]:
+    """A StreamRounds track: median of (side, first) `a` / median of `b`."""
+    def track(self: StreamRounds, result: dict, size: int) -> float:
+        return self._median(*a) / self._median(*b)
+    track.__doc__ = doc
+    track.unit = unit  # type: ignore[attr-defined]
+    return track
+
+
+def _arena_track(side: str) -> Callable[..., float]:
+    """A StreamRounds track: what `side`'s arena files occupy after every round, MiB."""
+    def track(self: StreamRounds, result: dict, size: int) -> float:
+        return result["arena_mib"][side]
+    track.__doc__ = f"disk (allocated blocks) of {side}'s arena files after every round"
+    track.unit = "MiB"  # type: ignore[attr-defined]
+    return track
+
+
+class StreamRounds:
+    """Issue 7: SIZE.recycle rounds (full 12 x 1 GiB, quick 12 x 128 MiB, tiny 3 x 8 MiB) of one
+    exec's stdout (`head -c N /dev/zero`, as Stream) through ONE server per side, the sides
+    alternating (A B C A B C ...): `router` (logs in the state directory, ext4 under BENCH_TMP,
+    whatever BENCH_LOG_ROOT says), `router_shm` (`--log-dir` under /dev/shm, tmpfs) and `bare_grpc`.
+    Both routers run with their default flags at full size (retention keeps 10 % of the logs'
+    filesystem, at most 4 GiB: older execs are released from round 5 on a large disk), and with
+    `--retain-bytes` 1.25 x the round at smaller sizes, so that recycling happens within the run:
+    from round 3 on, new output goes into slots released by earlier rounds.
+
+    asv calls setup_cache once for the class (compare does too); it runs every round and the
+    tracks read its series (MB/s per round)."""
+
+    params = [[SIZE.recycle[1]]]
+    param_names = ["size"]
+    timeout = 3600
+    SIDES = ("router", "router_shm", "bare_grpc")
+
+    def setup_cache(self) -> dict:
+        rounds, size = SIZE.recycle
+        extra = retain_args(size)
+        with contextlib.ExitStack() as stack:
+            routers = {"router": stack.enter_context(RouterProcess(args=extra, log_root=None)),
+                       "router_shm": stack.enter_context(RouterProcess(args=extra, log_root=SHM))}
+            sends = {name: router_sender(r) for name, r in routers.items()}
+            sends["bare_grpc"] = bare_sender(stack.enter_context(BareGrpcProcess()))
+            for send in sends.values():
+                send(min(size, WARM))  # connections, first spawn, lazy imports: not measured
+            series = alternating.alternate({name: functools.partial(rate, send, size) for name, send in sends.items()},
+                                           rounds)
+            # Without recycling the arenas would hold every round; with it, about what retention keeps.
+            arena = {name: r.arena_bytes() / MiB for name, r in routers.items()}
+        return {"size": size, "args": extra, "series": series, "arena_mib": arena}
+
+    def setup(self, result: dict, size: int) -> None:
+        if result["size"] != size:
+            raise BenchError(f"setup_cache ran {result['size']}-byte rounds, not {size}")
+        self.series: dict[str, list[float]] = result["series"]
+
+    def _median(self, side: str, first: bool = False) -> float:
+        rounds = self.series[side]
+        return statistics.median(rounds[:LAST] if first else rounds[-LAST:])
+
+    def series_table(self, result: dict, size: int) -> dict[str, tuple[list[float], str]]:
+        """For compare: every round of every side, in order."""
+        flags = " ".join(result["args"]) or "default flags"
+        return {f"StreamRounds({size}) {side}" + (f" ({flags})" if side.startswith("router") else ""): (rounds, "MB/s")
+                for side, rounds in self.series.items()}
+
+    # The tracks (asv's track_*: every one reads the same setup_cache).
+    track_router_last = _median_track("router", "the router's median over its last four rounds (state directory)")
+    track_router_first = _median_track("router", "its first four rounds", first=True)
+    track_shm_last = _median_track("router_shm", "the /dev/shm router's last four rounds")
+    track_shm_first = _median_track("router_shm", "its first four rounds", first=True)
+    track_bare_last = _median_track("bare_grpc", "the bare grpcio server's last four rounds")
+    track_router_over_bare = _ratio_track(("router", False), ("bare_grpc", False), "router/bare",
+                                          "last four rounds, router / bare grpcio (target >= 0.8)")
+    track_last_over_first = _ratio_track(("router", False), ("router", True), "last/first",
+                                         "the router's last four rounds / its first four (target >= 0.95)")
+    track_shm_over_state = _ratio_track(("router_shm", False), ("router", False), "shm/state",
+                                        "last four rounds, logs on /dev/shm / logs in the state directory")
+    track_arena_mib = _arena_track("router")
+    track_shm_arena_mib = _arena_track("router_shm")
+
+    target_over_bare = Target(">=", 0.8)
+    target_last_over_first = Target(">=", 0.95)

@@ -89,19 +89,24 @@ class Sizes:
     seek: int  # bytes of the finished log read at its start and near its end
     memory: int  # bytes streamed while watching the server's RSS
     idle: int  # idle execs held open
+    recycle: tuple[int, int]  # stream rounds through one server: (rounds, bytes per round)
+    restart_execs: int  # finished execs in the journal a restarted router replays
     rounds: dict[str, int]
 
 
 SIZES = {
     "tiny": Sizes(drain=[8 * MiB], stream=[8 * MiB], fanout=[16], fanout_ssh_max=16,
                   exec_sequential=10, exec_in_flight=40, rpc_calls=400, seek=16 * MiB, memory=16 * MiB,
-                  idle=16, rounds={"drain": 2, "stream": 2, "fanout": 2, "exec": 2, "seek": 3}),
+                  idle=16, recycle=(3, 8 * MiB), restart_execs=10_000,
+                  rounds={"drain": 2, "stream": 2, "fanout": 2, "exec": 2, "seek": 3, "journal": 2, "restart": 2}),
     "quick": Sizes(drain=[64 * MiB], stream=[128 * MiB], fanout=[64, 256], fanout_ssh_max=64,
                    exec_sequential=50, exec_in_flight=200, rpc_calls=5000, seek=256 * MiB, memory=256 * MiB,
-                   idle=256, rounds={"drain": 3, "stream": 3, "fanout": 2, "exec": 3, "seek": 15}),
+                   idle=256, recycle=(12, 128 * MiB), restart_execs=10_000,
+                   rounds={"drain": 3, "stream": 3, "fanout": 2, "exec": 3, "seek": 15, "journal": 15, "restart": 5}),
     "full": Sizes(drain=[2 * GiB], stream=[1 * GiB], fanout=[256, 1024, 4096], fanout_ssh_max=256,
                   exec_sequential=200, exec_in_flight=1000, rpc_calls=20000, seek=4 * GiB, memory=4 * GiB,
-                  idle=4096, rounds={"drain": 5, "stream": 3, "fanout": 3, "exec": 5, "seek": 31}),
+                  idle=4096, recycle=(12, 1 * GiB), restart_execs=10_000,
+                  rounds={"drain": 5, "stream": 3, "fanout": 3, "exec": 5, "seek": 31, "journal": 9, "restart": 7}),
 }
 
 
@@ -334,23 +339,30 @@ def token_metadata(state_dir: pathlib.Path, task_id: str) -> tuple[tuple[str, st
     return (("authorization", f"Bearer {token}"),)
 
 
+def serve_argv(state_dir: pathlib.Path, listen: str = "127.0.0.1:0") -> list[str]:
+    """`router serve` on `listen` with this state directory, the bench task id and BENCH_SERVER_MODE."""
+    return [sys.executable, "-m", "router.cli", "serve", "--listen", listen, "--state-dir", str(state_dir),
+            "--task-id", TASK_ID, "--server-mode", SERVER_MODE]
+
+
 class RouterProcess(ServerProcess):
     """`router serve` on a free loopback port, with a state directory of its own under BENCH_TMP,
-    in BENCH_SERVER_MODE (and a log directory under BENCH_LOG_ROOT if set). On stop (SIGTERM) the
-    server kills its execs and removes its logs."""
+    in BENCH_SERVER_MODE (and a log directory under `log_root`, by default BENCH_LOG_ROOT, if
+    set), with `args` added to its command line. The directories go on stop (SIGTERM: the server
+    kills its execs first)."""
 
     ready = "router listening on "
 
-    def __init__(self, startup_timeout: float = 30.0) -> None:
+    def __init__(self, startup_timeout: float = 30.0, args: Sequence[str] = (),
+                 log_root: str | None = LOG_ROOT) -> None:
         self.task_id = TASK_ID
         self.log_dir: str | None = None
         state_dir = pathlib.Path(tempfile.mkdtemp(prefix="router-bench-", dir=TMP))
         try:
             self.metadata = token_metadata(state_dir, TASK_ID)
-            argv = [sys.executable, "-m", "router.cli", "serve", "--listen", "127.0.0.1:0",
-                    "--state-dir", str(state_dir), "--task-id", TASK_ID, "--server-mode", SERVER_MODE]
-            if LOG_ROOT:
-                self.log_dir = tempfile.mkdtemp(prefix="router-logs-", dir=LOG_ROOT)
+            argv = [*serve_argv(state_dir), *args]
+            if log_root:
+                self.log_dir = tempfile.mkdtemp(prefix="router-logs-", dir=log_root)
                 argv += ["--log-dir", self.log_dir]
             super().__init__(argv, state_dir, startup_timeout)
         except BaseException:
@@ -358,6 +370,15 @@ class RouterProcess(ServerProcess):
             if self.log_dir:
                 shutil.rmtree(self.log_dir, ignore_errors=True)
             raise
+
+    @property
+    def logs(self) -> pathlib.Path:
+        """The server's log directory: --log-dir, else STATE_DIR/logs."""
+        return pathlib.Path(self.log_dir) if self.log_dir else self.dir / "logs"
+
+    def arena_bytes(self) -> int:
+        """What the log's arena files occupy (allocated blocks: the files are sparse)."""
+        return sum(p.stat().st_blocks * 512 for p in self.logs.glob("arena-*"))
 
     def stop(self, timeout: float = 60.0) -> int | None:
         try:

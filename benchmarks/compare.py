@@ -12,7 +12,10 @@ in its own process where it is a server), calls their track_* methods in alterna
 only ratios measured side by side mean anything. With --from-asv the table shows what asv
 recorded, the ratio column being the suite's own *Ratio benchmark where there is one.
 
-Sections: drain, stream, fanout, exec, seek, memory (the default), and log_kinds (on request).
+Sections: drain, stream, fanout, exec, seek, memory, recycle, journal, restart (the default), and
+log_kinds, log_kinds_steady (on request). recycle (issue 7: stream rounds through one server, logs
+in the state directory and on /dev/shm), journal (exec rate with and without the journal), restart
+(time to serve a journal of 10,000 finished execs), log_kinds_steady (drains into recycled storage).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import pathlib
 import platform
 import shlex
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -36,8 +40,9 @@ from typing import Any
 
 # The suite reads BENCH_SIZE and the other settings when it is imported: main() sets them from the
 # command line first, then imports it. (asv also imports this module: nothing may run here.)
-SECTIONS = ("drain", "stream", "fanout", "exec", "seek", "memory", "log_kinds")
-DEFAULT_SECTIONS = SECTIONS[:-1]
+SECTIONS = ("drain", "stream", "fanout", "exec", "seek", "memory", "recycle", "journal", "restart", "log_kinds",
+            "log_kinds_steady")
+DEFAULT_SECTIONS = SECTIONS[:-2]
 
 
 def suite(module: str) -> Any:
@@ -152,6 +157,11 @@ def exec_rows(axis: Axis) -> list[list[Row]]:
     return groups
 
 
+def tracks_of(cls: type, *params: Any) -> Callable[[str], V]:
+    """method -> V(cls, params, method): several tracks of one setup."""
+    return lambda method: V(cls, params, method)
+
+
 def seek_rows(axis: Axis) -> list[list[Row]]:
     m = suite("bench_seek")
     return [[Row(f"time to first byte of a finished {human(size)} log: at 97.5 % / at offset 0",
@@ -164,8 +174,7 @@ def memory_rows(axis: Axis) -> list[list[Row]]:
     m = suite("bench_memory")
     groups = []
     for size in axis(m.ServerMemory):
-        def mem(method: str, size: int = size) -> V:
-            return V(m.ServerMemory, (size,), method)
+        mem = tracks_of(m.ServerMemory, size)
         groups.append([
             Row(f"server VmRSS after one exec streamed {human(size)} to a reader (reference: before)",
                 mem("track_rss_after"), mem("track_rss_before")),
@@ -195,9 +204,66 @@ def log_kinds_rows(axis: Axis) -> list[list[Row]]:
     return groups
 
 
+def recycle_rows(axis: Axis) -> list[list[Row]]:
+    m = suite("bench_stream")
+    groups = []
+    for size in axis(m.StreamRounds):
+        sr = tracks_of(m.StreamRounds, size)
+        rounds, _ = suite("common").SIZE.recycle
+        k = min(m.LAST, rounds)
+        flags = ("default flags" if not m.retain_args(size)
+                 else f"`{' '.join(m.retain_args(size))}`, 1.25 x a round, so that slots recycle within the run")
+        what = f"{rounds} rounds of one exec's stdout, {human(size)} each, through one router ({flags})"
+        groups.append([
+            Row(f"{what}: router vs bare grpcio server, medians of the last {k} rounds",
+                sr("track_router_last"), sr("track_bare_last"), m.StreamRounds.target_over_bare,
+                sr("track_router_over_bare")),
+            Row(f"{what}: router's last {k} rounds vs its first {k}",
+                sr("track_router_last"), sr("track_router_first"), m.StreamRounds.target_last_over_first,
+                sr("track_last_over_first")),
+            Row(f"the same rounds, `--log-dir` on /dev/shm (tmpfs): last {k} vs first {k}",
+                sr("track_shm_last"), sr("track_shm_first")),
+            Row(f"where logs live: `--log-dir` /dev/shm (tmpfs) vs the state directory (ext4), last {k} "
+                "rounds", sr("track_shm_last"), sr("track_router_last"), None, sr("track_shm_over_state")),
+            Row("arena files' disk after every round (allocated blocks): state directory; reference: /dev/shm",
+                sr("track_arena_mib"), sr("track_shm_arena_mib")),
+        ])
+    return groups
+
+
+def journal_rows(axis: Axis) -> list[list[Row]]:
+    m = suite("bench_exec")
+    return [[vs(f"exec rate, {'sequential' if k == 1 else f'{k} in flight'}, start+wait of `true`: journal on "
+                "(default) vs `--no-journal`", m.JournalRatio, (k,), "router_no_journal")]
+            for k in axis(m.JournalRatio)]
+
+
+def restart_rows(axis: Axis) -> list[list[Row]]:
+    m = suite("bench_restart")
+    *_, n = axis(m.Restart)
+    secs = V(m.Restart, (n,), "track_seconds")
+    return [[Row(f"restart: `router serve` start to the first TaskExecPoll answered for the newest of {n:,} "
+                 "journaled finished execs", secs, None, m.Restart.target),
+             Row(f"restart with {n:,} journaled execs vs with 1", secs, V(m.Restart, (1,), "track_seconds"))]]
+
+
+def log_kinds_steady_rows(axis: Axis) -> list[list[Row]]:
+    m = suite("bench_drain")
+    groups = []
+    for size in axis(m.LogKindSteady):
+        ref = V(m.LogKindSteady, (size, "readv_pwrite"))
+        rows = [Row(f"drain {human(size)} into recycled storage (written once before): {k} vs readv + pwrite",
+                    V(m.LogKindSteady, (size, k)), ref) for k in m.LogKindSteady.params[1] if k != "readv_pwrite"]
+        rows.append(Row(f"drain {human(size)}: readv + pwrite into recycled storage vs into fresh files",
+                        ref, V(m.Drain, (size, "readv_pwrite"))))
+        groups.append(rows)
+    return groups
+
+
 BUILDERS: dict[str, Callable[[Axis], list[list[Row]]]] = {
     "drain": drain_rows, "stream": stream_rows, "fanout": fanout_rows, "exec": exec_rows,
-    "seek": seek_rows, "memory": memory_rows, "log_kinds": log_kinds_rows,
+    "seek": seek_rows, "memory": memory_rows, "recycle": recycle_rows, "journal": journal_rows,
+    "restart": restart_rows, "log_kinds": log_kinds_rows, "log_kinds_steady": log_kinds_steady_rows,
 }
 
 
@@ -215,6 +281,8 @@ class Group:
     rows: list[Row]
     samples: dict[V, list[float]] = dataclasses.field(default_factory=dict)
     notes: dict[V, str] = dataclasses.field(default_factory=dict)  # why a value is missing
+    # Series a class measured inside one setup (StreamRounds' rounds): name -> (values, unit).
+    series: dict[str, tuple[list[float], str]] = dataclasses.field(default_factory=dict)
 
     def value(self, v: V | None) -> float | None:
         from .alternating import median
@@ -276,6 +344,9 @@ def run_group(g: Group, rounds: int, rep: Report) -> None:
         for v, samples in alternate(measures, rounds, on_error=failed).items():
             g.samples[v] = samples
             log(f"  {v.label}: {', '.join(fmt(x) for x in samples)} {v.unit}")
+        for obj, args in sides.each():
+            if hasattr(obj, "series_table"):
+                g.series.update(obj.series_table(*args))
     finally:
         for err in sides.close():
             rep.problem(err)
@@ -313,16 +384,26 @@ def render(rep: Report, header: Sequence[str], asv: bool = False) -> str:
     for g in rep.groups:
         out += [row_line(g, r) for r in g.rows]
     out += ["", "Every value (median; every round in order):" if not asv else "Every value asv recorded:", "",
-            "| value | unit | median | rounds |", "| --- | --- | --- | --- |"]
+            "| value | unit | median | min - max | rounds |", "| --- | --- | --- | --- | --- |"]
     for g in rep.groups:
-        out += [f"| {v.label} | {v.unit} | {fmt(g.value(v))} | {', '.join(fmt(x) for x in samples)} |"
+        out += [f"| {v.label} | {v.unit} | {fmt(g.value(v))} | {spread(samples)} | {', '.join(fmt(x) for x in samples)} |"
                 for v, samples in g.samples.items()]
+    series = [(name, values, unit) for g in rep.groups for name, (values, unit) in g.series.items()]
+    if series:
+        out += ["", "Series measured inside one setup (every round in order):", "",
+                "| series | unit | median | min - max | rounds |", "| --- | --- | --- | --- | --- |"]
+        out += [f"| {name} | {unit} | {fmt(statistics.median(values))} | {spread(values)} | "
+                f"{', '.join(fmt(x) for x in values)} |" for name, values, unit in series if values]
     if rep.timings:
         out += ["", "| section | seconds | status |", "| --- | --- | --- |"]
         out += [f"| {name} | {secs:.1f} | {status} |" for name, secs, status in rep.timings]
     if rep.problems:
         out += ["", "Problems:", ""] + [f"- {p}" for p in rep.problems]
     return "\n".join(out)
+
+
+def spread(samples: Sequence[float]) -> str:
+    return f"{fmt(min(samples))} - {fmt(max(samples))}" if samples else "n/a"
 
 
 def row_line(g: Group, r: Row) -> str:
@@ -408,9 +489,9 @@ def configure(args: argparse.Namespace) -> None:
 
 
 def rounds_for(section: str, override: int | None, size: Any) -> int:
-    if section == "memory":
-        return 1  # its tracks read what one setup recorded
-    return override or size.rounds["drain" if section == "log_kinds" else section]
+    if section in ("memory", "recycle"):
+        return 1  # their tracks read what one setup recorded (recycle: its rounds are inside)
+    return override or size.rounds["drain" if section.startswith("log_kinds") else section]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

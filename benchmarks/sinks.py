@@ -86,6 +86,11 @@ class Sink:
     def kept(self) -> int | None:
         return self.offset if self.keeps else None
 
+    def recycle(self) -> None:
+        """Start again at offset 0 over the storage written so far (files, slots, mappings kept):
+        the next drain writes only pages that were written before, as into a recycled log slot."""
+        self.offset = 0
+
     def close(self) -> None:
         """Release what the sink holds (files, mappings); its directory is removed by the caller."""
 
@@ -155,6 +160,7 @@ class MappedSink(ReadvSink):
         super().__init__()
         self.backing, self.dir, self.populate = backing, directory, populate
         self.segments: list[mmap.mmap] = []
+        self.index = -1  # the segment being written
         self.seg_view: memoryview | None = None
         self.pos = SEGMENT_SIZE
         self.populated = 0
@@ -176,18 +182,29 @@ class MappedSink(ReadvSink):
         if self.pos == SEGMENT_SIZE:
             if self.seg_view is not None:
                 self.seg_view.release()
-            self.segments.append(self._new_segment())
-            self.seg_view = memoryview(self.segments[-1])
+            self.index += 1
+            if self.index == len(self.segments):
+                self.segments.append(self._new_segment())
+            self.seg_view = memoryview(self.segments[self.index])
             self.pos = self.populated = 0
         if self.populate and self.pos + CHUNK > self.populated and self.populated < SEGMENT_SIZE:
             end = min(SEGMENT_SIZE, self.populated + POPULATE_AHEAD)
-            self.segments[-1].madvise(MADV_POPULATE_WRITE, self.populated, end - self.populated)
+            self.segments[self.index].madvise(MADV_POPULATE_WRITE, self.populated, end - self.populated)
             self.populated = end
         assert self.seg_view is not None
         return self.seg_view[self.pos:min(SEGMENT_SIZE, self.pos + CHUNK)]
 
     def keep(self, n: int) -> None:
         self.pos += n
+
+    def recycle(self) -> None:
+        """Back to the first segment; the mappings (and their faulted pages) stay."""
+        super().recycle()
+        if self.seg_view is not None:
+            self.seg_view.release()
+            self.seg_view = None
+        self.index = -1
+        self.pos = SEGMENT_SIZE
 
     def close(self) -> None:
         if self.seg_view is not None:
@@ -224,6 +241,16 @@ class FastioSink(Sink):
 
     def step(self, fd: int) -> tuple[int, bool]:
         return self.log.drain(fd, DRAIN_BUDGET)
+
+    def recycle(self) -> None:
+        """Close the log (its slots go back to the store) and open a new one on the same store,
+        which hands the same slots out again: what a router does after retention released an exec."""
+        from router._fastio import SegmentedLog
+
+        super().recycle()
+        store = self.log.store
+        self.log.close()
+        self.log = SegmentedLog(store)
 
     def kept(self) -> int:
         committed = self.log.committed
