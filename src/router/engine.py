@@ -226,7 +226,7 @@ class Engine:
             ex.notify()
 
     def _spawn(self, ex: Exec) -> None:
-        self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, time.time()))
+        self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, time.time(), self.base_env))
         try:
             self._start_child(ex)
         except RouterError as e:

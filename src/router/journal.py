@@ -33,7 +33,7 @@ import pathlib
 import struct
 import threading
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Final, TypeAlias
 
 import msgspec
@@ -85,10 +85,13 @@ class Begun(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=
     started_at: float  # wall clock (time.time())
 
     @classmethod
-    def from_spec(cls, exec_id: str, fingerprint: bytes, spec: ExecSpec, started_at: float) -> Begun:
-        """The record for `spec`: everything but the environment's values."""
+    def from_spec(cls, exec_id: str, fingerprint: bytes, spec: ExecSpec, started_at: float,
+                  base_env: Mapping[str, str] | None = None) -> Begun:
+        """The record for `spec`: everything but the environment's values. With `base_env` (the
+        router's own, which every exec inherits), only the names the request set are kept."""
+        env = spec.env if base_env is None else [k for k, v in spec.env.items() if base_env.get(k) != v]
         return cls(exec_id, fingerprint, list(spec.args), spec.workdir, spec.stdout, spec.stderr,
-                   spec.timeout_secs, spec.pty, sorted(spec.env), started_at)
+                   spec.timeout_secs, spec.pty, sorted(env), started_at)
 
 
 class Spawned(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True, gc=False, tag="spawned"):
@@ -428,7 +431,7 @@ class Journal:
                 state = JournalState()
                 for record in live:
                     state.apply(record)
-            self._rewrite(state, self._encode(list(state.records())))
+            self._rewrite(state, self._encode(list(state.records())), fsync=True)
             return self._size
 
     def close(self, *, fsync: bool = True) -> None:
@@ -526,18 +529,21 @@ class Journal:
             self._threshold = max(self._compact_min, int(self._compact_ratio * live))
             return
         try:
-            self._rewrite(self._state, data)
+            # No fsync: this runs on the router's event loop, and surviving a crash of the router
+            # needs only the page cache (close() and compact() fsync for a clean stop).
+            self._rewrite(self._state, data, fsync=False)
         except OSError as e:
             self.compaction_error = e
             self._threshold = self._size + self._compact_min  # try again after some growth
         else:
             self.compaction_error = None
 
-    def _rewrite(self, state: JournalState, records: bytes) -> None:
+    def _rewrite(self, state: JournalState, records: bytes, fsync: bool) -> None:
         fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             _pwrite_all(fd, HEADER + records, 0)
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
             os.replace(self._tmp, self.path)
         except BaseException:
             os.close(fd)
@@ -545,7 +551,8 @@ class Journal:
             raise
         old, self._fd = self._fd, fd
         os.close(old)
-        _fsync_dir(self.path.parent)
+        if fsync:
+            _fsync_dir(self.path.parent)
         self._size = len(HEADER) + len(records)
         self._torn = False
         self._state = state
