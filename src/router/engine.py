@@ -264,7 +264,7 @@ class Engine:
         loop = self._loop.loop
         ex.child = child
         if self._journal is not None:
-            self._record(Spawned(ex.exec_id, pid, child.terminal, procs.start_ticks(pid) or 0, self._boot_id))
+            self._record(Spawned(ex.exec_id, pid, child.terminal, time.time(), self._boot_id))
         child.watch(loop, lambda: self._on_exit(ex))
         ex.output = OutputPipes(ex.exec_id, loop, pipes.outputs, ex.spec.pty is not None,
                                 lambda: self._on_output(ex), lambda: self._on_output_done(ex))

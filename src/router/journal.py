@@ -100,9 +100,9 @@ class Spawned(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_lik
     exec_id: str
     pid: int
     terminal: bool
-    # Which process that pid was: its start time (clock ticks after boot) and the boot. Without
-    # both, a restarted router could take a reused pid for the leader and kill a stranger's group.
-    start_ticks: int = 0
+    # Which process that pid was: when it was spawned (wall clock) and in which boot. Without both,
+    # a restarted router could take a reused pid for the leader and kill a stranger's group.
+    spawned_at: float = 0.0
     boot_id: str = ""
 
 

@@ -27,13 +27,17 @@ def processes_in(groups: set[int], sessions: set[int]) -> list[int]:
     return found
 
 
-def start_ticks(pid: int) -> int | None:
-    """When `pid` started, in clock ticks after boot (None if there is no such process)."""
+def start_time(pid: int) -> float | None:
+    """When `pid` started, on the wall clock to a clock tick (None if there is no such process).
+    Costly right after a spawn (the kernel waits for the exec): read it only when needed."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+    except (OSError, IndexError, ValueError, StopIteration):
         return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def boot_id() -> str:

@@ -21,6 +21,9 @@ from .records import ExecSpec, ExitStatus
 log = logging.getLogger(__name__)
 
 LOST = ExitStatus(signal=signal.SIGKILL)
+# A process that started this close to when the leader was spawned is the leader: pids cycle
+# through tens of thousands before one is reused.
+SAME_PROCESS_SECS = 1.0
 
 
 def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, stdin_limit: int,
@@ -82,12 +85,12 @@ def _kill_lost_group(je: JournaledExec, boot_id: str) -> None:
     if spawned is None or spawned.boot_id != boot_id:
         return  # never spawned, or a reboot ended it (and ids may be reused)
     pid = spawned.pid
-    ticks = procs.start_ticks(pid)
-    if ticks is not None and ticks != spawned.start_ticks:
+    started = procs.start_time(pid)
+    if started is not None and abs(started - spawned.spawned_at) > SAME_PROCESS_SECS:
         return  # the pid, and so the group id, belongs to a newer process
     # The leader itself, or its group without it (a group id is not reused while it has members).
     procs.killpg_quietly(pid, signal.SIGKILL)
-    if ticks is not None:
+    if started is not None:
         procs.kill_quietly(pid, signal.SIGKILL)
     if spawned.terminal:
         procs.kill_sessions([pid], signal.SIGKILL)
