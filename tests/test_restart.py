@@ -114,3 +114,21 @@ def test_a_lost_exec_takes_stdin_retries_after_a_restart(tmp_path: pathlib.Path)
         assert client.poll("cat").signal == signal.SIGKILL
         client.write_stdin("cat", 12345, b"late", eof=True)
         assert b"".join(client.read("cat")) == b""
+
+
+def test_stop_records_the_exit_of_an_exec_whose_output_was_still_open(tmp_path: pathlib.Path) -> None:
+    """The leader exited, but a process of another session still held its stdout: stop() ends the
+    output, and the exit must still reach the journal."""
+    holder = 0
+    try:
+        with serving(tmp_path) as (_, client, _raw):
+            client.start("held", ["sh", "-c", "setsid sleep 30 & echo $!; exit 5"], **PIPES)
+            assert exit_code(client.wait("held")) == 5
+            holder = int(next(client.read("held")).split()[0])
+        kept = journal.replay(tmp_path / "state" / "journal").execs["held"]
+        assert kept.exited is not None and kept.exited.status.code == 5
+        assert kept.outputs["stdout"].eof
+    finally:
+        if holder:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(holder, signal.SIGKILL)

@@ -402,7 +402,12 @@ class Engine:
             ex.stdin.close()
             if ex.child is not None and ex.child.held:
                 self._on_exit(ex)  # collects the status if the pidfd's wake-up has not run yet
-                self._release(ex)
+            if ex.child is not None and ex.child.held:
+                # Its output ended only now, so nothing finished it yet (or it survived SIGKILL).
+                if ex.status is not None:
+                    self._on_finished(ex)
+                else:
+                    self._release(ex)
         if self._journal is not None:
             self._flush_journal()  # the last records, before the loop stops
 
