@@ -178,8 +178,9 @@ class Engine:
 
     def _new_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec) -> Exec:
         assert self._store is not None
-        stdout = SegmentedLog(self._store) if spec.stdout == "pipe" or spec.pty is not None else None
-        stderr = SegmentedLog(self._store) if spec.stderr == "pipe" and spec.pty is None else None
+        has_stdout, has_stderr = spec.logged_streams()
+        stdout = SegmentedLog(self._store) if has_stdout else None
+        stderr = SegmentedLog(self._store) if has_stderr else None
         ex = Exec(exec_id, fingerprint, spec, stdout, stderr, self._stdin_limit)
         if self._journal is not None:
             ex.readable = {}
@@ -263,8 +264,7 @@ class Engine:
             raise throttled(f"cannot watch process: {e.strerror}", retry_after=RETRY_AFTER_SECS) from None
         loop = self._loop.loop
         ex.child = child
-        if self._journal is not None:
-            self._record(Spawned(ex.exec_id, pid, child.terminal, time.time(), self._boot_id))
+        self._record(Spawned(ex.exec_id, pid, child.terminal, time.time(), self._boot_id))
         child.watch(loop, lambda: self._on_exit(ex))
         ex.output = OutputPipes(ex.exec_id, loop, pipes.outputs, ex.spec.pty is not None,
                                 lambda: self._on_output(ex), lambda: self._on_output_done(ex))
@@ -362,9 +362,8 @@ class Engine:
         """Record where each of the exec's streams is; returns the lengths recorded."""
         assert self._journal is not None
         lengths: dict[StreamName, int] = {}
-        streams: tuple[tuple[StreamName, SegmentedLog | None], ...] = (("stdout", ex.stdout), ("stderr", ex.stderr))
-        for name, stream in streams:
-            if stream is not None and not stream.closed:
+        for name, stream in ex.named_logs():
+            if not stream.closed:
                 eof = stream.eof  # before committed: once eof is seen, committed is final
                 committed = stream.committed
                 self._journal.append(Output(ex.exec_id, name, stream.segments, committed, eof))

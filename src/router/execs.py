@@ -62,8 +62,13 @@ class Exec:
             return self.stderr
         return self.stdout if self.spec.stdout == "pipe" else None
 
+    def named_logs(self) -> list[tuple[StreamName, SegmentedLog]]:
+        """The exec's logs, each with the stream whose bytes it holds."""
+        pairs: list[tuple[StreamName, SegmentedLog | None]] = [("stdout", self.stdout), ("stderr", self.stderr)]
+        return [(name, log) for name, log in pairs if log is not None]
+
     def logs(self) -> list[SegmentedLog]:
-        return [log for log in (self.stdout, self.stderr) if log is not None]
+        return [log for _, log in self.named_logs()]
 
     def readable_length(self, which: StreamName, stream: SegmentedLog) -> int:
         limits = self.readable

@@ -30,6 +30,11 @@ class ExecSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout_secs: int | None = None
     pty: PtySpec | None = None
 
+    def logged_streams(self) -> tuple[bool, bool]:
+        """Whether stdout and stderr each get a log: a terminal's output is always drained (or the
+        child would block) into stdout, and has no stderr of its own; merged stderr goes to stdout."""
+        return self.stdout == "pipe" or self.pty is not None, self.stderr == "pipe" and self.pty is None
+
 
 class ExitStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How the leader ended: `code` if it exited, `signal` if a signal ended it."""

@@ -56,10 +56,11 @@ def _rebuild(je: JournaledExec, store: SegmentStore, stdin_limit: int) -> Exec:
     b = je.begun
     spec = ExecSpec(args=b.args, env={}, workdir=b.workdir, stdout=b.stdout, stderr=b.stderr,
                     timeout_secs=b.timeout_secs, pty=b.pty)
-    # The logs the exec had (as Engine._new_exec makes them), each complete at its journaled length.
-    stdout = _restored_log(store, je.outputs.get("stdout")) if b.stdout == "pipe" or b.pty is not None else None
+    # The logs the exec had, each complete at its journaled length.
+    has_stdout, has_stderr = spec.logged_streams()
+    stdout = _restored_log(store, je.outputs.get("stdout")) if has_stdout else None
     try:
-        stderr = _restored_log(store, je.outputs.get("stderr")) if b.stderr == "pipe" and b.pty is None else None
+        stderr = _restored_log(store, je.outputs.get("stderr")) if has_stderr else None
     except ValueError:
         if stdout is not None:
             stdout.close()
