@@ -142,3 +142,12 @@ def test_a_reader_that_keeps_up_is_never_cut(tmp_path: pathlib.Path) -> None:
 def test_a_frames_data_length_is_read_back(n: int) -> None:
     frame = pb.TaskExecStdioReadResponse(data=b"x" * n).SerializeToString()
     assert _frame_data_length(frame) == n
+
+
+def test_retention_counts_what_a_capped_exec_still_holds(tmp_path: pathlib.Path) -> None:
+    """1 MiB went through an exec capped at 256 KiB: it holds 256 KiB, within a 512 KiB budget."""
+    with small(tmp_path, max_exec_output=256 * KiB, retain_bytes=512 * KiB) as (server, client, raw):
+        client.start("capped", ["head", "-c", str(1024 * KiB), "/dev/zero"], **PIPES)
+        assert exit_code(client.wait("capped")) == 0
+        assert run(client, "next", 10) == b"\0" * 10
+        assert known(raw, "capped"), "released for bytes the cap had already given back"

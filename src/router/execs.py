@@ -76,7 +76,7 @@ class Exec:
 
     def held_bytes(self) -> int:
         """Output bytes this exec holds in the store."""
-        return sum(log.committed for log in self.logs())
+        return sum(log.held_bytes for log in self.logs())
 
     @property
     def running(self) -> bool:
