@@ -132,3 +132,17 @@ def test_stop_records_the_exit_of_an_exec_whose_output_was_still_open(tmp_path: 
         if holder:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(holder, signal.SIGKILL)
+
+
+def test_a_restored_exec_ages_from_its_exit(tmp_path: pathlib.Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    spec = ExecSpec(args=["true"], env={}, stdout="devnull", stderr="devnull")
+    with journal.Journal.open(state / "journal")[0] as j:
+        for exec_id, age in (("old", 3600.0), ("new", 0.0)):
+            j.append(journal.Begun.from_spec(exec_id, b"f", spec, time.time() - age))
+            j.append(journal.Exited(exec_id, ExitStatus(code=0), time.time() - age, journal.CAUSE_EXITED))
+    with serving(tmp_path, retain_secs=600) as (_, client, raw):
+        assert eventually(lambda: raw.code("TaskExecPoll", pb.TaskExecPollRequest(
+            task_id=TASK_ID, exec_id="old")) == grpc.StatusCode.NOT_FOUND), "an hour-old exit was kept for 600 s"
+        assert exit_code(client.poll("new")) == 0

@@ -45,9 +45,11 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
             # How much stdin it had taken was not journaled: accept (and drop) a write at any
             # offset, as for any exec that has exited, rather than call a client's retry a gap.
             ex.stdin.written = sys.maxsize
+            ex.exited_at = time.monotonic()
         else:
             ex.status = je.exited.status
-        ex.exited_at = time.monotonic()
+            # Retention's age counts from the exit, not from the restart.
+            ex.exited_at = time.monotonic() - max(0.0, time.time() - je.exited.ended_at)
         ex.started.set_result(None)
         yield ex, lost
 
