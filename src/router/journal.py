@@ -502,22 +502,13 @@ class Journal:
     def _write(self, data: bytes) -> None:
         """Write `data` at the end of the last whole record, looping on short writes. If that
         fails, cut the file back so it ends with a whole record, and raise."""
-        done = 0
         try:
-            done = os.pwrite(self._fd, data, self._size)
-            if done < len(data):
-                with memoryview(data) as view:
-                    while done < len(data):
-                        n = os.pwrite(self._fd, view[done:], self._size + done)
-                        if n == 0:
-                            raise OSError(28, "no space left on device (wrote nothing)")
-                        done += n
+            _pwrite_all(self._fd, data, self._size)
         except OSError:
-            if done:
-                try:
-                    os.ftruncate(self._fd, self._size)
-                except OSError:
-                    self._torn = True  # retried before the next write
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                self._torn = True  # retried before the next write
             raise
 
     def _auto_compact_locked(self) -> None:
