@@ -20,6 +20,9 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, SupportsIndex
 
+# The extension's own exception: callers catch one class whichever kind of log they hold.
+from ._fastio import OffsetReleased
+
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer needs 3.12
 
@@ -59,19 +62,6 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
-
-
-class OffsetReleased(LookupError):
-    """read()/read_frame() at an offset inside a log's released range; `first_held` is the first
-    offset after it that the log still holds."""
-
-    def __init__(self, offset: int, first_held: int) -> None:
-        super().__init__(f"offset {offset} was released; the first offset still held is {first_held}")
-        self.offset = offset
-        self.first_held = first_held
-
-    def __reduce__(self) -> tuple[type[OffsetReleased], tuple[int, int]]:
-        return type(self), (self.offset, self.first_held)
 
 
 class SegmentStore:
