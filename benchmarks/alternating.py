@@ -27,9 +27,6 @@ class Sides:
         self._instances: dict[tuple[type, tuple[Any, ...]], tuple[Any, tuple[Any, ...]]] = {}
         self._caches: dict[type, Any] = {}
 
-    def instance(self, cls: type, params: Sequence[Any]) -> Any:
-        return self._instance(cls, params)[0]
-
     def _instance(self, cls: type, params: Sequence[Any]) -> tuple[Any, tuple[Any, ...]]:
         """(instance, the arguments its methods take)."""
         key = (cls, tuple(params))

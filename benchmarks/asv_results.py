@@ -42,7 +42,6 @@ class Results:
         self.path = path
         data = json.loads(path.read_text())
         self.commit = data.get("commit_hash", "?")
-        self.date = data.get("date")
         columns = data["result_columns"]
         self._values: dict[str, dict[tuple[str, ...], Any]] = {}
         self.params: dict[str, list[list[Any]]] = {}

@@ -1,21 +1,18 @@
 """The exec journal's cost, in this process (no server): appending and flushing what 10,000 execs
 write (Begun, Spawned, Output x2, Exited each), replaying a journal of 10,000 finished execs, and
-compacting one. `python -m benchmarks.bench_journal` prints the figures without asv."""
+compacting one (`asv run --python=same --bench bench_journal`)."""
 from __future__ import annotations
 
-import functools
 import pathlib
 import shutil
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 
 from router import journal as jr
 from router.records import ExecSpec, ExitStatus
 
+from .common import TMP
+
 EXECS = 10_000
-RECORDS_PER_EXEC = 5
 _SPEC = ExecSpec(args=["python", "-c", "print('hello')"], env={"PATH": "/usr/bin:/bin", "HOME": "/root",
                                                                   "TOKEN": "secret"}, workdir="/work")
 
@@ -40,7 +37,7 @@ class Journal:
     warmup_time = 0.0
 
     def setup(self, flush_every: int) -> None:
-        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="bench-journal-"))
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="bench-journal-", dir=TMP))
         self.records = [exec_records(i) for i in range(EXECS)]
         self.journal, _ = jr.Journal.open(self.dir / "journal", auto_compact=False)
 
@@ -66,7 +63,7 @@ class Replay:
     warmup_time = 0.0
 
     def setup(self) -> None:
-        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="bench-journal-"))
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="bench-journal-", dir=TMP))
         self.path = self.dir / "journal"
         write_finished(self.path)
 
@@ -90,7 +87,7 @@ class Compact:
     warmup_time = 0.0
 
     def setup(self) -> None:
-        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="bench-journal-"))
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="bench-journal-", dir=TMP))
         path = self.dir / "journal"
         write_finished(path)
         self.journal, _ = jr.Journal.open(path, auto_compact=False)
@@ -98,7 +95,6 @@ class Compact:
             for record in exec_records(i)[2:]:
                 self.journal.append(record)
         self.journal.flush()
-        self.before = self.journal.size
 
     def teardown(self) -> None:
         self.journal.close(fsync=False)
@@ -116,44 +112,3 @@ def write_finished(path: pathlib.Path) -> None:
                 journal.append(record)
             if i % 100 == 99:
                 journal.flush()
-
-
-def _best(fn: Callable[[], object], setup: Callable[[], object], teardown: Callable[[], object],
-          runs: int = 7) -> tuple[float, float]:
-    """Best and median seconds of `runs` calls, each with its own setup and teardown."""
-    times = []
-    for _ in range(runs):
-        setup()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        teardown()
-    return min(times), statistics.median(times)
-
-
-def main() -> None:
-    n = EXECS * RECORDS_PER_EXEC
-    for flush_every in Journal.params[0]:
-        b = Journal()
-        best, median = _best(functools.partial(b.time_append_flush, flush_every),
-                             functools.partial(b.setup, flush_every), functools.partial(b.teardown, flush_every))
-        print(f"append+flush, flush every {flush_every:>3} execs: {best * 1e3:7.1f} ms best, {median * 1e3:7.1f} ms median"
-              f" for {EXECS} execs = {best / EXECS * 1e6:5.2f} us/exec, {n / best / 1e3:6.0f} k records/s")
-    r = Replay()
-    best, median = _best(r.time_replay, r.setup, r.teardown)
-    print(f"replay of {EXECS} finished execs ({n} records): {best * 1e3:.1f} ms best, {median * 1e3:.1f} ms median")
-    c = Compact()
-    best, median = _best(c.time_compact, c.setup, c.teardown)
-    c.setup()
-    c.time_compact()
-    sizes = f"{c.before / 2**20:.1f} MiB -> {c.journal.size / 2**20:.1f} MiB"
-    c.teardown()
-    print(f"compact of {EXECS} live execs ({sizes}, incl. fsync, rename): {best * 1e3:.1f} ms best, "
-          f"{median * 1e3:.1f} ms median")
-    r.setup()
-    print(f"journal size: {r.track_bytes_per_exec():.0f} bytes per exec")
-    r.teardown()
-
-
-if __name__ == "__main__":
-    main()

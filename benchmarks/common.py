@@ -40,7 +40,7 @@ import grpc
 from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router._proto import task_command_router_pb2_grpc as pb_grpc
-from router.client import exit_code
+from router.client import CHANNEL_OPTIONS, STDOUT, exit_code
 from router.config import ServerConfig
 
 KiB = 1024
@@ -54,16 +54,10 @@ PIPE_SIZE = 1 * MiB
 # What the router's event loop takes from one pipe per readiness event (engine.DRAIN_BUDGET).
 DRAIN_BUDGET = 4 * MiB
 SEGMENT_SIZE = ServerConfig(state_dir="", task_id="").log_segment_size
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 128 * MiB),
-    ("grpc.max_send_message_length", 128 * MiB),
-]
 # Concurrent clients use this many grpc.aio channels (separate connections).
 CHANNELS = 4
 # The exec-rate target is stated for 64 execs in flight.
 IN_FLIGHT = 64
-STDOUT = pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDOUT
-PIPE = 1  # TASK_EXEC_STDOUT_CONFIG_PIPE == TASK_EXEC_STDERR_CONFIG_PIPE
 READ_METHOD = "/modal.task_command_router.TaskCommandRouter/TaskExecStdioRead"
 
 
@@ -355,7 +349,6 @@ class RouterProcess(ServerProcess):
 
     def __init__(self, startup_timeout: float = 30.0, args: Sequence[str] = (),
                  log_root: str | None = LOG_ROOT) -> None:
-        self.task_id = TASK_ID
         self.log_dir: str | None = None
         state_dir = pathlib.Path(tempfile.mkdtemp(prefix="router-bench-", dir=TMP))
         try:
@@ -405,7 +398,8 @@ class BareGrpcProcess(ServerProcess):
 def start_request(exec_id: str, args: Sequence[str], task_id: str = TASK_ID) -> pb.TaskExecStartRequest:
     """Start `args` with stdout and stderr piped (kept in the exec's logs)."""
     return pb.TaskExecStartRequest(task_id=task_id, exec_id=exec_id, command_args=list(args),
-                                   stdout_config=PIPE, stderr_config=PIPE)
+                                   stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_PIPE,
+                                   stderr_config=pb.TASK_EXEC_STDERR_CONFIG_PIPE)
 
 
 def wait_request(exec_id: str, task_id: str = TASK_ID) -> pb.TaskExecWaitRequest:

@@ -36,6 +36,7 @@ from .common import (
     BenchError,
     read_request,
     start_request,
+    unique,
     wait_request,
     zeros_command,
 )
@@ -249,14 +250,14 @@ async def kill_all(procs: Sequence[asyncio.subprocess.Process]) -> None:
 
 def router_fanout(side: AioSide, md: Any, n: int, size: int, timeout: float) -> Outcome:
     """N execs of `head -c size /dev/zero`, all in flight: start, read stdout to the end, wait."""
-    prefix = f"fan-{os.urandom(6).hex()}"
+    prefix = unique("fan")
     return side.run(in_flight(n, n, lambda i: exec_output(side.stubs[i % len(side.stubs)], md, f"{prefix}-{i}",
                                                            size, timeout), timeout))
 
 
 def router_exec_rate(side: AioSide, md: Any, total: int, concurrency: int, timeout: float) -> Outcome:
     """`total` execs of `true` (start + wait), `concurrency` at a time."""
-    prefix = f"rate-{os.urandom(6).hex()}"
+    prefix = unique("rate")
     return side.run(in_flight(total, concurrency, lambda i: exec_true(side.stubs[i % len(side.stubs)], md,
                                                                        f"{prefix}-{i}", 60.0), timeout))
 
@@ -264,7 +265,7 @@ def router_exec_rate(side: AioSide, md: Any, total: int, concurrency: int, timeo
 def router_start_idle(side: AioSide, md: Any, argv: Sequence[str], n: int, concurrency: int,
                       timeout: float) -> Outcome:
     """Start `n` execs of argv (stdout and stderr piped) and leave them running."""
-    prefix = f"idle-{os.urandom(6).hex()}"
+    prefix = unique("idle")
     return side.run(in_flight(n, concurrency, lambda i: exec_start(side.stubs[i % len(side.stubs)], md,
                                                                     f"{prefix}-{i}", argv, 60.0), timeout))
 
