@@ -47,13 +47,9 @@ def children() -> list[int]:
 
 
 def _settled(check, timeout: float = 5.0):  # type: ignore[no-untyped-def]
-    """Poll `check` until it returns a falsy value (nothing leaked) or time runs out; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        leaked = check()
-        if not leaked or time.monotonic() > deadline:
-            return leaked
-        time.sleep(0.05)
+    """What `check` finds left over once it finds nothing, or once `timeout` seconds pass."""
+    eventually(lambda: not check(), timeout)
+    return check()
 
 
 def alive(pid: int) -> bool:

@@ -24,13 +24,6 @@ OK = grpc.StatusCode.OK
 U64_MAX = 2**64 - 1
 
 
-def _gone(pid: int, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return not alive(pid)
-
-
 def _parent(pid: int) -> int:
     """The parent of `pid`, 0 once it is gone."""
     try:
@@ -126,7 +119,7 @@ def test_stop_kills_a_leader_outside_its_group(tmp_path: pathlib.Path) -> None:
         stopper.join(8.0)
         assert not stopper.is_alive(), "server.stop() did not return"
         assert time.monotonic() - started < 5
-        assert _gone(leader), "stop() left the exec's leader running"
+        assert eventually(lambda: not alive(leader), 3.0), "stop() left the exec's leader running"
     finally:
         _kill(group, group=True)
         _kill(leader)
@@ -157,7 +150,7 @@ def test_stop_kills_background_processes_of_exited_execs(tmp_path: pathlib.Path)
         assert exit_code(client.wait("bg")) == 0
         server.stop(0.2)
     try:
-        assert _gone(sleeper, 2.0), "a process of the exec's group outlived server.stop()"
+        assert eventually(lambda: not alive(sleeper), 2.0), "a process of the exec's group outlived server.stop()"
     finally:
         _kill(sleeper)
 
