@@ -17,6 +17,13 @@ from router.records import ExecSpec, ExitStatus
 from .conftest import PIPES, TASK_ID, alive, eventually, router_process, serving, start_request
 
 
+def journal_of(tmp_path: pathlib.Path) -> journal.Journal:
+    """The journal of the state directory that `serving(tmp_path)` uses, for a test to write."""
+    state = tmp_path / "state"
+    state.mkdir()
+    return journal.Journal.open(state / "journal")[0]
+
+
 def test_a_clean_stop_keeps_every_finished_exec(tmp_path: pathlib.Path) -> None:
     marker = tmp_path / "runs"
     args = ["sh", "-c", f"echo run >> {marker}; head -c 300000 /dev/urandom; echo oops >&2; exit 3"]
@@ -87,10 +94,8 @@ def test_kill_9_then_serve_again(tmp_path: pathlib.Path) -> None:
 
 
 def test_ten_thousand_finished_execs_are_served_after_a_restart(tmp_path: pathlib.Path) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
     spec = ExecSpec(args=["true"], env={"SECRET": "value"}, stdout="devnull", stderr="devnull")
-    with journal.Journal.open(state / "journal")[0] as j:
+    with journal_of(tmp_path) as j:
         for i in range(10_000):
             j.append(journal.Begun.from_spec(f"e{i}", b"f", spec, time.time()))
             j.append(journal.Exited(f"e{i}", ExitStatus(code=i % 7), time.time(), journal.CAUSE_EXITED))
@@ -105,10 +110,8 @@ def test_ten_thousand_finished_execs_are_served_after_a_restart(tmp_path: pathli
 
 def test_a_lost_exec_takes_stdin_retries_after_a_restart(tmp_path: pathlib.Path) -> None:
     """The child is gone: writes at any offset are accepted and dropped, as after any exit."""
-    state = tmp_path / "state"
-    state.mkdir()
     spec = ExecSpec(args=["cat"], env={}, stdout="pipe", stderr="pipe")
-    with journal.Journal.open(state / "journal")[0] as j:
+    with journal_of(tmp_path) as j:
         j.append(journal.Begun.from_spec("cat", b"f", spec, time.time()))  # never spawned, never ended
     with serving(tmp_path) as (_, client, _raw):
         assert client.poll("cat").signal == signal.SIGKILL
@@ -135,10 +138,8 @@ def test_stop_records_the_exit_of_an_exec_whose_output_was_still_open(tmp_path: 
 
 
 def test_a_restored_exec_ages_from_its_exit(tmp_path: pathlib.Path) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
     spec = ExecSpec(args=["true"], env={}, stdout="devnull", stderr="devnull")
-    with journal.Journal.open(state / "journal")[0] as j:
+    with journal_of(tmp_path) as j:
         for exec_id, age in (("old", 3600.0), ("new", 0.0)):
             j.append(journal.Begun.from_spec(exec_id, b"f", spec, time.time() - age))
             j.append(journal.Exited(exec_id, ExitStatus(code=0), time.time() - age, journal.CAUSE_EXITED))
