@@ -5,6 +5,9 @@ Two raw methods (no serializer on either side, no log, no exec), with the router
 
 - `/bench.Bare/Stream` (unary-stream): the request is a byte count in ASCII; the handler yields one
   prebuilt 1 MiB `bytes` message over and over. The reference for one exec's stdout.
+- `/bench.Bare/Exec` (unary-stream): the request is a byte count; the handler runs `head -c N
+  /dev/zero` on a 1 MiB pipe and yields each read() of it (at most 1 MiB). The least an exec
+  streamer can do in grpcio: the reference for what the router's log, journal and offsets cost.
 - `/bench.Bare/Call` (unary): returns b"". The floor of one gRPC call, against the exec rate.
 
     python benchmarks/bare_grpc.py --listen 127.0.0.1:0 --mode sync|aio|aio-uvloop
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import os
 import signal
 import sys
 import threading
@@ -25,6 +29,7 @@ import grpc
 SERVICE = "bench.Bare"
 STREAM_METHOD = f"/{SERVICE}/Stream"
 CALL_METHOD = f"/{SERVICE}/Call"
+EXEC_METHOD = f"/{SERVICE}/Exec"
 CHUNK = 1024 * 1024
 MODES = ("sync", "aio", "aio-uvloop")
 
@@ -38,6 +43,19 @@ def chunks(request: bytes) -> Iterator[bytes]:
         yield chunk[:rest]
 
 
+def exec_chunks(request: bytes) -> Iterator[bytes]:
+    """`head -c N /dev/zero`'s stdout, as read() gives it."""
+    import fcntl
+    import subprocess
+
+    with subprocess.Popen(["head", "-c", str(int(request.decode())), "/dev/zero"], stdout=subprocess.PIPE) as child:
+        assert child.stdout is not None
+        fd = child.stdout.fileno()
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, CHUNK)  # as the router asks for
+        while data := os.read(fd, CHUNK):
+            yield data
+
+
 def options() -> list:
     from router.config import ServerConfig
     from router.server import server_options
@@ -45,9 +63,10 @@ def options() -> list:
     return server_options(ServerConfig(state_dir="", task_id=""))
 
 
-def handlers(stream, call) -> grpc.GenericRpcHandler:  # type: ignore[no-untyped-def]
+def handlers(stream, execute, call) -> grpc.GenericRpcHandler:  # type: ignore[no-untyped-def]
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Exec": grpc.unary_stream_rpc_method_handler(execute),
         "Call": grpc.unary_unary_rpc_method_handler(call),
     })
 
@@ -63,6 +82,7 @@ def listening(listen: str, port: int) -> int:
 def serve_sync(listen: str) -> int:
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=64), options=options())
     server.add_generic_rpc_handlers((handlers(lambda request, context: chunks(request),
+                                              lambda request, context: exec_chunks(request),
                                               lambda request, context: b""),))
     port = server.add_insecure_port(listen)
     stop = threading.Event()
@@ -81,11 +101,17 @@ async def serve_aio(listen: str) -> int:
         for chunk in chunks(request):
             yield chunk
 
+    async def execute(request: bytes, context: object) -> AsyncIterator[bytes]:
+        chunks = exec_chunks(request)  # its blocking reads in the default executor
+        loop = asyncio.get_running_loop()
+        while (data := await loop.run_in_executor(None, next, chunks, None)) is not None:
+            yield data
+
     async def call(request: bytes, context: object) -> bytes:
         return b""
 
     server = grpc.aio.server(options=options())
-    server.add_generic_rpc_handlers((handlers(stream, call),))
+    server.add_generic_rpc_handlers((handlers(stream, execute, call),))
     port = server.add_insecure_port(listen)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from . import alternating
-from .bare_grpc import STREAM_METHOD
+from .bare_grpc import EXEC_METHOD, STREAM_METHOD
 from .common import (
     SIZE,
     SIZE_NAME,
@@ -37,9 +37,10 @@ def router_sender(router: RouterProcess) -> Callable[[int], None]:
     return lambda n: client.run_output(zeros_command(n), n, timeout=stream_timeout(n))
 
 
-def bare_sender(server: BareGrpcProcess) -> Callable[[int], None]:
-    """n -> n bytes streamed by the bare grpcio server (raw 1 MiB messages)."""
-    call = server.channel().unary_stream(STREAM_METHOD, request_serializer=None, response_deserializer=None)
+def bare_sender(server: BareGrpcProcess, method: str = STREAM_METHOD) -> Callable[[int], None]:
+    """n -> n bytes streamed by the bare grpcio server: prebuilt 1 MiB messages (STREAM_METHOD), or
+    a child's pipe as read() gives it (EXEC_METHOD)."""
+    call = server.channel().unary_stream(method, request_serializer=None, response_deserializer=None)
 
     def send(n: int) -> None:
         got = sum(len(m) for m in call(str(n).encode(), timeout=stream_timeout(n)))
@@ -156,8 +157,10 @@ def _arena_track(side: str) -> Callable[..., float]:
 class StreamRounds:
     """Issue 7: SIZE.recycle rounds (full 12 x 1 GiB, quick 12 x 128 MiB, tiny 3 x 8 MiB) of one
     exec's stdout (`head -c N /dev/zero`, as Stream) through ONE server per side, the sides
-    alternating (A B C A B C ...): `router` (logs in the state directory, ext4 under BENCH_TMP,
-    whatever BENCH_LOG_ROOT says), `router_shm` (`--log-dir` under /dev/shm, tmpfs) and `bare_grpc`.
+    alternating (A B C D A B C D ...): `router` (logs in the state directory, ext4 under BENCH_TMP,
+    whatever BENCH_LOG_ROOT says), `router_shm` (`--log-dir` under /dev/shm, tmpfs), `bare_grpc`
+    (prebuilt messages: the reference the issue names) and `bare_exec` (the same server streaming
+    the same child's pipe as it reads it: no log, journal or offsets; what the router's design adds).
     Both routers run with their default flags at full size (retention keeps 10 % of the logs'
     filesystem, at most 4 GiB: older execs are released from round 5 on a large disk), and with
     `--retain-bytes` 1.25 x the round at smaller sizes, so that recycling happens within the run:
@@ -169,7 +172,7 @@ class StreamRounds:
     params = [[SIZE.recycle[1]]]
     param_names = ["size"]
     timeout = 3600
-    SIDES = ("router", "router_shm", "bare_grpc")
+    SIDES = ("router", "router_shm", "bare_grpc", "bare_exec")
 
     def setup_cache(self) -> dict:
         rounds, size = SIZE.recycle
@@ -178,7 +181,9 @@ class StreamRounds:
             routers = {"router": stack.enter_context(RouterProcess(args=extra, log_root=None)),
                        "router_shm": stack.enter_context(RouterProcess(args=extra, log_root=SHM))}
             sends = {name: router_sender(r) for name, r in routers.items()}
-            sends["bare_grpc"] = bare_sender(stack.enter_context(BareGrpcProcess()))
+            bare = stack.enter_context(BareGrpcProcess())
+            sends["bare_grpc"] = bare_sender(bare)
+            sends["bare_exec"] = bare_sender(bare, EXEC_METHOD)
             for send in sends.values():
                 send(min(size, WARM))  # connections, first spawn, lazy imports: not measured
             series = alternating.alternate({name: functools.partial(rate, send, size) for name, send in sends.items()},
@@ -206,8 +211,11 @@ class StreamRounds:
     track_shm_last = _median_track("router_shm", "the /dev/shm router's last four rounds")
     track_shm_first = _median_track("router_shm", "its first four rounds", first=True)
     track_bare_last = _median_track("bare_grpc", "the bare grpcio server's last four rounds")
+    track_bare_exec_last = _median_track("bare_exec", "the bare grpcio server streaming a child's pipe, last four rounds")
     track_router_over_bare = _ratio_track(("router", False), ("bare_grpc", False), "router/bare",
                                           "last four rounds, router / bare grpcio (target >= 0.8)")
+    track_router_over_bare_exec = _ratio_track(("router", False), ("bare_exec", False), "router/bare exec",
+                                               "last four rounds, router / bare grpcio streaming a child's pipe")
     track_last_over_first = _ratio_track(("router", False), ("router", True), "last/first",
                                          "the router's last four rounds / its first four (target >= 0.95)")
     track_shm_over_state = _ratio_track(("router_shm", False), ("router", False), "shm/state",

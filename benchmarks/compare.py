@@ -218,6 +218,9 @@ def recycle_rows(axis: Axis) -> list[list[Row]]:
             Row(f"{what}: router vs bare grpcio server, medians of the last {k} rounds",
                 sr("track_router_last"), sr("track_bare_last"), m.StreamRounds.target_over_bare,
                 sr("track_router_over_bare")),
+            Row(f"{what}: router vs the bare grpcio server streaming the same child's pipe as it reads it "
+                f"(no log, journal or offsets), last {k} rounds",
+                sr("track_router_last"), sr("track_bare_exec_last"), None, sr("track_router_over_bare_exec")),
             Row(f"{what}: router's last {k} rounds vs its first {k}",
                 sr("track_router_last"), sr("track_router_first"), m.StreamRounds.target_last_over_first,
                 sr("track_last_over_first")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import gc
 import hashlib
@@ -11,6 +12,7 @@ import os
 import random
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -116,6 +118,12 @@ def decode_frame(frame: bytes) -> bytes:
 
 def set_nonblocking(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+
+
+def socketpair_fds() -> tuple[int, int]:
+    """A connected pair of raw socket descriptors: a byte stream that is not a pipe."""
+    a, b = socket.socketpair()
+    return a.detach(), b.detach()
 
 
 def drain_until_eof(log, fd: int, budget: int = 4 * 1024 * 1024, timeout: float = 20.0) -> list[int]:
@@ -579,6 +587,70 @@ def test_drain_bad_fd_raises_oserror(Log, logdir):
         log.close()
         os.close(r)
         os.close(w)
+
+
+def test_drain_write_failing_midway_loses_nothing(Log, logdir):
+    """A write that fails part-way (EFBIG here, standing in for ENOSPC / EIO) keeps what it wrote and
+    loses nothing it took: spliced bytes stay in the pipe, read ones are written first next time."""
+    import resource
+    data = payload(3000)
+    log = Log(logdir, SEG)
+    r, w = os.pipe()
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
+    try:
+        set_nonblocking(r)
+        os.write(w, data)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, limits[1]))  # arena files: 1000 bytes at most
+        try:
+            with pytest.raises(OSError) as exc:
+                log.drain(r)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        # Spliced bytes count once written; a buffered piece only once all of it is (then it is stashed).
+        assert exc.value.errno == errno.EFBIG and log.committed in (0, 1000)
+        os.close(w)
+        w = -1
+        drain_until_eof(log, r)
+        assert log.read(0, 5000) == data and log.eof
+    finally:
+        signal.signal(signal.SIGXFSZ, old)
+        log.close()
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_drain_splices_a_pipe_and_buffers_anything_else(fio, logdir):
+    """Pipes go straight into the slots (no drain buffer is made); a pty or socket through the buffer.
+    A pipe that never had output takes no slot, even at EOF."""
+    c0 = fio.counters()
+    store = fio.SegmentStore(logdir, SEG, SLOTS)
+    piped, silent, other = fio.SegmentedLog(store), fio.SegmentedLog(store), fio.SegmentedLog(store)
+    r, w = os.pipe()
+    r2, w2 = os.pipe()
+    a, b = socketpair_fds()
+    try:
+        for fd in (r, r2, a):
+            set_nonblocking(fd)
+        os.write(w, payload(3 * SEG))
+        os.close(w2)
+        assert piped.drain(r) == (3 * SEG, False) and piped.read(0, 4 * SEG) == payload(3 * SEG)
+        if fio is _fastio:
+            assert "scratch_buffers" not in delta(fio, c0)
+        assert silent.drain(r2) == (0, True)
+        assert fio.counters()["slots_in_use"] - c0["slots_in_use"] == 3
+        os.write(b, b"abc")
+        assert other.drain(a) == (3, False) and other.read(0, 10) == b"abc"
+        assert delta(fio, c0)["scratch_buffers"] == 1
+    finally:
+        for log in (piped, silent, other):
+            log.close()
+        store.close()
+        for fd in (r, w, r2, a, b):
+            if fd != w2:
+                os.close(fd)
+    assert delta(fio, c0) == {}
 
 
 def test_drain_segment_creation_failure(Log, tmp_path):
@@ -1203,7 +1275,7 @@ def test_scratch_made_on_first_drain_freed_by_store_close(fio, logdir, tmp_path)
     c0 = fio.counters()
     store = fio.SegmentStore(logdir, SEG, SLOTS)
     a, b = fio.SegmentedLog(store), fio.SegmentedLog(store)
-    r, w = os.pipe()
+    r, w = socketpair_fds()  # no pipe: drained through the buffer (pipes are spliced, no buffer)
     try:
         set_nonblocking(r)
         a.append(b"x")

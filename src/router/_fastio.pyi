@@ -115,7 +115,8 @@ class SegmentedLog:
         """Copy a contiguous bytes-like object into the tail. ValueError after EOF or close."""
 
     def drain(self, fd: int, budget: int = 4194304) -> tuple[int, bool]:
-        """readv() a non-blocking fd into the store's drain buffer and pwrite() it to the tail segment.
+        """splice() a pipe into the tail segment; any other fd (a pty) is readv()ed into the store's
+        drain buffer and pwrite()n there. A pipe never takes a slot before it has bytes.
 
         Stops at EAGAIN, EOF (EIO counts as EOF) or once at least `budget`
         bytes were read in this call. Returns (bytes read by this call, eof).
