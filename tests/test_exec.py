@@ -208,13 +208,6 @@ def test_unknown_exec_is_not_found(raw: Raw) -> None:
         assert raw.code(name, request) == grpc.StatusCode.NOT_FOUND, name
 
 
-def test_mount_and_snapshot_are_unimplemented(raw: Raw) -> None:
-    assert raw.code("TaskMountDirectory", pb.TaskMountDirectoryRequest(task_id=TASK_ID, path=b"/tmp/x")) \
-        == grpc.StatusCode.UNIMPLEMENTED
-    assert raw.code("TaskSnapshotDirectory", pb.TaskSnapshotDirectoryRequest(task_id=TASK_ID, path=b"/tmp")) \
-        == grpc.StatusCode.UNIMPLEMENTED
-
-
 # -- reading -----------------------------------------------------------------------------------------
 
 BIG = 64 * 1024 * 1024

@@ -52,6 +52,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_exec_output: int = 0
     # Journal exec records in the state directory, so a restarted router serves what it had.
     journal: bool = True
+    # How images are mounted: "overlay" (O(1), needs the privilege to mount), "copy", or "auto"
+    # (overlay if a probe mount works, else copy).
+    mount_method: Literal["auto", "overlay", "copy"] = "auto"
 
 
 class ServerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

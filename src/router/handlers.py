@@ -6,6 +6,7 @@ way. They differ only in how they wait on an exec: `threaded_handler` blocks its
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from grpc_status import rpc_status
 from ._proto import api_pb2
 from .auth import Authenticator
 from .errors import RouterError, invalid
-from .service import METHODS, SERVICE_NAME, Body, Service, Wait
+from .service import METHODS, SERVICE_NAME, Body, Offload, Service, Wait
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,9 @@ class Handlers:
                 try:
                     step = next(body)
                     while True:
+                        if isinstance(step, Offload):
+                            step = body.send(await asyncio.to_thread(step.fn))
+                            continue
                         assert isinstance(step, Wait), f"{name} yielded a frame"
                         await step.exec.until(step.ready)
                         step = next(body)
@@ -157,6 +161,7 @@ class Handlers:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             try:
                 for step in self._body(name, request, context):
+                    assert not isinstance(step, Offload), f"{name}: a stream offloads nothing"
                     if isinstance(step, Wait):
                         await step.exec.until(step.ready)  # grpc cancels it when the call ends
                     else:
@@ -176,6 +181,9 @@ def _drive_threaded(body: Body, context: grpc.ServicerContext) -> Generator[byte
     try:
         step = next(body)
         while True:
+            if isinstance(step, Offload):
+                step = body.send(step.fn())
+                continue
             if isinstance(step, Wait):
                 if id(step.exec) not in watched:
                     watched.add(id(step.exec))

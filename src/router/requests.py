@@ -1,7 +1,8 @@
 """Request validation: each function returns a clean value or raises INVALID_ARGUMENT naming the field."""
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, NamedTuple
 
 from ._proto import task_command_router_pb2 as pb
 from .records import ExecSpec, PtySpec, StderrMode, StdoutMode, StreamName
@@ -109,3 +110,80 @@ def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str]) -> Exe
     return ExecSpec(args=args, env=env, workdir=workdir, stdout=stdout, stderr=stderr,
                     timeout_secs=timeout, pty=pty)
 
+
+
+DEFAULT_IMAGE_TTL = 30 * 24 * 3600  # Modal's default for snapshot_directory
+MAX_IMAGE_TTL = 2**31 - 1
+
+
+def _main_container(request: Any) -> None:
+    if request.container_id:
+        raise not_found(f"container {request.container_id!r} not found: this router serves only the main container")
+
+
+def directory_path(request: Any) -> bytes:
+    """An absolute path, normalised (no `.`, `..` or repeated slashes left)."""
+    path: bytes = request.path
+    if not path.startswith(b"/"):
+        raise invalid("path", f"must be an absolute path, got {path!r}")
+    if b"\0" in path:
+        raise invalid("path", "contains a NUL byte")
+    if len(path) > 4096:
+        raise invalid("path", "longer than 4096 bytes")
+    return os.path.normpath(path).replace(b"//", b"/")
+
+
+def encryption_key(request: Any) -> bytes | None:
+    if not request.HasField("customer_supplied_encryption_key"):
+        return None
+    key: bytes = request.customer_supplied_encryption_key
+    if not 16 <= len(key) <= 512:
+        raise invalid("customer_supplied_encryption_key", f"must be 16-512 bytes, got {len(key)}")
+    return key
+
+
+class SnapshotArgs(NamedTuple):
+    path: bytes
+    snapshot_id: str
+    ttl_secs: int | None  # None: never expires
+    key: bytes | None
+
+
+def snapshot_args(request: pb.TaskSnapshotDirectoryRequest) -> SnapshotArgs:
+    _main_container(request)
+    path = directory_path(request)
+    if len(request.snapshot_id) > MAX_ID_LENGTH:
+        raise invalid("snapshot_id", f"longer than {MAX_ID_LENGTH} characters")
+    ttl: int | None = DEFAULT_IMAGE_TTL
+    if request.HasField("ttl_seconds"):
+        if request.ttl_seconds == -1:
+            ttl = None
+        elif request.ttl_seconds <= 0:
+            raise invalid("ttl_seconds", f"must be positive, or -1 for no expiry; got {request.ttl_seconds}")
+        else:
+            ttl = request.ttl_seconds
+    return SnapshotArgs(path, request.snapshot_id, ttl, encryption_key(request))
+
+
+class MountArgs(NamedTuple):
+    path: bytes
+    image_id: str  # "" mounts an empty directory
+    key: bytes | None
+
+
+def mount_args(request: pb.TaskMountDirectoryRequest) -> MountArgs:
+    _main_container(request)
+    path = directory_path(request)
+    if path == b"/":
+        raise invalid("path", "cannot mount over /")
+    if len(request.image_id) > MAX_ID_LENGTH:
+        raise invalid("image_id", f"longer than {MAX_ID_LENGTH} characters")
+    return MountArgs(path, request.image_id, encryption_key(request))
+
+
+def unmount_path(request: pb.TaskUnmountDirectoryRequest) -> bytes:
+    _main_container(request)
+    path = directory_path(request)
+    if path == b"/":
+        raise invalid("path", "nothing is mounted at /")
+    return path

@@ -23,6 +23,7 @@ from .auth import Authenticator
 from .config import ServerConfig
 from .retention import Retention
 from .engine import Engine, raise_open_file_limit
+from .images import Images
 from .handlers import Handlers
 from .service import SERVICE_NAME, Service
 
@@ -64,7 +65,8 @@ class RouterServer:
             journal_path=pathlib.Path(config.state_dir) / "journal" if config.journal else None,
             max_exec_output=config.max_exec_output,
         )
-        self._handlers = Handlers(Service(config, self.engine), Authenticator(key, config.task_id))
+        self.images = Images(pathlib.Path(config.state_dir), config.mount_method)
+        self._handlers = Handlers(Service(config, self.engine, self.images), Authenticator(key, config.task_id))
         self.port = 0
         self._grpc: Any = None
         self._health: Any = None

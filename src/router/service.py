@@ -1,9 +1,10 @@
 """The TaskCommandRouter RPCs, each written once.
 
-An RPC body is a generator: it yields `Wait(exec, ready)` when it must wait for an exec to change
+An RPC body is a generator: it yields `Wait(exec, ready)` when it must wait for an exec to change,
+`Offload(fn)` for blocking work (the images' file walks and copies; the result is sent back in)
 and, for TaskExecStdioRead, the frames to send; it returns the response. It never blocks and never
 awaits, so the two servers (handlers.py) drive the same bodies: grpcio's threaded server by blocking
-its thread on the exec, grpc.aio by awaiting it. Bodies raise RouterError for a status.
+its thread, grpc.aio by awaiting (an Offload in a worker thread). Bodies raise RouterError for a status.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .config import ServerConfig
 from .engine import Engine
 from .errors import RouterError, not_found, throttled
 from .execs import Exec
+from .images import Images
 from .records import ExitStatus, StreamName
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,13 @@ class Wait(NamedTuple):
     ready: Callable[[], bool]
 
 
-Body = Generator[Wait | bytes, None, Any]
+class Offload(NamedTuple):
+    """Run `fn()` where blocking is fine and resume the body with its result (or its exception)."""
+
+    fn: Callable[[], Any]
+
+
+Body = Generator[Wait | Offload | bytes, Any, Any]
 
 
 class Method(NamedTuple):
@@ -53,6 +61,7 @@ METHODS: dict[str, Method] = {
     "TaskExecWait": Method(pb.TaskExecWaitRequest, pb.TaskExecWaitResponse, False),
     "TaskExecStdinWrite": Method(pb.TaskExecStdinWriteRequest, pb.TaskExecStdinWriteResponse, False),
     "TaskMountDirectory": Method(pb.TaskMountDirectoryRequest, empty_pb2.Empty, False),
+    "TaskUnmountDirectory": Method(pb.TaskUnmountDirectoryRequest, empty_pb2.Empty, False),
     "TaskSnapshotDirectory": Method(pb.TaskSnapshotDirectoryRequest, pb.TaskSnapshotDirectoryResponse, False),
     # No response class: the body yields TaskExecStdioReadResponse frames already encoded.
     "TaskExecStdioRead": Method(pb.TaskExecStdioReadRequest, None, True),
@@ -74,11 +83,12 @@ def exit_message(cls: type, status: ExitStatus | None) -> Any:
 
 
 class Service:
-    """The bodies of the seven RPCs, by name (see METHODS)."""
+    """The bodies of the RPCs, by name (see METHODS)."""
 
-    def __init__(self, config: ServerConfig, engine: Engine) -> None:
+    def __init__(self, config: ServerConfig, engine: Engine, images: Images) -> None:
         self._config = config
         self._engine = engine
+        self._images = images
 
     def TaskExecStart(self, request: pb.TaskExecStartRequest) -> Body:
         spec = requests.exec_spec(request, self._engine.base_env)
@@ -120,12 +130,19 @@ class Service:
         return pb.TaskExecStdinWriteResponse()
 
     def TaskMountDirectory(self, request: pb.TaskMountDirectoryRequest) -> Body:
-        raise RouterError(grpc.StatusCode.UNIMPLEMENTED, "TaskMountDirectory is not implemented yet")
-        yield
+        args = requests.mount_args(request)
+        yield Offload(lambda: self._images.mount(args))
+        return empty_pb2.Empty()
+
+    def TaskUnmountDirectory(self, request: pb.TaskUnmountDirectoryRequest) -> Body:
+        path = requests.unmount_path(request)
+        yield Offload(lambda: self._images.unmount(path))
+        return empty_pb2.Empty()
 
     def TaskSnapshotDirectory(self, request: pb.TaskSnapshotDirectoryRequest) -> Body:
-        raise RouterError(grpc.StatusCode.UNIMPLEMENTED, "TaskSnapshotDirectory is not implemented yet")
-        yield
+        args = requests.snapshot_args(request)
+        image_id = yield Offload(lambda: self._images.snapshot(args))
+        return pb.TaskSnapshotDirectoryResponse(image_id=image_id)
 
 
 class ReadCursor:

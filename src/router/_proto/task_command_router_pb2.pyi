@@ -155,6 +155,16 @@ class TaskMountDirectoryRequest(_message.Message):
     container_id: str
     def __init__(self, task_id: _Optional[str] = ..., path: _Optional[bytes] = ..., image_id: _Optional[str] = ..., customer_supplied_encryption_key: _Optional[bytes] = ..., container_id: _Optional[str] = ...) -> None: ...
 
+class TaskUnmountDirectoryRequest(_message.Message):
+    __slots__ = ("task_id", "path", "container_id")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    path: bytes
+    container_id: str
+    def __init__(self, task_id: _Optional[str] = ..., path: _Optional[bytes] = ..., container_id: _Optional[str] = ...) -> None: ...
+
 class TaskSnapshotDirectoryRequest(_message.Message):
     __slots__ = ("task_id", "path", "snapshot_id", "ttl_seconds", "customer_supplied_encryption_key", "container_id")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]

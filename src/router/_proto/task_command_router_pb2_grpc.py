@@ -65,6 +65,11 @@ class TaskCommandRouterStub:
                 request_serializer=router_dot___proto_dot_task__command__router__pb2.TaskMountDirectoryRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.TaskUnmountDirectory = channel.unary_unary(
+                '/modal.task_command_router.TaskCommandRouter/TaskUnmountDirectory',
+                request_serializer=router_dot___proto_dot_task__command__router__pb2.TaskUnmountDirectoryRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.TaskSnapshotDirectory = channel.unary_unary(
                 '/modal.task_command_router.TaskCommandRouter/TaskSnapshotDirectory',
                 request_serializer=router_dot___proto_dot_task__command__router__pb2.TaskSnapshotDirectoryRequest.SerializeToString,
@@ -117,6 +122,13 @@ class TaskCommandRouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TaskUnmountDirectory(self, request, context):
+        """Unmount the image mounted last at a directory, making what was underneath visible again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def TaskSnapshotDirectory(self, request, context):
         """Snapshot a directory with a mounted image, including any local changes, into a new image.
         """
@@ -155,6 +167,11 @@ def add_TaskCommandRouterServicer_to_server(servicer, server):
             'TaskMountDirectory': grpc.unary_unary_rpc_method_handler(
                     servicer.TaskMountDirectory,
                     request_deserializer=router_dot___proto_dot_task__command__router__pb2.TaskMountDirectoryRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'TaskUnmountDirectory': grpc.unary_unary_rpc_method_handler(
+                    servicer.TaskUnmountDirectory,
+                    request_deserializer=router_dot___proto_dot_task__command__router__pb2.TaskUnmountDirectoryRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'TaskSnapshotDirectory': grpc.unary_unary_rpc_method_handler(
@@ -324,6 +341,33 @@ class TaskCommandRouter:
             target,
             '/modal.task_command_router.TaskCommandRouter/TaskMountDirectory',
             router_dot___proto_dot_task__command__router__pb2.TaskMountDirectoryRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TaskUnmountDirectory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modal.task_command_router.TaskCommandRouter/TaskUnmountDirectory',
+            router_dot___proto_dot_task__command__router__pb2.TaskUnmountDirectoryRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,

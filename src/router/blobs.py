@@ -1,0 +1,197 @@
+"""Where images live: content-addressed blobs and small named documents, behind one interface.
+
+`Backend` is everything the image store asks of storage, so a later object-store backend
+(S3-compatible: blobs as objects named by hash, documents as small objects) can hold images for
+routers on many hosts. `LocalBackend` keeps them in the state directory:
+
+    images/blobs/ab/abcdef...   one file per content hash, read-only, written once (tmp + rename)
+    images/docs/KIND/NAME       records, manifests, indexes (tmp + rename)
+    images/tmp/                 files being written; anything left there is removed at startup
+
+A blob is only ever written under its final name by rename, complete, so a crash leaves either the
+whole blob or a temp file; nothing hard-links into the store.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import secrets
+from collections.abc import Iterator
+from typing import Protocol
+
+COPY_CHUNK = 1024 * 1024
+
+
+class Backend(Protocol):
+    def has_blob(self, name: str) -> bool: ...
+    def put_blob(self, name: str, pieces: Iterator[bytes]) -> int:
+        """Store the blob unless present; bytes written (0 if it was there)."""
+    def put_blob_from(self, name: str, fd: int, size: int) -> int:
+        """Store `size` bytes read from fd at offset 0 (the backend may clone them), unless present."""
+    def read_blob(self, name: str) -> Iterator[bytes]: ...
+    def blob_path(self, name: str) -> str | None:
+        """A local file holding the blob, if the backend has one (overlay's data layer, cloning)."""
+    def blob_root(self) -> str | None:
+        """The local directory under which blob_path() names lie, as `/ab/abcdef...`."""
+    def delete_blob(self, name: str) -> int: ...
+    def blob_names(self) -> Iterator[str]: ...
+    def put_doc(self, kind: str, name: str, data: bytes) -> None: ...
+    def get_doc(self, kind: str, name: str) -> bytes | None: ...
+    def delete_doc(self, kind: str, name: str) -> None: ...
+    def doc_names(self, kind: str) -> list[str]: ...
+    def stored_bytes(self) -> int: ...
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_range(src: int, dst: int, size: int) -> None:
+    """size bytes from src to dst, both from offset 0: in the kernel (a clone where the filesystem
+    has reflinks), or through a buffer where the two filesystems cannot (overlay to ext4: EXDEV)."""
+    done = 0
+    kernel = True
+    while done < size:
+        if kernel:
+            try:
+                n = os.copy_file_range(src, dst, size - done, done, done)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                kernel = False
+                continue
+        else:
+            piece = os.pread(src, min(COPY_CHUNK, size - done), done)
+            n = len(piece)
+            view = memoryview(piece)
+            while view:
+                view = view[os.pwrite(dst, view, done + n - len(view)):]
+        if n == 0:
+            raise OSError(errno.EIO, f"the file shrank while it was stored ({done} of {size} bytes)")
+        done += n
+
+
+class LocalBackend:
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = root
+        self._blobs = root / "blobs"
+        self._docs = root / "docs"
+        self._tmp = root / "tmp"
+        for d in (self._blobs, self._docs, self._tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        for leftover in self._tmp.iterdir():  # a crash mid-write
+            leftover.unlink()
+
+    def _blob(self, name: str) -> pathlib.Path:
+        return self._blobs / name[:2] / name
+
+    def _tmpfile(self) -> tuple[pathlib.Path, int]:
+        path = self._tmp / secrets.token_hex(8)
+        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
+
+    def _publish(self, tmp: pathlib.Path, final: pathlib.Path) -> None:
+        final.parent.mkdir(exist_ok=True)
+        os.rename(tmp, final)
+
+    def has_blob(self, name: str) -> bool:
+        return self._blob(name).exists()
+
+    def put_blob(self, name: str, pieces: Iterator[bytes]) -> int:
+        if self.has_blob(name):
+            return 0
+        tmp, fd = self._tmpfile()
+        written = 0
+        try:
+            with open(fd, "wb", closefd=True) as f:
+                for piece in pieces:
+                    f.write(piece)
+                    written += len(piece)
+            self._publish(tmp, self._blob(name))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return written
+
+    def put_blob_from(self, name: str, fd: int, size: int) -> int:
+        if self.has_blob(name):
+            return 0
+        tmp, out = self._tmpfile()
+        try:
+            try:
+                _copy_range(fd, out, size)
+            finally:
+                os.close(out)
+            self._publish(tmp, self._blob(name))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return size
+
+    def read_blob(self, name: str) -> Iterator[bytes]:
+        with open(self._blob(name), "rb") as f:
+            while piece := f.read(COPY_CHUNK):
+                yield piece
+
+    def blob_path(self, name: str) -> str | None:
+        return str(self._blob(name))
+
+    def blob_root(self) -> str | None:
+        return str(self._blobs)
+
+    def delete_blob(self, name: str) -> int:
+        path = self._blob(name)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def blob_names(self) -> Iterator[str]:
+        for d in self._blobs.iterdir():
+            for f in d.iterdir():
+                yield f.name
+
+    def put_doc(self, kind: str, name: str, data: bytes) -> None:
+        tmp, fd = self._tmpfile()
+        try:
+            with open(fd, "wb", closefd=True) as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # documents are few and small: make them durable
+            final = self._docs / kind / name
+            final.parent.mkdir(exist_ok=True)
+            os.rename(tmp, final)
+            _fsync_dir(final.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def get_doc(self, kind: str, name: str) -> bytes | None:
+        try:
+            return (self._docs / kind / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete_doc(self, kind: str, name: str) -> None:
+        (self._docs / kind / name).unlink(missing_ok=True)
+
+    def doc_names(self, kind: str) -> list[str]:
+        try:
+            return sorted(p.name for p in (self._docs / kind).iterdir())
+        except FileNotFoundError:
+            return []
+
+    def stored_bytes(self) -> int:
+        """Disk the store's blobs and documents occupy (allocated blocks)."""
+        total = 0
+        for top in (self._blobs, self._docs):
+            for dirpath, _, files in os.walk(top):
+                for f in files:
+                    total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+        return total

@@ -1,0 +1,493 @@
+"""The image store: snapshots of directories, mounts of them, expiry and garbage collection.
+
+Layout under STATE_DIR/images/ (README, "Images"):
+
+    store/         the Backend (blobs.py): content blobs by SHA-256, records and manifests
+    trees/H/       overlay metadata tree of the manifest whose SHA-256 is H (shared by equal images)
+    trees/H.inodes blob by inode in that tree (msgpack)
+    mounts/ID/     a mount's own upper and work directories
+    mounts.msgpack the mount table (mounts.MountTable)
+    statcache      (device, inode, size, mtime, ctime) -> SHA-256 of files snapshots have read
+    lock           flock: snapshots hold it shared, gc and rm exclusive (the CLI uses it too)
+
+Every method raises RouterError with the status the RPC answers.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import pathlib
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Literal, NamedTuple
+
+import grpc
+import msgspec
+
+from . import manifest as manifests
+from . import mounts
+from .blobs import Backend, LocalBackend
+from .errors import RouterError, invalid, not_found
+from .imagecrypt import ImageKey, WrongKey
+from .manifest import Entry, Manifest, ManifestError
+from .materialize import copy_tree, metadata_tree
+from .requests import MountArgs, SnapshotArgs
+from .snapshot import CacheEntry, FileChanging, OverlayBase, StatCache, Walk
+
+log = logging.getLogger(__name__)
+
+MountMethod = Literal["auto", "overlay", "copy"]
+_RECORDS, _MANIFESTS = "images", "manifests"
+_STAT_CACHE_LIMIT = 1_000_000
+
+
+class ImageRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: str
+    snapshot_id: str
+    created: float
+    expires: float | None  # unix time; None: never
+    source: bytes  # the directory snapshotted
+    entries: int
+    content_bytes: int  # the files' total size
+    added_bytes: int  # bytes this snapshot added to the store
+    manifest_sha256: str
+    blobs: list[str]  # for gc without reading (possibly sealed) manifests
+    encrypted: bool = False
+    salt: bytes = b""
+
+    def expired(self, now: float) -> bool:
+        return self.expires is not None and self.expires <= now
+
+
+class GcResult(NamedTuple):
+    images: int
+    blobs: int
+    bytes: int
+
+
+_record_enc = msgspec.msgpack.Encoder()
+_record_dec = msgspec.msgpack.Decoder(ImageRecord)
+_table_dec = msgspec.msgpack.Decoder(mounts.MountTable)
+_cache_dec = msgspec.msgpack.Decoder(dict[str, CacheEntry])
+_inodes_dec = msgspec.msgpack.Decoder(dict[int, str])
+
+
+def new_image_id() -> str:
+    return "im-" + secrets.token_hex(12)
+
+
+def _valid_image_id(image_id: str) -> bool:
+    return image_id.startswith("im-") and len(image_id) == 27 and all(c in "0123456789abcdef" for c in image_id[3:])
+
+
+def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Images:
+    def __init__(self, state_dir: pathlib.Path, method: MountMethod = "auto", backend: Backend | None = None) -> None:
+        self.root = state_dir / "images"
+        self._state_dir = os.path.realpath(state_dir).encode()
+        self.backend: Backend = backend or LocalBackend(self.root / "store")
+        self._trees = self.root / "trees"
+        self._mounts = self.root / "mounts"
+        self._empty = self.root / "empty"
+        for d in (self._trees, self._mounts, self._empty):
+            d.mkdir(parents=True, exist_ok=True)
+        self._lock_path = self.root / "lock"
+        self._lock = threading.Lock()  # the mount table, the stat cache, the snapshot index
+        self._snapshot_locks: dict[str, threading.Lock] = {}
+        self._table = self._load_table()
+        self._cache: StatCache = self._load_cache()
+        if method == "auto":
+            method = "overlay" if mounts.can_mount(self.root) else "copy"
+        self.method: mounts.Method = method
+        self._by_snapshot = {r.snapshot_id: r.id for r in self.records() if r.snapshot_id}
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def _load_table(self) -> mounts.MountTable:
+        try:
+            table = _table_dec.decode((self.root / "mounts.msgpack").read_bytes())
+        except FileNotFoundError:
+            return mounts.MountTable()
+        points = mounts.mounted_points()
+        # Overlay mounts that are gone (a reboot) are forgotten; copies are still in place.
+        table.mounts = [m for m in table.mounts if m.method == "copy" or m.path in points]
+        return table
+
+    def _save_table(self) -> None:
+        _write_atomic(self.root / "mounts.msgpack", msgspec.msgpack.encode(self._table))
+
+    def _load_cache(self) -> StatCache:
+        try:
+            raw = _cache_dec.decode((self.root / "statcache").read_bytes())
+        except (FileNotFoundError, msgspec.DecodeError):
+            return {}
+        out: StatCache = {}
+        for k, v in raw.items():
+            dev, _, ino = k.partition(":")
+            out[(int(dev), int(ino))] = v
+        return out
+
+    def _save_cache(self) -> None:
+        raw = {f"{dev}:{ino}": v for (dev, ino), v in self._cache.items()}
+        _write_atomic(self.root / "statcache", msgspec.msgpack.encode(raw))
+
+    @contextlib.contextmanager
+    def _flock(self, exclusive: bool) -> Iterator[None]:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- records -------------------------------------------------------------------------------
+
+    def records(self) -> list[ImageRecord]:
+        out = []
+        for name in self.backend.doc_names(_RECORDS):
+            data = self.backend.get_doc(_RECORDS, name)
+            if data is not None:
+                out.append(_record_dec.decode(data))
+        return sorted(out, key=lambda r: r.created)
+
+    def record(self, image_id: str) -> ImageRecord:
+        """The live record of image_id; NOT_FOUND if unknown or expired."""
+        data = self.backend.get_doc(_RECORDS, image_id) if _valid_image_id(image_id) else None
+        if data is None:
+            raise not_found(f"image {image_id!r} not found")
+        record = _record_dec.decode(data)
+        if record.expired(time.time()):
+            raise not_found(f"image {image_id!r} not found: it expired")
+        return record
+
+    def manifest(self, record: ImageRecord, key: bytes | None) -> Manifest:
+        data = self.backend.get_doc(_MANIFESTS, record.id)
+        if data is None:
+            raise RouterError(grpc.StatusCode.DATA_LOSS, f"image {record.id!r} has lost its manifest")
+        if record.encrypted:
+            if key is None:
+                raise RouterError(grpc.StatusCode.PERMISSION_DENIED,
+                                  f"image {record.id!r} is encrypted: mounting it needs its key")
+            try:
+                data = ImageKey(key, record.salt).open_bytes(data)
+            except WrongKey:
+                raise RouterError(grpc.StatusCode.PERMISSION_DENIED,
+                                  f"the key given does not open image {record.id!r}") from None
+        try:
+            return manifests.decode(data)
+        except ManifestError as e:
+            raise RouterError(grpc.StatusCode.DATA_LOSS, f"image {record.id!r} has a bad manifest: {e}") from None
+
+    # -- snapshot ------------------------------------------------------------------------------
+
+    def _outside_state(self, path: bytes, field: str = "path") -> None:
+        real = os.path.realpath(path)
+        if real == self._state_dir or real.startswith(self._state_dir + b"/"):
+            raise invalid(field, f"{path!r} is inside the router's state directory")
+
+    def snapshot(self, args: SnapshotArgs) -> str:
+        if args.snapshot_id:
+            with self._lock:
+                lock = self._snapshot_locks.setdefault(args.snapshot_id, threading.Lock())
+            with lock:  # a retry while the first call still runs waits for it, then answers the same
+                known = self._by_snapshot.get(args.snapshot_id)
+                if known is not None and self.backend.get_doc(_RECORDS, known) is not None:
+                    return known
+                image_id = self._snapshot(args)
+                with self._lock:
+                    self._by_snapshot[args.snapshot_id] = image_id
+                return image_id
+        return self._snapshot(args)
+
+    def _snapshot(self, args: SnapshotArgs) -> str:
+        try:
+            st = os.lstat(args.path)
+        except FileNotFoundError:
+            raise not_found(f"{args.path!r} does not exist") from None
+        except NotADirectoryError:
+            raise not_found(f"{args.path!r} does not exist (a component is not a directory)") from None
+        if not os.path.isdir(args.path) or os.path.islink(args.path):
+            raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"{args.path!r} is not a directory")
+        del st
+        self._outside_state(args.path)
+        image_id = new_image_id()
+        key = salt = None
+        if args.key is not None:
+            salt = os.urandom(16)
+            key = ImageKey(args.key, salt)
+        with self._lock:
+            cache = dict(self._cache)
+        walk = Walk(self.backend, cache, key, self._overlay_base(args.path) if key is None else None)
+        with self._flock(exclusive=False):
+            try:
+                manifest = walk.manifest(args.path)
+            except FileChanging as e:
+                raise RouterError(grpc.StatusCode.ABORTED, f"snapshot of {args.path!r}: {e}") from None
+            except PermissionError as e:
+                raise RouterError(grpc.StatusCode.PERMISSION_DENIED, f"snapshot of {args.path!r}: {e}") from None
+            except OSError as e:
+                raise _store_error(e, f"snapshot of {args.path!r}") from None
+            data = manifests.encode(manifest)
+            digest = hashlib.sha256(data).hexdigest()
+            try:
+                if key is None and self.method == "overlay":
+                    self._tree(digest, manifest)
+                self.backend.put_doc(_MANIFESTS, image_id, key.seal_bytes(data) if key else data)
+                now = time.time()
+                record = ImageRecord(
+                    id=image_id, snapshot_id=args.snapshot_id, created=now,
+                    expires=None if args.ttl_secs is None else now + args.ttl_secs, source=args.path,
+                    entries=len(manifest.entries), content_bytes=manifest.content_bytes(),
+                    added_bytes=walk.stored, manifest_sha256=digest, blobs=sorted(manifest.blobs()),
+                    encrypted=key is not None, salt=salt or b"")
+                self.backend.put_doc(_RECORDS, image_id, _record_enc.encode(record))
+            except OSError as e:
+                raise _store_error(e, f"storing the snapshot of {args.path!r}") from None
+        if walk.seen:
+            with self._lock:
+                if len(self._cache) > _STAT_CACHE_LIMIT:
+                    self._cache.clear()
+                self._cache.update(walk.seen)
+                self._save_cache()
+        log.info("snapshot %s of %r: %d entries, %d bytes read, %d bytes added", image_id, args.path,
+                 len(manifest.entries), walk.read, walk.stored)
+        return image_id
+
+    def _overlay_base(self, path: bytes) -> OverlayBase | None:
+        """The walked directory's own overlay mount of an unencrypted image, if it is the newest mount there."""
+        top = self._top(path)
+        if top is None or top.method != "overlay" or not top.image_id:
+            return None
+        try:
+            record = self.record(top.image_id)
+        except RouterError:
+            return None
+        if record.encrypted:
+            return None
+        try:
+            inodes = _inodes_dec.decode((self._trees / f"{record.manifest_sha256}.inodes").read_bytes())
+        except (FileNotFoundError, msgspec.DecodeError):
+            return None
+        return OverlayBase(upper=bytes(self._mounts / top.mount_id / "upper"), blobs_by_inode=inodes)
+
+    def _tree(self, digest: str, manifest: Manifest) -> pathlib.Path:
+        """The overlay metadata tree of this manifest, built once."""
+        tree = self._trees / digest
+        if tree.exists():
+            return tree
+        tmp = self._trees / f"{digest}.tmp-{secrets.token_hex(4)}"
+        try:
+            inodes = metadata_tree(manifest, bytes(tmp), lambda blob: f"/{blob[:2]}/{blob}".encode())
+            _write_atomic(self._trees / f"{digest}.inodes", msgspec.msgpack.encode(inodes))
+            os.rename(tmp, tree)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and tree.exists():
+                return tree  # built meanwhile by another call
+            raise
+        return tree
+
+    # -- mount and unmount -----------------------------------------------------------------------
+
+    def _top(self, path: bytes) -> mounts.MountRecord | None:
+        with self._lock:
+            for m in reversed(self._table.mounts):
+                if m.path == path:
+                    return m
+        return None
+
+    def mount(self, args: MountArgs) -> None:
+        record = self.record(args.image_id) if args.image_id else None
+        manifest = self.manifest(record, args.key) if record else None
+        self._outside_state(args.path)
+        with self._lock:
+            top = next((m for m in reversed(self._table.mounts) if m.path == args.path), None)
+            if top is not None and top.image_id == args.image_id:
+                return  # a retry: already mounted there
+            created = False
+            if os.path.lexists(args.path):
+                if not os.path.isdir(args.path):
+                    raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"{args.path!r} exists and is not a directory")
+            else:
+                try:
+                    os.makedirs(args.path, 0o755)
+                except OSError as e:
+                    raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot create {args.path!r}: {e.strerror}") from None
+                created = True
+            mount_id = secrets.token_hex(8)
+            try:
+                if self.method == "overlay":
+                    self._mount_overlay(args.path, mount_id, record, manifest, args.key)
+                    entry = mounts.MountRecord(args.path, args.image_id, "overlay", mount_id, created=created)
+                else:
+                    hidden = self._mount_copy(args.path, mount_id, record, manifest, args.key)
+                    entry = mounts.MountRecord(args.path, args.image_id, "copy", mount_id, hidden=hidden, created=created)
+            except OSError as e:
+                shutil.rmtree(self._mounts / mount_id, ignore_errors=True)
+                raise _store_error(e, f"mount at {args.path!r}") from None
+            self._table.mounts.append(entry)
+            self._save_table()
+        log.info("mounted %s at %r (%s)", args.image_id or "an empty directory", args.path, entry.method)
+
+    def _content(self, record: ImageRecord, key: bytes | None) -> Callable[[Entry], Iterator[bytes]]:
+        if record.encrypted:
+            assert key is not None
+            image_key = ImageKey(key, record.salt)
+            return lambda e: image_key.open(self.backend.read_blob(e.blob))
+        return lambda e: self.backend.read_blob(e.blob)
+
+    def _mount_overlay(self, target: bytes, mount_id: str, record: ImageRecord | None, manifest: Manifest | None,
+                       key: bytes | None) -> None:
+        own = self._mounts / mount_id
+        upper, work = own / "upper", own / "work"
+        own.mkdir()
+        work.mkdir()
+        lowers, data_only = [bytes(self._empty)], None
+        if record is None or manifest is None:
+            upper.mkdir(0o755)
+        elif record.encrypted:
+            copy_tree(manifest, bytes(upper), self._content(record, key))  # sealed blobs: no data layer
+        else:
+            tree = self._tree(record.manifest_sha256, manifest)
+            lowers, data_only = [bytes(tree)], self.backend.blob_root()
+            upper.mkdir()
+            root = manifest.entries[0]
+            os.chown(upper, root.uid, root.gid)
+            os.chmod(upper, root.mode)
+            os.utime(upper, ns=(root.mtime_ns, root.mtime_ns))
+        mounts.overlay_mount(target, lowers, data_only.encode() if data_only else None, bytes(upper), bytes(work))
+
+    def _mount_copy(self, target: bytes, mount_id: str, record: ImageRecord | None, manifest: Manifest | None,
+                    key: bytes | None) -> bytes:
+        hidden = b""
+        if os.listdir(target):
+            hidden = mounts.hide(target, mount_id)
+            os.mkdir(target, 0o755)
+        if record is not None and manifest is not None:
+            try:
+                copy_tree(manifest, target, self._content(record, key))
+            except BaseException:
+                _empty_dir(target)
+                if hidden:
+                    os.rmdir(target)
+                    os.rename(hidden, target)
+                raise
+        return hidden
+
+    def unmount(self, path: bytes) -> None:
+        with self._lock:
+            top = next((m for m in reversed(self._table.mounts) if m.path == path), None)
+            if top is None:
+                raise not_found(f"no image is mounted at {path!r}")
+            try:
+                if top.method == "overlay":
+                    detached = mounts.unmount(path)
+                    own = self._mounts / top.mount_id
+                    if detached:  # still in use: its upper layer goes once the last user does
+                        log.warning("%r was busy: detached lazily", path)
+                    else:
+                        shutil.rmtree(own, ignore_errors=True)
+                else:
+                    _empty_dir(path)
+                    if top.hidden:
+                        os.rmdir(path)
+                        os.rename(top.hidden, path)
+            except OSError as e:
+                raise _store_error(e, f"unmount of {path!r}") from None
+            self._table.mounts.remove(top)
+            self._save_table()
+
+    def mounted_images(self) -> set[str]:
+        with self._lock:
+            return {m.image_id for m in self._table.mounts if m.image_id}
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    def remove(self, image_id: str) -> None:
+        record = self.record_any(image_id)
+        if image_id in self.mounted_images() or image_id in _table_images(self.root):
+            raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"image {image_id!r} is mounted")
+        with self._flock(exclusive=True):
+            self.backend.delete_doc(_RECORDS, record.id)
+            self.backend.delete_doc(_MANIFESTS, record.id)
+
+    def record_any(self, image_id: str) -> ImageRecord:
+        """The record, expired or not; NOT_FOUND if there is none."""
+        data = self.backend.get_doc(_RECORDS, image_id) if _valid_image_id(image_id) else None
+        if data is None:
+            raise not_found(f"image {image_id!r} not found")
+        return _record_dec.decode(data)
+
+    def gc(self) -> GcResult:
+        """Remove expired images (unless mounted), then blobs and trees no image references."""
+        now = time.time()
+        mounted = self.mounted_images() | _table_images(self.root)
+        images = blobs = freed = 0
+        with self._flock(exclusive=True):
+            live = []
+            for record in self.records():
+                if record.expired(now) and record.id not in mounted:
+                    self.backend.delete_doc(_RECORDS, record.id)
+                    self.backend.delete_doc(_MANIFESTS, record.id)
+                    images += 1
+                else:
+                    live.append(record)
+            wanted = {b for r in live for b in r.blobs}
+            for name in list(self.backend.blob_names()):
+                if name not in wanted:
+                    freed += self.backend.delete_blob(name)
+                    blobs += 1
+            trees = {r.manifest_sha256 for r in live}
+            for path in self._trees.iterdir():
+                digest = path.name.split(".", 1)[0]
+                if digest not in trees:
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+        return GcResult(images, blobs, freed)
+
+
+def _table_images(root: pathlib.Path) -> set[str]:
+    """Images the mount table on disk names (a running server's, when the CLI asks)."""
+    try:
+        table = _table_dec.decode((root / "mounts.msgpack").read_bytes())
+    except (FileNotFoundError, msgspec.DecodeError):
+        return set()
+    return {m.image_id for m in table.mounts if m.image_id}
+
+
+def _empty_dir(path: bytes) -> None:
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        else:
+            os.unlink(full)
+
+
+def _store_error(e: OSError, what: str) -> RouterError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+        return RouterError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{what}: {e.strerror}")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return RouterError(grpc.StatusCode.PERMISSION_DENIED, f"{what}: {e.strerror}")
+    if e.errno == errno.EBUSY:
+        return RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"{what}: busy")
+    if e.errno == errno.EIO:
+        return RouterError(grpc.StatusCode.DATA_LOSS, f"{what}: {e.strerror}")
+    return RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"{what}: {e}")
