@@ -41,6 +41,7 @@ class Backend(Protocol):
     def delete_doc(self, kind: str, name: str) -> None: ...
     def doc_names(self, kind: str) -> list[str]: ...
     def stored_bytes(self) -> int: ...
+    def drop_partial(self) -> int: ...
 
 
 def _fsync_dir(path: pathlib.Path) -> None:
@@ -84,8 +85,14 @@ class LocalBackend:
         self._tmp = root / "tmp"
         for d in (self._blobs, self._docs, self._tmp):
             d.mkdir(parents=True, exist_ok=True)
-        for leftover in self._tmp.iterdir():  # a crash mid-write
-            leftover.unlink()
+
+    def drop_partial(self) -> int:
+        """Remove what writes cut short by a crash left behind (callers exclude writers meanwhile)."""
+        n = 0
+        for leftover in self._tmp.iterdir():
+            leftover.unlink(missing_ok=True)
+            n += 1
+        return n
 
     def _blob(self, name: str) -> pathlib.Path:
         return self._blobs / name[:2] / name

@@ -1,4 +1,4 @@
-"""The `router` command: serve, token, exec."""
+"""The `router` command: serve, token, exec, images."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import pathlib
 import signal
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,7 +39,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               reap_orphans=procs.inherits_orphans(),
                               max_workers=args.max_workers, retain_bytes=args.retain_bytes,
                               retain_secs=args.retain_secs, retain_execs=args.retain_execs,
-                              max_exec_output=args.max_exec_output, journal=not args.no_journal)
+                              max_exec_output=args.max_exec_output, journal=not args.no_journal,
+                              mount_method=args.mount_method)
     server = RouterServer(cfg, auth.load_or_create_key(state_dir))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -59,6 +61,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("router shutting down", flush=True)
         server.stop()
         config.remove_server_info(state_dir)
+    return 0
+
+
+def _when(t: float | None) -> str:
+    return "never" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from .errors import RouterError
+    from .images import Images
+
+    images = Images(_state_dir(args.state_dir), method="copy")  # no probe mount: nothing is mounted here
+    if args.images_cmd == "ls":
+        mounted = images.mounted_images()
+        rows = [("ID", "CREATED", "EXPIRES", "ENTRIES", "BYTES", "ENCRYPTED", "MOUNTED", "SOURCE")]
+        for r in images.records():
+            rows.append((r.id, _when(r.created), _when(r.expires), str(r.entries), str(r.content_bytes),
+                         "yes" if r.encrypted else "no", "yes" if r.id in mounted else "no",
+                         os.fsdecode(r.source)))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        return 0
+    if args.images_cmd == "rm":
+        failed = 0
+        for image_id in args.ids:
+            try:
+                images.remove(image_id)
+            except RouterError as e:
+                print(f"router images rm: {e.message}", file=sys.stderr)
+                failed += 1
+            else:
+                print(image_id)
+        return 1 if failed else 0
+    done = images.gc()
+    print(f"removed {done.images} expired images and {done.blobs} unreferenced blobs ({done.bytes} bytes)")
     return 0
 
 
@@ -191,7 +229,19 @@ def parser() -> argparse.ArgumentParser:
                             "kept and the middle released (default: as much as --retain-bytes)")
     serve.add_argument("--no-journal", action="store_true",
                        help="keep no records: a restarted router starts empty (and deletes old logs)")
+    serve.add_argument("--mount-method", choices=("auto", "overlay", "copy"), default="auto",
+                       help="how images are mounted: overlay (needs the privilege to mount), copy, or auto "
+                            "(overlay when a probe mount works; default)")
     serve.set_defaults(func=cmd_serve)
+
+    images = sub.add_parser("images", help="list, remove and garbage-collect the state directory's images")
+    images.add_argument("--state-dir")
+    images_sub = images.add_subparsers(dest="images_cmd", required=True)
+    images_sub.add_parser("ls", help="list images, oldest first")
+    rm = images_sub.add_parser("rm", help="remove images (not while mounted)")
+    rm.add_argument("ids", nargs="+", metavar="ID")
+    images_sub.add_parser("gc", help="remove expired images and content no image references")
+    images.set_defaults(func=cmd_images)
 
     token = sub.add_parser("token", help="print a bearer token for the task")
     token.add_argument("--state-dir")

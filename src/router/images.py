@@ -439,6 +439,7 @@ class Images:
         mounted = self.mounted_images() | _table_images(self.root)
         images = blobs = freed = 0
         with self._flock(exclusive=True):
+            self.backend.drop_partial()
             live = []
             for record in self.records():
                 if record.expired(now) and record.id not in mounted:

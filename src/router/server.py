@@ -66,6 +66,7 @@ class RouterServer:
             max_exec_output=config.max_exec_output,
         )
         self.images = Images(pathlib.Path(config.state_dir), config.mount_method)
+        self.images.gc()  # expired images, and what a crash left half-written
         self._handlers = Handlers(Service(config, self.engine, self.images), Authenticator(key, config.task_id))
         self.port = 0
         self._grpc: Any = None
