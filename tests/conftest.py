@@ -89,12 +89,14 @@ def _grpc_warm() -> None:
 
 
 @pytest.fixture(autouse=True)
-def leak_guard() -> Iterator[None]:
+def leak_guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     fds = _fds()
     threads = set(threading.enumerate())
     kids = set(children())
     logs = _log_counters()
-    mounted = _mounts()
+    # Only this session's: other processes (another test run) may mount meanwhile.
+    ours = str(tmp_path_factory.getbasetemp())
+    mounted = _mounts(ours)
     yield
     gc.collect()  # grpc.aio ends its poller thread when its last object is freed
     leaked_kids = _settled(lambda: set(children()) - kids)
@@ -106,15 +108,15 @@ def leak_guard() -> Iterator[None]:
     # Stores, logs, slots and drain buffers of the hot path (and its twin), and calls inside a syscall.
     left = _settled(lambda: {k: v for k, v in _log_counters().items() if v != logs[k]})
     assert not left, f"hot-path objects left behind (now, before): {({k: (v, logs[k]) for k, v in left.items()})}"
-    stale = _mounts() - mounted
+    stale = _mounts(ours) - mounted
     for point in sorted(stale, key=len, reverse=True):  # so that the next test starts clean
         subprocess.run(["umount", "-l", point], check=False)
     assert not stale, f"mounts left behind: {stale}"
 
 
-def _mounts() -> set[str]:
+def _mounts(under: str) -> set[str]:
     with open("/proc/self/mountinfo") as f:
-        return {line.split(" ")[4] for line in f}
+        return {point for line in f if (point := line.split(" ")[4]).startswith(under + "/")}
 
 
 def _log_counters() -> dict[str, int]:
