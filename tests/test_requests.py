@@ -94,7 +94,8 @@ raw_bytes = st.binary(max_size=200)
 @pytest.mark.timeout(300)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(method=st.sampled_from(["TaskExecStart", "TaskExecPoll", "TaskExecWait", "TaskExecStdinWrite",
-                               "TaskExecStdioRead", "TaskMountDirectory", "TaskSnapshotDirectory"]),
+                               "TaskExecStdioRead", "TaskMountDirectory", "TaskUnmountDirectory",
+                               "TaskSnapshotDirectory"]),
        payload=raw_bytes)
 def test_no_request_bytes_make_a_handler_fail(raw: Raw, method: str, payload: bytes) -> None:
     """Arbitrary bytes as any request: a definite status, never UNKNOWN or INTERNAL, and the server stays up."""
@@ -119,3 +120,44 @@ def test_unparseable_request_is_invalid_argument(raw: Raw) -> None:
     with pytest.raises(grpc.RpcError) as info:
         rpc(b"\xff\xff\xff", timeout=5)
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+_path_bytes = st.lists(st.sampled_from([b"/", b"a", b"..", b".", b"//", b"\0", b" ", b"\xff", b"b/c"]),
+                       max_size=8).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(path=_path_bytes, image_id=st.text(max_size=300), key=st.one_of(st.none(), st.binary(max_size=600)),
+       ttl=st.one_of(st.none(), st.integers(-2**31, 2**31 - 1)), container=st.sampled_from(["", "co-x"]))
+def test_image_requests_are_clean_args_or_a_named_error(path: bytes, image_id: str, key: bytes | None,
+                                                        ttl: int | None, container: str) -> None:
+    """Every image request gives an absolute, normalised path (no `.`, `..` or empty component), a key
+    of 16-512 bytes, a positive ttl or none, or INVALID_ARGUMENT / NOT_FOUND naming the field."""
+    mount = pb.TaskMountDirectoryRequest(task_id=TASK_ID, path=path, image_id=image_id, container_id=container)
+    snapshot = pb.TaskSnapshotDirectoryRequest(task_id=TASK_ID, path=path, snapshot_id=image_id, container_id=container)
+    if key is not None:
+        mount.customer_supplied_encryption_key = key
+        snapshot.customer_supplied_encryption_key = key
+    if ttl is not None:
+        snapshot.ttl_seconds = ttl
+    for parse, request in ((requests.mount_args, mount), (requests.snapshot_args, snapshot),
+                           (requests.unmount_path, pb.TaskUnmountDirectoryRequest(task_id=TASK_ID, path=path,
+                                                                                 container_id=container))):
+        try:
+            args = parse(request)  # type: ignore[operator]
+        except RouterError as e:
+            assert e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+            field = e.message.split(":")[0]
+            assert field in ("path", "customer_supplied_encryption_key", "ttl_seconds", "image_id", "snapshot_id") \
+                or "container" in e.message, e.message
+            continue
+        assert not container
+        clean = args if isinstance(args, bytes) else args.path
+        assert clean.startswith(b"/") and b"\0" not in clean
+        assert clean == b"/" or all(part not in (b"", b".", b"..") for part in clean[1:].split(b"/")), clean
+        if not isinstance(args, bytes):
+            assert args.key is None or 16 <= len(args.key) <= 512
+        if isinstance(args, requests.SnapshotArgs):
+            assert args.ttl_secs is None or args.ttl_secs > 0
+        if isinstance(args, requests.MountArgs) or isinstance(args, bytes):
+            assert clean != b"/"

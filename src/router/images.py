@@ -331,12 +331,14 @@ class Images:
                 created = True
             mount_id = secrets.token_hex(8)
             try:
-                if self.method == "overlay":
-                    self._mount_overlay(args.path, mount_id, record, manifest, args.key)
-                    entry = mounts.MountRecord(args.path, args.image_id, "overlay", mount_id, created=created)
-                else:
-                    hidden = self._mount_copy(args.path, mount_id, record, manifest, args.key)
-                    entry = mounts.MountRecord(args.path, args.image_id, "copy", mount_id, hidden=hidden, created=created)
+                with self._flock(exclusive=False):  # gc must not collect the image meanwhile
+                    if self.method == "overlay":
+                        self._mount_overlay(args.path, mount_id, record, manifest, args.key)
+                        entry = mounts.MountRecord(args.path, args.image_id, "overlay", mount_id, created=created)
+                    else:
+                        hidden = self._mount_copy(args.path, mount_id, record, manifest, args.key)
+                        entry = mounts.MountRecord(args.path, args.image_id, "copy", mount_id, hidden=hidden,
+                                                   created=created)
             except OSError as e:
                 shutil.rmtree(self._mounts / mount_id, ignore_errors=True)
                 raise _store_error(e, f"mount at {args.path!r}") from None

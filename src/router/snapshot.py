@@ -77,19 +77,29 @@ class Walk:
         return Manifest(entries=entries)
 
     def _walk(self, top: bytes, rel: bytes, out: list[Entry], links: dict[tuple[int, int], bytes]) -> None:
-        with os.scandir(top) as it:
-            children = sorted(it, key=lambda d: d.name)
-        for child in children:
-            path = rel + b"/" + child.name if rel else child.name
+        """Depth first, names sorted, each directory before what it holds; a stack, not recursion,
+        so no depth of tree can exhaust Python's."""
+        stack: list[tuple[bytes, bytes]] = [(top, rel)]
+        while stack:
+            top, rel = stack.pop()
             try:
-                st = child.stat(follow_symlinks=False)
+                with os.scandir(top) as it:
+                    children = sorted(it, key=lambda d: d.name)
             except FileNotFoundError:
                 continue  # removed since it was listed
-            if stat.S_IFMT(st.st_mode) not in KIND_OF_MODE:
-                continue  # a socket
-            out.append(self._entry(child.path, path, st, links))
-            if stat.S_ISDIR(st.st_mode):
-                self._walk(child.path, path, out, links)
+            subdirs = []
+            for child in children:
+                path = rel + b"/" + child.name if rel else child.name
+                try:
+                    st = child.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_IFMT(st.st_mode) not in KIND_OF_MODE:
+                    continue  # a socket
+                out.append(self._entry(child.path, path, st, links))
+                if stat.S_ISDIR(st.st_mode):
+                    subdirs.append((child.path, path))
+            stack.extend(reversed(subdirs))
 
     def _entry(self, full: bytes, path: bytes, st: os.stat_result, links: dict[tuple[int, int], bytes]) -> Entry:
         kind = KIND_OF_MODE[stat.S_IFMT(st.st_mode)]
