@@ -52,7 +52,7 @@ def _fsync_dir(path: pathlib.Path) -> None:
         os.close(fd)
 
 
-def _copy_range(src: int, dst: int, size: int) -> None:
+def copy_range(src: int, dst: int, size: int) -> None:
     """size bytes from src to dst, both from offset 0: in the kernel (a clone where the filesystem
     has reflinks), or through a buffer where the two filesystems cannot (overlay to ext4: EXDEV)."""
     done = 0
@@ -130,7 +130,7 @@ class LocalBackend:
         tmp, out = self._tmpfile()
         try:
             try:
-                _copy_range(fd, out, size)
+                copy_range(fd, out, size)
             finally:
                 os.close(out)
             self._publish(tmp, self._blob(name))

@@ -381,8 +381,9 @@ class Images:
             hidden = mounts.hide(target, mount_id)
             os.mkdir(target, 0o755)
         if record is not None and manifest is not None:
+            local = (lambda e: None) if record.encrypted else (lambda e: self.backend.blob_path(e.blob))
             try:
-                copy_tree(manifest, target, self._content(record, key))
+                copy_tree(manifest, target, self._content(record, key), local)
             except BaseException:
                 _empty_dir(target)
                 if hidden:

@@ -18,6 +18,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 
+from .blobs import copy_range
 from .manifest import Entry, Manifest
 
 Opener = Callable[[Entry], Iterator[bytes]]  # a file entry's content
@@ -42,13 +43,23 @@ def metadata_tree(manifest: Manifest, root: bytes, blob_ref: Callable[[str], byt
     return inodes
 
 
-def copy_tree(manifest: Manifest, root: bytes, content: Opener) -> None:
+def copy_tree(manifest: Manifest, root: bytes, content: Opener,
+              local: Callable[[Entry], str | None] = lambda e: None) -> None:
     """Write the manifest's tree with its files' contents at root (which must not exist, or be an
-    empty directory whose metadata the root entry then sets)."""
+    empty directory whose metadata the root entry then sets). A file whose content `local` names
+    as a plain local file is copied in the kernel (a clone where the filesystem has reflinks)."""
 
     def make_file(entry: Entry, path: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
+            source = local(entry)
+            if source is not None:
+                src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    copy_range(src, fd, entry.size)
+                finally:
+                    os.close(src)
+                return
             for piece in content(entry):
                 view = memoryview(piece)
                 while view:
