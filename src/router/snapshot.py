@@ -96,7 +96,10 @@ class Walk:
                     continue
                 if stat.S_IFMT(st.st_mode) not in KIND_OF_MODE:
                     continue  # a socket
-                out.append(self._entry(child.path, path, st, links))
+                try:
+                    out.append(self._entry(child.path, path, st, links))
+                except FileNotFoundError:
+                    continue  # removed while it was read: as if the walk came later
                 if stat.S_ISDIR(st.st_mode):
                     subdirs.append((child.path, path))
             stack.extend(reversed(subdirs))
