@@ -109,11 +109,12 @@ class Walk:
         common = dict(path=path, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
                       mtime_ns=st.st_mtime_ns, xattrs=_xattrs(full))
         if kind == "file":
-            if st.st_nlink > 1:
-                first = links.setdefault((st.st_dev, st.st_ino), path)
-                if first != path:
-                    return Entry(kind="hardlink", target=first, **common)  # type: ignore[arg-type]
+            first = links.get((st.st_dev, st.st_ino))
+            if first is not None:
+                return Entry(kind="hardlink", target=first, **common)  # type: ignore[arg-type]
             blob, size = self._blob(full, path, st)
+            if st.st_nlink > 1:  # only once recorded: a link must name a file the manifest holds
+                links[(st.st_dev, st.st_ino)] = path
             return Entry(kind="file", size=size, blob=blob, **common)  # type: ignore[arg-type]
         if kind == "symlink":
             return Entry(kind="symlink", target=os.readlink(full), **common)  # type: ignore[arg-type]
