@@ -291,6 +291,25 @@ def test_mounts_outlive_a_restart_of_the_store(tmp_path: pathlib.Path, tree: pat
         assert os.listdir(target) == []
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_a_path_through_a_symlink_names_the_same_mount_across_a_restart(tmp_path: pathlib.Path, tree: pathlib.Path,
+                                                                        method: str) -> None:
+    images = _images(tmp_path, method)
+    image = snap(images, tree)
+    (tmp_path / "work" / "target").mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(tmp_path / "work" / "target")
+    (tmp_path / "walias").symlink_to(tmp_path / "work")
+    mount(images, tmp_path / "alias", image)
+    again = _images(tmp_path, method)  # a restarted router reads the table back
+    with unmounting(again, tmp_path / "work" / "target"):
+        mount(again, tmp_path / "walias" / "target", image)  # the same mount: a retry, nothing stacked
+        again.unmount(bytes(tmp_path / "alias"))
+        assert os.listdir(tmp_path / "work" / "target") == []
+        assert code_of(lambda: again.unmount(bytes(tmp_path / "work" / "target"))) == grpc.StatusCode.NOT_FOUND
+    (tmp_path / "root-link").symlink_to("/")
+    assert code_of(lambda: mount(images, tmp_path / "root-link", image)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
 @OVERLAY
 def test_mount_rejects_bad_targets(tmp_path: pathlib.Path, tree: pathlib.Path) -> None:
     images = _images(tmp_path, "overlay")

@@ -270,7 +270,7 @@ class Images:
 
     def _overlay_base(self, path: bytes) -> OverlayBase | None:
         """The walked directory's own overlay mount of an unencrypted image, if it is the newest mount there."""
-        top = self._top(path)
+        top = self._top(os.path.realpath(path))
         if top is None or top.method != "overlay" or not top.image_id:
             return None
         try:
@@ -314,37 +314,42 @@ class Images:
     def mount(self, args: MountArgs) -> None:
         record = self.record(args.image_id) if args.image_id else None
         manifest = self.manifest(record, args.key) if record else None
-        self._outside_state(args.path)
+        # Mounts are known by the directory itself: a path through a symlink names the same mount
+        # (the kernel's mount table lists resolved paths, and a restart reads that table).
+        target = os.path.realpath(args.path)
+        if target == b"/":
+            raise invalid("path", f"{args.path!r} resolves to /")
+        self._outside_state(target)
         with self._lock:
-            top = next((m for m in reversed(self._table.mounts) if m.path == args.path), None)
+            top = next((m for m in reversed(self._table.mounts) if m.path == target), None)
             if top is not None and top.image_id == args.image_id:
                 return  # a retry: already mounted there
             created = False
-            if os.path.lexists(args.path):
-                if not os.path.isdir(args.path):
-                    raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"{args.path!r} exists and is not a directory")
+            if os.path.lexists(target):
+                if not os.path.isdir(target):
+                    raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"{target!r} exists and is not a directory")
             else:
                 try:
-                    os.makedirs(args.path, 0o755)
+                    os.makedirs(target, 0o755)
                 except OSError as e:
-                    raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot create {args.path!r}: {e.strerror}") from None
+                    raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot create {target!r}: {e.strerror}") from None
                 created = True
             mount_id = secrets.token_hex(8)
             try:
                 with self._flock(exclusive=False):  # gc must not collect the image meanwhile
                     if self.method == "overlay":
-                        self._mount_overlay(args.path, mount_id, record, manifest, args.key)
-                        entry = mounts.MountRecord(args.path, args.image_id, "overlay", mount_id, created=created)
+                        self._mount_overlay(target, mount_id, record, manifest, args.key)
+                        entry = mounts.MountRecord(target, args.image_id, "overlay", mount_id, created=created)
                     else:
-                        hidden = self._mount_copy(args.path, mount_id, record, manifest, args.key)
-                        entry = mounts.MountRecord(args.path, args.image_id, "copy", mount_id, hidden=hidden,
+                        hidden = self._mount_copy(target, mount_id, record, manifest, args.key)
+                        entry = mounts.MountRecord(target, args.image_id, "copy", mount_id, hidden=hidden,
                                                    created=created)
             except OSError as e:
                 shutil.rmtree(self._mounts / mount_id, ignore_errors=True)
-                raise _store_error(e, f"mount at {args.path!r}") from None
+                raise _store_error(e, f"mount at {target!r}") from None
             self._table.mounts.append(entry)
             self._save_table()
-        log.info("mounted %s at %r (%s)", args.image_id or "an empty directory", args.path, entry.method)
+        log.info("mounted %s at %r (%s)", args.image_id or "an empty directory", target, entry.method)
 
     def _content(self, record: ImageRecord, key: bytes | None) -> Callable[[Entry], Iterator[bytes]]:
         if record.encrypted:
@@ -393,6 +398,7 @@ class Images:
         return hidden
 
     def unmount(self, path: bytes) -> None:
+        path = os.path.realpath(path)
         with self._lock:
             top = next((m for m in reversed(self._table.mounts) if m.path == path), None)
             if top is None:
