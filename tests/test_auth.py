@@ -82,7 +82,7 @@ def test_health_and_reflection_need_no_token(server: RouterServer) -> None:
 
 def test_a_remembered_token_still_expires(tmp_path) -> None:  # type: ignore[no-untyped-def]
     key = auth.load_or_create_key(tmp_path)
-    checker = auth.Authenticator(key, TASK_ID)
+    checker = auth.Authenticator(key, TASK_ID, auth.TokenPolicy(leeway_secs=0))
     short = jwt.encode({"task_id": TASK_ID, "exp": int(time.time()) + 2}, key, algorithm="HS256")
     assert checker.token_task(bearer(short)) == TASK_ID
     assert checker.token_task(bearer(short)) == TASK_ID  # remembered

@@ -19,12 +19,17 @@ import jwt
 from . import auth, config, procs, retention
 from ._proto import task_command_router_pb2 as pb
 from .client import STDERR, STDOUT, UNREACHABLE_SECS, RouterClient, exit_code
+from .tls import TlsFiles, client_credentials
 
 TOKEN_ENV = "ROUTER_TOKEN"
 
 
 def _state_dir(value: str | None) -> pathlib.Path:
     return pathlib.Path(value).expanduser().resolve() if value else config.default_state_dir()
+
+
+def _path(value: str | None) -> str:
+    return str(pathlib.Path(value).expanduser().resolve()) if value else ""
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -40,15 +45,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               max_workers=args.max_workers, retain_bytes=args.retain_bytes,
                               retain_secs=args.retain_secs, retain_execs=args.retain_execs,
                               max_exec_output=args.max_exec_output, journal=not args.no_journal,
-                              mount_method=args.mount_method)
-    server = RouterServer(cfg, auth.load_or_create_key(state_dir))
+                              mount_method=args.mount_method,
+                              tokens=config.TokenPolicy(algorithm=args.jwt_alg, public_key=_path(args.jwt_public_key),
+                                                        audience=args.jwt_audience, issuer=args.jwt_issuer,
+                                                        leeway_secs=args.jwt_leeway, task_claim=args.jwt_task_claim),
+                              tls=TlsFiles(cert=_path(args.tls_cert), key=_path(args.tls_key),
+                                           client_ca=_path(args.tls_client_ca)),
+                              insecure=args.insecure, secrets_dir=_path(args.secrets_dir), exec_user=args.exec_user,
+                              max_arg_bytes=args.max_arg_bytes, max_env_bytes=args.max_env_bytes,
+                              max_receive_message_size=args.max_message_size,
+                              max_streams_per_connection=args.max_streams_per_connection,
+                              max_calls_per_token=args.max_calls_per_token)
+    try:
+        server = RouterServer(cfg, auth.load_or_create_key(state_dir))
+    except ValueError as e:
+        print(f"router serve: {e}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if server.tls is not None:
+        tls = server.tls
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=tls.reload, daemon=True).start())
     server.start()
     host = args.listen.rsplit(":", 1)[0]
     listen = f"{host}:{server.port}"
-    config.write_server_info(state_dir, config.ServerInfo(listen=listen, task_id=task_id, pid=os.getpid()))
+    config.write_server_info(state_dir, config.ServerInfo(listen=listen, task_id=task_id, pid=os.getpid(),
+                                                          tls=cfg.tls.enabled))
     print(f"router listening on {listen}", flush=True)
     print(f"task id: {task_id}", flush=True)
     print(f"state directory: {state_dir}", flush=True)
@@ -170,7 +193,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
         fields["timeout_secs"] = args.timeout
     if args.env:
         fields["env"] = dict(item.split("=", 1) for item in args.env)
-    with RouterClient(target, token, task_id) as client:
+    info = config.read_server_info(_state_dir(args.state_dir))
+    credentials = None
+    if args.tls_ca or args.tls_cert or (not args.target and info is not None and info.tls):
+        credentials = client_credentials(args.tls_ca or "", args.tls_cert or "", args.tls_key or "")
+    with RouterClient(target, token, task_id, credentials=credentials, server_name=args.tls_server_name) as client:
         client.start(exec_id, args.command, **fields)
         outputs = [_in_background(_copy_output, client, exec_id, fd, out) for fd, out in ((STDOUT, 1), (STDERR, 2))]
         errors: list[grpc.RpcError] = []
@@ -232,6 +259,34 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--mount-method", choices=("auto", "overlay", "copy"), default="auto",
                        help="how images are mounted: overlay (needs the privilege to mount), copy, or auto "
                             "(overlay when a probe mount works; default)")
+    sec = serve.add_argument_group("security (SECURITY.md)")
+    sec.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (chain)")
+    sec.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    sec.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA (mTLS)")
+    sec.add_argument("--insecure", action="store_true",
+                     help="allow plaintext on a non-loopback address (a warning is logged)")
+    sec.add_argument("--jwt-alg", choices=("HS256", "RS256", "ES256", "EdDSA"), default="HS256",
+                     help="token algorithm (default HS256 with STATE_DIR/jwt.key)")
+    sec.add_argument("--jwt-public-key", metavar="PEM", help="verification key for RS256, ES256 or EdDSA")
+    sec.add_argument("--jwt-audience", default="", help="require this `aud`")
+    sec.add_argument("--jwt-issuer", default="", help="require this `iss`")
+    sec.add_argument("--jwt-leeway", type=float, default=5.0, metavar="SECS",
+                     help="clock skew allowed for exp, nbf and iat (default %(default)s)")
+    sec.add_argument("--jwt-task-claim", default="task_id", help="the claim naming the task (default %(default)s)")
+    sec.add_argument("--secrets-dir", metavar="DIR", help="secret store: one ID.json or ID.toml per secret id")
+    sec.add_argument("--exec-user", default="", metavar="USER[:GROUP]",
+                     help="run every exec as this user (its groups and HOME); the router keeps its own identity")
+    lim = serve.add_argument_group("limits (README, \"Limits\")")
+    lim.add_argument("--max-arg-bytes", type=size, default=config.MiB, metavar="SIZE",
+                     help="command_args bytes per exec (default 1M)")
+    lim.add_argument("--max-env-bytes", type=size, default=config.MiB, metavar="SIZE",
+                     help="bytes of an exec's environment (default 1M)")
+    lim.add_argument("--max-message-size", type=size, default=128 * config.MiB, metavar="SIZE",
+                     help="largest request message (default 128M; Modal's client sends 16 MiB stdin writes)")
+    lim.add_argument("--max-streams-per-connection", type=int, default=65_536, metavar="N",
+                     help="concurrent HTTP/2 streams per connection (default %(default)s)")
+    lim.add_argument("--max-calls-per-token", type=int, default=65_536, metavar="N",
+                     help="calls in flight per token; past it RESOURCE_EXHAUSTED with a retry delay (default %(default)s)")
     serve.set_defaults(func=cmd_serve)
 
     images = sub.add_parser("images", help="list, remove and garbage-collect the state directory's images")
@@ -260,6 +315,10 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("-n", "--no-stdin", action="store_true", help="do not forward standard input")
     ex.add_argument("--give-up", type=float, default=UNREACHABLE_SECS, metavar="SECS",
                     help="exit 255 once the router has not answered for this long (default %(default)s)")
+    ex.add_argument("--tls-ca", metavar="PEM", help="trust this CA for the server's certificate (else the system's)")
+    ex.add_argument("--tls-cert", metavar="PEM", help="client certificate, for a server that requires one (mTLS)")
+    ex.add_argument("--tls-key", metavar="PEM", help="the client certificate's key")
+    ex.add_argument("--tls-server-name", default="", help="the name to expect in the server's certificate")
     ex.add_argument("command", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_exec)
     return p

@@ -40,9 +40,16 @@ def exit_code(response: pb.TaskExecWaitResponse | pb.TaskExecPollResponse) -> in
 
 
 class RouterClient:
-    def __init__(self, target: str, token: str, task_id: str, *, retries: int = 10) -> None:
+    def __init__(self, target: str, token: str, task_id: str, *, retries: int = 10,
+                 credentials: grpc.ChannelCredentials | None = None, server_name: str = "") -> None:
+        """`credentials` (tls.client_credentials) make it a TLS channel; `server_name` overrides the
+        name expected in the server's certificate."""
         self.task_id = task_id
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        else:
+            options = CHANNEL_OPTIONS + ([("grpc.ssl_target_name_override", server_name)] if server_name else [])
+            self._channel = grpc.secure_channel(target, credentials, options=options)
         self._stub = pb_grpc.TaskCommandRouterStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._retries = retries

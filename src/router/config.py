@@ -11,9 +11,22 @@ import msgspec
 import platformdirs
 
 from .retention import DEFAULT_EXECS, DEFAULT_SECS
+from .tls import TlsFiles
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 MiB = 1024 * 1024
+
+
+class TokenPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How bearer tokens are verified (auth.py): the algorithm and key come from here, never from a
+    token's header."""
+
+    algorithm: Literal["HS256", "RS256", "ES256", "EdDSA"] = "HS256"
+    public_key: str = ""  # PEM file, for RS256 / ES256 / EdDSA; HS256 uses STATE_DIR/jwt.key
+    audience: str = ""  # required `aud` when set
+    issuer: str = ""  # required `iss` when set
+    leeway_secs: float = 5.0  # for exp, nbf and iat: clocks differ a little
+    task_claim: str = "task_id"
 
 
 class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -55,6 +68,20 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # How images are mounted: "overlay" (O(1), needs the privilege to mount), "copy", or "auto"
     # (overlay if a probe mount works, else copy).
     mount_method: Literal["auto", "overlay", "copy"] = "auto"
+    tokens: TokenPolicy = TokenPolicy()
+    tls: TlsFiles = TlsFiles()
+    # Serving a non-loopback address without TLS needs this, said explicitly.
+    insecure: bool = False
+    # One file per secret id (ID.json or ID.toml, owner-only); empty: no store (secret ids NOT_FOUND).
+    secrets_dir: str = ""
+    # USER[:GROUP] every exec runs as (with that user's groups and HOME); empty: the router's own.
+    exec_user: str = ""
+    # Limits (README, "Limits"): bytes of command_args and of the child's environment per exec,
+    # HTTP/2 streams per connection, calls in flight per token.
+    max_arg_bytes: int = 1 * MiB
+    max_env_bytes: int = 1 * MiB
+    max_streams_per_connection: int = 65_536
+    max_calls_per_token: int = 65_536
 
 
 class ServerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -63,6 +90,7 @@ class ServerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     listen: str
     task_id: str
     pid: int
+    tls: bool = False
 
 
 _info_encoder = msgspec.json.Encoder()

@@ -7,6 +7,7 @@ way. They differ only in how they wait on an exec: `threaded_handler` blocks its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from grpc_status import rpc_status
 
 from ._proto import api_pb2
 from .auth import Authenticator
-from .errors import RouterError, invalid
+from .errors import RouterError, invalid, throttled
 from .service import METHODS, SERVICE_NAME, Body, Offload, Service, Wait
 
 log = logging.getLogger(__name__)
@@ -76,17 +77,36 @@ def _deadline(context: Any) -> float | None:
 class Handlers:
     """grpc method handlers for the service, for one of the two servers."""
 
-    def __init__(self, service: Service, auth: Authenticator) -> None:
+    def __init__(self, service: Service, auth: Authenticator, max_calls_per_token: int = 65_536) -> None:
         self._service = service
         self._auth = auth
+        self._max_calls = max_calls_per_token
+        self._calls: dict[str, int] = {}  # calls in flight, by token
+        self._calls_lock = threading.Lock()
 
-    def _body(self, name: str, request: Any, context: Any) -> Body:
-        granted = self._auth.token_task(context.invocation_metadata())
+    @contextlib.contextmanager
+    def _call(self, name: str, request: Any, context: Any) -> Iterator[Body]:
+        """Authorise the call, count it against its token while it runs, and give its body."""
+        metadata = context.invocation_metadata()
+        granted = self._auth.token_task(metadata)
         if isinstance(request, MalformedRequest):
             raise invalid("request", f"cannot be parsed: {request.error}")
         self._auth.check_task(granted, request.task_id)
-        body: Body = getattr(self._service, name)(request)
-        return body
+        token = next(v for k, v in metadata if k == "authorization")
+        with self._calls_lock:
+            n = self._calls.get(token, 0)
+            if n >= self._max_calls:
+                raise throttled(f"{n} calls of this token are in flight, the most allowed "
+                                f"(--max-calls-per-token {self._max_calls})", retry_after=1.0)
+            self._calls[token] = n + 1
+        try:
+            yield getattr(self._service, name)(request)
+        finally:
+            with self._calls_lock:
+                if self._calls[token] == 1:
+                    del self._calls[token]
+                else:
+                    self._calls[token] -= 1
 
     def generic_handler(self, aio: bool) -> grpc.GenericRpcHandler:
         handlers = {}
@@ -106,12 +126,13 @@ class Handlers:
     def _threaded_unary(self, name: str) -> Callable[[Any, grpc.ServicerContext], Any]:
         def handler(request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                frames = _drive_threaded(self._body(name, request, context), context)
-                try:
-                    next(frames)
-                except StopIteration as done:
-                    return done.value
-                raise AssertionError(f"{name} yielded a frame")
+                with self._call(name, request, context) as body:
+                    frames = _drive_threaded(body, context)
+                    try:
+                        next(frames)
+                    except StopIteration as done:
+                        return done.value
+                    raise AssertionError(f"{name} yielded a frame")
             except Exception as e:
                 err = _as_router_error(e, name)
             # Outside the except block: abort() raises, and must not be caught as a failure.
@@ -124,7 +145,8 @@ class Handlers:
     def _threaded_stream(self, name: str) -> Callable[[Any, grpc.ServicerContext], Iterator[bytes]]:
         def handler(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
             try:
-                yield from _drive_threaded(self._body(name, request, context), context)
+                with self._call(name, request, context) as body:
+                    yield from _drive_threaded(body, context)
                 return
             except Exception as e:
                 err = _as_router_error(e, name)
@@ -139,18 +161,18 @@ class Handlers:
     def _aio_unary(self, name: str) -> Callable[[Any, grpc.aio.ServicerContext], Any]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                body = self._body(name, request, context)
-                try:
-                    step = next(body)
-                    while True:
-                        if isinstance(step, Offload):
-                            step = body.send(await asyncio.to_thread(step.fn))
-                            continue
-                        assert isinstance(step, Wait), f"{name} yielded a frame"
-                        await step.exec.until(step.ready)
+                with self._call(name, request, context) as body:
+                    try:
                         step = next(body)
-                except StopIteration as done:
-                    return done.value
+                        while True:
+                            if isinstance(step, Offload):
+                                step = body.send(await asyncio.to_thread(step.fn))
+                                continue
+                            assert isinstance(step, Wait), f"{name} yielded a frame"
+                            await step.exec.until(step.ready)
+                            step = next(body)
+                    except StopIteration as done:
+                        return done.value
             except Exception as e:
                 err = _as_router_error(e, name)
             await context.abort(err.code, err.message, error_trailers(err))
@@ -160,12 +182,13 @@ class Handlers:
     def _aio_stream(self, name: str) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             try:
-                for step in self._body(name, request, context):
-                    assert not isinstance(step, Offload), f"{name}: a stream offloads nothing"
-                    if isinstance(step, Wait):
-                        await step.exec.until(step.ready)  # grpc cancels it when the call ends
-                    else:
-                        yield step
+                with self._call(name, request, context) as body:
+                    for step in body:
+                        assert not isinstance(step, Offload), f"{name}: a stream offloads nothing"
+                        if isinstance(step, Wait):
+                            await step.exec.until(step.ready)  # grpc cancels it when the call ends
+                        else:
+                            yield step
                 return
             except Exception as e:
                 err = _as_router_error(e, name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import pathlib
 import threading
 from typing import Any
@@ -19,13 +20,16 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .auth import Authenticator
+from .auth import Authenticator, verification_key
 from .config import ServerConfig
 from .retention import Retention
 from .engine import Engine, raise_open_file_limit
 from .images import Images
 from .handlers import Handlers
 from .service import SERVICE_NAME, Service
+from .tls import ServerTls, is_loopback
+
+log = logging.getLogger(__name__)
 
 REFLECTED = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
@@ -45,6 +49,7 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
         ("grpc.server.max_pending_requests", 65_536),
         ("grpc.server.max_pending_requests_hard_limit", 65_536),
         ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
     ]
 
 
@@ -52,7 +57,17 @@ class RouterServer:
     """The engine plus a gRPC server on top of it. `start()` (then `port` is known), then `stop()`."""
 
     def __init__(self, config: ServerConfig, key: bytes) -> None:
+        """`key`: the HS256 key of the state directory. ValueError if the configuration is unsafe or
+        inconsistent (say, a non-loopback address without TLS or --insecure), before anything starts."""
         self.config = config
+        if not config.tls.enabled and not config.insecure and not is_loopback(config.listen):
+            raise ValueError(f"{config.listen} is not a loopback address: serve it with --tls-cert and --tls-key, "
+                             "or say --insecure to serve plaintext anyway")
+        if config.insecure and not config.tls.enabled and not is_loopback(config.listen):
+            log.warning("serving %s WITHOUT TLS (--insecure): tokens and output cross the network in the clear",
+                        config.listen)
+        self.tls = ServerTls(config.tls) if config.tls.enabled else None
+        authenticator = Authenticator(verification_key(config.tokens, key), config.task_id, config.tokens)
         raise_open_file_limit()
         self.engine = Engine(
             pathlib.Path(config.log_dir) if config.log_dir else pathlib.Path(config.state_dir) / "logs",
@@ -67,7 +82,8 @@ class RouterServer:
         )
         self.images = Images(pathlib.Path(config.state_dir), config.mount_method)
         self.images.gc()  # expired images, and what a crash left half-written
-        self._handlers = Handlers(Service(config, self.engine, self.images), Authenticator(key, config.task_id))
+        self._handlers = Handlers(Service(config, self.engine, self.images), authenticator,
+                                  config.max_calls_per_token)
         self.port = 0
         self._grpc: Any = None
         self._health: Any = None
@@ -119,7 +135,10 @@ class RouterServer:
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
 
     def _bind(self, server: Any) -> int:
-        port = server.add_insecure_port(self.config.listen)
+        if self.tls is not None:
+            port = server.add_secure_port(self.config.listen, self.tls.credentials)
+        else:
+            port = server.add_insecure_port(self.config.listen)
         if port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         return int(port)
