@@ -1,4 +1,4 @@
-"""The `router` command: serve, token, exec, images."""
+"""The `router` command: serve, token, exec, images, secrets."""
 from __future__ import annotations
 
 import argparse
@@ -120,6 +120,34 @@ def cmd_images(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     done = images.gc()
     print(f"removed {done.images} expired images and {done.blobs} unreferenced blobs ({done.bytes} bytes)")
+    return 0
+
+
+def cmd_secrets(args: argparse.Namespace) -> int:
+    from .secretstore import SecretError, SecretStore
+
+    directory = pathlib.Path(_path(args.secrets_dir)) if args.secrets_dir else _state_dir(args.state_dir) / "secrets"
+    store = SecretStore(directory)
+    try:
+        if args.secrets_cmd == "ls":
+            for secret_id in store.ids():
+                print(f"{secret_id}\t{' '.join(sorted(store.get(secret_id)))}")  # names, never values
+        elif args.secrets_cmd == "rm":
+            store.remove(args.id)
+        else:
+            values = {}
+            for item in args.items:
+                name, eq, value = item.partition("=")
+                if not eq:  # NAME alone: the value comes from stdin, so it is not on any command line
+                    value = sys.stdin.readline().rstrip("\n")
+                values[name] = value
+            print(store.set(args.id, values))
+    except SecretError as e:
+        print(f"router secrets: {e}", file=sys.stderr)
+        return 1
+    except FileNotFoundError:
+        print(f"router secrets: secret {getattr(args, 'id', '')!r} not found", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -273,7 +301,8 @@ def parser() -> argparse.ArgumentParser:
     sec.add_argument("--jwt-leeway", type=float, default=5.0, metavar="SECS",
                      help="clock skew allowed for exp, nbf and iat (default %(default)s)")
     sec.add_argument("--jwt-task-claim", default="task_id", help="the claim naming the task (default %(default)s)")
-    sec.add_argument("--secrets-dir", metavar="DIR", help="secret store: one ID.json or ID.toml per secret id")
+    sec.add_argument("--secrets-dir", metavar="DIR",
+                     help="secret store: one ID.json or ID.toml per secret id (default STATE_DIR/secrets)")
     sec.add_argument("--exec-user", default="", metavar="USER[:GROUP]",
                      help="run every exec as this user (its groups and HOME); the router keeps its own identity")
     lim = serve.add_argument_group("limits (README, \"Limits\")")
@@ -297,6 +326,18 @@ def parser() -> argparse.ArgumentParser:
     rm.add_argument("ids", nargs="+", metavar="ID")
     images_sub.add_parser("gc", help="remove expired images and content no image references")
     images.set_defaults(func=cmd_images)
+
+    sec_cmd = sub.add_parser("secrets", help="the secret store: set, remove and list secrets (names only)")
+    sec_cmd.add_argument("--state-dir")
+    sec_cmd.add_argument("--secrets-dir", help="default: STATE_DIR/secrets")
+    secrets_sub = sec_cmd.add_subparsers(dest="secrets_cmd", required=True)
+    set_ = secrets_sub.add_parser("set", help="set variables of a secret (NAME alone reads the value from stdin)")
+    set_.add_argument("id")
+    set_.add_argument("items", nargs="+", metavar="NAME=VALUE|NAME")
+    rm_ = secrets_sub.add_parser("rm", help="remove a secret")
+    rm_.add_argument("id")
+    secrets_sub.add_parser("ls", help="list secret ids and their variable names")
+    sec_cmd.set_defaults(func=cmd_secrets)
 
     token = sub.add_parser("token", help="print a bearer token for the task")
     token.add_argument("--state-dir")

@@ -72,7 +72,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls: TlsFiles = TlsFiles()
     # Serving a non-loopback address without TLS needs this, said explicitly.
     insecure: bool = False
-    # One file per secret id (ID.json or ID.toml, owner-only); empty: no store (secret ids NOT_FOUND).
+    # One file per secret id (ID.json or ID.toml, owner-only); empty: STATE_DIR/secrets.
     secrets_dir: str = ""
     # USER[:GROUP] every exec runs as (with that user's groups and HOME); empty: the router's own.
     exec_user: str = ""

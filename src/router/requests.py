@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ._proto import task_command_router_pb2 as pb
@@ -42,18 +43,28 @@ def _env_entry(field: str, key: str, value: str) -> None:
         raise invalid(field, f"value of {key!r} contains a NUL byte")
 
 
-def environment(request: pb.TaskExecStartRequest, base: dict[str, str]) -> dict[str, str]:
-    """Base, then `env`, then `secret_ids`, then `secret_sources` in order; later wins."""
+SecretLookup = Callable[[str], dict[str, str]]
+
+
+def no_secret_store(secret_id: str) -> dict[str, str]:
+    raise not_found(f"secret {secret_id!r} not found (no secret store)")
+
+
+def environment(request: pb.TaskExecStartRequest, base: dict[str, str],
+                secrets: SecretLookup = no_secret_store) -> dict[str, str]:
+    """Base, then `env`, then `secret_ids`, then `secret_sources` in order; later wins. `secrets`
+    gives a secret's variables, or raises RouterError (NOT_FOUND naming the id)."""
     env = dict(base)
     for key, value in request.env.items():
         _env_entry("env", key, value)
         env[key] = value
     for secret_id in request.secret_ids:
-        raise not_found(f"secret {secret_id!r} not found (this router has no secret store yet)")
+        env.update(secrets(secret_id))
     for i, source in enumerate(request.secret_sources):
         kind = source.WhichOneof("source")
         if kind == "secret_id":
-            raise not_found(f"secret {source.secret_id!r} not found (this router has no secret store yet)")
+            env.update(secrets(source.secret_id))
+            continue
         if kind is None:
             raise invalid(f"secret_sources[{i}]", "sets neither secret_id nor env")
         for key, value in source.env.contents.items():
@@ -62,7 +73,8 @@ def environment(request: pb.TaskExecStartRequest, base: dict[str, str]) -> dict[
     return env
 
 
-def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str]) -> ExecSpec:
+def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str], secrets: SecretLookup = no_secret_store,
+              max_arg_bytes: int = 1 << 20, max_env_bytes: int = 1 << 20) -> ExecSpec:
     exec_id(request)
     if request.container_id:
         raise not_found(f"container {request.container_id!r} not found: this router serves only the main container")
@@ -74,6 +86,9 @@ def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str]) -> Exe
     for i, arg in enumerate(args):
         if "\0" in arg:
             raise invalid(f"command_args[{i}]", "contains a NUL byte")
+    arg_bytes = sum(len(a.encode()) + 1 for a in args)
+    if arg_bytes > max_arg_bytes:
+        raise invalid("command_args", f"{arg_bytes} bytes, more than the {max_arg_bytes} allowed (--max-arg-bytes)")
     stdout = _STDOUT.get(request.stdout_config)
     if stdout is None:
         raise invalid("stdout_config", f"unknown value {request.stdout_config}")
@@ -92,7 +107,7 @@ def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str]) -> Exe
         timeout = request.timeout_secs
         if timeout <= 0:
             raise invalid("timeout_secs", "must be greater than 0 when set")
-    env = environment(request, base_env)
+    env = environment(request, base_env, secrets)
     pty = None
     if request.HasField("pty_info") and request.pty_info.enabled:
         info = request.pty_info
@@ -107,6 +122,10 @@ def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str]) -> Exe
                 env[var] = value
         env.setdefault("TERM", _DEFAULT_TERM)
         pty = PtySpec(rows=info.winsz_rows or 24, cols=info.winsz_cols or 80)
+    env_bytes = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in env.items())
+    if env_bytes > max_env_bytes:
+        raise invalid("env", f"the environment would be {env_bytes} bytes, more than the {max_env_bytes} allowed "
+                             "(--max-env-bytes)")
     return ExecSpec(args=args, env=env, workdir=workdir, stdout=stdout, stderr=stderr,
                     timeout_secs=timeout, pty=pty)
 

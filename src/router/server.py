@@ -27,6 +27,7 @@ from .engine import Engine, raise_open_file_limit
 from .images import Images
 from .handlers import Handlers
 from .service import SERVICE_NAME, Service
+from .secretstore import SecretError, SecretStore, secrets_dir
 from .tls import ServerTls, is_loopback
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,10 @@ class RouterServer:
             log.warning("serving %s WITHOUT TLS (--insecure): tokens and output cross the network in the clear",
                         config.listen)
         self.tls = ServerTls(config.tls) if config.tls.enabled else None
+        try:
+            SecretStore(secrets_dir(config)).check()
+        except (SecretError, OSError) as e:
+            raise ValueError(f"the secret store: {e}") from None
         authenticator = Authenticator(verification_key(config.tokens, key), config.task_id, config.tokens)
         raise_open_file_limit()
         self.engine = Engine(

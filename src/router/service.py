@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import pathlib
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
@@ -25,6 +26,7 @@ from .engine import Engine
 from .errors import RouterError, not_found, throttled
 from .execs import Exec
 from .images import Images
+from .secretstore import MissingSecret, SecretError, SecretStore, secrets_dir
 from .records import ExitStatus, StreamName
 
 log = logging.getLogger(__name__)
@@ -89,9 +91,23 @@ class Service:
         self._config = config
         self._engine = engine
         self._images = images
+        self._secrets = SecretStore(secrets_dir(config))
+
+    def _secret(self, secret_id: str) -> dict[str, str]:
+        """A secret's variables; NOT_FOUND naming the id, FAILED_PRECONDITION for a bad file."""
+        try:
+            return self._secrets.get(secret_id)
+        except MissingSecret as e:
+            raise not_found(str(e)) from None
+        except SecretError as e:
+            raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from None
+        except OSError as e:
+            raise RouterError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"secret {secret_id!r} cannot be read: {e.strerror}") from None
 
     def TaskExecStart(self, request: pb.TaskExecStartRequest) -> Body:
-        spec = requests.exec_spec(request, self._engine.base_env)
+        spec = requests.exec_spec(request, self._engine.base_env, self._secret,
+                                  self._config.max_arg_bytes, self._config.max_env_bytes)
         ex = self._engine.begin_exec(request.exec_id, fingerprint(request), spec)
         yield Wait(ex, ex.started.done)
         ex.started.result()  # raises why the start failed
