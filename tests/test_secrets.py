@@ -120,3 +120,25 @@ def test_values_never_reach_logs_journal_or_the_command_line(tmp_path: pathlib.P
         for f in files:
             with open(os.path.join(dirpath, f), "rb") as fh:
                 assert VALUE.encode() not in fh.read(), f
+
+
+def test_exec_user_runs_execs_as_that_user_who_cannot_touch_the_router(tmp_path: pathlib.Path) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    with serving(tmp_path, exec_user="nobody") as (_, client, _raw):
+        client.start("id", ["sh", "-c", "id -u; id -g; echo $HOME"], **PIPES)
+        out = b"".join(client.read("id")).decode().split()
+        assert out == [str(nobody.pw_uid), str(nobody.pw_gid), nobody.pw_dir]
+        script = (f"kill -0 {os.getpid()} || echo cannot-signal; cat {tmp_path}/state/jwt.key || echo cannot-read-key; "
+                  f"cat /proc/{os.getpid()}/environ >/dev/null || echo cannot-read-environ")
+        client.start("probe", ["sh", "-c", script], **PIPES)
+        out = b"".join(client.read("probe")).decode()
+        assert "cannot-signal" in out and "cannot-read-key" in out and "cannot-read-environ" in out, out
+        client.start("term", ["id", "-u"], **PIPES, pty_info=api_pb2.PTYInfo(enabled=True))
+        assert b"".join(client.read("term")).decode().strip() == str(nobody.pw_uid)
+    state = tmp_path / "other"
+    state.mkdir()
+    with pytest.raises(ValueError, match="no user"):
+        RouterServer(ServerConfig(state_dir=str(state), task_id=TASK_ID, listen="127.0.0.1:0",
+                                  exec_user="no-such-user-here"), auth.load_or_create_key(state))

@@ -71,8 +71,9 @@ class Engine:
     def __init__(self, log_dir: pathlib.Path, *, segment_size: int, stdin_buffer_limit: int,
                  kill_grace_secs: float = 0.0, max_running_execs: int = 0, reap_orphans: bool = False,
                  retention: Retention = Retention(), journal_path: pathlib.Path | None = None,
-                 max_exec_output: int = 0) -> None:
+                 max_exec_output: int = 0, exec_user: spawn.ExecUser | None = None) -> None:
         self._log_dir = log_dir
+        self._exec_user = exec_user
         self._segment_size = segment_size
         self._stdin_limit = stdin_buffer_limit
         self._kill_grace = kill_grace_secs
@@ -88,6 +89,8 @@ class Engine:
         self._registry = Registry(max_running_execs or default_max_running_execs())
         self._loop = LoopThread("router-engine")
         self.base_env = base_environment()
+        if exec_user is not None:
+            self.base_env.update(exec_user.environment())
         # Process groups that outlived their exec (background jobs); stop() ends them. Loop thread only.
         self._lingering_groups: set[int] = set()
 
@@ -245,7 +248,7 @@ class Engine:
         except OSError as e:
             raise throttled(f"cannot create pipes: {e.strerror}", retry_after=RETRY_AFTER_SECS) from None
         try:
-            pid, proc = spawn.start_process(ex.spec, pipes)
+            pid, proc = spawn.start_process(ex.spec, pipes, self._exec_user)
         except OSError as e:
             pipes.close_router_ends()
             if e.errno in _RESOURCE_ERRNOS and e.filename is None:

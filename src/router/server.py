@@ -24,6 +24,7 @@ from .auth import Authenticator, verification_key
 from .config import ServerConfig
 from .retention import Retention
 from .engine import Engine, raise_open_file_limit
+from .spawn import exec_user
 from .images import Images
 from .handlers import Handlers
 from .service import SERVICE_NAME, Service
@@ -84,6 +85,7 @@ class RouterServer:
             retention=Retention(bytes=config.retain_bytes, secs=config.retain_secs, execs=config.retain_execs),
             journal_path=pathlib.Path(config.state_dir) / "journal" if config.journal else None,
             max_exec_output=config.max_exec_output,
+            exec_user=exec_user(config.exec_user) if config.exec_user else None,
         )
         self.images = Images(pathlib.Path(config.state_dir), config.mount_method)
         self.images.gc()  # expired images, and what a crash left half-written

@@ -6,10 +6,13 @@ gigabytes; os.posix_spawn, and subprocess.Popen without preexec_fn, both vfork (
 from __future__ import annotations
 
 import errno
+import grp
 import os
+import pwd
 import shutil
 import signal
 import subprocess
+from typing import NamedTuple
 
 import grpc
 
@@ -17,17 +20,57 @@ from .errors import RouterError
 from .records import ExecSpec, ExitStatus
 from .stdio import ChildStdio
 
+class ExecUser(NamedTuple):
+    """Who execs run as (--exec-user): ids, supplementary groups, and the login's name and home."""
+
+    uid: int
+    gid: int
+    groups: list[int]
+    name: str
+    home: str
+
+    def environment(self) -> dict[str, str]:
+        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+
+    def argv(self, argv: list[str]) -> list[str]:
+        """argv run through setpriv(1), which takes this identity and then execs it: spawning stays
+        a vfork (a fork of the router would be slow, and runs grpc's fork handlers)."""
+        if SETPRIV is None:
+            raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, "--exec-user needs setpriv(1) on the router host")
+        groups = ["--groups", ",".join(map(str, self.groups))] if self.groups else ["--clear-groups"]
+        return [SETPRIV, "--reuid", str(self.uid), "--regid", str(self.gid), *groups, "--", *argv]
+
+
+def exec_user(spec: str) -> ExecUser:
+    """USER[:GROUP] (names or numbers) -> ExecUser; ValueError naming what is unknown."""
+    user, _, group = spec.partition(":")
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"--exec-user: no user {user!r}") from None
+    gid = entry.pw_gid
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ValueError(f"--exec-user: no group {group!r}") from None
+    return ExecUser(entry.pw_uid, gid, os.getgrouplist(entry.pw_name, gid), entry.pw_name, entry.pw_dir)
+
+
 # Python ignores these; a child must start with the defaults, as Popen(restore_signals=True) does.
 _RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 SETSID = shutil.which("setsid")
+SETPRIV = shutil.which("setpriv")
 
 
-def start_process(spec: ExecSpec, stdio: ChildStdio) -> tuple[int, subprocess.Popen[bytes] | None]:
+def start_process(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None = None
+                  ) -> tuple[int, subprocess.Popen[bytes] | None]:
     """Start the child in a process group (a terminal's: a session) of its own: os.posix_spawn, or
     Popen (no preexec_fn) when it needs a working directory or a terminal, which posix_spawn cannot
-    set up here. Returns its pid, and the Popen that started it if one did."""
+    set up here. As another user, through setpriv(1). Returns its pid, and the Popen that started
+    it if one did."""
     if spec.pty is None and spec.workdir is None:
-        return _posix_spawn(spec, stdio), None
+        return _posix_spawn(spec, stdio, user), None
     argv = list(spec.args)
     if spec.pty is not None:
         # Checked here so that a missing command gets the same message as without a terminal.
@@ -37,7 +80,9 @@ def start_process(spec: ExecSpec, stdio: ChildStdio) -> tuple[int, subprocess.Po
             raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, "PTY execs need setsid(1) on the router host")
         # setsid(1) makes the child a session leader with the pty as controlling terminal;
         # subprocess cannot do that without preexec_fn, which would rule out vfork.
-        argv = [SETSID, "--ctty", *argv]
+        argv = [SETSID, "--ctty", *(argv if user is None else user.argv(argv))]
+    elif user is not None:
+        argv = user.argv(argv)
     proc = subprocess.Popen(
         argv, stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr, env=spec.env, cwd=spec.workdir,
         process_group=None if spec.pty is not None else 0, close_fds=True,
@@ -45,7 +90,7 @@ def start_process(spec: ExecSpec, stdio: ChildStdio) -> tuple[int, subprocess.Po
     return proc.pid, proc
 
 
-def _posix_spawn(spec: ExecSpec, stdio: ChildStdio) -> int:
+def _posix_spawn(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None) -> int:
     """Every descriptor of the router is close-on-exec (PEP 446), so only these three are inherited."""
     actions: list[tuple[int, int, int] | tuple[int, int, str, int, int]] = [(os.POSIX_SPAWN_DUP2, stdio.stdin, 0)]
     for fd, target in ((stdio.stdout, 1), (stdio.stderr, 2)):
@@ -57,6 +102,10 @@ def _posix_spawn(spec: ExecSpec, stdio: ChildStdio) -> int:
             actions.append((os.POSIX_SPAWN_DUP2, fd, target))
     argv = spec.args
     path = spec.env.get("PATH", os.defpath)
+    if user is not None:
+        if "/" not in argv[0] and shutil.which(argv[0], path=path) is None:  # as without setpriv
+            raise FileNotFoundError(errno.ENOENT, "command not found", argv[0])
+        argv = user.argv(argv)  # setpriv then searches the exec's own PATH
     if "/" in argv[0]:
         executable = argv[0]
     elif path == os.environ.get("PATH"):
