@@ -34,6 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 
@@ -303,9 +304,12 @@ class ServerProcess:
     def status(self) -> dict[str, int]:
         return proc_status(self.pid)
 
+    credentials: grpc.ChannelCredentials | None = None  # TLS servers set it
+
     def channel(self, ready_timeout: float = 15.0) -> grpc.Channel:
         """A sync channel to the server, connected; closed by stop()."""
-        ch = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        ch = grpc.secure_channel(self.target, self.credentials, options=CHANNEL_OPTIONS) if self.credentials \
+            else grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
         self._channels.append(ch)
         wait_channel_ready(ch, ready_timeout)
         return ch
@@ -325,6 +329,37 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def self_signed_tls(directory: pathlib.Path) -> tuple[bytes, str, str]:
+    """(CA certificate PEM, server certificate file, key file) for 127.0.0.1, EC P-256, a day long."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(subject: str, issuer: x509.Name, public: Any) -> x509.CertificateBuilder:
+        return (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                .issuer_name(issuer).public_key(public).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)))
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
+    ca = build("bench CA", ca_name, ca_key.public_key()).add_extension(
+        x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
+    cert = build("router", ca_name, key.public_key()).add_extension(
+        x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+    ).sign(ca_key, hashes.SHA256())
+    cert_path, key_path = directory / "tls.pem", directory / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return ca.public_bytes(serialization.Encoding.PEM), str(cert_path), str(key_path)
 
 
 def token_metadata(state_dir: pathlib.Path, task_id: str) -> tuple[tuple[str, str], ...]:
@@ -348,12 +383,16 @@ class RouterProcess(ServerProcess):
     ready = "router listening on "
 
     def __init__(self, startup_timeout: float = 30.0, args: Sequence[str] = (),
-                 log_root: str | None = LOG_ROOT) -> None:
+                 log_root: str | None = LOG_ROOT, tls: bool = False) -> None:
         self.log_dir: str | None = None
         state_dir = pathlib.Path(tempfile.mkdtemp(prefix="router-bench-", dir=TMP))
         try:
             self.metadata = token_metadata(state_dir, TASK_ID)
             argv = [*serve_argv(state_dir), *args]
+            if tls:  # a certificate for 127.0.0.1 from a CA made here, which the channels trust
+                ca, cert, key = self_signed_tls(state_dir)
+                argv += ["--tls-cert", cert, "--tls-key", key]
+                self.credentials = grpc.ssl_channel_credentials(root_certificates=ca)
             if log_root:
                 self.log_dir = tempfile.mkdtemp(prefix="router-logs-", dir=log_root)
                 argv += ["--log-dir", self.log_dir]
