@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Callable
 
 from . import procs
-from .records import ExitStatus
+from .records import ExitStatus, Usage
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class Child:
         self._terminal = terminal
         self.exited = False
         self.timed_out = False  # its timeout fired
+        self.usage: Usage | None = None  # its rusage, once reaped
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: list[asyncio.TimerHandle] = []
 
@@ -85,6 +86,15 @@ class Child:
         if sessions and self._terminal:
             procs.kill_sessions([self.pid], sig)
 
+    def signal_leader(self, sig: int) -> None:
+        """The leader alone (through its pidfd: never another process that took its pid)."""
+        if self._pidfd >= 0 and not self.exited:
+            procs.signal_pidfd(self._pidfd, sig)
+
+    def later(self, loop: asyncio.AbstractEventLoop, secs: float, sig: int) -> None:
+        """Signal the group (and a terminal's session) in `secs`, unless the child is released first."""
+        self._timers.append(loop.call_later(secs, self.signal, sig))
+
     @property
     def terminal(self) -> bool:
         return self._terminal
@@ -97,7 +107,7 @@ class Child:
         self.timed_out = True
         if grace > 0:
             self.signal(signal.SIGTERM)
-            self._timers.append(loop.call_later(grace, self.signal, signal.SIGKILL))
+            self.later(loop, grace, signal.SIGKILL)
         else:
             self.signal(signal.SIGKILL)
 
@@ -113,7 +123,9 @@ class Child:
             return False
         self._unwatch()
         if self.exited:
-            os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+            # By pid, for its rusage: the pidfd held until here keeps the pid from reuse.
+            _, _, r = os.wait4(self.pid, os.WNOHANG)
+            self.usage = Usage(user_cpu_secs=r.ru_utime, system_cpu_secs=r.ru_stime, max_rss_bytes=r.ru_maxrss * 1024)
         else:
             log.error("leader %d survived SIGKILL; leaving it unreaped", self.pid)
         if self._proc is not None:

@@ -25,10 +25,11 @@ from ._fastio import SegmentedLog, SegmentStore
 from .child import Child
 from .errors import RouterError, throttled
 from .execs import Exec
+from .watch import Watcher
 from .loop import LoopThread
 from .output import OutputPipes
 from .records import ExecSpec, ExitStatus, StreamName
-from .journal import (CAUSE_EXITED, CAUSE_SIGNALLED, CAUSE_TIMED_OUT, Begun, Exited, Forgotten, Journal,
+from .journal import (CAUSE_EXITED, CAUSE_FAILED, CAUSE_KILLED, CAUSE_SHUTDOWN, CAUSE_SIGNALLED, CAUSE_TIMED_OUT, Begun, Exited, Forgotten, Journal,
                       JournaledExec, Output, Record, Spawned, Stdin)
 from .registry import RETRY_AFTER_SECS, Registry
 from .restore import restored_execs
@@ -93,6 +94,8 @@ class Engine:
             self.base_env.update(exec_user.environment())
         # Process groups that outlived their exec (background jobs); stop() ends them. Loop thread only.
         self._lingering_groups: set[int] = set()
+        self._watchers: set[Watcher] = set()  # Watch calls; offered each exec as it finishes
+        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -133,6 +136,7 @@ class Engine:
         execs = self._registry.close()
         if execs is None or self._store is None:
             return
+        self._stopping = True
         try:
             self._loop.call_soon(self._kill_all, execs)
             deadline = time.monotonic() + timeout
@@ -188,6 +192,63 @@ class Engine:
         if self._journal is not None:
             ex.readable = {}
         return ex
+
+    def execs(self) -> list[Exec]:
+        """Every exec the router knows, oldest start first."""
+        return self._registry.all()
+
+    def signal(self, ex: Exec, sig: int, target: str) -> None:
+        """Send `sig` to the exec's group ("group"), leader ("leader") or terminal session ("session")
+        on the loop thread; FAILED_PRECONDITION once it has ended. A signal that ends it counts as
+        a kill on request."""
+        def send() -> None:
+            child = ex.child
+            if child is None or not child.held or child.exited:
+                raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"exec {ex.exec_id!r} is not running")
+            if target == "session" and not child.terminal:
+                raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"exec {ex.exec_id!r} has no terminal")
+            ex.kill_requested = True
+            if target == "leader":
+                child.signal_leader(sig)
+            else:
+                child.signal(sig, sessions=target == "session")
+        self._loop.run(send, timeout=10)
+
+    def kill(self, ex: Exec, grace: float) -> None:
+        """TERM, then KILL after `grace` (at once without one), to the whole group; the caller
+        waits for the exec to finish."""
+        def start() -> None:
+            child = ex.child
+            if child is None or not child.held or child.exited:
+                return  # over already: the caller finds it finished
+            ex.kill_requested = True
+            if grace > 0:
+                child.signal(signal.SIGTERM)
+                child.later(self._loop.loop, grace, signal.SIGKILL)
+            else:
+                child.signal(signal.SIGKILL)
+        self._loop.run(start, timeout=10)
+
+    def resize(self, ex: Exec, rows: int, cols: int) -> None:
+        def apply() -> None:
+            fd = ex.output.terminal_fd() if ex.output is not None else None
+            if fd is None:
+                raise RouterError(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"exec {ex.exec_id!r} has no terminal (or it has exited)")
+            stdio.resize(fd, rows, cols)
+        self._loop.run(apply, timeout=10)
+
+    def watch(self, watcher: Watcher) -> None:
+        """Offer `watcher` every exec that finished already, then each as it finishes."""
+        def add() -> None:
+            self._watchers.add(watcher)
+            for ex in self._registry.all():
+                if ex.cause is not None:
+                    watcher.offer(ex)
+        self._loop.run(add, timeout=10)
+
+    def unwatch(self, watcher: Watcher) -> None:
+        self._loop.call_soon(self._watchers.discard, watcher)
 
     def offer_stdin(self, ex: Exec, offset: int, data: bytes, eof: bool) -> bool:
         """Accept stdin bytes at `offset`, skipping what a retry repeats. False, taking nothing,
@@ -348,17 +409,33 @@ class Engine:
             # Background processes that closed their output outlive the exec; stop() ends them.
             self._lingering_groups.add(ex.child.pid)
 
+    def _cause(self, ex: Exec) -> str:
+        assert ex.status is not None
+        if ex.child is None:
+            return CAUSE_FAILED
+        if ex.status.code is not None:
+            return CAUSE_EXITED
+        if ex.child.timed_out:
+            return CAUSE_TIMED_OUT
+        if ex.kill_requested:
+            return CAUSE_KILLED
+        return CAUSE_SHUTDOWN if self._stopping else CAUSE_SIGNALLED
+
     def _on_finished(self, ex: Exec) -> None:
         """Nothing of the exec runs on: reap it, and keep its output within the retention limits."""
-        timed_out = ex.child is not None and ex.child.timed_out
+        cause = self._cause(ex)
         self._release(ex)
+        with ex.cond:
+            ex.cause, ex.ended_at = cause, time.time()
+            ex.usage = ex.child.usage if ex.child is not None else None
         if self._journal is not None:
             self._dirty.add(ex)
             self._record(Stdin(ex.exec_id, ex.stdin.written, ex.stdin.eof))
             assert ex.status is not None
-            cause = CAUSE_EXITED if ex.status.code is not None else CAUSE_TIMED_OUT if timed_out else CAUSE_SIGNALLED
-            self._record(Exited(ex.exec_id, ex.status, time.time(), cause))
+            self._record(Exited(ex.exec_id, ex.status, ex.ended_at, cause))
         self._registry.finished(ex, ex.held_bytes())
+        for watcher in list(self._watchers):
+            watcher.offer(ex)
         self._expire()
 
     def _journal_output(self, ex: Exec) -> dict[StreamName, int]:

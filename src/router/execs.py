@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ._fastio import SegmentedLog
 from .errors import RouterError
-from .records import ExecSpec, ExitStatus, StreamName
+from .records import ExecSpec, ExitStatus, StreamName, Usage
 from .stdin import StdinBuffer
 
 if TYPE_CHECKING:
@@ -27,65 +27,17 @@ if TYPE_CHECKING:
 RECHECK_SECS = 5.0
 
 
-class Exec:
-    """Fields below `cond` are guarded by it; `child` and `output` belong to the loop thread."""
+class Changes:
+    """Something RPC code waits on: `notify()` (any thread) wakes threads blocked in `wait_until`
+    and completes the futures coroutines await in `until`, each on its own loop."""
 
-    def __init__(self, exec_id: str, fingerprint: bytes, spec: ExecSpec, stdout: SegmentedLog | None,
-                 stderr: SegmentedLog | None, stdin_limit: int) -> None:
-        self.exec_id = exec_id
-        self.fingerprint = fingerprint
-        self.spec = spec
-        # Where output lands; None when discarded or merged into stdout. See `stream()`.
-        self.stdout = stdout
-        self.stderr = stderr
-        self.started: concurrent.futures.Future[None] = concurrent.futures.Future()
-        # Running from the start, so no caller can cancel it (a cancelled TaskExecStart must not
-        # leave the exec's id unusable for its retries).
-        self.started.set_running_or_notify_cancel()
+    def __init__(self) -> None:
         self.cond = threading.Condition()
-        self.status: ExitStatus | None = None
-        self.exited_at: float | None = None  # time.monotonic() when the status was set
-        # How much of each stream readers may have: what the journal holds (None: all committed,
-        # without a journal). A byte a client has seen must survive a crash of the router, since
-        # clients count offsets themselves and resume from them.
-        self.readable: dict[StreamName, int] | None = None
-        self.failed: RouterError | None = None  # set if the start failed and the exec was dropped
-        self.stdin = StdinBuffer(self.cond, stdin_limit, spec.pty is not None, self.notify)
-        self.child: Child | None = None
-        self.output: OutputPipes | None = None
         self._async_waiters: list[asyncio.Future[None]] = []
         self._thread_waiters = 0
 
-    def stream(self, which: StreamName) -> SegmentedLog | None:
-        """The log a reader of `which` gets, or None if that stream is discarded or merged."""
-        if which == "stderr":
-            return self.stderr
-        return self.stdout if self.spec.stdout == "pipe" else None
-
-    def named_logs(self) -> list[tuple[StreamName, SegmentedLog]]:
-        """The exec's logs, each with the stream whose bytes it holds."""
-        pairs: list[tuple[StreamName, SegmentedLog | None]] = [("stdout", self.stdout), ("stderr", self.stderr)]
-        return [(name, log) for name, log in pairs if log is not None]
-
-    def logs(self) -> list[SegmentedLog]:
-        return [log for _, log in self.named_logs()]
-
-    def readable_length(self, which: StreamName, stream: SegmentedLog) -> int:
-        limits = self.readable
-        return stream.committed if limits is None else limits.get(which, 0)
-
-    def held_bytes(self) -> int:
-        """Output bytes this exec holds in the store."""
-        return sum(log.held_bytes for log in self.logs())
-
-    @property
-    def running(self) -> bool:
-        return self.status is None
-
-    @property
-    def finished(self) -> bool:
-        """The leader exited and every output stream is complete: nothing of it can run on."""
-        return self.status is not None and (self.output is None or self.output.done)
+    def _ready_or_failed(self, ready: Callable[[], bool]) -> bool:
+        return ready()
 
     @property
     def waiters(self) -> int:
@@ -100,14 +52,6 @@ class Exec:
             waiters, self._async_waiters = self._async_waiters, []
         if waiters:
             _wake(waiters)
-
-    def _ready_or_failed(self, ready: Callable[[], bool]) -> bool:
-        """ready(), unless the exec's start failed after the caller found it: then raise why."""
-        if ready():
-            return True
-        if self.failed is not None:
-            raise self.failed
-        return False
 
     # -- waiting on a thread ---------------------------------------------------------------------
 
@@ -158,6 +102,78 @@ class Exec:
         with self.cond:
             self._async_waiters.clear()
 
+
+class Exec(Changes):
+    """Fields below `cond` are guarded by it; `child` and `output` belong to the loop thread."""
+
+    def __init__(self, exec_id: str, fingerprint: bytes, spec: ExecSpec, stdout: SegmentedLog | None,
+                 stderr: SegmentedLog | None, stdin_limit: int) -> None:
+        super().__init__()
+        self.exec_id = exec_id
+        self.fingerprint = fingerprint
+        self.spec = spec
+        # Where output lands; None when discarded or merged into stdout. See `stream()`.
+        self.stdout = stdout
+        self.stderr = stderr
+        self.started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        # Running from the start, so no caller can cancel it (a cancelled TaskExecStart must not
+        # leave the exec's id unusable for its retries).
+        self.started.set_running_or_notify_cancel()
+        self.started_at = time.time()
+        self.status: ExitStatus | None = None
+        self.exited_at: float | None = None  # time.monotonic() when the status was set
+        # How it ended (journal.CAUSE_*), when (unix time) and what it cost; set once finished.
+        self.cause: str | None = None
+        self.ended_at: float | None = None
+        self.usage: Usage | None = None
+        self.kill_requested = False  # Kill or Signal asked for its end
+        # How much of each stream readers may have: what the journal holds (None: all committed,
+        # without a journal). A byte a client has seen must survive a crash of the router, since
+        # clients count offsets themselves and resume from them.
+        self.readable: dict[StreamName, int] | None = None
+        self.failed: RouterError | None = None  # set if the start failed and the exec was dropped
+        self.stdin = StdinBuffer(self.cond, stdin_limit, spec.pty is not None, self.notify)
+        self.child: Child | None = None
+        self.output: OutputPipes | None = None
+
+    def stream(self, which: StreamName) -> SegmentedLog | None:
+        """The log a reader of `which` gets, or None if that stream is discarded or merged."""
+        if which == "stderr":
+            return self.stderr
+        return self.stdout if self.spec.stdout == "pipe" else None
+
+    def named_logs(self) -> list[tuple[StreamName, SegmentedLog]]:
+        """The exec's logs, each with the stream whose bytes it holds."""
+        pairs: list[tuple[StreamName, SegmentedLog | None]] = [("stdout", self.stdout), ("stderr", self.stderr)]
+        return [(name, log) for name, log in pairs if log is not None]
+
+    def logs(self) -> list[SegmentedLog]:
+        return [log for _, log in self.named_logs()]
+
+    def readable_length(self, which: StreamName, stream: SegmentedLog) -> int:
+        limits = self.readable
+        return stream.committed if limits is None else limits.get(which, 0)
+
+    def held_bytes(self) -> int:
+        """Output bytes this exec holds in the store."""
+        return sum(log.held_bytes for log in self.logs())
+
+    @property
+    def running(self) -> bool:
+        return self.status is None
+
+    @property
+    def finished(self) -> bool:
+        """The leader exited and every output stream is complete: nothing of it can run on."""
+        return self.status is not None and (self.output is None or self.output.done)
+
+    def _ready_or_failed(self, ready: Callable[[], bool]) -> bool:
+        """ready(), unless the exec's start failed after the caller found it: then raise why."""
+        if ready():
+            return True
+        if self.failed is not None:
+            raise self.failed
+        return False
 
 def _wake(waiters: list[asyncio.Future[None]]) -> None:
     """Complete futures on their loops: directly on our own, through call_soon_threadsafe otherwise."""

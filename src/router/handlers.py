@@ -23,7 +23,7 @@ from grpc_status import rpc_status
 from ._proto import api_pb2
 from .auth import Authenticator
 from .errors import RouterError, invalid, throttled
-from .service import METHODS, SERVICE_NAME, Body, Offload, Service, Wait
+from .service import Body, Method, Offload, Wait
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +75,19 @@ def _deadline(context: Any) -> float | None:
 
 
 class Handlers:
-    """grpc method handlers for the service, for one of the two servers."""
+    """grpc method handlers for the services, for one of the two servers."""
 
-    def __init__(self, service: Service, auth: Authenticator, max_calls_per_token: int = 65_536) -> None:
-        self._service = service
+    def __init__(self, services: dict[str, tuple[dict[str, Method], Any]], auth: Authenticator,
+                 max_calls_per_token: int = 65_536) -> None:
+        """`services`: service name -> (its methods, the object whose same-named methods are their bodies)."""
+        self._services = services
         self._auth = auth
         self._max_calls = max_calls_per_token
         self._calls: dict[str, int] = {}  # calls in flight, by token
         self._calls_lock = threading.Lock()
 
     @contextlib.contextmanager
-    def _call(self, name: str, request: Any, context: Any) -> Iterator[Body]:
+    def _call(self, make: Callable[[Any], Body], request: Any, context: Any) -> Iterator[Body]:
         """Authorise the call, count it against its token while it runs, and give its body."""
         metadata = context.invocation_metadata()
         granted = self._auth.token_task(metadata)
@@ -100,7 +102,7 @@ class Handlers:
                                 f"(--max-calls-per-token {self._max_calls})", retry_after=1.0)
             self._calls[token] = n + 1
         try:
-            yield getattr(self._service, name)(request)
+            yield make(request)
         finally:
             with self._calls_lock:
                 if self._calls[token] == 1:
@@ -108,25 +110,29 @@ class Handlers:
                 else:
                     self._calls[token] -= 1
 
-    def generic_handler(self, aio: bool) -> grpc.GenericRpcHandler:
-        handlers = {}
-        for name, method in METHODS.items():
-            parse = _parser(method.request)
-            if method.streaming:
-                fn = self._aio_stream(name) if aio else self._threaded_stream(name)
-                handlers[name] = grpc.unary_stream_rpc_method_handler(fn, request_deserializer=parse)
-            else:
-                fn = self._aio_unary(name) if aio else self._threaded_unary(name)
-                handlers[name] = grpc.unary_unary_rpc_method_handler(
-                    fn, request_deserializer=parse, response_serializer=method.response.SerializeToString)
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+    def generic_handlers(self, aio: bool) -> list[grpc.GenericRpcHandler]:
+        out = []
+        for service_name, (methods, impl) in self._services.items():
+            handlers = {}
+            for name, method in methods.items():
+                parse = _parser(method.request)
+                make = getattr(impl, name)
+                if method.streaming:
+                    fn = self._aio_stream(name, make) if aio else self._threaded_stream(name, make)
+                    handlers[name] = grpc.unary_stream_rpc_method_handler(fn, request_deserializer=parse)
+                else:
+                    fn = self._aio_unary(name, make) if aio else self._threaded_unary(name, make)
+                    handlers[name] = grpc.unary_unary_rpc_method_handler(
+                        fn, request_deserializer=parse, response_serializer=method.response.SerializeToString)
+            out.append(grpc.method_handlers_generic_handler(service_name, handlers))
+        return out
 
     # -- grpcio's threaded server: block the call's thread ---------------------------------------
 
-    def _threaded_unary(self, name: str) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def _threaded_unary(self, name: str, make: Callable[[Any], Body]) -> Callable[[Any, grpc.ServicerContext], Any]:
         def handler(request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                with self._call(name, request, context) as body:
+                with self._call(make, request, context) as body:
                     frames = _drive_threaded(body, context)
                     try:
                         next(frames)
@@ -142,10 +148,10 @@ class Handlers:
 
         return handler
 
-    def _threaded_stream(self, name: str) -> Callable[[Any, grpc.ServicerContext], Iterator[bytes]]:
+    def _threaded_stream(self, name: str, make: Callable[[Any], Body]) -> Callable[[Any, grpc.ServicerContext], Iterator[bytes]]:
         def handler(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
             try:
-                with self._call(name, request, context) as body:
+                with self._call(make, request, context) as body:
                     yield from _drive_threaded(body, context)
                 return
             except Exception as e:
@@ -158,10 +164,10 @@ class Handlers:
 
     # -- grpc.aio: await the exec ------------------------------------------------------------------
 
-    def _aio_unary(self, name: str) -> Callable[[Any, grpc.aio.ServicerContext], Any]:
+    def _aio_unary(self, name: str, make: Callable[[Any], Body]) -> Callable[[Any, grpc.aio.ServicerContext], Any]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                with self._call(name, request, context) as body:
+                with self._call(make, request, context) as body:
                     try:
                         step = next(body)
                         while True:
@@ -179,13 +185,20 @@ class Handlers:
 
         return handler
 
-    def _aio_stream(self, name: str) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
+    def _aio_stream(self, name: str, make: Callable[[Any], Body]) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             try:
-                with self._call(name, request, context) as body:
-                    for step in body:
-                        assert not isinstance(step, Offload), f"{name}: a stream offloads nothing"
-                        if isinstance(step, Wait):
+                with self._call(make, request, context) as body:
+                    result = None
+                    while True:
+                        try:
+                            step = body.send(result)
+                        except StopIteration:
+                            break
+                        result = None
+                        if isinstance(step, Offload):
+                            result = await asyncio.to_thread(step.fn)
+                        elif isinstance(step, Wait):
                             await step.exec.until(step.ready)  # grpc cancels it when the call ends
                         else:
                             yield step

@@ -57,6 +57,9 @@ CAUSE_EXITED: Final = "exited"        # the leader exited by itself (status.code
 CAUSE_SIGNALLED: Final = "signalled"  # a signal ended the leader (status.signal)
 CAUSE_TIMED_OUT: Final = "timed out"  # the router killed it at its timeout_secs
 CAUSE_LOST: Final = "lost"            # its router died while it ran; status unknown
+CAUSE_KILLED: Final = "killed"        # ended by a Kill or Signal someone asked for
+CAUSE_FAILED: Final = "failed to start"  # 127/126: not found, not executable, bad workdir
+CAUSE_SHUTDOWN: Final = "shutdown"    # the router stopped while it ran
 
 
 class JournalError(Exception):

@@ -41,6 +41,12 @@ class OutputPipes:
     def done(self) -> bool:
         return not self._logs
 
+    def terminal_fd(self) -> int | None:
+        """A terminal's master while the exec can still use it (for resizing); else None."""
+        if not self._terminal or self._leader_exited:
+            return None
+        return next(iter(self._logs), None) if self._logs else (self._held_master if self._held_master >= 0 else None)
+
     def _on_readable(self, fd: int) -> None:
         stream = self._logs[fd]
         try:

@@ -41,3 +41,11 @@ class ExitStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     code: int | None = None
     signal: int | None = None
+
+
+class Usage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the leader (and the children it reaped) cost, from its rusage."""
+
+    user_cpu_secs: float
+    system_cpu_secs: float
+    max_rss_bytes: int

@@ -38,6 +38,12 @@ class Registry:
     def running(self) -> int:
         return self._running
 
+    def all(self) -> list[Exec]:
+        """Every exec known, oldest start first."""
+        with self._lock:
+            execs = list(self._execs.values())
+        return sorted(execs, key=lambda ex: ex.started_at)
+
     def get(self, exec_id: str) -> Exec:
         ex = self._execs.get(exec_id)
         if ex is None:

@@ -42,12 +42,14 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
             _kill_lost_group(je, boot_id)
             lost = Exited(je.exec_id, LOST, time.time(), CAUSE_LOST)
             ex.status = LOST
+            ex.cause, ex.ended_at = CAUSE_LOST, lost.ended_at
             # How much stdin it had taken was not journaled: accept (and drop) a write at any
             # offset, as for any exec that has exited, rather than call a client's retry a gap.
             ex.stdin.written = sys.maxsize
             ex.exited_at = time.monotonic()
         else:
             ex.status = je.exited.status
+            ex.cause, ex.ended_at = je.exited.cause, je.exited.ended_at
             # Retention's age counts from the exit, not from the restart.
             ex.exited_at = time.monotonic() - max(0.0, time.time() - je.exited.ended_at)
         ex.started.set_result(None)
@@ -68,6 +70,7 @@ def _rebuild(je: JournaledExec, store: SegmentStore, stdin_limit: int) -> Exec:
             stdout.close()
         raise
     ex = Exec(b.exec_id, b.fingerprint, spec, stdout, stderr, stdin_limit)
+    ex.started_at = b.started_at
     if je.stdin is not None:
         ex.stdin.written, ex.stdin.eof = je.stdin.written, je.stdin.eof
     with ex.cond:

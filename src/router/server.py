@@ -27,13 +27,14 @@ from .engine import Engine, raise_open_file_limit
 from .spawn import exec_user
 from .images import Images
 from .handlers import Handlers
-from .service import SERVICE_NAME, Service
+from . import control
+from .service import METHODS, SERVICE_NAME, Service
 from .secretstore import SecretError, SecretStore, secrets_dir
 from .tls import ServerTls, is_loopback
 
 log = logging.getLogger(__name__)
 
-REFLECTED = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+REFLECTED = (SERVICE_NAME, control.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
@@ -89,8 +90,10 @@ class RouterServer:
         )
         self.images = Images(pathlib.Path(config.state_dir), config.mount_method)
         self.images.gc()  # expired images, and what a crash left half-written
-        self._handlers = Handlers(Service(config, self.engine, self.images), authenticator,
-                                  config.max_calls_per_token)
+        service = Service(config, self.engine, self.images)
+        self._handlers = Handlers({SERVICE_NAME: (METHODS, service),
+                                   control.SERVICE_NAME: (control.METHODS, control.Control(service))},
+                                  authenticator, config.max_calls_per_token)
         self.port = 0
         self._grpc: Any = None
         self._health: Any = None
@@ -119,7 +122,7 @@ class RouterServer:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.config.max_workers,
                                                            thread_name_prefix="router-rpc")
         server = grpc.server(self._pool, options=server_options(self.config))
-        server.add_generic_rpc_handlers((self._handlers.generic_handler(aio=False),))
+        server.add_generic_rpc_handlers(self._handlers.generic_handlers(aio=False))
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(REFLECTED, server)
@@ -131,7 +134,7 @@ class RouterServer:
 
     async def _start_aio(self) -> None:
         server = grpc.aio.server(options=server_options(self.config))
-        server.add_generic_rpc_handlers((self._handlers.generic_handler(aio=True),))
+        server.add_generic_rpc_handlers(self._handlers.generic_handlers(aio=True))
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(REFLECTED, server)

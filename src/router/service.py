@@ -24,7 +24,7 @@ from ._proto import task_command_router_pb2 as pb
 from .config import ServerConfig
 from .engine import Engine
 from .errors import RouterError, not_found, throttled
-from .execs import Exec
+from .execs import Changes, Exec
 from .images import Images
 from .secretstore import MissingSecret, SecretError, SecretStore, secrets_dir
 from .records import ExitStatus, StreamName
@@ -36,9 +36,10 @@ SERVICE_NAME = "modal.task_command_router.TaskCommandRouter"
 
 class Wait(NamedTuple):
     """Resume the body once `ready()` is true (called with the exec's lock held; it may act, as
-    offering stdin does). A body whose call ended meanwhile is simply never resumed."""
+    offering stdin does). A body whose call ended meanwhile is simply never resumed. `exec` is
+    an Exec, or anything else that changes (a Watch's watcher)."""
 
-    exec: Exec
+    exec: Changes
     ready: Callable[[], bool]
 
 
@@ -105,10 +106,18 @@ class Service:
             raise RouterError(grpc.StatusCode.FAILED_PRECONDITION,
                               f"secret {secret_id!r} cannot be read: {e.strerror}") from None
 
-    def TaskExecStart(self, request: pb.TaskExecStartRequest) -> Body:
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def begin(self, request: pb.TaskExecStartRequest) -> Exec:
+        """Validate a start and hand it to the engine; the exec's `started` says how it went."""
         spec = requests.exec_spec(request, self._engine.base_env, self._secret,
                                   self._config.max_arg_bytes, self._config.max_env_bytes)
-        ex = self._engine.begin_exec(request.exec_id, fingerprint(request), spec)
+        return self._engine.begin_exec(request.exec_id, fingerprint(request), spec)
+
+    def TaskExecStart(self, request: pb.TaskExecStartRequest) -> Body:
+        ex = self.begin(request)
         yield Wait(ex, ex.started.done)
         ex.started.result()  # raises why the start failed
         return pb.TaskExecStartResponse()

@@ -1,0 +1,175 @@
+"""The router's own service, `task_command_router.v1.ExecControl` (proto/router/_proto/exec_control.proto):
+signal, kill, resize, list, inspect, batch start, watch. Bodies as in service.py: generators that
+yield Wait/Offload/frames and return the response; the same handlers drive them.
+"""
+from __future__ import annotations
+
+import base64
+import signal as signals
+from typing import Any
+
+from . import requests
+from ._proto import exec_control_pb2 as ec
+from ._proto import task_command_router_pb2 as pb
+from .errors import RouterError, invalid
+from .execs import Exec
+from .journal import CAUSE_EXITED, CAUSE_FAILED, CAUSE_KILLED, CAUSE_LOST, CAUSE_SHUTDOWN, CAUSE_SIGNALLED, CAUSE_TIMED_OUT
+from .service import Body, Method, Offload, Service, Wait
+from .watch import Watcher
+
+SERVICE_NAME = "task_command_router.v1.ExecControl"
+METHODS: dict[str, Method] = {
+    "Signal": Method(ec.SignalRequest, ec.SignalResponse, False),
+    "Kill": Method(ec.KillRequest, ec.KillResponse, False),
+    "Resize": Method(ec.ResizeRequest, ec.ResizeResponse, False),
+    "List": Method(ec.ListRequest, ec.ListResponse, False),
+    "Inspect": Method(ec.InspectRequest, ec.ExecInfo, False),
+    "BatchStart": Method(ec.BatchStartRequest, ec.BatchStartResponse, False),
+    "Watch": Method(ec.WatchRequest, None, True),  # frames: encoded WatchEvents
+}
+_CAUSES = {
+    CAUSE_EXITED: ec.EXIT_CAUSE_EXITED, CAUSE_SIGNALLED: ec.EXIT_CAUSE_SIGNALLED,
+    CAUSE_TIMED_OUT: ec.EXIT_CAUSE_TIMED_OUT, CAUSE_KILLED: ec.EXIT_CAUSE_KILLED, CAUSE_LOST: ec.EXIT_CAUSE_LOST,
+    CAUSE_FAILED: ec.EXIT_CAUSE_FAILED_TO_START, CAUSE_SHUTDOWN: ec.EXIT_CAUSE_SHUTDOWN,
+}
+_TARGETS = {ec.SIGNAL_TARGET_GROUP: "group", ec.SIGNAL_TARGET_LEADER: "leader", ec.SIGNAL_TARGET_SESSION: "session"}
+MAX_PAGE = 1000
+MAX_BATCH = 10_000
+
+
+def exit_info(ex: Exec) -> ec.ExitInfo:
+    info = ec.ExitInfo()
+    status = ex.status
+    if status is not None:
+        if status.code is not None:
+            info.code = status.code
+        if status.signal is not None:
+            info.signal = status.signal
+        info.cause = _CAUSES.get(ex.cause or "", ec.EXIT_CAUSE_UNSPECIFIED)
+    return info
+
+
+def exec_info(ex: Exec) -> ec.ExecInfo:
+    info = ec.ExecInfo(exec_id=ex.exec_id, args=ex.spec.args, workdir=ex.spec.workdir or "",
+                       started_at=ex.started_at, ended_at=ex.ended_at or 0.0, running=ex.running,
+                       stdout_bytes=ex.stdout.committed if ex.stdout is not None else 0,
+                       stderr_bytes=ex.stderr.committed if ex.stderr is not None else 0,
+                       stdin_bytes=min(ex.stdin.written, 2**63), exit=exit_info(ex),
+                       pid=ex.child.pid if ex.child is not None else 0, terminal=ex.spec.pty is not None)
+    if ex.usage is not None:
+        info.usage.CopyFrom(ec.Usage(user_cpu_secs=ex.usage.user_cpu_secs, system_cpu_secs=ex.usage.system_cpu_secs,
+                                     max_rss_bytes=ex.usage.max_rss_bytes))
+    return info
+
+
+def _output(ex: Exec, limit: int) -> tuple[bytes, bytes] | None:
+    """Both streams whole, if together they hold at most `limit` bytes (and are still held)."""
+    logs = [ex.stream("stdout"), ex.stream("stderr")]
+    if limit <= 0 or sum(log.committed for log in logs if log is not None) > limit:
+        return None
+    try:
+        out = [log.read(0, log.committed) if log is not None else b"" for log in logs]
+    except (ValueError, LookupError, OSError):
+        return None  # released meanwhile: the caller reads with TaskExecStdioRead, or learns it is gone
+    return out[0], out[1]
+
+
+class Control:
+    """The bodies of ExecControl, by name (see METHODS)."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._engine = service.engine
+
+    def _exec(self, request: Any) -> Exec:
+        return self._engine.get(requests.exec_id(request))
+
+    def Signal(self, request: ec.SignalRequest) -> Body:
+        ex = self._exec(request)
+        if not 1 <= request.signal < signals.NSIG:
+            raise invalid("signal", f"{request.signal} is not a signal number")
+        target = _TARGETS.get(request.target)
+        if target is None:
+            raise invalid("target", f"unknown value {request.target}")
+        yield Offload(lambda: self._engine.signal(ex, request.signal, target))
+        return ec.SignalResponse()
+
+    def Kill(self, request: ec.KillRequest) -> Body:
+        ex = self._exec(request)
+        if not 0 <= request.grace_secs <= 3600:
+            raise invalid("grace_secs", f"must be 0-3600, got {request.grace_secs}")
+        yield Offload(lambda: self._engine.kill(ex, request.grace_secs))
+        yield Wait(ex, lambda: ex.cause is not None)  # gone: reaped, output complete
+        return ec.KillResponse(exit=exit_info(ex))
+
+    def Resize(self, request: ec.ResizeRequest) -> Body:
+        ex = self._exec(request)
+        for name in ("rows", "cols"):
+            if not 1 <= getattr(request, name) <= 0xFFFF:
+                raise invalid(name, "must be 1-65535")
+        yield Offload(lambda: self._engine.resize(ex, request.rows, request.cols))
+        return ec.ResizeResponse()
+
+    def List(self, request: ec.ListRequest) -> Body:
+        if request.state not in (ec.EXEC_STATE_ANY, ec.EXEC_STATE_RUNNING, ec.EXEC_STATE_EXITED):
+            raise invalid("state", f"unknown value {request.state}")
+        size = request.page_size or MAX_PAGE
+        if size > MAX_PAGE:
+            raise invalid("page_size", f"at most {MAX_PAGE}")
+        start = 0
+        if request.page_token:
+            try:
+                start = int(base64.urlsafe_b64decode(request.page_token.encode()).decode())
+            except (ValueError, UnicodeDecodeError):
+                raise invalid("page_token", "not a token this router gave") from None
+        execs = [ex for ex in self._engine.execs()
+                 if request.state == ec.EXEC_STATE_ANY or (request.state == ec.EXEC_STATE_RUNNING) == ex.running]
+        page = execs[start:start + size]
+        token = base64.urlsafe_b64encode(str(start + size).encode()).decode() if start + size < len(execs) else ""
+        return ec.ListResponse(execs=[exec_info(ex) for ex in page], next_page_token=token)
+        yield
+
+    def Inspect(self, request: ec.InspectRequest) -> Body:
+        return exec_info(self._exec(request))
+        yield
+
+    def BatchStart(self, request: ec.BatchStartRequest) -> Body:
+        if len(request.items) > MAX_BATCH:
+            raise invalid("items", f"at most {MAX_BATCH} per call")
+        results = []
+        begun: list[tuple[int, Exec]] = []
+        for i, item in enumerate(request.items):
+            try:
+                if item.task_id and item.task_id != request.task_id:
+                    raise invalid(f"items[{i}].task_id", "must be empty or the call's task_id")
+                item.task_id = request.task_id  # the same fingerprint as a TaskExecStart of it
+                begun.append((i, self._service.begin(item)))
+                results.append(ec.BatchItemResult(exec_id=item.exec_id))
+            except RouterError as e:
+                results.append(ec.BatchItemResult(exec_id=item.exec_id, code=e.code.value[0], message=e.message))
+        for i, ex in begun:  # every start is in flight: now wait for each
+            yield Wait(ex, ex.started.done)
+            try:
+                ex.started.result()
+            except RouterError as e:
+                results[i] = ec.BatchItemResult(exec_id=ex.exec_id, code=e.code.value[0], message=e.message)
+        return ec.BatchStartResponse(results=results)
+
+    def Watch(self, request: ec.WatchRequest) -> Body:
+        for exec_id in request.exec_ids:
+            requests.exec_id(pb.TaskExecPollRequest(exec_id=exec_id))
+        watcher = Watcher(set(request.exec_ids) if request.exec_ids else None)
+        yield Offload(lambda: self._engine.watch(watcher))
+        try:
+            while not watcher.complete:
+                yield Wait(watcher, watcher.has_events)
+                for ex in watcher.take():
+                    event = ec.WatchEvent(exec_id=ex.exec_id, exit=exit_info(ex))
+                    output = _output(ex, request.output_limit)
+                    if output is not None:
+                        event.output_included = True
+                        event.stdout, event.stderr = output
+                    yield event.SerializeToString()
+        finally:
+            self._engine.unwatch(watcher)
+

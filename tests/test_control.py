@@ -1,0 +1,265 @@
+"""The router's own ExecControl service: signal, kill, resize, list, inspect, batch start, watch."""
+from __future__ import annotations
+
+import pathlib
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from router import auth
+from router._proto import api_pb2
+from router._proto import exec_control_pb2 as ec
+from router._proto import exec_control_pb2_grpc as ec_grpc
+from router._proto import task_command_router_pb2 as pb
+from router.client import CHANNEL_OPTIONS, RouterClient
+
+from .conftest import PIPES, TASK_ID, alive, eventually, router_process, serving
+
+
+class Control:
+    def __init__(self, port_or_target: int | str, token: str) -> None:
+        target = port_or_target if isinstance(port_or_target, str) else f"127.0.0.1:{port_or_target}"
+        self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.stub = ec_grpc.ExecControlStub(self.channel)
+        self.md = (("authorization", f"Bearer {token}"),)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        method = getattr(self.stub, name)
+        return lambda request, timeout=30: method(request, timeout=timeout, metadata=self.md)
+
+
+@pytest.fixture(params=["aio", "threads"])
+def both(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[tuple[RouterClient, Control]]:
+    with serving(tmp_path, server_mode=request.param) as (server, client, raw):
+        token = raw.metadata[0][1].split(" ", 1)[1]
+        control = Control(server.port, token)
+        try:
+            yield client, control
+        finally:
+            control.channel.close()
+
+
+def first_line(client: RouterClient, exec_id: str) -> str:
+    out = b""
+    for data in client.read(exec_id):
+        out += data
+        if b"\n" in out:
+            break
+    return out.split(b"\n")[0].decode().strip()
+
+
+def test_kill_reaches_grandchildren_and_answers_once_gone(both: tuple[RouterClient, Control]) -> None:
+    client, control = both
+    client.start("tree", ["sh", "-c", "sleep 300 & sleep 300 & echo $!; wait"], **PIPES)
+    grandchild = int(first_line(client, "tree"))
+    assert alive(grandchild)
+    done = control.Kill(ec.KillRequest(task_id=TASK_ID, exec_id="tree"))
+    assert done.exit.signal == signal.SIGKILL and done.exit.cause == ec.EXIT_CAUSE_KILLED
+    assert eventually(lambda: not alive(grandchild)), "a grandchild survived Kill"
+    # TERM first, with a grace: a program that exits on TERM ends by itself.
+    client.start("polite", ["sh", "-c", "trap 'exit 7' TERM; echo ready; while :; do sleep 0.1; done"], **PIPES)
+    assert first_line(client, "polite") == "ready"
+    done = control.Kill(ec.KillRequest(task_id=TASK_ID, exec_id="polite", grace_secs=5))
+    assert done.exit.code == 7 and done.exit.cause == ec.EXIT_CAUSE_EXITED
+    assert control.Kill(ec.KillRequest(task_id=TASK_ID, exec_id="polite")).exit.code == 7  # gone already: OK
+
+
+def test_signal_targets_and_refusals(both: tuple[RouterClient, Control]) -> None:
+    client, control = both
+    client.start("trap", ["sh", "-c", "trap 'echo got-usr1; exit 0' USR1; echo ready; while :; do sleep 0.1; done"],
+                 **PIPES)
+    assert first_line(client, "trap") == "ready"
+    control.Signal(ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=signal.SIGUSR1,
+                                    target=ec.SIGNAL_TARGET_LEADER))
+    assert b"got-usr1" in b"".join(client.read("trap"))
+    codes = {}
+    for name, request in {
+        "ended": ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=signal.SIGTERM),
+        "no signal": ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=0),
+        "huge signal": ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=4096),
+        "bad target": ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=1, target=9),
+        "unknown exec": ec.SignalRequest(task_id=TASK_ID, exec_id="nope", signal=1),
+        "other task": ec.SignalRequest(task_id="ta-other", exec_id="trap", signal=1),
+    }.items():
+        try:
+            control.Signal(request)
+            codes[name] = grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            codes[name] = e.code()
+    client.wait("trap")
+    assert codes == {"ended": grpc.StatusCode.FAILED_PRECONDITION, "no signal": grpc.StatusCode.INVALID_ARGUMENT,
+                     "huge signal": grpc.StatusCode.INVALID_ARGUMENT, "bad target": grpc.StatusCode.INVALID_ARGUMENT,
+                     "unknown exec": grpc.StatusCode.NOT_FOUND, "other task": grpc.StatusCode.NOT_FOUND}
+
+
+def test_exit_cause_of_each_kind_and_usage(both: tuple[RouterClient, Control]) -> None:
+    client, control = both
+    burn = "import resource\nx = bytearray(64 << 20)\nt = 0\nfor i in range(3 * 10**6): t += i\n"
+    cases = {
+        "exits": (["sh", "-c", "exit 3"], {}, ec.EXIT_CAUSE_EXITED),
+        "signalled": (["sh", "-c", "kill -SEGV $$"], {}, ec.EXIT_CAUSE_SIGNALLED),
+        "times out": (["sleep", "30"], {"timeout_secs": 1}, ec.EXIT_CAUSE_TIMED_OUT),
+        "missing": (["no-such-command-here"], {}, ec.EXIT_CAUSE_FAILED_TO_START),
+        "burns": ([sys.executable, "-c", burn], {}, ec.EXIT_CAUSE_EXITED),
+    }
+    for exec_id, (args, fields, _) in cases.items():
+        client.start(exec_id, args, **PIPES, **fields)
+    for exec_id, (_, _, cause) in cases.items():
+        client.wait(exec_id)
+        assert eventually(lambda: control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id=exec_id)).exit.cause
+                          == cause), exec_id
+    info = control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id="burns"))
+    assert info.args[0] == sys.executable and not info.running and info.ended_at >= info.started_at > 0
+    assert info.usage.user_cpu_secs > 0.05 and info.usage.max_rss_bytes > 64 << 20, info.usage
+    assert control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id="exits")).exit.code == 3
+    assert control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id="signalled")).exit.signal == signal.SIGSEGV
+
+
+def test_list_filters_and_pages(both: tuple[RouterClient, Control]) -> None:
+    client, control = both
+    for i in range(5):
+        client.start(f"done-{i}", ["true"], **PIPES)
+        client.wait(f"done-{i}")
+    client.start("runs", ["sleep", "30"], **PIPES, timeout_secs=20)
+    try:
+        running = control.List(ec.ListRequest(task_id=TASK_ID, state=ec.EXEC_STATE_RUNNING))
+        assert [e.exec_id for e in running.execs] == ["runs"] and running.next_page_token == ""
+        seen, token = [], ""
+        while True:
+            page = control.List(ec.ListRequest(task_id=TASK_ID, state=ec.EXEC_STATE_EXITED, page_size=2,
+                                               page_token=token))
+            assert len(page.execs) <= 2
+            seen += [e.exec_id for e in page.execs]
+            token = page.next_page_token
+            if not token:
+                break
+        assert seen == [f"done-{i}" for i in range(5)]
+        with pytest.raises(grpc.RpcError) as info:
+            control.List(ec.ListRequest(task_id=TASK_ID, page_token="garbage!"))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        control.Kill(ec.KillRequest(task_id=TASK_ID, exec_id="runs"))
+
+
+def test_resize_a_terminal(both: tuple[RouterClient, Control]) -> None:
+    client, control = both
+    client.start("tty", ["sh", "-c", "echo ready; read x; stty size"], **PIPES, pty_info=api_pb2.PTYInfo(enabled=True))
+    assert first_line(client, "tty") == "ready"
+    control.Resize(ec.ResizeRequest(task_id=TASK_ID, exec_id="tty", rows=33, cols=101))
+    client.write_stdin("tty", 0, b"\n")
+    assert b"33 101" in b"".join(client.read("tty"))
+    client.start("plain", ["true"], **PIPES)
+    client.wait("plain")
+    with pytest.raises(grpc.RpcError) as info:
+        control.Resize(ec.ResizeRequest(task_id=TASK_ID, exec_id="plain", rows=10, cols=10))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_batch_start_one_bad_item_fails_only_itself(both: tuple[RouterClient, Control]) -> None:
+    client, control = both
+    items = [pb.TaskExecStartRequest(exec_id="b0", command_args=["echo", "zero"], **PIPES),
+             pb.TaskExecStartRequest(exec_id="b1", command_args=[], **PIPES),
+             pb.TaskExecStartRequest(exec_id="b2", command_args=["echo", "two"], **PIPES),
+             pb.TaskExecStartRequest(exec_id="b3", command_args=["true"], secret_ids=["st-missing"])]
+    results = control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=items)).results
+    assert [(r.exec_id, r.code) for r in results] == [("b0", 0), ("b1", grpc.StatusCode.INVALID_ARGUMENT.value[0]),
+                                                      ("b2", 0), ("b3", grpc.StatusCode.NOT_FOUND.value[0])]
+    assert "command_args" in results[1].message and "st-missing" in results[3].message
+    assert b"".join(client.read("b2")) == b"two\n"
+    # A repeat is idempotent, item by item, as TaskExecStart is.
+    again = control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=items[:1])).results
+    assert again[0].code == 0
+    client.start("b0", ["echo", "zero"], **PIPES)  # the same request through Modal's RPC: no conflict
+
+
+def test_watch_sees_each_of_1000_exits_once_across_a_reconnect(tmp_path: pathlib.Path) -> None:
+    with serving(tmp_path) as (server, client, raw):
+        token = raw.metadata[0][1].split(" ", 1)[1]
+        control = Control(server.port, token)
+        try:
+            ids = [f"w{i}" for i in range(1000)]
+            items = [pb.TaskExecStartRequest(exec_id=i, command_args=["sh", "-c", f"echo {i}; exit {n % 7}"], **PIPES)
+                     for n, i in enumerate(ids)]
+            for chunk in range(0, 1000, 250):
+                results = control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=items[chunk:chunk + 250]),
+                                             timeout=120).results
+                assert all(r.code == 0 for r in results)
+            seen: dict[str, ec.WatchEvent] = {}
+            stream = control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=ids, output_limit=64),
+                                        timeout=120, metadata=control.md)
+            for event in stream:
+                assert event.exec_id not in seen, f"{event.exec_id} twice"
+                seen[event.exec_id] = event
+                if len(seen) == 400:
+                    stream.cancel()  # the client goes away: reconnect for the rest
+                    break
+            rest = [i for i in ids if i not in seen]
+            for event in control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=rest, output_limit=64),
+                                            timeout=120, metadata=control.md):
+                assert event.exec_id not in seen, f"{event.exec_id} twice"
+                seen[event.exec_id] = event
+            assert set(seen) == set(ids)  # and the stream ended by itself once all were in
+            for n, i in enumerate(ids):
+                event = seen[i]
+                assert event.exit.code == n % 7 and event.exit.cause == ec.EXIT_CAUSE_EXITED
+                assert event.output_included and event.stdout == f"{i}\n".encode()
+        finally:
+            control.channel.close()
+
+
+def test_watch_all_sees_later_execs(tmp_path: pathlib.Path) -> None:
+    with serving(tmp_path) as (server, client, raw):
+        control = Control(server.port, raw.metadata[0][1].split(" ", 1)[1])
+        try:
+            stream = control.stub.Watch(ec.WatchRequest(task_id=TASK_ID), timeout=30, metadata=control.md)
+            client.start("later", ["sh", "-c", "head -c 100 /dev/zero"], **PIPES)
+            event = next(stream)
+            assert event.exec_id == "later" and not event.output_included  # output_limit 0: never
+            stream.cancel()
+        finally:
+            control.channel.close()
+
+
+def test_lost_and_shutdown_causes_across_restarts(tmp_path: pathlib.Path) -> None:
+    token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+    with router_process(tmp_path) as (server, listen):
+        with RouterClient(listen, token, TASK_ID, retries=0) as client:
+            client.start("lost", ["sleep", "60"], **PIPES)
+            client.poll("lost")
+            time.sleep(0.3)  # journaled
+        server.kill()
+        server.wait()
+    with router_process(tmp_path) as (server, listen):
+        control = Control(listen, token)
+        try:
+            info = control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id="lost"))
+            assert info.exit.cause == ec.EXIT_CAUSE_LOST and info.exit.signal == signal.SIGKILL
+            with RouterClient(listen, token, TASK_ID, retries=0) as client:
+                client.start("stopped", ["sleep", "60"], **PIPES)
+                client.poll("stopped")
+        finally:
+            control.channel.close()
+    with router_process(tmp_path) as (server, listen):
+        control = Control(listen, token)
+        try:
+            assert control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id="stopped")).exit.cause \
+                == ec.EXIT_CAUSE_SHUTDOWN
+        finally:
+            control.channel.close()
+
+
+def test_reflection_lists_both_services(tmp_path: pathlib.Path) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with serving(tmp_path) as (server, _, _raw):
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                                  timeout=5)
+            names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"modal.task_command_router.TaskCommandRouter", "task_command_router.v1.ExecControl"} <= names
+
