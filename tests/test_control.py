@@ -263,3 +263,34 @@ def test_reflection_lists_both_services(tmp_path: pathlib.Path) -> None:
             names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"modal.task_command_router.TaskCommandRouter", "task_command_router.v1.ExecControl"} <= names
 
+
+
+def test_cli_ls_inspect_kill_logs(tmp_path: pathlib.Path) -> None:
+    import json
+    import subprocess
+
+    token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+    with router_process(tmp_path) as (_, listen):
+        def router(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "router.cli", *args, "--target", listen, "--token", token],
+                                  capture_output=True, text=True, timeout=60)
+
+        with RouterClient(listen, token, TASK_ID, retries=0) as client:
+            client.start("talks", ["sh", "-c", "echo out; echo err >&2; exit 4"], **PIPES)
+            client.wait("talks")
+            client.start("sleeps", ["sleep", "60"], **PIPES)
+            client.poll("sleeps")
+        ls = router("ls")
+        assert ls.returncode == 0, ls.stderr
+        assert "talks" in ls.stdout and "exit 4 (exited)" in ls.stdout and "sleeps" in ls.stdout
+        assert "talks" not in router("ls", "--state", "running").stdout
+        info = json.loads(router("inspect", "talks").stdout)
+        assert info["exec_id"] == "talks" and info["exit"]["code"] == 4 and info["stdout_bytes"] == "4"
+        assert router("logs", "talks").stdout == "out\n"
+        assert router("logs", "talks", "--stderr").stdout == "err\n"
+        assert router("logs", "talks", "--from", "1").stdout == "ut\n"
+        killed = router("kill", "sleeps")
+        assert killed.returncode == 0 and killed.stdout.strip() == "sleeps: signal 9"
+        assert "killed" in router("ls", "--state", "exited").stdout
+        missing = router("inspect", "nope")
+        assert missing.returncode == 255 and "NOT_FOUND" in missing.stderr

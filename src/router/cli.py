@@ -1,4 +1,4 @@
-"""The `router` command: serve, token, exec, images, secrets."""
+"""The `router` command: serve, token, exec, ls, inspect, kill, logs, images, secrets."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,7 @@ import grpc
 import jwt
 
 from . import auth, config, procs, retention
+from ._proto import exec_control_pb2 as ec
 from ._proto import task_command_router_pb2 as pb
 from .client import STDERR, STDOUT, UNREACHABLE_SECS, RouterClient, exit_code
 from .tls import TlsFiles, client_credentials
@@ -175,6 +176,90 @@ def _exec_target(args: argparse.Namespace) -> tuple[str, str, str]:
     return target, token, task_id
 
 
+def _connect(args: argparse.Namespace, retries: int = 10) -> RouterClient:
+    """A client from the connection flags (_add_connection_args), the environment and the local state."""
+    target, token, task_id = _exec_target(args)
+    info = config.read_server_info(_state_dir(args.state_dir))
+    credentials = None
+    if args.tls_ca or args.tls_cert or (not args.target and info is not None and info.tls):
+        credentials = client_credentials(args.tls_ca or "", args.tls_cert or "", args.tls_key or "")
+    return RouterClient(target, token, task_id, retries=retries, credentials=credentials,
+                        server_name=args.tls_server_name)
+
+
+def _add_connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", help="HOST:PORT of the server (default: the local server, else 127.0.0.1:50051)")
+    p.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV}, else minted from the local state directory)")
+    p.add_argument("--task-id", help="default: the token's task")
+    p.add_argument("--state-dir")
+    p.add_argument("--tls-ca", metavar="PEM", help="trust this CA for the server's certificate (else the system's)")
+    p.add_argument("--tls-cert", metavar="PEM", help="client certificate, for a server that requires one (mTLS)")
+    p.add_argument("--tls-key", metavar="PEM", help="the client certificate's key")
+    p.add_argument("--tls-server-name", default="", help="the name to expect in the server's certificate")
+
+
+_STATES = {"running": ec.EXEC_STATE_RUNNING, "exited": ec.EXEC_STATE_EXITED, "any": ec.EXEC_STATE_ANY}
+
+
+def _exit_text(info: ec.ExecInfo) -> str:
+    if info.running:
+        return "running"
+    status = f"signal {info.exit.signal}" if info.exit.HasField("signal") else f"exit {info.exit.code}"
+    return f"{status} ({ec.ExitCause.Name(info.exit.cause).removeprefix('EXIT_CAUSE_').lower().replace('_', ' ')})"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        rows = [("ID", "STARTED", "STATUS", "COMMAND")]
+        for info in client.execs(_STATES[args.state]):
+            rows.append((info.exec_id, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.started_at)),
+                         _exit_text(info), " ".join(info.args)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    with _connect(args) as client:
+        info = client.inspect(args.id)
+    print(json_format.MessageToJson(info, always_print_fields_with_no_presence=True, preserving_proto_field_name=True))
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        if args.signal:
+            sig = int(args.signal) if args.signal.isdigit() else int(getattr(signal, "SIG" + args.signal.upper().removeprefix("SIG")))
+            client.signal(args.id, sig)
+            return 0
+        done = client.kill(args.id, args.grace)
+    print(f"{args.id}: " + (f"signal {done.signal}" if done.HasField("signal") else f"exit {done.code}"))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        fd = STDERR if args.stderr else STDOUT
+        end = None
+        if not args.follow:  # what is there now, not what comes later
+            info = client.inspect(args.id)
+            end = info.stderr_bytes if args.stderr else info.stdout_bytes
+        offset = args.offset
+        for data in client.read(args.id, fd, offset):
+            if end is not None and offset + len(data) >= end:
+                data = data[:max(0, end - offset)]
+            view = memoryview(data)
+            while view:
+                view = view[os.write(1, view):]
+            offset += len(data)
+            if end is not None and offset >= end:
+                break
+    return 0
+
+
 def _copy_output(client: RouterClient, exec_id: str, fd: pb.TaskExecStdioFileDescriptor, out: int) -> None:
     for data in client.read(exec_id, fd):
         view = memoryview(data)
@@ -211,7 +296,6 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not args.command:
         print("router exec: no command given (router exec -- CMD ARGS...)", file=sys.stderr)
         return 2
-    target, token, task_id = _exec_target(args)
     exec_id = f"ex-{uuid.uuid4().hex}"
     fields: dict[str, Any] = {"stdout_config": pb.TASK_EXEC_STDOUT_CONFIG_PIPE,
                               "stderr_config": pb.TASK_EXEC_STDERR_CONFIG_PIPE}
@@ -221,11 +305,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         fields["timeout_secs"] = args.timeout
     if args.env:
         fields["env"] = dict(item.split("=", 1) for item in args.env)
-    info = config.read_server_info(_state_dir(args.state_dir))
-    credentials = None
-    if args.tls_ca or args.tls_cert or (not args.target and info is not None and info.tls):
-        credentials = client_credentials(args.tls_ca or "", args.tls_cert or "", args.tls_key or "")
-    with RouterClient(target, token, task_id, credentials=credentials, server_name=args.tls_server_name) as client:
+    with _connect(args) as client:
         client.start(exec_id, args.command, **fields)
         outputs = [_in_background(_copy_output, client, exec_id, fd, out) for fd, out in ((STDOUT, 1), (STDERR, 2))]
         errors: list[grpc.RpcError] = []
@@ -346,22 +426,37 @@ def parser() -> argparse.ArgumentParser:
     token.set_defaults(func=cmd_token)
 
     ex = sub.add_parser("exec", help="run a command on a server and stream its output")
-    ex.add_argument("--target", help="HOST:PORT of the server (default: the local server, else 127.0.0.1:50051)")
-    ex.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV}, else minted from the local state directory)")
-    ex.add_argument("--task-id", help="default: the token's task")
-    ex.add_argument("--state-dir")
+    _add_connection_args(ex)
     ex.add_argument("--workdir")
     ex.add_argument("--timeout", type=int, help="kill the command after this many seconds")
     ex.add_argument("--env", action="append", metavar="KEY=VALUE")
     ex.add_argument("-n", "--no-stdin", action="store_true", help="do not forward standard input")
     ex.add_argument("--give-up", type=float, default=UNREACHABLE_SECS, metavar="SECS",
                     help="exit 255 once the router has not answered for this long (default %(default)s)")
-    ex.add_argument("--tls-ca", metavar="PEM", help="trust this CA for the server's certificate (else the system's)")
-    ex.add_argument("--tls-cert", metavar="PEM", help="client certificate, for a server that requires one (mTLS)")
-    ex.add_argument("--tls-key", metavar="PEM", help="the client certificate's key")
-    ex.add_argument("--tls-server-name", default="", help="the name to expect in the server's certificate")
     ex.add_argument("command", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_exec)
+
+    ls = sub.add_parser("ls", help="list execs")
+    _add_connection_args(ls)
+    ls.add_argument("--state", choices=sorted(_STATES), default="any")
+    ls.set_defaults(func=cmd_ls)
+    inspect = sub.add_parser("inspect", help="an exec in full (JSON): command, times, bytes, exit and its cause, usage")
+    _add_connection_args(inspect)
+    inspect.add_argument("id")
+    inspect.set_defaults(func=cmd_inspect)
+    kill = sub.add_parser("kill", help="end an exec's whole process group (TERM, grace, KILL), or send one signal")
+    _add_connection_args(kill)
+    kill.add_argument("id")
+    kill.add_argument("-s", "--signal", help="send this signal (name or number) to the group instead")
+    kill.add_argument("--grace", type=float, default=0.0, help="seconds between TERM and KILL (default 0: KILL)")
+    kill.set_defaults(func=cmd_kill)
+    logs = sub.add_parser("logs", help="an exec's output")
+    _add_connection_args(logs)
+    logs.add_argument("id")
+    logs.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
+    logs.add_argument("--from", dest="offset", type=int, default=0, metavar="OFFSET", help="start at this byte")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing output as it comes, until the end")
+    logs.set_defaults(func=cmd_logs)
     return p
 
 

@@ -8,6 +8,8 @@ from typing import Any
 import grpc
 
 from ._proto import task_command_router_pb2 as pb
+from ._proto import exec_control_pb2 as ec
+from ._proto import exec_control_pb2_grpc as ec_grpc
 from ._proto import task_command_router_pb2_grpc as pb_grpc
 
 # Statuses after which a call may be retried as it was (Modal's client retries the same set).
@@ -51,6 +53,7 @@ class RouterClient:
             options = CHANNEL_OPTIONS + ([("grpc.ssl_target_name_override", server_name)] if server_name else [])
             self._channel = grpc.secure_channel(target, credentials, options=options)
         self._stub = pb_grpc.TaskCommandRouterStub(self._channel)
+        self._control = ec_grpc.ExecControlStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._retries = retries
 
@@ -133,3 +136,60 @@ class RouterClient:
                 if e.code() not in RETRYABLE or failures > self._retries:
                     raise
             time.sleep(min(0.05 * 2**failures, 2.0))
+
+    # -- the router's own service (ExecControl) --------------------------------------------------
+
+    def inspect(self, exec_id: str) -> ec.ExecInfo:
+        info: ec.ExecInfo = self._call(self._control.Inspect, ec.InspectRequest(task_id=self.task_id, exec_id=exec_id))
+        return info
+
+    def execs(self, state: ec.ExecState = ec.EXEC_STATE_ANY) -> Iterator[ec.ExecInfo]:
+        """Every exec in that state, page by page."""
+        token = ""
+        while True:
+            page = self._call(self._control.List, ec.ListRequest(task_id=self.task_id, state=state, page_token=token))
+            yield from page.execs
+            token = page.next_page_token
+            if not token:
+                return
+
+    def kill(self, exec_id: str, grace_secs: float = 0.0, timeout: float | None = None) -> ec.ExitInfo:
+        """TERM, `grace_secs`, KILL to the exec's group; returns once it is gone."""
+        done = self._call(self._control.Kill, ec.KillRequest(task_id=self.task_id, exec_id=exec_id,
+                                                             grace_secs=grace_secs), timeout)
+        return done.exit  # type: ignore[no-any-return]
+
+    def signal(self, exec_id: str, signal: int, target: ec.SignalTarget = ec.SIGNAL_TARGET_GROUP) -> None:
+        self._call(self._control.Signal, ec.SignalRequest(task_id=self.task_id, exec_id=exec_id, signal=signal,
+                                                          target=target))
+
+    def resize(self, exec_id: str, rows: int, cols: int) -> None:
+        self._call(self._control.Resize, ec.ResizeRequest(task_id=self.task_id, exec_id=exec_id, rows=rows, cols=cols))
+
+    def batch_start(self, items: Sequence[pb.TaskExecStartRequest]) -> list[ec.BatchItemResult]:
+        response = self._call(self._control.BatchStart, ec.BatchStartRequest(task_id=self.task_id, items=items), 300)
+        return list(response.results)
+
+    def watch(self, exec_ids: Sequence[str] = (), output_limit: int = 0) -> Iterator[ec.WatchEvent]:
+        """Exit events, each exec's once; after a broken stream, resumes for the execs not yet seen
+        (all execs: from a fresh call, which sends those already finished again, skipped here)."""
+        seen: set[str] = set()
+        failures = 0
+        while True:
+            wanted = [i for i in exec_ids if i not in seen]
+            if exec_ids and not wanted:
+                return
+            request = ec.WatchRequest(task_id=self.task_id, exec_ids=wanted, output_limit=output_limit)
+            try:
+                for event in self._control.Watch(request, metadata=self._metadata):
+                    failures = 0
+                    if event.exec_id not in seen:
+                        seen.add(event.exec_id)
+                        yield event
+                return
+            except grpc.RpcError as e:
+                failures += 1
+                if e.code() not in RETRYABLE or failures > self._retries:
+                    raise
+                time.sleep(min(0.05 * 2 ** failures, 2.0))
+
