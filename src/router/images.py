@@ -23,6 +23,7 @@ import os
 import pathlib
 import secrets
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -221,9 +222,12 @@ class Images:
             raise not_found(f"{args.path!r} does not exist") from None
         except NotADirectoryError:
             raise not_found(f"{args.path!r} does not exist (a component is not a directory)") from None
-        if not os.path.isdir(args.path) or os.path.islink(args.path):
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:
+                raise invalid("path", f"{args.path!r}: {e.strerror}") from None
+            raise _store_error(e, f"snapshot of {args.path!r}") from None
+        if not stat.S_ISDIR(st.st_mode):
             raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"{args.path!r} is not a directory")
-        del st
         self._outside_state(args.path)
         image_id = new_image_id()
         key = salt = None

@@ -149,6 +149,8 @@ def directory_path(request: Any) -> bytes:
         raise invalid("path", "contains a NUL byte")
     if len(path) > 4096:
         raise invalid("path", "longer than 4096 bytes")
+    if any(len(part) > 255 for part in path.split(b"/")):
+        raise invalid("path", "has a component longer than 255 bytes")
     return os.path.normpath(path).replace(b"//", b"/")
 
 
