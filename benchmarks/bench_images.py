@@ -30,6 +30,15 @@ Each round, every side once, in this order (alternating, as the other suites do)
 - cp: `cp -a SRC DST` into a new directory; tar: `tar -C SRC -cf - . | tar -C DST -xf -` into a new
   empty directory. The copy is deleted untimed. Nothing is dropped from caches: the sides alternate.
 
+The filesystem under BENCH_TMP matters more than noise. On ext4 without a journal (the root
+filesystem of these machines, /tmp included) a new inode is never one deleted in the last 60 s
+(360 s while its inode-table block is dirty), and a file created in a block group holding such
+inodes looks each of them up first (ext4's recently_deleted(): 60 % of `cp -a`'s samples in `perf
+record`). After the untimed deletes between sides, `cp -a` of the 20,000 files takes 8-20 s there
+instead of about 1 s; every side that creates files slows the same way, while an overlay mount
+creates none. BENCH_TMP (compare's --tmp) on a journaled filesystem gives figures that hold
+elsewhere (RESULTS.md, issue 8, measured both ways).
+
 Overlay is used where this machine can make overlay mounts with a data-only layer (the probe the
 router's `--mount-method auto` makes); elsewhere the overlay benchmarks are skipped. Every mount
 is undone: after each timed mount, and at the end a check of /proc/self/mountinfo that detaches
