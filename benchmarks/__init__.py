@@ -12,6 +12,8 @@ reference alternately in one setup:
   reference], RpcFloor[mode: sync | aio | aio-uvloop] (one empty gRPC call).
 - bench_seek.py: Seek[size] (first message at the start and the end of a finished log).
 - bench_memory.py: ServerMemory[size], IdleExecs[n] (the server's /proc/PID/status).
+- bench_images.py: Images[tree: files | big_file, method: overlay | copy] (snapshot, a second
+  snapshot, mount, the store's growth; `cp -a` and `tar c | tar x` of the same tree as references).
 
 Helpers: common.py (sizes from BENCH_SIZE=tiny|quick|full, settings, servers in their own processes,
 the sync client), sinks.py (where a drained pipe's bytes go), sshd.py (the OpenSSH reference; skipped

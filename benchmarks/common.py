@@ -86,22 +86,26 @@ class Sizes:
     idle: int  # idle execs held open
     recycle: tuple[int, int]  # stream rounds through one server: (rounds, bytes per round)
     restart_execs: int  # finished execs in the journal a restarted router replays
+    images: tuple[int, int]  # the trees snapshotted and mounted: (files of ~4 KiB, bytes of the one big file)
     rounds: dict[str, int]
 
 
 SIZES = {
     "tiny": Sizes(drain=[8 * MiB], stream=[8 * MiB], fanout=[16], fanout_ssh_max=16,
                   exec_sequential=10, exec_in_flight=40, rpc_calls=400, seek=16 * MiB, memory=16 * MiB,
-                  idle=16, recycle=(3, 8 * MiB), restart_execs=10_000,
-                  rounds={"drain": 2, "stream": 2, "fanout": 2, "exec": 2, "seek": 3, "journal": 2, "restart": 2}),
+                  idle=16, recycle=(3, 8 * MiB), restart_execs=10_000, images=(200, 8 * MiB),
+                  rounds={"drain": 2, "stream": 2, "fanout": 2, "exec": 2, "seek": 3, "journal": 2, "restart": 2,
+                          "images": 1}),
     "quick": Sizes(drain=[64 * MiB], stream=[128 * MiB], fanout=[64, 256], fanout_ssh_max=64,
                    exec_sequential=50, exec_in_flight=200, rpc_calls=5000, seek=256 * MiB, memory=256 * MiB,
-                   idle=256, recycle=(12, 128 * MiB), restart_execs=10_000,
-                   rounds={"drain": 3, "stream": 3, "fanout": 2, "exec": 3, "seek": 15, "journal": 15, "restart": 5}),
+                   idle=256, recycle=(12, 128 * MiB), restart_execs=10_000, images=(2_000, 128 * MiB),
+                   rounds={"drain": 3, "stream": 3, "fanout": 2, "exec": 3, "seek": 15, "journal": 15, "restart": 5,
+                           "images": 5}),
     "full": Sizes(drain=[2 * GiB], stream=[1 * GiB], fanout=[256, 1024, 4096], fanout_ssh_max=256,
                   exec_sequential=200, exec_in_flight=1000, rpc_calls=20000, seek=4 * GiB, memory=4 * GiB,
-                  idle=4096, recycle=(12, 1 * GiB), restart_execs=10_000,
-                  rounds={"drain": 5, "stream": 3, "fanout": 3, "exec": 5, "seek": 31, "journal": 9, "restart": 7}),
+                  idle=4096, recycle=(12, 1 * GiB), restart_execs=10_000, images=(20_000, 1 * GiB),
+                  rounds={"drain": 5, "stream": 3, "fanout": 3, "exec": 5, "seek": 31, "journal": 9, "restart": 7,
+                          "images": 5}),
 }
 
 
@@ -512,6 +516,20 @@ class SyncRouter:
         code = self.wait(exec_id, timeout=timeout)
         if code != 0:
             raise BenchError(f"{args!r} exited {code}")
+
+    def snapshot(self, path: bytes, timeout: float = 600.0) -> str:
+        """TaskSnapshotDirectory of `path` with a snapshot id of its own (the default expiry); the image id."""
+        request = pb.TaskSnapshotDirectoryRequest(task_id=TASK_ID, path=path, snapshot_id=unique("snap"))
+        image_id: str = self.stub.TaskSnapshotDirectory(request, metadata=self.metadata, timeout=timeout).image_id
+        return image_id
+
+    def mount(self, path: bytes, image_id: str, timeout: float = 600.0) -> None:
+        request = pb.TaskMountDirectoryRequest(task_id=TASK_ID, path=path, image_id=image_id)
+        self.stub.TaskMountDirectory(request, metadata=self.metadata, timeout=timeout)
+
+    def unmount(self, path: bytes, timeout: float = 600.0) -> None:
+        request = pb.TaskUnmountDirectoryRequest(task_id=TASK_ID, path=path)
+        self.stub.TaskUnmountDirectory(request, metadata=self.metadata, timeout=timeout)
 
 
 def zeros_command(nbytes: int) -> list[str]:

@@ -12,10 +12,11 @@ in its own process where it is a server), calls their track_* methods in alterna
 only ratios measured side by side mean anything. With --from-asv the table shows what asv
 recorded, the ratio column being the suite's own *Ratio benchmark where there is one.
 
-Sections: drain, stream, fanout, exec, seek, memory, recycle, journal, restart (the default), and
-log_kinds, log_kinds_steady (on request). recycle (issue 7: stream rounds through one server, logs
+Sections: drain, stream, fanout, exec, seek, memory, recycle, journal, restart, images (the default),
+and log_kinds, log_kinds_steady (on request). recycle (issue 7: stream rounds through one server, logs
 in the state directory and on /dev/shm), journal (exec rate with and without the journal), restart
-(time to serve a journal of 10,000 finished execs), log_kinds_steady (drains into recycled storage).
+(time to serve a journal of 10,000 finished execs), images (issue 8: snapshot and mount against
+`cp -a` and `tar c | tar x`, and the store's size), log_kinds_steady (drains into recycled storage).
 """
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ from typing import Any
 
 # The suite reads BENCH_SIZE and the other settings when it is imported: main() sets them from the
 # command line first, then imports it. (asv also imports this module: nothing may run here.)
-SECTIONS = ("drain", "stream", "fanout", "exec", "seek", "memory", "recycle", "journal", "restart", "log_kinds",
-            "log_kinds_steady")
+SECTIONS = ("drain", "stream", "fanout", "exec", "seek", "memory", "recycle", "journal", "restart", "images",
+            "log_kinds", "log_kinds_steady")
 DEFAULT_SECTIONS = SECTIONS[:-2]
 
 
@@ -250,6 +251,32 @@ def restart_rows(axis: Axis) -> list[list[Row]]:
              Row(f"restart with {n:,} journaled execs vs with 1", secs, V(m.Restart, (1,), "track_seconds"))]]
 
 
+def images_rows(axis: Axis) -> list[list[Row]]:
+    m = suite("bench_images")
+    files, big = suite("common").SIZE.images
+    rows = []  # one group: the class's setup_cache measures both trees
+    for tree in axis(m.Images):
+        what = f"{files:,} files of 2-6 KiB" if tree == "files" else f"one {human(big)} file"
+        ov, cp = tracks_of(m.Images, tree, "overlay"), tracks_of(m.Images, tree, "copy")
+        rows += [Row(f"{what}: first snapshot (`--mount-method overlay`, which also builds the metadata tree) vs "
+                     "`cp -a`", ov("track_snapshot"), cp("track_cp")),
+                 Row(f"{what}: first snapshot (overlay) vs `tar c | tar x`", ov("track_snapshot"), cp("track_tar")),
+                 Row(f"{what}: first snapshot (`--mount-method copy`) vs `cp -a`", cp("track_snapshot"),
+                     cp("track_cp"))]
+        rows += [Row(f"{what}: second snapshot of the unchanged tree vs the first ({method})",
+                     t("track_snapshot_again"), t("track_snapshot"), m.Images.target_again_over_first)
+                 for method, t in (("overlay", ov), ("copy", cp))]
+        for method, t in (("overlay", ov), ("copy", cp)):
+            target = m.Images.target_mount_over_cp[method] if tree == "files" else None
+            rows += [Row(f"{what}: mount ({method}) vs `cp -a`", t("track_mount"), cp("track_cp"), target),
+                     Row(f"{what}: mount ({method}) vs `tar c | tar x`", t("track_mount"), cp("track_tar"))]
+        rows += [Row(f"{what}: the store's growth over two snapshots ({method}; allocated blocks under "
+                     "STATE_DIR/images) vs the tree's (du)", t("track_store_mib"), cp("track_tree_mib"),
+                     m.Images.target_store_over_tree)
+                 for method, t in (("overlay", ov), ("copy", cp))]
+    return [rows]
+
+
 def log_kinds_steady_rows(axis: Axis) -> list[list[Row]]:
     m = suite("bench_drain")
     groups = []
@@ -266,7 +293,8 @@ def log_kinds_steady_rows(axis: Axis) -> list[list[Row]]:
 BUILDERS: dict[str, Callable[[Axis], list[list[Row]]]] = {
     "drain": drain_rows, "stream": stream_rows, "fanout": fanout_rows, "exec": exec_rows,
     "seek": seek_rows, "memory": memory_rows, "recycle": recycle_rows, "journal": journal_rows,
-    "restart": restart_rows, "log_kinds": log_kinds_rows, "log_kinds_steady": log_kinds_steady_rows,
+    "restart": restart_rows, "images": images_rows, "log_kinds": log_kinds_rows,
+    "log_kinds_steady": log_kinds_steady_rows,
 }
 
 
@@ -449,7 +477,8 @@ def header(args: argparse.Namespace, results: Any) -> list[str]:
                   f"under {common.LOG_ROOT or common.TMP}"]
     lines += [f"- {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
               f"grpcio {grpc.__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}",
-              "- ratio = router / reference (rates: higher is better; time to first byte: lower is better); "
+              "- ratio = router / reference (rates: higher is better; time to first byte, the images' seconds and "
+              "sizes: lower is better); "
               + ("router and reference are asv's separate runs of each; the ratio is the suite's *Ratio benchmark "
                  "(both measured alternately in one setup) where there is one" if results is not None
                  else "medians of alternating rounds")]
@@ -492,8 +521,8 @@ def configure(args: argparse.Namespace) -> None:
 
 
 def rounds_for(section: str, override: int | None, size: Any) -> int:
-    if section in ("memory", "recycle"):
-        return 1  # their tracks read what one setup recorded (recycle: its rounds are inside)
+    if section in ("memory", "recycle", "images"):
+        return 1  # their tracks read what one setup recorded (recycle, images: their rounds are inside)
     return override or size.rounds["drain" if section.startswith("log_kinds") else section]
 
 
