@@ -42,7 +42,7 @@ from typing import Any
 # The suite reads BENCH_SIZE and the other settings when it is imported: main() sets them from the
 # command line first, then imports it. (asv also imports this module: nothing may run here.)
 SECTIONS = ("drain", "stream", "fanout", "exec", "seek", "memory", "recycle", "journal", "restart", "images",
-            "log_kinds", "log_kinds_steady")
+            "tls", "log_kinds", "log_kinds_steady")
 DEFAULT_SECTIONS = SECTIONS[:-2]
 
 
@@ -277,6 +277,20 @@ def images_rows(axis: Axis) -> list[list[Row]]:
     return [rows]
 
 
+def tls_rows(axis: Axis) -> list[list[Row]]:
+    m = suite("bench_tls")
+    groups = []
+    for size in axis(m.TlsRounds):
+        t = tracks_of(m.TlsRounds, size)
+        groups.append([
+            Row(f"one exec's stdout, {human(size)}, over TLS vs plaintext (a router each, alternating rounds)",
+                t("track_stream_tls"), t("track_stream_plain"), None, t("track_stream_ratio")),
+            Row("exec rate, sequential start+wait of `true`, over TLS vs plaintext",
+                t("track_exec_tls"), t("track_exec_plain"), None, t("track_exec_ratio")),
+        ])
+    return groups
+
+
 def log_kinds_steady_rows(axis: Axis) -> list[list[Row]]:
     m = suite("bench_drain")
     groups = []
@@ -293,7 +307,7 @@ def log_kinds_steady_rows(axis: Axis) -> list[list[Row]]:
 BUILDERS: dict[str, Callable[[Axis], list[list[Row]]]] = {
     "drain": drain_rows, "stream": stream_rows, "fanout": fanout_rows, "exec": exec_rows,
     "seek": seek_rows, "memory": memory_rows, "recycle": recycle_rows, "journal": journal_rows,
-    "restart": restart_rows, "images": images_rows, "log_kinds": log_kinds_rows,
+    "restart": restart_rows, "images": images_rows, "tls": tls_rows, "log_kinds": log_kinds_rows,
     "log_kinds_steady": log_kinds_steady_rows,
 }
 
@@ -521,8 +535,8 @@ def configure(args: argparse.Namespace) -> None:
 
 
 def rounds_for(section: str, override: int | None, size: Any) -> int:
-    if section in ("memory", "recycle", "images"):
-        return 1  # their tracks read what one setup recorded (recycle, images: their rounds are inside)
+    if section in ("memory", "recycle", "images", "tls"):
+        return 1  # their tracks read what one setup recorded (recycle, images, tls: their rounds are inside)
     return override or size.rounds["drain" if section.startswith("log_kinds") else section]
 
 
