@@ -58,8 +58,8 @@ class ImageRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     entries: int
     content_bytes: int  # the files' total size
     added_bytes: int  # bytes this snapshot added to the store
-    manifest_sha256: str
-    blobs: list[str]  # for gc without reading (possibly sealed) manifests
+    manifest_sha256: str  # an unencrypted manifest is stored under this name, shared by equal ones
+    blobs: list[str]  # a sealed image's blobs, for gc (its manifest cannot be read without the key)
     encrypted: bool = False
     salt: bytes = b""
 
@@ -177,7 +177,7 @@ class Images:
         return record
 
     def manifest(self, record: ImageRecord, key: bytes | None) -> Manifest:
-        data = self.backend.get_doc(_MANIFESTS, record.id)
+        data = self.backend.get_doc(_MANIFESTS, record.id if record.encrypted else record.manifest_sha256)
         if data is None:
             raise RouterError(grpc.StatusCode.DATA_LOSS, f"image {record.id!r} has lost its manifest")
         if record.encrypted:
@@ -251,13 +251,17 @@ class Images:
             try:
                 if key is None and self.method == "overlay":
                     self._tree(digest, manifest)
-                self.backend.put_doc(_MANIFESTS, image_id, key.seal_bytes(data) if key else data)
+                if key is not None:
+                    self.backend.put_doc(_MANIFESTS, image_id, key.seal_bytes(data))
+                elif self.backend.get_doc(_MANIFESTS, digest) is None:
+                    self.backend.put_doc(_MANIFESTS, digest, data)  # equal trees share one manifest
                 now = time.time()
                 record = ImageRecord(
                     id=image_id, snapshot_id=args.snapshot_id, created=now,
                     expires=None if args.ttl_secs is None else now + args.ttl_secs, source=args.path,
                     entries=len(manifest.entries), content_bytes=manifest.content_bytes(),
-                    added_bytes=walk.stored, manifest_sha256=digest, blobs=sorted(manifest.blobs()),
+                    added_bytes=walk.stored, manifest_sha256=digest,
+                    blobs=sorted(manifest.blobs()) if key is not None else [],
                     encrypted=key is not None, salt=salt or b"")
                 self.backend.put_doc(_RECORDS, image_id, _record_enc.encode(record))
             except OSError as e:
@@ -317,7 +321,10 @@ class Images:
 
     def mount(self, args: MountArgs) -> None:
         record = self.record(args.image_id) if args.image_id else None
-        manifest = self.manifest(record, args.key) if record else None
+        manifest = None
+        if record is not None and (record.encrypted or self.method != "overlay"
+                                   or not (self._trees / record.manifest_sha256).is_dir()):
+            manifest = self.manifest(record, args.key)  # else the tree, built from it, is all a mount needs
         # Mounts are known by the directory itself: a path through a symlink names the same mount
         # (the kernel's mount table lists resolved paths, and a restart reads that table).
         target = os.path.realpath(args.path)
@@ -369,18 +376,20 @@ class Images:
         own.mkdir()
         work.mkdir()
         lowers, data_only = [bytes(self._empty)], None
-        if record is None or manifest is None:
+        if record is None:
             upper.mkdir(0o755)
         elif record.encrypted:
+            assert manifest is not None
             copy_tree(manifest, bytes(upper), self._content(record, key))  # sealed blobs: no data layer
         else:
-            tree = self._tree(record.manifest_sha256, manifest)
+            tree = self._trees / record.manifest_sha256 if manifest is None else self._tree(record.manifest_sha256,
+                                                                                              manifest)
             lowers, data_only = [bytes(tree)], self.backend.blob_root()
             upper.mkdir()
-            root = manifest.entries[0]
-            os.chown(upper, root.uid, root.gid)
-            os.chmod(upper, root.mode)
-            os.utime(upper, ns=(root.mtime_ns, root.mtime_ns))
+            root = os.stat(tree)  # the tree's root holds the manifest's root entry
+            os.chown(upper, root.st_uid, root.st_gid)
+            os.chmod(upper, stat.S_IMODE(root.st_mode))
+            os.utime(upper, ns=(root.st_mtime_ns, root.st_mtime_ns))
         mounts.overlay_mount(target, lowers, data_only.encode() if data_only else None, bytes(upper), bytes(work))
 
     def _mount_copy(self, target: bytes, mount_id: str, record: ImageRecord | None, manifest: Manifest | None,
@@ -437,7 +446,8 @@ class Images:
             raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"image {image_id!r} is mounted")
         with self._flock(exclusive=True):
             self.backend.delete_doc(_RECORDS, record.id)
-            self.backend.delete_doc(_MANIFESTS, record.id)
+            if record.encrypted:
+                self.backend.delete_doc(_MANIFESTS, record.id)  # a shared one goes at gc, once unused
 
     def record_any(self, image_id: str) -> ImageRecord:
         """The record, expired or not; NOT_FOUND if there is none."""
@@ -457,11 +467,20 @@ class Images:
             for record in self.records():
                 if record.expired(now) and record.id not in mounted:
                     self.backend.delete_doc(_RECORDS, record.id)
-                    self.backend.delete_doc(_MANIFESTS, record.id)
                     images += 1
                 else:
                     live.append(record)
             wanted = {b for r in live for b in r.blobs}
+            for record in {r.manifest_sha256: r for r in live if not r.encrypted}.values():
+                try:
+                    wanted |= self.manifest(record, None).blobs()
+                except RouterError:
+                    log.error("gc: the manifest %s cannot be read; all content is kept", record.manifest_sha256)
+                    return GcResult(images, blobs, freed)  # keep everything rather than guess
+            manifests_wanted = {r.id if r.encrypted else r.manifest_sha256 for r in live}
+            for name in self.backend.doc_names(_MANIFESTS):
+                if name not in manifests_wanted:
+                    self.backend.delete_doc(_MANIFESTS, name)
             for name in list(self.backend.blob_names()):
                 if name not in wanted:
                     freed += self.backend.delete_blob(name)

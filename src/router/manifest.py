@@ -9,6 +9,7 @@ ones too): a link is created, never followed.
 """
 from __future__ import annotations
 
+import re
 import stat
 from typing import Literal
 
@@ -54,6 +55,9 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def content_bytes(self) -> int:
         return sum(e.size for e in self.entries if e.kind == "file")
+
+
+_BLOB = re.compile(r"[0-9a-f]{64}")
 
 
 class ManifestError(ValueError):
@@ -104,7 +108,7 @@ def validate(manifest: Manifest) -> None:
             raise ManifestError(f"{e.path!r} is listed twice")
         if e.kind == "hardlink" and kinds.get(e.target) != "file":
             raise ManifestError(f"hard link {e.path!r} names {e.target!r}, not an earlier regular file")
-        if e.kind == "file" and not (len(e.blob) == 64 and all(c in "0123456789abcdef" for c in e.blob)):
+        if e.kind == "file" and not _BLOB.fullmatch(e.blob):
             raise ManifestError(f"{e.path!r} has a malformed blob name {e.blob!r}")
         if e.kind == "symlink" and (not e.target or b"\0" in e.target):
             raise ManifestError(f"symlink {e.path!r} has an empty target or one with NUL")
