@@ -68,6 +68,20 @@ def test_kill_reaches_grandchildren_and_answers_once_gone(both: tuple[RouterClie
     assert control.Kill(ec.KillRequest(task_id=TASK_ID, exec_id="polite")).exit.code == 7  # gone already: OK
 
 
+@pytest.mark.parametrize("mode", ["aio", "threads"])
+def test_kill_answers_without_a_journal(tmp_path: pathlib.Path, mode: str) -> None:
+    """Without a journal nothing else wakes the exec after its output ends: Kill must still answer."""
+    with serving(tmp_path, server_mode=mode, journal=False) as (server, client, raw):
+        control = Control(server.port, raw.metadata[0][1].split(" ", 1)[1])
+        try:
+            client.start("s", ["sleep", "60"], **PIPES)
+            client.poll("s")
+            done = control.Kill(ec.KillRequest(task_id=TASK_ID, exec_id="s"), timeout=3)
+            assert done.exit.cause == ec.EXIT_CAUSE_KILLED
+        finally:
+            control.channel.close()
+
+
 def test_signal_targets_and_refusals(both: tuple[RouterClient, Control]) -> None:
     client, control = both
     client.start("trap", ["sh", "-c", "trap 'echo got-usr1; exit 0' USR1; echo ready; while :; do sleep 0.1; done"],

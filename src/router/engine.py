@@ -428,6 +428,7 @@ class Engine:
         with ex.cond:
             ex.cause, ex.ended_at = cause, time.time()
             ex.usage = ex.child.usage if ex.child is not None else None
+        ex.notify()  # a Kill waits for this
         if self._journal is not None:
             self._dirty.add(ex)
             self._record(Stdin(ex.exec_id, ex.stdin.written, ex.stdin.eof))
