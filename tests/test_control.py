@@ -225,6 +225,18 @@ def test_watch_sees_each_of_1000_exits_once_across_a_reconnect(tmp_path: pathlib
             control.channel.close()
 
 
+@pytest.mark.parametrize("mode", ["aio", "threads"])
+def test_a_watch_open_at_shutdown_ends_cleanly(tmp_path: pathlib.Path, mode: str) -> None:
+    with serving(tmp_path, server_mode=mode) as (server, client, raw):
+        control = Control(server.port, raw.metadata[0][1].split(" ", 1)[1])
+        stream = control.stub.Watch(ec.WatchRequest(task_id=TASK_ID), timeout=30, metadata=control.md)
+        client.start("one", ["true"], **PIPES)
+        assert next(stream).exec_id == "one"
+    with pytest.raises(grpc.RpcError):
+        next(stream)  # the server went away under it
+    control.channel.close()
+
+
 def test_watch_all_sees_later_execs(tmp_path: pathlib.Path) -> None:
     with serving(tmp_path) as (server, client, raw):
         control = Control(server.port, raw.metadata[0][1].split(" ", 1)[1])

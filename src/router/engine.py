@@ -248,7 +248,8 @@ class Engine:
         self._loop.run(add, timeout=10)
 
     def unwatch(self, watcher: Watcher) -> None:
-        self._loop.call_soon(self._watchers.discard, watcher)
+        with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): so are the watchers
+            self._loop.call_soon(self._watchers.discard, watcher)
 
     def offer_stdin(self, ex: Exec, offset: int, data: bytes, eof: bool) -> bool:
         """Accept stdin bytes at `offset`, skipping what a retry repeats. False, taking nothing,
