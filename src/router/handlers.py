@@ -168,17 +168,10 @@ class Handlers:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 with self._call(make, request, context) as body:
-                    try:
-                        step = next(body)
-                        while True:
-                            if isinstance(step, Offload):
-                                step = body.send(await asyncio.to_thread(step.fn))
-                                continue
-                            assert isinstance(step, Wait), f"{name} yielded a frame"
-                            await step.exec.until(step.ready)
-                            step = next(body)
-                    except StopIteration as done:
-                        return done.value
+                    returned: list[Any] = []
+                    async for _ in _drive_aio(body, returned):
+                        raise AssertionError(f"{name} yielded a frame")
+                    return returned[0]
             except Exception as e:
                 err = _as_router_error(e, name)
             await context.abort(err.code, err.message, error_trailers(err))
@@ -189,25 +182,33 @@ class Handlers:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             try:
                 with self._call(make, request, context) as body:
-                    result = None
-                    while True:
-                        try:
-                            step = body.send(result)
-                        except StopIteration:
-                            break
-                        result = None
-                        if isinstance(step, Offload):
-                            result = await asyncio.to_thread(step.fn)
-                        elif isinstance(step, Wait):
-                            await step.exec.until(step.ready)  # grpc cancels it when the call ends
-                        else:
-                            yield step
+                    async for frame in _drive_aio(body, []):
+                        yield frame
                 return
             except Exception as e:
                 err = _as_router_error(e, name)
             await context.abort(err.code, err.message, error_trailers(err))
 
         return handler
+
+
+async def _drive_aio(body: Body, returned: list[Any]) -> AsyncIterator[bytes]:
+    """Run a body on the event loop: await its waits (grpc cancels them when the call ends), run
+    its offloads in a worker thread, yield its frames; its response goes into `returned`."""
+    result = None
+    while True:
+        try:
+            step = body.send(result)
+        except StopIteration as done:
+            returned.append(done.value)
+            return
+        result = None
+        if isinstance(step, Offload):
+            result = await asyncio.to_thread(step.fn)
+        elif isinstance(step, Wait):
+            await step.exec.until(step.ready)
+        else:
+            yield step
 
 
 def _drive_threaded(body: Body, context: grpc.ServicerContext) -> Generator[bytes, None, Any]:
