@@ -68,6 +68,12 @@ def _ended(ex: Exec) -> bool:
     return not ex.running or ex.failed is not None
 
 
+def _running_child(ex: Exec) -> Child | None:
+    """The exec's leader while it can still be signalled (loop thread)."""
+    child = ex.child
+    return child if child is not None and child.held and not child.exited else None
+
+
 class Engine:
     def __init__(self, log_dir: pathlib.Path, *, segment_size: int, stdin_buffer_limit: int,
                  kill_grace_secs: float = 0.0, max_running_execs: int = 0, reap_orphans: bool = False,
@@ -202,8 +208,8 @@ class Engine:
         on the loop thread; FAILED_PRECONDITION once it has ended. A signal that ends it counts as
         a kill on request."""
         def send() -> None:
-            child = ex.child
-            if child is None or not child.held or child.exited:
+            child = _running_child(ex)
+            if child is None:
                 raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"exec {ex.exec_id!r} is not running")
             if target == "session" and not child.terminal:
                 raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"exec {ex.exec_id!r} has no terminal")
@@ -218,8 +224,8 @@ class Engine:
         """TERM, then KILL after `grace` (at once without one), to the whole group; the caller
         waits for the exec to finish."""
         def start() -> None:
-            child = ex.child
-            if child is None or not child.held or child.exited:
+            child = _running_child(ex)
+            if child is None:
                 return  # over already: the caller finds it finished
             ex.kill_requested = True
             if grace > 0:

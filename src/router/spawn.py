@@ -73,9 +73,7 @@ def start_process(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None = Non
         return _posix_spawn(spec, stdio, user), None
     argv = list(spec.args)
     if spec.pty is not None:
-        # Checked here so that a missing command gets the same message as without a terminal.
-        if "/" not in argv[0] and shutil.which(argv[0], path=spec.env.get("PATH", os.defpath)) is None:
-            raise FileNotFoundError(errno.ENOENT, "command not found", argv[0])
+        _check_found(argv[0], spec)  # the same message as without a terminal
         if SETSID is None:
             raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, "PTY execs need setsid(1) on the router host")
         # setsid(1) makes the child a session leader with the pty as controlling terminal;
@@ -103,8 +101,7 @@ def _posix_spawn(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None) -> in
     argv = spec.args
     path = spec.env.get("PATH", os.defpath)
     if user is not None:
-        if "/" not in argv[0] and shutil.which(argv[0], path=path) is None:  # as without setpriv
-            raise FileNotFoundError(errno.ENOENT, "command not found", argv[0])
+        _check_found(argv[0], spec)  # as without setpriv
         argv = user.argv(argv)  # setpriv then searches the exec's own PATH
     if "/" in argv[0]:
         executable = argv[0]
@@ -112,13 +109,19 @@ def _posix_spawn(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None) -> in
         return os.posix_spawnp(argv[0], argv, spec.env, file_actions=actions, setpgroup=0,
                                setsigdef=_RESTORED_SIGNALS, setsigmask=())
     else:
-        # posix_spawnp searches the router's PATH; the exec's own PATH decides.
-        found = shutil.which(argv[0], path=path)
-        if found is None:
-            raise FileNotFoundError(errno.ENOENT, "command not found", argv[0])
-        executable = found
+        executable = _check_found(argv[0], spec)  # posix_spawnp would search the router's PATH
     return os.posix_spawn(executable, argv, spec.env, file_actions=actions, setpgroup=0,
                           setsigdef=_RESTORED_SIGNALS, setsigmask=())
+
+
+def _check_found(command: str, spec: ExecSpec) -> str:
+    """The program a command names, searched in the exec's own PATH; FileNotFoundError if none."""
+    if "/" in command:
+        return command
+    found = shutil.which(command, path=spec.env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "command not found", command)
+    return found
 
 
 def failed_start(spec: ExecSpec, e: OSError) -> tuple[ExitStatus, bytes]:
