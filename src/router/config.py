@@ -114,12 +114,12 @@ def load_or_create_task_id(state_dir: pathlib.Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         task_id = "ta-" + secrets.token_hex(12)
-        _write_private(path, task_id.encode() + b"\n")
+        write_private(path, task_id.encode() + b"\n")
         return task_id
 
 
 def write_server_info(state_dir: pathlib.Path, info: ServerInfo) -> None:
-    _write_private(state_dir / "server.json", _info_encoder.encode(info))
+    write_private(state_dir / "server.json", _info_encoder.encode(info))
 
 
 def read_server_info(state_dir: pathlib.Path) -> ServerInfo | None:
@@ -133,14 +133,14 @@ def remove_server_info(state_dir: pathlib.Path) -> None:
     (state_dir / "server.json").unlink(missing_ok=True)
 
 
-def _write_private(path: pathlib.Path, data: bytes) -> None:
-    """Write a file readable only by its owner, atomically."""
+def write_private(path: pathlib.Path, data: bytes) -> None:
+    """Write a file readable only by its owner, atomically and durably (tmp, fsync, rename)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -149,5 +149,5 @@ def read_or_create_private(path: pathlib.Path, make: bytes) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        _write_private(path, make)
+        write_private(path, make)
         return make

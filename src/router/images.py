@@ -35,6 +35,7 @@ import msgspec
 from . import manifest as manifests
 from . import mounts
 from .blobs import Backend, LocalBackend
+from .config import write_private
 from .errors import RouterError, invalid, not_found
 from .imagecrypt import ImageKey, WrongKey
 from .manifest import Entry, Manifest, ManifestError
@@ -88,15 +89,6 @@ def _valid_image_id(image_id: str) -> bool:
     return image_id.startswith("im-") and len(image_id) == 27 and all(c in "0123456789abcdef" for c in image_id[3:])
 
 
-def _write_atomic(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Images:
     def __init__(self, state_dir: pathlib.Path, method: MountMethod = "auto", backend: Backend | None = None) -> None:
         self.root = state_dir / "images"
@@ -130,7 +122,7 @@ class Images:
         return table
 
     def _save_table(self) -> None:
-        _write_atomic(self.root / "mounts.msgpack", msgspec.msgpack.encode(self._table))
+        write_private(self.root / "mounts.msgpack", msgspec.msgpack.encode(self._table))
 
     def _load_cache(self) -> StatCache:
         try:
@@ -145,7 +137,7 @@ class Images:
 
     def _save_cache(self) -> None:
         raw = {f"{dev}:{ino}": v for (dev, ino), v in self._cache.items()}
-        _write_atomic(self.root / "statcache", msgspec.msgpack.encode(raw))
+        write_private(self.root / "statcache", msgspec.msgpack.encode(raw))
 
     @contextlib.contextmanager
     def _flock(self, exclusive: bool) -> Iterator[None]:
@@ -168,10 +160,7 @@ class Images:
 
     def record(self, image_id: str) -> ImageRecord:
         """The live record of image_id; NOT_FOUND if unknown or expired."""
-        data = self.backend.get_doc(_RECORDS, image_id) if _valid_image_id(image_id) else None
-        if data is None:
-            raise not_found(f"image {image_id!r} not found")
-        record = _record_dec.decode(data)
+        record = self.record_any(image_id)
         if record.expired(time.time()):
             raise not_found(f"image {image_id!r} not found: it expired")
         return record
@@ -301,7 +290,7 @@ class Images:
         tmp = self._trees / f"{digest}.tmp-{secrets.token_hex(4)}"
         try:
             inodes = metadata_tree(manifest, bytes(tmp), lambda blob: f"/{blob[:2]}/{blob}".encode())
-            _write_atomic(self._trees / f"{digest}.inodes", msgspec.msgpack.encode(inodes))
+            write_private(self._trees / f"{digest}.inodes", msgspec.msgpack.encode(inodes))
             os.rename(tmp, tree)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)

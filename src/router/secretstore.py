@@ -17,7 +17,7 @@ import tomllib
 
 import msgspec
 
-from .config import ServerConfig
+from .config import ServerConfig, write_private
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SUFFIXES = (".json", ".toml")
@@ -79,16 +79,12 @@ class SecretStore:
 
     def get(self, secret_id: str) -> dict[str, str]:
         path = self._file(secret_id)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            st = os.fstat(fd)
-            if st.st_mode & 0o077:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & 0o077:  # checked on the file read, not on a name that could be swapped
                 raise SecretError(f"secret file {path} is accessible to group or others "
-                                  f"(mode {stat.S_IMODE(st.st_mode):o}): chmod 600 it")
-            with os.fdopen(os.dup(fd), "rb") as f:
-                data = f.read()
-        finally:
-            os.close(fd)
+                                  f"(mode {stat.S_IMODE(mode):o}): chmod 600 it")
+            data = f.read()
         where = f"secret file {path}"
         try:
             if path.suffix == ".toml":
@@ -113,13 +109,7 @@ class SecretStore:
             current, old = {}, None
         current.update(values)
         path = self.directory / f"{secret_id}.json"
-        tmp = self.directory / f".{secret_id}.json.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(current, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_private(path, json.dumps(current, indent=2, sort_keys=True).encode())
         if old is not None and old != path:
             old.unlink()
         return path
