@@ -141,13 +141,18 @@ def build_big_file(root: pathlib.Path, size: int) -> Tree:
 
 
 def allocated_bytes(top: pathlib.Path) -> int:
-    """What `du -s --block-size=1 top` says (no hard links here): allocated blocks of every directory
-    and file under it."""
+    """What `du -s --block-size=1 top` says: allocated blocks of every directory and file under it,
+    a file with several names (the store's short names of blobs) counted once."""
+    seen: set[int] = set()
     total = 0
     for dirpath, dirnames, filenames in os.walk(top):
         names = [dirpath] + [os.path.join(dirpath, n) for n in filenames]
         names += [os.path.join(dirpath, n) for n in dirnames if os.path.islink(os.path.join(dirpath, n))]
-        total += sum(os.lstat(n).st_blocks * 512 for n in names)
+        for n in names:
+            st = os.lstat(n)
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_blocks * 512
     return total
 
 

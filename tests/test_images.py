@@ -196,6 +196,58 @@ def test_two_snapshots_of_one_tree_store_its_content_once(tmp_path: pathlib.Path
     assert second - first < 0.05 * _allocated(tree), (first, second)
 
 
+def _metadata_files(images: Images) -> list[str]:
+    trees = [str(t) for t in (images.root / "trees").iterdir() if t.is_dir()]
+    return [os.path.join(d, f) for t in trees for d, _, fs in os.walk(t) for f in fs
+            if stat.S_ISREG(os.lstat(os.path.join(d, f)).st_mode)]
+
+
+@OVERLAY
+def test_metadata_tree_redirects_fit_in_the_inode(tmp_path: pathlib.Path, tree: pathlib.Path) -> None:
+    """Each redirect names a short second link of its blob (at most 24 bytes, which ext4 keeps in a
+    256-byte inode beside metacopy; a 68-byte one costs a 4 KiB block per file)."""
+    images = _images(tmp_path, "overlay")
+    snap(images, tree)
+    blobs = images.root / "store" / "blobs"
+    files = _metadata_files(images)
+    assert len(files) >= 5
+    for f in files:
+        redirect = os.getxattr(f, "trusted.overlay.redirect")
+        assert len(redirect) <= 24, redirect
+        short = os.lstat(bytes(blobs) + redirect)
+        full = [n for n in os.listdir(blobs / os.fsdecode(redirect[1:3])) if len(n) == 64 and n[2:22] == os.fsdecode(redirect[4:])]
+        assert len(full) == 1 and os.path.samestat(short, os.lstat(blobs / full[0][:2] / full[0]))
+        if len(os.listxattr(f)) == 2:  # only the overlay's own (a.txt carries user.color too)
+            assert os.lstat(f).st_blocks == 0, f  # sparse, and no xattr block (ext4's 256-byte inodes, tmpfs)
+
+
+@OVERLAY
+def test_a_short_name_taken_by_other_content_falls_back_to_the_full_name(tmp_path: pathlib.Path, tree: pathlib.Path) -> None:
+    images = _images(tmp_path, "overlay")
+    blob = hashlib.sha256((tree / "a.txt").read_bytes()).hexdigest()
+    squatter = images.root / "store" / "blobs" / blob[:2] / blob[2:22]
+    squatter.parent.mkdir(parents=True, exist_ok=True)
+    squatter.write_bytes(b"another blob whose hash starts the same")
+    image = snap(images, tree)
+    target = tmp_path / "m"
+    with unmounting(images, target):
+        mount(images, target, image)
+        assert (target / "a.txt").read_bytes() == (tree / "a.txt").read_bytes()
+    images.remove(image)
+    images.gc()
+    assert squatter.exists()  # not the image's to delete
+    squatter.unlink()
+    assert [f for _, _, fs in os.walk(images.root / "store" / "blobs") for f in fs] == []  # short names went with their blobs
+
+
+def test_a_manifest_that_inflates_past_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = manifests.encode(Manifest([_entry(b"", "dir")] + [_entry(b"f%d" % i) for i in range(200)]))
+    assert len(manifests.decode(data).entries) == 201
+    monkeypatch.setattr(manifests, "MAX_MANIFEST_BYTES", 1000)
+    with pytest.raises(ManifestError, match="larger than"):
+        manifests.decode(data)
+
+
 def test_a_second_snapshot_reads_nothing_unchanged(tmp_path: pathlib.Path, tree: pathlib.Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     images = _images(tmp_path, "copy")

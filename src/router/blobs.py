@@ -5,14 +5,20 @@
 routers on many hosts. `LocalBackend` keeps them in the state directory:
 
     images/blobs/ab/abcdef...   one file per content hash, read-only, written once (tmp + rename)
+    images/blobs/ab/cdef...     a short second name (hash characters 2-22) of a blob that an overlay
+                                metadata tree redirects to: a redirect of at most 24 bytes fits in
+                                a 256-byte ext4 inode beside `metacopy`; a longer one costs the
+                                metadata file a 4 KiB xattr block, as much as the blob itself
     images/docs/KIND/NAME       records, manifests, indexes (tmp + rename)
     images/tmp/                 files being written; anything left there is removed at startup
 
 A blob is only ever written under its final name by rename, complete, so a crash leaves either the
-whole blob or a temp file; nothing hard-links into the store.
+whole blob or a temp file. Nothing outside the store hard-links into it; the short names are the
+store's own second links to read-only blobs.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pathlib
@@ -21,6 +27,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 COPY_CHUNK = 1024 * 1024
+SHORT_NAME_END = 22  # a short name is hash characters 2 to 22: `/ab/` + 20 = 24 bytes
 
 
 class Backend(Protocol):
@@ -33,7 +40,9 @@ class Backend(Protocol):
     def blob_path(self, name: str) -> str | None:
         """A local file holding the blob, if the backend has one (overlay's data layer, cloning)."""
     def blob_root(self) -> str | None:
-        """The local directory under which blob_path() names lie, as `/ab/abcdef...`."""
+        """The local directory overlay redirects (redirect()) are relative to."""
+    def redirect(self, name: str) -> bytes:
+        """The blob's path under blob_root() as an overlay redirect, as short as the backend can make it."""
     def delete_blob(self, name: str) -> int: ...
     def blob_names(self) -> Iterator[str]: ...
     def put_doc(self, kind: str, name: str, data: bytes) -> None: ...
@@ -150,19 +159,36 @@ class LocalBackend:
     def blob_root(self) -> str | None:
         return str(self._blobs)
 
+    def redirect(self, name: str) -> bytes:
+        full = self._blob(name)
+        short = full.with_name(name[2:SHORT_NAME_END])
+        try:
+            os.link(full, short)
+        except FileExistsError:
+            if not os.path.samestat(os.lstat(full), os.lstat(short)):
+                # Another blob shares these 88 bits (made on purpose: they are no defence against
+                # collisions); the full name still works, at the cost of an xattr block.
+                return f"/{name[:2]}/{name}".encode()
+        return f"/{name[:2]}/{short.name}".encode()
+
     def delete_blob(self, name: str) -> int:
         path = self._blob(name)
+        short = path.with_name(name[2:SHORT_NAME_END])
         try:
-            size = path.stat().st_size
+            st = path.stat()
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(st, short.stat()):
+                    short.unlink()
             path.unlink()
         except FileNotFoundError:
             return 0
-        return size
+        return st.st_size
 
     def blob_names(self) -> Iterator[str]:
         for d in self._blobs.iterdir():
             for f in d.iterdir():
-                yield f.name
+                if len(f.name) == 64:  # not a short name
+                    yield f.name
 
     def put_doc(self, kind: str, name: str, data: bytes) -> None:
         tmp, fd = self._tmpfile()
@@ -200,5 +226,6 @@ class LocalBackend:
         for top in (self._blobs, self._docs):
             for dirpath, _, files in os.walk(top):
                 for f in files:
-                    total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+                    if top is self._docs or len(f) == 64:  # a short name shares its blob's blocks
+                        total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
         return total

@@ -4,10 +4,10 @@ Layout under STATE_DIR/images/ (README, "Images"):
 
     store/         the Backend (blobs.py): content blobs by SHA-256, records and manifests
     trees/H/       overlay metadata tree of the manifest whose SHA-256 is H (shared by equal images)
-    trees/H.inodes blob by inode in that tree (msgpack)
+    trees/H.inodes the inode of each file of manifest H in that tree, in manifest order (zlib'd msgpack)
     mounts/ID/     a mount's own upper and work directories
     mounts.msgpack the mount table (mounts.MountTable)
-    statcache      (device, inode, size, mtime, ctime) -> SHA-256 of files snapshots have read
+    statcache      (device, inode, size, mtime, ctime, SHA-256) of files snapshots have read (zlib'd msgpack)
     lock           flock: snapshots hold it shared, gc and rm exclusive (the CLI uses it too)
 
 Every method raises RouterError with the status the RPC answers.
@@ -26,6 +26,7 @@ import shutil
 import stat
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Literal, NamedTuple
 
@@ -77,8 +78,8 @@ class GcResult(NamedTuple):
 _record_enc = msgspec.msgpack.Encoder()
 _record_dec = msgspec.msgpack.Decoder(ImageRecord)
 _table_dec = msgspec.msgpack.Decoder(mounts.MountTable)
-_cache_dec = msgspec.msgpack.Decoder(dict[str, CacheEntry])
-_inodes_dec = msgspec.msgpack.Decoder(dict[int, str])
+_cache_dec = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, bytes]])
+_inodes_dec = msgspec.msgpack.Decoder(list[int])
 
 
 def new_image_id() -> str:
@@ -126,18 +127,14 @@ class Images:
 
     def _load_cache(self) -> StatCache:
         try:
-            raw = _cache_dec.decode((self.root / "statcache").read_bytes())
-        except (FileNotFoundError, msgspec.DecodeError):
+            rows = _cache_dec.decode(zlib.decompress((self.root / "statcache").read_bytes()))
+        except (FileNotFoundError, msgspec.DecodeError, zlib.error):
             return {}
-        out: StatCache = {}
-        for k, v in raw.items():
-            dev, _, ino = k.partition(":")
-            out[(int(dev), int(ino))] = v
-        return out
+        return {(dev, ino): CacheEntry(size, mtime, ctime, sha256.hex()) for dev, ino, size, mtime, ctime, sha256 in rows}
 
     def _save_cache(self) -> None:
-        raw = {f"{dev}:{ino}": v for (dev, ino), v in self._cache.items()}
-        write_private(self.root / "statcache", msgspec.msgpack.encode(raw))
+        rows = [(dev, ino, e.size, e.mtime_ns, e.ctime_ns, bytes.fromhex(e.sha256)) for (dev, ino), e in self._cache.items()]
+        write_private(self.root / "statcache", zlib.compress(msgspec.msgpack.encode(rows)))
 
     @contextlib.contextmanager
     def _flock(self, exclusive: bool) -> Iterator[None]:
@@ -277,10 +274,13 @@ class Images:
         if record.encrypted:
             return None
         try:
-            inodes = _inodes_dec.decode((self._trees / f"{record.manifest_sha256}.inodes").read_bytes())
-        except (FileNotFoundError, msgspec.DecodeError):
+            inodes = _inodes_dec.decode(zlib.decompress((self._trees / f"{record.manifest_sha256}.inodes").read_bytes()))
+            files = [e.blob for e in self.manifest(record, None).entries if e.kind == "file"]
+        except (FileNotFoundError, msgspec.DecodeError, zlib.error, RouterError):
             return None
-        return OverlayBase(upper=bytes(self._mounts / top.mount_id / "upper"), blobs_by_inode=inodes)
+        if len(inodes) != len(files):
+            return None
+        return OverlayBase(upper=bytes(self._mounts / top.mount_id / "upper"), blobs_by_inode=dict(zip(inodes, files)))
 
     def _tree(self, digest: str, manifest: Manifest) -> pathlib.Path:
         """The overlay metadata tree of this manifest, built once."""
@@ -289,8 +289,8 @@ class Images:
             return tree
         tmp = self._trees / f"{digest}.tmp-{secrets.token_hex(4)}"
         try:
-            inodes = metadata_tree(manifest, bytes(tmp), lambda blob: f"/{blob[:2]}/{blob}".encode())
-            write_private(self._trees / f"{digest}.inodes", msgspec.msgpack.encode(inodes))
+            inodes = metadata_tree(manifest, bytes(tmp), self.backend.redirect)
+            write_private(self._trees / f"{digest}.inodes", zlib.compress(msgspec.msgpack.encode(inodes)))
             os.rename(tmp, tree)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)

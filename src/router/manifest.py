@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import stat
+import zlib
 from typing import Literal
 
 import msgspec
@@ -68,15 +69,25 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Manifest)
 
 
+# A stored manifest is zlib'd msgpack: half the size (paths and hex names compress); for trees of
+# small files the manifest is a visible part of the store. Inflating stops at this size, so a
+# tampered document cannot exhaust memory (a million entries take about 110 MB).
+MAX_MANIFEST_BYTES = 1 << 30
+
+
 def encode(manifest: Manifest) -> bytes:
-    return _encoder.encode(manifest)
+    return zlib.compress(_encoder.encode(manifest))
 
 
 def decode(data: bytes) -> Manifest:
     """Decode and validate; ManifestError if either fails."""
     try:
-        manifest = _decoder.decode(data)
-    except msgspec.DecodeError as e:
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(data, MAX_MANIFEST_BYTES)
+        if inflate.unconsumed_tail:
+            raise ManifestError(f"manifest larger than {MAX_MANIFEST_BYTES} bytes")
+        manifest = _decoder.decode(raw)
+    except (msgspec.DecodeError, zlib.error) as e:
         raise ManifestError(f"undecodable manifest: {e}") from None
     validate(manifest)
     return manifest

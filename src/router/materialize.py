@@ -24,18 +24,19 @@ from .manifest import Entry, Manifest
 Opener = Callable[[Entry], Iterator[bytes]]  # a file entry's content
 
 
-def metadata_tree(manifest: Manifest, root: bytes, blob_ref: Callable[[str], bytes]) -> dict[int, str]:
-    """Build the overlay metadata tree at root (which must not exist). Returns blob by inode, so
-    that a snapshot through the mount finds an untouched file's blob without reading it."""
-    inodes: dict[int, str] = {}
+def metadata_tree(manifest: Manifest, root: bytes, redirect: Callable[[str], bytes]) -> list[int]:
+    """Build the overlay metadata tree at root (which must not exist). Returns the inode of each
+    "file" entry in manifest order, so that a snapshot through the mount finds an untouched file's
+    blob without reading it."""
+    inodes: list[int] = []
 
     def make_file(entry: Entry, path: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, entry.size)  # sparse: the size shows through the mount
             os.setxattr(fd, "trusted.overlay.metacopy", b"")
-            os.setxattr(fd, "trusted.overlay.redirect", blob_ref(entry.blob))
-            inodes[os.fstat(fd).st_ino] = entry.blob
+            os.setxattr(fd, "trusted.overlay.redirect", redirect(entry.blob))
+            inodes.append(os.fstat(fd).st_ino)
         finally:
             os.close(fd)
 
