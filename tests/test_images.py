@@ -362,6 +362,23 @@ def test_a_path_through_a_symlink_names_the_same_mount_across_a_restart(tmp_path
     assert code_of(lambda: mount(images, tmp_path / "root-link", image)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory another group")
+def test_a_copy_into_a_setgid_directory_keeps_the_images_groups(tmp_path: pathlib.Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_bytes(b"x")
+    images = _images(tmp_path, "copy")
+    image = snap(images, src)
+    target = tmp_path / "sg"
+    target.mkdir()
+    os.chown(target, -1, 4321)
+    target.chmod(0o2775)  # new files and directories below would take group 4321
+    with unmounting(images, target):
+        mount(images, target, image)
+        assert (target / "sub" / "f").stat().st_gid == os.getegid()
+        assert (target / "sub").stat().st_gid == os.getegid()
+
+
 @OVERLAY
 def test_mount_rejects_bad_targets(tmp_path: pathlib.Path, tree: pathlib.Path) -> None:
     images = _images(tmp_path, "overlay")

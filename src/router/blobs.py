@@ -154,7 +154,7 @@ class LocalBackend:
                 yield piece
 
     def blob_path(self, name: str) -> str | None:
-        return str(self._blob(name))
+        return f"{self._blobs}/{name[:2]}/{name}"  # a str, not a Path: called once per file of a copy
 
     def blob_root(self) -> str | None:
         return str(self._blobs)

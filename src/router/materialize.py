@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from .blobs import copy_range
 from .manifest import Entry, Manifest
@@ -28,20 +29,13 @@ def metadata_tree(manifest: Manifest, root: bytes, redirect: Callable[[str], byt
     """Build the overlay metadata tree at root (which must not exist). Returns the inode of each
     "file" entry in manifest order, so that a snapshot through the mount finds an untouched file's
     blob without reading it."""
-    inodes: list[int] = []
 
-    def make_file(entry: Entry, path: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.ftruncate(fd, entry.size)  # sparse: the size shows through the mount
-            os.setxattr(fd, "trusted.overlay.metacopy", b"")
-            os.setxattr(fd, "trusted.overlay.redirect", redirect(entry.blob))
-            inodes.append(os.fstat(fd).st_ino)
-        finally:
-            os.close(fd)
+    def make_file(entry: Entry, fd: int) -> None:
+        os.ftruncate(fd, entry.size)  # sparse: the size shows through the mount
+        os.setxattr(fd, "trusted.overlay.metacopy", b"")
+        os.setxattr(fd, "trusted.overlay.redirect", redirect(entry.blob))
 
-    _build(manifest, root, make_file)
-    return inodes
+    return _build(manifest, root, make_file, inodes=True)
 
 
 def copy_tree(manifest: Manifest, root: bytes, content: Opener,
@@ -50,42 +44,77 @@ def copy_tree(manifest: Manifest, root: bytes, content: Opener,
     empty directory whose metadata the root entry then sets). A file whose content `local` names
     as a plain local file is copied in the kernel (a clone where the filesystem has reflinks)."""
 
-    def make_file(entry: Entry, path: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            source = local(entry)
-            if source is not None:
-                src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-                try:
+    def make_file(entry: Entry, fd: int) -> None:
+        source = local(entry)
+        if source is not None:
+            src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                # One call copies a small file whole; copy_range handles the rest (and EXDEV).
+                if entry.size and os.copy_file_range(src, fd, entry.size) != entry.size:
+                    os.ftruncate(fd, 0)
                     copy_range(src, fd, entry.size)
-                finally:
-                    os.close(src)
-                return
-            for piece in content(entry):
-                view = memoryview(piece)
-                while view:
-                    view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+            finally:
+                os.close(src)
+            return
+        for piece in content(entry):
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view):]
 
     _build(manifest, root, make_file)
 
 
-def _build(manifest: Manifest, root: bytes, make_file: Callable[[Entry, bytes], None]) -> None:
+# Files are made by this many threads at once (each call releases the GIL): creating a file and
+# copying its content are kernel work that two cores share (benchmarks/RESULTS.md, issue 8).
+FILE_WORKERS = 1
+_FILES_PER_TASK = 256
+
+
+def _build(manifest: Manifest, root: bytes, fill: Callable[[Entry, int], None], inodes: bool = False) -> list[int]:
+    """Directories first (in manifest order, so parents before children), then the regular files
+    (`fill` writes each one's content through its descriptor) in FILE_WORKERS threads, then hard
+    links, symlinks and special files in manifest order, and last each directory's metadata,
+    deepest first (making what it holds changes its mtime). Returns the files' inodes in order if
+    asked (else an empty list)."""
     dirs: list[tuple[Entry, bytes]] = []
+    files: list[tuple[Entry, bytes]] = []
+    others: list[tuple[Entry, bytes]] = []
     for entry in manifest.entries:
-        path = os.path.join(root, entry.path) if entry.path else root
+        path = root + b"/" + entry.path if entry.path else root
         if entry.kind == "dir":
             if entry.path or not os.path.isdir(root):
                 os.mkdir(path, 0o700)
             dirs.append((entry, path))
-            continue  # metadata once its contents exist (their creation changes its mtime)
-        if entry.kind == "file":
-            make_file(entry, path)
-        elif entry.kind == "hardlink":
+        else:
+            (files if entry.kind == "file" else others).append((entry, path))
+    # A new file is the process's own unless a setgid directory hands it its group; the
+    # directories made here have no setgid bit (modes come last) unless the root passes one down.
+    ids = None if os.stat(root).st_mode & stat.S_ISGID else (os.geteuid(), os.getegid())
+
+    def make_files(chunk: list[tuple[Entry, bytes]]) -> list[int]:
+        made = []
+        for entry, path in chunk:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fill(entry, fd)
+                _set_metadata(entry, fd, ids)
+                if inodes:
+                    made.append(os.fstat(fd).st_ino)
+            finally:
+                os.close(fd)
+        return made
+
+    chunks = [files[i:i + _FILES_PER_TASK] for i in range(0, len(files), _FILES_PER_TASK)]
+    if len(chunks) > 1:
+        with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="materialize") as pool:
+            made = [ino for part in pool.map(make_files, chunks) for ino in part]
+    else:
+        made = make_files(files)
+    for entry, path in others:
+        if entry.kind == "hardlink":
             os.link(os.path.join(root, entry.target), path, follow_symlinks=False)
             continue  # shares the first name's inode, and so its metadata
-        elif entry.kind == "symlink":
+        if entry.kind == "symlink":
             os.symlink(entry.target, path)
         elif entry.kind == "fifo":
             os.mkfifo(path, 0o600)
@@ -95,18 +124,23 @@ def _build(manifest: Manifest, root: bytes, make_file: Callable[[Entry, bytes], 
         _set_metadata(entry, path)
     for entry, path in reversed(dirs):  # deepest first
         _set_metadata(entry, path)
+    return made
 
 
-def _set_metadata(entry: Entry, path: bytes) -> None:
+def _set_metadata(entry: Entry, where: bytes | int, ids: tuple[int, int] | None = None) -> None:
+    """xattrs, owner, mode and mtime of a path (never followed) or an open descriptor; `ids`: the
+    owner it has already, if known (saves a chown per file)."""
+    follow = isinstance(where, int)  # a descriptor is the file itself; a path is never followed
     for name, value in entry.xattrs.items():
         try:
-            os.setxattr(path, name, value, follow_symlinks=False)
+            os.setxattr(where, name, value, follow_symlinks=follow)
         except OSError:
             pass  # a namespace this filesystem or identity cannot set: documented as best effort
-    try:
-        os.chown(path, entry.uid, entry.gid, follow_symlinks=False)
-    except PermissionError:
-        pass  # not root: files stay the router's own
+    if (entry.uid, entry.gid) != ids:
+        try:
+            os.chown(where, entry.uid, entry.gid, follow_symlinks=follow)
+        except PermissionError:
+            pass  # not root: files stay the router's own
     if entry.kind != "symlink":
-        os.chmod(path, entry.mode)  # after chown, which clears setuid/setgid
-    os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+        os.chmod(where, entry.mode)  # after chown, which clears setuid/setgid
+    os.utime(where, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=follow)
