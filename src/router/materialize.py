@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 from .blobs import copy_range
 from .manifest import Entry, Manifest
@@ -64,18 +63,12 @@ def copy_tree(manifest: Manifest, root: bytes, content: Opener,
     _build(manifest, root, make_file)
 
 
-# Files are made by this many threads at once (each call releases the GIL): creating a file and
-# copying its content are kernel work that two cores share (benchmarks/RESULTS.md, issue 8).
-FILE_WORKERS = 1
-_FILES_PER_TASK = 256
-
-
 def _build(manifest: Manifest, root: bytes, fill: Callable[[Entry, int], None], inodes: bool = False) -> list[int]:
     """Directories first (in manifest order, so parents before children), then the regular files
-    (`fill` writes each one's content through its descriptor) in FILE_WORKERS threads, then hard
-    links, symlinks and special files in manifest order, and last each directory's metadata,
-    deepest first (making what it holds changes its mtime). Returns the files' inodes in order if
-    asked (else an empty list)."""
+    (`fill` writes each one's content through its descriptor; two or three threads were no faster,
+    benchmarks/RESULTS.md), then hard links, symlinks and special files in manifest order, and last
+    each directory's metadata, deepest first (making what it holds changes its mtime). Returns the
+    files' inodes in order if asked (else an empty list)."""
     dirs: list[tuple[Entry, bytes]] = []
     files: list[tuple[Entry, bytes]] = []
     others: list[tuple[Entry, bytes]] = []
@@ -91,25 +84,16 @@ def _build(manifest: Manifest, root: bytes, fill: Callable[[Entry, int], None], 
     # directories made here have no setgid bit (modes come last) unless the root passes one down.
     ids = None if os.stat(root).st_mode & stat.S_ISGID else (os.geteuid(), os.getegid())
 
-    def make_files(chunk: list[tuple[Entry, bytes]]) -> list[int]:
-        made = []
-        for entry, path in chunk:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                fill(entry, fd)
-                _set_metadata(entry, fd, ids)
-                if inodes:
-                    made.append(os.fstat(fd).st_ino)
-            finally:
-                os.close(fd)
-        return made
-
-    chunks = [files[i:i + _FILES_PER_TASK] for i in range(0, len(files), _FILES_PER_TASK)]
-    if len(chunks) > 1:
-        with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="materialize") as pool:
-            made = [ino for part in pool.map(make_files, chunks) for ino in part]
-    else:
-        made = make_files(files)
+    made = []
+    for entry, path in files:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fill(entry, fd)
+            _set_metadata(entry, fd, ids)
+            if inodes:
+                made.append(os.fstat(fd).st_ino)
+        finally:
+            os.close(fd)
     for entry, path in others:
         if entry.kind == "hardlink":
             os.link(os.path.join(root, entry.target), path, follow_symlinks=False)
