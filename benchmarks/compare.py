@@ -16,7 +16,8 @@ Sections: drain, stream, fanout, exec, seek, memory, recycle, journal, restart, 
 and log_kinds, log_kinds_steady (on request). recycle (issue 7: stream rounds through one server, logs
 in the state directory and on /dev/shm), journal (exec rate with and without the journal), restart
 (time to serve a journal of 10,000 finished execs), images (issue 8: snapshot and mount against
-`cp -a` and `tar c | tar x`, and the store's size), log_kinds_steady (drains into recycled storage).
+`cp -a` and `tar c | tar x`, and the store's size), batch (issue 10: fan-out and exec rate through
+BatchStart + Watch against local asyncio, GNU parallel and posix_spawn), log_kinds_steady (drains into recycled storage).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from typing import Any
 # The suite reads BENCH_SIZE and the other settings when it is imported: main() sets them from the
 # command line first, then imports it. (asv also imports this module: nothing may run here.)
 SECTIONS = ("drain", "stream", "fanout", "exec", "seek", "memory", "recycle", "journal", "restart", "images",
-            "tls", "log_kinds", "log_kinds_steady")
+            "tls", "batch", "log_kinds", "log_kinds_steady")
 DEFAULT_SECTIONS = SECTIONS[:-2]
 
 
@@ -278,6 +279,21 @@ def images_rows(axis: Axis) -> list[list[Row]]:
     return [rows]
 
 
+def batch_rows(axis: Axis) -> list[list[Row]]:
+    m, fanout, exec_ = suite("bench_batch"), suite("bench_fanout"), suite("bench_exec")
+    groups = [[vs(f"fan-out N={n} x 64 KiB through BatchStart + one Watch: router vs local asyncio subprocesses",
+                  m.BatchFanoutRatio, (n,), "local"),
+               vs(f"fan-out N={n}: BatchStart + Watch vs GNU parallel -j N", m.BatchFanoutRatio, (n,), "parallel"),
+               Row(f"fan-out N={n}: BatchStart + Watch vs Modal's calls (start, read, wait per exec)",
+                   V(m.BatchFanout, (n, "batch")), V(fanout.Fanout, (n, "router")))]
+              for n in axis(m.BatchFanout)]
+    groups.append([vs("exec rate of `true` through BatchStart + Watch vs local posix_spawn (64 threads)",
+                      m.BatchExecRatio, (), "local"),
+                   Row("exec rate of `true`: BatchStart + Watch vs Modal's calls (start + wait, 64 in flight)",
+                       V(m.BatchExecRate, ("batch",)), V(exec_.ExecRate, (exec_.IN_FLIGHT, "router")))])
+    return groups
+
+
 def tls_rows(axis: Axis) -> list[list[Row]]:
     m = suite("bench_tls")
     groups = []
@@ -308,7 +324,7 @@ def log_kinds_steady_rows(axis: Axis) -> list[list[Row]]:
 BUILDERS: dict[str, Callable[[Axis], list[list[Row]]]] = {
     "drain": drain_rows, "stream": stream_rows, "fanout": fanout_rows, "exec": exec_rows,
     "seek": seek_rows, "memory": memory_rows, "recycle": recycle_rows, "journal": journal_rows,
-    "restart": restart_rows, "images": images_rows, "tls": tls_rows, "log_kinds": log_kinds_rows,
+    "restart": restart_rows, "images": images_rows, "tls": tls_rows, "batch": batch_rows, "log_kinds": log_kinds_rows,
     "log_kinds_steady": log_kinds_steady_rows,
 }
 

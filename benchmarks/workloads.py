@@ -26,6 +26,8 @@ from typing import Any
 
 import grpc
 
+from router._proto import exec_control_pb2 as ec
+from router._proto import exec_control_pb2_grpc as ec_grpc
 from router._proto import task_command_router_pb2_grpc as pb_grpc
 from router.client import exit_code
 
@@ -275,6 +277,61 @@ def rpc_calls(side: AioSide, method: str, n: int, concurrency: int, timeout: flo
     calls = [ch.unary_unary(method) for ch in side.channels]
     return side.run(in_flight(n, concurrency, lambda i: rpc("call", calls[i % len(calls)](b"x", timeout=30)),
                               timeout))
+
+
+# Items per BatchStart call in `router_batch`: a few calls in flight at once, none huge.
+BATCH_CHUNK = 256
+
+
+async def batch_run(channels: Sequence[grpc.aio.Channel], md: Any, prefix: str, n: int, argv: Sequence[str],
+                    size: int, timeout: float) -> Outcome:
+    """n execs of argv through the router's own service: BatchStart in chunks of BATCH_CHUNK (one
+    chunk per channel at a time), then one Watch of them all with the output in each exit event
+    (every byte checked: `size` zero bytes on stdout, nothing on stderr, exit 0)."""
+    out = Outcome(n)
+    ids = [f"{prefix}-{i}" for i in range(n)]
+    stubs = [ec_grpc.ExecControlStub(ch) for ch in channels]
+    t0 = time.perf_counter()
+
+    async def start(k: int) -> None:
+        for first in range(k * BATCH_CHUNK, n, BATCH_CHUNK * len(stubs)):
+            chunk = [start_request(i, argv) for i in ids[first:first + BATCH_CHUNK]]
+            response = await rpc("batch start", stubs[k].BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=chunk),
+                                                                    metadata=md, timeout=timeout))
+            for result in response.results:
+                if result.code != 0:
+                    out.fail("batch start item", f"{result.exec_id}: code {result.code} {result.message}")
+
+    async def watch() -> None:
+        request = ec.WatchRequest(task_id=TASK_ID, exec_ids=ids, output_limit=2 * size + 1)
+        seen = set()
+        async for event in stubs[0].Watch(request, metadata=md, timeout=timeout):
+            if event.exec_id in seen:
+                out.fail("watch", f"{event.exec_id} twice")
+                continue
+            seen.add(event.exec_id)
+            if not event.exit.HasField("code") or event.exit.code != 0:
+                out.fail("exit status", f"{event.exec_id}: {event.exit}")
+            elif not event.output_included or len(event.stdout) != size or not zeros(event.stdout) or event.stderr:
+                out.fail("wrong output", f"{event.exec_id}: {len(event.stdout)} bytes (expected {size}), "
+                                         f"included {event.output_included}, stderr {event.stderr[-200:]!r}")
+            else:
+                out.ok += 1
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(start(k) for k in range(len(stubs)))), timeout)
+        await asyncio.wait_for(watch(), max(1.0, timeout - (time.perf_counter() - t0)))
+    except Failure as f:
+        out.fail(f.kind, f.detail)
+    except (asyncio.TimeoutError, grpc.aio.AioRpcError) as e:
+        out.fail("batch", repr(e))
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def router_batch(side: AioSide, md: Any, n: int, argv: Sequence[str], size: int, timeout: float) -> Outcome:
+    """`batch_run` of n execs of argv over the side's channels."""
+    return side.run(batch_run(side.channels, md, unique("batch"), n, argv, size, timeout))
 
 
 def subprocess_batch(side: AioSide, argv: Sequence[str], total: int, concurrency: int, size: int,

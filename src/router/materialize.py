@@ -48,10 +48,7 @@ def copy_tree(manifest: Manifest, root: bytes, content: Opener,
         if source is not None:
             src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                # One call copies a small file whole; copy_range handles the rest (and EXDEV).
-                if entry.size and os.copy_file_range(src, fd, entry.size) != entry.size:
-                    os.ftruncate(fd, 0)
-                    copy_range(src, fd, entry.size)
+                copy_range(src, fd, entry.size)
             finally:
                 os.close(src)
             return
