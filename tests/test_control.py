@@ -250,6 +250,31 @@ def test_watch_all_sees_later_execs(tmp_path: pathlib.Path) -> None:
             control.channel.close()
 
 
+def test_watch_sends_each_start_before_its_exit_when_asked(tmp_path: pathlib.Path) -> None:
+    with serving(tmp_path) as (server, client, raw):
+        client.start("done-before", ["true"], **PIPES)
+        client.wait("done-before")
+        client.start("running", ["sleep", "30"], **PIPES)
+        ids = ["done-before", "running", "later", "not-found"]
+        events = client.watch(ids, include_started=True)
+        got: list[tuple[str, int]] = []
+        first = [next(events) for _ in range(3)]  # done-before's start and exit, running's start
+        got += [(e.exec_id, e.kind) for e in first]
+        client.start("later", ["sh", "-c", "sleep 0.2"], **PIPES)
+        client.start("not-found", ["/no/such/program"], **PIPES)
+        client.kill("running")
+        got += [(e.exec_id, e.kind) for e in events]
+        STARTED, EXITED = ec.WATCH_EVENT_KIND_STARTED, ec.WATCH_EVENT_KIND_EXITED
+        assert sorted(got) == sorted([("done-before", STARTED), ("done-before", EXITED), ("running", STARTED),
+                                      ("running", EXITED), ("later", STARTED), ("later", EXITED),
+                                      ("not-found", EXITED)])  # it never ran: no start
+        for i in ids:
+            kinds = [k for e, k in got if e == i]
+            assert kinds[-1] == EXITED and kinds.count(STARTED) <= 1 and kinds.index(EXITED) == len(kinds) - 1
+        started = {e.exec_id: e for e in first if e.kind == STARTED}
+        assert started["running"].pid > 0 and started["running"].time > 0
+
+
 def test_lost_and_shutdown_causes_across_restarts(tmp_path: pathlib.Path) -> None:
     token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
     with router_process(tmp_path) as (server, listen):

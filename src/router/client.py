@@ -170,21 +170,27 @@ class RouterClient:
         response = self._call(self._control.BatchStart, ec.BatchStartRequest(task_id=self.task_id, items=items), 300)
         return list(response.results)
 
-    def watch(self, exec_ids: Sequence[str] = (), output_limit: int = 0) -> Iterator[ec.WatchEvent]:
-        """Exit events, each exec's once; after a broken stream, resumes for the execs not yet seen
-        (all execs: from a fresh call, which sends those already finished again, skipped here)."""
-        seen: set[str] = set()
+    def watch(self, exec_ids: Sequence[str] = (), output_limit: int = 0,
+              include_started: bool = False) -> Iterator[ec.WatchEvent]:
+        """Exit events (and start events, if asked), each exec's once; after a broken stream,
+        resumes for the execs whose exit has not come (all execs: from a fresh call, which sends
+        again what happened already, skipped here)."""
+        seen: set[tuple[str, int]] = set()
+        exited: set[str] = set()
         failures = 0
         while True:
-            wanted = [i for i in exec_ids if i not in seen]
+            wanted = [i for i in exec_ids if i not in exited]
             if exec_ids and not wanted:
                 return
-            request = ec.WatchRequest(task_id=self.task_id, exec_ids=wanted, output_limit=output_limit)
+            request = ec.WatchRequest(task_id=self.task_id, exec_ids=wanted, output_limit=output_limit,
+                                      include_started=include_started)
             try:
                 for event in self._control.Watch(request, metadata=self._metadata):
                     failures = 0
-                    if event.exec_id not in seen:
-                        seen.add(event.exec_id)
+                    if (event.exec_id, event.kind) not in seen:
+                        seen.add((event.exec_id, event.kind))
+                        if event.kind == ec.WATCH_EVENT_KIND_EXITED:
+                            exited.add(event.exec_id)
                         yield event
                 return
             except grpc.RpcError as e:
@@ -192,4 +198,3 @@ class RouterClient:
                 if e.code() not in RETRYABLE or failures > self._retries:
                     raise
                 time.sleep(min(0.05 * 2 ** failures, 2.0))
-

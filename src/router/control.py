@@ -158,13 +158,17 @@ class Control:
     def Watch(self, request: ec.WatchRequest) -> Body:
         for exec_id in request.exec_ids:
             requests.exec_id(pb.TaskExecPollRequest(exec_id=exec_id))
-        watcher = Watcher(set(request.exec_ids) if request.exec_ids else None)
+        watcher = Watcher(set(request.exec_ids) if request.exec_ids else None, request.include_started)
         yield Offload(lambda: self._engine.watch(watcher))
         try:
             while not watcher.complete:
                 yield Wait(watcher, watcher.has_events)
-                for ex in watcher.take():
-                    event = ec.WatchEvent(exec_id=ex.exec_id, exit=exit_info(ex))
+                for kind, ex in watcher.take():
+                    if kind == "started":
+                        yield ec.WatchEvent(exec_id=ex.exec_id, kind=ec.WATCH_EVENT_KIND_STARTED, time=ex.started_at,
+                                            pid=ex.child.pid if ex.child is not None else 0).SerializeToString()
+                        continue
+                    event = ec.WatchEvent(exec_id=ex.exec_id, exit=exit_info(ex), time=ex.ended_at or 0.0)
                     output = _output(ex, request.output_limit)
                     if output is not None:
                         event.output_included = True

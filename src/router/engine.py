@@ -100,7 +100,7 @@ class Engine:
             self.base_env.update(exec_user.environment())
         # Process groups that outlived their exec (background jobs); stop() ends them. Loop thread only.
         self._lingering_groups: set[int] = set()
-        self._watchers: set[Watcher] = set()  # Watch calls; offered each exec as it finishes
+        self._watchers: set[Watcher] = set()  # Watch calls; offered each exec as it starts and finishes
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -245,12 +245,14 @@ class Engine:
         self._loop.run(apply, timeout=10)
 
     def watch(self, watcher: Watcher) -> None:
-        """Offer `watcher` every exec that finished already, then each as it finishes."""
+        """Offer `watcher` every exec that started or finished already, then each as it does."""
         def add() -> None:
             self._watchers.add(watcher)
             for ex in self._registry.all():
                 if ex.cause is not None:
                     watcher.offer(ex)
+                elif ex.child is not None:
+                    watcher.offer_started(ex)
         self._loop.run(add, timeout=10)
 
     def unwatch(self, watcher: Watcher) -> None:
@@ -309,6 +311,9 @@ class Engine:
         else:
             ex.started.set_result(None)
             ex.notify()
+            if ex.child is not None:  # not when it failed to start (it has finished instead)
+                for watcher in list(self._watchers):
+                    watcher.offer_started(ex)
 
     def _start_child(self, ex: Exec) -> None:
         try:

@@ -30,6 +30,11 @@ class ExitCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXIT_CAUSE_LOST: _ClassVar[ExitCause]
     EXIT_CAUSE_FAILED_TO_START: _ClassVar[ExitCause]
     EXIT_CAUSE_SHUTDOWN: _ClassVar[ExitCause]
+
+class WatchEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WATCH_EVENT_KIND_EXITED: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_STARTED: _ClassVar[WatchEventKind]
 SIGNAL_TARGET_GROUP: SignalTarget
 SIGNAL_TARGET_LEADER: SignalTarget
 SIGNAL_TARGET_SESSION: SignalTarget
@@ -44,6 +49,8 @@ EXIT_CAUSE_KILLED: ExitCause
 EXIT_CAUSE_LOST: ExitCause
 EXIT_CAUSE_FAILED_TO_START: ExitCause
 EXIT_CAUSE_SHUTDOWN: ExitCause
+WATCH_EVENT_KIND_EXITED: WatchEventKind
+WATCH_EVENT_KIND_STARTED: WatchEventKind
 
 class ExitInfo(_message.Message):
     __slots__ = ("code", "signal", "cause")
@@ -196,25 +203,33 @@ class BatchStartResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[BatchItemResult, _Mapping]]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("task_id", "exec_ids", "output_limit")
+    __slots__ = ("task_id", "exec_ids", "output_limit", "include_started")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     EXEC_IDS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_STARTED_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     exec_ids: _containers.RepeatedScalarFieldContainer[str]
     output_limit: int
-    def __init__(self, task_id: _Optional[str] = ..., exec_ids: _Optional[_Iterable[str]] = ..., output_limit: _Optional[int] = ...) -> None: ...
+    include_started: bool
+    def __init__(self, task_id: _Optional[str] = ..., exec_ids: _Optional[_Iterable[str]] = ..., output_limit: _Optional[int] = ..., include_started: _Optional[bool] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("exec_id", "exit", "output_included", "stdout", "stderr")
+    __slots__ = ("exec_id", "exit", "output_included", "stdout", "stderr", "kind", "pid", "time")
     EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     EXIT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_INCLUDED_FIELD_NUMBER: _ClassVar[int]
     STDOUT_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
     exec_id: str
     exit: ExitInfo
     output_included: bool
     stdout: bytes
     stderr: bytes
-    def __init__(self, exec_id: _Optional[str] = ..., exit: _Optional[_Union[ExitInfo, _Mapping]] = ..., output_included: _Optional[bool] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ...) -> None: ...
+    kind: WatchEventKind
+    pid: int
+    time: float
+    def __init__(self, exec_id: _Optional[str] = ..., exit: _Optional[_Union[ExitInfo, _Mapping]] = ..., output_included: _Optional[bool] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., kind: _Optional[_Union[WatchEventKind, str]] = ..., pid: _Optional[int] = ..., time: _Optional[float] = ...) -> None: ...

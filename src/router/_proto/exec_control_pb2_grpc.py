@@ -111,8 +111,9 @@ class ExecControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Exit events of the execs asked for: those already exited at once, the rest as they exit;
-        each exec's exit is sent once per call. The stream ends when every exec named has exited
+        """Exit events (and, if asked, start events) of the execs asked for: those already exited (or
+        started) at once, the rest as they happen; each exec's exit and start are sent once per call,
+        its start before its exit. The stream ends when every exec named has exited
         (never, for all execs).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
