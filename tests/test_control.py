@@ -1,6 +1,8 @@
 """The router's own ExecControl service: signal, kill, resize, list, inspect, batch start, watch."""
 from __future__ import annotations
 
+import contextlib
+import os
 import pathlib
 import signal
 import sys
@@ -131,6 +133,48 @@ def test_exit_cause_of_each_kind_and_usage(both: tuple[RouterClient, Control]) -
     assert info.usage.user_cpu_secs > 0.05 and info.usage.max_rss_bytes > 64 << 20, info.usage
     assert control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id="exits")).exit.code == 3
     assert control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id="signalled")).exit.signal == signal.SIGSEGV
+
+
+def _memory_cgroup() -> pathlib.Path | None:
+    """This process's memory cgroup (v1 or v2), if a child with a limit can be made in it."""
+    if os.geteuid() != 0 or not os.access("/dev/kmsg", os.R_OK):
+        return None
+    for line in pathlib.Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            base = pathlib.Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            return base if (base / "memory.limit_in_bytes").exists() else None
+    unified = pathlib.Path("/sys/fs/cgroup") / pathlib.Path("/proc/self/cgroup").read_text().split("::", 1)[-1].strip().lstrip("/")
+    return unified if "memory" in (unified / "cgroup.subtree_control").read_text(errors="replace") else None
+
+
+@contextlib.contextmanager
+def _limited_cgroup(limit: int) -> Iterator[pathlib.Path]:
+    base = _memory_cgroup()
+    if base is None:
+        pytest.skip("needs root, /dev/kmsg and a memory cgroup to make an OOM kill happen")
+    group = base / f"router-test-oom-{os.getpid()}"
+    group.mkdir()
+    try:
+        limit_file = group / ("memory.limit_in_bytes" if (group / "memory.limit_in_bytes").exists() else "memory.max")
+        limit_file.write_text(str(limit))
+        yield group
+    finally:
+        assert eventually(lambda: not (group / "cgroup.procs").read_text().strip())
+        group.rmdir()
+
+
+def test_an_exec_killed_for_memory_says_so(tmp_path: pathlib.Path) -> None:
+    with _limited_cgroup(64 << 20) as group, serving(tmp_path) as (server, client, raw):
+        # The leader moves itself into the limited group, then becomes a program that needs too much.
+        hog = f"echo $$ > {group}/cgroup.procs && exec {sys.executable} -c 'x = bytearray(400 << 20)'"
+        client.start("hog", ["sh", "-c", hog], **PIPES)
+        client.start("shot", ["sleep", "30"], **PIPES)
+        os.kill(client.inspect("shot").pid, signal.SIGKILL)  # SIGKILL too, but not the OOM killer's
+        assert client.wait("hog").signal == signal.SIGKILL
+        client.wait("shot")
+        assert client.inspect("hog").exit.cause == ec.EXIT_CAUSE_OUT_OF_MEMORY
+        assert client.inspect("shot").exit.cause == ec.EXIT_CAUSE_SIGNALLED
 
 
 def test_list_filters_and_pages(both: tuple[RouterClient, Control]) -> None:

@@ -13,7 +13,16 @@ from ._proto import exec_control_pb2 as ec
 from ._proto import task_command_router_pb2 as pb
 from .errors import RouterError, invalid
 from .execs import Exec
-from .journal import CAUSE_EXITED, CAUSE_FAILED, CAUSE_KILLED, CAUSE_LOST, CAUSE_SHUTDOWN, CAUSE_SIGNALLED, CAUSE_TIMED_OUT
+from .journal import (
+    CAUSE_EXITED,
+    CAUSE_FAILED,
+    CAUSE_KILLED,
+    CAUSE_LOST,
+    CAUSE_OUT_OF_MEMORY,
+    CAUSE_SHUTDOWN,
+    CAUSE_SIGNALLED,
+    CAUSE_TIMED_OUT,
+)
 from .service import Body, Method, Offload, Service, Wait
 from .watch import Watcher
 
@@ -31,6 +40,7 @@ _CAUSES = {
     CAUSE_EXITED: ec.EXIT_CAUSE_EXITED, CAUSE_SIGNALLED: ec.EXIT_CAUSE_SIGNALLED,
     CAUSE_TIMED_OUT: ec.EXIT_CAUSE_TIMED_OUT, CAUSE_KILLED: ec.EXIT_CAUSE_KILLED, CAUSE_LOST: ec.EXIT_CAUSE_LOST,
     CAUSE_FAILED: ec.EXIT_CAUSE_FAILED_TO_START, CAUSE_SHUTDOWN: ec.EXIT_CAUSE_SHUTDOWN,
+    CAUSE_OUT_OF_MEMORY: ec.EXIT_CAUSE_OUT_OF_MEMORY,
 }
 _TARGETS = {ec.SIGNAL_TARGET_GROUP: "group", ec.SIGNAL_TARGET_LEADER: "leader", ec.SIGNAL_TARGET_SESSION: "session"}
 MAX_PAGE = 1000

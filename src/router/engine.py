@@ -25,11 +25,12 @@ from ._fastio import SegmentedLog, SegmentStore
 from .child import Child
 from .errors import RouterError, throttled
 from .execs import Exec
+from .oom import OomKills
 from .watch import Watcher
 from .loop import LoopThread
 from .output import OutputPipes
 from .records import ExecSpec, ExitStatus, StreamName
-from .journal import (CAUSE_EXITED, CAUSE_FAILED, CAUSE_KILLED, CAUSE_SHUTDOWN, CAUSE_SIGNALLED, CAUSE_TIMED_OUT, Begun, Exited, Forgotten, Journal,
+from .journal import (CAUSE_EXITED, CAUSE_FAILED, CAUSE_KILLED, CAUSE_OUT_OF_MEMORY, CAUSE_SHUTDOWN, CAUSE_SIGNALLED, CAUSE_TIMED_OUT, Begun, Exited, Forgotten, Journal,
                       JournaledExec, Output, Record, Spawned, Stdin)
 from .registry import RETRY_AFTER_SECS, Registry
 from .restore import restored_execs
@@ -101,6 +102,7 @@ class Engine:
         # Process groups that outlived their exec (background jobs); stop() ends them. Loop thread only.
         self._lingering_groups: set[int] = set()
         self._watchers: set[Watcher] = set()  # Watch calls; offered each exec as it starts and finishes
+        self._oom: OomKills | None = None  # opened at start
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -119,6 +121,7 @@ class Engine:
         if self._journal_path is not None:
             self._journal, state = Journal.open(self._journal_path)
             self._restore(state.execs)
+        self._oom = OomKills()
         self._loop.start()
         self._loop.call_soon(self._expire_periodically)
         if self._reap_orphans:
@@ -157,6 +160,8 @@ class Engine:
                 ex.abandon_waiters()  # their loop has stopped; the aio server ended them first
                 ex.notify()
             self._store.close()
+            if self._oom is not None:
+                self._oom.close()
             if self._journal is not None:
                 self._journal.close(fsync=True)  # the next run serves what this one had
             else:
@@ -431,6 +436,8 @@ class Engine:
             return CAUSE_TIMED_OUT
         if ex.kill_requested:
             return CAUSE_KILLED
+        if ex.status.signal == signal.SIGKILL and self._oom is not None and self._oom.killed(ex.child.pid):
+            return CAUSE_OUT_OF_MEMORY
         return CAUSE_SHUTDOWN if self._stopping else CAUSE_SIGNALLED
 
     def _on_finished(self, ex: Exec) -> None:

@@ -60,6 +60,7 @@ CAUSE_LOST: Final = "lost"            # its router died while it ran; status unk
 CAUSE_KILLED: Final = "killed"        # ended by a Kill or Signal someone asked for
 CAUSE_FAILED: Final = "failed to start"  # 127/126: not found, not executable, bad workdir
 CAUSE_SHUTDOWN: Final = "shutdown"    # the router stopped while it ran
+CAUSE_OUT_OF_MEMORY: Final = "out of memory"  # the kernel's OOM killer ended the leader (oom.py)
 
 
 class JournalError(Exception):

@@ -30,6 +30,7 @@ class ExitCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXIT_CAUSE_LOST: _ClassVar[ExitCause]
     EXIT_CAUSE_FAILED_TO_START: _ClassVar[ExitCause]
     EXIT_CAUSE_SHUTDOWN: _ClassVar[ExitCause]
+    EXIT_CAUSE_OUT_OF_MEMORY: _ClassVar[ExitCause]
 
 class WatchEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -49,6 +50,7 @@ EXIT_CAUSE_KILLED: ExitCause
 EXIT_CAUSE_LOST: ExitCause
 EXIT_CAUSE_FAILED_TO_START: ExitCause
 EXIT_CAUSE_SHUTDOWN: ExitCause
+EXIT_CAUSE_OUT_OF_MEMORY: ExitCause
 WATCH_EVENT_KIND_EXITED: WatchEventKind
 WATCH_EVENT_KIND_STARTED: WatchEventKind
 
