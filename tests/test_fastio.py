@@ -1804,3 +1804,63 @@ def test_restore_validation(fio, logdir):
         fio.SegmentedLog.restore(store, [0], 1, False)
     with pytest.raises(ValueError):
         store.finish_restore()
+
+
+# -- spawn ----------------------------------------------------------------------------------------
+
+
+def _spawned(argv, stdout=None, stderr=None, env=(b"PATH=/usr/bin:/bin",), search=False):
+    """Run argv through _fastio.spawn with stdin from /dev/null and outputs to pipes (or the
+    given spawn values); returns (status, stdout bytes, stderr bytes)."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    with os.fdopen(out_r, "rb") as o, os.fdopen(err_r, "rb") as e:
+        try:
+            pid = _fastio.spawn(argv[0], list(argv), list(env), null,
+                                out_w if stdout is None else stdout, err_w if stderr is None else stderr, search)
+        finally:
+            for fd in (out_w, err_w, null):
+                os.close(fd)
+        try:
+            out, err = o.read(), e.read()
+        finally:
+            _, status = os.waitpid(pid, 0)
+    return status, out, err
+
+
+def test_spawn_wires_stdio_group_and_signals():
+    # In its own group; SIGPIPE (13) and SIGXFSZ (25) neither ignored nor blocked, though this
+    # Python ignores SIGPIPE; stdin the descriptor given; the environment as given.
+    script = (b'echo "$(ps -o pgid= $$ | tr -d \' \') $$"; grep -E "^Sig(Ign|Blk)" /proc/$$/status; '
+              b'cat; echo "X=$X"; echo err >&2')
+    status, out, err = _spawned([b"/bin/sh", b"-c", script], env=[b"X=y\xff", b"PATH=/usr/bin:/bin"])
+    assert os.waitstatus_to_exitcode(status) == 0 and err == b"err\n"
+    lines = out.decode("latin-1").splitlines()
+    pgid, pid = lines[0].split()
+    assert pgid == pid
+    masks = dict(line.split(":\t") for line in lines[1:3])
+    for mask in masks.values():
+        assert int(mask, 16) & ((1 << 12) | (1 << 24)) == 0, masks
+    assert lines[3:] == ["X=y\xff"]
+    status, out, err = _spawned([b"/bin/sh", b"-c", b"echo out; echo err >&2"], stderr=_fastio.SPAWN_STDOUT)
+    assert out == b"out\nerr\n" and err == b""
+    status, out, err = _spawned([b"/bin/sh", b"-c", b"echo out; echo err >&2"], stdout=_fastio.SPAWN_DEVNULL)
+    assert out == b"" and err == b"err\n"
+
+
+def test_spawn_searches_path_only_when_asked_and_names_what_failed(tmp_path):
+    status, out, _ = _spawned([b"echo", b"hi"], search=True)
+    assert out == b"hi\n" and os.waitstatus_to_exitcode(status) == 0
+    with pytest.raises(FileNotFoundError) as e:
+        _spawned([b"echo", b"hi"])  # no search: "echo" relative to the cwd
+    assert e.value.filename == "echo"
+    plain = tmp_path / "not-executable"
+    plain.write_text("#!/bin/sh\n")
+    with pytest.raises(PermissionError) as e:
+        _spawned([bytes(plain)])
+    assert e.value.filename == str(plain)
+    with pytest.raises(ValueError):
+        _spawned([b"/bin/true", b"a\0b"])
+    with pytest.raises(ValueError):
+        _fastio.spawn(b"/bin/true", [], [], 0, 1, 2)

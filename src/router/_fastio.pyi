@@ -153,3 +153,14 @@ class SegmentedLog:
         """Idempotent; later calls raise ValueError. The slots go back to the store (to be reused,
         overwritten) once no read/read_frame nor the writer is inside: at once, or when the last
         one leaves. A log dropped unclosed gives them back too."""
+
+
+SPAWN_DEVNULL: int  # an output descriptor for spawn(): /dev/null
+SPAWN_STDOUT: int   # stderr for spawn(): the same as stdout
+
+def spawn(path: bytes, argv: list[bytes], envp: list[bytes], stdin_fd: int, stdout_fd: int, stderr_fd: int,
+          search_path: bool = False) -> int:
+    """posix_spawn(3) (posix_spawnp(3) with `search_path`) in a process group of its own, SIGPIPE
+    and SIGXFSZ at their defaults and no signal blocked, stdio dup2()ed from the descriptors given
+    (SPAWN_DEVNULL, SPAWN_STDOUT as in subprocess); the pid. The GIL is released while the child
+    execs. OSError with `filename` if the program could not run, without if no process could start."""

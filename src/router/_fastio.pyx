@@ -33,16 +33,42 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.errno cimport EAGAIN, EBADF, EINTR, EINVAL, EIO, ENOENT, errno
+from libc.errno cimport EAGAIN, EBADF, EINTR, EINVAL, EIO, EMFILE, ENFILE, ENOENT, ENOMEM, errno
 from libc.string cimport memcpy, memmove
-from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDWR
+from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDWR, O_WRONLY
 from posix.fcntl cimport open as c_open
 from posix.stat cimport fstat, struct_stat
 from posix.uio cimport iovec, readv
 from posix.unistd cimport _SC_PAGESIZE, pread, pwrite, sysconf
 from posix.unistd cimport close as c_close
 
-from .includes.system cimport EWOULDBLOCK, FIONREAD, ROUTER_DEBUG, ioctl, splice
+from posix.signal cimport sigaddset, sigemptyset, sigset_t
+from libc.signal cimport SIGPIPE
+from .includes.system cimport (
+    EWOULDBLOCK,
+    FIONREAD,
+    POSIX_SPAWN_SETPGROUP,
+    POSIX_SPAWN_SETSIGDEF,
+    POSIX_SPAWN_SETSIGMASK,
+    ROUTER_DEBUG,
+    SIGXFSZ,
+    ioctl,
+    posix_spawn,
+    posix_spawn_file_actions_adddup2,
+    posix_spawn_file_actions_addopen,
+    posix_spawn_file_actions_destroy,
+    posix_spawn_file_actions_init,
+    posix_spawn_file_actions_t,
+    posix_spawnattr_destroy,
+    posix_spawnattr_init,
+    posix_spawnattr_setflags,
+    posix_spawnattr_setpgroup,
+    posix_spawnattr_setsigdefault,
+    posix_spawnattr_setsigmask,
+    posix_spawnattr_t,
+    posix_spawnp,
+    splice,
+)
 
 
 cdef enum:
@@ -1077,3 +1103,104 @@ cdef class SegmentedLog:
         finally:
             self._leave_reader()
         return out
+
+
+# -- spawning ----------------------------------------------------------------------------------
+
+# What `spawn` takes for an output descriptor besides a real one (subprocess's values).
+cdef enum:
+    C_SPAWN_DEVNULL = -3  # open /dev/null
+    C_SPAWN_STDOUT = -2   # (stderr only) the same as stdout
+SPAWN_DEVNULL = C_SPAWN_DEVNULL
+SPAWN_STDOUT = C_SPAWN_STDOUT
+
+# Errors of the spawn itself rather than of the program: the caller may retry later.
+_RESOURCE_ERRORS = frozenset({EAGAIN, ENOMEM, EMFILE, ENFILE})
+
+
+cdef char **_c_strings(list items, list keep) except NULL:
+    """A NULL-terminated char* array over bytes objects (kept alive by `keep`); PyMem_Free it."""
+    cdef Py_ssize_t i, n = len(items)
+    cdef char **out = <char **>PyMem_Malloc((n + 1) * sizeof(char *))
+    if out == NULL:
+        raise MemoryError()
+    for i in range(n):
+        item = items[i]
+        if not isinstance(item, bytes) or b"\0" in item:
+            PyMem_Free(out)
+            raise ValueError(f"item {i} is not bytes without NUL")
+        keep.append(item)
+        out[i] = PyBytes_AS_STRING(item)
+    out[n] = NULL
+    return out
+
+
+def spawn(bytes path, list argv, list envp, int stdin_fd, int stdout_fd, int stderr_fd, bint search_path=False):
+    """posix_spawn(3) (posix_spawnp(3) with `search_path`) of `path` with `argv` and `envp` (lists
+    of bytes), in a process group of its own, SIGPIPE and SIGXFSZ at their defaults and no signal
+    blocked; its stdin, stdout and stderr are dup2()ed from the given descriptors (an output one
+    may be SPAWN_DEVNULL, stderr SPAWN_STDOUT). Returns the pid.
+
+    Unlike os.posix_spawn, the GIL is released while glibc's vfork child runs up to its exec
+    (most of a millisecond), so the router's other threads go on meanwhile. OSError on failure:
+    with `filename` set when the program could not be run, without it when the system could not
+    start a process (EAGAIN, ENOMEM, EMFILE, ENFILE)."""
+    cdef posix_spawn_file_actions_t actions
+    cdef posix_spawnattr_t attr
+    cdef sigset_t defaults, empty
+    cdef int pid = 0, err = 0
+    cdef char **c_argv = NULL
+    cdef char **c_envp = NULL
+    cdef const char *c_path = path
+    if b"\0" in path or not argv:
+        raise ValueError("path holds NUL, or argv is empty")
+    keep = []
+    c_argv = _c_strings(argv, keep)
+    try:
+        c_envp = _c_strings(envp, keep)
+    except BaseException:
+        PyMem_Free(c_argv)
+        raise
+    posix_spawn_file_actions_init(&actions)
+    posix_spawnattr_init(&attr)
+    try:
+        err = posix_spawn_file_actions_adddup2(&actions, stdin_fd, 0)
+        if err == 0:
+            err = _add_output(&actions, stdout_fd, 1)
+        if err == 0:
+            err = _add_output(&actions, stderr_fd, 2)
+        sigemptyset(&empty)
+        sigemptyset(&defaults)
+        sigaddset(&defaults, SIGPIPE)
+        sigaddset(&defaults, SIGXFSZ)
+        if err == 0:
+            err = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK)
+        if err == 0:
+            err = posix_spawnattr_setpgroup(&attr, 0)
+        if err == 0:
+            err = posix_spawnattr_setsigdefault(&attr, &defaults)
+        if err == 0:
+            err = posix_spawnattr_setsigmask(&attr, &empty)
+        if err != 0:
+            _raise_os_error(err)
+        with nogil:
+            if search_path:
+                err = posix_spawnp(&pid, c_path, &actions, &attr, c_argv, c_envp)
+            else:
+                err = posix_spawn(&pid, c_path, &actions, &attr, c_argv, c_envp)
+        if err != 0:
+            _raise_os_error(err, None if err in _RESOURCE_ERRORS else os.fsdecode(path))
+        return pid
+    finally:
+        posix_spawnattr_destroy(&attr)
+        posix_spawn_file_actions_destroy(&actions)
+        PyMem_Free(c_envp)
+        PyMem_Free(c_argv)
+
+
+cdef int _add_output(posix_spawn_file_actions_t *actions, int fd, int target) noexcept nogil:
+    if fd == C_SPAWN_DEVNULL:
+        return posix_spawn_file_actions_addopen(actions, target, b"/dev/null", O_WRONLY, 0)
+    if fd == C_SPAWN_STDOUT:
+        return posix_spawn_file_actions_adddup2(actions, 1, target)
+    return posix_spawn_file_actions_adddup2(actions, fd, target)

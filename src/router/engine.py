@@ -7,6 +7,7 @@ waits on the `Exec` (execs.py); it never touches loop objects.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import functools
@@ -15,6 +16,7 @@ import os
 import pathlib
 import resource
 import signal
+import subprocess
 import threading
 import time
 
@@ -44,6 +46,7 @@ ORPHAN_REAP_SECS = 1.0
 JOURNAL_RETRY_SECS = 0.5
 # Descriptors each running exec may hold: stdin, stdout, stderr, pidfd.
 FDS_PER_EXEC = 4
+SPAWN_THREADS = 4  # posix_spawn callers at once (benchmarks/RESULTS.md, issue 10: BatchStart exec rate)
 FDS_RESERVED = 1024
 # A start that fails with these (and no file named) lacked resources: a retry may work.
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.ENOSPC}
@@ -75,6 +78,9 @@ def _running_child(ex: Exec) -> Child | None:
     return child if child is not None and child.held and not child.exited else None
 
 
+Spawning = concurrent.futures.Future[tuple[int, "subprocess.Popen[bytes] | None"]]
+
+
 class Engine:
     def __init__(self, log_dir: pathlib.Path, *, segment_size: int, stdin_buffer_limit: int,
                  kill_grace_secs: float = 0.0, max_running_execs: int = 0, reap_orphans: bool = False,
@@ -103,6 +109,8 @@ class Engine:
         self._lingering_groups: set[int] = set()
         self._watchers: set[Watcher] = set()  # Watch calls; offered each exec as it starts and finishes
         self._oom: OomKills | None = None  # opened at start
+        # Threads that run posix_spawn (see _spawn).
+        self._spawner = concurrent.futures.ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="router-spawn")
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -147,6 +155,10 @@ class Engine:
             return
         self._stopping = True
         try:
+            # Spawns in flight finish first (each queued _spawn has submitted its own by the time
+            # the barrier returns), so that _kill_all, queued after them, finds every child.
+            self._loop.run(lambda: None, timeout=timeout)
+            self._spawner.shutdown(wait=True)
             self._loop.call_soon(self._kill_all, execs)
             deadline = time.monotonic() + timeout
             for ex in execs:
@@ -305,9 +317,27 @@ class Engine:
             ex.notify()
 
     def _spawn(self, ex: Exec) -> None:
+        """Open the exec's pipes and hand the spawn to a spawner thread (posix_spawn holds its
+        caller until the child has exec'd, most of a millisecond: in threads of their own, with
+        the GIL let go, spawns overlap and the loop goes on); `_spawned` goes on from there."""
         self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, time.time(), self.base_env))
         try:
-            self._start_child(ex)
+            pipes = stdio.open_stdio(ex.spec, ex.stdout, ex.stderr)
+        except OSError as e:
+            self._forget(ex, throttled(f"cannot create pipes: {e.strerror}", retry_after=RETRY_AFTER_SECS))
+            return
+        try:
+            future = self._spawner.submit(spawn.start_process, ex.spec, pipes, self._exec_user)
+        except RuntimeError:  # shutting down
+            pipes.close_child_ends()
+            pipes.close_router_ends()
+            self._forget(ex, RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping"))
+            return
+        future.add_done_callback(lambda done: self._loop.call_soon(self._spawned, ex, pipes, done))
+
+    def _spawned(self, ex: Exec, pipes: stdio.ChildStdio, done: Spawning) -> None:
+        try:
+            self._start_child(ex, pipes, done)
         except RouterError as e:
             self._forget(ex, e)
         except Exception as e:  # a bug: fail this start loudly, keep the loop alive
@@ -320,13 +350,9 @@ class Engine:
                 for watcher in list(self._watchers):
                     watcher.offer_started(ex)
 
-    def _start_child(self, ex: Exec) -> None:
+    def _start_child(self, ex: Exec, pipes: stdio.ChildStdio, done: Spawning) -> None:
         try:
-            pipes = stdio.open_stdio(ex.spec, ex.stdout, ex.stderr)
-        except OSError as e:
-            raise throttled(f"cannot create pipes: {e.strerror}", retry_after=RETRY_AFTER_SECS) from None
-        try:
-            pid, proc = spawn.start_process(ex.spec, pipes, self._exec_user)
+            pid, proc = done.result()
         except OSError as e:
             pipes.close_router_ends()
             if e.errno in _RESOURCE_ERRNOS and e.filename is None:

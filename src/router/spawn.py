@@ -1,7 +1,8 @@
 """Starting a child with vfork semantics, and what a shell would say when it cannot start.
 
 uvloop's own subprocess support does a full fork(), which slows to a crawl once the router holds
-gigabytes; os.posix_spawn, and subprocess.Popen without preexec_fn, both vfork (benchmarks/RESULTS.md).
+gigabytes; posix_spawn (through _fastio.spawn, which lets go of the GIL while the child execs) and
+subprocess.Popen without preexec_fn both vfork (benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import grp
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 from typing import NamedTuple
 
 import grpc
 
+from . import _fastio
 from .errors import RouterError
 from .records import ExecSpec, ExitStatus
 from .stdio import ChildStdio
+
 
 class ExecUser(NamedTuple):
     """Who execs run as (--exec-user): ids, supplementary groups, and the login's name and home."""
@@ -57,8 +59,6 @@ def exec_user(spec: str) -> ExecUser:
     return ExecUser(entry.pw_uid, gid, os.getgrouplist(entry.pw_name, gid), entry.pw_name, entry.pw_dir)
 
 
-# Python ignores these; a child must start with the defaults, as Popen(restore_signals=True) does.
-_RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 SETSID = shutil.which("setsid")
 SETPRIV = shutil.which("setpriv")
 
@@ -89,29 +89,29 @@ def start_process(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None = Non
 
 
 def _posix_spawn(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None) -> int:
-    """Every descriptor of the router is close-on-exec (PEP 446), so only these three are inherited."""
-    actions: list[tuple[int, int, int] | tuple[int, int, str, int, int]] = [(os.POSIX_SPAWN_DUP2, stdio.stdin, 0)]
-    for fd, target in ((stdio.stdout, 1), (stdio.stderr, 2)):
-        if fd == subprocess.DEVNULL:
-            actions.append((os.POSIX_SPAWN_OPEN, target, os.devnull, os.O_WRONLY, 0))
-        elif fd == subprocess.STDOUT:
-            actions.append((os.POSIX_SPAWN_DUP2, 1, target))
-        else:
-            actions.append((os.POSIX_SPAWN_DUP2, fd, target))
+    """Every descriptor of the router is close-on-exec (PEP 446), so only these three are inherited.
+    _fastio.spawn rather than os.posix_spawn: it lets go of the GIL while the child execs."""
     argv = spec.args
     path = spec.env.get("PATH", os.defpath)
     if user is not None:
         _check_found(argv[0], spec)  # as without setpriv
         argv = user.argv(argv)  # setpriv then searches the exec's own PATH
+    search = False
     if "/" in argv[0]:
         executable = argv[0]
     elif path == os.environ.get("PATH"):
-        return os.posix_spawnp(argv[0], argv, spec.env, file_actions=actions, setpgroup=0,
-                               setsigdef=_RESTORED_SIGNALS, setsigmask=())
+        executable, search = argv[0], True  # the router's own PATH: posix_spawnp searches it
     else:
         executable = _check_found(argv[0], spec)  # posix_spawnp would search the router's PATH
-    return os.posix_spawn(executable, argv, spec.env, file_actions=actions, setpgroup=0,
-                          setsigdef=_RESTORED_SIGNALS, setsigmask=())
+    return _fastio.spawn(os.fsencode(executable), [os.fsencode(a) for a in argv],
+                         [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in spec.env.items()],
+                         stdio.stdin, _spawn_fd(stdio.stdout), _spawn_fd(stdio.stderr), search)
+
+
+def _spawn_fd(fd: int) -> int:
+    if fd == subprocess.DEVNULL:
+        return _fastio.SPAWN_DEVNULL
+    return _fastio.SPAWN_STDOUT if fd == subprocess.STDOUT else fd
 
 
 def _check_found(command: str, spec: ExecSpec) -> str:

@@ -27,3 +27,33 @@ cdef extern from "<fcntl.h>" nogil:
 cdef extern from "<sys/ioctl.h>" nogil:
     enum: FIONREAD
     int ioctl(int fd, unsigned long request, ...)
+
+
+from posix.signal cimport sigset_t
+
+
+cdef extern from "<signal.h>" nogil:
+    enum: SIGXFSZ
+
+
+cdef extern from "<spawn.h>" nogil:
+    ctypedef struct posix_spawn_file_actions_t:
+        pass
+    ctypedef struct posix_spawnattr_t:
+        pass
+    enum: POSIX_SPAWN_SETPGROUP, POSIX_SPAWN_SETSIGDEF, POSIX_SPAWN_SETSIGMASK
+    int posix_spawn_file_actions_init(posix_spawn_file_actions_t *actions)
+    int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *actions)
+    int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *actions, int fd, int newfd)
+    int posix_spawn_file_actions_addopen(posix_spawn_file_actions_t *actions, int fd, const char *path,
+                                         int oflag, unsigned int mode)
+    int posix_spawnattr_init(posix_spawnattr_t *attr)
+    int posix_spawnattr_destroy(posix_spawnattr_t *attr)
+    int posix_spawnattr_setflags(posix_spawnattr_t *attr, short flags)
+    int posix_spawnattr_setpgroup(posix_spawnattr_t *attr, int pgroup)
+    int posix_spawnattr_setsigdefault(posix_spawnattr_t *attr, const sigset_t *sigdefault)
+    int posix_spawnattr_setsigmask(posix_spawnattr_t *attr, const sigset_t *sigmask)
+    int posix_spawn(int *pid, const char *path, const posix_spawn_file_actions_t *actions,
+                    const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+    int posix_spawnp(int *pid, const char *file, const posix_spawn_file_actions_t *actions,
+                     const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
