@@ -14,19 +14,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-import jwt
 
 from . import auth, config, procs, retention
 from ._proto import exec_control_pb2 as ec
 from ._proto import task_command_router_pb2 as pb
-from .client import STDERR, STDOUT, UNREACHABLE_SECS, RouterClient, exit_code
-from .tls import TlsFiles, client_credentials
-
-TOKEN_ENV = "ROUTER_TOKEN"
-
-
-def _state_dir(value: str | None) -> pathlib.Path:
-    return pathlib.Path(value).expanduser().resolve() if value else config.default_state_dir()
+from .client import STDERR, STDOUT, TOKEN_ENV, UNREACHABLE_SECS, RouterClient, exit_code
+from .tls import TlsFiles
 
 
 def _path(value: str | None) -> str:
@@ -37,7 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import RouterServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state_dir = config.ensure_state_dir(_state_dir(args.state_dir))
+    state_dir = config.ensure_state_dir(config.state_dir_from(args.state_dir))
     task_id = args.task_id or config.load_or_create_task_id(state_dir)
     log_dir = str(pathlib.Path(args.log_dir).expanduser().resolve()) if args.log_dir else ""
     cfg = config.ServerConfig(state_dir=str(state_dir), task_id=task_id, listen=args.listen, log_dir=log_dir,
@@ -96,7 +89,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     from .errors import RouterError
     from .images import Images
 
-    images = Images(_state_dir(args.state_dir), method="copy")  # no probe mount: nothing is mounted here
+    images = Images(config.state_dir_from(args.state_dir), method="copy")  # no probe mount: nothing is mounted here
     if args.images_cmd == "ls":
         mounted = images.mounted_images()
         rows = [("ID", "CREATED", "EXPIRES", "ENTRIES", "BYTES", "ENCRYPTED", "MOUNTED", "SOURCE")]
@@ -127,7 +120,7 @@ def cmd_images(args: argparse.Namespace) -> int:
 def cmd_secrets(args: argparse.Namespace) -> int:
     from .secretstore import SecretError, SecretStore
 
-    directory = pathlib.Path(_path(args.secrets_dir)) if args.secrets_dir else _state_dir(args.state_dir) / "secrets"
+    directory = pathlib.Path(_path(args.secrets_dir)) if args.secrets_dir else config.state_dir_from(args.state_dir) / "secrets"
     store = SecretStore(directory)
     try:
         if args.secrets_cmd == "ls":
@@ -153,38 +146,18 @@ def cmd_secrets(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    state_dir = config.ensure_state_dir(_state_dir(args.state_dir))
+    state_dir = config.ensure_state_dir(config.state_dir_from(args.state_dir))
     task_id = args.task_id or config.load_or_create_task_id(state_dir)
     print(f"token for task {task_id}, valid {args.ttl} s:", file=sys.stderr)
     print(auth.mint_token(auth.load_or_create_key(state_dir), task_id, args.ttl))
     return 0
 
 
-def _exec_target(args: argparse.Namespace) -> tuple[str, str, str]:
-    """(target, token, task id), from flags, then the environment, then the local state directory."""
-    state_dir = _state_dir(args.state_dir)
-    info = config.read_server_info(state_dir)
-    target = args.target or (info.listen if info else config.DEFAULT_LISTEN)
-    token = args.token or os.environ.get(TOKEN_ENV)
-    task_id = args.task_id
-    if token and not task_id:
-        task_id = jwt.decode(token, options={"verify_signature": False}).get("task_id")
-    if not task_id:
-        task_id = info.task_id if info else config.load_or_create_task_id(config.ensure_state_dir(state_dir))
-    if not token:
-        token = auth.mint_token(auth.load_or_create_key(config.ensure_state_dir(state_dir)), task_id, 3600)
-    return target, token, task_id
-
-
 def _connect(args: argparse.Namespace, retries: int = 10) -> RouterClient:
     """A client from the connection flags (_add_connection_args), the environment and the local state."""
-    target, token, task_id = _exec_target(args)
-    info = config.read_server_info(_state_dir(args.state_dir))
-    credentials = None
-    if args.tls_ca or args.tls_cert or (not args.target and info is not None and info.tls):
-        credentials = client_credentials(args.tls_ca or "", args.tls_cert or "", args.tls_key or "")
-    return RouterClient(target, token, task_id, retries=retries, credentials=credentials,
-                        server_name=args.tls_server_name)
+    return RouterClient.from_env(args.target, args.token, task_id=args.task_id, state_dir=args.state_dir,
+                                 tls_ca=args.tls_ca or "", tls_cert=args.tls_cert or "", tls_key=args.tls_key or "",
+                                 server_name=args.tls_server_name, retries=retries)
 
 
 def _add_connection_args(p: argparse.ArgumentParser) -> None:
