@@ -2,31 +2,29 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 import os
 import pathlib
 import signal
 import sys
+import termios
 import threading
 import time
+import tty
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
-import jwt
 
 from . import auth, config, procs, retention
+from ._proto import api_pb2
 from ._proto import exec_control_pb2 as ec
 from ._proto import task_command_router_pb2 as pb
-from .client import STDERR, STDOUT, UNREACHABLE_SECS, RouterClient, exit_code
-from .tls import TlsFiles, client_credentials
-
-TOKEN_ENV = "ROUTER_TOKEN"
-
-
-def _state_dir(value: str | None) -> pathlib.Path:
-    return pathlib.Path(value).expanduser().resolve() if value else config.default_state_dir()
+from .client import STDERR, STDOUT, TOKEN_ENV, UNREACHABLE_SECS, RouterClient, exit_code
+from .tls import TlsFiles
 
 
 def _path(value: str | None) -> str:
@@ -37,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import RouterServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state_dir = config.ensure_state_dir(_state_dir(args.state_dir))
+    state_dir = config.ensure_state_dir(config.state_dir_from(args.state_dir))
     task_id = args.task_id or config.load_or_create_task_id(state_dir)
     log_dir = str(pathlib.Path(args.log_dir).expanduser().resolve()) if args.log_dir else ""
     cfg = config.ServerConfig(state_dir=str(state_dir), task_id=task_id, listen=args.listen, log_dir=log_dir,
@@ -96,7 +94,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     from .errors import RouterError
     from .images import Images
 
-    images = Images(_state_dir(args.state_dir), method="copy")  # no probe mount: nothing is mounted here
+    images = Images(config.state_dir_from(args.state_dir), method="copy")  # no probe mount: nothing is mounted here
     if args.images_cmd == "ls":
         mounted = images.mounted_images()
         rows = [("ID", "CREATED", "EXPIRES", "ENTRIES", "BYTES", "ENCRYPTED", "MOUNTED", "SOURCE")]
@@ -127,7 +125,7 @@ def cmd_images(args: argparse.Namespace) -> int:
 def cmd_secrets(args: argparse.Namespace) -> int:
     from .secretstore import SecretError, SecretStore
 
-    directory = pathlib.Path(_path(args.secrets_dir)) if args.secrets_dir else _state_dir(args.state_dir) / "secrets"
+    directory = pathlib.Path(_path(args.secrets_dir)) if args.secrets_dir else config.state_dir_from(args.state_dir) / "secrets"
     store = SecretStore(directory)
     try:
         if args.secrets_cmd == "ls":
@@ -153,38 +151,18 @@ def cmd_secrets(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    state_dir = config.ensure_state_dir(_state_dir(args.state_dir))
+    state_dir = config.ensure_state_dir(config.state_dir_from(args.state_dir))
     task_id = args.task_id or config.load_or_create_task_id(state_dir)
     print(f"token for task {task_id}, valid {args.ttl} s:", file=sys.stderr)
     print(auth.mint_token(auth.load_or_create_key(state_dir), task_id, args.ttl))
     return 0
 
 
-def _exec_target(args: argparse.Namespace) -> tuple[str, str, str]:
-    """(target, token, task id), from flags, then the environment, then the local state directory."""
-    state_dir = _state_dir(args.state_dir)
-    info = config.read_server_info(state_dir)
-    target = args.target or (info.listen if info else config.DEFAULT_LISTEN)
-    token = args.token or os.environ.get(TOKEN_ENV)
-    task_id = args.task_id
-    if token and not task_id:
-        task_id = jwt.decode(token, options={"verify_signature": False}).get("task_id")
-    if not task_id:
-        task_id = info.task_id if info else config.load_or_create_task_id(config.ensure_state_dir(state_dir))
-    if not token:
-        token = auth.mint_token(auth.load_or_create_key(config.ensure_state_dir(state_dir)), task_id, 3600)
-    return target, token, task_id
-
-
 def _connect(args: argparse.Namespace, retries: int = 10) -> RouterClient:
     """A client from the connection flags (_add_connection_args), the environment and the local state."""
-    target, token, task_id = _exec_target(args)
-    info = config.read_server_info(_state_dir(args.state_dir))
-    credentials = None
-    if args.tls_ca or args.tls_cert or (not args.target and info is not None and info.tls):
-        credentials = client_credentials(args.tls_ca or "", args.tls_cert or "", args.tls_key or "")
-    return RouterClient(target, token, task_id, retries=retries, credentials=credentials,
-                        server_name=args.tls_server_name)
+    return RouterClient.from_env(args.target, args.token, task_id=args.task_id, state_dir=args.state_dir,
+                                 tls_ca=args.tls_ca or "", tls_cert=args.tls_cert or "", tls_key=args.tls_key or "",
+                                 server_name=args.tls_server_name, retries=retries)
 
 
 def _add_connection_args(p: argparse.ArgumentParser) -> None:
@@ -292,6 +270,95 @@ def _in_background(fn: Callable[..., None], *args: Any) -> tuple[threading.Threa
     return thread, errors
 
 
+def _exec_io(client: RouterClient, exec_id: str, streams: Sequence[tuple[pb.TaskExecStdioFileDescriptor, int]],
+             no_stdin: bool, give_up: float) -> int:
+    """Copy the exec's `streams` (fd, local fd) out and stdin in; once it has ended and its output is
+    all out, its exit code."""
+    outputs = [_in_background(_copy_output, client, exec_id, fd, out) for fd, out in streams]
+    errors: list[grpc.RpcError] = []
+    if no_stdin:
+        client.write_stdin(exec_id, 0, b"", eof=True)
+    else:
+        errors = _in_background(_forward_stdin, client, exec_id)[1]
+    code = exit_code(client.wait(exec_id, unreachable_secs=give_up))
+    for thread, output_errors in outputs:
+        thread.join()
+        errors += output_errors
+    if errors:
+        raise errors[0]
+    return 1 if code is None else code
+
+
+def _window_size() -> tuple[int, int]:
+    """The local terminal's (rows, cols), stdin's else stdout's; (0, 0), the router's 24x80, without one."""
+    for fd in (0, 1):
+        with contextlib.suppress(OSError):
+            size = os.get_terminal_size(fd)
+            return size.lines, size.columns
+    return 0, 0
+
+
+def _noted(signum: int, frame: object) -> None:
+    """A signal _on_terminal handles: the wakeup descriptor brings it there."""
+
+
+def _on_terminal(client: RouterClient, exec_id: str, raw: bool, io: Callable[[], int]) -> int:
+    """Run `io` (the exec's output, input and wait) in a thread while this one keeps the local
+    terminal: with `raw`, stdin's terminal in raw mode, so that every key reaches the remote terminal
+    as a byte (Ctrl-C and Ctrl-D too); window changes forwarded; SIGTERM, SIGHUP or SIGINT hang up
+    the remote terminal, as a closed ssh connection does, and give 128+N. The local terminal is put
+    back in every case."""
+    # Signals come here as bytes on a pipe, never as an exception in the middle of putting things back.
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    saved_wakeup = signal.set_wakeup_fd(w)  # first: no signal may come to _noted and not to the pipe
+    caught = (signal.SIGWINCH, signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    saved_handlers = {sig: signal.signal(sig, _noted) for sig in caught}
+    saved_mode = termios.tcgetattr(0) if raw else None
+    outcome: list[int] = []
+
+    def work() -> None:
+        try:
+            outcome.append(io())
+        finally:
+            os.write(w, b"\0")  # no signal has number 0
+
+    worker, errors = _in_background(work)
+    signalled = 0
+    try:
+        if saved_mode is not None:
+            tty.setraw(0, termios.TCSADRAIN)
+        finished = False
+        while not finished and not signalled:
+            for signum in os.read(r, 64):
+                if signum == 0:
+                    finished = True
+                elif signum == signal.SIGWINCH:
+                    # A resize that fails (the exec just ended, the router is away) is no reason to stop.
+                    with contextlib.suppress(grpc.RpcError):
+                        client.resize(exec_id, *_window_size())
+                else:
+                    signalled = signum
+    finally:
+        if saved_mode is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved_mode)
+        signal.set_wakeup_fd(saved_wakeup)
+        for sig, handler in saved_handlers.items():
+            signal.signal(sig, handler)
+    if signalled:
+        with contextlib.suppress(grpc.RpcError):
+            client.signal(exec_id, signal.SIGHUP, ec.SIGNAL_TARGET_SESSION)
+    worker.join(5 if signalled else None)  # a hung-up exec ends at once
+    if not worker.is_alive():  # else it may still write to w
+        os.close(r)
+        os.close(w)
+    if signalled:
+        return 128 + signalled
+    if errors:
+        raise errors[0]
+    return outcome[0]
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     if not args.command:
         print("router exec: no command given (router exec -- CMD ARGS...)", file=sys.stderr)
@@ -305,21 +372,22 @@ def cmd_exec(args: argparse.Namespace) -> int:
         fields["timeout_secs"] = args.timeout
     if args.env:
         fields["env"] = dict(item.split("=", 1) for item in args.env)
+    # As ssh: -t gives a terminal when stdin is one, -tt always.
+    terminal = args.tty >= 2 or (args.tty == 1 and os.isatty(0))
+    if args.tty == 1 and not terminal:
+        print("Pseudo-terminal will not be allocated because stdin is not a terminal.", file=sys.stderr)
+    if terminal:
+        rows, cols = _window_size()
+        fields["pty_info"] = api_pb2.PTYInfo(enabled=True, winsz_rows=rows, winsz_cols=cols,
+                                             env_term=os.environ.get("TERM", ""))
+    # A terminal's stderr is its stdout: one stream, in order.
+    streams = ((STDOUT, 1),) if terminal else ((STDOUT, 1), (STDERR, 2))
     with _connect(args) as client:
         client.start(exec_id, args.command, **fields)
-        outputs = [_in_background(_copy_output, client, exec_id, fd, out) for fd, out in ((STDOUT, 1), (STDERR, 2))]
-        errors: list[grpc.RpcError] = []
-        if args.no_stdin:
-            client.write_stdin(exec_id, 0, b"", eof=True)
-        else:
-            errors = _in_background(_forward_stdin, client, exec_id)[1]
-        code = exit_code(client.wait(exec_id, unreachable_secs=args.give_up))
-        for thread, output_errors in outputs:
-            thread.join()
-            errors += output_errors
-        if errors:
-            raise errors[0]
-    return 1 if code is None else code
+        io = functools.partial(_exec_io, client, exec_id, streams, args.no_stdin, args.give_up)
+        if terminal:
+            return _on_terminal(client, exec_id, not args.no_stdin and os.isatty(0), io)
+        return io()
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -431,6 +499,10 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--timeout", type=int, help="kill the command after this many seconds")
     ex.add_argument("--env", action="append", metavar="KEY=VALUE")
     ex.add_argument("-n", "--no-stdin", action="store_true", help="do not forward standard input")
+    ex.add_argument("-t", "--tty", action="count", default=0,
+                    help="run the command on a terminal, as ssh -t does: the local terminal in raw mode while it "
+                         "runs (restored after), its size and changes forwarded; stdout and stderr arrive as one "
+                         "stream. Without a terminal on stdin, a warning and no terminal; -tt: a terminal anyway")
     ex.add_argument("--give-up", type=float, default=UNREACHABLE_SECS, metavar="SECS",
                     help="exit 255 once the router has not answered for this long (default %(default)s)")
     ex.add_argument("command", nargs=argparse.REMAINDER)

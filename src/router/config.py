@@ -101,6 +101,11 @@ def default_state_dir() -> pathlib.Path:
     return pathlib.Path(platformdirs.user_state_dir("task-command-router"))
 
 
+def state_dir_from(value: str | os.PathLike[str] | None) -> pathlib.Path:
+    """`value` as an absolute path (~ expanded), or the default state directory when it is empty."""
+    return pathlib.Path(value).expanduser().resolve() if value else default_state_dir()
+
+
 def ensure_state_dir(path: pathlib.Path) -> pathlib.Path:
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
