@@ -1,7 +1,8 @@
-"""The `router` command: serve, token, exec, ls, inspect, kill, logs, images, secrets."""
+"""The `router` command: serve, token, exec, batch, ls, inspect, kill, logs, images, secrets."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import pathlib
@@ -160,11 +161,12 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exec_target(args: argparse.Namespace) -> tuple[str, str, str]:
-    """(target, token, task id), from flags, then the environment, then the local state directory."""
+def _exec_target(args: argparse.Namespace, target: str | None = None) -> tuple[str, str, str]:
+    """(target, token, task id), from flags (`target` in place of --target), then the environment,
+    then the local state directory."""
     state_dir = _state_dir(args.state_dir)
     info = config.read_server_info(state_dir)
-    target = args.target or (info.listen if info else config.DEFAULT_LISTEN)
+    target = target or args.target or (info.listen if info else config.DEFAULT_LISTEN)
     token = args.token or os.environ.get(TOKEN_ENV)
     task_id = args.task_id
     if token and not task_id:
@@ -176,19 +178,24 @@ def _exec_target(args: argparse.Namespace) -> tuple[str, str, str]:
     return target, token, task_id
 
 
-def _connect(args: argparse.Namespace, retries: int = 10) -> RouterClient:
-    """A client from the connection flags (_add_connection_args), the environment and the local state."""
-    target, token, task_id = _exec_target(args)
+def _connect(args: argparse.Namespace, retries: int = 10, target: str | None = None) -> RouterClient:
+    """A client from the connection flags (_add_connection_args), the environment and the local state;
+    `target` in place of --target (batch has several)."""
+    explicit = target or args.target
+    target, token, task_id = _exec_target(args, target)
     info = config.read_server_info(_state_dir(args.state_dir))
     credentials = None
-    if args.tls_ca or args.tls_cert or (not args.target and info is not None and info.tls):
+    if args.tls_ca or args.tls_cert or (not explicit and info is not None and info.tls):
         credentials = client_credentials(args.tls_ca or "", args.tls_cert or "", args.tls_key or "")
     return RouterClient(target, token, task_id, retries=retries, credentials=credentials,
                         server_name=args.tls_server_name)
 
 
-def _add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", help="HOST:PORT of the server (default: the local server, else 127.0.0.1:50051)")
+def _add_connection_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """`many`: --target may be given several times (batch)."""
+    p.add_argument("--target", action="append" if many else "store",
+                   help="HOST:PORT of the server (default: the local server, else 127.0.0.1:50051)"
+                   + ("; repeat it to spread the jobs over several servers" if many else ""))
     p.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV}, else minted from the local state directory)")
     p.add_argument("--task-id", help="default: the token's task")
     p.add_argument("--state-dir")
@@ -320,6 +327,51 @@ def cmd_exec(args: argparse.Namespace) -> int:
         if errors:
             raise errors[0]
     return 1 if code is None else code
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from . import batch
+
+    if args.resume and not args.joblog:
+        print("router batch: --resume needs --joblog", file=sys.stderr)
+        return 2
+    options = batch.Options(jobs=args.jobs, timeout_secs=args.timeout, attempts=args.retries, halt=args.halt,
+                            joblog=args.joblog, results=args.results, resume=args.resume)
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(_connect(args, target=t)) for t in args.target or [None]]
+        for client in clients:
+            if not client.reachable(args.connect_timeout):
+                print(f"router batch: cannot reach {client.target} (within {args.connect_timeout:g} s)",
+                      file=sys.stderr)
+                return ROUTER_FAILED
+        try:
+            with open(args.file, "rb") if args.file != "-" else contextlib.nullcontext(sys.stdin.buffer) as source:
+                return batch.run(clients, [c.target for c in clients], source, options)
+        except (batch.BatchError, OSError) as e:
+            print(f"router batch: {e}", file=sys.stderr)
+            return ROUTER_FAILED
+        except KeyboardInterrupt:
+            print("router batch: interrupted; the running jobs were killed", file=sys.stderr)
+            return 130
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number >= 1: {text!r}")
+    return value
+
+
+def _halt(text: str) -> Any:
+    from .batch import Halt
+
+    try:
+        return Halt.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -457,6 +509,27 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("--from", dest="offset", type=int, default=0, metavar="OFFSET", help="start at this byte")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing output as it comes, until the end")
     logs.set_defaults(func=cmd_logs)
+
+    bat = sub.add_parser("batch", help="run each line of FILE as `sh -c LINE`, N at once, GNU parallel style",
+                         description="Run each line of FILE (or stdin) with `sh -c` on the servers, N at once. "
+                         "Exit status: 0 if every job succeeded, else the number of failed jobs (at most 101; "
+                         "with --halt ...,fail=1 the failed job's status); 255 if a server failed; 2 for bad usage.")
+    _add_connection_args(bat, many=True)
+    bat.add_argument("-j", "--jobs", type=_positive, default=os.cpu_count() or 1, metavar="N",
+                     help="jobs at once over all targets (default: this machine's CPUs, %(default)s)")
+    bat.add_argument("--joblog", type=pathlib.Path, metavar="FILE", help="GNU parallel's joblog (tab separated)")
+    bat.add_argument("--resume", action="store_true", help="skip the jobs already in --joblog, and append to it")
+    bat.add_argument("--results", type=pathlib.Path, metavar="DIR",
+                     help="write DIR/SEQ/stdout, stderr and exit instead of printing the output")
+    bat.add_argument("--timeout", type=_positive, default=0, metavar="S", help="kill a job after S seconds")
+    bat.add_argument("--retries", type=_positive, default=1, metavar="N",
+                     help="attempts per job in all, as parallel's --retries (default 1)")
+    bat.add_argument("--halt", type=_halt, metavar="now,fail=N|soon,fail=N",
+                     help="after N failed jobs: kill the running ones (now) or wait for them (soon); start no more")
+    bat.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECS",
+                     help="give up on a server not reached within this long (default %(default)s)")
+    bat.add_argument("file", nargs="?", default="-", metavar="FILE", help="one command line per line (default: stdin)")
+    bat.set_defaults(func=cmd_batch)
     return p
 
 

@@ -47,6 +47,7 @@ class RouterClient:
         """`credentials` (tls.client_credentials) make it a TLS channel; `server_name` overrides the
         name expected in the server's certificate."""
         self.task_id = task_id
+        self.target = target
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         else:
@@ -59,6 +60,14 @@ class RouterClient:
 
     def close(self) -> None:
         self._channel.close()
+
+    def reachable(self, timeout: float) -> bool:
+        """Whether a connection is up within `timeout` seconds (no call is made)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
 
     def __enter__(self) -> RouterClient:
         return self
