@@ -258,3 +258,30 @@ def test_progress_on_a_terminal(target: Target) -> None:
     assert run.returncode == 0 and out == b""
     assert b"\r\x1b[K" in shown and b" running, ETA " in shown
     assert shown.rstrip().endswith(b"router batch: 20/20 done, 0 failed, 0 running")
+
+
+def test_sigterm_kills_the_running_jobs_and_resume_mends_a_torn_row(target: Target, tmp_path: pathlib.Path) -> None:
+    log, source = tmp_path / "log", tmp_path / "jobs"
+    source.write_bytes(lines("sleep 30", "sleep 30", "echo three"))
+    run = subprocess.Popen([*ROUTER, "batch", "--target", target.listen, "--token", target.token, "-j", "2",
+                            "--joblog", str(log), str(source)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while sum(info.running for info in target.client.execs()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        run.terminate()
+        _, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 128 + signal.SIGTERM and b"interrupted" in err
+    assert not any(info.running for info in target.client.execs())
+    assert joblog(log) == []
+    # A row cut short by a crash (no newline): a resume ends it before appending.
+    with open(log, "a") as f:
+        f.write(f"1\t{target.listen}\t1795988061.101\t     0.053\t0\t0\t0\t0\tsleep 30")
+    source.write_bytes(lines("sleep 30", "echo two", "echo three"))
+    again = batch(target, "--resume", "--joblog", str(log), str(source))
+    assert again.returncode == 0 and sorted(again.stdout.split()) == [b"three", b"two"]
+    assert sorted(by_seq(joblog(log))) == [1, 2, 3]

@@ -13,17 +13,19 @@ parallel 20221122):
   by --halt now is not logged, so --resume runs it again; a timed-out job has Exitval -1;
 - --retries N is N attempts in all, the next on another target where there is one;
 - blank lines are jobs too (they succeed), so that a job's seq is its line number;
+- Starttime is when the job's BatchStart was sent and JobRuntime runs to when its exit event
+  arrived, both on this machine's clock (parallel too measures on its own side);
 - the exit status is the number of failed jobs, at most 101; with --halt ...,fail=1 it is the
   failing job's own status.
 Unlike parallel, -j is the number of jobs at once over all targets, not per target.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import pathlib
 import queue
+import signal
 import sys
 import threading
 import time
@@ -111,6 +113,13 @@ class WatchFailed:
 
 
 @dataclasses.dataclass(frozen=True)
+class Interrupted:
+    """SIGINT or SIGTERM, queued by the handler so that it lands between steps, never inside one
+    (between a BatchStart's answer and the bookkeeping that lets the jobs be killed)."""
+    signal: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Outcome:
     """How one attempt ended."""
     code: int | None = None
@@ -172,11 +181,11 @@ class Joblog:
 
     def __init__(self, path: pathlib.Path, resume: bool) -> None:
         fresh = not resume or not path.exists() or path.stat().st_size == 0
+        torn = not fresh and not path.read_bytes().endswith(b"\n")  # a row cut short by a crash
         # Open for the whole run: close() ends it.
         self._file = open(path, "w" if fresh else "a", encoding="utf-8", newline="\n")  # noqa: SIM115
-        if fresh:
-            self._file.write(JOBLOG_HEADER)
-            self._file.flush()
+        self._file.write(JOBLOG_HEADER if fresh else "\n" if torn else "")
+        self._file.flush()
 
     @staticmethod
     def logged(path: pathlib.Path) -> set[int]:
@@ -273,11 +282,12 @@ class Batch:
         self._prefix = f"batch-{uuid.uuid4().hex}"
         self._running: dict[str, Attempt] = {}
         self._killed: set[str] = set()  # by --halt now: neither logged nor counted
-        self._events: queue.SimpleQueue[Finished | WatchFailed] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[Finished | WatchFailed | Interrupted] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._done = 0
         self._failed = 0
         self._halted_by: Outcome | None = None
+        self._interrupted = 0  # the signal
         self._stopping = False
         self._progress = Progress(err, len(self._pending))
         self._joblog = Joblog(options.joblog, options.resume) if options.joblog else None
@@ -300,6 +310,8 @@ class Batch:
                 self._joblog.close()
         for thread in self._threads:  # every exec they follow has exited: their streams have ended
             thread.join()
+        if self._interrupted:
+            return 128 + self._interrupted
         if self._halted_by is not None and self._options.halt is not None and self._options.halt.fails == 1:
             return self._halted_by.status
         return min(self._failed, MAX_STATUS)
@@ -382,6 +394,9 @@ class Batch:
         for event in events:
             if isinstance(event, WatchFailed):
                 raise event.error
+            if isinstance(event, Interrupted):
+                self._interrupt(event.signal)
+                continue
             attempt = self._running.pop(event.exec_id)
             if event.exec_id in self._killed:
                 continue
@@ -436,15 +451,34 @@ class Batch:
             print(f"router batch: starting no more jobs; waiting for {len(self._running)} running",
                   file=self._err, flush=True)
 
+    def interrupt(self, signum: int, _frame: object = None) -> None:
+        """A signal handler: the first signal stops the run (running jobs killed, not logged); a
+        second, while that goes on, raises KeyboardInterrupt."""
+        if self._interrupted:
+            raise KeyboardInterrupt
+        self._events.put(Interrupted(signum))  # SimpleQueue.put is safe in a signal handler
+
+    def _interrupt(self, signum: int) -> None:
+        if self._interrupted:
+            return
+        self._interrupted = signum
+        self._stopping = True
+        self._progress.clear()
+        print(f"router batch: interrupted; killing {len(self._running)} running jobs", file=self._err, flush=True)
+        self._kill_running()
+
     def _kill_running(self) -> None:
-        """Kill every attempt still running (best effort: a router may be gone); their exits are
-        neither logged nor counted, so that --resume runs them again."""
+        """Kill every attempt still running; their exits are neither logged nor counted, so that
+        --resume runs them again. Best effort: a target that fails a Kill is not asked again."""
+        failing: set[int] = set()
         for exec_id, attempt in list(self._running.items()):
-            if exec_id in self._killed:
+            if exec_id in self._killed or attempt.target in failing:
                 continue
             self._killed.add(exec_id)
-            with contextlib.suppress(grpc.RpcError, ValueError):
+            try:
                 self._clients[attempt.target].kill(exec_id, KILL_GRACE_SECS, timeout=KILL_GRACE_SECS + 10)
+            except (grpc.RpcError, ValueError):  # ValueError: its channel is closed
+                failing.add(attempt.target)  # (Kill of an exec that has exited answers its exit)
 
 
 def run(clients: Sequence[RouterClient], hosts: Sequence[str], source: BinaryIO, options: Options,
@@ -452,4 +486,12 @@ def run(clients: Sequence[RouterClient], hosts: Sequence[str], source: BinaryIO,
     """Read the jobs (skipping those in the joblog, with --resume) and run them; the exit status."""
     skip = Joblog.logged(options.joblog) if options.resume and options.joblog else set()
     jobs = read_jobs(source, skip)
-    return Batch(clients, hosts, jobs, options, out or sys.stdout.buffer, err or sys.stderr).run()
+    runner = Batch(clients, hosts, jobs, options, out or sys.stdout.buffer, err or sys.stderr)
+    if threading.current_thread() is not threading.main_thread():  # only it may handle signals
+        return runner.run()
+    previous = {sig: signal.signal(sig, runner.interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return runner.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -350,9 +350,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
         except (batch.BatchError, OSError) as e:
             print(f"router batch: {e}", file=sys.stderr)
             return ROUTER_FAILED
-        except KeyboardInterrupt:
-            print("router batch: interrupted; the running jobs were killed", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt:  # a second Ctrl-C while the first was killing the jobs
+            print("router batch: interrupted again; jobs may be left running", file=sys.stderr)
+            return 128 + signal.SIGINT
 
 
 def _positive(text: str) -> int:
