@@ -285,3 +285,21 @@ def test_sigterm_kills_the_running_jobs_and_resume_mends_a_torn_row(target: Targ
     again = batch(target, "--resume", "--joblog", str(log), str(source))
     assert again.returncode == 0 and sorted(again.stdout.split()) == [b"three", b"two"]
     assert sorted(by_seq(joblog(log))) == [1, 2, 3]
+
+
+@pytest.mark.skipif(shutil.which("parallel") is None, reason="GNU parallel is not installed")
+def test_joblog_matches_gnu_parallels(target: Target, tmp_path: pathlib.Path) -> None:
+    """The same jobs through GNU parallel and through router batch: the same rows but for Host and times."""
+    commands = lines("echo a", "exit 3", "", f"test -e {tmp_path}/M || {{ touch {tmp_path}/M; exit 1; }}",
+                     "kill -9 $$", "printf 'x\\ty'")
+    logs = []
+    runners = {"parallel": ["parallel", "--will-cite", "-j", "2"],
+               "router": [*ROUTER, "batch", "--target", target.listen, "--token", target.token, "-j", "2"]}
+    for name, argv in runners.items():
+        with contextlib.suppress(FileNotFoundError):
+            (tmp_path / "M").unlink()
+        ran = subprocess.run([*argv, "--retries", "2", "--joblog", str(tmp_path / name)], input=commands,
+                             capture_output=True, timeout=60, check=False)
+        assert ran.returncode == 2, (name, ran.stderr)
+        logs.append(sorted([row[0], *row[4:]] for row in joblog(tmp_path / name)))
+    assert logs[0] == logs[1]
