@@ -159,6 +159,8 @@ def test_halt_soon_waits_for_running_jobs_and_starts_no_more(target: Target, tmp
     assert result.stdout == b"slow\n" and b"waiting for 1 running" in result.stderr
     rows = by_seq(joblog(log))
     assert sorted(rows) == [1, 2, 3] and [rows[s][6] for s in (1, 2, 3)] == ["0", "2", "3"]
+    assert 1.5 <= float(rows[1][3]) < 5 and float(rows[2][3]) < 1  # the router's start and end times
+    assert float(rows[2][2]) <= float(rows[3][2]) < float(rows[1][2]) + 1.5  # 3 started once 2 ended
     assert len(list(target.client.execs())) == 3
 
 

@@ -13,8 +13,9 @@ parallel 20221122):
   by --halt now is not logged, so --resume runs it again; a timed-out job has Exitval -1;
 - --retries N is N attempts in all, the next on another target where there is one;
 - blank lines are jobs too (they succeed), so that a job's seq is its line number;
-- Starttime is when the job's BatchStart was sent and JobRuntime runs to when its exit event
-  arrived, both on this machine's clock (parallel too measures on its own side);
+- Starttime and JobRuntime are the router's: the Watch asks for start events too (one more event
+  on the same stream, no call), so both come from the router's clock; a job that never started
+  has the time its BatchStart was sent and runtime 0;
 - the exit status is the number of failed jobs, at most 101; with --halt ...,fail=1 it is the
   failing job's own status.
 Unlike parallel, -j is the number of jobs at once over all targets, not per target.
@@ -94,7 +95,7 @@ class Attempt:
     job: Job
     target: int
     exec_id: str
-    started: float  # unix time the start was sent
+    started: float  # unix time its BatchStart was sent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +105,8 @@ class Finished:
     exit: ec.ExitInfo
     stdout: bytes
     stderr: bytes
-    at: float  # unix time it arrived
+    started: float  # unix times on the router's clock; 0 if it never started (or no STARTED event)
+    ended: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,7 +361,7 @@ class Batch:
                 started.append(attempt.exec_id)
             else:
                 reason = f"{_CODE_NAMES.get(result.code, result.code)}: {result.message}"
-                self._ended(attempt, Outcome(not_started=reason), b"", b"", sent)
+                self._ended(attempt, Outcome(not_started=reason), b"", b"", sent, sent)
         if started:
             thread = threading.Thread(target=self._follow, args=(client, started), daemon=True,
                                       name=f"batch-watch-{len(self._threads)}")
@@ -369,15 +371,19 @@ class Batch:
 
     def _follow(self, client: RouterClient, exec_ids: list[str]) -> None:
         """One Watch over a chunk's execs (its own thread): each exit, with its output, onto the queue."""
+        started: dict[str, float] = {}
         try:
-            for event in client.watch(exec_ids, OUTPUT_LIMIT):
-                at = time.time()
+            for event in client.watch(exec_ids, OUTPUT_LIMIT, include_started=True):
+                if event.kind == ec.WATCH_EVENT_KIND_STARTED:
+                    started[event.exec_id] = event.time
+                    continue
                 if event.output_included:
                     stdout, stderr = event.stdout, event.stderr
                 else:
                     stdout = b"".join(client.read(event.exec_id, STDOUT))
                     stderr = b"".join(client.read(event.exec_id, STDERR))
-                self._events.put(Finished(event.exec_id, event.exit, stdout, stderr, at))
+                self._events.put(Finished(event.exec_id, event.exit, stdout, stderr,
+                                          started.pop(event.exec_id, 0.0), event.time))
         except (grpc.RpcError, ValueError) as e:  # ValueError: the channel was closed under it
             self._events.put(WatchFailed(e))
 
@@ -400,10 +406,12 @@ class Batch:
             attempt = self._running.pop(event.exec_id)
             if event.exec_id in self._killed:
                 continue
-            self._ended(attempt, Outcome.of(event.exit), event.stdout, event.stderr, event.at)
+            started = event.started or event.ended or attempt.started  # no STARTED event: runtime 0
+            self._ended(attempt, Outcome.of(event.exit), event.stdout, event.stderr, started, event.ended or started)
         self._progress.show(self._done, self._failed, len(self._running))
 
-    def _ended(self, attempt: Attempt, outcome: Outcome, stdout: bytes, stderr: bytes, at: float) -> None:
+    def _ended(self, attempt: Attempt, outcome: Outcome, stdout: bytes, stderr: bytes, started: float,
+               ended: float) -> None:
         job = attempt.job
         if outcome.not_started:
             self._progress.clear()
@@ -415,7 +423,7 @@ class Batch:
             return
         self._report(job, outcome, stdout, stderr)
         if self._joblog is not None:
-            self._joblog.row(job.seq, self._hosts[attempt.target], attempt.started, max(0.0, at - attempt.started),
+            self._joblog.row(job.seq, self._hosts[attempt.target], started, max(0.0, ended - started),
                              len(stdout) + len(stderr), outcome, job.command)
         self._done += 1
         if outcome.failed:
