@@ -1,4 +1,4 @@
-"""The `router` command: serve, token, exec, ls, inspect, kill, logs, images, secrets."""
+"""The `router` command: serve, token, exec, batch, ls, inspect, kill, logs, images, secrets."""
 from __future__ import annotations
 
 import argparse
@@ -158,15 +158,20 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _connect(args: argparse.Namespace, retries: int = 10) -> RouterClient:
-    """A client from the connection flags (_add_connection_args), the environment and the local state."""
-    return RouterClient.from_env(args.target, args.token, task_id=args.task_id, state_dir=args.state_dir,
+def _connect(args: argparse.Namespace, retries: int = 10, target: str | None = None) -> RouterClient:
+    """A client from the connection flags (_add_connection_args), the environment and the local state;
+    `target` in place of --target (batch has several)."""
+    chosen = target if target is not None else (args.target if isinstance(args.target, str) else None)
+    return RouterClient.from_env(chosen, args.token, task_id=args.task_id, state_dir=args.state_dir,
                                  tls_ca=args.tls_ca or "", tls_cert=args.tls_cert or "", tls_key=args.tls_key or "",
                                  server_name=args.tls_server_name, retries=retries)
 
 
-def _add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", help="HOST:PORT of the server (default: the local server, else 127.0.0.1:50051)")
+def _add_connection_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """`many`: --target may be given several times (batch)."""
+    p.add_argument("--target", action="append" if many else "store",
+                   help="HOST:PORT of the server (default: the local server, else 127.0.0.1:50051)"
+                   + ("; repeat it to spread the jobs over several servers" if many else ""))
     p.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV}, else minted from the local state directory)")
     p.add_argument("--task-id", help="default: the token's task")
     p.add_argument("--state-dir")
@@ -390,6 +395,51 @@ def cmd_exec(args: argparse.Namespace) -> int:
         return io()
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from . import batch
+
+    if args.resume and not args.joblog:
+        print("router batch: --resume needs --joblog", file=sys.stderr)
+        return 2
+    options = batch.Options(jobs=args.jobs, timeout_secs=args.timeout, attempts=args.retries, halt=args.halt,
+                            joblog=args.joblog, results=args.results, resume=args.resume)
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(_connect(args, target=t)) for t in args.target or [None]]
+        for client in clients:
+            if not client.reachable(args.connect_timeout):
+                print(f"router batch: cannot reach {client.target} (within {args.connect_timeout:g} s)",
+                      file=sys.stderr)
+                return ROUTER_FAILED
+        try:
+            with open(args.file, "rb") if args.file != "-" else contextlib.nullcontext(sys.stdin.buffer) as source:
+                return batch.run(clients, [c.target for c in clients], source, options)
+        except (batch.BatchError, OSError) as e:
+            print(f"router batch: {e}", file=sys.stderr)
+            return ROUTER_FAILED
+        except KeyboardInterrupt:  # a second Ctrl-C while the first was killing the jobs
+            print("router batch: interrupted again; jobs may be left running", file=sys.stderr)
+            return 128 + signal.SIGINT
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number >= 1: {text!r}")
+    return value
+
+
+def _halt(text: str) -> Any:
+    from .batch import Halt
+
+    try:
+        return Halt.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
@@ -529,6 +579,27 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("--from", dest="offset", type=int, default=0, metavar="OFFSET", help="start at this byte")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing output as it comes, until the end")
     logs.set_defaults(func=cmd_logs)
+
+    bat = sub.add_parser("batch", help="run each line of FILE as `sh -c LINE`, N at once, GNU parallel style",
+                         description="Run each line of FILE (or stdin) with `sh -c` on the servers, N at once. "
+                         "Exit status: 0 if every job succeeded, else the number of failed jobs (at most 101; "
+                         "with --halt ...,fail=1 the failed job's status); 255 if a server failed; 2 for bad usage.")
+    _add_connection_args(bat, many=True)
+    bat.add_argument("-j", "--jobs", type=_positive, default=os.cpu_count() or 1, metavar="N",
+                     help="jobs at once over all targets (default: this machine's CPUs, %(default)s)")
+    bat.add_argument("--joblog", type=pathlib.Path, metavar="FILE", help="GNU parallel's joblog (tab separated)")
+    bat.add_argument("--resume", action="store_true", help="skip the jobs already in --joblog, and append to it")
+    bat.add_argument("--results", type=pathlib.Path, metavar="DIR",
+                     help="write DIR/SEQ/stdout, stderr and exit instead of printing the output")
+    bat.add_argument("--timeout", type=_positive, default=0, metavar="S", help="kill a job after S seconds")
+    bat.add_argument("--retries", type=_positive, default=1, metavar="N",
+                     help="attempts per job in all, as parallel's --retries (default 1)")
+    bat.add_argument("--halt", type=_halt, metavar="now,fail=N|soon,fail=N",
+                     help="after N failed jobs: kill the running ones (now) or wait for them (soon); start no more")
+    bat.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECS",
+                     help="give up on a server not reached within this long (default %(default)s)")
+    bat.add_argument("file", nargs="?", default="-", metavar="FILE", help="one command line per line (default: stdin)")
+    bat.set_defaults(func=cmd_batch)
     return p
 
 

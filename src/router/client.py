@@ -246,6 +246,7 @@ class _Client:
         name expected in the server's certificate. `retries`: how often a call failing with a
         RETRYABLE status is made again (in a row; a stream's resumes count the same)."""
         self.task_id = task_id
+        self.target = target
         if credentials is None:
             self._channel = self._grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         else:
@@ -369,6 +370,14 @@ class RouterClient(_Client):
 
     def close(self) -> None:
         self._channel.close()
+
+    def reachable(self, timeout: float) -> bool:
+        """Whether a connection is up within `timeout` seconds (no call is made)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
 
     def __enter__(self) -> Self:
         return self
