@@ -5,8 +5,10 @@ local posix_spawn, every byte checked."""
 from __future__ import annotations
 
 import contextlib
+import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -25,34 +27,52 @@ from .common import (
 from .workloads import AioSide, Outcome, local_spawn_rate, router_batch, zeros
 
 
-def parallel_fanout(n: int, timeout: float) -> Outcome:
-    """GNU parallel running the command n times, all at once (-j n), its output grouped per job
-    as parallel does by default, read from its stdout and checked."""
-    parallel = shutil.which("parallel") or "parallel"
+def checked_run(kind: str, argv: list[str], n: int, timeout: float, stdin: bytes | None = None) -> Outcome:
+    """Run argv (which prints n x OUTPUT zero bytes on its stdout), timed and checked."""
     out = Outcome(n)
     t0 = time.perf_counter()
-    done = subprocess.run([parallel, "--will-cite", "-N0", "-j", str(n), *zeros_command(OUTPUT), ":::", *map(str, range(n))],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    done = subprocess.run(argv, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
     out.seconds = time.perf_counter() - t0
     if done.returncode != 0 or len(done.stdout) != n * OUTPUT or not zeros(done.stdout):
-        out.fail("parallel", f"exit {done.returncode}, {len(done.stdout)} bytes (expected {n * OUTPUT}), "
-                             f"stderr {done.stderr[-300:]!r}")
+        out.fail(kind, f"exit {done.returncode}, {len(done.stdout)} bytes (expected {n * OUTPUT}), "
+                       f"stderr {done.stderr[-300:]!r}")
     else:
         out.ok = n
     return out
 
 
-class BatchFanout(bench_fanout.Fanout):
-    """impl: batch (the router's BatchStart + one Watch, over 4 grpc.aio channels), local (asyncio
-    subprocesses with pipes, all at once, as in Fanout), parallel (GNU parallel -j N). One server
-    per setup."""
+def cli_fanout(router: RouterProcess, n: int, timeout: float) -> Outcome:
+    """`router batch -j n` of n lines of the command, its jobs' output on its stdout."""
+    token = router.metadata[0][1].split(" ", 1)[1]
+    line = shlex.join(zeros_command(OUTPUT)).encode() + b"\n"
+    return checked_run("router batch", [sys.executable, "-m", "router.cli", "batch", "-j", str(n), "--target", router.target,
+                                        "--token", token], n, timeout, stdin=line * n)
 
-    params = [SIZE.fanout, ["batch", "local", "parallel"]]
+
+def parallel_fanout(n: int, timeout: float) -> Outcome:
+    """GNU parallel running the command n times, all at once (-j n), its output grouped per job
+    as parallel does by default, read from its stdout and checked."""
+    parallel = shutil.which("parallel") or "parallel"
+    return checked_run("parallel", [parallel, "--will-cite", "-N0", "-j", str(n), *zeros_command(OUTPUT), ":::",
+                                    *map(str, range(n))], n, timeout)
+
+
+class BatchFanout(bench_fanout.Fanout):
+    """impl: batch (the router's BatchStart + one Watch, over 4 grpc.aio channels), cli (`router
+    batch -j N` of N lines, reading its stdout), local (asyncio subprocesses with pipes, all at
+    once, as in Fanout), parallel (GNU parallel -j N). One server per setup."""
+
+    params = [SIZE.fanout, ["batch", "cli", "local", "parallel"]]
 
     def _start_batch(self, n: int) -> Callable[[], Outcome]:
         router = self.stack.enter_context(RouterProcess())
         side = self.stack.enter_context(AioSide(router.target))
         return lambda: router_batch(side, router.metadata, n, zeros_command(OUTPUT), OUTPUT, fanout_timeout(n)).checked()
+
+    def _start_cli(self, n: int) -> Callable[[], Outcome]:
+        router = self.stack.enter_context(RouterProcess())
+        return lambda: cli_fanout(router, n, fanout_timeout(n)).checked()
 
     def _start_parallel(self, n: int) -> Callable[[], Outcome]:
         if shutil.which("parallel") is None:

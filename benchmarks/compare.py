@@ -284,6 +284,10 @@ def batch_rows(axis: Axis) -> list[list[Row]]:
     groups = [[vs(f"fan-out N={n} x 64 KiB through BatchStart + one Watch: router vs local asyncio subprocesses",
                   m.BatchFanoutRatio, (n,), "local"),
                vs(f"fan-out N={n}: BatchStart + Watch vs GNU parallel -j N", m.BatchFanoutRatio, (n,), "parallel"),
+               Row(f"fan-out N={n}: `router batch -j N` (the CLI, output to its stdout) vs local asyncio subprocesses",
+                   V(m.BatchFanout, (n, "cli")), V(m.BatchFanout, (n, "local")), m.BatchFanoutRatio.target(n, "local")),
+               Row(f"fan-out N={n}: `router batch -j N` vs GNU parallel -j N",
+                   V(m.BatchFanout, (n, "cli")), V(m.BatchFanout, (n, "parallel"))),
                Row(f"fan-out N={n}: BatchStart + Watch vs Modal's calls (start, read, wait per exec)",
                    V(m.BatchFanout, (n, "batch")), V(fanout.Fanout, (n, "router")))]
               for n in axis(m.BatchFanout)]
