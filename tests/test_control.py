@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import resource
 import signal
 import sys
 import time
@@ -232,6 +233,19 @@ def test_batch_start_one_bad_item_fails_only_itself(both: tuple[RouterClient, Co
     again = control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=items[:1])).results
     assert again[0].code == 0
     client.start("b0", ["echo", "zero"], **PIPES)  # the same request through Modal's RPC: no conflict
+
+
+def test_a_big_batch_fits_in_the_descriptors_its_running_execs_need(tmp_path: pathlib.Path) -> None:
+    """Spawns wait in a queue: a batch as large as the open-file limit allows running at once
+    (four descriptors each) starts whole, though an exec holds six while it is being spawned."""
+    token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+    with router_process(tmp_path) as (server, listen):
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (4000, 4000))
+        items = [pb.TaskExecStartRequest(exec_id=f"big{i}", command_args=["true"], **PIPES) for i in range(700)]
+        with RouterClient(listen, token, TASK_ID, retries=0) as client:
+            results = client.batch_start(items)
+            assert [r.message for r in results if r.code != 0] == []
+            assert len(list(client.watch([i.exec_id for i in items]))) == 700
 
 
 def test_watch_sees_each_of_1000_exits_once_across_a_reconnect(tmp_path: pathlib.Path) -> None:

@@ -7,6 +7,7 @@ waits on the `Exec` (execs.py); it never touches loop objects.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import errno
@@ -47,6 +48,7 @@ JOURNAL_RETRY_SECS = 0.5
 # Descriptors each running exec may hold: stdin, stdout, stderr, pidfd.
 FDS_PER_EXEC = 4
 SPAWN_THREADS = 4  # posix_spawn callers at once (benchmarks/RESULTS.md, issue 10: BatchStart exec rate)
+SPAWNS_IN_FLIGHT = 2 * SPAWN_THREADS  # execs whose pipes are open before their spawn is done
 FDS_RESERVED = 1024
 # A start that fails with these (and no file named) lacked resources: a retry may work.
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.ENOSPC}
@@ -109,8 +111,10 @@ class Engine:
         self._lingering_groups: set[int] = set()
         self._watchers: set[Watcher] = set()  # Watch calls; offered each exec as it starts and finishes
         self._oom: OomKills | None = None  # opened at start
-        # Threads that run posix_spawn (see _spawn).
+        # Threads that run posix_spawn, and the execs waiting for them (see _spawn). Loop thread.
         self._spawner = concurrent.futures.ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="router-spawn")
+        self._spawn_queue: collections.deque[Exec] = collections.deque()
+        self._spawns_in_flight = 0
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -317,25 +321,39 @@ class Engine:
             ex.notify()
 
     def _spawn(self, ex: Exec) -> None:
-        """Open the exec's pipes and hand the spawn to a spawner thread (posix_spawn holds its
-        caller until the child has exec'd, most of a millisecond: in threads of their own, with
-        the GIL let go, spawns overlap and the loop goes on); `_spawned` goes on from there."""
+        """Queue the exec's spawn. Spawner threads run posix_spawn, which holds its caller until
+        the child has exec'd (most of a millisecond): in threads of their own, with the GIL let go,
+        spawns overlap and the loop goes on. At most SPAWNS_IN_FLIGHT have their pipes open at once,
+        so a batch of thousands never holds the child ends of thousands of pipes."""
         self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, time.time(), self.base_env))
-        try:
-            pipes = stdio.open_stdio(ex.spec, ex.stdout, ex.stderr)
-        except OSError as e:
-            self._forget(ex, throttled(f"cannot create pipes: {e.strerror}", retry_after=RETRY_AFTER_SECS))
-            return
-        try:
-            future = self._spawner.submit(spawn.start_process, ex.spec, pipes, self._exec_user)
-        except RuntimeError:  # shutting down
-            pipes.close_child_ends()
-            pipes.close_router_ends()
-            self._forget(ex, RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping"))
-            return
-        future.add_done_callback(lambda done: self._loop.call_soon(self._spawned, ex, pipes, done))
+        self._spawn_queue.append(ex)
+        self._next_spawns()
+
+    def _next_spawns(self) -> None:
+        while self._spawns_in_flight < SPAWNS_IN_FLIGHT and self._spawn_queue:
+            ex = self._spawn_queue.popleft()
+            try:
+                pipes = stdio.open_stdio(ex.spec, ex.stdout, ex.stderr)
+            except OSError as e:
+                self._forget(ex, throttled(f"cannot create pipes: {e.strerror}", retry_after=RETRY_AFTER_SECS))
+                continue
+            try:
+                future = self._spawner.submit(spawn.start_process, ex.spec, pipes, self._exec_user)
+            except RuntimeError:  # shutting down
+                pipes.close_child_ends()
+                pipes.close_router_ends()
+                self._forget(ex, RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping"))
+                continue
+            self._spawns_in_flight += 1
+            future.add_done_callback(functools.partial(self._spawn_done, ex, pipes))
+
+    def _spawn_done(self, ex: Exec, pipes: stdio.ChildStdio, done: Spawning) -> None:
+        """A spawner thread: back to the loop."""
+        self._loop.call_soon(self._spawned, ex, pipes, done)
 
     def _spawned(self, ex: Exec, pipes: stdio.ChildStdio, done: Spawning) -> None:
+        self._spawns_in_flight -= 1
+        self._next_spawns()
         try:
             self._start_child(ex, pipes, done)
         except RouterError as e:
