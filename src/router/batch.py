@@ -48,7 +48,9 @@ OUTPUT_LIMIT = 64 * 1024
 KILL_GRACE_SECS = 1.0
 MAX_STATUS = 101  # parallel's cap on the exit status (number of failed jobs)
 NOT_RUN = -1  # parallel's joblog Exitval for a job killed by a timeout (and here: one that never started)
-MAX_BATCH = 10_000  # items per BatchStart (the router's limit)
+# Items per BatchStart (and its Watch): a call answers once all its items have started, so the
+# first outputs come after one chunk's spawns rather than all of them (benchmarks/RESULTS.md).
+CHUNK = 256
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
 
@@ -336,8 +338,8 @@ class Batch:
             attempt = Attempt(job, target, f"{self._prefix}-{job.seq}-{job.attempts}", 0.0)
             chunks.setdefault(target, []).append(attempt)
         for target, attempts in chunks.items():
-            for at in range(0, len(attempts), MAX_BATCH):
-                self._start(target, attempts[at:at + MAX_BATCH])
+            for at in range(0, len(attempts), CHUNK):
+                self._start(target, attempts[at:at + CHUNK])
 
     def _pick(self, job: Job, load: list[int]) -> int:
         """The least loaded target, among those the job has not failed on if there are any."""
