@@ -24,7 +24,7 @@ from .common import (
     closing_on_error,
     zeros_command,
 )
-from .workloads import AioSide, Outcome, local_spawn_rate, router_batch, zeros
+from .workloads import AioSide, Outcome, local_spawn_rate, router_batch, subprocess_batch, zeros
 
 
 def checked_run(kind: str, argv: list[str], n: int, timeout: float, stdin: bytes | None = None) -> Outcome:
@@ -61,14 +61,20 @@ def parallel_fanout(n: int, timeout: float) -> Outcome:
 class BatchFanout(bench_fanout.Fanout):
     """impl: batch (the router's BatchStart + one Watch, over 4 grpc.aio channels), cli (`router
     batch -j N` of N lines, reading its stdout), local (asyncio subprocesses with pipes, all at
-    once, as in Fanout), parallel (GNU parallel -j N). One server per setup."""
+    once, as in Fanout), local_sh (the same, each through `sh -c` as `router batch` and GNU
+    parallel run a line), parallel (GNU parallel -j N). One server per setup."""
 
-    params = [SIZE.fanout, ["batch", "cli", "local", "parallel"]]
+    params = [SIZE.fanout, ["batch", "cli", "local", "local_sh", "parallel"]]
 
     def _start_batch(self, n: int) -> Callable[[], Outcome]:
         router = self.stack.enter_context(RouterProcess())
         side = self.stack.enter_context(AioSide(router.target))
         return lambda: router_batch(side, router.metadata, n, zeros_command(OUTPUT), OUTPUT, fanout_timeout(n)).checked()
+
+    def _start_local_sh(self, n: int) -> Callable[[], Outcome]:
+        side = self.stack.enter_context(AioSide())
+        argv = ["sh", "-c", shlex.join(zeros_command(OUTPUT))]  # what `router batch` runs per line
+        return lambda: subprocess_batch(side, argv, n, n, OUTPUT, fanout_timeout(n)).checked()
 
     def _start_cli(self, n: int) -> Callable[[], Outcome]:
         router = self.stack.enter_context(RouterProcess())

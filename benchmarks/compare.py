@@ -286,6 +286,8 @@ def batch_rows(axis: Axis) -> list[list[Row]]:
                vs(f"fan-out N={n}: BatchStart + Watch vs GNU parallel -j N", m.BatchFanoutRatio, (n,), "parallel"),
                Row(f"fan-out N={n}: `router batch -j N` (the CLI, output to its stdout) vs local asyncio subprocesses",
                    V(m.BatchFanout, (n, "cli")), V(m.BatchFanout, (n, "local")), m.BatchFanoutRatio.target(n, "local")),
+               Row(f"fan-out N={n}: `router batch -j N` vs local asyncio subprocesses of the same line through `sh -c`",
+                   V(m.BatchFanout, (n, "cli")), V(m.BatchFanout, (n, "local_sh")), m.BatchFanoutRatio.target(n, "local")),
                Row(f"fan-out N={n}: `router batch -j N` vs GNU parallel -j N",
                    V(m.BatchFanout, (n, "cli")), V(m.BatchFanout, (n, "parallel"))),
                Row(f"fan-out N={n}: BatchStart + Watch vs Modal's calls (start, read, wait per exec)",
