@@ -362,6 +362,27 @@ def test_a_path_through_a_symlink_names_the_same_mount_across_a_restart(tmp_path
     assert code_of(lambda: mount(images, tmp_path / "root-link", image)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_a_tree_of_many_files_round_trips_through_the_file_threads(tmp_path: pathlib.Path, method: str) -> None:
+    """More files than one thread's share: made by several threads, every mode kept (those a
+    file is created with, and those that need a chmod: setuid, and under the umask)."""
+    src = tmp_path / "many"
+    modes = [0o644, 0o400, 0o4755, 0o666, 0o2750, 0o1777, 0o600]
+    for d in range(3):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(300):
+            f = src / f"d{d}" / f"f{i}"
+            f.write_bytes(f"{d}/{i}".encode() * (i % 50))
+            f.chmod(modes[i % len(modes)])
+            os.utime(f, ns=(i, 1_000_000_000 * i + d))
+    images = _images(tmp_path, method)
+    image = snap(images, src)
+    target = tmp_path / "mnt"
+    with unmounting(images, target):
+        mount(images, target, image)
+        assert describe(target) == describe(src)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory another group")
 def test_a_copy_into_a_setgid_directory_keeps_the_images_groups(tmp_path: pathlib.Path) -> None:
     src = tmp_path / "src"
