@@ -476,8 +476,14 @@ def test_a_tampered_manifest_in_the_store_cannot_write_outside(tmp_path: pathlib
     image = snap(images, tree)
     evil = Manifest(entries=[ROOT, _entry(b"up", "symlink", target=str(tmp_path).encode()),
                              _entry(b"up/canary", blob=images.manifest(images.record(image), None).entries[1].blob)])
-    images.backend.put_doc("manifests", images.record(image).manifest_sha256, msgspec.msgpack.encode(evil))
-    assert code_of(lambda: mount(images, tmp_path / "mnt", image)) == grpc.StatusCode.DATA_LOSS
+    record = images.record(image)  # its manifest was read (and validated) above
+    images.backend.put_doc("manifests", record.manifest_sha256, manifests.encode(evil))
+    assert code_of(lambda: mount(images, tmp_path / "mnt", image)) == grpc.StatusCode.DATA_LOSS  # not its hash
+    # The record changed too, to name the evil manifest by its own hash: validated, and refused.
+    evil_digest = hashlib.sha256(manifests.encode(evil)).hexdigest()
+    images.backend.put_doc("manifests", evil_digest, manifests.encode(evil))
+    images.backend.put_doc("images", image, msgspec.msgpack.encode(msgspec.structs.replace(record, manifest_sha256=evil_digest)))
+    assert code_of(lambda: mount(images, tmp_path / "mnt2", image)) == grpc.StatusCode.DATA_LOSS
     assert not (tmp_path / "canary").exists()
 
 
