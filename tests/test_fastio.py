@@ -1849,6 +1849,10 @@ def test_spawn_wires_stdio_group_and_signals():
     assert out == b"" and err == b"err\n"
 
 
+def test_spawn_takes_subprocess_values_for_devnull_and_stdout():
+    assert (_fastio.SPAWN_DEVNULL, _fastio.SPAWN_STDOUT) == (subprocess.DEVNULL, subprocess.STDOUT)
+
+
 def test_spawn_searches_path_only_when_asked_and_names_what_failed(tmp_path):
     status, out, _ = _spawned([b"echo", b"hi"], search=True)
     assert out == b"hi\n" and os.waitstatus_to_exitcode(status) == 0

@@ -1107,7 +1107,8 @@ cdef class SegmentedLog:
 
 # -- spawning ----------------------------------------------------------------------------------
 
-# What `spawn` takes for an output descriptor besides a real one (subprocess's values).
+# What `spawn` takes for an output descriptor besides a real one: subprocess.DEVNULL and
+# subprocess.STDOUT's values, so a caller passes those as they are (a test checks they match).
 cdef enum:
     C_SPAWN_DEVNULL = -3  # open /dev/null
     C_SPAWN_STDOUT = -2   # (stderr only) the same as stdout

@@ -105,13 +105,7 @@ def _posix_spawn(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None) -> in
         executable = _check_found(argv[0], spec)  # posix_spawnp would search the router's PATH
     return _fastio.spawn(os.fsencode(executable), [os.fsencode(a) for a in argv],
                          [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in spec.env.items()],
-                         stdio.stdin, _spawn_fd(stdio.stdout), _spawn_fd(stdio.stderr), search)
-
-
-def _spawn_fd(fd: int) -> int:
-    if fd == subprocess.DEVNULL:
-        return _fastio.SPAWN_DEVNULL
-    return _fastio.SPAWN_STDOUT if fd == subprocess.STDOUT else fd
+                         stdio.stdin, stdio.stdout, stdio.stderr, search)  # DEVNULL, STDOUT: subprocess's values
 
 
 def _check_found(command: str, spec: ExecSpec) -> str:
