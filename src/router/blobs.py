@@ -28,6 +28,7 @@ from typing import Protocol
 
 COPY_CHUNK = 1024 * 1024
 SHORT_NAME_END = 22  # a short name is hash characters 2 to 22: `/ab/` + 20 = 24 bytes
+NAME_LENGTH = 64  # a blob's own name: its SHA-256 in hex (a short name is shorter)
 
 
 class Backend(Protocol):
@@ -106,6 +107,9 @@ class LocalBackend:
     def _blob(self, name: str) -> pathlib.Path:
         return self._blobs / name[:2] / name
 
+    def _short(self, name: str) -> pathlib.Path:
+        return self._blobs / name[:2] / name[2:SHORT_NAME_END]
+
     def _tmpfile(self) -> tuple[pathlib.Path, int]:
         path = self._tmp / secrets.token_hex(8)
         return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
@@ -161,7 +165,7 @@ class LocalBackend:
 
     def redirect(self, name: str) -> bytes:
         full = self._blob(name)
-        short = full.with_name(name[2:SHORT_NAME_END])
+        short = self._short(name)
         try:
             os.link(full, short)
         except FileExistsError:
@@ -173,7 +177,7 @@ class LocalBackend:
 
     def delete_blob(self, name: str) -> int:
         path = self._blob(name)
-        short = path.with_name(name[2:SHORT_NAME_END])
+        short = self._short(name)
         try:
             st = path.stat()
             with contextlib.suppress(FileNotFoundError):
@@ -187,7 +191,7 @@ class LocalBackend:
     def blob_names(self) -> Iterator[str]:
         for d in self._blobs.iterdir():
             for f in d.iterdir():
-                if len(f.name) == 64:  # not a short name
+                if len(f.name) == NAME_LENGTH:  # not a short name
                     yield f.name
 
     def put_doc(self, kind: str, name: str, data: bytes) -> None:
@@ -226,6 +230,6 @@ class LocalBackend:
         for top in (self._blobs, self._docs):
             for dirpath, _, files in os.walk(top):
                 for f in files:
-                    if top is self._docs or len(f) == 64:  # a short name shares its blob's blocks
+                    if top is self._docs or len(f) == NAME_LENGTH:  # a short name shares its blob's blocks
                         total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
         return total
