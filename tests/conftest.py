@@ -187,6 +187,7 @@ class Raw:
     def __init__(self, port: int, token: str) -> None:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.TaskCommandRouterStub(self.channel)
+        self.token = token
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),)
 
     def call(self, name: str, request, timeout: float = 30.0, metadata=None):  # type: ignore[no-untyped-def]

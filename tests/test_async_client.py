@@ -87,7 +87,7 @@ def test_every_method(tmp_path: pathlib.Path, mode: str) -> None:
         assert info_error.value.code() == grpc.StatusCode.NOT_FOUND
 
     with serving(tmp_path, server_mode=mode) as (server, _, raw):
-        run_with(f"127.0.0.1:{server.port}", raw.metadata[0][1].split(" ", 1)[1], body)
+        run_with(f"127.0.0.1:{server.port}", raw.token, body)
 
 
 def test_read_and_watch_resume_after_a_cut(tmp_path: pathlib.Path) -> None:
@@ -126,7 +126,7 @@ def test_read_and_watch_resume_after_a_cut(tmp_path: pathlib.Path) -> None:
     with serving(tmp_path) as (server, _, raw):
         proxy = CuttableProxy(server.port)
         try:
-            run_with(f"127.0.0.1:{proxy.port}", raw.metadata[0][1].split(" ", 1)[1], body, retries=20)
+            run_with(f"127.0.0.1:{proxy.port}", raw.token, body, retries=20)
         finally:
             proxy.close()
 
@@ -158,7 +158,7 @@ def test_from_env_finds_the_usual_places(tmp_path: pathlib.Path, monkeypatch: py
         with RouterClient.from_env(state_dir=state) as client:
             client.start("minted", ["true"], **PIPES)
             assert exit_code(client.wait("minted")) == 0
-        monkeypatch.setenv("ROUTER_TOKEN", raw.metadata[0][1].split(" ", 1)[1])
+        monkeypatch.setenv("ROUTER_TOKEN", raw.token)
 
         async def main() -> None:
             async with AsyncRouterClient.from_env(state_dir=tmp_path / "elsewhere",

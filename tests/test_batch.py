@@ -33,7 +33,7 @@ class Target(NamedTuple):
 @contextlib.contextmanager
 def target_at(directory: pathlib.Path, **overrides: object) -> Iterator[Target]:
     with serving(directory, **overrides) as (server, client, raw):
-        yield Target(f"127.0.0.1:{server.port}", raw.metadata[0][1].split(" ", 1)[1], client)
+        yield Target(f"127.0.0.1:{server.port}", raw.token, client)
 
 
 @pytest.fixture

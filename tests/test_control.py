@@ -38,7 +38,7 @@ class Control:
 @pytest.fixture(params=["aio", "threads"])
 def both(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[tuple[RouterClient, Control]]:
     with serving(tmp_path, server_mode=request.param) as (server, client, raw):
-        token = raw.metadata[0][1].split(" ", 1)[1]
+        token = raw.token
         control = Control(server.port, token)
         try:
             yield client, control
@@ -75,7 +75,7 @@ def test_kill_reaches_grandchildren_and_answers_once_gone(both: tuple[RouterClie
 def test_kill_answers_without_a_journal(tmp_path: pathlib.Path, mode: str) -> None:
     """Without a journal nothing else wakes the exec after its output ends: Kill must still answer."""
     with serving(tmp_path, server_mode=mode, journal=False) as (server, client, raw):
-        control = Control(server.port, raw.metadata[0][1].split(" ", 1)[1])
+        control = Control(server.port, raw.token)
         try:
             client.start("s", ["sleep", "60"], **PIPES)
             client.poll("s")
@@ -250,7 +250,7 @@ def test_a_big_batch_fits_in_the_descriptors_its_running_execs_need(tmp_path: pa
 
 def test_watch_sees_each_of_1000_exits_once_across_a_reconnect(tmp_path: pathlib.Path) -> None:
     with serving(tmp_path) as (server, client, raw):
-        token = raw.metadata[0][1].split(" ", 1)[1]
+        token = raw.token
         control = Control(server.port, token)
         try:
             ids = [f"w{i}" for i in range(1000)]
@@ -286,7 +286,7 @@ def test_watch_sees_each_of_1000_exits_once_across_a_reconnect(tmp_path: pathlib
 @pytest.mark.parametrize("mode", ["aio", "threads"])
 def test_a_watch_open_at_shutdown_ends_cleanly(tmp_path: pathlib.Path, mode: str) -> None:
     with serving(tmp_path, server_mode=mode) as (server, client, raw):
-        control = Control(server.port, raw.metadata[0][1].split(" ", 1)[1])
+        control = Control(server.port, raw.token)
         stream = control.stub.Watch(ec.WatchRequest(task_id=TASK_ID), timeout=30, metadata=control.md)
         client.start("one", ["true"], **PIPES)
         assert next(stream).exec_id == "one"
@@ -297,7 +297,7 @@ def test_a_watch_open_at_shutdown_ends_cleanly(tmp_path: pathlib.Path, mode: str
 
 def test_watch_all_sees_later_execs(tmp_path: pathlib.Path) -> None:
     with serving(tmp_path) as (server, client, raw):
-        control = Control(server.port, raw.metadata[0][1].split(" ", 1)[1])
+        control = Control(server.port, raw.token)
         try:
             stream = control.stub.Watch(ec.WatchRequest(task_id=TASK_ID), timeout=30, metadata=control.md)
             client.start("later", ["sh", "-c", "head -c 100 /dev/zero"], **PIPES)

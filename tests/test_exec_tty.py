@@ -66,7 +66,7 @@ def router_exec(tmp_path: pathlib.Path, *args: str, rows: int = 30,
     """`router exec ARGS` on a new terminal of `rows` x `cols`; yields (process, terminal, a client
     of its server). Always stopped."""
     with serving(tmp_path) as (server, client, raw):
-        token = raw.metadata[0][1].split(" ", 1)[1]
+        token = raw.token
         terminal = Terminal(rows, cols)
         # setsid --ctty: a session of its own whose controlling terminal is the pty (no preexec_fn in
         # a process with threads); setsid execs in place, as the process is not a group leader.
@@ -120,7 +120,7 @@ def test_without_a_terminal_on_stdin(tmp_path: pathlib.Path) -> None:
     """-t: a warning and no terminal, as ssh; -tt: a terminal anyway, its input ending at stdin's end."""
     script = "test -t 0 && echo on-a-tty || echo no-tty; read line; echo got:$line"
     with serving(tmp_path) as (server, _, raw):
-        token = raw.metadata[0][1].split(" ", 1)[1]
+        token = raw.token
         base = [sys.executable, "-m", "router.cli", "exec", "--target", f"127.0.0.1:{server.port}", "--token", token]
         once = subprocess.run([*base, "-t", "--", "sh", "-c", script], input=b"hi\n", capture_output=True,
                               timeout=60, check=False)
