@@ -328,11 +328,12 @@ def _on_terminal(client: RouterClient, exec_id: str, raw: bool, io: Callable[[],
         finally:
             os.write(w, b"\0")  # no signal has number 0
 
-    worker, errors = _in_background(work)
     signalled = 0
     try:
+        # Raw before the first remote byte is written out: a cooked terminal would turn its \r\n into \r\r\n.
         if saved_mode is not None:
             tty.setraw(0, termios.TCSADRAIN)
+        worker, errors = _in_background(work)
         finished = False
         while not finished and not signalled:
             for signum in os.read(r, 64):
