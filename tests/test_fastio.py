@@ -10,6 +10,7 @@ import hashlib
 import mmap
 import os
 import random
+import resource
 import select
 import signal
 import socket
@@ -1817,11 +1818,14 @@ def _spawned(argv, stdout=None, stderr=None, env=(b"PATH=/usr/bin:/bin",), searc
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     with os.fdopen(out_r, "rb") as o, os.fdopen(err_r, "rb") as e:
         try:
-            pid = _fastio.spawn(argv[0], list(argv), list(env), null,
-                                out_w if stdout is None else stdout, err_w if stderr is None else stderr, search)
+            pid, pidfd, *ends = _fastio.spawn(argv[0], list(argv), list(env), null,
+                                              out_w if stdout is None else stdout, err_w if stderr is None else stderr,
+                                              search)
         finally:
             for fd in (out_w, err_w, null):
                 os.close(fd)
+        os.close(pidfd)
+        assert ends == [-1, -1, -1]  # no pipes asked for
         try:
             out, err = o.read(), e.read()
         finally:
@@ -1849,8 +1853,71 @@ def test_spawn_wires_stdio_group_and_signals():
     assert out == b"" and err == b"err\n"
 
 
-def test_spawn_takes_subprocess_values_for_devnull_and_stdout():
-    assert (_fastio.SPAWN_DEVNULL, _fastio.SPAWN_STDOUT) == (subprocess.DEVNULL, subprocess.STDOUT)
+def test_spawn_takes_subprocess_values_for_devnull_stdout_and_pipe():
+    assert ((_fastio.SPAWN_DEVNULL, _fastio.SPAWN_STDOUT, _fastio.SPAWN_PIPE)
+            == (subprocess.DEVNULL, subprocess.STDOUT, subprocess.PIPE))
+
+
+def _open_fds():
+    listed = [int(fd) for fd in os.listdir("/proc/self/fd")]  # the listing's own descriptor is closed by now
+    return sorted(fd for fd in listed if _is_open(fd))
+
+
+def _is_open(fd):
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except OSError:
+        return False
+    return True
+
+
+def test_spawn_makes_the_pipes_and_a_pidfd_and_keeps_only_the_routers_ends():
+    before = _open_fds()
+    pid, pidfd, stdin_w, out_r, err_r = _fastio.spawn(
+        b"/bin/sh", [b"/bin/sh", b"-c", b"cat; echo err >&2"], [], _fastio.SPAWN_PIPE, _fastio.SPAWN_PIPE,
+        _fastio.SPAWN_PIPE, False, 1 << 20)
+    mine = {pidfd, stdin_w, out_r, err_r}
+    try:
+        # The child's ends were closed in the call: only ours are new, all close-on-exec.
+        assert sorted(set(_open_fds()) - set(before)) == sorted(mine)
+        assert all(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC for fd in mine)
+        assert fcntl.fcntl(out_r, fcntl.F_GETPIPE_SZ) == 1 << 20
+        os.write(stdin_w, b"in\n")
+        os.close(stdin_w)
+        mine.discard(stdin_w)
+        with os.fdopen(out_r, "rb", closefd=False) as o, os.fdopen(err_r, "rb", closefd=False) as e:
+            assert (o.read(), e.read()) == (b"in\n", b"err\n")  # EOF: no copy of a write end left
+        info = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+        assert info is not None and info.si_pid == pid and info.si_status == 0
+    finally:
+        for fd in mine:
+            os.close(fd)
+    merged = _fastio.spawn(b"/bin/sh", [b"/bin/sh", b"-c", b"echo out; echo err >&2"], [], _fastio.SPAWN_PIPE,
+                           _fastio.SPAWN_PIPE, _fastio.SPAWN_STDOUT)
+    pid, pidfd, stdin_w, out_r, err_r = merged
+    assert err_r == -1
+    with os.fdopen(out_r, "rb") as o:
+        assert o.read() == b"out\nerr\n"
+    os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+    os.close(pidfd)
+    os.close(stdin_w)
+    assert _open_fds() == before
+
+
+def test_a_failed_spawn_leaves_nothing_open():
+    before = _open_fds()
+    with pytest.raises(FileNotFoundError):
+        _fastio.spawn(b"/no/such/program", [b"x"], [], _fastio.SPAWN_PIPE, _fastio.SPAWN_PIPE, _fastio.SPAWN_PIPE)
+    assert _open_fds() == before
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(before) + 3, hard))  # room for a pipe and a half
+    try:
+        with pytest.raises(OSError) as e:
+            _fastio.spawn(b"/bin/true", [b"true"], [], _fastio.SPAWN_PIPE, _fastio.SPAWN_PIPE, _fastio.SPAWN_PIPE)
+        assert e.value.errno == errno.EMFILE and e.value.filename is None  # the system's lack, not the program's
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert _open_fds() == before
 
 
 def test_spawn_searches_path_only_when_asked_and_names_what_failed(tmp_path):

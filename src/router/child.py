@@ -31,21 +31,6 @@ class Child:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: list[asyncio.TimerHandle] = []
 
-    @classmethod
-    def open(cls, pid: int, proc: subprocess.Popen[bytes] | None, terminal: bool) -> Child:
-        """Take hold of a just-started child. If no pidfd can be had, the child is killed and
-        reaped before the OSError is raised: nothing is left behind that no one watches."""
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            procs.killpg_quietly(pid, signal.SIGKILL)
-            procs.kill_quietly(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            if proc is not None:
-                proc.returncode = -1  # reaped above: Popen must never wait for it again
-            raise
-        return cls(pid, pidfd, proc, terminal)
-
     @property
     def held(self) -> bool:
         """Until release(): the pid and group id are still this child's."""

@@ -7,7 +7,6 @@ waits on the `Exec` (execs.py); it never touches loop objects.
 """
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import contextlib
 import errno
@@ -17,7 +16,6 @@ import os
 import pathlib
 import resource
 import signal
-import subprocess
 import threading
 import time
 
@@ -48,7 +46,6 @@ JOURNAL_RETRY_SECS = 0.5
 # Descriptors each running exec may hold: stdin, stdout, stderr, pidfd.
 FDS_PER_EXEC = 4
 SPAWN_THREADS = 4  # posix_spawn callers at once (benchmarks/RESULTS.md, issue 10: BatchStart exec rate)
-SPAWNS_IN_FLIGHT = 2 * SPAWN_THREADS  # execs whose pipes are open before their spawn is done
 FDS_RESERVED = 1024
 # A start that fails with these (and no file named) lacked resources: a retry may work.
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.ENOSPC}
@@ -80,7 +77,7 @@ def _running_child(ex: Exec) -> Child | None:
     return child if child is not None and child.held and not child.exited else None
 
 
-Spawning = concurrent.futures.Future[tuple[int, "subprocess.Popen[bytes] | None"]]
+Spawning = concurrent.futures.Future[spawn.Started]
 
 
 class Engine:
@@ -111,10 +108,8 @@ class Engine:
         self._lingering_groups: set[int] = set()
         self._watchers: set[Watcher] = set()  # Watch calls; offered each exec as it starts and finishes
         self._oom: OomKills | None = None  # opened at start
-        # Threads that run posix_spawn, and the execs waiting for them (see _spawn). Loop thread.
+        # Threads that run posix_spawn (see _spawn).
         self._spawner = concurrent.futures.ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="router-spawn")
-        self._spawn_queue: collections.deque[Exec] = collections.deque()
-        self._spawns_in_flight = 0
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -159,10 +154,11 @@ class Engine:
             return
         self._stopping = True
         try:
-            # Spawns in flight finish first (each queued _spawn has submitted its own by the time
-            # the barrier returns), so that _kill_all, queued after them, finds every child.
+            # Spawns in flight finish and queued ones are cancelled first (each queued _spawn has
+            # submitted its own by the time the barrier returns; each outcome queues a _spawned),
+            # so that _kill_all, queued after them, finds every child.
             self._loop.run(lambda: None, timeout=timeout)
-            self._spawner.shutdown(wait=True)
+            self._spawner.shutdown(wait=True, cancel_futures=True)
             self._loop.call_soon(self._kill_all, execs)
             deadline = time.monotonic() + timeout
             for ex in execs:
@@ -321,41 +317,26 @@ class Engine:
             ex.notify()
 
     def _spawn(self, ex: Exec) -> None:
-        """Queue the exec's spawn. Spawner threads run posix_spawn, which holds its caller until
-        the child has exec'd (most of a millisecond): in threads of their own, with the GIL let go,
-        spawns overlap and the loop goes on. At most SPAWNS_IN_FLIGHT have their pipes open at once,
-        so a batch of thousands never holds the child ends of thousands of pipes."""
+        """Hand the exec to a spawner thread. _fastio.spawn holds its caller until the child has
+        exec'd (most of a millisecond): in threads of their own, with the GIL let go, spawns
+        overlap and the loop goes on. A spawn's pipes exist only inside its call, so a batch of
+        thousands never holds the child ends of more than SPAWN_THREADS children at once."""
         self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, time.time(), self.base_env))
-        self._spawn_queue.append(ex)
-        self._next_spawns()
-
-    def _next_spawns(self) -> None:
-        while self._spawns_in_flight < SPAWNS_IN_FLIGHT and self._spawn_queue:
-            ex = self._spawn_queue.popleft()
-            try:
-                pipes = stdio.open_stdio(ex.spec, ex.stdout, ex.stderr)
-            except OSError as e:
-                self._forget(ex, throttled(f"cannot create pipes: {e.strerror}", retry_after=RETRY_AFTER_SECS))
-                continue
-            try:
-                future = self._spawner.submit(spawn.start_process, ex.spec, pipes, self._exec_user)
-            except RuntimeError:  # shutting down
-                pipes.close_child_ends()
-                pipes.close_router_ends()
-                self._forget(ex, RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping"))
-                continue
-            self._spawns_in_flight += 1
-            future.add_done_callback(functools.partial(self._spawn_done, ex, pipes))
-
-    def _spawn_done(self, ex: Exec, pipes: stdio.ChildStdio, done: Spawning) -> None:
-        """A spawner thread: back to the loop."""
-        self._loop.call_soon(self._spawned, ex, pipes, done)
-
-    def _spawned(self, ex: Exec, pipes: stdio.ChildStdio, done: Spawning) -> None:
-        self._spawns_in_flight -= 1
-        self._next_spawns()
         try:
-            self._start_child(ex, pipes, done)
+            future = self._spawner.submit(spawn.start_process, ex.spec, ex.stdout is not None, ex.stderr is not None,
+                                          self._exec_user)
+        except RuntimeError:  # shutting down
+            self._forget(ex, RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping"))
+            return
+        future.add_done_callback(functools.partial(self._spawn_done, ex))
+
+    def _spawn_done(self, ex: Exec, done: Spawning) -> None:
+        """A spawner thread (or stop(), cancelling): back to the loop."""
+        self._loop.call_soon(self._spawned, ex, done)
+
+    def _spawned(self, ex: Exec, done: Spawning) -> None:
+        try:
+            self._start_child(ex, done)
         except RouterError as e:
             self._forget(ex, e)
         except Exception as e:  # a bug: fail this start loudly, keep the loop alive
@@ -368,34 +349,27 @@ class Engine:
                 for watcher in list(self._watchers):
                     watcher.offer_started(ex)
 
-    def _start_child(self, ex: Exec, pipes: stdio.ChildStdio, done: Spawning) -> None:
+    def _start_child(self, ex: Exec, done: Spawning) -> None:
+        if done.cancelled():
+            raise RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping")
         try:
-            pid, proc = done.result()
+            started = done.result()
         except OSError as e:
-            pipes.close_router_ends()
             if e.errno in _RESOURCE_ERRNOS and e.filename is None:
                 raise throttled(f"cannot start process: {e.strerror}", retry_after=RETRY_AFTER_SECS) from None
             self._fail_start(ex, e)
             return
-        except BaseException:
-            pipes.close_router_ends()
-            raise
-        finally:
-            pipes.close_child_ends()
-        try:
-            child = Child.open(pid, proc, ex.spec.pty is not None)
-        except OSError as e:
-            pipes.close_router_ends()
-            raise throttled(f"cannot watch process: {e.strerror}", retry_after=RETRY_AFTER_SECS) from None
         loop = self._loop.loop
-        ex.child = child
-        self._record(Spawned(ex.exec_id, pid, child.terminal, time.time(), self._boot_id))
+        child = ex.child = Child(started.pid, started.pidfd, started.proc, ex.spec.pty is not None)
+        self._record(Spawned(ex.exec_id, started.pid, child.terminal, time.time(), self._boot_id))
         child.watch(loop, lambda: self._on_exit(ex))
-        ex.output = OutputPipes(ex.exec_id, loop, pipes.outputs, ex.spec.pty is not None,
+        outputs = [(fd, log) for fd, log in ((started.stdout_reader, ex.stdout), (started.stderr_reader, ex.stderr))
+                   if fd >= 0 and log is not None]
+        ex.output = OutputPipes(ex.exec_id, loop, outputs, ex.spec.pty is not None,
                                 lambda: self._on_output(ex), lambda: self._on_output_done(ex))
         if ex.spec.timeout_secs is not None:
             child.arm_timeout(loop, ex.spec.timeout_secs, self._kill_grace)
-        ex.stdin.attach(loop, pipes.stdin_writer)
+        ex.stdin.attach(loop, started.stdin_writer)
 
     def _fail_start(self, ex: Exec, e: OSError) -> None:
         status, reason = spawn.failed_start(ex.spec, e)

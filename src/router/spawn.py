@@ -11,15 +11,16 @@ import grp
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 from typing import NamedTuple
 
 import grpc
 
-from . import _fastio
+from . import _fastio, procs
 from .errors import RouterError
 from .records import ExecSpec, ExitStatus
-from .stdio import ChildStdio
+from .stdio import PIPE_SIZE, ChildStdio, open_stdio
 
 
 class ExecUser(NamedTuple):
@@ -63,14 +64,46 @@ SETSID = shutil.which("setsid")
 SETPRIV = shutil.which("setpriv")
 
 
-def start_process(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None = None
-                  ) -> tuple[int, subprocess.Popen[bytes] | None]:
-    """Start the child in a process group (a terminal's: a session) of its own: os.posix_spawn, or
-    Popen (no preexec_fn) when it needs a working directory or a terminal, which posix_spawn cannot
-    set up here. As another user, through setpriv(1). Returns its pid, and the Popen that started
-    it if one did."""
+class Started(NamedTuple):
+    """A child just started: its pid and pidfd, the Popen that started it if one did, and the
+    router's ends of its stdio (-1 where there is none; a terminal's output is its stdout)."""
+
+    pid: int
+    pidfd: int
+    proc: subprocess.Popen[bytes] | None
+    stdin_writer: int
+    stdout_reader: int
+    stderr_reader: int
+
+
+def start_process(spec: ExecSpec, stdout: bool, stderr: bool, user: ExecUser | None = None) -> Started:
+    """Start the child, with output pipes for the streams logged (`stdout`, `stderr`), in a process
+    group (a terminal's: a session) of its own: _fastio.spawn, or Popen (no preexec_fn) when it
+    needs a working directory or a terminal, which posix_spawn cannot set up here. As another user,
+    through setpriv(1). On OSError nothing is left open or running."""
     if spec.pty is None and spec.workdir is None:
-        return _posix_spawn(spec, stdio, user), None
+        return _posix_spawn(spec, stdout, stderr, user)
+    stdio = open_stdio(spec, stdout, stderr)
+    try:
+        proc = _popen(spec, stdio, user)
+    except BaseException:
+        stdio.close_router_ends()
+        raise
+    finally:
+        stdio.close_child_ends()
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:
+        # Nothing may run that no one watches.
+        procs.killpg_quietly(proc.pid, signal.SIGKILL)
+        procs.kill_quietly(proc.pid, signal.SIGKILL)
+        proc.wait()
+        stdio.close_router_ends()
+        raise
+    return Started(proc.pid, pidfd, proc, stdio.stdin_writer, stdio.stdout_reader, stdio.stderr_reader)
+
+
+def _popen(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None) -> subprocess.Popen[bytes]:
     argv = list(spec.args)
     if spec.pty is not None:
         _check_found(argv[0], spec)  # the same message as without a terminal
@@ -81,16 +114,16 @@ def start_process(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None = Non
         argv = [SETSID, "--ctty", *(argv if user is None else user.argv(argv))]
     elif user is not None:
         argv = user.argv(argv)
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         argv, stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr, env=spec.env, cwd=spec.workdir,
         process_group=None if spec.pty is not None else 0, close_fds=True,
     )
-    return proc.pid, proc
 
 
-def _posix_spawn(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None) -> int:
-    """Every descriptor of the router is close-on-exec (PEP 446), so only these three are inherited.
-    _fastio.spawn rather than os.posix_spawn: it lets go of the GIL while the child execs."""
+def _posix_spawn(spec: ExecSpec, stdout: bool, stderr: bool, user: ExecUser | None) -> Started:
+    """Every descriptor of the router is close-on-exec (PEP 446), so only the child's stdio is
+    inherited. _fastio.spawn rather than os.posix_spawn: it makes the pipes, spawns and opens a
+    pidfd in one call, without the GIL."""
     argv = spec.args
     path = spec.env.get("PATH", os.defpath)
     if user is not None:
@@ -103,9 +136,16 @@ def _posix_spawn(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None) -> in
         executable, search = argv[0], True  # the router's own PATH: posix_spawnp searches it
     else:
         executable = _check_found(argv[0], spec)  # posix_spawnp would search the router's PATH
-    return _fastio.spawn(os.fsencode(executable), [os.fsencode(a) for a in argv],
-                         [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in spec.env.items()],
-                         stdio.stdin, stdio.stdout, stdio.stderr, search)  # DEVNULL, STDOUT: subprocess's values
+    stderr_fd = _fastio.SPAWN_STDOUT if spec.stderr == "stdout" else _output(stderr)
+    pid, pidfd, stdin_w, stdout_r, stderr_r = _fastio.spawn(
+        os.fsencode(executable), [os.fsencode(a) for a in argv],
+        [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in spec.env.items()],
+        _fastio.SPAWN_PIPE, _output(stdout), stderr_fd, search, PIPE_SIZE)
+    return Started(pid, pidfd, None, stdin_w, stdout_r, stderr_r)
+
+
+def _output(logged: bool) -> int:
+    return _fastio.SPAWN_PIPE if logged else _fastio.SPAWN_DEVNULL
 
 
 def _check_found(command: str, spec: ExecSpec) -> str:

@@ -8,7 +8,6 @@ import struct
 import subprocess
 import termios
 
-from ._fastio import SegmentedLog
 from .records import ExecSpec
 
 # Big pipes are 2-3x faster for writers of big chunks (benchmarks/RESULTS.md).
@@ -23,7 +22,8 @@ class ChildStdio:
     stdout: int
     stderr: int
     stdin_writer: int  # the router's end of the child's stdin
-    outputs: list[tuple[int, SegmentedLog]]  # the router's ends to drain, each into its log
+    stdout_reader: int  # the router's ends to drain (-1: none); a terminal's output is its stdout
+    stderr_reader: int
     child_fds: list[int] = dataclasses.field(default_factory=list)
     router_fds: list[int] = dataclasses.field(default_factory=list)
 
@@ -39,14 +39,14 @@ class ChildStdio:
         self.router_fds.clear()
 
 
-def open_stdio(spec: ExecSpec, stdout: SegmentedLog | None, stderr: SegmentedLog | None) -> ChildStdio:
-    """Pipes (or a terminal) for a child, draining into these logs. On OSError nothing stays open."""
+def open_stdio(spec: ExecSpec, stdout: bool, stderr: bool) -> ChildStdio:
+    """Pipes (or a terminal) for a child, with output pipes for the streams logged. On OSError
+    nothing stays open. (Execs without a terminal or workdir get theirs from _fastio.spawn.)"""
     child_fds: list[int] = []
     router_fds: list[int] = []
     try:
         if spec.pty is not None:
-            assert stdout is not None  # a terminal's output is always drained, or the child would block
-            return _terminal(spec, stdout, child_fds, router_fds)
+            return _terminal(spec, child_fds, router_fds)
         return _pipes(spec, stdout, stderr, child_fds, router_fds)
     except BaseException:
         for fd in child_fds + router_fds:
@@ -54,14 +54,14 @@ def open_stdio(spec: ExecSpec, stdout: SegmentedLog | None, stderr: SegmentedLog
         raise
 
 
-def _pipes(spec: ExecSpec, stdout_log: SegmentedLog | None, stderr_log: SegmentedLog | None,
-           child_fds: list[int], router_fds: list[int]) -> ChildStdio:
+def _pipes(spec: ExecSpec, has_stdout: bool, has_stderr: bool, child_fds: list[int], router_fds: list[int]
+           ) -> ChildStdio:
     stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
     child_fds.append(stdin_r)
     router_fds.append(stdin_w)
-    outputs: list[tuple[int, SegmentedLog]] = []
+    readers = [-1, -1]
 
-    def output_pipe(log: SegmentedLog) -> int:
+    def output_pipe(which: int) -> int:
         r, w = os.pipe2(os.O_CLOEXEC)
         router_fds.append(r)
         child_fds.append(w)
@@ -69,20 +69,20 @@ def _pipes(spec: ExecSpec, stdout_log: SegmentedLog | None, stderr_log: Segmente
             fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
             pass  # an optimisation; the limit for unprivileged users is lower
-        outputs.append((r, log))
+        readers[which] = r
         return w
 
-    stdout = subprocess.DEVNULL if stdout_log is None else output_pipe(stdout_log)
+    stdout = output_pipe(0) if has_stdout else subprocess.DEVNULL
     if spec.stderr == "stdout":
         stderr = subprocess.STDOUT
-    elif stderr_log is not None:
-        stderr = output_pipe(stderr_log)
+    elif has_stderr:
+        stderr = output_pipe(1)
     else:
         stderr = subprocess.DEVNULL
-    return ChildStdio(stdin_r, stdout, stderr, stdin_w, outputs, child_fds, router_fds)
+    return ChildStdio(stdin_r, stdout, stderr, stdin_w, readers[0], readers[1], child_fds, router_fds)
 
 
-def _terminal(spec: ExecSpec, log: SegmentedLog, child_fds: list[int], router_fds: list[int]) -> ChildStdio:
+def _terminal(spec: ExecSpec, child_fds: list[int], router_fds: list[int]) -> ChildStdio:
     assert spec.pty is not None
     master, slave = os.openpty()
     router_fds.append(master)
@@ -92,7 +92,7 @@ def _terminal(spec: ExecSpec, log: SegmentedLog, child_fds: list[int], router_fd
     # Writes go through their own descriptor so that closing stdin never closes the output side.
     stdin_w = os.dup(master)
     router_fds.append(stdin_w)
-    return ChildStdio(slave, slave, slave, stdin_w, [(master, log)], child_fds, router_fds)
+    return ChildStdio(slave, slave, slave, stdin_w, master, -1, child_fds, router_fds)
 
 
 def resize(fd: int, rows: int, cols: int) -> None:

@@ -24,6 +24,19 @@ cdef extern from "<fcntl.h>" nogil:
                    unsigned int flags)
 
 
+cdef extern from "<fcntl.h>" nogil:
+    enum: F_SETPIPE_SZ
+    int pipe2(int *fds, int flags)
+
+
+cdef extern from "<sys/syscall.h>" nogil:
+    enum: SYS_pidfd_open
+
+
+cdef extern from "<unistd.h>" nogil:
+    long syscall(long number, ...)
+
+
 cdef extern from "<sys/ioctl.h>" nogil:
     enum: FIONREAD
     int ioctl(int fd, unsigned long request, ...)
