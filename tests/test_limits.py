@@ -82,6 +82,8 @@ def test_streams_per_connection(tmp_path: pathlib.Path) -> None:
         client.start("sleeper", ["sleep", "30"], **PIPES, timeout_secs=5)  # long enough to hold calls on
         held = [raw.stub.TaskExecWait.future(WAIT, timeout=30, metadata=raw.metadata) for _ in range(2)]
         try:
+            # Both waits are in the server (holding both streams) before the third call goes out.
+            assert eventually(lambda: server.engine.get("sleeper").waiters == 2)
             poll = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="sleeper")
             # The third stream on this connection waits for one of the two to end.
             assert raw.code("TaskExecPoll", poll, timeout=1.0) == grpc.StatusCode.DEADLINE_EXCEEDED

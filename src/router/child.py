@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Callable
 
 from . import procs
+from .loop import Readers
 from .records import ExitStatus, Usage
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class Child:
         self.exited = False
         self.timed_out = False  # its timeout fired
         self.usage: Usage | None = None  # its rusage, once reaped
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._readers: Readers | None = None
         self._timers: list[asyncio.TimerHandle] = []
 
     @property
@@ -36,9 +37,9 @@ class Child:
         """Until release(): the pid and group id are still this child's."""
         return self._pidfd >= 0
 
-    def watch(self, loop: asyncio.AbstractEventLoop, on_exit: Callable[[], None]) -> None:
-        self._loop = loop
-        loop.add_reader(self._pidfd, on_exit)
+    def watch(self, readers: Readers, on_exit: Callable[[], None]) -> None:
+        self._readers = readers
+        readers.add_reader(self._pidfd, on_exit)
 
     def exit_status(self) -> ExitStatus | None:
         """The leader's status once it has exited (None before: a spurious wake-up); not reaped."""
@@ -54,9 +55,9 @@ class Child:
         return ExitStatus(signal=info.si_status)
 
     def _unwatch(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_reader(self._pidfd)
-            self._loop = None
+        if self._readers is not None:
+            self._readers.remove_reader(self._pidfd)
+            self._readers = None
 
     # -- signals and timeouts ---------------------------------------------------------------------
 

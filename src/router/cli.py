@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import logging
 import os
 import pathlib
@@ -60,6 +61,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"router serve: {e}", file=sys.stderr)
         return 2
+    # Every exec allocates dozens of objects kept as long as the exec is: at the default threshold
+    # (700 allocations) the collector ran ~90 times per 1,000 execs of `true`, ~10% of the server's
+    # CPU (benchmarks/RESULTS.md, issue 10).
+    gc.set_threshold(GC_THRESHOLD)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -181,6 +186,7 @@ def _add_connection_args(p: argparse.ArgumentParser, many: bool = False) -> None
     p.add_argument("--tls-server-name", default="", help="the name to expect in the server's certificate")
 
 
+GC_THRESHOLD = 10_000  # allocations between young-generation collections in `router serve`
 _STATES = {"running": ec.EXEC_STATE_RUNNING, "exited": ec.EXEC_STATE_EXITED, "any": ec.EXEC_STATE_ANY}
 
 

@@ -12,7 +12,7 @@ from . import requests
 from ._proto import exec_control_pb2 as ec
 from ._proto import task_command_router_pb2 as pb
 from .errors import RouterError, invalid
-from .execs import Exec
+from .execs import Changes, Exec
 from .journal import (
     CAUSE_EXITED,
     CAUSE_FAILED,
@@ -82,6 +82,26 @@ def _output(ex: Exec, limit: int) -> tuple[bytes, bytes] | None:
     except (ValueError, LookupError, OSError):
         return None  # released meanwhile: the caller reads with TaskExecStdioRead, or learns it is gone
     return out[0], out[1]
+
+
+class _Starts(Changes):
+    """The starts of a BatchStart, waited for together: one wake-up for the lot, not one per exec."""
+
+    def __init__(self, execs: list[Exec]) -> None:
+        super().__init__()
+        self._left = len(execs)
+        for ex in execs:
+            ex.started.add_done_callback(self._one_done)  # at once if done already
+
+    def _one_done(self, _: object) -> None:
+        with self.cond:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self.notify()
+
+    def done(self) -> bool:
+        return self._left == 0
 
 
 class Control:
@@ -157,8 +177,9 @@ class Control:
                 results.append(ec.BatchItemResult(exec_id=item.exec_id))
             except RouterError as e:
                 results.append(ec.BatchItemResult(exec_id=item.exec_id, code=e.code.value[0], message=e.message))
-        for i, ex in begun:  # every start is in flight: now wait for each
-            yield Wait(ex, ex.started.done)
+        starts = _Starts([ex for _, ex in begun])  # every start is in flight: wait for them all at once
+        yield Wait(starts, starts.done)
+        for i, ex in begun:
             try:
                 ex.started.result()
             except RouterError as e:

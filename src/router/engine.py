@@ -362,10 +362,10 @@ class Engine:
         loop = self._loop.loop
         child = ex.child = Child(started.pid, started.pidfd, started.proc, ex.spec.pty is not None)
         self._record(Spawned(ex.exec_id, started.pid, child.terminal, time.time(), self._boot_id))
-        child.watch(loop, lambda: self._on_exit(ex))
+        child.watch(self._loop.readers, lambda: self._on_exit(ex))
         outputs = [(fd, log) for fd, log in ((started.stdout_reader, ex.stdout), (started.stderr_reader, ex.stderr))
                    if fd >= 0 and log is not None]
-        ex.output = OutputPipes(ex.exec_id, loop, outputs, ex.spec.pty is not None,
+        ex.output = OutputPipes(ex.exec_id, loop, self._loop.readers, outputs, ex.spec.pty is not None,
                                 lambda: self._on_output(ex), lambda: self._on_output_done(ex))
         if ex.spec.timeout_secs is not None:
             child.arm_timeout(loop, ex.spec.timeout_secs, self._kill_grace)

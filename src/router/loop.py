@@ -2,11 +2,18 @@
 
 Other threads never touch the loop directly: they `call_soon` (thread-safe) or `run` a function on it
 and wait for its result.
+
+Every exec's pipes and pidfd are watched through `Readers`, one epoll the loop watches: uvloop's
+add_reader + remove_reader cost 14 us per descriptor (a poll handle made and closed each time) to
+epoll's 3, and an exec of `true` has three (benchmarks/RESULTS.md, issue 10).
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import logging
+import select
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -14,12 +21,53 @@ from typing import Any, TypeVar
 import uvloop
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class Readers:
+    """Descriptors watched for reading, level-triggered as loop.add_reader, through one epoll
+    that the loop watches. Loop thread only. Remove a descriptor before closing it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+        self._loop = loop
+        loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    def add_reader(self, fd: int, callback: Callable[..., Any], *args: Any) -> None:
+        """Call callback(*args) while fd is readable (replacing its callback if it has one)."""
+        try:
+            self._epoll.register(fd, select.EPOLLIN)
+        except FileExistsError:
+            pass
+        self._callbacks[fd] = (callback, args)
+
+    def remove_reader(self, fd: int) -> None:
+        if self._callbacks.pop(fd, None) is not None:
+            with contextlib.suppress(OSError):  # closed already: epoll has dropped it
+                self._epoll.unregister(fd)
+
+    def _dispatch(self) -> None:
+        for fd, _ in self._epoll.poll(0):
+            entry = self._callbacks.get(fd)  # an earlier callback of this round may have removed it
+            if entry is None:
+                continue
+            try:
+                entry[0](*entry[1])
+            except Exception:  # as the loop does with a failing callback: say so, go on with the rest
+                log.exception("reader callback for descriptor %d failed", fd)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
+        self._callbacks.clear()
 
 
 class LoopThread:
     def __init__(self, name: str) -> None:
         self._name = name
         self._loop: uvloop.Loop | None = None
+        self._readers: Readers | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -27,6 +75,12 @@ class LoopThread:
         """For code already running on the loop thread."""
         assert self._loop is not None, "the loop thread is not running"
         return self._loop
+
+    @property
+    def readers(self) -> Readers:
+        """For code already running on the loop thread."""
+        assert self._readers is not None, "the loop thread is not running"
+        return self._readers
 
     def start(self) -> None:
         ready = threading.Event()
@@ -38,10 +92,12 @@ class LoopThread:
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
+        self._readers = Readers(loop)
         ready.set()
         try:
             loop.run_forever()
         finally:
+            self._readers.close()
             loop.close()
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:

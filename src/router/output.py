@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 
 from ._fastio import SegmentedLog
+from .loop import Readers
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,12 @@ class OutputPipes:
     `on_change` runs after new bytes or an end of stream; `on_done` once every stream is complete.
     """
 
-    def __init__(self, exec_id: str, loop: asyncio.AbstractEventLoop, outputs: list[tuple[int, SegmentedLog]],
-                 terminal: bool, on_change: Callable[[], None], on_done: Callable[[], None]) -> None:
+    def __init__(self, exec_id: str, loop: asyncio.AbstractEventLoop, readers: Readers,
+                 outputs: list[tuple[int, SegmentedLog]], terminal: bool, on_change: Callable[[], None],
+                 on_done: Callable[[], None]) -> None:
         self._exec_id = exec_id
         self._loop = loop
+        self._readers = readers
         self._terminal = terminal
         self._on_change = on_change
         self._on_done = on_done
@@ -35,7 +38,7 @@ class OutputPipes:
         self._retries: list[asyncio.TimerHandle] = []
         for fd in self._logs:
             os.set_blocking(fd, False)
-            loop.add_reader(fd, self._on_readable, fd)
+            readers.add_reader(fd, self._on_readable, fd)
 
     @property
     def done(self) -> bool:
@@ -54,7 +57,7 @@ class OutputPipes:
         except OSError as e:
             # The log kept what it took from the pipe; stop reading until writing can work again.
             log.error("writing output failed (exec %s), retrying in %ss: %s", self._exec_id, DRAIN_RETRY_SECS, e)
-            self._loop.remove_reader(fd)
+            self._readers.remove_reader(fd)
             self._retries.append(self._loop.call_later(DRAIN_RETRY_SECS, self._resume, fd))
             return
         if eof:
@@ -66,10 +69,10 @@ class OutputPipes:
 
     def _resume(self, fd: int) -> None:
         if fd in self._logs:
-            self._loop.add_reader(fd, self._on_readable, fd)
+            self._readers.add_reader(fd, self._on_readable, fd)
 
     def _close(self, fd: int) -> None:
-        self._loop.remove_reader(fd)
+        self._readers.remove_reader(fd)
         stream = self._logs.pop(fd)
         if not stream.eof:
             stream.mark_eof()
