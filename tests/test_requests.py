@@ -15,7 +15,7 @@ from router.errors import RouterError
 from .conftest import TASK_ID, Raw
 
 BASE = {"PATH": "/usr/bin:/bin", "HOME": "/root"}
-names = st.text(min_size=0, max_size=8)
+names = st.one_of(st.sampled_from(["PATH", "HOME", "TERM"]), st.text(min_size=0, max_size=8))  # some override the base
 values = st.text(max_size=8)
 env_maps = st.dictionaries(names, values, max_size=4)
 
@@ -77,6 +77,13 @@ def test_start_request_is_a_spec_or_a_named_error(request: pb.TaskExecStartReque
         if spec.pty is not None and key == "TERM":
             continue
         assert spec.env[key] == expected
+    # The size limit counts the final environment exactly, overridden base variables included.
+    size = requests.env_bytes(spec.env)
+    for base_size in (None, requests.env_bytes(BASE)):
+        assert requests.exec_spec(request, BASE, max_env_bytes=size, base_env_bytes=base_size).env == spec.env
+        with pytest.raises(RouterError) as e:
+            requests.exec_spec(request, BASE, max_env_bytes=size - 1, base_env_bytes=base_size)
+        assert e.value.message.startswith("env:")
 
 
 def test_secret_sources_apply_in_order() -> None:

@@ -50,14 +50,15 @@ def no_secret_store(secret_id: str) -> dict[str, str]:
     raise not_found(f"secret {secret_id!r} not found (no secret store)")
 
 
-def environment(request: pb.TaskExecStartRequest, base: dict[str, str],
-                secrets: SecretLookup = no_secret_store) -> dict[str, str]:
-    """Base, then `env`, then `secret_ids`, then `secret_sources` in order; later wins. `secrets`
-    gives a secret's variables, or raises RouterError (NOT_FOUND naming the id)."""
-    env = dict(base)
-    for key, value in request.env.items():
-        _env_entry("env", key, value)
-        env[key] = value
+def _overrides(request: pb.TaskExecStartRequest, secrets: SecretLookup) -> dict[str, str]:
+    """What the request sets on top of the base environment: `env`, then `secret_ids`, then
+    `secret_sources` in order; later wins. `secrets` gives a secret's variables, or raises
+    RouterError (NOT_FOUND naming the id)."""
+    env: dict[str, str] = {}
+    if request.env:  # iterating an empty protobuf map still costs
+        for key, value in request.env.items():
+            _env_entry("env", key, value)
+            env[key] = value
     for secret_id in request.secret_ids:
         env.update(secrets(secret_id))
     for i, source in enumerate(request.secret_sources):
@@ -73,8 +74,15 @@ def environment(request: pb.TaskExecStartRequest, base: dict[str, str],
     return env
 
 
+def env_bytes(env: dict[str, str]) -> int:
+    """An environment's size as execve counts it: KEY=VALUE and a NUL per variable."""
+    return sum(len(k.encode()) + len(v.encode()) + 2 for k, v in env.items())
+
+
 def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str], secrets: SecretLookup = no_secret_store,
-              max_arg_bytes: int = 1 << 20, max_env_bytes: int = 1 << 20) -> ExecSpec:
+              max_arg_bytes: int = 1 << 20, max_env_bytes: int = 1 << 20, base_env_bytes: int | None = None) -> ExecSpec:
+    """The exec a start asks for, validated. `base_env_bytes` is env_bytes(base_env), if the
+    caller keeps it (a batch of thousands need not count the same variables again each time)."""
     exec_id(request)
     if request.container_id:
         raise not_found(f"container {request.container_id!r} not found: this router serves only the main container")
@@ -107,7 +115,7 @@ def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str], secret
         timeout = request.timeout_secs
         if timeout <= 0:
             raise invalid("timeout_secs", "must be greater than 0 when set")
-    env = environment(request, base_env, secrets)
+    overrides = _overrides(request, secrets)
     pty = None
     if request.HasField("pty_info") and request.pty_info.enabled:
         info = request.pty_info
@@ -119,12 +127,16 @@ def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str], secret
             if "\0" in value:
                 raise invalid(f"pty_info.{name}", "contains a NUL byte")
             if value:
-                env[var] = value
-        env.setdefault("TERM", _DEFAULT_TERM)
+                overrides[var] = value
+        if "TERM" not in overrides and "TERM" not in base_env:
+            overrides["TERM"] = _DEFAULT_TERM
         pty = PtySpec(rows=info.winsz_rows or 24, cols=info.winsz_cols or 80)
-    env_bytes = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in env.items())
-    if env_bytes > max_env_bytes:
-        raise invalid("env", f"the environment would be {env_bytes} bytes, more than the {max_env_bytes} allowed "
+    env = {**base_env, **overrides}
+    if base_env_bytes is None:
+        base_env_bytes = env_bytes(base_env)
+    size = base_env_bytes + env_bytes(overrides) - env_bytes({k: base_env[k] for k in overrides if k in base_env})
+    if size > max_env_bytes:
+        raise invalid("env", f"the environment would be {size} bytes, more than the {max_env_bytes} allowed "
                              "(--max-env-bytes)")
     return ExecSpec(args=args, env=env, workdir=workdir, stdout=stdout, stderr=stderr,
                     timeout_secs=timeout, pty=pty)

@@ -93,6 +93,7 @@ class Service:
         self._engine = engine
         self._images = images
         self._secrets = SecretStore(secrets_dir(config))
+        self._base_env_bytes = requests.env_bytes(engine.base_env)  # the engine's base_env never changes
 
     def _secret(self, secret_id: str) -> dict[str, str]:
         """A secret's variables; NOT_FOUND naming the id, FAILED_PRECONDITION for a bad file."""
@@ -112,8 +113,8 @@ class Service:
 
     def begin(self, request: pb.TaskExecStartRequest) -> Exec:
         """Validate a start and hand it to the engine; the exec's `started` says how it went."""
-        spec = requests.exec_spec(request, self._engine.base_env, self._secret,
-                                  self._config.max_arg_bytes, self._config.max_env_bytes)
+        spec = requests.exec_spec(request, self._engine.base_env, self._secret, self._config.max_arg_bytes,
+                                  self._config.max_env_bytes, self._base_env_bytes)
         return self._engine.begin_exec(request.exec_id, fingerprint(request), spec)
 
     def TaskExecStart(self, request: pb.TaskExecStartRequest) -> Body:
