@@ -12,8 +12,10 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from router import auth, config
+from router import auth, client, config
 from router._proto import api_pb2
 from router._proto import exec_control_pb2 as ec
 from router._proto import task_command_router_pb2 as pb
@@ -168,3 +170,15 @@ def test_from_env_finds_the_usual_places(tmp_path: pathlib.Path, monkeypatch: py
 
         asyncio.run(main())
         assert not (tmp_path / "elsewhere").exists()  # the token and task came from elsewhere
+
+
+def test_a_tokens_claims_are_read_without_its_key() -> None:
+    token = auth.mint_token(b"k" * 32, "ta-claimed", 60)
+    assert client._unverified_claims(token)["task_id"] == "ta-claimed"
+
+
+@given(st.text(max_size=200))
+def test_a_malformed_token_has_no_claims_and_raises_nothing(token: str) -> None:
+    claims = client._unverified_claims(token)
+    assert isinstance(claims, dict)
+    assert client._unverified_claims(token.replace(".", "")) == {}  # no payload part

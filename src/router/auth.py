@@ -18,11 +18,11 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from .config import TokenPolicy, read_or_create_private
+from .config import DEFAULT_TOKEN_TTL_SECS, TokenPolicy, read_or_create_private
 from .errors import RouterError
 
 ALGORITHM = "HS256"
-DEFAULT_TTL_SECS = 24 * 3600
+DEFAULT_TTL_SECS = DEFAULT_TOKEN_TTL_SECS
 _KEY_TYPES: dict[str, tuple[type, str]] = {
     "RS256": (rsa.RSAPublicKey, "an RSA public key"),
     "ES256": (ec.EllipticCurvePublicKey, "an EC P-256 public key"),

@@ -20,8 +20,7 @@ from typing import Any
 
 import grpc
 
-from . import auth, config, procs, retention
-from ._proto import api_pb2
+from . import config, procs, retention
 from ._proto import exec_control_pb2 as ec
 from ._proto import task_command_router_pb2 as pb
 from .client import STDERR, STDOUT, TOKEN_ENV, UNREACHABLE_SECS, RouterClient, exit_code
@@ -33,6 +32,7 @@ def _path(value: str | None) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .auth import load_or_create_key
     from .server import RouterServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -57,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               max_streams_per_connection=args.max_streams_per_connection,
                               max_calls_per_token=args.max_calls_per_token)
     try:
-        server = RouterServer(cfg, auth.load_or_create_key(state_dir))
+        server = RouterServer(cfg, load_or_create_key(state_dir))
     except ValueError as e:
         print(f"router serve: {e}", file=sys.stderr)
         return 2
@@ -159,7 +159,9 @@ def cmd_token(args: argparse.Namespace) -> int:
     state_dir = config.ensure_state_dir(config.state_dir_from(args.state_dir))
     task_id = args.task_id or config.load_or_create_task_id(state_dir)
     print(f"token for task {task_id}, valid {args.ttl} s:", file=sys.stderr)
-    print(auth.mint_token(auth.load_or_create_key(state_dir), task_id, args.ttl))
+    from .auth import load_or_create_key, mint_token  # jwt and cryptography: ~0.1 s, not for every command
+
+    print(mint_token(load_or_create_key(state_dir), task_id, args.ttl))
     return 0
 
 
@@ -390,6 +392,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
         print("Pseudo-terminal will not be allocated because stdin is not a terminal.", file=sys.stderr)
     if terminal:
         rows, cols = _window_size()
+        from ._proto import api_pb2
+
         fields["pty_info"] = api_pb2.PTYInfo(enabled=True, winsz_rows=rows, winsz_cols=cols,
                                              env_term=os.environ.get("TERM", ""))
     # A terminal's stderr is its stdout: one stream, in order.
@@ -547,7 +551,7 @@ def parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", help="print a bearer token for the task")
     token.add_argument("--state-dir")
     token.add_argument("--task-id")
-    token.add_argument("--ttl", type=int, default=auth.DEFAULT_TTL_SECS, help="lifetime in seconds")
+    token.add_argument("--ttl", type=int, default=config.DEFAULT_TOKEN_TTL_SECS, help="lifetime in seconds")
     token.set_defaults(func=cmd_token)
 
     ex = sub.add_parser("exec", help="run a command on a server and stream its output")

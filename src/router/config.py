@@ -14,6 +14,7 @@ from .retention import DEFAULT_EXECS, DEFAULT_SECS
 from .tls import TlsFiles
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_TOKEN_TTL_SECS = 24 * 3600  # tokens `router token` mints
 MiB = 1024 * 1024
 
 
