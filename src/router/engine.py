@@ -7,7 +7,6 @@ waits on the `Exec` (execs.py); it never touches loop objects.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import errno
 import functools
@@ -36,6 +35,7 @@ from .journal import (CAUSE_EXITED, CAUSE_FAILED, CAUSE_KILLED, CAUSE_OUT_OF_MEM
 from .registry import RETRY_AFTER_SECS, Registry
 from .restore import restored_execs
 from .retention import Retention
+from .spawner import Spawner
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ def _running_child(ex: Exec) -> Child | None:
     return child if child is not None and child.held and not child.exited else None
 
 
-Spawning = concurrent.futures.Future[spawn.Started]
 
 
 class Engine:
@@ -109,7 +108,8 @@ class Engine:
         self._watchers: set[Watcher] = set()  # Watch calls; offered each exec as it starts and finishes
         self._oom: OomKills | None = None  # opened at start
         # Threads that run posix_spawn (see _spawn).
-        self._spawner = concurrent.futures.ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="router-spawn")
+        self._spawner: Spawner[Exec, spawn.Started] = Spawner(self._loop, SPAWN_THREADS, self._start_process,
+                                                              self._spawned)
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -130,6 +130,7 @@ class Engine:
             self._restore(state.execs)
         self._oom = OomKills()
         self._loop.start()
+        self._spawner.start()
         self._loop.call_soon(self._expire_periodically)
         if self._reap_orphans:
             main_thread_id = threading.main_thread().native_id
@@ -154,11 +155,13 @@ class Engine:
             return
         self._stopping = True
         try:
-            # Spawns in flight finish and queued ones are cancelled first (each queued _spawn has
-            # submitted its own by the time the barrier returns; each outcome queues a _spawned),
-            # so that _kill_all, queued after them, finds every child.
+            # Spawns in flight finish (their outcomes queued for the loop) and queued ones are
+            # dropped first (each queued _spawn has submitted its own by the time the barrier
+            # returns), so that _kill_all, queued after them, finds every child.
             self._loop.run(lambda: None, timeout=timeout)
-            self._spawner.shutdown(wait=True, cancel_futures=True)
+            stopping = RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping")
+            for ex in self._spawner.stop():
+                self._loop.call_soon(self._forget, ex, stopping)
             self._loop.call_soon(self._kill_all, execs)
             deadline = time.monotonic() + timeout
             for ex in execs:
@@ -317,48 +320,41 @@ class Engine:
             ex.notify()
 
     def _spawn(self, ex: Exec) -> None:
-        """Hand the exec to a spawner thread. _fastio.spawn holds its caller until the child has
-        exec'd (most of a millisecond): in threads of their own, with the GIL let go, spawns
-        overlap and the loop goes on. A spawn's pipes exist only inside its call, so a batch of
-        thousands never holds the child ends of more than SPAWN_THREADS children at once."""
+        """Hand the exec to a spawner thread (spawner.py). A spawn's pipes exist only inside its
+        call, so a batch of thousands never holds the child ends of more than SPAWN_THREADS
+        children at once."""
         self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, time.time(), self.base_env))
-        try:
-            future = self._spawner.submit(spawn.start_process, ex.spec, ex.stdout is not None, ex.stderr is not None,
-                                          self._exec_user)
-        except RuntimeError:  # shutting down
+        if not self._spawner.submit(ex):
             self._forget(ex, RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping"))
+
+    def _start_process(self, ex: Exec) -> spawn.Started:
+        """A spawner thread: only the exec's fixed fields are read."""
+        return spawn.start_process(ex.spec, ex.stdout is not None, ex.stderr is not None, self._exec_user)
+
+    def _spawned(self, outcomes: list[tuple[Exec, spawn.Started | Exception]]) -> None:
+        for ex, outcome in outcomes:
+            try:
+                self._start_child(ex, outcome)
+            except RouterError as e:
+                self._forget(ex, e)
+            except Exception as e:  # a bug: fail this start loudly, keep the loop alive
+                log.exception("spawning exec %s failed", ex.exec_id)
+                self._forget(ex, RouterError(grpc.StatusCode.INTERNAL, f"spawn failed: {e!r}"))
+            else:
+                ex.started.set_result(None)
+                ex.notify()
+                if ex.child is not None:  # not when it failed to start (it has finished instead)
+                    for watcher in list(self._watchers):
+                        watcher.offer_started(ex)
+
+    def _start_child(self, ex: Exec, started: spawn.Started | Exception) -> None:
+        if isinstance(started, OSError):
+            if started.errno in _RESOURCE_ERRNOS and started.filename is None:
+                raise throttled(f"cannot start process: {started.strerror}", retry_after=RETRY_AFTER_SECS)
+            self._fail_start(ex, started)
             return
-        future.add_done_callback(functools.partial(self._spawn_done, ex))
-
-    def _spawn_done(self, ex: Exec, done: Spawning) -> None:
-        """A spawner thread (or stop(), cancelling): back to the loop."""
-        self._loop.call_soon(self._spawned, ex, done)
-
-    def _spawned(self, ex: Exec, done: Spawning) -> None:
-        try:
-            self._start_child(ex, done)
-        except RouterError as e:
-            self._forget(ex, e)
-        except Exception as e:  # a bug: fail this start loudly, keep the loop alive
-            log.exception("spawning exec %s failed", ex.exec_id)
-            self._forget(ex, RouterError(grpc.StatusCode.INTERNAL, f"spawn failed: {e!r}"))
-        else:
-            ex.started.set_result(None)
-            ex.notify()
-            if ex.child is not None:  # not when it failed to start (it has finished instead)
-                for watcher in list(self._watchers):
-                    watcher.offer_started(ex)
-
-    def _start_child(self, ex: Exec, done: Spawning) -> None:
-        if done.cancelled():
-            raise RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping")
-        try:
-            started = done.result()
-        except OSError as e:
-            if e.errno in _RESOURCE_ERRNOS and e.filename is None:
-                raise throttled(f"cannot start process: {e.strerror}", retry_after=RETRY_AFTER_SECS) from None
-            self._fail_start(ex, e)
-            return
+        if isinstance(started, Exception):
+            raise started
         loop = self._loop.loop
         child = ex.child = Child(started.pid, started.pidfd, started.proc, ex.spec.pty is not None)
         self._record(Spawned(ex.exec_id, started.pid, child.terminal, time.time(), self._boot_id))
