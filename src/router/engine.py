@@ -480,7 +480,9 @@ class Engine:
             if not stream.closed:
                 eof = stream.eof  # before committed: once eof is seen, committed is final
                 committed = stream.committed
-                self._journal.append(Output(ex.exec_id, name, stream.segments, committed, eof))
+                if ex.journaled_output.get(name) != (committed, eof):  # else the last record says it
+                    self._journal.append(Output(ex.exec_id, name, stream.segments, committed, eof))
+                    ex.journaled_output[name] = (committed, eof)
                 lengths[name] = committed
         return lengths
 

@@ -131,6 +131,8 @@ class Exec(Changes):
         # without a journal). A byte a client has seen must survive a crash of the router, since
         # clients count offsets themselves and resume from them.
         self.readable: dict[StreamName, int] | None = None
+        # (committed, eof) of each stream's last Output record (loop thread; see Engine._journal_output).
+        self.journaled_output: dict[StreamName, tuple[int, bool]] = {}
         self.failed: RouterError | None = None  # set if the start failed and the exec was dropped
         self.stdin = StdinBuffer(self.cond, stdin_limit, spec.pty is not None, self.notify)
         self.child: Child | None = None
