@@ -1904,6 +1904,17 @@ def test_spawn_makes_the_pipes_and_a_pidfd_and_keeps_only_the_routers_ends():
     assert _open_fds() == before
 
 
+def test_spawn_gives_dev_null_as_stdin_too():
+    pid, pidfd, stdin_w, out_r, err_r = _fastio.spawn(
+        b"/bin/sh", [b"/bin/sh", b"-c", b"cat; echo done"], [], _fastio.SPAWN_DEVNULL, _fastio.SPAWN_PIPE,
+        _fastio.SPAWN_DEVNULL)
+    assert (stdin_w, err_r) == (-1, -1)
+    with os.fdopen(out_r, "rb") as o:
+        assert o.read() == b"done\n"  # cat saw an empty stdin at once
+    os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+    os.close(pidfd)
+
+
 def test_a_failed_spawn_leaves_nothing_open():
     before = _open_fds()
     with pytest.raises(FileNotFoundError):

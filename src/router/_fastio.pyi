@@ -157,7 +157,7 @@ class SegmentedLog:
 
 SPAWN_DEVNULL: int  # an output descriptor for spawn(): /dev/null
 SPAWN_STDOUT: int   # stderr for spawn(): the same as stdout
-SPAWN_PIPE: int     # a descriptor for spawn(): a new pipe
+SPAWN_PIPE: int     # a descriptor for spawn(): a new pipe (SPAWN_DEVNULL: /dev/null, for stdin too)
 
 def spawn(path: bytes, argv: list[bytes], envp: list[bytes], stdin_fd: int, stdout_fd: int, stderr_fd: int,
           search_path: bool = False, pipe_size: int = 0) -> tuple[int, int, int, int, int]:

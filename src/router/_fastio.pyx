@@ -35,7 +35,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.errno cimport EAGAIN, EBADF, EINTR, EINVAL, EIO, EMFILE, ENFILE, ENOENT, ENOMEM, errno
 from libc.string cimport memcpy, memmove
-from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDWR, O_WRONLY, fcntl
+from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDONLY, O_RDWR, O_WRONLY, fcntl
 from posix.fcntl cimport open as c_open
 from posix.stat cimport fstat, struct_stat
 from posix.uio cimport iovec, readv
@@ -1148,8 +1148,8 @@ def spawn(bytes path, list argv, list envp, int stdin_fd, int stdout_fd, int std
     """posix_spawn(3) (posix_spawnp(3) with `search_path`) of `path` with `argv` and `envp` (lists
     of bytes), in a process group of its own, SIGPIPE and SIGXFSZ at their defaults and no signal
     blocked; its stdin, stdout and stderr are dup2()ed from the given descriptors, or are new pipes
-    where SPAWN_PIPE is given (output pipes of `pipe_size` bytes where the system allows); an
-    output may be SPAWN_DEVNULL, stderr SPAWN_STDOUT.
+    where SPAWN_PIPE is given (output pipes of `pipe_size` bytes where the system allows), or
+    /dev/null where SPAWN_DEVNULL is; stderr may be SPAWN_STDOUT.
 
     Returns (pid, pidfd, stdin, stdout, stderr): a pidfd for the child and the router's ends of
     the pipes (close-on-exec, -1 where none was asked for). The child's ends are closed before
@@ -1221,6 +1221,8 @@ cdef int _spawn_piped(const char *path, char **argv, char **envp, int fds[3], in
         if fds[i] == C_SPAWN_PIPE:
             child_end = pipes[i][0] if i == 0 else pipes[i][1]
             err = posix_spawn_file_actions_adddup2(&actions, child_end, i)
+        elif i == 0 and fds[0] == C_SPAWN_DEVNULL:
+            err = posix_spawn_file_actions_addopen(&actions, 0, b"/dev/null", O_RDONLY, 0)
         elif i == 0:
             err = posix_spawn_file_actions_adddup2(&actions, fds[0], 0)
         else:
