@@ -1835,8 +1835,9 @@ def _spawned(argv, stdout=None, stderr=None, env=(b"PATH=/usr/bin:/bin",), searc
 
 def test_spawn_wires_stdio_group_and_signals():
     # In its own group; SIGPIPE (13) and SIGXFSZ (25) neither ignored nor blocked, though this
-    # Python ignores SIGPIPE; stdin the descriptor given; the environment as given.
-    script = (b'echo "$(ps -o pgid= $$ | tr -d \' \') $$"; grep -E "^Sig(Ign|Blk)" /proc/$$/status; '
+    # Python ignores SIGPIPE; stdin the descriptor given; the environment as given. grep reads its
+    # own masks, which it inherits (the shell's own may be read while it blocks all to fork grep).
+    script = (b'echo "$(ps -o pgid= $$ | tr -d \' \') $$"; grep -E "^Sig(Ign|Blk)" /proc/self/status; '
               b'cat; echo "X=$X"; echo err >&2')
     status, out, err = _spawned([b"/bin/sh", b"-c", script], env=[b"X=y\xff", b"PATH=/usr/bin:/bin"])
     assert os.waitstatus_to_exitcode(status) == 0 and err == b"err\n"
