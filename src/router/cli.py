@@ -268,14 +268,15 @@ def _forward_stdin(client: RouterClient, exec_id: str) -> None:
         offset += len(data)
 
 
-def _in_background(fn: Callable[..., None], *args: Any) -> tuple[threading.Thread, list[grpc.RpcError]]:
-    """Run fn(*args) in a daemon thread; a failed call lands in the returned list, not a traceback."""
-    errors: list[grpc.RpcError] = []
+def _in_background(fn: Callable[..., None], *args: Any) -> tuple[threading.Thread, list[Exception]]:
+    """Run fn(*args) in a daemon thread; a failed call lands in the returned list, not a traceback
+    (ValueError: the channel was closed under it, as when the main thread gives up and leaves)."""
+    errors: list[Exception] = []
 
     def run() -> None:
         try:
             fn(*args)
-        except grpc.RpcError as e:
+        except (grpc.RpcError, ValueError) as e:
             errors.append(e)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -288,7 +289,7 @@ def _exec_io(client: RouterClient, exec_id: str, streams: Sequence[tuple[pb.Task
     """Copy the exec's `streams` (fd, local fd) out and stdin in; once it has ended and its output is
     all out, its exit code."""
     outputs = [_in_background(_copy_output, client, exec_id, fd, out) for fd, out in streams]
-    errors: list[grpc.RpcError] = []
+    errors: list[Exception] = []
     if no_stdin:
         client.write_stdin(exec_id, 0, b"", eof=True)
     else:
