@@ -1947,3 +1947,53 @@ def test_spawn_searches_path_only_when_asked_and_names_what_failed(tmp_path):
         _spawned([b"/bin/true", b"a\0b"])
     with pytest.raises(ValueError):
         _fastio.spawn(b"/bin/true", [], [], 0, 1, 2)
+
+
+# -- calls that never block, made with the GIL held -------------------------------------------------
+
+
+def test_epoll_watch_adds_and_removes_a_reader():
+    ep = select.epoll()
+    r, w = os.pipe()
+    try:
+        _fastio.epoll_watch(ep.fileno(), r, True)
+        with pytest.raises(FileExistsError):
+            _fastio.epoll_watch(ep.fileno(), r, True)
+        assert ep.poll(0) == []
+        os.write(w, b"x")
+        assert ep.poll(0) == [(r, select.EPOLLIN)]
+        assert ep.poll(0) == [(r, select.EPOLLIN)]  # level-triggered: still readable
+        _fastio.epoll_watch(ep.fileno(), r, False)
+        assert ep.poll(0) == []
+        with pytest.raises(FileNotFoundError):
+            _fastio.epoll_watch(ep.fileno(), r, False)
+    finally:
+        ep.close()
+        _fastio.close_now(r)
+        _fastio.close_now(w)
+    with pytest.raises(OSError) as e:
+        _fastio.close_now(r)
+    assert e.value.errno == errno.EBADF
+
+
+def test_exit_status_leaves_the_child_unreaped_and_reap_gives_its_usage():
+    pid, pidfd, *_ = _fastio.spawn(b"/bin/sh", [b"sh", b"-c", b"i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exit 3"],
+                                   [], _fastio.SPAWN_DEVNULL, _fastio.SPAWN_DEVNULL, _fastio.SPAWN_DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while (ended := _fastio.exit_status(pidfd)) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ended == (True, 3)
+        assert _fastio.exit_status(pidfd) == (True, 3)  # WNOWAIT: still there to be read again
+        usage = _fastio.reap(pid)
+        assert usage is not None and usage[0] + usage[1] > 0 and usage[2] > 0
+        with pytest.raises(ChildProcessError):
+            _fastio.reap(pid)  # reaped once only
+    finally:
+        _fastio.close_now(pidfd)
+    pid, pidfd, *_ = _fastio.spawn(b"/bin/sh", [b"sh", b"-c", b"kill -TERM $$"], [], _fastio.SPAWN_DEVNULL,
+                                   _fastio.SPAWN_DEVNULL, _fastio.SPAWN_DEVNULL)
+    os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT)
+    assert _fastio.exit_status(pidfd) == (False, signal.SIGTERM)
+    assert _fastio.reap(pid) is not None
+    _fastio.close_now(pidfd)

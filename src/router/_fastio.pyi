@@ -168,3 +168,16 @@ def spawn(path: bytes, argv: list[bytes], envp: list[bytes], stdin_fd: int, stdo
     the pipes, -1 for the others; the child's ends are closed. The GIL is released throughout.
     OSError with `filename` if the program could not run, without if no process could start;
     nothing is left open or running."""
+
+# Calls that never block, made with the GIL held (the loop thread's).
+def epoll_watch(epfd: int, fd: int, add: bool) -> None:
+    """epoll_ctl ADD (EPOLLIN, level-triggered) or DEL of fd; OSError as the call's."""
+
+def close_now(fd: int) -> None:
+    """close(2); OSError as the call's (EINTR counts as closed)."""
+
+def exit_status(pidfd: int) -> tuple[bool, int] | None:
+    """waitid(P_PIDFD, WNOHANG | WNOWAIT): None while it runs, else (True, code) or (False, signal)."""
+
+def reap(pid: int) -> tuple[float, float, int] | None:
+    """wait4(pid, WNOHANG): None while it runs, else (user CPU s, system CPU s, peak RSS bytes)."""

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import subprocess
 from collections.abc import Callable
 
-from . import procs
+from . import _fastio, procs
 from .loop import Readers
 from .records import ExitStatus, Usage
 
@@ -45,14 +44,13 @@ class Child:
         """The leader's status once it has exited (None before: a spurious wake-up); not reaped."""
         if self._pidfd < 0 or self.exited:
             return None
-        info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        if info is None:
+        ended = _fastio.exit_status(self._pidfd)  # with the GIL held: see _fastio
+        if ended is None:
             return None
         self.exited = True
         self._unwatch()
-        if info.si_code == os.CLD_EXITED:
-            return ExitStatus(code=info.si_status)
-        return ExitStatus(signal=info.si_status)
+        exited, value = ended
+        return ExitStatus(code=value) if exited else ExitStatus(signal=value)
 
     def _unwatch(self) -> None:
         if self._readers is not None:
@@ -110,14 +108,15 @@ class Child:
         self._unwatch()
         if self.exited:
             # By pid, for its rusage: the pidfd held until here keeps the pid from reuse.
-            _, _, r = os.wait4(self.pid, os.WNOHANG)
-            self.usage = Usage(user_cpu_secs=r.ru_utime, system_cpu_secs=r.ru_stime, max_rss_bytes=r.ru_maxrss * 1024)
+            reaped = _fastio.reap(self.pid)
+            if reaped is not None:
+                self.usage = Usage(user_cpu_secs=reaped[0], system_cpu_secs=reaped[1], max_rss_bytes=reaped[2])
         else:
             log.error("leader %d survived SIGKILL; leaving it unreaped", self.pid)
         if self._proc is not None:
             self._proc.returncode = -1  # reaped here: Popen must never wait for it again
             self._proc = None
-        os.close(self._pidfd)
+        _fastio.close_now(self._pidfd)
         self._pidfd = -1
         # Linux keeps a group's id from reuse while it has members.
         return procs.group_exists(self.pid)

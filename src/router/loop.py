@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import uvloop
 
+from . import _fastio
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ class Readers:
     def add_reader(self, fd: int, callback: Callable[..., Any], *args: Any) -> None:
         """Call callback(*args) while fd is readable (replacing its callback if it has one)."""
         try:
-            self._epoll.register(fd, select.EPOLLIN)
+            _fastio.epoll_watch(self._epoll.fileno(), fd, True)  # with the GIL held: see _fastio
         except FileExistsError:
             pass
         self._callbacks[fd] = (callback, args)
@@ -45,7 +47,7 @@ class Readers:
     def remove_reader(self, fd: int) -> None:
         if self._callbacks.pop(fd, None) is not None:
             with contextlib.suppress(OSError):  # closed already: epoll has dropped it
-                self._epoll.unregister(fd)
+                _fastio.epoll_watch(self._epoll.fileno(), fd, False)
 
     def _dispatch(self) -> None:
         for fd, _ in self._epoll.poll(0):

@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Callable
 
+from . import _fastio
 from ._fastio import SegmentedLog
 from .loop import Readers
 
@@ -81,12 +82,12 @@ class OutputPipes:
             # terminal descriptors just before exiting (cat does) must be left to exit.
             self._held_master = fd
         else:
-            os.close(fd)
+            _fastio.close_now(fd)
 
     def leader_exited(self) -> None:
         self._leader_exited = True
         if self._held_master >= 0:
-            os.close(self._held_master)
+            _fastio.close_now(self._held_master)
             self._held_master = -1
 
     def close(self) -> None:

@@ -70,3 +70,36 @@ cdef extern from "<spawn.h>" nogil:
                     const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
     int posix_spawnp(int *pid, const char *file, const posix_spawn_file_actions_t *actions,
                      const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+
+
+cdef extern from "<sys/epoll.h>" nogil:
+    enum: EPOLLIN, EPOLL_CTL_ADD, EPOLL_CTL_DEL
+    union epoll_data_t "epoll_data":
+        int fd
+    struct epoll_event:
+        unsigned int events
+        epoll_data_t data
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+
+
+cdef extern from "<sys/wait.h>" nogil:
+    enum: P_PIDFD, WEXITED, WNOHANG, WNOWAIT, CLD_EXITED
+    ctypedef struct siginfo_t:
+        int si_pid
+        int si_code
+        int si_status
+    int waitid(int idtype, unsigned int id, siginfo_t *infop, int options)
+
+
+cdef extern from "<sys/resource.h>" nogil:
+    struct timeval:
+        long tv_sec
+        long tv_usec
+    struct rusage:
+        timeval ru_utime
+        timeval ru_stime
+        long ru_maxrss
+
+
+cdef extern from "<sys/wait.h>" nogil:
+    int wait4(int pid, int *status, int options, rusage *usage)
