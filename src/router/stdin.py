@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import grpc
 
+from . import _fastio
 from .errors import RouterError
 
 
@@ -125,7 +126,7 @@ class StdinBuffer:
             assert self._loop is not None
             self._loop.remove_writer(fd)
             self._writing = False
-        os.close(fd)
+        _fastio.close_now(fd)  # with the GIL held: see _fastio
 
 
 def terminal_eof(fd: int, last: bytes) -> bytes:
