@@ -1232,15 +1232,8 @@ cdef int _spawn_piped(const char *path, char **argv, char **envp, int fds[3], in
     for i in range(3):
         if err != 0:
             break
-        if fds[i] == C_SPAWN_PIPE:
-            child_end = pipes[i][0] if i == 0 else pipes[i][1]
-            err = posix_spawn_file_actions_adddup2(&actions, child_end, i)
-        elif i == 0 and fds[0] == C_SPAWN_DEVNULL:
-            err = posix_spawn_file_actions_addopen(&actions, 0, b"/dev/null", O_RDONLY, 0)
-        elif i == 0:
-            err = posix_spawn_file_actions_adddup2(&actions, fds[0], 0)
-        else:
-            err = _add_output(&actions, fds[i], i)
+        child_end = (pipes[i][0] if i == 0 else pipes[i][1]) if fds[i] == C_SPAWN_PIPE else fds[i]
+        err = _add_stdio(&actions, child_end, i)
     sigemptyset(&empty)
     sigemptyset(&defaults)
     sigaddset(&defaults, SIGPIPE)
@@ -1288,9 +1281,11 @@ cdef void _close_pipes(int pipes[3][2], bint router_ends) noexcept nogil:
             pipes[i][end] = -1
 
 
-cdef int _add_output(posix_spawn_file_actions_t *actions, int fd, int target) noexcept nogil:
+cdef int _add_stdio(posix_spawn_file_actions_t *actions, int fd, int target) noexcept nogil:
+    """The child's descriptor `target` (0, 1, 2): /dev/null (read for stdin, written otherwise),
+    stdout's (SPAWN_STDOUT), or a dup2() of `fd`."""
     if fd == C_SPAWN_DEVNULL:
-        return posix_spawn_file_actions_addopen(actions, target, b"/dev/null", O_WRONLY, 0)
+        return posix_spawn_file_actions_addopen(actions, target, b"/dev/null", O_RDONLY if target == 0 else O_WRONLY, 0)
     if fd == C_SPAWN_STDOUT:
         return posix_spawn_file_actions_adddup2(actions, 1, target)
     return posix_spawn_file_actions_adddup2(actions, fd, target)

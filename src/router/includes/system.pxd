@@ -22,9 +22,6 @@ cdef extern from "<fcntl.h>" nogil:
     # Linux; setup.py's _GNU_SOURCE... is implied by Python.h, which Cython includes first.
     ssize_t splice(int fd_in, long long *off_in, int fd_out, long long *off_out, size_t len,
                    unsigned int flags)
-
-
-cdef extern from "<fcntl.h>" nogil:
     enum: F_SETPIPE_SZ
     int pipe2(int *fds, int flags)
 
@@ -82,15 +79,6 @@ cdef extern from "<sys/epoll.h>" nogil:
     int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
 
 
-cdef extern from "<sys/wait.h>" nogil:
-    enum: P_PIDFD, WEXITED, WNOHANG, WNOWAIT, CLD_EXITED
-    ctypedef struct siginfo_t:
-        int si_pid
-        int si_code
-        int si_status
-    int waitid(int idtype, unsigned int id, siginfo_t *infop, int options)
-
-
 cdef extern from "<sys/resource.h>" nogil:
     struct timeval:
         long tv_sec
@@ -102,4 +90,10 @@ cdef extern from "<sys/resource.h>" nogil:
 
 
 cdef extern from "<sys/wait.h>" nogil:
+    enum: P_PIDFD, WEXITED, WNOHANG, WNOWAIT, CLD_EXITED
+    ctypedef struct siginfo_t:
+        int si_pid
+        int si_code
+        int si_status
+    int waitid(int idtype, unsigned int id, siginfo_t *infop, int options)
     int wait4(int pid, int *status, int options, rusage *usage)
