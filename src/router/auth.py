@@ -22,7 +22,6 @@ from .config import DEFAULT_TOKEN_TTL_SECS, TokenPolicy, read_or_create_private
 from .errors import RouterError
 
 ALGORITHM = "HS256"
-DEFAULT_TTL_SECS = DEFAULT_TOKEN_TTL_SECS
 _KEY_TYPES: dict[str, tuple[type, str]] = {
     "RS256": (rsa.RSAPublicKey, "an RSA public key"),
     "ES256": (ec.EllipticCurvePublicKey, "an EC P-256 public key"),
@@ -35,7 +34,7 @@ def load_or_create_key(state_dir: pathlib.Path) -> bytes:
     return read_or_create_private(state_dir / "jwt.key", secrets.token_hex(32).encode())
 
 
-def mint_token(key: bytes, task_id: str, ttl_secs: int = DEFAULT_TTL_SECS) -> str:
+def mint_token(key: bytes, task_id: str, ttl_secs: int = DEFAULT_TOKEN_TTL_SECS) -> str:
     now = int(time.time())
     return jwt.encode({"task_id": task_id, "iat": now, "exp": now + ttl_secs}, key, algorithm=ALGORITHM)
 

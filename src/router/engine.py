@@ -77,8 +77,6 @@ def _running_child(ex: Exec) -> Child | None:
     return child if child is not None and child.held and not child.exited else None
 
 
-
-
 class Engine:
     def __init__(self, log_dir: pathlib.Path, *, segment_size: int, stdin_buffer_limit: int,
                  kill_grace_secs: float = 0.0, max_running_execs: int = 0, reap_orphans: bool = False,

@@ -50,26 +50,23 @@ class Spawner(Generic[T, R]):
         """Let the starts under way finish (their outcomes are queued for the loop before this
         returns), stop the threads, and return the items that never started, in order."""
         self._closed = True
-        never: list[T] = []
-        while True:
-            try:
-                item = self._requests.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                never.append(item)
+        never = self._take_queued()
         for _ in self._threads:
             self._requests.put(None)
         for thread in self._threads:
             if thread.is_alive():
                 thread.join()
-        while True:  # one submitted while the threads were told to stop
+        return never + self._take_queued()  # + one submitted while the threads were told to stop
+
+    def _take_queued(self) -> list[T]:
+        items: list[T] = []
+        while True:
             try:
                 item = self._requests.get_nowait()
             except queue.Empty:
-                return never
+                return items
             if item is not None:
-                never.append(item)
+                items.append(item)
 
     def _work(self) -> None:
         while (item := self._requests.get()) is not None:
