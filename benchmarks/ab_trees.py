@@ -14,19 +14,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 
-from .common import IN_FLIGHT, RouterProcess
+from .common import IN_FLIGHT, cpu_seconds, router_from
 from .workloads import AioSide, local_spawn_rate, router_batch
-
-
-def _cpu_secs(pid: int, children: bool = False) -> float:
-    """utime + stime of `pid` (or of its reaped children) from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    first = 13 if children else 11
-    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -44,21 +35,17 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         sides = {}
         for name, src in trees:
-            os.environ["PYTHONPATH"] = os.path.abspath(src)
-            try:
-                router = RouterProcess()
-            finally:
-                del os.environ["PYTHONPATH"]
+            router = router_from(src)
             stack.enter_context(router)
             side = stack.enter_context(AioSide(router.target))
             router_batch(side, router.metadata, 8, ["true"], 0, 60.0).checked()  # channels, first spawns
             sides[name] = (router, side)
         for _ in range(args.rounds):
             for name, (router, side) in sides.items():
-                before, kids_before = _cpu_secs(router.proc.pid), _cpu_secs(router.proc.pid, children=True)
+                before, kids_before = cpu_seconds(router.pid, children=False), cpu_seconds(router.pid, own=False)
                 rates[name].append(router_batch(side, router.metadata, args.execs, ["true"], 0, 600.0).checked().rate)
-                cpu[name].append((_cpu_secs(router.proc.pid) - before) * 1e6 / args.execs)
-                kids[name].append((_cpu_secs(router.proc.pid, children=True) - kids_before) * 1e6 / args.execs)
+                cpu[name].append((cpu_seconds(router.pid, children=False) - before) * 1e6 / args.execs)
+                kids[name].append((cpu_seconds(router.pid, own=False) - kids_before) * 1e6 / args.execs)
             rates["local"].append(local_spawn_rate(args.execs, IN_FLIGHT, 600.0))
             print({k: round(v[-1]) for k, v in rates.items()}, "router CPU us/exec",
                   {k: round(v[-1]) for k, v in cpu.items()}, "children's", {k: round(v[-1]) for k, v in kids.items()},

@@ -203,6 +203,14 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def cpu_seconds(pid: int, own: bool = True, children: bool = True) -> float:
+    """utime + stime, from /proc/PID/stat, of the process (`own`) and of its reaped `children`."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    ticks = (int(fields[11]) + int(fields[12]) if own else 0) + (int(fields[13]) + int(fields[14]) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def processes_with_arg(marker: str) -> list[int]:
     """Pids whose command line contains `marker` as one argument (to find execs left behind)."""
     pids = []
@@ -422,6 +430,21 @@ class RouterProcess(ServerProcess):
         finally:
             if self.log_dir:
                 shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+def router_from(src: str, **kwargs: Any) -> RouterProcess:
+    """A RouterProcess of the package in source tree `src` (PYTHONPATH; a git worktree built in
+    place, say), for side-by-side runs of two builds; "" for the installed one."""
+    saved = os.environ.get("PYTHONPATH")
+    if src:
+        os.environ["PYTHONPATH"] = os.path.abspath(src)
+    try:
+        return RouterProcess(**kwargs)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 class BareGrpcProcess(ServerProcess):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import resource
 import statistics
 import sys
@@ -19,17 +18,7 @@ import time
 
 from .bare_grpc import EXEC_METHOD
 from .bench_stream import bare_sender, router_sender
-from .common import BareGrpcProcess, RouterProcess
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of pid and of its reaped children."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return sum(int(x) for x in fields[11:15]) / _TICK
-
+from .common import BareGrpcProcess, cpu_seconds, router_from
 
 def self_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -48,14 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         sides = {}
         for name, path in [("router", "")] + [tuple(r.split("=", 1)) for r in args.router]:  # type: ignore[misc]
-            env = dict(os.environ)
-            if path:
-                os.environ["PYTHONPATH"] = path
-            try:
-                router = stack.enter_context(RouterProcess(args=args.router_args, log_root=None))
-            finally:
-                os.environ.clear()
-                os.environ.update(env)
+            router = stack.enter_context(router_from(path, args=args.router_args, log_root=None))
             sides[name] = (router_sender(router), router.pid)
         bare = stack.enter_context(BareGrpcProcess())
         sides["bare_grpc"] = (bare_sender(bare), bare.pid)
