@@ -9,6 +9,9 @@ Two raw methods (no serializer on either side, no log, no exec), with the router
   /dev/zero` on a 1 MiB pipe and yields each read() of it (at most 1 MiB). The least an exec
   streamer can do in grpcio: the reference for what the router's log, journal and offsets cost.
 - `/bench.Bare/Call` (unary): returns b"". The floor of one gRPC call, against the exec rate.
+- `/bench.Bare/Messages` (unary-stream): the request is "COUNT,SIZE,PER" in ASCII; the handler yields
+  COUNT items of SIZE bytes, PER of them to a message. What a stream message costs whatever it holds
+  (benchmarks/message_cost.py).
 
     python benchmarks/bare_grpc.py --listen 127.0.0.1:0 --mode sync|aio|aio-uvloop
     # prints "bare listening on HOST:PORT"
@@ -30,6 +33,7 @@ SERVICE = "bench.Bare"
 STREAM_METHOD = f"/{SERVICE}/Stream"
 CALL_METHOD = f"/{SERVICE}/Call"
 EXEC_METHOD = f"/{SERVICE}/Exec"
+MESSAGES_METHOD = f"/{SERVICE}/Messages"
 CHUNK = 1024 * 1024
 MODES = ("sync", "aio", "aio-uvloop")
 
@@ -41,6 +45,13 @@ def chunks(request: bytes) -> Iterator[bytes]:
         yield chunk
     if rest:
         yield chunk[:rest]
+
+
+def messages(request: bytes) -> Iterator[bytes]:
+    count, size, per = (int(x) for x in request.decode().split(","))
+    full = bytes(size * per)
+    for first in range(0, count, per):
+        yield full if first + per <= count else bytes(size * (count - first))
 
 
 def exec_chunks(request: bytes) -> Iterator[bytes]:
@@ -63,9 +74,10 @@ def options() -> list:
     return server_options(ServerConfig(state_dir="", task_id=""))
 
 
-def handlers(stream, execute, call) -> grpc.GenericRpcHandler:  # type: ignore[no-untyped-def]
+def handlers(stream, execute, call, many) -> grpc.GenericRpcHandler:  # type: ignore[no-untyped-def]
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Messages": grpc.unary_stream_rpc_method_handler(many),
         "Exec": grpc.unary_stream_rpc_method_handler(execute),
         "Call": grpc.unary_unary_rpc_method_handler(call),
     })
@@ -83,7 +95,8 @@ def serve_sync(listen: str) -> int:
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=64), options=options())
     server.add_generic_rpc_handlers((handlers(lambda request, context: chunks(request),
                                               lambda request, context: exec_chunks(request),
-                                              lambda request, context: b""),))
+                                              lambda request, context: b"",
+                                              lambda request, context: messages(request)),))
     port = server.add_insecure_port(listen)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -110,8 +123,12 @@ async def serve_aio(listen: str) -> int:
     async def call(request: bytes, context: object) -> bytes:
         return b""
 
+    async def many(request: bytes, context: object) -> AsyncIterator[bytes]:
+        for message in messages(request):
+            yield message
+
     server = grpc.aio.server(options=options())
-    server.add_generic_rpc_handlers((handlers(stream, execute, call),))
+    server.add_generic_rpc_handlers((handlers(stream, execute, call, many),))
     port = server.add_insecure_port(listen)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -305,18 +305,19 @@ async def batch_run(channels: Sequence[grpc.aio.Channel], md: Any, prefix: str, 
     async def watch() -> None:
         request = ec.WatchRequest(task_id=TASK_ID, exec_ids=ids, output_limit=2 * size + 1)
         seen = set()
-        async for event in stubs[0].Watch(request, metadata=md, timeout=timeout):
-            if event.exec_id in seen:
-                out.fail("watch", f"{event.exec_id} twice")
-                continue
-            seen.add(event.exec_id)
-            if not event.exit.HasField("code") or event.exit.code != 0:
-                out.fail("exit status", f"{event.exec_id}: {event.exit}")
-            elif not event.output_included or len(event.stdout) != size or not zeros(event.stdout) or event.stderr:
-                out.fail("wrong output", f"{event.exec_id}: {len(event.stdout)} bytes (expected {size}), "
-                                         f"included {event.output_included}, stderr {event.stderr[-200:]!r}")
-            else:
-                out.ok += 1
+        async for response in stubs[0].Watch(request, metadata=md, timeout=timeout):
+            for event in response.events:
+                if event.exec_id in seen:
+                    out.fail("watch", f"{event.exec_id} twice")
+                    continue
+                seen.add(event.exec_id)
+                if not event.exit.HasField("code") or event.exit.code != 0:
+                    out.fail("exit status", f"{event.exec_id}: {event.exit}")
+                elif not event.output_included or len(event.stdout) != size or not zeros(event.stdout) or event.stderr:
+                    out.fail("wrong output", f"{event.exec_id}: {len(event.stdout)} bytes (expected {size}), "
+                                             f"included {event.output_included}, stderr {event.stderr[-200:]!r}")
+                else:
+                    out.ok += 1
 
     try:
         await asyncio.wait_for(asyncio.gather(*(start(k) for k in range(len(stubs)))), timeout)

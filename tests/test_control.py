@@ -249,13 +249,19 @@ def test_a_big_batch_fits_in_the_descriptors_its_running_execs_need(tmp_path: pa
 
 
 def test_watch_sees_each_of_1000_exits_once_across_a_reconnect(tmp_path: pathlib.Path) -> None:
+    """400 execs end at once, 600 only once a line comes down a FIFO each: the first Watch is cut
+    after it saw the 400, a second one sees the rest, each exit exactly once."""
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
     with serving(tmp_path) as (server, client, raw):
         token = raw.token
         control = Control(server.port, token)
+        writer = os.open(fifo, os.O_RDWR)  # held open: a reader that opens late still gets its line
         try:
             ids = [f"w{i}" for i in range(1000)]
-            items = [pb.TaskExecStartRequest(exec_id=i, command_args=["sh", "-c", f"echo {i}; exit {n % 7}"], **PIPES)
-                     for n, i in enumerate(ids)]
+            items = [pb.TaskExecStartRequest(exec_id=i, command_args=[
+                "sh", "-c", (f"read line < {fifo}; " if n >= 400 else "") + f"echo {i}; exit {n % 7}"], **PIPES)
+                for n, i in enumerate(ids)]
             for chunk in range(0, 1000, 250):
                 results = control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=items[chunk:chunk + 250]),
                                              timeout=120).results
@@ -263,22 +269,54 @@ def test_watch_sees_each_of_1000_exits_once_across_a_reconnect(tmp_path: pathlib
             seen: dict[str, ec.WatchEvent] = {}
             stream = control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=ids, output_limit=64),
                                         timeout=120, metadata=control.md)
-            for event in stream:
-                assert event.exec_id not in seen, f"{event.exec_id} twice"
-                seen[event.exec_id] = event
+            for response in stream:
+                for event in response.events:
+                    assert event.exec_id not in seen, f"{event.exec_id} twice"
+                    seen[event.exec_id] = event
                 if len(seen) == 400:
                     stream.cancel()  # the client goes away: reconnect for the rest
                     break
+            assert set(seen) == set(ids[:400])
+            os.write(writer, b"\n" * 600)
             rest = [i for i in ids if i not in seen]
-            for event in control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=rest, output_limit=64),
-                                            timeout=120, metadata=control.md):
-                assert event.exec_id not in seen, f"{event.exec_id} twice"
-                seen[event.exec_id] = event
+            for response in control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=rest, output_limit=64),
+                                               timeout=120, metadata=control.md):
+                for event in response.events:
+                    assert event.exec_id not in seen, f"{event.exec_id} twice"
+                    seen[event.exec_id] = event
             assert set(seen) == set(ids)  # and the stream ended by itself once all were in
             for n, i in enumerate(ids):
                 event = seen[i]
                 assert event.exit.code == n % 7 and event.exit.cause == ec.EXIT_CAUSE_EXITED
                 assert event.output_included and event.stdout == f"{i}\n".encode()
+        finally:
+            os.close(writer)
+            control.channel.close()
+
+
+def test_watch_sends_what_is_ready_in_few_messages_of_bounded_size(tmp_path: pathlib.Path) -> None:
+    """Events ready together share a message, closed once the output in it reaches
+    WATCH_MESSAGE_OUTPUT (an exec's output is never split)."""
+    with serving(tmp_path) as (server, client, raw):
+        control = Control(server.port, raw.token)
+        try:
+            small = [pb.TaskExecStartRequest(exec_id=f"s{i}", command_args=["echo", str(i)], **PIPES) for i in range(50)]
+            assert all(r.code == 0 for r in control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=small)).results)
+            for item in small:
+                client.wait(item.exec_id)
+            [response] = list(control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=[i.exec_id for i in small],
+                                                                  output_limit=64), timeout=30, metadata=control.md))
+            assert sorted(e.exec_id for e in response.events) == sorted(i.exec_id for i in small)  # one message
+            size = 700 * 1024  # two of these pass WATCH_MESSAGE_OUTPUT
+            big = [pb.TaskExecStartRequest(exec_id=f"b{i}", command_args=["head", "-c", str(size), "/dev/zero"], **PIPES)
+                   for i in range(5)]
+            assert all(r.code == 0 for r in control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=big)).results)
+            for item in big:
+                client.wait(item.exec_id)
+            responses = list(control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=[i.exec_id for i in big],
+                                                                 output_limit=size), timeout=30, metadata=control.md))
+            assert [len(r.events) for r in responses] == [2, 2, 1]
+            assert all(e.output_included and e.stdout == bytes(size) for r in responses for e in r.events)
         finally:
             control.channel.close()
 
@@ -289,7 +327,7 @@ def test_a_watch_open_at_shutdown_ends_cleanly(tmp_path: pathlib.Path, mode: str
         control = Control(server.port, raw.token)
         stream = control.stub.Watch(ec.WatchRequest(task_id=TASK_ID), timeout=30, metadata=control.md)
         client.start("one", ["true"], **PIPES)
-        assert next(stream).exec_id == "one"
+        assert [e.exec_id for e in next(stream).events] == ["one"]
     with pytest.raises(grpc.RpcError):
         next(stream)  # the server went away under it
     control.channel.close()
@@ -301,7 +339,7 @@ def test_watch_all_sees_later_execs(tmp_path: pathlib.Path) -> None:
         try:
             stream = control.stub.Watch(ec.WatchRequest(task_id=TASK_ID), timeout=30, metadata=control.md)
             client.start("later", ["sh", "-c", "head -c 100 /dev/zero"], **PIPES)
-            event = next(stream)
+            [event] = next(stream).events
             assert event.exec_id == "later" and not event.output_included  # output_limit 0: never
             stream.cancel()
         finally:

@@ -174,8 +174,8 @@ class _Resumable(Protocol):
     def request(self) -> Any | None:
         """The call to make from here; None when nothing is left to ask for."""
 
-    def take(self, message: Any) -> Any | None:
-        """Note `message` as received; what of it to hand on (None: nothing)."""
+    def take(self, message: Any) -> list[Any]:
+        """Note `message` as received; what of it to hand on, in order."""
 
 
 class _ReadFrom:
@@ -187,9 +187,9 @@ class _ReadFrom:
         self._request.offset = self.offset
         return self._request
 
-    def take(self, message: pb.TaskExecStdioReadResponse) -> bytes:
+    def take(self, message: pb.TaskExecStdioReadResponse) -> list[bytes]:
         self.offset += len(message.data)
-        return message.data
+        return [message.data]
 
 
 class _WatchFor:
@@ -211,13 +211,15 @@ class _WatchFor:
         request.exec_ids.extend(wanted)
         return request
 
-    def take(self, event: ec.WatchEvent) -> ec.WatchEvent | None:
-        if (event.exec_id, event.kind) in self.seen:
-            return None
-        self.seen.add((event.exec_id, event.kind))
-        if event.kind == ec.WATCH_EVENT_KIND_EXITED:
-            self.exited.add(event.exec_id)
-        return event
+    def take(self, message: ec.WatchResponse) -> list[ec.WatchEvent]:
+        new = []
+        for event in message.events:
+            if (event.exec_id, event.kind) not in self.seen:
+                self.seen.add((event.exec_id, event.kind))
+                if event.kind == ec.WATCH_EVENT_KIND_EXITED:
+                    self.exited.add(event.exec_id)
+                new.append(event)
+        return new
 
 
 class _Run(Generic[T]):
@@ -299,7 +301,7 @@ class _Client:
                 yield _Open(rpc, request)
                 while (message := (yield _NEXT)) is not None:
                     retries.answered()
-                    if (value := progress.take(message)) is not None:
+                    for value in progress.take(message):
                         yield _Emit(value)
                 return
             except grpc.RpcError as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import signal as signals
+from collections.abc import Iterator
 from typing import Any
 
 from . import requests
@@ -24,7 +25,7 @@ from .journal import (
     CAUSE_TIMED_OUT,
 )
 from .service import Body, Method, Offload, Service, Wait
-from .watch import Watcher
+from .watch import EventKind, Watcher
 
 SERVICE_NAME = "task_command_router.v1.ExecControl"
 METHODS: dict[str, Method] = {
@@ -34,7 +35,7 @@ METHODS: dict[str, Method] = {
     "List": Method(ec.ListRequest, ec.ListResponse, False),
     "Inspect": Method(ec.InspectRequest, ec.ExecInfo, False),
     "BatchStart": Method(ec.BatchStartRequest, ec.BatchStartResponse, False),
-    "Watch": Method(ec.WatchRequest, None, True),  # frames: encoded WatchEvents
+    "Watch": Method(ec.WatchRequest, None, True),  # frames: encoded WatchResponses
 }
 _CAUSES = {
     CAUSE_EXITED: ec.EXIT_CAUSE_EXITED, CAUSE_SIGNALLED: ec.EXIT_CAUSE_SIGNALLED,
@@ -45,10 +46,14 @@ _CAUSES = {
 _TARGETS = {ec.SIGNAL_TARGET_GROUP: "group", ec.SIGNAL_TARGET_LEADER: "leader", ec.SIGNAL_TARGET_SESSION: "session"}
 MAX_PAGE = 1000
 MAX_BATCH = 10_000
+# A Watch message is closed once the output in it reaches this; events without output are small.
+WATCH_MESSAGE_OUTPUT = 1 << 20
 
 
-def exit_info(ex: Exec) -> ec.ExitInfo:
-    info = ec.ExitInfo()
+def exit_info(ex: Exec, info: ec.ExitInfo | None = None) -> ec.ExitInfo:
+    """The exec's exit, filled into `info` (a new ExitInfo if None)."""
+    if info is None:
+        info = ec.ExitInfo()
     status = ex.status
     if status is not None:
         if status.code is not None:
@@ -194,17 +199,29 @@ class Control:
         try:
             while not watcher.complete:
                 yield Wait(watcher, watcher.has_events)
-                for kind, ex in watcher.take():
-                    if kind == "started":
-                        yield ec.WatchEvent(exec_id=ex.exec_id, kind=ec.WATCH_EVENT_KIND_STARTED, time=ex.started_at,
-                                            pid=ex.child.pid if ex.child is not None else 0).SerializeToString()
-                        continue
-                    event = ec.WatchEvent(exec_id=ex.exec_id, exit=exit_info(ex), time=ex.ended_at or 0.0)
-                    output = _output(ex, request.output_limit)
-                    if output is not None:
-                        event.output_included = True
-                        event.stdout, event.stderr = output
-                    yield event.SerializeToString()
+                yield from _watch_messages(watcher.take(), request.output_limit)
         finally:
             self._engine.unwatch(watcher)
 
+
+def _watch_messages(ready: list[tuple[EventKind, Exec]], output_limit: int) -> Iterator[bytes]:
+    """The events that are ready, as few encoded WatchResponses as WATCH_MESSAGE_OUTPUT allows."""
+    response = ec.WatchResponse()
+    held = 0
+    for kind, ex in ready:
+        if kind == "started":
+            response.events.add(exec_id=ex.exec_id, kind=ec.WATCH_EVENT_KIND_STARTED, time=ex.started_at,
+                                pid=ex.child.pid if ex.child is not None else 0)
+            continue
+        event = response.events.add(exec_id=ex.exec_id, time=ex.ended_at or 0.0)
+        exit_info(ex, event.exit)
+        output = _output(ex, output_limit)
+        if output is not None:
+            event.output_included = True
+            event.stdout, event.stderr = output
+            held += len(output[0]) + len(output[1])
+            if held >= WATCH_MESSAGE_OUTPUT:
+                yield response.SerializeToString()
+                response, held = ec.WatchResponse(), 0
+    if response.events:
+        yield response.SerializeToString()

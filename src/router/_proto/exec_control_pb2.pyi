@@ -235,3 +235,9 @@ class WatchEvent(_message.Message):
     pid: int
     time: float
     def __init__(self, exec_id: _Optional[str] = ..., exit: _Optional[_Union[ExitInfo, _Mapping]] = ..., output_included: _Optional[bool] = ..., stdout: _Optional[bytes] = ..., stderr: _Optional[bytes] = ..., kind: _Optional[_Union[WatchEventKind, str]] = ..., pid: _Optional[int] = ..., time: _Optional[float] = ...) -> None: ...
+
+class WatchResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[WatchEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[WatchEvent, _Mapping]]] = ...) -> None: ...

@@ -67,7 +67,7 @@ class ExecControlStub:
         self.Watch = channel.unary_stream(
                 '/task_command_router.v1.ExecControl/Watch',
                 request_serializer=router_dot___proto_dot_exec__control__pb2.WatchRequest.SerializeToString,
-                response_deserializer=router_dot___proto_dot_exec__control__pb2.WatchEvent.FromString,
+                response_deserializer=router_dot___proto_dot_exec__control__pb2.WatchResponse.FromString,
                 _registered_method=True)
 
 
@@ -114,7 +114,7 @@ class ExecControlServicer:
         """Exit events (and, if asked, start events) of the execs asked for: those already exited (or
         started) at once, the rest as they happen; each exec's exit and start are sent once per call,
         its start before its exit. The stream ends when every exec named has exited
-        (never, for all execs).
+        (never, for all execs). Events come in batches of those ready at once (WatchResponse).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,7 +156,7 @@ def add_ExecControlServicer_to_server(servicer, server):
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
                     request_deserializer=router_dot___proto_dot_exec__control__pb2.WatchRequest.FromString,
-                    response_serializer=router_dot___proto_dot_exec__control__pb2.WatchEvent.SerializeToString,
+                    response_serializer=router_dot___proto_dot_exec__control__pb2.WatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -347,7 +347,7 @@ class ExecControl:
             target,
             '/task_command_router.v1.ExecControl/Watch',
             router_dot___proto_dot_exec__control__pb2.WatchRequest.SerializeToString,
-            router_dot___proto_dot_exec__control__pb2.WatchEvent.FromString,
+            router_dot___proto_dot_exec__control__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
