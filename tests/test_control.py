@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from router import auth
+from router import control as control_module
 from router._proto import api_pb2
 from router._proto import exec_control_pb2 as ec
 from router._proto import exec_control_pb2_grpc as ec_grpc
@@ -294,29 +295,61 @@ def test_watch_sees_each_of_1000_exits_once_across_a_reconnect(tmp_path: pathlib
             control.channel.close()
 
 
-def test_watch_sends_what_is_ready_in_few_messages_of_bounded_size(tmp_path: pathlib.Path) -> None:
-    """Events ready together share a message, closed once the output in it reaches
-    WATCH_MESSAGE_OUTPUT (an exec's output is never split)."""
+def test_watch_sends_what_is_ready_in_few_messages_of_bounded_size(tmp_path: pathlib.Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events ready together share a message while they fit in WATCH_MESSAGE_BYTES; one exec's
+    output is never split, and a message holds more only when one event alone does."""
     with serving(tmp_path) as (server, client, raw):
         control = Control(server.port, raw.token)
+
+        def watch(items: list[pb.TaskExecStartRequest], output_limit: int) -> list[ec.WatchResponse]:
+            assert all(r.code == 0 for r in control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=items)).results)
+            for item in items:
+                client.wait(item.exec_id)
+            return list(control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=[i.exec_id for i in items],
+                                                           output_limit=output_limit), timeout=30, metadata=control.md))
+
         try:
             small = [pb.TaskExecStartRequest(exec_id=f"s{i}", command_args=["echo", str(i)], **PIPES) for i in range(50)]
-            assert all(r.code == 0 for r in control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=small)).results)
-            for item in small:
-                client.wait(item.exec_id)
-            [response] = list(control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=[i.exec_id for i in small],
-                                                                  output_limit=64), timeout=30, metadata=control.md))
-            assert sorted(e.exec_id for e in response.events) == sorted(i.exec_id for i in small)  # one message
-            size = 700 * 1024  # two of these pass WATCH_MESSAGE_OUTPUT
+            [response] = watch(small, 64)  # all ended: one message
+            assert sorted(e.exec_id for e in response.events) == sorted(i.exec_id for i in small)
+            size = 400 * 1024  # two of these fit in WATCH_MESSAGE_BYTES, three do not
             big = [pb.TaskExecStartRequest(exec_id=f"b{i}", command_args=["head", "-c", str(size), "/dev/zero"], **PIPES)
                    for i in range(5)]
-            assert all(r.code == 0 for r in control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=big)).results)
-            for item in big:
-                client.wait(item.exec_id)
-            responses = list(control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=[i.exec_id for i in big],
-                                                                 output_limit=size), timeout=30, metadata=control.md))
+            responses = watch(big, size)
             assert [len(r.events) for r in responses] == [2, 2, 1]
             assert all(e.output_included and e.stdout == bytes(size) for r in responses for e in r.events)
+            assert all(r.ByteSize() <= control_module.WATCH_MESSAGE_BYTES for r in responses)
+            huge = [pb.TaskExecStartRequest(exec_id="h", command_args=["head", "-c", str(3 << 20), "/dev/zero"], **PIPES)]
+            [response] = watch(huge, 4 << 20)  # more than a message should hold, but never split
+            assert response.events[0].output_included and len(response.events[0].stdout) == 3 << 20
+            # Events without output count too: with room for about ten, 50 come in five or six messages.
+            monkeypatch.setattr(control_module, "WATCH_MESSAGE_BYTES", 10 * (control_module.EVENT_FIELDS_BYTES + 3))
+            responses = watch([pb.TaskExecStartRequest(exec_id=f"t{i:02d}", command_args=["true"], **PIPES)
+                               for i in range(50)], 0)
+            assert 5 <= len(responses) <= 6 and sum(len(r.events) for r in responses) == 50
+            assert all(r.ByteSize() <= control_module.WATCH_MESSAGE_BYTES for r in responses)
+        finally:
+            control.channel.close()
+
+
+def test_watch_leaves_out_an_output_too_large_for_a_message(tmp_path: pathlib.Path) -> None:
+    """An output_limit past the server's message size counts as that limit less EVENT_FIELDS_ROOM:
+    the exit event comes without the output instead of the Watch failing to send it."""
+    size = 1024 * 1024
+    with serving(tmp_path, max_receive_message_size=size) as (server, client, raw):
+        control = Control(server.port, raw.token)
+        try:
+            items = [pb.TaskExecStartRequest(exec_id=name, command_args=["head", "-c", str(n), "/dev/zero"], **PIPES)
+                     for name, n in (("fits", size - control_module.EVENT_FIELDS_ROOM), ("big", size))]
+            assert all(r.code == 0 for r in control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=items)).results)
+            for item in items:
+                client.wait(item.exec_id)
+            events = {e.exec_id: e for r in control.stub.Watch(
+                ec.WatchRequest(task_id=TASK_ID, exec_ids=["fits", "big"], output_limit=4 * size),
+                timeout=30, metadata=control.md) for e in r.events}
+            assert events["fits"].output_included and len(events["fits"].stdout) == size - control_module.EVENT_FIELDS_ROOM
+            assert not events["big"].output_included and events["big"].exit.code == 0
         finally:
             control.channel.close()
 

@@ -46,8 +46,13 @@ _CAUSES = {
 _TARGETS = {ec.SIGNAL_TARGET_GROUP: "group", ec.SIGNAL_TARGET_LEADER: "leader", ec.SIGNAL_TARGET_SESSION: "session"}
 MAX_PAGE = 1000
 MAX_BATCH = 10_000
-# A Watch message is closed once the output in it reaches this; events without output are small.
-WATCH_MESSAGE_OUTPUT = 1 << 20
+# A Watch message takes no event that would carry it past this many bytes, unless it has none yet
+# (under grpc's default 4 MiB limit for what a client receives).
+WATCH_MESSAGE_BYTES = 1 << 20
+# An event's size besides its exec id and output, rounded up (an estimate is enough for the above).
+EVENT_FIELDS_BYTES = 64
+# Room kept for an event's other fields when its output alone nears the server's message size limit.
+EVENT_FIELDS_ROOM = 64 * 1024
 
 
 def exit_info(ex: Exec, info: ec.ExitInfo | None = None) -> ec.ExitInfo:
@@ -112,9 +117,11 @@ class _Starts(Changes):
 class Control:
     """The bodies of ExecControl, by name (see METHODS)."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, max_message_size: int) -> None:
         self._service = service
         self._engine = service.engine
+        # A larger output in an event could not be sent: the whole Watch would fail.
+        self._max_event_output = max(0, max_message_size - EVENT_FIELDS_ROOM)
 
     def _exec(self, request: Any) -> Exec:
         return self._engine.get(requests.exec_id(request))
@@ -199,29 +206,30 @@ class Control:
         try:
             while not watcher.complete:
                 yield Wait(watcher, watcher.has_events)
-                yield from _watch_messages(watcher.take(), request.output_limit)
+                yield from _watch_messages(watcher.take(), min(request.output_limit, self._max_event_output))
         finally:
             self._engine.unwatch(watcher)
 
 
 def _watch_messages(ready: list[tuple[EventKind, Exec]], output_limit: int) -> Iterator[bytes]:
-    """The events that are ready, as few encoded WatchResponses as WATCH_MESSAGE_OUTPUT allows."""
+    """The events that are ready, in order, in as few encoded WatchResponses as WATCH_MESSAGE_BYTES allows."""
     response = ec.WatchResponse()
     held = 0
     for kind, ex in ready:
+        output = _output(ex, output_limit) if kind == "exited" else None
+        size = EVENT_FIELDS_BYTES + len(ex.exec_id) + (len(output[0]) + len(output[1]) if output is not None else 0)
+        if held and held + size > WATCH_MESSAGE_BYTES:
+            yield response.SerializeToString()
+            response, held = ec.WatchResponse(), 0
+        held += size
         if kind == "started":
             response.events.add(exec_id=ex.exec_id, kind=ec.WATCH_EVENT_KIND_STARTED, time=ex.started_at,
                                 pid=ex.child.pid if ex.child is not None else 0)
             continue
         event = response.events.add(exec_id=ex.exec_id, time=ex.ended_at or 0.0)
         exit_info(ex, event.exit)
-        output = _output(ex, output_limit)
         if output is not None:
             event.output_included = True
             event.stdout, event.stderr = output
-            held += len(output[0]) + len(output[1])
-            if held >= WATCH_MESSAGE_OUTPUT:
-                yield response.SerializeToString()
-                response, held = ec.WatchResponse(), 0
     if response.events:
         yield response.SerializeToString()
