@@ -91,8 +91,8 @@ class RouterServer:
         self.images = Images(pathlib.Path(config.state_dir), config.mount_method)
         self.images.gc()  # expired images, and what a crash left half-written
         service = Service(config, self.engine, self.images)
-        self._handlers = Handlers({SERVICE_NAME: (METHODS, service),
-                                   control.SERVICE_NAME: (control.METHODS, control.Control(service, config.max_receive_message_size))},
+        controls = control.Control(service, config.max_receive_message_size)
+        self._handlers = Handlers({SERVICE_NAME: (METHODS, service), control.SERVICE_NAME: (control.METHODS, controls)},
                                   authenticator, config.max_calls_per_token)
         self.port = 0
         self._grpc: Any = None
