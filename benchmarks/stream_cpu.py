@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import resource
 import statistics
 import sys
 import time
@@ -19,10 +18,6 @@ import time
 from .bare_grpc import EXEC_METHOD
 from .bench_stream import bare_sender, router_sender
 from .common import BareGrpcProcess, cpu_seconds, router_from
-
-def self_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
             send(16 << 20)
         for _ in range(args.rounds):
             for name, (send, pid) in sides.items():
-                c0, s0, t0 = cpu_seconds(pid), self_seconds(), time.perf_counter()
+                c0, s0, t0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
                 send(n)
                 wall = time.perf_counter() - t0
-                cpu = cpu_seconds(pid) - c0 + self_seconds() - s0
+                cpu = cpu_seconds(pid) - c0 + time.process_time() - s0
                 results.setdefault(name, []).append((n / wall / 1e6, cpu))
     bare_rate = statistics.median(r for r, _ in results["bare_grpc"][-4:])
     for name, rounds in results.items():

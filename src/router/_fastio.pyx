@@ -1336,4 +1336,3 @@ def reap(int pid):
         return None
     return (usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6,
             usage.ru_stime.tv_sec + usage.ru_stime.tv_usec / 1e6, usage.ru_maxrss * 1024)
-

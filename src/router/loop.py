@@ -32,14 +32,15 @@ class Readers:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._epoll = select.epoll()
+        self._epfd = self._epoll.fileno()
         self._callbacks: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
         self._loop = loop
-        loop.add_reader(self._epoll.fileno(), self._dispatch)
+        loop.add_reader(self._epfd, self._dispatch)
 
     def add_reader(self, fd: int, callback: Callable[..., Any], *args: Any) -> None:
         """Call callback(*args) while fd is readable (replacing its callback if it has one)."""
         try:
-            _fastio.epoll_watch(self._epoll.fileno(), fd, True)  # with the GIL held: see _fastio
+            _fastio.epoll_watch(self._epfd, fd, True)  # with the GIL held: see _fastio
         except FileExistsError:
             pass
         self._callbacks[fd] = (callback, args)
@@ -47,7 +48,7 @@ class Readers:
     def remove_reader(self, fd: int) -> None:
         if self._callbacks.pop(fd, None) is not None:
             with contextlib.suppress(OSError):  # closed already: epoll has dropped it
-                _fastio.epoll_watch(self._epoll.fileno(), fd, False)
+                _fastio.epoll_watch(self._epfd, fd, False)
 
     def _dispatch(self) -> None:
         for fd, _ in self._epoll.poll(0):
@@ -60,7 +61,7 @@ class Readers:
                 log.exception("reader callback for descriptor %d failed", fd)
 
     def close(self) -> None:
-        self._loop.remove_reader(self._epoll.fileno())
+        self._loop.remove_reader(self._epfd)
         self._epoll.close()
         self._callbacks.clear()
 
