@@ -1,7 +1,7 @@
 """A bare grpcio server: the reference for what the router's gRPC stack costs by itself.
 
 Two raw methods (no serializer on either side, no log, no exec), with the router's server options
-(`router.server.server_options`), in its own process:
+(`router.server.grpc_server.server_options`), in its own process:
 
 - `/bench.Bare/Stream` (unary-stream): the request is a byte count in ASCII; the handler yields one
   prebuilt 1 MiB `bytes` message over and over. The reference for one exec's stdout.
@@ -69,7 +69,7 @@ def exec_chunks(request: bytes) -> Iterator[bytes]:
 
 def options() -> list:
     from router.config import ServerConfig
-    from router.server import server_options
+    from router.server.grpc_server import server_options
 
     return server_options(ServerConfig(state_dir="", task_id=""))
 

@@ -65,7 +65,7 @@ from collections.abc import Callable
 
 import grpc
 
-from router import mounts
+from router.images import mounts
 
 from . import alternating
 from .common import (
@@ -347,7 +347,7 @@ class Images:
 
     def setup(self, result: dict, tree: str, method: str) -> None:
         if method == "overlay" and not result["overlay"]:
-            raise NotImplementedError("this machine cannot make overlay mounts (router.mounts.can_mount)")
+            raise NotImplementedError("this machine cannot make overlay mounts (router.images.mounts.can_mount)")
         self.tree: dict = result["trees"][tree]
 
     def series_table(self, result: dict, tree: str, method: str) -> dict[str, tuple[list[float], str]]:

@@ -7,8 +7,8 @@ import pathlib
 import shutil
 import tempfile
 
-from router import journal as jr
-from router.records import ExecSpec, ExitStatus
+from router.engine import journal as jr
+from router.engine.records import ExecSpec, ExitStatus
 
 from .common import TMP
 

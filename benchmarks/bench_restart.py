@@ -1,7 +1,7 @@
 """Restart time (issue 7): from `router serve` starting on a state directory whose journal holds N
 finished execs to the first successful TaskExecPoll of the newest of them.
 
-The journal is written directly with `router.journal` (Begun + Exited per exec, output to
+The journal is written directly with `router.engine.journal` (Begun + Exited per exec, output to
 /dev/null, as tests/test_restart.py does): running 10,000 real execs would take minutes and
 measure the same replay."""
 from __future__ import annotations
@@ -16,11 +16,11 @@ import time
 
 import grpc
 
-from router import journal as jr
+from router.engine import journal as jr
 from router._proto import task_command_router_pb2 as pb
 from router._proto import task_command_router_pb2_grpc as pb_grpc
 from router.client import exit_code
-from router.records import ExecSpec, ExitStatus
+from router.engine.records import ExecSpec, ExitStatus
 
 from .common import (
     SIZE,

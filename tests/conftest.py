@@ -16,12 +16,14 @@ import grpc
 import pytest
 import uvloop
 
-from router import _fastio, auth, pylog
+from router import _fastio
+from router import auth
+from . import reference_log
 from router._proto import task_command_router_pb2 as pb
 from router._proto import task_command_router_pb2_grpc as pb_grpc
 from router.client import CHANNEL_OPTIONS, RouterClient
 from router.config import ServerConfig
-from router.server import RouterServer
+from router.server.grpc_server import RouterServer
 
 TASK_ID = "ta-test"
 # Both output streams piped: what most tests start an exec with.
@@ -121,7 +123,7 @@ def _mounts(under: str) -> set[str]:
 
 def _log_counters() -> dict[str, int]:
     return {**{f"_fastio.{k}": v for k, v in _fastio.counters().items()},
-            **{f"pylog.{k}": v for k, v in pylog.counters().items()}}
+            **{f"reference_log.{k}": v for k, v in reference_log.counters().items()}}
 
 
 def _grpc_internal(fd: str) -> bool:

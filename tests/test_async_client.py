@@ -15,7 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router import auth, client, config
+from router import auth
+from router import client
+from router import config
 from router._proto import api_pb2
 from router._proto import exec_control_pb2 as ec
 from router._proto import task_command_router_pb2 as pb

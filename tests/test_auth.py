@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.errors import RouterError
-from router.server import RouterServer
+from router.server.grpc_server import RouterServer
 
 from .conftest import TASK_ID, Raw, start_request
 

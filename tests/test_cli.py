@@ -10,7 +10,8 @@ import sys
 import time
 
 
-from router import auth, journal
+from router import auth
+from router.engine import journal
 from router._proto import task_command_router_pb2 as pb
 
 from .conftest import TASK_ID, Raw, router_process, start_request

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from router import auth
-from router import control as control_module
+from router.server import control as control_module
 from router._proto import api_pb2
 from router._proto import exec_control_pb2 as ec
 from router._proto import exec_control_pb2_grpc as ec_grpc

@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from router import _fastio, pylog
+from router import _fastio
+from . import reference_log
 
 PAGE = mmap.PAGESIZE
 SEG = PAGE  # one-page segments: every few KiB crosses a boundary
@@ -49,12 +50,12 @@ def _owning(mod):
     return make
 
 
-@pytest.fixture(scope="module", params=[_fastio, pylog], ids=["cython", "python"])
+@pytest.fixture(scope="module", params=[_fastio, reference_log], ids=["cython", "python"])
 def Log(request):
     return _owning(request.param)
 
 
-@pytest.fixture(scope="module", params=[_fastio, pylog], ids=["cython", "python"])
+@pytest.fixture(scope="module", params=[_fastio, reference_log], ids=["cython", "python"])
 def fio(request):
     """The module itself, for tests that build stores and logs (and read counters) on their own."""
     return request.param
@@ -63,10 +64,10 @@ def fio(request):
 @pytest.fixture(autouse=True)
 def counters_restored():
     """Every test here leaves both modules' counters as it found them: they are exact."""
-    before = {mod: mod.counters() for mod in (_fastio, pylog)}
+    before = {mod: mod.counters() for mod in (_fastio, reference_log)}
     yield
     gc.collect()
-    assert {mod: mod.counters() for mod in (_fastio, pylog)} == before
+    assert {mod: mod.counters() for mod in (_fastio, reference_log)} == before
 
 
 def delta(mod, before: dict[str, int]) -> dict[str, int]:

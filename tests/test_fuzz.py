@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from router import auth
 from router._proto import api_pb2
 from router._proto import task_command_router_pb2 as pb
-from router.server import RouterServer
+from router.server.grpc_server import RouterServer
 
 from .conftest import PIPES, TASK_ID, Raw, make_server
 

@@ -24,14 +24,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router import manifest as manifests
-from router import mounts
+from router.images import manifest as manifests
+from router.images import mounts
 from router._proto import task_command_router_pb2 as pb
 from router.errors import RouterError
-from router.images import Images
-from router.manifest import Entry, Manifest, ManifestError
-from router.materialize import copy_tree
-from router.requests import MountArgs, SnapshotArgs
+from router.images.store import Images
+from router.images.manifest import Entry, Manifest, ManifestError
+from router.images.materialize import copy_tree
+from router.server.validate import MountArgs, SnapshotArgs
 
 from .conftest import PIPES, TASK_ID, serving
 
@@ -251,7 +251,7 @@ def test_a_manifest_that_inflates_past_the_limit_is_refused(monkeypatch: pytest.
 def test_a_second_snapshot_reads_nothing_unchanged(tmp_path: pathlib.Path, tree: pathlib.Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     images = _images(tmp_path, "copy")
-    caplog.set_level(logging.INFO, "router.images")
+    caplog.set_level(logging.INFO, "router.images.store")
     snap(images, tree)
     (tree / "a.txt").write_bytes(b"changed\n")
     snap(images, tree)
@@ -279,7 +279,7 @@ def test_snapshot_id_makes_a_retry_return_the_same_image(tmp_path: pathlib.Path,
 def test_snapshot_of_a_mounted_image_stores_only_what_changed(tmp_path: pathlib.Path, tree: pathlib.Path, method: str,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     images = _images(tmp_path, method)
-    caplog.set_level(logging.INFO, "router.images")
+    caplog.set_level(logging.INFO, "router.images.store")
     base = snap(images, tree)
     target = tmp_path / "mnt"
     with unmounting(images, target):

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router import journal
-from router.journal import (
+from router.engine import journal
+from router.engine.journal import (
     HEADER,
     Begun,
     Exited,
@@ -39,7 +39,7 @@ from router.journal import (
     parse,
     replay,
 )
-from router.records import ExecSpec, ExitStatus, PtySpec
+from router.engine.records import ExecSpec, ExitStatus, PtySpec
 
 SECRET = "s3cr3t-value-that-must-not-leak"
 
@@ -497,9 +497,9 @@ def test_ten_thousand_execs_replay(tmp_path: pathlib.Path) -> None:
 
 WRITER = """
 import sys
-from router.journal import Journal, Begun, Spawned, Output, Exited
-from router.records import ExecSpec, ExitStatus
-from router.journal import Forgotten
+from router.engine.journal import Journal, Begun, Spawned, Output, Exited
+from router.engine.records import ExecSpec, ExitStatus
+from router.engine.journal import Forgotten
 churn = sys.argv[2] == "churn"  # retention keeps 50 execs; compaction every 64 KiB or so
 j, _ = Journal.open(sys.argv[1], compact_min=1 << 16)
 spec = ExecSpec(args=["x" * 100], env={"A": "1"})

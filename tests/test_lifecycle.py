@@ -169,7 +169,7 @@ def test_pty_eof_after_a_partial_line_ends_input(client: RouterClient, raw: Raw)
 
 
 def _drain_failures(caplog: pytest.LogCaptureFixture) -> int:
-    return sum(r.name == "router.output" and r.getMessage().startswith("writing output failed") for r in caplog.records)
+    return sum(r.name == "router.engine.output" and r.getMessage().startswith("writing output failed") for r in caplog.records)
 
 
 def test_output_survives_a_log_that_cannot_be_written(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -437,8 +437,8 @@ def test_a_cancelled_start_leaves_the_exec_usable(server, token: str) -> None:  
         raw.code("TaskExecStart", request, timeout=0.0001)  # may or may not get through in time
         assert raw.code("TaskExecStart", request) == OK
         # Before its spawn has run too: nothing can cancel the future a start waits on.
-        from router.execs import Exec
-        from router.records import ExecSpec
+        from router.engine.execs import Exec
+        from router.engine.records import ExecSpec
         unspawned = Exec("x", b"", ExecSpec(args=["true"], env={}), None, None, 1024)
         assert not unspawned.started.cancel()
         wait = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="cancelled")

@@ -8,7 +8,7 @@ import pytest
 
 from router import auth
 from router._proto import task_command_router_pb2 as pb
-from router.engine import base_environment
+from router.engine.core import base_environment
 
 from .conftest import PIPES, TASK_ID, Raw, eventually, serving
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from router import auth, mounts
+from router import auth
+from router.images import mounts
 
 from .conftest import TASK_ID, router_process
 

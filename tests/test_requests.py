@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router import requests
+from router.server import validate as requests
 from router._proto import api_pb2
 from router._proto import task_command_router_pb2 as pb
 from router.errors import RouterError

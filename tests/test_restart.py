@@ -9,10 +9,11 @@ import time
 
 import grpc
 
-from router import auth, journal
+from router import auth
+from router.engine import journal
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, RouterClient, exit_code
-from router.records import ExecSpec, ExitStatus
+from router.engine.records import ExecSpec, ExitStatus
 
 from .conftest import PIPES, TASK_ID, alive, eventually, router_process, serving, start_request
 

@@ -14,8 +14,8 @@ from router import _fastio
 from router._proto import task_command_router_pb2 as pb
 from router.client import RouterClient, exit_code
 from router.errors import RouterError
-from router.server import RouterServer
-from router.service import ReadCursor, _frame_data_length
+from router.server.grpc_server import RouterServer
+from router.server.service import ReadCursor, _frame_data_length
 
 from .conftest import PIPES, TASK_ID, Raw, eventually, py, serving
 

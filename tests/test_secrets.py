@@ -15,7 +15,7 @@ from router._proto import task_command_router_pb2 as pb
 from router.client import RouterClient, exit_code
 from router.config import ServerConfig
 from router.secretstore import SecretError, SecretStore
-from router.server import RouterServer
+from router.server.grpc_server import RouterServer
 
 from .conftest import PIPES, TASK_ID, router_process, serving
 

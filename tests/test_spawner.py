@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from router.loop import LoopThread
-from router.spawner import Spawner
+from router.engine.loop import LoopThread
+from router.engine.spawn_threads import Spawner
 
 
 @pytest.mark.parametrize("stop_after", [None, 0.02])

@@ -17,7 +17,7 @@ from router._proto import task_command_router_pb2 as pb
 from router._proto import task_command_router_pb2_grpc as pb_grpc
 from router.client import CHANNEL_OPTIONS
 from router.config import ServerConfig
-from router.server import RouterServer
+from router.server.grpc_server import RouterServer
 from router.tls import TlsFiles, client_credentials, is_loopback
 
 from .certs import CA, write

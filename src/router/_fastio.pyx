@@ -23,7 +23,7 @@ the page cache, and bytes below it never change. Nothing is freed under a call s
 py-pgproto rule for exported buffers): the store closes its descriptors once no call is inside a
 pread/pwrite, a closed log gives its slots back once no reader (nor the writer) is inside it,
 released segments' slots go back once no reader is inside the log, and the drain buffer is freed once no drain holds it. `counters()` counts all of these, exactly, for
-leak checks. `router.pylog` is the pure-Python twin used as the test oracle.
+leak checks. `tests/reference_log.py` is its pure-Python twin, the test oracle.
 """
 
 import os

@@ -18,8 +18,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from .config import DEFAULT_TOKEN_TTL_SECS, TokenPolicy, read_or_create_private
-from .errors import RouterError
+from router.config import DEFAULT_TOKEN_TTL_SECS, TokenPolicy, read_or_create_private
+from router.errors import RouterError
 
 ALGORITHM = "HS256"
 _KEY_TYPES: dict[str, tuple[type, str]] = {

@@ -19,12 +19,12 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 import grpc
 import grpc.aio
 
-from . import config
-from ._proto import exec_control_pb2 as ec
-from ._proto import exec_control_pb2_grpc as ec_grpc
-from ._proto import task_command_router_pb2 as pb
-from ._proto import task_command_router_pb2_grpc as pb_grpc
-from .tls import client_credentials
+from router import config
+from router._proto import exec_control_pb2 as ec
+from router._proto import exec_control_pb2_grpc as ec_grpc
+from router._proto import task_command_router_pb2 as pb
+from router._proto import task_command_router_pb2_grpc as pb_grpc
+from router.tls import client_credentials
 
 # Statuses after which a call may be retried as it was (Modal's client retries the same set).
 RETRYABLE = frozenset({
@@ -102,7 +102,7 @@ def find_connection(target: str | None = None, token: str | None = None, *, task
     if not task_id:
         task_id = info.task_id if info else config.load_or_create_task_id(config.ensure_state_dir(directory))
     if not token:
-        from .auth import load_or_create_key, mint_token  # jwt and cryptography: ~0.1 s, only when minting
+        from router.auth import load_or_create_key, mint_token  # jwt and cryptography: ~0.1 s, only when minting
 
         token = mint_token(load_or_create_key(config.ensure_state_dir(directory)), task_id, 3600)
     credentials = None

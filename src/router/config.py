@@ -10,8 +10,8 @@ from typing import Literal
 import msgspec
 import platformdirs
 
-from .retention import DEFAULT_EXECS, DEFAULT_SECS
-from .tls import TlsFiles
+from router.engine.retention import DEFAULT_EXECS, DEFAULT_SECS
+from router.tls import TlsFiles
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_TOKEN_TTL_SECS = 24 * 3600  # tokens `router token` mints

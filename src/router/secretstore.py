@@ -17,7 +17,7 @@ import tomllib
 
 import msgspec
 
-from .config import ServerConfig, write_private
+from router.config import ServerConfig, write_private
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SUFFIXES = (".json", ".toml")

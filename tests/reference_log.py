@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, SupportsIndex
 
 # The extension's own exception: callers catch one class whichever kind of log they hold.
-from ._fastio import OffsetReleased
+from router._fastio import OffsetReleased
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer  # collections.abc.Buffer needs 3.12
@@ -419,7 +419,7 @@ class SegmentedLog:
         return self._readers
 
     def __repr__(self) -> str:
-        return (f"<router.pylog.SegmentedLog segments={len(self._slots)} "
+        return (f"<reference_log.SegmentedLog segments={len(self._slots)} "
                 f"committed={self._committed} eof={self._eof} closed={self._closed}>")
 
     def close(self) -> None:

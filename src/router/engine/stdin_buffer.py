@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import grpc
 
-from . import _fastio
-from .errors import RouterError
+from router import _fastio
+from router.errors import RouterError
 
 
 class StdinBuffer:

@@ -20,11 +20,13 @@ from typing import Any
 
 import grpc
 
-from . import config, procs, retention
-from ._proto import exec_control_pb2 as ec
-from ._proto import task_command_router_pb2 as pb
-from .client import STDERR, STDOUT, TOKEN_ENV, UNREACHABLE_SECS, RouterClient, exit_code
-from .tls import TlsFiles
+from router import config
+from router.engine import procs
+from router.engine import retention
+from router._proto import exec_control_pb2 as ec
+from router._proto import task_command_router_pb2 as pb
+from router.client import STDERR, STDOUT, TOKEN_ENV, UNREACHABLE_SECS, RouterClient, exit_code
+from router.tls import TlsFiles
 
 
 def _path(value: str | None) -> str:
@@ -32,8 +34,8 @@ def _path(value: str | None) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .auth import load_or_create_key
-    from .server import RouterServer
+    from router.auth import load_or_create_key
+    from router.server.grpc_server import RouterServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state_dir = config.ensure_state_dir(config.state_dir_from(args.state_dir))
@@ -96,8 +98,8 @@ def _when(t: float | None) -> str:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from .errors import RouterError
-    from .images import Images
+    from router.errors import RouterError
+    from router.images.store import Images
 
     images = Images(config.state_dir_from(args.state_dir), method="copy")  # no probe mount: nothing is mounted here
     if args.images_cmd == "ls":
@@ -128,7 +130,7 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 
 def cmd_secrets(args: argparse.Namespace) -> int:
-    from .secretstore import SecretError, SecretStore
+    from router.secretstore import SecretError, SecretStore
 
     directory = pathlib.Path(_path(args.secrets_dir)) if args.secrets_dir else config.state_dir_from(args.state_dir) / "secrets"
     store = SecretStore(directory)
@@ -159,7 +161,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     state_dir = config.ensure_state_dir(config.state_dir_from(args.state_dir))
     task_id = args.task_id or config.load_or_create_task_id(state_dir)
     print(f"token for task {task_id}, valid {args.ttl} s:", file=sys.stderr)
-    from .auth import load_or_create_key, mint_token  # jwt and cryptography: ~0.1 s, not for every command
+    from router.auth import load_or_create_key, mint_token  # jwt and cryptography: ~0.1 s, not for every command
 
     print(mint_token(load_or_create_key(state_dir), task_id, args.ttl))
     return 0
@@ -393,7 +395,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         print("Pseudo-terminal will not be allocated because stdin is not a terminal.", file=sys.stderr)
     if terminal:
         rows, cols = _window_size()
-        from ._proto import api_pb2
+        from router._proto import api_pb2
 
         fields["pty_info"] = api_pb2.PTYInfo(enabled=True, winsz_rows=rows, winsz_cols=cols,
                                              env_term=os.environ.get("TERM", ""))
@@ -629,6 +631,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"router {args.cmd}: {e.code().name}: {e.details()}", file=sys.stderr)
         return ROUTER_FAILED
 
-
-if __name__ == "__main__":
-    sys.exit(main())

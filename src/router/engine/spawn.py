@@ -17,10 +17,11 @@ from typing import NamedTuple
 
 import grpc
 
-from . import _fastio, procs
-from .errors import RouterError
+from router import _fastio
+from . import procs
+from router.errors import RouterError
 from .records import ExecSpec, ExitStatus
-from .stdio import PIPE_SIZE, ChildStdio, open_stdio
+from .child_stdio import PIPE_SIZE, ChildStdio, open_stdio
 
 
 class ExecUser(NamedTuple):

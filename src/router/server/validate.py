@@ -5,9 +5,9 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ._proto import task_command_router_pb2 as pb
-from .records import ExecSpec, PtySpec, StderrMode, StdoutMode, StreamName
-from .errors import invalid, not_found
+from router._proto import task_command_router_pb2 as pb
+from router.engine.records import ExecSpec, PtySpec, StderrMode, StdoutMode, StreamName
+from router.errors import invalid, not_found
 
 MAX_ID_LENGTH = 256
 _STDOUT: dict[int, StdoutMode] = {pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL: "devnull", pb.TASK_EXEC_STDOUT_CONFIG_PIPE: "pipe"}

@@ -18,16 +18,16 @@ from typing import Any, NamedTuple
 import grpc
 from google.protobuf import empty_pb2
 
-from . import requests
-from ._fastio import OffsetReleased, SegmentedLog
-from ._proto import task_command_router_pb2 as pb
-from .config import ServerConfig
-from .engine import Engine
-from .errors import RouterError, not_found, throttled
-from .execs import Changes, Exec
-from .images import Images
-from .secretstore import MissingSecret, SecretError, SecretStore, secrets_dir
-from .records import ExitStatus, StreamName
+from . import validate
+from router._fastio import OffsetReleased, SegmentedLog
+from router._proto import task_command_router_pb2 as pb
+from router.config import ServerConfig
+from router.engine.core import Engine
+from router.errors import RouterError, not_found, throttled
+from router.engine.execs import Changes, Exec
+from router.images.store import Images
+from router.secretstore import MissingSecret, SecretError, SecretStore, secrets_dir
+from router.engine.records import ExitStatus, StreamName
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Service:
         self._engine = engine
         self._images = images
         self._secrets = SecretStore(secrets_dir(config))
-        self._base_env_bytes = requests.env_bytes(engine.base_env)  # the engine's base_env never changes
+        self._base_env_bytes = validate.env_bytes(engine.base_env)  # the engine's base_env never changes
 
     def _secret(self, secret_id: str) -> dict[str, str]:
         """A secret's variables; NOT_FOUND naming the id, FAILED_PRECONDITION for a bad file."""
@@ -113,7 +113,7 @@ class Service:
 
     def begin(self, request: pb.TaskExecStartRequest) -> Exec:
         """Validate a start and hand it to the engine; the exec's `started` says how it went."""
-        spec = requests.exec_spec(request, self._engine.base_env, self._secret, self._config.max_arg_bytes,
+        spec = validate.exec_spec(request, self._engine.base_env, self._secret, self._config.max_arg_bytes,
                                   self._config.max_env_bytes, self._base_env_bytes)
         return self._engine.begin_exec(request.exec_id, fingerprint(request), spec)
 
@@ -124,17 +124,17 @@ class Service:
         return pb.TaskExecStartResponse()
 
     def TaskExecPoll(self, request: pb.TaskExecPollRequest) -> Body:
-        return exit_message(pb.TaskExecPollResponse, self._engine.get(requests.exec_id(request)).status)
+        return exit_message(pb.TaskExecPollResponse, self._engine.get(validate.exec_id(request)).status)
         yield  # a body that never waits
 
     def TaskExecWait(self, request: pb.TaskExecWaitRequest) -> Body:
-        ex = self._engine.get(requests.exec_id(request))
+        ex = self._engine.get(validate.exec_id(request))
         yield Wait(ex, lambda: ex.status is not None)
         return exit_message(pb.TaskExecWaitResponse, ex.status)
 
     def TaskExecStdioRead(self, request: pb.TaskExecStdioReadRequest) -> Body:
-        ex = self._engine.get(requests.exec_id(request))
-        which = requests.stdio_stream(request)
+        ex = self._engine.get(validate.exec_id(request))
+        which = validate.stdio_stream(request)
         stream = ex.stream(which)
         if stream is None:
             return None  # discarded or merged into stdout: a complete, empty stream
@@ -150,23 +150,23 @@ class Service:
                 yield frame
 
     def TaskExecStdinWrite(self, request: pb.TaskExecStdinWriteRequest) -> Body:
-        ex = self._engine.get(requests.exec_id(request))
+        ex = self._engine.get(validate.exec_id(request))
         # A full buffer waits for room, until the call's deadline.
         yield Wait(ex, lambda: self._engine.offer_stdin(ex, request.offset, request.data, request.eof))
         return pb.TaskExecStdinWriteResponse()
 
     def TaskMountDirectory(self, request: pb.TaskMountDirectoryRequest) -> Body:
-        args = requests.mount_args(request)
+        args = validate.mount_args(request)
         yield Offload(lambda: self._images.mount(args))
         return empty_pb2.Empty()
 
     def TaskUnmountDirectory(self, request: pb.TaskUnmountDirectoryRequest) -> Body:
-        path = requests.unmount_path(request)
+        path = validate.unmount_path(request)
         yield Offload(lambda: self._images.unmount(path))
         return empty_pb2.Empty()
 
     def TaskSnapshotDirectory(self, request: pb.TaskSnapshotDirectoryRequest) -> Body:
-        args = requests.snapshot_args(request)
+        args = validate.snapshot_args(request)
         image_id = yield Offload(lambda: self._images.snapshot(args))
         return pb.TaskSnapshotDirectoryResponse(image_id=image_id)
 

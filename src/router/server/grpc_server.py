@@ -20,17 +20,17 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .auth import Authenticator, verification_key
-from .config import ServerConfig
-from .retention import Retention
-from .engine import Engine, raise_open_file_limit
-from .spawn import exec_user
-from .images import Images
+from router.auth import Authenticator, verification_key
+from router.config import ServerConfig
+from router.engine.retention import Retention
+from router.engine.core import Engine, raise_open_file_limit
+from router.engine.spawn import exec_user
+from router.images.store import Images
 from .handlers import Handlers
 from . import control
 from .service import METHODS, SERVICE_NAME, Service
-from .secretstore import SecretError, SecretStore, secrets_dir
-from .tls import ServerTls, is_loopback
+from router.secretstore import SecretError, SecretStore, secrets_dir
+from router.tls import ServerTls, is_loopback
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ from typing import BinaryIO, TextIO
 
 import grpc
 
-from ._proto import exec_control_pb2 as ec
-from ._proto import task_command_router_pb2 as pb
-from .client import STDERR, STDOUT, RouterClient
+from router._proto import exec_control_pb2 as ec
+from router._proto import task_command_router_pb2 as pb
+from router.client import STDERR, STDOUT, RouterClient
 
 # Output delivered in the exit event: 64 KiB is a pipe's buffer, and the size the batch benchmark
 # writes per job; the router reads it on its event loop, so each event's read stays short.

@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ._fastio import SegmentedLog
-from .errors import RouterError
+from router._fastio import SegmentedLog
+from router.errors import RouterError
 from .records import ExecSpec, ExitStatus, StreamName, Usage
-from .stdin import StdinBuffer
+from .stdin_buffer import StdinBuffer
 
 if TYPE_CHECKING:
     from .child import Child

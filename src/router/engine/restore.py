@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 from . import procs
-from ._fastio import SegmentedLog, SegmentStore
+from router._fastio import SegmentedLog, SegmentStore
 from .execs import Exec
 from .journal import CAUSE_LOST, Exited, JournaledExec, Output
 from .records import ExecSpec, ExitStatus

@@ -12,7 +12,8 @@ import signal
 import subprocess
 from collections.abc import Callable
 
-from . import _fastio, procs
+from router import _fastio
+from . import procs
 from .loop import Readers
 from .records import ExitStatus, Usage
 

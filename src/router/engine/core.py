@@ -1,7 +1,7 @@
 """The engine: starts execs and sees them through to the end, on one loop thread.
 
 It wires the parts together: the registry admits an exec, the loop thread spawns it (spawn.py)
-with its stdio (stdio.py), watches its leader (child.py), drains its output (output.py) and feeds
+with its stdio (child_stdio.py), watches its leader (child.py), drains its output (output.py) and feeds
 its stdin (stdin.py). RPC code calls `begin_exec`, `get` and `offer_stdin` from any thread and
 waits on the `Exec` (execs.py); it never touches loop objects.
 """
@@ -20,10 +20,12 @@ import time
 
 import grpc
 
-from . import procs, spawn, stdio
-from ._fastio import SegmentedLog, SegmentStore
+from . import procs
+from . import spawn
+from . import child_stdio
+from router._fastio import SegmentedLog, SegmentStore
 from .child import Child
-from .errors import RouterError, throttled
+from router.errors import RouterError, throttled
 from .execs import Exec
 from .oom import OomKills
 from .watch import Watcher
@@ -35,7 +37,7 @@ from .journal import (CAUSE_EXITED, CAUSE_FAILED, CAUSE_KILLED, CAUSE_OUT_OF_MEM
 from .registry import RETRY_AFTER_SECS, Registry
 from .restore import restored_execs
 from .retention import Retention
-from .spawner import Spawner
+from .spawn_threads import Spawner
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +261,7 @@ class Engine:
             if fd is None:
                 raise RouterError(grpc.StatusCode.FAILED_PRECONDITION,
                                   f"exec {ex.exec_id!r} has no terminal (or it has exited)")
-            stdio.resize(fd, rows, cols)
+            child_stdio.resize(fd, rows, cols)
         self._loop.run(apply, timeout=10)
 
     def watch(self, watcher: Watcher) -> None:

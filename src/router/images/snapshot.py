@@ -27,7 +27,7 @@ from typing import NamedTuple
 import msgspec
 
 from .blobs import COPY_CHUNK, Backend
-from .imagecrypt import ImageKey
+from .crypt import ImageKey
 from .manifest import KIND_OF_MODE, Entry, Manifest
 
 READ_ATTEMPTS = 3

@@ -6,8 +6,8 @@ import logging
 import os
 from collections.abc import Callable
 
-from . import _fastio
-from ._fastio import SegmentedLog
+from router import _fastio
+from router._fastio import SegmentedLog
 from .loop import Readers
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ._proto import api_pb2
-from .auth import Authenticator
-from .errors import RouterError, invalid, throttled
+from router._proto import api_pb2
+from router.auth import Authenticator
+from router.errors import RouterError, invalid, throttled
 from .service import Body, Method, Offload, Wait
 
 log = logging.getLogger(__name__)

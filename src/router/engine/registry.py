@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import grpc
 
-from .errors import RouterError, not_found, throttled
+from router.errors import RouterError, not_found, throttled
 from .execs import Exec
 from .retention import Retention
 

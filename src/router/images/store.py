@@ -36,12 +36,12 @@ import msgspec
 from . import manifest as manifests
 from . import mounts
 from .blobs import Backend, LocalBackend
-from .config import write_private
-from .errors import RouterError, invalid, not_found
-from .imagecrypt import ImageKey, WrongKey
+from router.config import write_private
+from router.errors import RouterError, invalid, not_found
+from .crypt import ImageKey, WrongKey
 from .manifest import Entry, Manifest, ManifestError
 from .materialize import copy_tree, metadata_tree
-from .requests import MountArgs, SnapshotArgs
+from router.server.validate import MountArgs, SnapshotArgs
 from .snapshot import CacheEntry, FileChanging, OverlayBase, StatCache, Walk
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from . import _fastio
+from router import _fastio
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -9,12 +9,12 @@ import signal as signals
 from collections.abc import Iterator
 from typing import Any
 
-from . import requests
-from ._proto import exec_control_pb2 as ec
-from ._proto import task_command_router_pb2 as pb
-from .errors import RouterError, invalid
-from .execs import Changes, Exec
-from .journal import (
+from . import validate
+from router._proto import exec_control_pb2 as ec
+from router._proto import task_command_router_pb2 as pb
+from router.errors import RouterError, invalid
+from router.engine.execs import Changes, Exec
+from router.engine.journal import (
     CAUSE_EXITED,
     CAUSE_FAILED,
     CAUSE_KILLED,
@@ -25,7 +25,7 @@ from .journal import (
     CAUSE_TIMED_OUT,
 )
 from .service import Body, Method, Offload, Service, Wait
-from .watch import EventKind, Watcher
+from router.engine.watch import EventKind, Watcher
 
 SERVICE_NAME = "task_command_router.v1.ExecControl"
 METHODS: dict[str, Method] = {
@@ -124,7 +124,7 @@ class Control:
         self._max_event_output = max(0, max_message_size - EVENT_FIELDS_ROOM)
 
     def _exec(self, request: Any) -> Exec:
-        return self._engine.get(requests.exec_id(request))
+        return self._engine.get(validate.exec_id(request))
 
     def Signal(self, request: ec.SignalRequest) -> Body:
         ex = self._exec(request)
@@ -200,7 +200,7 @@ class Control:
 
     def Watch(self, request: ec.WatchRequest) -> Body:
         for exec_id in request.exec_ids:
-            requests.exec_id(pb.TaskExecPollRequest(exec_id=exec_id))
+            validate.exec_id(pb.TaskExecPollRequest(exec_id=exec_id))
         watcher = Watcher(set(request.exec_ids) if request.exec_ids else None, request.include_started)
         yield Offload(lambda: self._engine.watch(watcher))
         try:
