@@ -31,9 +31,8 @@ from .oom import OomKills
 from .watch import Watcher
 from .loop import LoopThread
 from .output import OutputPipes
-from .records import ExecSpec, ExitStatus, StreamName
-from .journal import (CAUSE_EXITED, CAUSE_FAILED, CAUSE_KILLED, CAUSE_OUT_OF_MEMORY, CAUSE_SHUTDOWN, CAUSE_SIGNALLED, CAUSE_TIMED_OUT, Begun, Exited, Forgotten, Journal,
-                      JournaledExec, Output, Record, Spawned, Stdin)
+from .records import ExecSpec, ExitCause, ExitStatus, StreamName
+from .journal import (Begun, Exited, Forgotten, Journal, JournaledExec, Output, Record, Spawned, Stdin)
 from .registry import RETRY_AFTER_SECS, Registry
 from .restore import restored_execs
 from .retention import Retention
@@ -216,7 +215,7 @@ class Engine:
         stderr = SegmentedLog(self._store) if has_stderr else None
         ex = Exec(exec_id, fingerprint, spec, stdout, stderr, self._stdin_limit)
         if self._journal is not None:
-            ex.readable = {}
+            ex.hold_output_for_journal()
         return ex
 
     def execs(self) -> list[Exec]:
@@ -314,10 +313,7 @@ class Engine:
             self._loop.loop.call_later(JOURNAL_RETRY_SECS, self._flush_soon)
             return
         for ex, lengths in changed:
-            with ex.cond:
-                if ex.readable is not None:
-                    ex.readable.update(lengths)
-            ex.notify()
+            ex.output_journaled(lengths)
 
     def _spawn(self, ex: Exec) -> None:
         """Hand the exec to a spawner thread (spawner.py). A spawn's pipes exist only inside its
@@ -440,19 +436,19 @@ class Engine:
             # Background processes that closed their output outlive the exec; stop() ends them.
             self._lingering_groups.add(ex.child.pid)
 
-    def _cause(self, ex: Exec) -> str:
+    def _cause(self, ex: Exec) -> ExitCause:
         assert ex.status is not None
         if ex.child is None:
-            return CAUSE_FAILED
+            return ExitCause.FAILED_TO_START
         if ex.status.code is not None:
-            return CAUSE_EXITED
+            return ExitCause.EXITED
         if ex.child.timed_out:
-            return CAUSE_TIMED_OUT
+            return ExitCause.TIMED_OUT
         if ex.kill_requested:
-            return CAUSE_KILLED
+            return ExitCause.KILLED
         if ex.status.signal == signal.SIGKILL and self._oom is not None and self._oom.killed(ex.child.pid):
-            return CAUSE_OUT_OF_MEMORY
-        return CAUSE_SHUTDOWN if self._stopping else CAUSE_SIGNALLED
+            return ExitCause.OOM
+        return ExitCause.SHUTDOWN if self._stopping else ExitCause.SIGNALLED
 
     def _on_finished(self, ex: Exec) -> None:
         """Nothing of the exec runs on: reap it, and keep its output within the retention limits."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from router._fastio import SegmentedLog
 from router.errors import RouterError
-from .records import ExecSpec, ExitStatus, StreamName, Usage
+from .records import ExecSpec, ExitCause, ExitStatus, StreamName, Usage
 from .stdin_buffer import StdinBuffer
 
 if TYPE_CHECKING:
@@ -103,6 +103,17 @@ class Changes:
             self._async_waiters.clear()
 
 
+def read_limit(log: SegmentedLog, journaled: int | None) -> tuple[int, bool]:
+    """How far a reader of `log` may read, and whether that is the stream's end: everything
+    committed, or with a journal only what it holds (`journaled`): a byte a client has seen must
+    survive a crash of the router, since clients count offsets themselves and resume from them."""
+    eof = log.eof  # before committed: once eof is seen, the committed length read after it is final
+    committed = log.committed
+    if journaled is None:
+        return committed, eof
+    return journaled, eof and journaled >= committed
+
+
 class Exec(Changes):
     """Fields below `cond` are guarded by it; `child` and `output` belong to the loop thread."""
 
@@ -122,15 +133,14 @@ class Exec(Changes):
         self.started_at = time.time()
         self.status: ExitStatus | None = None
         self.exited_at: float | None = None  # time.monotonic() when the status was set
-        # How it ended (journal.CAUSE_*), when (unix time) and what it cost; set once finished.
-        self.cause: str | None = None
+        # How it ended, when (unix time) and what it cost; set once finished.
+        self.cause: ExitCause | None = None
         self.ended_at: float | None = None
         self.usage: Usage | None = None
         self.kill_requested = False  # Kill or Signal asked for its end
-        # How much of each stream readers may have: what the journal holds (None: all committed,
-        # without a journal). A byte a client has seen must survive a crash of the router, since
-        # clients count offsets themselves and resume from them.
-        self.readable: dict[StreamName, int] | None = None
+        # How much of each stream the journal holds (None: no journal, or everything committed is
+        # in it). Readers get no further: see read_limit.
+        self._journaled: dict[StreamName, int] | None = None
         # (committed, eof) of each stream's last Output record (loop thread; see Engine._journal_output).
         self.journaled_output: dict[StreamName, tuple[int, bool]] = {}
         self.failed: RouterError | None = None  # set if the start failed and the exec was dropped
@@ -152,9 +162,21 @@ class Exec(Changes):
     def logs(self) -> list[SegmentedLog]:
         return [log for _, log in self.named_logs()]
 
-    def readable_length(self, which: StreamName, stream: SegmentedLog) -> int:
-        limits = self.readable
-        return stream.committed if limits is None else limits.get(which, 0)
+    def hold_output_for_journal(self) -> None:
+        """Readers get only what `output_journaled` says the journal holds (nothing yet)."""
+        self._journaled = {}
+
+    def output_journaled(self, lengths: dict[StreamName, int]) -> None:
+        """The journal now holds these lengths of the streams: readers may have them."""
+        with self.cond:
+            if self._journaled is not None:
+                self._journaled.update(lengths)
+        self.notify()
+
+    def read_limit(self, which: StreamName, log: SegmentedLog) -> tuple[int, bool]:
+        """How far a reader of `which` (its log `log`) may read, and whether that is the stream's end."""
+        journaled = self._journaled
+        return read_limit(log, None if journaled is None else journaled.get(which, 0))
 
     def held_bytes(self) -> int:
         """Output bytes this exec holds in the store."""

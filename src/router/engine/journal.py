@@ -38,7 +38,7 @@ from typing import Final, TypeAlias
 
 import msgspec
 
-from .records import ExecSpec, ExitStatus, PtySpec, StderrMode, StdoutMode, StreamName
+from .records import ExecSpec, ExitCause, ExitStatus, PtySpec, StderrMode, StdoutMode, StreamName
 
 MAGIC: Final = b"TCRJRNL\0"
 VERSION: Final = 1
@@ -51,16 +51,6 @@ FRAME_SIZE: Final = _FRAME.size
 # Automatic compaction: rewrite once the file is over max(COMPACT_MIN, COMPACT_RATIO x live size).
 COMPACT_MIN: Final = 1 << 20
 COMPACT_RATIO: Final = 4.0
-
-# Exited.cause: how the exec ended, as the router saw it (free-form; these are the ones it writes).
-CAUSE_EXITED: Final = "exited"        # the leader exited by itself (status.code)
-CAUSE_SIGNALLED: Final = "signalled"  # a signal ended the leader (status.signal)
-CAUSE_TIMED_OUT: Final = "timed out"  # the router killed it at its timeout_secs
-CAUSE_LOST: Final = "lost"            # its router died while it ran; status unknown
-CAUSE_KILLED: Final = "killed"        # ended by a Kill or Signal someone asked for
-CAUSE_FAILED: Final = "failed to start"  # 127/126: not found, not executable, bad workdir
-CAUSE_SHUTDOWN: Final = "shutdown"    # the router stopped while it ran
-CAUSE_OUT_OF_MEMORY: Final = "out of memory"  # the kernel's OOM killer ended the leader (oom.py)
 
 
 class JournalError(Exception):
@@ -130,12 +120,12 @@ class Stdin(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=
 
 
 class Exited(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True, gc=False, tag="exited"):
-    """The leader ended; `cause` is one of the CAUSE_* strings."""
+    """The leader ended, and why."""
 
     exec_id: str
     status: ExitStatus
     ended_at: float  # wall clock
-    cause: str
+    cause: ExitCause
 
 
 class Forgotten(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True, gc=False, tag="forgotten"):

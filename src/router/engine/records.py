@@ -5,6 +5,7 @@ here holds a descriptor, a process or a lock.
 """
 from __future__ import annotations
 
+import enum
 from typing import Literal
 
 import msgspec
@@ -34,6 +35,28 @@ class ExecSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """Whether stdout and stderr each get a log: a terminal's output is always drained (or the
         child would block) into stdout, and has no stderr of its own; merged stderr goes to stdout."""
         return self.stdout == "pipe" or self.pty is not None, self.stderr == "pipe" and self.pty is None
+
+
+class ExitCause(enum.Enum):
+    """Why an exec ended, as the router saw it. The values are the names logs and metrics use."""
+
+    EXITED = "exited"  # the leader exited by itself (status.code)
+    SIGNALLED = "signalled"  # a signal ended the leader (status.signal)
+    TIMED_OUT = "timed_out"  # the router killed it at its timeout_secs
+    KILLED = "killed"  # ended by a Kill or Signal someone asked for
+    LOST = "lost"  # its router died while it ran; status unknown
+    SHUTDOWN = "shutdown"  # the router stopped while it ran
+    OOM = "oom"  # the kernel's OOM killer ended the leader (oom.py)
+    FAILED_TO_START = "failed_to_start"  # 127/126: not found, not executable, bad workdir
+
+    @classmethod
+    def _missing_(cls, value: object) -> ExitCause | None:
+        # Journals written before the values were names spelled three of them with spaces.
+        return _SPELLED_WITH_SPACES.get(value) if isinstance(value, str) else None
+
+
+_SPELLED_WITH_SPACES = {"timed out": ExitCause.TIMED_OUT, "failed to start": ExitCause.FAILED_TO_START,
+                        "out of memory": ExitCause.OOM}
 
 
 class ExitStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

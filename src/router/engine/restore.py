@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from . import procs
 from router._fastio import SegmentedLog, SegmentStore
 from .execs import Exec
-from .journal import CAUSE_LOST, Exited, JournaledExec, Output
-from .records import ExecSpec, ExitStatus
+from .journal import Exited, JournaledExec, Output
+from .records import ExecSpec, ExitCause, ExitStatus
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
         lost = None
         if je.exited is None:
             _kill_lost_group(je, boot_id)
-            lost = Exited(je.exec_id, LOST, time.time(), CAUSE_LOST)
+            lost = Exited(je.exec_id, LOST, time.time(), ExitCause.LOST)
             ex.status = LOST
-            ex.cause, ex.ended_at = CAUSE_LOST, lost.ended_at
+            ex.cause, ex.ended_at = ExitCause.LOST, lost.ended_at
             # How much stdin it had taken was not journaled: accept (and drop) a write at any
             # offset, as for any exec that has exited, rather than call a client's retry a gap.
             ex.stdin.written = sys.maxsize

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from .execs import Changes, Exec
-from .journal import CAUSE_FAILED
+from .records import ExitCause
 
 EventKind = Literal["started", "exited"]
 
@@ -46,7 +46,7 @@ class Watcher(Changes):
         with self.cond:
             if ex.exec_id in self._exited or not self._wants(ex):
                 return
-            if ex.cause != CAUSE_FAILED:  # it ran: its start comes first, if not sent yet
+            if ex.cause is not ExitCause.FAILED_TO_START:  # it ran: its start comes first, if not sent yet
                 self._add_started(ex)
             self._exited.add(ex.exec_id)
             self._ready.append(("exited", ex))

@@ -41,7 +41,7 @@ from router.errors import RouterError, invalid, not_found
 from .crypt import ImageKey, WrongKey
 from .manifest import Entry, Manifest, ManifestError
 from .materialize import copy_tree, metadata_tree
-from router.server.validate import MountArgs, SnapshotArgs
+from .args import MountArgs, SnapshotArgs
 from .snapshot import CacheEntry, FileChanging, OverlayBase, StatCache, Walk
 
 log = logging.getLogger(__name__)

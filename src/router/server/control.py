@@ -14,16 +14,7 @@ from router._proto import exec_control_pb2 as ec
 from router._proto import task_command_router_pb2 as pb
 from router.errors import RouterError, invalid
 from router.engine.execs import Changes, Exec
-from router.engine.journal import (
-    CAUSE_EXITED,
-    CAUSE_FAILED,
-    CAUSE_KILLED,
-    CAUSE_LOST,
-    CAUSE_OUT_OF_MEMORY,
-    CAUSE_SHUTDOWN,
-    CAUSE_SIGNALLED,
-    CAUSE_TIMED_OUT,
-)
+from router.engine.records import ExitCause
 from .service import Body, Method, Offload, Service, Wait
 from router.engine.watch import EventKind, Watcher
 
@@ -38,10 +29,10 @@ METHODS: dict[str, Method] = {
     "Watch": Method(ec.WatchRequest, None, True),  # frames: encoded WatchResponses
 }
 _CAUSES = {
-    CAUSE_EXITED: ec.EXIT_CAUSE_EXITED, CAUSE_SIGNALLED: ec.EXIT_CAUSE_SIGNALLED,
-    CAUSE_TIMED_OUT: ec.EXIT_CAUSE_TIMED_OUT, CAUSE_KILLED: ec.EXIT_CAUSE_KILLED, CAUSE_LOST: ec.EXIT_CAUSE_LOST,
-    CAUSE_FAILED: ec.EXIT_CAUSE_FAILED_TO_START, CAUSE_SHUTDOWN: ec.EXIT_CAUSE_SHUTDOWN,
-    CAUSE_OUT_OF_MEMORY: ec.EXIT_CAUSE_OUT_OF_MEMORY,
+    ExitCause.EXITED: ec.EXIT_CAUSE_EXITED, ExitCause.SIGNALLED: ec.EXIT_CAUSE_SIGNALLED,
+    ExitCause.TIMED_OUT: ec.EXIT_CAUSE_TIMED_OUT, ExitCause.KILLED: ec.EXIT_CAUSE_KILLED,
+    ExitCause.LOST: ec.EXIT_CAUSE_LOST, ExitCause.FAILED_TO_START: ec.EXIT_CAUSE_FAILED_TO_START,
+    ExitCause.SHUTDOWN: ec.EXIT_CAUSE_SHUTDOWN, ExitCause.OOM: ec.EXIT_CAUSE_OUT_OF_MEMORY,
 }
 _TARGETS = {ec.SIGNAL_TARGET_GROUP: "group", ec.SIGNAL_TARGET_LEADER: "leader", ec.SIGNAL_TARGET_SESSION: "session"}
 MAX_PAGE = 1000
@@ -65,7 +56,7 @@ def exit_info(ex: Exec, info: ec.ExitInfo | None = None) -> ec.ExitInfo:
             info.code = status.code
         if status.signal is not None:
             info.signal = status.signal
-        info.cause = _CAUSES.get(ex.cause or "", ec.EXIT_CAUSE_UNSPECIFIED)
+        info.cause = _CAUSES[ex.cause] if ex.cause is not None else ec.EXIT_CAUSE_UNSPECIFIED
     return info
 
 

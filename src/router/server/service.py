@@ -24,7 +24,7 @@ from router._proto import task_command_router_pb2 as pb
 from router.config import ServerConfig
 from router.engine.core import Engine
 from router.errors import RouterError, not_found, throttled
-from router.engine.execs import Changes, Exec
+from router.engine.execs import Changes, Exec, read_limit
 from router.images.store import Images
 from router.secretstore import MissingSecret, SecretError, SecretStore, secrets_dir
 from router.engine.records import ExitStatus, StreamName
@@ -139,7 +139,7 @@ class Service:
         if stream is None:
             return None  # discarded or merged into stdout: a complete, empty stream
         cursor = ReadCursor(request, which, stream, self._config.read_chunk_size,
-                            lambda: ex.readable_length(which, stream))
+                            lambda: ex.read_limit(which, stream))
         while True:
             frame = cursor.next_frame()
             if frame is None:
@@ -175,10 +175,10 @@ class ReadCursor:
     """Where one TaskExecStdioRead call is in its stream."""
 
     def __init__(self, request: pb.TaskExecStdioReadRequest, which: StreamName, stream: SegmentedLog,
-                 chunk: int, readable: Callable[[], int] | None = None) -> None:
+                 chunk: int, limit: Callable[[], tuple[int, bool]] | None = None) -> None:
         self.stream = stream
-        # How far readers may go: everything committed, or what the journal holds of it.
-        self._readable = readable or (lambda: stream.committed)
+        # How far the reader may go, and whether that is the end (Exec.read_limit).
+        self._limit = limit or (lambda: read_limit(stream, None))
         self.offset = request.offset
         self._which = which
         self._exec_id = request.exec_id
@@ -186,10 +186,10 @@ class ReadCursor:
 
     def next_frame(self) -> bytes | None:
         """The next frame to send, or None if nothing readable lies past the offset yet."""
-        readable = self._readable()
-        if self.offset >= readable:
+        limit, _ = self._limit()
+        if self.offset >= limit:
             return None
-        n = min(self._chunk, readable - self.offset)
+        n = min(self._chunk, limit - self.offset)
         try:
             # One copy out of the log, already a TaskExecStdioReadResponse on the wire.
             frame = self.stream.read_frame(self.offset, n)
@@ -210,21 +210,17 @@ class ReadCursor:
 
     def complete(self) -> bool:
         """True once everything up to the stream's end was sent; OUT_OF_RANGE past that end."""
-        # eof before committed: once eof is seen, the committed length read after it is final.
-        if not self.stream.eof:
-            return False
-        committed = self.stream.committed
-        if self._readable() < committed:
-            return False  # the end is not journaled yet
-        if self.offset > committed:
+        end, final = self._limit()
+        if not final:
+            return False  # the stream runs on, or its end is not journaled yet
+        if self.offset > end:
             raise RouterError(grpc.StatusCode.OUT_OF_RANGE,
-                              f"offset {self.offset} is past the end of the {self._which} stream ({committed} bytes)")
-        return self.offset == committed
+                              f"offset {self.offset} is past the end of the {self._which} stream ({end} bytes)")
+        return self.offset == end
 
     def ready(self) -> bool:
-        eof = self.stream.eof
-        readable = self._readable()
-        return readable > self.offset or (eof and readable == self.stream.committed)
+        limit, final = self._limit()
+        return limit > self.offset or final
 
 
 def _frame_data_length(frame: bytes) -> int:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from router._proto import task_command_router_pb2 as pb
 from router.engine.records import ExecSpec, PtySpec, StderrMode, StdoutMode, StreamName
 from router.errors import invalid, not_found
+from router.images.args import MountArgs, SnapshotArgs
 
 MAX_ID_LENGTH = 256
 _STDOUT: dict[int, StdoutMode] = {pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL: "devnull", pb.TASK_EXEC_STDOUT_CONFIG_PIPE: "pipe"}
@@ -142,7 +143,6 @@ def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str], secret
                     timeout_secs=timeout, pty=pty)
 
 
-
 DEFAULT_IMAGE_TTL = 30 * 24 * 3600  # Modal's default for snapshot_directory
 MAX_IMAGE_TTL = 2**31 - 1
 
@@ -175,13 +175,6 @@ def encryption_key(request: Any) -> bytes | None:
     return key
 
 
-class SnapshotArgs(NamedTuple):
-    path: bytes
-    snapshot_id: str
-    ttl_secs: int | None  # None: never expires
-    key: bytes | None
-
-
 def snapshot_args(request: pb.TaskSnapshotDirectoryRequest) -> SnapshotArgs:
     _main_container(request)
     path = directory_path(request)
@@ -196,12 +189,6 @@ def snapshot_args(request: pb.TaskSnapshotDirectoryRequest) -> SnapshotArgs:
         else:
             ttl = request.ttl_seconds
     return SnapshotArgs(path, request.snapshot_id, ttl, encryption_key(request))
-
-
-class MountArgs(NamedTuple):
-    path: bytes
-    image_id: str  # "" mounts an empty directory
-    key: bytes | None
 
 
 def mount_args(request: pb.TaskMountDirectoryRequest) -> MountArgs:
