@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import pytest
 
-from router.cli.batch import JOBLOG_HEADER
+from router.cli.batch_jobs import JOBLOG_HEADER
 from router.client import RouterClient
 
 from .conftest import serving

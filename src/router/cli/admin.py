@@ -1,0 +1,156 @@
+"""The admin commands: images and secrets of a state directory, tokens, and ls, inspect, kill and logs
+of a router's execs."""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import signal
+import sys
+import time
+
+from router import config
+from router._proto import exec_control_pb2 as ec
+from router.client import STDERR, STDOUT
+
+from .connection import connect
+from .serve import absolute_path
+
+STATES = {"running": ec.EXEC_STATE_RUNNING, "exited": ec.EXEC_STATE_EXITED, "any": ec.EXEC_STATE_ANY}
+
+
+def _when(t: float | None) -> str:
+    return "never" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from router.errors import RouterError
+    from router.images.store import Images
+
+    images = Images(config.state_dir_from(args.state_dir), method="copy")  # no probe mount: nothing is mounted here
+    if args.images_cmd == "ls":
+        mounted = images.mounted_images()
+        rows = [("ID", "CREATED", "EXPIRES", "ENTRIES", "BYTES", "ENCRYPTED", "MOUNTED", "SOURCE")]
+        for r in images.records():
+            rows.append((r.id, _when(r.created), _when(r.expires), str(r.entries), str(r.content_bytes),
+                         "yes" if r.encrypted else "no", "yes" if r.id in mounted else "no",
+                         os.fsdecode(r.source)))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+        return 0
+    if args.images_cmd == "rm":
+        failed = 0
+        for image_id in args.ids:
+            try:
+                images.remove(image_id)
+            except RouterError as e:
+                print(f"router images rm: {e.message}", file=sys.stderr)
+                failed += 1
+            else:
+                print(image_id)
+        return 1 if failed else 0
+    done = images.gc()
+    print(f"removed {done.images} expired images and {done.blobs} unreferenced blobs ({done.bytes} bytes)")
+    return 0
+
+
+def cmd_secrets(args: argparse.Namespace) -> int:
+    from router.secretstore import SecretError, SecretStore
+
+    if args.secrets_dir:
+        directory = pathlib.Path(absolute_path(args.secrets_dir))
+    else:
+        directory = config.state_dir_from(args.state_dir) / "secrets"
+    store = SecretStore(directory)
+    try:
+        if args.secrets_cmd == "ls":
+            for secret_id in store.ids():
+                print(f"{secret_id}\t{' '.join(sorted(store.get(secret_id)))}")  # names, never values
+        elif args.secrets_cmd == "rm":
+            store.remove(args.id)
+        else:
+            values = {}
+            for item in args.items:
+                name, eq, value = item.partition("=")
+                if not eq:  # NAME alone: the value comes from stdin, so it is not on any command line
+                    value = sys.stdin.readline().rstrip("\n")
+                values[name] = value
+            print(store.set(args.id, values))
+    except SecretError as e:
+        print(f"router secrets: {e}", file=sys.stderr)
+        return 1
+    except FileNotFoundError:
+        print(f"router secrets: secret {getattr(args, 'id', '')!r} not found", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    state_dir = config.ensure_state_dir(config.state_dir_from(args.state_dir))
+    task_id = args.task_id or config.load_or_create_task_id(state_dir)
+    print(f"token for task {task_id}, valid {args.ttl} s:", file=sys.stderr)
+    from router.auth import load_or_create_key, mint_token  # jwt and cryptography: ~0.1 s, not for every command
+
+    print(mint_token(load_or_create_key(state_dir), task_id, args.ttl))
+    return 0
+
+
+def _exit_text(info: ec.ExecInfo) -> str:
+    if info.running:
+        return "running"
+    status = f"signal {info.exit.signal}" if info.exit.HasField("signal") else f"exit {info.exit.code}"
+    return f"{status} ({ec.ExitCause.Name(info.exit.cause).removeprefix('EXIT_CAUSE_').lower().replace('_', ' ')})"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        rows = [("ID", "STARTED", "STATUS", "COMMAND")]
+        for info in client.execs(STATES[args.state]):
+            rows.append((info.exec_id, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.started_at)),
+                         _exit_text(info), " ".join(info.args)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[3])
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    with connect(args) as client:
+        info = client.inspect(args.id)
+    print(json_format.MessageToJson(info, always_print_fields_with_no_presence=True, preserving_proto_field_name=True))
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        if args.signal:
+            name = "SIG" + args.signal.upper().removeprefix("SIG")
+            sig = int(args.signal) if args.signal.isdigit() else int(getattr(signal, name))
+            client.signal(args.id, sig)
+            return 0
+        done = client.kill(args.id, args.grace)
+    print(f"{args.id}: " + (f"signal {done.signal}" if done.HasField("signal") else f"exit {done.code}"))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        fd = STDERR if args.stderr else STDOUT
+        end = None
+        if not args.follow:  # what is there now, not what comes later
+            info = client.inspect(args.id)
+            end = info.stderr_bytes if args.stderr else info.stdout_bytes
+        offset = args.offset
+        for data in client.read(args.id, fd, offset):
+            if end is not None and offset + len(data) >= end:
+                data = data[:max(0, end - offset)]
+            view = memoryview(data)
+            while view:
+                view = view[os.write(1, view):]
+            offset += len(data)
+            if end is not None and offset >= end:
+                break
+    return 0

@@ -1,0 +1,33 @@
+"""Connecting to a router from the command line: the connection flags, and the exit status when the
+router, not the command, failed."""
+from __future__ import annotations
+
+import argparse
+
+from router.client import TOKEN_ENV, RouterClient
+
+# Like ssh: the exit status when the router, not the command, failed.
+ROUTER_FAILED = 255
+
+
+def connect(args: argparse.Namespace, retries: int = 10, target: str | None = None) -> RouterClient:
+    """A client from the connection flags (add_connection_args), the environment and the local state;
+    `target` in place of --target (batch has several)."""
+    chosen = target if target is not None else (args.target if isinstance(args.target, str) else None)
+    return RouterClient.from_env(chosen, args.token, task_id=args.task_id, state_dir=args.state_dir,
+                                 tls_ca=args.tls_ca or "", tls_cert=args.tls_cert or "", tls_key=args.tls_key or "",
+                                 server_name=args.tls_server_name, retries=retries)
+
+
+def add_connection_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """`many`: --target may be given several times (batch)."""
+    p.add_argument("--target", action="append" if many else "store",
+                   help="HOST:PORT of the server (default: the local server, else 127.0.0.1:50051)"
+                   + ("; repeat it to spread the jobs over several servers" if many else ""))
+    p.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV}, else minted from the local state directory)")
+    p.add_argument("--task-id", help="default: the token's task")
+    p.add_argument("--state-dir")
+    p.add_argument("--tls-ca", metavar="PEM", help="trust this CA for the server's certificate (else the system's)")
+    p.add_argument("--tls-cert", metavar="PEM", help="client certificate, for a server that requires one (mTLS)")
+    p.add_argument("--tls-key", metavar="PEM", help="the client certificate's key")
+    p.add_argument("--tls-server-name", default="", help="the name to expect in the server's certificate")

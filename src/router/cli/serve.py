@@ -1,0 +1,83 @@
+"""`router serve`: the server on its configuration, until SIGINT or SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import pathlib
+import signal
+import sys
+import threading
+
+from router import config
+from router.engine import procs
+from router.tls import TlsFiles
+
+GC_THRESHOLD = 10_000  # allocations between young-generation collections in `router serve`
+
+
+def absolute_path(value: str | None) -> str:
+    return str(pathlib.Path(value).expanduser().resolve()) if value else ""
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from router.auth import load_or_create_key
+    from router.server.grpc_server import RouterServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state_dir = config.ensure_state_dir(config.state_dir_from(args.state_dir))
+    task_id = args.task_id or config.load_or_create_task_id(state_dir)
+    log_dir = str(pathlib.Path(args.log_dir).expanduser().resolve()) if args.log_dir else ""
+    cfg = config.ServerConfig(state_dir=str(state_dir), task_id=task_id, listen=args.listen, log_dir=log_dir,
+                              kill_grace_secs=args.kill_grace, server_mode=args.server_mode,
+                              reap_orphans=procs.inherits_orphans(),
+                              max_workers=args.max_workers, retain_bytes=args.retain_bytes,
+                              retain_secs=args.retain_secs, retain_execs=args.retain_execs,
+                              max_exec_output=args.max_exec_output, journal=not args.no_journal,
+                              mount_method=args.mount_method,
+                              tokens=config.TokenPolicy(algorithm=args.jwt_alg,
+                                                        public_key=absolute_path(args.jwt_public_key),
+                                                        audience=args.jwt_audience, issuer=args.jwt_issuer,
+                                                        leeway_secs=args.jwt_leeway, task_claim=args.jwt_task_claim),
+                              tls=TlsFiles(cert=absolute_path(args.tls_cert), key=absolute_path(args.tls_key),
+                                           client_ca=absolute_path(args.tls_client_ca)),
+                              insecure=args.insecure, secrets_dir=absolute_path(args.secrets_dir),
+                              exec_user=args.exec_user,
+                              max_arg_bytes=args.max_arg_bytes, max_env_bytes=args.max_env_bytes,
+                              max_receive_message_size=args.max_message_size,
+                              max_streams_per_connection=args.max_streams_per_connection,
+                              max_calls_per_token=args.max_calls_per_token)
+    try:
+        server = RouterServer(cfg, load_or_create_key(state_dir))
+    except ValueError as e:
+        print(f"router serve: {e}", file=sys.stderr)
+        return 2
+    # Every exec allocates dozens of objects kept as long as the exec is: at the default threshold
+    # (700 allocations) the collector ran ~90 times per 1,000 execs of `true`, ~10% of the server's
+    # CPU (benchmarks/RESULTS.md, issue 10).
+    gc.set_threshold(GC_THRESHOLD)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if server.tls is not None:
+        tls = server.tls
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=tls.reload, daemon=True).start())
+    server.start()
+    host = args.listen.rsplit(":", 1)[0]
+    listen = f"{host}:{server.port}"
+    config.write_server_info(state_dir, config.ServerInfo(listen=listen, task_id=task_id, pid=os.getpid(),
+                                                          tls=cfg.tls.enabled))
+    print(f"router listening on {listen}", flush=True)
+    print(f"task id: {task_id}", flush=True)
+    print(f"state directory: {state_dir}", flush=True)
+    if cfg.reap_orphans:
+        print("reaping orphaned processes (this router is their init)", flush=True)
+    print(f"get a token with: router token --state-dir {state_dir}", flush=True)
+    try:
+        stop.wait()
+    finally:
+        print("router shutting down", flush=True)
+        server.stop()
+        config.remove_server_info(state_dir)
+    return 0
