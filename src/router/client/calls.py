@@ -1,30 +1,22 @@
-"""Clients for the router over both its services: `RouterClient` (blocking; used by `router exec`,
-the tests and the benchmarks) and `AsyncRouterClient` (asyncio), with the same methods.
-
-Each method's logic (its request, retries, offset resume, wait's give-up rule) is written once, as a
-generator of steps (_Call, _Sleep, _Open, _NEXT, _Emit) that does no I/O itself; each client has one
-small driver that performs the steps, blocking or awaiting. So the two clients cannot drift apart.
-"""
+"""What both clients share: constants, exit codes, and each method written once as a generator of
+steps (_Call, _Sleep, _Open, _NEXT, _Emit) that does no I/O itself; `_Client` holds those methods."""
 from __future__ import annotations
 
-import asyncio
-import base64
-import json
 import os
 import time
-from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 import grpc
 import grpc.aio
 
-from router import config
 from router._proto import exec_control_pb2 as ec
 from router._proto import exec_control_pb2_grpc as ec_grpc
 from router._proto import task_command_router_pb2 as pb
 from router._proto import task_command_router_pb2_grpc as pb_grpc
-from router.tls import client_credentials
+
+from .connection import find_connection
 
 # Statuses after which a call may be retried as it was (Modal's client retries the same set).
 RETRYABLE = frozenset({
@@ -42,8 +34,6 @@ STDOUT = pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDOUT
 STDERR = pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDERR
 # How long `wait` keeps trying while the router cannot be reached before it gives up.
 UNREACHABLE_SECS = 30.0
-# Where `from_env` looks for a token when none is given.
-TOKEN_ENV = "ROUTER_TOKEN"
 
 T = TypeVar("T")
 WaitResult = pb.TaskExecWaitResponse | pb.TaskExecPollResponse
@@ -62,53 +52,6 @@ def exit_code(response: WaitResult) -> int | None:
 def backoff(failure: int) -> float:
     """Seconds to wait before retry number `failure` (1, 2, ...): 50 ms, doubling, at most 2 s."""
     return min(0.05 * 2.0 ** (failure - 1), 2.0)
-
-
-# -- where to connect, and as whom -----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Connection:
-    target: str
-    token: str
-    task_id: str
-    credentials: grpc.ChannelCredentials | None  # None: plaintext
-
-
-def _unverified_claims(token: str) -> dict[str, Any]:
-    """A JWT's claims, unchecked (the server checks them): its middle part, base64url'd JSON. Not
-    through PyJWT, whose import (with cryptography's) costs a CLI call ~0.1 s. {} if malformed."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
-        return {}
-    return claims if isinstance(claims, dict) else {}
-
-
-def find_connection(target: str | None = None, token: str | None = None, *, task_id: str | None = None,
-                    state_dir: str | os.PathLike[str] | None = None, tls_ca: str = "", tls_cert: str = "",
-                    tls_key: str = "") -> Connection:
-    """The usual places, the first that has it winning:
-    - target: `target`, else the local server's (from its state directory), else 127.0.0.1:50051;
-    - token: `token`, else $ROUTER_TOKEN, else one minted (valid 1 h) with the state directory's key;
-    - task id: `task_id`, else the token's `task_id` claim, else the local server's;
-    - TLS: when any of the files is given, or for the local server when it serves TLS.
-    `state_dir` defaults to the user's (`router serve`'s default)."""
-    directory = config.state_dir_from(state_dir)
-    info = config.read_server_info(directory)
-    token = token or os.environ.get(TOKEN_ENV)
-    if token and not task_id:
-        task_id = _unverified_claims(token).get("task_id")
-    if not task_id:
-        task_id = info.task_id if info else config.load_or_create_task_id(config.ensure_state_dir(directory))
-    if not token:
-        from router.auth import load_or_create_key, mint_token  # jwt and cryptography: ~0.1 s, only when minting
-
-        token = mint_token(load_or_create_key(config.ensure_state_dir(directory)), task_id, 3600)
-    credentials = None
-    if tls_ca or tls_cert or (not target and info is not None and info.tls):
-        credentials = client_credentials(tls_ca, tls_cert, tls_key)
-    return Connection(target or (info.listen if info else config.DEFAULT_LISTEN), token, task_id, credentials)
 
 
 # -- the steps a method is made of -----------------------------------------------------------------
@@ -379,188 +322,3 @@ class _Client:
 
     def _watch(self, exec_ids: Sequence[str], output_limit: int, include_started: bool) -> _Steps[None]:
         return self._stream("Watch", _WatchFor(self.task_id, exec_ids, output_limit, include_started))
-
-
-class RouterClient(_Client):
-    """The blocking client. Every call is retried after a RETRYABLE failure (`retries` times in a row)."""
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def reachable(self, timeout: float) -> bool:
-        """Whether a connection is up within `timeout` seconds (no call is made)."""
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            return False
-        return True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _drive(self, run: _Run[Any]) -> Iterator[Any]:
-        try:
-            while (step := run.step()) is not None:
-                if isinstance(step, _Emit):
-                    yield step.value
-                    continue
-                try:
-                    run.reply = self._perform(step, run)
-                except grpc.RpcError as e:
-                    run.error = e
-        finally:
-            run.close()
-
-    def _perform(self, step: _Call | _Sleep | _Open | _Next, run: _Run[Any]) -> Any:
-        if isinstance(step, _Call):
-            return self._rpcs[step.rpc](step.request, timeout=step.timeout, metadata=self._metadata)
-        if isinstance(step, _Sleep):
-            time.sleep(step.secs)
-        elif isinstance(step, _Open):
-            run.stream = self._rpcs[step.rpc](step.request, metadata=self._metadata)
-        else:
-            return next(run.stream, None)
-        return None
-
-    def _run(self, steps: _Steps[T]) -> T:
-        run = _Run(steps)
-        for _ in self._drive(run):
-            pass  # a unary method's steps emit nothing
-        return run.result
-
-    def start(self, exec_id: str, args: Sequence[str], **fields: Any) -> None:
-        """TaskExecStart; `fields` are the request's other fields (stdout_config, pty_info, ...)."""
-        self._run(self._start(exec_id, args, fields))
-
-    def poll(self, exec_id: str, timeout: float = 30.0) -> pb.TaskExecPollResponse:
-        return self._run(self._poll(exec_id, timeout))
-
-    def wait(self, exec_id: str, call_timeout: float = 60.0, unreachable_secs: float = UNREACHABLE_SECS) -> WaitResult:
-        """Wait for exit, calling again every `call_timeout` seconds as Modal's client does, for as
-        long as the command runs. Raises the last error once the router has not answered for
-        `unreachable_secs` (dead, or hung): a call that ends without the exit status is followed
-        by a Poll, which says whether the router is still there."""
-        return self._run(self._wait(exec_id, call_timeout, unreachable_secs))
-
-    def write_stdin(self, exec_id: str, offset: int, data: bytes, eof: bool = False) -> None:
-        self._run(self._write_stdin(exec_id, offset, data, eof))
-
-    def read(self, exec_id: str, fd: pb.TaskExecStdioFileDescriptor = STDOUT, offset: int = 0) -> Iterator[bytes]:
-        """The stream's bytes from `offset` to its end, reconnecting at the last offset on failure."""
-        return self._drive(_Run(self._read(exec_id, fd, offset)))
-
-    # -- the router's own service (ExecControl) --------------------------------------------------
-
-    def inspect(self, exec_id: str) -> ec.ExecInfo:
-        return self._run(self._inspect(exec_id))
-
-    def execs(self, state: ec.ExecState = ec.EXEC_STATE_ANY) -> Iterator[ec.ExecInfo]:
-        """Every exec in that state, page by page."""
-        return self._drive(_Run(self._execs(state)))
-
-    def kill(self, exec_id: str, grace_secs: float = 0.0, timeout: float | None = None) -> ec.ExitInfo:
-        """TERM, `grace_secs`, KILL to the exec's group; returns once it is gone."""
-        return self._run(self._kill(exec_id, grace_secs, timeout))
-
-    def signal(self, exec_id: str, signal: int, target: ec.SignalTarget = ec.SIGNAL_TARGET_GROUP) -> None:
-        self._run(self._signal(exec_id, signal, target))
-
-    def resize(self, exec_id: str, rows: int, cols: int) -> None:
-        self._run(self._resize(exec_id, rows, cols))
-
-    def batch_start(self, items: Sequence[pb.TaskExecStartRequest]) -> list[ec.BatchItemResult]:
-        return self._run(self._batch_start(items))
-
-    def watch(self, exec_ids: Sequence[str] = (), output_limit: int = 0,
-              include_started: bool = False) -> Iterator[ec.WatchEvent]:
-        """Exit events (and start events, if asked), each exec's once; after a broken stream,
-        resumes for the execs whose exit has not come."""
-        return self._drive(_Run(self._watch(exec_ids, output_limit, include_started)))
-
-
-class AsyncRouterClient(_Client):
-    """RouterClient's methods on a grpc.aio channel, to await (and `async for` the iterating ones).
-    Make it inside the event loop that uses it; `await client.close()`, or `async with`."""
-    _grpc = grpc.aio
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def _drive(self, run: _Run[Any]) -> AsyncIterator[Any]:
-        try:
-            while (step := run.step()) is not None:
-                if isinstance(step, _Emit):
-                    yield step.value
-                    continue
-                try:
-                    run.reply = await self._perform(step, run)
-                except grpc.RpcError as e:
-                    run.error = e
-        finally:
-            run.close()
-
-    async def _perform(self, step: _Call | _Sleep | _Open | _Next, run: _Run[Any]) -> Any:
-        if isinstance(step, _Call):
-            return await self._rpcs[step.rpc](step.request, timeout=step.timeout, metadata=self._metadata)
-        if isinstance(step, _Sleep):
-            await asyncio.sleep(step.secs)
-        elif isinstance(step, _Open):
-            run.stream = self._rpcs[step.rpc](step.request, metadata=self._metadata)
-        else:
-            message = await run.stream.read()
-            return None if message is grpc.aio.EOF else message
-        return None
-
-    async def _run(self, steps: _Steps[T]) -> T:
-        run = _Run(steps)
-        async for _ in self._drive(run):
-            pass  # a unary method's steps emit nothing
-        return run.result
-
-    async def start(self, exec_id: str, args: Sequence[str], **fields: Any) -> None:
-        await self._run(self._start(exec_id, args, fields))
-
-    async def poll(self, exec_id: str, timeout: float = 30.0) -> pb.TaskExecPollResponse:
-        return await self._run(self._poll(exec_id, timeout))
-
-    async def wait(self, exec_id: str, call_timeout: float = 60.0,
-                   unreachable_secs: float = UNREACHABLE_SECS) -> WaitResult:
-        return await self._run(self._wait(exec_id, call_timeout, unreachable_secs))
-
-    async def write_stdin(self, exec_id: str, offset: int, data: bytes, eof: bool = False) -> None:
-        await self._run(self._write_stdin(exec_id, offset, data, eof))
-
-    def read(self, exec_id: str, fd: pb.TaskExecStdioFileDescriptor = STDOUT,
-             offset: int = 0) -> AsyncIterator[bytes]:
-        return self._drive(_Run(self._read(exec_id, fd, offset)))
-
-    async def inspect(self, exec_id: str) -> ec.ExecInfo:
-        return await self._run(self._inspect(exec_id))
-
-    def execs(self, state: ec.ExecState = ec.EXEC_STATE_ANY) -> AsyncIterator[ec.ExecInfo]:
-        return self._drive(_Run(self._execs(state)))
-
-    async def kill(self, exec_id: str, grace_secs: float = 0.0, timeout: float | None = None) -> ec.ExitInfo:
-        return await self._run(self._kill(exec_id, grace_secs, timeout))
-
-    async def signal(self, exec_id: str, signal: int, target: ec.SignalTarget = ec.SIGNAL_TARGET_GROUP) -> None:
-        await self._run(self._signal(exec_id, signal, target))
-
-    async def resize(self, exec_id: str, rows: int, cols: int) -> None:
-        await self._run(self._resize(exec_id, rows, cols))
-
-    async def batch_start(self, items: Sequence[pb.TaskExecStartRequest]) -> list[ec.BatchItemResult]:
-        return await self._run(self._batch_start(items))
-
-    def watch(self, exec_ids: Sequence[str] = (), output_limit: int = 0,
-              include_started: bool = False) -> AsyncIterator[ec.WatchEvent]:
-        return self._drive(_Run(self._watch(exec_ids, output_limit, include_started)))
