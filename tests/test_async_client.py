@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router import auth
-from router import client
+from router.client.connection import unverified_claims
 from router import config
 from router._proto import api_pb2
 from router._proto import exec_control_pb2 as ec
@@ -176,11 +176,11 @@ def test_from_env_finds_the_usual_places(tmp_path: pathlib.Path, monkeypatch: py
 
 def test_a_tokens_claims_are_read_without_its_key() -> None:
     token = auth.mint_token(b"k" * 32, "ta-claimed", 60)
-    assert client._unverified_claims(token)["task_id"] == "ta-claimed"
+    assert unverified_claims(token)["task_id"] == "ta-claimed"
 
 
 @given(st.text(max_size=200))
 def test_a_malformed_token_has_no_claims_and_raises_nothing(token: str) -> None:
-    claims = client._unverified_claims(token)
+    claims = unverified_claims(token)
     assert isinstance(claims, dict)
-    assert client._unverified_claims(token.replace(".", "")) == {}  # no payload part
+    assert unverified_claims(token.replace(".", "")) == {}  # no payload part

@@ -27,7 +27,7 @@ class Connection:
     credentials: grpc.ChannelCredentials | None  # None: plaintext
 
 
-def _unverified_claims(token: str) -> dict[str, Any]:
+def unverified_claims(token: str) -> dict[str, Any]:
     """A JWT's claims, unchecked (the server checks them): its middle part, base64url'd JSON. Not
     through PyJWT, whose import (with cryptography's) costs a CLI call ~0.1 s. {} if malformed."""
     try:
@@ -51,7 +51,7 @@ def find_connection(target: str | None = None, token: str | None = None, *, task
     info = config.read_server_info(directory)
     token = token or os.environ.get(TOKEN_ENV)
     if token and not task_id:
-        task_id = _unverified_claims(token).get("task_id")
+        task_id = unverified_claims(token).get("task_id")
     if not task_id:
         task_id = info.task_id if info else config.load_or_create_task_id(config.ensure_state_dir(directory))
     if not token:
