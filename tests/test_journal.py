@@ -21,13 +21,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.engine import journal
-from router.engine.journal import (
+from router.engine import journal_format
+from router.engine.journal import Journal
+from router.engine.journal_format import (
     HEADER,
     Begun,
     Exited,
     Forgotten,
-    Journal,
     JournalError,
     JournalState,
     Output,
@@ -39,7 +39,7 @@ from router.engine.journal import (
     parse,
     replay,
 )
-from router.engine.records import ExecSpec, ExitStatus, PtySpec
+from router.engine.records import ExecSpec, ExitCause, ExitStatus, PtySpec
 
 SECRET = "s3cr3t-value-that-must-not-leak"
 
@@ -55,10 +55,10 @@ def lifecycle(exec_id: str) -> list[Record]:
     """What one finished exec writes: Begun, Spawned, an Output per stream, Stdin, Exited."""
     return [begun(exec_id), Spawned(exec_id, 4242, False),
             Output(exec_id, "stdout", [3, -1, 7], 300_000, True), Output(exec_id, "stderr", [9], 12, True),
-            Stdin(exec_id, 5, True), Exited(exec_id, ExitStatus(code=0), 1700000001.5, journal.CAUSE_EXITED)]
+            Stdin(exec_id, 5, True), Exited(exec_id, ExitStatus(code=0), 1700000001.5, ExitCause.EXITED)]
 
 
-EVERY_KIND: list[Record] = [*lifecycle("every"), Exited("every", ExitStatus(signal=9), 2.0, journal.CAUSE_TIMED_OUT),
+EVERY_KIND: list[Record] = [*lifecycle("every"), Exited("every", ExitStatus(signal=9), 2.0, ExitCause.TIMED_OUT),
                             Forgotten("every")]
 
 
@@ -91,7 +91,7 @@ def write_journal(path: pathlib.Path, records: list[Record]) -> list[int]:
 
 @pytest.mark.parametrize("record", EVERY_KIND, ids=lambda r: type(r).__name__)
 def test_every_kind_round_trips(record: Record) -> None:
-    assert journal.decode_record(journal.encode_record(record)) == record
+    assert journal_format.decode_record(journal_format.encode_record(record)) == record
     (length, crc), payload = struct.unpack_from("<II", frame(record)), frame(record)[8:]
     assert length == len(payload) and crc == zlib.crc32(payload)
 
@@ -105,7 +105,7 @@ def test_records_round_trip_through_a_file(tmp_path: pathlib.Path) -> None:
     assert ex.begun == begun("every") and ex.pid == 4242 and ex.fingerprint == bytes(32)
     assert ex.outputs == {"stdout": EVERY_KIND[2], "stderr": EVERY_KIND[3]}
     assert ex.stdin == Stdin("every", 5, True)
-    assert ex.status == ExitStatus(signal=9) and ex.exited is not None and ex.exited.cause == "timed out"
+    assert ex.status == ExitStatus(signal=9) and ex.exited is not None and ex.exited.cause is ExitCause.TIMED_OUT
     assert list(ex.records()) == [*lifecycle("every")[:-1], EVERY_KIND[-2]]
 
 
@@ -114,9 +114,9 @@ def test_records_are_frozen_and_strict() -> None:
         Spawned("x", 1, False).pid = 2  # type: ignore[misc]
     payload = msgspec.msgpack.encode(["spawned", "x", 1, False, "extra"])
     with pytest.raises(msgspec.ValidationError):
-        journal.decode_record(payload)
+        journal_format.decode_record(payload)
     with pytest.raises(msgspec.ValidationError):
-        journal.decode_record(msgspec.msgpack.encode(["output", "x", "stdin", [], 0, False]))
+        journal_format.decode_record(msgspec.msgpack.encode(["output", "x", "stdin", [], 0, False]))
 
 
 def test_forgotten_removes_and_begun_restarts(tmp_path: pathlib.Path) -> None:
@@ -251,7 +251,7 @@ def test_not_a_journal(tmp_path: pathlib.Path) -> None:
     with pytest.raises(JournalError, match="magic"):
         Journal.open(path)
     assert path.read_bytes() == b"hello world, not a journal"  # left alone
-    path.write_bytes(journal.MAGIC + struct.pack("<I", 99))
+    path.write_bytes(journal_format.MAGIC + struct.pack("<I", 99))
     with pytest.raises(JournalError, match="version 99"):
         replay(path)
     path.write_bytes(b"TC")  # a torn header is an empty journal
@@ -330,7 +330,7 @@ def test_a_failed_write_keeps_the_records_and_the_file_whole(
         calls = counting_pwrite(monkeypatch, limit=20,
                                 fail=lambda n: OSError(errno.ENOSPC, "No space left on device") if n == 2 else None)
         j.append(Spawned("a", 1, False))
-        j.append(Exited("a", ExitStatus(code=3), 5.0, "exited"))
+        j.append(Exited("a", ExitStatus(code=3), 5.0, ExitCause.EXITED))
         with pytest.raises(OSError) as info:
             j.flush()
         assert info.value.errno == errno.ENOSPC and len(calls) == 2
@@ -414,7 +414,7 @@ RECORDS: st.SearchStrategy[Record] = st.one_of(
     st.builds(Output, IDS, st.sampled_from(["stdout", "stderr"]), st.lists(st.integers(-1, 1000), max_size=5),
               st.integers(0, 2**40), st.booleans()),
     st.builds(Stdin, IDS, st.integers(0, 2**40), st.booleans()),
-    st.builds(Exited, IDS, STATUS, FLOATS, st.sampled_from(["exited", "signalled", "timed out", "lost", "?"])),
+    st.builds(Exited, IDS, STATUS, FLOATS, st.sampled_from(list(ExitCause))),
     st.builds(Forgotten, IDS),
 )
 
@@ -497,9 +497,9 @@ def test_ten_thousand_execs_replay(tmp_path: pathlib.Path) -> None:
 
 WRITER = """
 import sys
-from router.engine.journal import Journal, Begun, Spawned, Output, Exited
-from router.engine.records import ExecSpec, ExitStatus
-from router.engine.journal import Forgotten
+from router.engine.journal import Journal
+from router.engine.journal_format import Begun, Exited, Forgotten, Output, Spawned
+from router.engine.records import ExecSpec, ExitCause, ExitStatus
 churn = sys.argv[2] == "churn"  # retention keeps 50 execs; compaction every 64 KiB or so
 j, _ = Journal.open(sys.argv[1], compact_min=1 << 16)
 spec = ExecSpec(args=["x" * 100], env={"A": "1"})
@@ -507,7 +507,7 @@ i = 0
 while True:
     e = f"e{i}"
     for r in (Begun.from_spec(e, bytes(32), spec, 1.0), Spawned(e, i, False), Output(e, "stdout", [i], i, True),
-              Output(e, "stderr", [], 0, True), Exited(e, ExitStatus(code=0), 2.0, "exited")):
+              Output(e, "stderr", [], 0, True), Exited(e, ExitStatus(code=0), 2.0, ExitCause.EXITED)):
         j.append(r)
         if i % 3 == 0:
             j.flush()

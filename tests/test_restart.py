@@ -10,10 +10,10 @@ import time
 import grpc
 
 from router import auth
-from router.engine import journal
+from router.engine import journal, journal_format
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, RouterClient, exit_code
-from router.engine.records import ExecSpec, ExitStatus
+from router.engine.records import ExecSpec, ExitCause, ExitStatus
 
 from .conftest import PIPES, TASK_ID, alive, eventually, router_process, serving, start_request
 
@@ -68,7 +68,7 @@ def test_kill_9_then_serve_again(tmp_path: pathlib.Path) -> None:
                 leader = int(seen.split()[0])
 
                 def journaled() -> bool:
-                    state = journal.replay(tmp_path / "journal")
+                    state = journal_format.replay(tmp_path / "journal")
                     out = state.execs["running"].outputs.get("stdout") if "running" in state.execs else None
                     return out is not None and out.committed == len(seen)
 
@@ -98,8 +98,8 @@ def test_ten_thousand_finished_execs_are_served_after_a_restart(tmp_path: pathli
     spec = ExecSpec(args=["true"], env={"SECRET": "value"}, stdout="devnull", stderr="devnull")
     with journal_of(tmp_path) as j:
         for i in range(10_000):
-            j.append(journal.Begun.from_spec(f"e{i}", b"f", spec, time.time()))
-            j.append(journal.Exited(f"e{i}", ExitStatus(code=i % 7), time.time(), journal.CAUSE_EXITED))
+            j.append(journal_format.Begun.from_spec(f"e{i}", b"f", spec, time.time()))
+            j.append(journal_format.Exited(f"e{i}", ExitStatus(code=i % 7), time.time(), ExitCause.EXITED))
     started = time.monotonic()
     with serving(tmp_path) as (_, client, raw):
         ready = time.monotonic() - started
@@ -113,7 +113,7 @@ def test_a_lost_exec_takes_stdin_retries_after_a_restart(tmp_path: pathlib.Path)
     """The child is gone: writes at any offset are accepted and dropped, as after any exit."""
     spec = ExecSpec(args=["cat"], env={}, stdout="pipe", stderr="pipe")
     with journal_of(tmp_path) as j:
-        j.append(journal.Begun.from_spec("cat", b"f", spec, time.time()))  # never spawned, never ended
+        j.append(journal_format.Begun.from_spec("cat", b"f", spec, time.time()))  # never spawned, never ended
     with serving(tmp_path) as (_, client, _raw):
         assert client.poll("cat").signal == signal.SIGKILL
         client.write_stdin("cat", 12345, b"late", eof=True)
@@ -129,7 +129,7 @@ def test_stop_records_the_exit_of_an_exec_whose_output_was_still_open(tmp_path: 
             client.start("held", ["sh", "-c", "setsid sleep 30 & echo $!; exit 5"], **PIPES)
             assert exit_code(client.wait("held")) == 5
             holder = int(next(client.read("held")).split()[0])
-        kept = journal.replay(tmp_path / "state" / "journal").execs["held"]
+        kept = journal_format.replay(tmp_path / "state" / "journal").execs["held"]
         assert kept.exited is not None and kept.exited.status.code == 5
         assert kept.outputs["stdout"].eof
     finally:
@@ -142,8 +142,8 @@ def test_a_restored_exec_ages_from_its_exit(tmp_path: pathlib.Path) -> None:
     spec = ExecSpec(args=["true"], env={}, stdout="devnull", stderr="devnull")
     with journal_of(tmp_path) as j:
         for exec_id, age in (("old", 3600.0), ("new", 0.0)):
-            j.append(journal.Begun.from_spec(exec_id, b"f", spec, time.time() - age))
-            j.append(journal.Exited(exec_id, ExitStatus(code=0), time.time() - age, journal.CAUSE_EXITED))
+            j.append(journal_format.Begun.from_spec(exec_id, b"f", spec, time.time() - age))
+            j.append(journal_format.Exited(exec_id, ExitStatus(code=0), time.time() - age, ExitCause.EXITED))
     with serving(tmp_path, retain_secs=600) as (_, client, raw):
         assert eventually(lambda: raw.code("TaskExecPoll", pb.TaskExecPollRequest(
             task_id=TASK_ID, exec_id="old")) == grpc.StatusCode.NOT_FOUND), "an hour-old exit was kept for 600 s"

@@ -32,7 +32,8 @@ from .watch import Watcher
 from .loop import LoopThread
 from .output import OutputPipes
 from .records import ExecSpec, ExitCause, ExitStatus, StreamName
-from .journal import (Begun, Exited, Forgotten, Journal, JournaledExec, Output, Record, Spawned, Stdin)
+from .journal import Journal
+from .journal_format import Begun, Exited, Forgotten, JournaledExec, Output, Record, Spawned, Stdin
 from .registry import RETRY_AFTER_SECS, Registry
 from .restore import restored_execs
 from .retention import Retention

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from . import procs
 from router._fastio import SegmentedLog, SegmentStore
 from .execs import Exec
-from .journal import Exited, JournaledExec, Output
+from .journal_format import Exited, JournaledExec, Output
 from .records import ExecSpec, ExitCause, ExitStatus
 
 log = logging.getLogger(__name__)
