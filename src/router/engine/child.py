@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Callable
 
 from router import _fastio
+
 from . import procs
 from .loop import Readers
 from .records import ExitStatus, Usage

@@ -11,72 +11,46 @@ import contextlib
 import errno
 import functools
 import logging
-import os
 import pathlib
-import resource
 import signal
 import threading
 import time
 
 import grpc
 
-from . import procs
-from . import spawn
-from . import child_stdio
 from router._fastio import SegmentedLog, SegmentStore
-from .child import Child
 from router.errors import RouterError, throttled
+
+from . import procs, signals, spawn
+from .child import Child
 from .execs import Exec
-from .oom import OomKills
-from .watch import Watcher
-from .loop import LoopThread
-from .output import OutputPipes
-from .records import ExecSpec, ExitCause, ExitStatus, StreamName
 from .journal import Journal
-from .journal_format import Begun, Exited, Forgotten, JournaledExec, Output, Record, Spawned, Stdin
+from .journal_format import Begun, Exited, Forgotten, JournaledExec, Record, Spawned, Stdin
+from .journaling import ExecJournal
+from .limits import base_environment, default_max_running_execs
+from .loop import LoopThread
+from .oom import OomKills
+from .output import OutputPipes
+from .records import ExecSpec, ExitCause, ExitStatus
 from .registry import RETRY_AFTER_SECS, Registry
 from .restore import restored_execs
 from .retention import Retention
 from .spawn_threads import Spawner
+from .watch import Watcher
 
 log = logging.getLogger(__name__)
 
 # How often orphans are reaped when the router inherits them (PID 1 or a subreaper).
 ORPHAN_REAP_SECS = 1.0
-# After a failed journal write, the next try comes this much later.
-JOURNAL_RETRY_SECS = 0.5
-# Descriptors each running exec may hold: stdin, stdout, stderr, pidfd.
-FDS_PER_EXEC = 4
-SPAWN_THREADS = 4  # posix_spawn callers at once (benchmarks/RESULTS.md, issue 10: BatchStart exec rate)
-FDS_RESERVED = 1024
+# posix_spawn callers at once: four gave BatchStart its best exec rate among the counts measured
+# (benchmarks/HISTORY.md).
+SPAWN_THREADS = 4
 # A start that fails with these (and no file named) lacked resources: a retry may work.
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.ENOSPC}
 
 
-def base_environment() -> dict[str, str]:
-    """The router's environment less its own settings and credentials (ROUTER_*)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
-
-
-def default_max_running_execs() -> int:
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return max(16, (soft - FDS_RESERVED) // FDS_PER_EXEC)
-
-
-def raise_open_file_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def _ended(ex: Exec) -> bool:
     return not ex.running or ex.failed is not None
-
-
-def _running_child(ex: Exec) -> Child | None:
-    """The exec's leader while it can still be signalled (loop thread)."""
-    child = ex.child
-    return child if child is not None and child.held and not child.exited else None
 
 
 class Engine:
@@ -93,9 +67,7 @@ class Engine:
         self._retention = retention
         self._max_exec_output = max_exec_output  # 0: as much as retention keeps in all
         self._journal_path = journal_path
-        self._journal: Journal | None = None
-        self._dirty: set[Exec] = set()  # execs whose output changed since the last journal flush
-        self._flush_scheduled = False
+        self._journal: ExecJournal | None = None
         self._boot_id = procs.boot_id()
         self._store: SegmentStore | None = None
         self._registry = Registry(max_running_execs or default_max_running_execs())
@@ -126,7 +98,8 @@ class Engine:
         # Keep the head segment and at least two more, so a reader that keeps up is never cut.
         self._max_exec_output = max(self._max_exec_output, 3 * self._segment_size)
         if self._journal_path is not None:
-            self._journal, state = Journal.open(self._journal_path)
+            journal, state = Journal.open(self._journal_path)
+            self._journal = ExecJournal(journal, self._loop)
             self._restore(state.execs)
         self._oom = OomKills()
         self._loop.start()
@@ -143,9 +116,9 @@ class Engine:
         for ex, lost in restored_execs(journaled, self._store, self._stdin_limit, self._boot_id):
             self._registry.restore(ex, ex.held_bytes())
             if lost is not None:
-                self._journal.append(lost)
+                self._journal.journal.append(lost)
         self._store.finish_restore()
-        self._journal.flush(fsync=True)
+        self._journal.journal.flush(fsync=True)
         log.info("restored %d execs from the journal", self._registry.finished_count)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -178,7 +151,7 @@ class Engine:
             if self._oom is not None:
                 self._oom.close()
             if self._journal is not None:
-                self._journal.close(fsync=True)  # the next run serves what this one had
+                self._journal.journal.close(fsync=True)  # the next run serves what this one had
             else:
                 self._remove_logs()
                 with contextlib.suppress(OSError):
@@ -225,44 +198,16 @@ class Engine:
 
     def signal(self, ex: Exec, sig: int, target: str) -> None:
         """Send `sig` to the exec's group ("group"), leader ("leader") or terminal session ("session")
-        on the loop thread; FAILED_PRECONDITION once it has ended. A signal that ends it counts as
-        a kill on request."""
-        def send() -> None:
-            child = _running_child(ex)
-            if child is None:
-                raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"exec {ex.exec_id!r} is not running")
-            if target == "session" and not child.terminal:
-                raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"exec {ex.exec_id!r} has no terminal")
-            ex.kill_requested = True
-            if target == "leader":
-                child.signal_leader(sig)
-            else:
-                child.signal(sig, sessions=target == "session")
-        self._loop.run(send, timeout=10)
+        on the loop thread; FAILED_PRECONDITION once it has ended."""
+        self._loop.run(functools.partial(signals.send_signal, ex, sig, target), timeout=10)
 
     def kill(self, ex: Exec, grace: float) -> None:
         """TERM, then KILL after `grace` (at once without one), to the whole group; the caller
         waits for the exec to finish."""
-        def start() -> None:
-            child = _running_child(ex)
-            if child is None:
-                return  # over already: the caller finds it finished
-            ex.kill_requested = True
-            if grace > 0:
-                child.signal(signal.SIGTERM)
-                child.later(self._loop.loop, grace, signal.SIGKILL)
-            else:
-                child.signal(signal.SIGKILL)
-        self._loop.run(start, timeout=10)
+        self._loop.run(lambda: signals.start_kill(ex, grace, self._loop.loop), timeout=10)
 
     def resize(self, ex: Exec, rows: int, cols: int) -> None:
-        def apply() -> None:
-            fd = ex.output.terminal_fd() if ex.output is not None else None
-            if fd is None:
-                raise RouterError(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"exec {ex.exec_id!r} has no terminal (or it has exited)")
-            child_stdio.resize(fd, rows, cols)
-        self._loop.run(apply, timeout=10)
+        self._loop.run(functools.partial(signals.resize_terminal, ex, rows, cols), timeout=10)
 
     def watch(self, watcher: Watcher) -> None:
         """Offer `watcher` every exec that started or finished already, then each as it does."""
@@ -291,30 +236,7 @@ class Engine:
 
     def _record(self, record: Record) -> None:
         if self._journal is not None:
-            self._journal.append(record)
-            self._flush_soon()
-
-    def _flush_soon(self) -> None:
-        """Flush the journal once this loop iteration's events are handled: one write for them all."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.loop.call_soon(self._flush_journal)
-
-    def _flush_journal(self) -> None:
-        """Journal where the changed execs' output is, then let their readers have it."""
-        assert self._journal is not None
-        self._flush_scheduled = False
-        changed = [(ex, self._journal_output(ex)) for ex in self._dirty]
-        self._dirty.clear()
-        try:
-            self._journal.flush()
-        except OSError as e:  # the records stay buffered; readers wait for the next try
-            log.error("writing the journal failed, retrying in %ss: %s", JOURNAL_RETRY_SECS, e)
-            self._dirty.update(ex for ex, _ in changed)
-            self._loop.loop.call_later(JOURNAL_RETRY_SECS, self._flush_soon)
-            return
-        for ex, lengths in changed:
-            ex.output_journaled(lengths)
+            self._journal.record(record)
 
     def _spawn(self, ex: Exec) -> None:
         """Hand the exec to a spawner thread (spawner.py). A spawn's pipes exist only inside its
@@ -409,8 +331,7 @@ class Engine:
         if self._journal is None:
             ex.notify()
         else:
-            self._dirty.add(ex)  # readers get it once it is journaled
-            self._flush_soon()
+            self._journal.output_changed(ex)  # readers get it once it is journaled
 
     def _cap(self, stream: SegmentedLog) -> None:
         """Keep the head segment and the latest output; release the segments between."""
@@ -460,28 +381,14 @@ class Engine:
             ex.usage = ex.child.usage if ex.child is not None else None
         ex.notify()  # a Kill waits for this
         if self._journal is not None:
-            self._dirty.add(ex)
-            self._record(Stdin(ex.exec_id, ex.stdin.written, ex.stdin.eof))
             assert ex.status is not None
-            self._record(Exited(ex.exec_id, ex.status, ex.ended_at, cause))
+            self._journal.output_changed(ex)
+            self._journal.record(Stdin(ex.exec_id, ex.stdin.written, ex.stdin.eof))
+            self._journal.record(Exited(ex.exec_id, ex.status, ex.ended_at, cause))
         self._registry.finished(ex, ex.held_bytes())
         for watcher in list(self._watchers):
             watcher.offer(ex)
         self._expire()
-
-    def _journal_output(self, ex: Exec) -> dict[StreamName, int]:
-        """Record where each of the exec's streams is; returns the lengths recorded."""
-        assert self._journal is not None
-        lengths: dict[StreamName, int] = {}
-        for name, stream in ex.named_logs():
-            if not stream.closed:
-                eof = stream.eof  # before committed: once eof is seen, committed is final
-                committed = stream.committed
-                if ex.journaled_output.get(name) != (committed, eof):  # else the last record says it
-                    self._journal.append(Output(ex.exec_id, name, stream.segments, committed, eof))
-                    ex.journaled_output[name] = (committed, eof)
-                lengths[name] = committed
-        return lengths
 
     def _expire(self) -> None:
         for ex in self._registry.expire(self._retention):
@@ -521,7 +428,7 @@ class Engine:
                 else:
                     self._release(ex)
         if self._journal is not None:
-            self._flush_journal()  # the last records, before the loop stops
+            self._journal.flush()  # the last records, before the loop stops
 
     def _reap(self, main_thread_id: int) -> None:
         """As init of a container (or a subreaper), reap the orphans an exec's children leave."""

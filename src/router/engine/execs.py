@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from router._fastio import SegmentedLog
 from router.errors import RouterError
+
 from .records import ExecSpec, ExitCause, ExitStatus, StreamName, Usage
 from .stdin_buffer import StdinBuffer
 
@@ -141,7 +142,7 @@ class Exec(Changes):
         # How much of each stream the journal holds (None: no journal, or everything committed is
         # in it). Readers get no further: see read_limit.
         self._journaled: dict[StreamName, int] | None = None
-        # (committed, eof) of each stream's last Output record (loop thread; see Engine._journal_output).
+        # (committed, eof) of each stream's last Output record (loop thread; see journaling.ExecJournal).
         self.journaled_output: dict[StreamName, tuple[int, bool]] = {}
         self.failed: RouterError | None = None  # set if the start failed and the exec was dropped
         self.stdin = StdinBuffer(self.cond, stdin_limit, spec.pty is not None, self.notify)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from router import _fastio
 from router._fastio import SegmentedLog
+
 from .loop import Readers
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import grpc
 
 from router.errors import RouterError, not_found, throttled
+
 from .execs import Exec
 from .retention import Retention
 

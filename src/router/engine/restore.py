@@ -12,8 +12,9 @@ import sys
 import time
 from collections.abc import Iterator
 
-from . import procs
 from router._fastio import SegmentedLog, SegmentStore
+
+from . import procs
 from .execs import Exec
 from .journal_format import Exited, JournaledExec, Output
 from .records import ExecSpec, ExitCause, ExitStatus

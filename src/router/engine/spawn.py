@@ -18,10 +18,11 @@ from typing import NamedTuple
 import grpc
 
 from router import _fastio
-from . import procs
 from router.errors import RouterError
-from .records import ExecSpec, ExitStatus
+
+from . import procs
 from .child_stdio import PIPE_SIZE, ChildStdio, open_stdio
+from .records import ExecSpec, ExitStatus
 
 
 class ExecUser(NamedTuple):

@@ -9,14 +9,15 @@ import signal as signals
 from collections.abc import Iterator
 from typing import Any
 
-from . import validate
 from router._proto import exec_control_pb2 as ec
 from router._proto import task_command_router_pb2 as pb
-from router.errors import RouterError, invalid
 from router.engine.execs import Changes, Exec
 from router.engine.records import ExitCause
-from .service import Body, Method, Offload, Service, Wait
 from router.engine.watch import EventKind, Watcher
+from router.errors import RouterError, invalid
+
+from . import validate
+from .service import Body, Method, Offload, Service, Wait
 
 SERVICE_NAME = "task_command_router.v1.ExecControl"
 METHODS: dict[str, Method] = {

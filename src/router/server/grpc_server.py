@@ -22,15 +22,17 @@ from grpc_reflection.v1alpha import reflection
 
 from router.auth import Authenticator, verification_key
 from router.config import ServerConfig
+from router.engine.core import Engine
+from router.engine.limits import raise_open_file_limit
 from router.engine.retention import Retention
-from router.engine.core import Engine, raise_open_file_limit
 from router.engine.spawn import exec_user
 from router.images.store import Images
-from .handlers import Handlers
-from . import control
-from .service import METHODS, SERVICE_NAME, Service
 from router.secretstore import SecretError, SecretStore, secrets_dir
 from router.tls import ServerTls, is_loopback
+
+from . import control
+from .handlers import Handlers
+from .service import METHODS, SERVICE_NAME, Service
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 from router._proto import api_pb2
 from router.auth import Authenticator
 from router.errors import RouterError, invalid, throttled
+
 from .service import Body, Method, Offload, Wait
 
 log = logging.getLogger(__name__)

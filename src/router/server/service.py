@@ -11,23 +11,23 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
-import pathlib
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf import empty_pb2
 
-from . import validate
 from router._fastio import OffsetReleased, SegmentedLog
 from router._proto import task_command_router_pb2 as pb
 from router.config import ServerConfig
 from router.engine.core import Engine
-from router.errors import RouterError, not_found, throttled
 from router.engine.execs import Changes, Exec, read_limit
+from router.engine.records import ExitStatus, StreamName
+from router.errors import RouterError, not_found, throttled
 from router.images.store import Images
 from router.secretstore import MissingSecret, SecretError, SecretStore, secrets_dir
-from router.engine.records import ExitStatus, StreamName
+
+from . import validate
 
 log = logging.getLogger(__name__)
 

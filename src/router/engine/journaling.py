@@ -1,0 +1,69 @@
+"""Journaling the engine's execs, on the loop thread: records appended as things happen and written
+with one flush per loop iteration that changed something; readers get output once it is journaled."""
+from __future__ import annotations
+
+import logging
+
+from .execs import Exec
+from .journal import Journal
+from .journal_format import Output, Record
+from .loop import LoopThread
+from .records import StreamName
+
+log = logging.getLogger(__name__)
+
+# After a failed journal write, the next try comes this much later.
+RETRY_SECS = 0.5
+
+
+class ExecJournal:
+    """The journal as the loop thread writes it. `journal` is the file, for the start and the stop."""
+
+    def __init__(self, journal: Journal, loop: LoopThread) -> None:
+        self.journal = journal
+        self._loop = loop
+        self._dirty: set[Exec] = set()  # execs whose output changed since the last flush
+        self._flush_scheduled = False
+
+    def record(self, record: Record) -> None:
+        self.journal.append(record)
+        self.flush_soon()
+
+    def output_changed(self, ex: Exec) -> None:
+        """The exec's output grew or ended: journal where it is at the next flush, then let readers have it."""
+        self._dirty.add(ex)
+        self.flush_soon()
+
+    def flush_soon(self) -> None:
+        """Flush once this loop iteration's events are handled: one write for them all."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Journal where the changed execs' output is, then let their readers have it."""
+        self._flush_scheduled = False
+        changed = [(ex, self._record_output(ex)) for ex in self._dirty]
+        self._dirty.clear()
+        try:
+            self.journal.flush()
+        except OSError as e:  # the records stay buffered; readers wait for the next try
+            log.error("writing the journal failed, retrying in %ss: %s", RETRY_SECS, e)
+            self._dirty.update(ex for ex, _ in changed)
+            self._loop.loop.call_later(RETRY_SECS, self.flush_soon)
+            return
+        for ex, lengths in changed:
+            ex.output_journaled(lengths)
+
+    def _record_output(self, ex: Exec) -> dict[StreamName, int]:
+        """Record where each of the exec's streams is; returns the lengths recorded."""
+        lengths: dict[StreamName, int] = {}
+        for name, stream in ex.named_logs():
+            if not stream.closed:
+                eof = stream.eof  # before committed: once eof is seen, committed is final
+                committed = stream.committed
+                if ex.journaled_output.get(name) != (committed, eof):  # else the last record says it
+                    self.journal.append(Output(ex.exec_id, name, stream.segments, committed, eof))
+                    ex.journaled_output[name] = (committed, eof)
+                lengths[name] = committed
+        return lengths
