@@ -108,3 +108,26 @@ def hide(target: bytes, mount_id: str) -> bytes:
     hidden = os.path.join(parent, b"." + name + b".router-hidden-" + mount_id.encode())
     os.rename(target, hidden)
     return hidden
+
+
+_table_dec = msgspec.msgpack.Decoder(MountTable)
+
+
+def load_table(path: pathlib.Path) -> MountTable:
+    """The table saved at `path`, less the overlay mounts that are gone (a reboot); copies stay."""
+    try:
+        table = _table_dec.decode(path.read_bytes())
+    except FileNotFoundError:
+        return MountTable()
+    points = mounted_points()
+    table.mounts = [m for m in table.mounts if m.method == "copy" or m.path in points]
+    return table
+
+
+def table_images(path: pathlib.Path) -> set[str]:
+    """Images the table saved at `path` names (a running server's, when the CLI asks)."""
+    try:
+        table = _table_dec.decode(path.read_bytes())
+    except (FileNotFoundError, msgspec.DecodeError):
+        return set()
+    return {m.image_id for m in table.mounts if m.image_id}

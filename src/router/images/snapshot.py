@@ -20,11 +20,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import pathlib
 import stat
+import zlib
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import msgspec
+
+from router.config import write_private
 
 from .blobs import COPY_CHUNK, Backend
 from .crypt import ImageKey
@@ -211,3 +215,20 @@ def _xattrs(path: bytes) -> dict[str, bytes]:
         except OSError:
             continue  # not readable: skipped
     return out
+
+
+_cache_dec = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, bytes]])
+
+
+def load_stat_cache(path: pathlib.Path) -> StatCache:
+    """The stat cache saved at `path` (zlib'd msgpack rows); empty if missing or unreadable."""
+    try:
+        rows = _cache_dec.decode(zlib.decompress(path.read_bytes()))
+    except (FileNotFoundError, msgspec.DecodeError, zlib.error):
+        return {}
+    return {(dev, ino): CacheEntry(size, mtime, ctime, sha256.hex()) for dev, ino, size, mtime, ctime, sha256 in rows}
+
+
+def save_stat_cache(path: pathlib.Path, cache: StatCache) -> None:
+    rows = [(dev, ino, e.size, e.mtime_ns, e.ctime_ns, bytes.fromhex(e.sha256)) for (dev, ino), e in cache.items()]
+    write_private(path, zlib.compress(msgspec.msgpack.encode(rows)))

@@ -28,21 +28,24 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import grpc
 import msgspec
 
-from . import manifest as manifests
-from . import mounts
-from .blobs import Backend, LocalBackend
 from router.config import write_private
 from router.errors import RouterError, invalid, not_found
+
+from . import manifest as manifests
+from . import mounts
+from .args import MountArgs, SnapshotArgs
+from .blobs import Backend, LocalBackend
 from .crypt import ImageKey, WrongKey
 from .manifest import Entry, Manifest, ManifestError
-from .materialize import copy_tree, metadata_tree
-from .args import MountArgs, SnapshotArgs
-from .snapshot import CacheEntry, FileChanging, OverlayBase, StatCache, Walk
+from .materialize import copy_tree
+from .records import GcResult, ImageRecord, decode_record, encode_record, new_image_id, valid_image_id
+from .snapshot import FileChanging, OverlayBase, StatCache, Walk, load_stat_cache, save_stat_cache
+from .trees import Trees
 
 log = logging.getLogger(__name__)
 
@@ -51,61 +54,22 @@ _RECORDS, _MANIFESTS = "images", "manifests"
 _STAT_CACHE_LIMIT = 1_000_000
 
 
-class ImageRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    id: str
-    snapshot_id: str
-    created: float
-    expires: float | None  # unix time; None: never
-    source: bytes  # the directory snapshotted
-    entries: int
-    content_bytes: int  # the files' total size
-    added_bytes: int  # bytes this snapshot added to the store
-    manifest_sha256: str  # an unencrypted manifest is stored under this name, shared by equal ones
-    blobs: list[str]  # a sealed image's blobs, for gc (its manifest cannot be read without the key)
-    encrypted: bool = False
-    salt: bytes = b""
-
-    def expired(self, now: float) -> bool:
-        return self.expires is not None and self.expires <= now
-
-
-class GcResult(NamedTuple):
-    images: int
-    blobs: int
-    bytes: int
-
-
-_record_enc = msgspec.msgpack.Encoder()
-_record_dec = msgspec.msgpack.Decoder(ImageRecord)
-_table_dec = msgspec.msgpack.Decoder(mounts.MountTable)
-_cache_dec = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, bytes]])
-_inodes_dec = msgspec.msgpack.Decoder(list[int])
-
-
-def new_image_id() -> str:
-    return "im-" + secrets.token_hex(12)
-
-
-def _valid_image_id(image_id: str) -> bool:
-    return image_id.startswith("im-") and len(image_id) == 27 and all(c in "0123456789abcdef" for c in image_id[3:])
-
-
 class Images:
     def __init__(self, state_dir: pathlib.Path, method: MountMethod = "auto", backend: Backend | None = None) -> None:
         self.root = state_dir / "images"
         self._state_dir = os.path.realpath(state_dir).encode()
         self.backend: Backend = backend or LocalBackend(self.root / "store")
-        self._trees = self.root / "trees"
+        self._trees = Trees(self.root / "trees", self.backend.redirect)
         self._mounts = self.root / "mounts"
         self._empty = self.root / "empty"
-        for d in (self._trees, self._mounts, self._empty):
+        for d in (self._mounts, self._empty):
             d.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.root / "lock"
         self._lock = threading.Lock()  # the mount table, the stat cache, the snapshot index
         self._snapshot_locks: dict[str, threading.Lock] = {}
         self._validated: set[str] = set()  # hashes of manifests validated since this store opened
-        self._table = self._load_table()
-        self._cache: StatCache = self._load_cache()
+        self._table = mounts.load_table(self.root / "mounts.msgpack")
+        self._cache: StatCache = load_stat_cache(self.root / "statcache")
         if method == "auto":
             method = "overlay" if mounts.can_mount(self.root) else "copy"
         self.method: mounts.Method = method
@@ -113,29 +77,8 @@ class Images:
 
     # -- persistence ---------------------------------------------------------------------------
 
-    def _load_table(self) -> mounts.MountTable:
-        try:
-            table = _table_dec.decode((self.root / "mounts.msgpack").read_bytes())
-        except FileNotFoundError:
-            return mounts.MountTable()
-        points = mounts.mounted_points()
-        # Overlay mounts that are gone (a reboot) are forgotten; copies are still in place.
-        table.mounts = [m for m in table.mounts if m.method == "copy" or m.path in points]
-        return table
-
     def _save_table(self) -> None:
         write_private(self.root / "mounts.msgpack", msgspec.msgpack.encode(self._table))
-
-    def _load_cache(self) -> StatCache:
-        try:
-            rows = _cache_dec.decode(zlib.decompress((self.root / "statcache").read_bytes()))
-        except (FileNotFoundError, msgspec.DecodeError, zlib.error):
-            return {}
-        return {(dev, ino): CacheEntry(size, mtime, ctime, sha256.hex()) for dev, ino, size, mtime, ctime, sha256 in rows}
-
-    def _save_cache(self) -> None:
-        rows = [(dev, ino, e.size, e.mtime_ns, e.ctime_ns, bytes.fromhex(e.sha256)) for (dev, ino), e in self._cache.items()]
-        write_private(self.root / "statcache", zlib.compress(msgspec.msgpack.encode(rows)))
 
     @contextlib.contextmanager
     def _flock(self, exclusive: bool) -> Iterator[None]:
@@ -153,7 +96,7 @@ class Images:
         for name in self.backend.doc_names(_RECORDS):
             data = self.backend.get_doc(_RECORDS, name)
             if data is not None:
-                out.append(_record_dec.decode(data))
+                out.append(decode_record(data))
         return sorted(out, key=lambda r: r.created)
 
     def record(self, image_id: str) -> ImageRecord:
@@ -248,7 +191,7 @@ class Images:
             digest = hashlib.sha256(data).hexdigest()
             try:
                 if key is None and self.method == "overlay":
-                    self._tree(digest, manifest)
+                    self._trees.build(digest, manifest)
                 if key is not None:
                     self.backend.put_doc(_MANIFESTS, image_id, key.seal_bytes(data))
                 elif self.backend.get_doc(_MANIFESTS, digest) is None:
@@ -261,7 +204,7 @@ class Images:
                     added_bytes=walk.stored, manifest_sha256=digest,
                     blobs=sorted(manifest.blobs()) if key is not None else [],
                     encrypted=key is not None, salt=salt or b"")
-                self.backend.put_doc(_RECORDS, image_id, _record_enc.encode(record))
+                self.backend.put_doc(_RECORDS, image_id, encode_record(record))
             except OSError as e:
                 raise _store_error(e, f"storing the snapshot of {args.path!r}") from None
         if walk.seen:
@@ -269,7 +212,7 @@ class Images:
                 if len(self._cache) > _STAT_CACHE_LIMIT:
                     self._cache.clear()
                 self._cache.update(walk.seen)
-                self._save_cache()
+                save_stat_cache(self.root / "statcache", self._cache)
         log.info("snapshot %s of %r: %d entries, %d bytes read, %d bytes added", image_id, args.path,
                  len(manifest.entries), walk.read, walk.stored)
         return image_id
@@ -286,30 +229,13 @@ class Images:
         if record.encrypted:
             return None
         try:
-            inodes = _inodes_dec.decode(zlib.decompress((self._trees / f"{record.manifest_sha256}.inodes").read_bytes()))
+            inodes = self._trees.inodes(record.manifest_sha256)
             files = [e.blob for e in self.manifest(record, None).entries if e.kind == "file"]
         except (FileNotFoundError, msgspec.DecodeError, zlib.error, RouterError):
             return None
         if len(inodes) != len(files):
             return None
-        return OverlayBase(upper=bytes(self._mounts / top.mount_id / "upper"), blobs_by_inode=dict(zip(inodes, files)))
-
-    def _tree(self, digest: str, manifest: Manifest) -> pathlib.Path:
-        """The overlay metadata tree of this manifest, built once."""
-        tree = self._trees / digest
-        if tree.exists():
-            return tree
-        tmp = self._trees / f"{digest}.tmp-{secrets.token_hex(4)}"
-        try:
-            inodes = metadata_tree(manifest, bytes(tmp), self.backend.redirect)
-            write_private(self._trees / f"{digest}.inodes", zlib.compress(msgspec.msgpack.encode(inodes)))
-            os.rename(tmp, tree)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and tree.exists():
-                return tree  # built meanwhile by another call
-            raise
-        return tree
+        return OverlayBase(upper=bytes(self._mounts / top.mount_id / "upper"), blobs_by_inode=dict(zip(inodes, files, strict=True)))
 
     # -- mount and unmount -----------------------------------------------------------------------
 
@@ -324,7 +250,7 @@ class Images:
         record = self.record(args.image_id) if args.image_id else None
         manifest = None
         if record is not None and (record.encrypted or self.method != "overlay"
-                                   or not (self._trees / record.manifest_sha256).is_dir()):
+                                   or not self._trees.path(record.manifest_sha256).is_dir()):
             manifest = self.manifest(record, args.key)  # else the tree, built from it, is all a mount needs
         # Mounts are known by the directory itself: a path through a symlink names the same mount
         # (the kernel's mount table lists resolved paths, and a restart reads that table).
@@ -383,8 +309,8 @@ class Images:
             assert manifest is not None
             copy_tree(manifest, bytes(upper), self._content(record, key))  # sealed blobs: no data layer
         else:
-            tree = self._trees / record.manifest_sha256 if manifest is None else self._tree(record.manifest_sha256,
-                                                                                              manifest)
+            tree = (self._trees.path(record.manifest_sha256) if manifest is None
+                    else self._trees.build(record.manifest_sha256, manifest))
             lowers, data_only = [bytes(tree)], self.backend.blob_root()
             upper.mkdir()
             root = os.stat(tree)  # the tree's root holds the manifest's root entry
@@ -443,7 +369,7 @@ class Images:
 
     def remove(self, image_id: str) -> None:
         record = self.record_any(image_id)
-        if image_id in self.mounted_images() or image_id in _table_images(self.root):
+        if image_id in self.mounted_images() or image_id in mounts.table_images(self.root / "mounts.msgpack"):
             raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"image {image_id!r} is mounted")
         with self._flock(exclusive=True):
             self.backend.delete_doc(_RECORDS, record.id)
@@ -452,15 +378,15 @@ class Images:
 
     def record_any(self, image_id: str) -> ImageRecord:
         """The record, expired or not; NOT_FOUND if there is none."""
-        data = self.backend.get_doc(_RECORDS, image_id) if _valid_image_id(image_id) else None
+        data = self.backend.get_doc(_RECORDS, image_id) if valid_image_id(image_id) else None
         if data is None:
             raise not_found(f"image {image_id!r} not found")
-        return _record_dec.decode(data)
+        return decode_record(data)
 
     def gc(self) -> GcResult:
         """Remove expired images (unless mounted), then blobs and trees no image references."""
         now = time.time()
-        mounted = self.mounted_images() | _table_images(self.root)
+        mounted = self.mounted_images() | mounts.table_images(self.root / "mounts.msgpack")
         images = blobs = freed = 0
         with self._flock(exclusive=True):
             self.backend.drop_partial()
@@ -486,24 +412,8 @@ class Images:
                 if name not in wanted:
                     freed += self.backend.delete_blob(name)
                     blobs += 1
-            trees = {r.manifest_sha256 for r in live}
-            for path in self._trees.iterdir():
-                digest = path.name.split(".", 1)[0]
-                if digest not in trees:
-                    if path.is_dir():
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        path.unlink(missing_ok=True)
+            self._trees.remove_all_but({r.manifest_sha256 for r in live})
         return GcResult(images, blobs, freed)
-
-
-def _table_images(root: pathlib.Path) -> set[str]:
-    """Images the mount table on disk names (a running server's, when the CLI asks)."""
-    try:
-        table = _table_dec.decode((root / "mounts.msgpack").read_bytes())
-    except (FileNotFoundError, msgspec.DecodeError):
-        return set()
-    return {m.image_id for m in table.mounts if m.image_id}
 
 
 def _empty_dir(path: bytes) -> None:
