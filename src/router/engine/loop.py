@@ -5,7 +5,7 @@ and wait for its result.
 
 Every exec's pipes and pidfd are watched through `Readers`, one epoll the loop watches: uvloop's
 add_reader + remove_reader cost 14 us per descriptor (a poll handle made and closed each time) to
-epoll's 3, and an exec of `true` has three (benchmarks/RESULTS.md, issue 10).
+epoll's 3, and an exec of `true` has three (measured: benchmarks/HISTORY.md).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 _fastio.spawn holds its caller until the child has exec'd (most of a millisecond): in threads of
 their own, with the GIL let go, spawns overlap and the loop goes on. Outcomes return to the loop
 in batches, one wake-up for all that finished since it last looked: a Future, its callback and a
-call_soon per exec cost the loop more than the rest of a start (benchmarks/RESULTS.md, issue 10).
+call_soon per exec cost the loop more than the rest of a start (measured: benchmarks/HISTORY.md).
 """
 from __future__ import annotations
 
