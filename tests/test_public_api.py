@@ -18,4 +18,4 @@ def test_every_public_name_resolves() -> None:
         assert getattr(router, name) is not None, name
     assert router.RouterClient.__module__.startswith("router.client")
     assert router.ExitCause("timed out") is router.ExitCause.TIMED_OUT  # a journal's old spelling
-    assert set(router.__all__) <= set(dir(router))
+    assert set(router.__all__) <= set(dir(router)) and set(router.__all__) == set(router._WHERE)

@@ -35,7 +35,8 @@ _WHERE = {
     "ExitCause": "router.engine.records",
     "RouterError": "router.errors",
 }
-__all__ = sorted(_WHERE)
+__all__ = ["STDERR", "STDOUT", "AsyncRouterClient", "ExitCause", "RouterClient", "RouterError", "RouterServer",
+           "ServerConfig", "exit_code"]
 
 if TYPE_CHECKING:
     from router.client import STDERR, STDOUT, AsyncRouterClient, RouterClient, exit_code

@@ -1,9 +1,10 @@
 """Segmented append-only logs in shared arena files (see router.pylog for the pure-Python twin)."""
 
 from collections.abc import Iterable
-from typing import SupportsIndex
-from typing_extensions import Buffer  # collections.abc.Buffer needs 3.12
 from os import PathLike
+from typing import SupportsIndex
+
+from typing_extensions import Buffer  # collections.abc.Buffer needs 3.12
 
 def counters() -> dict[str, int]:
     """This module's live objects and calls in flight, exact (for leak checks):

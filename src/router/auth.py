@@ -97,7 +97,8 @@ class Authenticator:
         except jwt.InvalidTokenError:
             raise _unauthenticated("malformed (not a signed JWT)") from None
         if header.get("alg") != p.algorithm:
-            raise _unauthenticated(f"algorithm {header.get('alg')!r} is not accepted (this router verifies {p.algorithm})")
+            raise _unauthenticated(f"algorithm {header.get('alg')!r} is not accepted "
+                                   f"(this router verifies {p.algorithm})")
         required = ["exp"] + (["aud"] if p.audience else []) + (["iss"] if p.issuer else [])
         try:
             claims: dict[str, Any] = jwt.decode(

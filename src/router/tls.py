@@ -15,7 +15,7 @@ import threading
 import grpc
 import msgspec
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class TlsFiles(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -90,11 +90,11 @@ class ServerTls:
         try:
             configuration = _configuration(self._files)
         except ValueError as e:
-            log.error("TLS reload failed, still serving the previous certificate: %s", e)
+            logger.error("TLS reload failed, still serving the previous certificate: %s", e)
             return False
         with self._lock:
             self._pending = configuration
-        log.info("TLS certificate reloaded from %s", self._files.cert)
+        logger.info("TLS certificate reloaded from %s", self._files.cert)
         return True
 
 

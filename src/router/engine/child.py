@@ -18,7 +18,7 @@ from . import procs
 from .loop import Readers
 from .records import ExitStatus, Usage
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class Child:
@@ -114,7 +114,7 @@ class Child:
             if reaped is not None:
                 self.usage = Usage(user_cpu_secs=reaped[0], system_cpu_secs=reaped[1], max_rss_bytes=reaped[2])
         else:
-            log.error("leader %d survived SIGKILL; leaving it unreaped", self.pid)
+            logger.error("leader %d survived SIGKILL; leaving it unreaped", self.pid)
         if self._proc is not None:
             self._proc.returncode = -1  # reaped here: Popen must never wait for it again
             self._proc = None

@@ -38,7 +38,7 @@ from .retention import Retention
 from .spawn_threads import Spawner
 from .watch import Watcher
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # How often orphans are reaped when the router inherits them (PID 1 or a subreaper).
 ORPHAN_REAP_SECS = 1.0
@@ -119,7 +119,7 @@ class Engine:
                 self._journal.journal.append(lost)
         self._store.finish_restore()
         self._journal.journal.flush(fsync=True)
-        log.info("restored %d execs from the journal", self._registry.finished_count)
+        logger.info("restored %d execs from the journal", self._registry.finished_count)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Kill everything every exec started, reap, close pipes and logs, end the loop thread."""
@@ -143,8 +143,8 @@ class Engine:
         finally:
             self._loop.stop(timeout)
             for ex in execs:
-                for stream in ex.logs():
-                    stream.close()
+                for log in ex.logs():
+                    log.close()
                 ex.abandon_waiters()  # their loop has stopped; the aio server ended them first
                 ex.notify()
             self._store.close()
@@ -257,7 +257,7 @@ class Engine:
             except RouterError as e:
                 self._forget(ex, e)
             except Exception as e:  # a bug: fail this start loudly, keep the loop alive
-                log.exception("spawning exec %s failed", ex.exec_id)
+                logger.exception("spawning exec %s failed", ex.exec_id)
                 self._forget(ex, RouterError(grpc.StatusCode.INTERNAL, f"spawn failed: {e!r}"))
             else:
                 ex.started.set_result(None)
@@ -278,8 +278,8 @@ class Engine:
         child = ex.child = Child(started.pid, started.pidfd, started.proc, ex.spec.pty is not None)
         self._record(Spawned(ex.exec_id, started.pid, child.terminal, time.time(), self._boot_id))
         child.watch(self._loop.readers, lambda: self._on_exit(ex))
-        outputs = [(fd, log) for fd, log in ((started.stdout_reader, ex.stdout), (started.stderr_reader, ex.stderr))
-                   if fd >= 0 and log is not None]
+        outputs = [(fd, out) for fd, out in ((started.stdout_reader, ex.stdout), (started.stderr_reader, ex.stderr))
+                   if fd >= 0 and out is not None]
         ex.output = OutputPipes(ex.exec_id, loop, self._loop.readers, outputs, ex.spec.pty is not None,
                                 lambda: self._on_output(ex), lambda: self._on_output_done(ex))
         if ex.spec.timeout_secs is not None:
@@ -292,8 +292,8 @@ class Engine:
         target = ex.stderr if ex.stderr is not None else (ex.stdout if merged else None)
         if target is not None:
             target.append(reason)
-        for stream in ex.logs():
-            stream.mark_eof()
+        for log in ex.logs():
+            log.mark_eof()
         self._set_status(ex, status)
         self._on_finished(ex)
 
@@ -301,8 +301,8 @@ class Engine:
         """A start that failed for lack of resources leaves no exec behind, so a retry can run it."""
         self._registry.forget(ex)
         self._record(Forgotten(ex.exec_id))
-        for stream in ex.logs():
-            stream.close()
+        for log in ex.logs():
+            log.close()
         with ex.cond:
             ex.failed = error
             ex.notify()
@@ -325,21 +325,21 @@ class Engine:
     def _on_output(self, ex: Exec) -> None:
         """New output (or an end of stream): wake readers, cap what a running exec keeps, and
         journal where the output is at the next flush."""
-        for stream in ex.logs():
-            if stream.held_bytes > self._max_exec_output:
-                self._cap(stream)
+        for log in ex.logs():
+            if log.held_bytes > self._max_exec_output:
+                self._cap(log)
         if self._journal is None:
             ex.notify()
         else:
             self._journal.output_changed(ex)  # readers get it once it is journaled
 
-    def _cap(self, stream: SegmentedLog) -> None:
+    def _cap(self, log: SegmentedLog) -> None:
         """Keep the head segment and the latest output; release the segments between."""
         seg = self._segment_size
         # The fewest segments released for head + rest <= cap (ceil), never the tail's own segment.
-        stop = min(-(-(stream.committed - self._max_exec_output + seg) // seg), stream.committed // seg)
-        if stop > max(1, stream.released_range[1] // seg):
-            stream.release(1, stop)
+        stop = min(-(-(log.committed - self._max_exec_output + seg) // seg), log.committed // seg)
+        if stop > max(1, log.released_range[1] // seg):
+            log.release(1, stop)
 
     def _on_output_done(self, ex: Exec) -> None:
         if ex.finished:
@@ -394,8 +394,8 @@ class Engine:
         for ex in self._registry.expire(self._retention):
             self._record(Forgotten(ex.exec_id))
             # Slots go back to the store once the last reader is out of the log.
-            for stream in ex.logs():
-                stream.close()
+            for log in ex.logs():
+                log.close()
             ex.notify()
 
     def _expire_periodically(self) -> None:

@@ -124,7 +124,7 @@ class Exec(Changes):
         self.exec_id = exec_id
         self.fingerprint = fingerprint
         self.spec = spec
-        # Where output lands; None when discarded or merged into stdout. See `stream()`.
+        # Where output lands; None when discarded or merged into stdout. See `log()`.
         self.stdout = stdout
         self.stderr = stderr
         self.started: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -149,7 +149,7 @@ class Exec(Changes):
         self.child: Child | None = None
         self.output: OutputPipes | None = None
 
-    def stream(self, which: StreamName) -> SegmentedLog | None:
+    def log(self, which: StreamName) -> SegmentedLog | None:
         """The log a reader of `which` gets, or None if that stream is discarded or merged."""
         if which == "stderr":
             return self.stderr

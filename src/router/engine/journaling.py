@@ -10,7 +10,7 @@ from .journal_format import Output, Record
 from .loop import LoopThread
 from .records import StreamName
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # After a failed journal write, the next try comes this much later.
 RETRY_SECS = 0.5
@@ -48,7 +48,7 @@ class ExecJournal:
         try:
             self.journal.flush()
         except OSError as e:  # the records stay buffered; readers wait for the next try
-            log.error("writing the journal failed, retrying in %ss: %s", RETRY_SECS, e)
+            logger.error("writing the journal failed, retrying in %ss: %s", RETRY_SECS, e)
             self._dirty.update(ex for ex, _ in changed)
             self._loop.loop.call_later(RETRY_SECS, self.flush_soon)
             return
@@ -58,12 +58,12 @@ class ExecJournal:
     def _record_output(self, ex: Exec) -> dict[StreamName, int]:
         """Record where each of the exec's streams is; returns the lengths recorded."""
         lengths: dict[StreamName, int] = {}
-        for name, stream in ex.named_logs():
-            if not stream.closed:
-                eof = stream.eof  # before committed: once eof is seen, committed is final
-                committed = stream.committed
+        for name, log in ex.named_logs():
+            if not log.closed:
+                eof = log.eof  # before committed: once eof is seen, committed is final
+                committed = log.committed
                 if ex.journaled_output.get(name) != (committed, eof):  # else the last record says it
-                    self.journal.append(Output(ex.exec_id, name, stream.segments, committed, eof))
+                    self.journal.append(Output(ex.exec_id, name, log.segments, committed, eof))
                     ex.journaled_output[name] = (committed, eof)
                 lengths[name] = committed
         return lengths

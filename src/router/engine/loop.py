@@ -23,7 +23,7 @@ import uvloop
 from router import _fastio
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class Readers:
@@ -58,7 +58,7 @@ class Readers:
             try:
                 entry[0](*entry[1])
             except Exception:  # as the loop does with a failing callback: say so, go on with the rest
-                log.exception("reader callback for descriptor %d failed", fd)
+                logger.exception("reader callback for descriptor %d failed", fd)
 
     def close(self) -> None:
         self._loop.remove_reader(self._epfd)

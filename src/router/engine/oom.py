@@ -15,7 +15,7 @@ import logging
 import os
 import re
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _KILLED = re.compile(rb"(?:Killed process |oom-kill:.*?,pid=)(\d+)")
 _REMEMBERED = 4096  # pids, newest kept: a leader is reaped moments after its kill is logged
@@ -30,7 +30,7 @@ class OomKills:
             self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
             os.lseek(self._fd, 0, os.SEEK_END)  # kills from now on
         except OSError as e:
-            log.info("cannot read the kernel log (%s): an exec killed for memory will show as signalled", e.strerror)
+            logger.info("cannot read the kernel log (%s): an exec killed for memory will show as signalled", e.strerror)
             self._fd = -1
 
     @property
@@ -50,7 +50,7 @@ class OomKills:
             except OSError as e:
                 if e.errno == errno.EPIPE:
                     continue  # records were overwritten before we read them; go on with the next
-                log.warning("reading the kernel log failed: %s", e.strerror)
+                logger.warning("reading the kernel log failed: %s", e.strerror)
                 self.close()
                 return
             if not record:

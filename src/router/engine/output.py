@@ -11,7 +11,7 @@ from router._fastio import SegmentedLog
 
 from .loop import Readers
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # One drain call takes at most this much from one pipe, so that one loud exec cannot starve the rest.
 DRAIN_BUDGET = 4 * 1024 * 1024
@@ -53,12 +53,12 @@ class OutputPipes:
         return next(iter(self._logs), None) if self._logs else (self._held_master if self._held_master >= 0 else None)
 
     def _on_readable(self, fd: int) -> None:
-        stream = self._logs[fd]
+        log = self._logs[fd]
         try:
-            n, eof = stream.drain(fd, DRAIN_BUDGET)
+            n, eof = log.drain(fd, DRAIN_BUDGET)
         except OSError as e:
             # The log kept what it took from the pipe; stop reading until writing can work again.
-            log.error("writing output failed (exec %s), retrying in %ss: %s", self._exec_id, DRAIN_RETRY_SECS, e)
+            logger.error("writing output failed (exec %s), retrying in %ss: %s", self._exec_id, DRAIN_RETRY_SECS, e)
             self._readers.remove_reader(fd)
             self._retries.append(self._loop.call_later(DRAIN_RETRY_SECS, self._resume, fd))
             return
@@ -75,9 +75,9 @@ class OutputPipes:
 
     def _close(self, fd: int) -> None:
         self._readers.remove_reader(fd)
-        stream = self._logs.pop(fd)
-        if not stream.eof:
-            stream.mark_eof()
+        log = self._logs.pop(fd)
+        if not log.eof:
+            log.mark_eof()
         if self._terminal and not self._leader_exited:
             # Closing the master hangs the terminal up (SIGHUP): a program that closes its
             # terminal descriptors just before exiting (cat does) must be left to exit.

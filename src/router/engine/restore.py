@@ -19,7 +19,7 @@ from .execs import Exec
 from .journal_format import Exited, JournaledExec, Output
 from .records import ExecSpec, ExitCause, ExitStatus
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LOST = ExitStatus(signal=signal.SIGKILL)
 # A process that started this close to when the leader was spawned is the leader: pids cycle
@@ -36,7 +36,7 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
         try:
             ex = _rebuild(je, store, stdin_limit)
         except ValueError as e:
-            log.error("exec %s cannot be restored from the journal, dropped: %s", je.exec_id, e)
+            logger.error("exec %s cannot be restored from the journal, dropped: %s", je.exec_id, e)
             continue
         lost = None
         if je.exited is None:

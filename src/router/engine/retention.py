@@ -30,4 +30,5 @@ class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.bytes > 0:
             return self
         fs = os.statvfs(log_dir)
-        return msgspec.structs.replace(self, bytes=min(DEFAULT_MAX_BYTES, int(fs.f_blocks * fs.f_frsize * DEFAULT_SHARE)))
+        share = int(fs.f_blocks * fs.f_frsize * DEFAULT_SHARE)
+        return msgspec.structs.replace(self, bytes=min(DEFAULT_MAX_BYTES, share))

@@ -50,5 +50,6 @@ def start_kill(ex: Exec, grace: float, loop: asyncio.AbstractEventLoop) -> None:
 def resize_terminal(ex: Exec, rows: int, cols: int) -> None:
     fd = ex.output.terminal_fd() if ex.output is not None else None
     if fd is None:
-        raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"exec {ex.exec_id!r} has no terminal (or it has exited)")
+        raise RouterError(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"exec {ex.exec_id!r} has no terminal (or it has exited)")
     child_stdio.resize(fd, rows, cols)

@@ -134,7 +134,7 @@ class Walk:
         ident = (st.st_dev, st.st_ino)
         # Not for an encrypted image: the cache keeps plaintext hashes in the clear.
         cached = self._cache.get(ident) if self._key is None else None
-        if cached is not None and (cached.size, cached.mtime_ns, cached.ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+        if cached is not None and (cached.size, cached.mtime_ns, cached.ctime_ns) == _identity(st):
             name = self._name(cached.sha256)
             if self._backend.has_blob(name):
                 self.seen[ident] = cached
@@ -185,7 +185,7 @@ class Walk:
             after = os.fstat(fd)
         finally:
             os.close(fd)
-        if (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (after.st_size, after.st_mtime_ns, after.st_ctime_ns):
+        if _identity(before) != _identity(after):
             return None
         return CacheEntry(before.st_size, before.st_mtime_ns, before.st_ctime_ns, digest.hexdigest()), name
 
@@ -215,6 +215,11 @@ def _xattrs(path: bytes) -> dict[str, bytes]:
         except OSError:
             continue  # not readable: skipped
     return out
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    """What says a file's content is unchanged: its size, mtime and ctime."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 _cache_dec = msgspec.msgpack.Decoder(list[tuple[int, int, int, int, int, bytes]])

@@ -47,7 +47,7 @@ from .records import GcResult, ImageRecord, decode_record, encode_record, new_im
 from .snapshot import FileChanging, OverlayBase, StatCache, Walk, load_stat_cache, save_stat_cache
 from .trees import Trees
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MountMethod = Literal["auto", "overlay", "copy"]
 _RECORDS, _MANIFESTS = "images", "manifests"
@@ -123,7 +123,8 @@ class Images:
         if not record.encrypted:  # (a sealed one is authenticated by its key)
             digest = hashlib.sha256(data).hexdigest()
             if digest != record.manifest_sha256:
-                raise RouterError(grpc.StatusCode.DATA_LOSS, f"image {record.id!r} has a manifest that does not match its hash")
+                raise RouterError(grpc.StatusCode.DATA_LOSS,
+                                  f"image {record.id!r} has a manifest that does not match its hash")
         try:
             # One that matches a hash validated before is the same manifest: validating it again
             # would cost a copy mount of 20,000 files 50 ms.
@@ -213,7 +214,7 @@ class Images:
                     self._cache.clear()
                 self._cache.update(walk.seen)
                 save_stat_cache(self.root / "statcache", self._cache)
-        log.info("snapshot %s of %r: %d entries, %d bytes read, %d bytes added", image_id, args.path,
+        logger.info("snapshot %s of %r: %d entries, %d bytes read, %d bytes added", image_id, args.path,
                  len(manifest.entries), walk.read, walk.stored)
         return image_id
 
@@ -235,7 +236,8 @@ class Images:
             return None
         if len(inodes) != len(files):
             return None
-        return OverlayBase(upper=bytes(self._mounts / top.mount_id / "upper"), blobs_by_inode=dict(zip(inodes, files, strict=True)))
+        return OverlayBase(upper=bytes(self._mounts / top.mount_id / "upper"),
+                           blobs_by_inode=dict(zip(inodes, files, strict=True)))
 
     # -- mount and unmount -----------------------------------------------------------------------
 
@@ -270,7 +272,8 @@ class Images:
                 try:
                     os.makedirs(target, 0o755)
                 except OSError as e:
-                    raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot create {target!r}: {e.strerror}") from None
+                    raise RouterError(grpc.StatusCode.FAILED_PRECONDITION,
+                                      f"cannot create {target!r}: {e.strerror}") from None
                 created = True
             mount_id = secrets.token_hex(8)
             try:
@@ -287,7 +290,7 @@ class Images:
                 raise _store_error(e, f"mount at {target!r}") from None
             self._table.mounts.append(entry)
             self._save_table()
-        log.info("mounted %s at %r (%s)", args.image_id or "an empty directory", target, entry.method)
+        logger.info("mounted %s at %r (%s)", args.image_id or "an empty directory", target, entry.method)
 
     def _content(self, record: ImageRecord, key: bytes | None) -> Callable[[Entry], Iterator[bytes]]:
         if record.encrypted:
@@ -348,7 +351,7 @@ class Images:
                     detached = mounts.unmount(path)
                     own = self._mounts / top.mount_id
                     if detached:  # still in use: its upper layer goes once the last user does
-                        log.warning("%r was busy: detached lazily", path)
+                        logger.warning("%r was busy: detached lazily", path)
                     else:
                         shutil.rmtree(own, ignore_errors=True)
                 else:
@@ -402,7 +405,7 @@ class Images:
                 try:
                     wanted |= self.manifest(record, None).blobs()
                 except RouterError:
-                    log.error("gc: the manifest %s cannot be read; all content is kept", record.manifest_sha256)
+                    logger.error("gc: the manifest %s cannot be read; all content is kept", record.manifest_sha256)
                     return GcResult(images, blobs, freed)  # keep everything rather than guess
             manifests_wanted = {r.id if r.encrypted else r.manifest_sha256 for r in live}
             for name in self.backend.doc_names(_MANIFESTS):

@@ -76,7 +76,7 @@ def exec_info(ex: Exec) -> ec.ExecInfo:
 
 def _output(ex: Exec, limit: int) -> tuple[bytes, bytes] | None:
     """Both streams whole, if together they hold at most `limit` bytes (and are still held)."""
-    logs = [ex.stream("stdout"), ex.stream("stderr")]
+    logs = [ex.log("stdout"), ex.log("stderr")]
     if limit <= 0 or sum(log.committed for log in logs if log is not None) > limit:
         return None
     try:

@@ -34,7 +34,7 @@ from . import control
 from .handlers import Handlers
 from .service import METHODS, SERVICE_NAME, Service
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 REFLECTED = (SERVICE_NAME, control.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
@@ -69,7 +69,7 @@ class RouterServer:
             raise ValueError(f"{config.listen} is not a loopback address: serve it with --tls-cert and --tls-key, "
                              "or say --insecure to serve plaintext anyway")
         if config.insecure and not config.tls.enabled and not is_loopback(config.listen):
-            log.warning("serving %s WITHOUT TLS (--insecure): tokens and output cross the network in the clear",
+            logger.warning("serving %s WITHOUT TLS (--insecure): tokens and output cross the network in the clear",
                         config.listen)
         self.tls = ServerTls(config.tls) if config.tls.enabled else None
         try:

@@ -26,7 +26,7 @@ from router.errors import RouterError, invalid, throttled
 
 from .service import Body, Method, Offload, Wait
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Modal's client unpacks status details with this type URL prefix.
 _RETRY_POLICY_TYPE_URL = "type.modal.com/modal.client.RPCRetryPolicy"
@@ -65,7 +65,7 @@ def error_trailers(err: RouterError) -> tuple[tuple[str, bytes], ...]:
 def _as_router_error(e: Exception, method: str) -> RouterError:
     if isinstance(e, RouterError):
         return e
-    log.exception("%s failed", method)
+    logger.exception("%s failed", method)
     return RouterError(grpc.StatusCode.INTERNAL, f"internal error: {e!r}")
 
 
@@ -149,7 +149,8 @@ class Handlers:
 
         return handler
 
-    def _threaded_stream(self, name: str, make: Callable[[Any], Body]) -> Callable[[Any, grpc.ServicerContext], Iterator[bytes]]:
+    def _threaded_stream(self, name: str,
+                         make: Callable[[Any], Body]) -> Callable[[Any, grpc.ServicerContext], Iterator[bytes]]:
         def handler(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
             try:
                 with self._call(make, request, context) as body:
@@ -179,7 +180,8 @@ class Handlers:
 
         return handler
 
-    def _aio_stream(self, name: str, make: Callable[[Any], Body]) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
+    def _aio_stream(self, name: str,
+                    make: Callable[[Any], Body]) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             try:
                 with self._call(make, request, context) as body:

@@ -29,7 +29,7 @@ from router.secretstore import MissingSecret, SecretError, SecretStore, secrets_
 
 from . import validate
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "modal.task_command_router.TaskCommandRouter"
 
@@ -135,11 +135,10 @@ class Service:
     def TaskExecStdioRead(self, request: pb.TaskExecStdioReadRequest) -> Body:
         ex = self._engine.get(validate.exec_id(request))
         which = validate.stdio_stream(request)
-        stream = ex.stream(which)
-        if stream is None:
+        log = ex.log(which)
+        if log is None:
             return None  # discarded or merged into stdout: a complete, empty stream
-        cursor = ReadCursor(request, which, stream, self._config.read_chunk_size,
-                            lambda: ex.read_limit(which, stream))
+        cursor = ReadCursor(request, which, log, self._config.read_chunk_size, lambda: ex.read_limit(which, log))
         while True:
             frame = cursor.next_frame()
             if frame is None:
@@ -174,11 +173,11 @@ class Service:
 class ReadCursor:
     """Where one TaskExecStdioRead call is in its stream."""
 
-    def __init__(self, request: pb.TaskExecStdioReadRequest, which: StreamName, stream: SegmentedLog,
+    def __init__(self, request: pb.TaskExecStdioReadRequest, which: StreamName, log: SegmentedLog,
                  chunk: int, limit: Callable[[], tuple[int, bool]] | None = None) -> None:
-        self.stream = stream
+        self.log = log
         # How far the reader may go, and whether that is the end (Exec.read_limit).
-        self._limit = limit or (lambda: read_limit(stream, None))
+        self._limit = limit or (lambda: read_limit(log, None))
         self.offset = request.offset
         self._which = which
         self._exec_id = request.exec_id
@@ -192,13 +191,13 @@ class ReadCursor:
         n = min(self._chunk, limit - self.offset)
         try:
             # One copy out of the log, already a TaskExecStdioReadResponse on the wire.
-            frame = self.stream.read_frame(self.offset, n)
+            frame = self.log.read_frame(self.offset, n)
         except OffsetReleased as e:
             # The per-exec cap released the middle of a running exec's output: never skip silently,
             # since clients count offsets themselves.
             raise RouterError(grpc.StatusCode.OUT_OF_RANGE,
-                              f"offset {self.offset} of the {self._which} stream was released (the exec's output passed "
-                              f"its cap); the first offset still held is {e.first_held}") from None
+                              f"offset {self.offset} of the {self._which} stream was released (the exec's "
+                              f"output passed its cap); the first offset still held is {e.first_held}") from None
         except ValueError:
             # Closed under us: retention released the exec (the only reason a log closes early).
             raise not_found(f"exec {self._exec_id!r} not found: its output was released") from None
@@ -240,5 +239,5 @@ def _log_error(e: OSError, what: str) -> RouterError:
         return throttled(f"cannot read {what}: {e.strerror}", retry_after=1.0)
     if e.errno == errno.EIO:
         return RouterError(grpc.StatusCode.DATA_LOSS, f"cannot read {what}: {e.strerror}")
-    log.exception("reading %s failed", what)
+    logger.exception("reading %s failed", what)
     return RouterError(grpc.StatusCode.INTERNAL, f"cannot read {what}: {e!r}")

@@ -11,13 +11,19 @@ from router.errors import invalid, not_found
 from router.images.args import MountArgs, SnapshotArgs
 
 MAX_ID_LENGTH = 256
-_STDOUT: dict[int, StdoutMode] = {pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL: "devnull", pb.TASK_EXEC_STDOUT_CONFIG_PIPE: "pipe"}
+_STDOUT: dict[int, StdoutMode] = {
+    pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL: "devnull",
+    pb.TASK_EXEC_STDOUT_CONFIG_PIPE: "pipe",
+}
 _STDERR: dict[int, StderrMode] = {
     pb.TASK_EXEC_STDERR_CONFIG_DEVNULL: "devnull",
     pb.TASK_EXEC_STDERR_CONFIG_PIPE: "pipe",
     pb.TASK_EXEC_STDERR_CONFIG_STDOUT: "stdout",
 }
-_FDS: dict[int, StreamName] = {pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDOUT: "stdout", pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDERR: "stderr"}
+_FDS: dict[int, StreamName] = {
+    pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDOUT: "stdout",
+    pb.TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDERR: "stderr",
+}
 _DEFAULT_TERM = "xterm-256color"
 
 
@@ -81,7 +87,8 @@ def env_bytes(env: dict[str, str]) -> int:
 
 
 def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str], secrets: SecretLookup = no_secret_store,
-              max_arg_bytes: int = 1 << 20, max_env_bytes: int = 1 << 20, base_env_bytes: int | None = None) -> ExecSpec:
+              max_arg_bytes: int = 1 << 20, max_env_bytes: int = 1 << 20,
+              base_env_bytes: int | None = None) -> ExecSpec:
     """The exec a start asks for, validated. `base_env_bytes` is env_bytes(base_env), if the
     caller keeps it (a batch of thousands need not count the same variables again each time)."""
     exec_id(request)
