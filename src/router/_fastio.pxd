@@ -4,3 +4,4 @@
 # export them from the module (__pyx_capi__).
 
 include "fastio/store.pxd"
+include "fastio/log.pxd"
