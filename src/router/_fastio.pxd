@@ -5,3 +5,4 @@
 
 include "fastio/store.pxd"
 include "fastio/log.pxd"
+include "fastio/spawn.pxd"
