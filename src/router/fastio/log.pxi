@@ -7,11 +7,13 @@
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.errno cimport EINVAL, EIO
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.errno cimport EINTR, EINVAL, EIO, errno
 from libc.string cimport memcpy, memmove
 from posix.uio cimport iovec, readv
 
-from .includes.system cimport FIONREAD, ioctl
+from .includes.system cimport FIONREAD, ROUTER_DEBUG, ioctl
 
 
 class OffsetReleased(LookupError):

@@ -3,7 +3,8 @@
 # the pidfd. Included by _fastio.pyx; its C constants are declared in spawn.pxd.
 
 from cpython.bytes cimport PyBytes_AS_STRING
-from libc.errno cimport EMFILE, ENFILE, ENOMEM
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.errno cimport EAGAIN, EMFILE, ENFILE, ENOMEM, errno
 from libc.signal cimport SIGKILL, SIGPIPE
 from posix.fcntl cimport O_CLOEXEC, O_RDONLY, O_WRONLY, fcntl
 from posix.signal cimport kill, sigaddset, sigemptyset, sigset_t

@@ -3,14 +3,16 @@
 # pread/pwrite/splice at a position within a slot. Included by _fastio.pyx; attributes and C
 # methods are declared in store.pxd.
 
-from libc.errno cimport EBADF, EINVAL, EIO
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.errno cimport EBADF, EINTR, EINVAL, EIO, errno
 from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDWR
 from posix.fcntl cimport open as c_open
 from posix.stat cimport fstat, struct_stat
 from posix.unistd cimport _SC_PAGESIZE, pread, pwrite, sysconf
 from posix.unistd cimport close as c_close
 
-from .includes.system cimport splice
+from .includes.system cimport ROUTER_DEBUG, splice
 
 
 cdef class SegmentStore:

@@ -3,8 +3,9 @@
 #
 # These keep the GIL: letting it go and taking it back cost the loop thread 30-50 us a call while
 # spawner and gRPC threads wanted it (a batch of `true`s, cProfile on the loop thread), where the
-# calls themselves take a few us (benchmarks/RESULTS.md, issue 10).
+# calls themselves take a few us (benchmarks/RESULTS.md, "The loop thread and the GIL").
 
+from libc.errno cimport EINTR, errno
 from posix.unistd cimport close as c_close
 
 from .includes.system cimport (
