@@ -1,4 +1,6 @@
-"""Segmented append-only logs in shared arena files (see router.pylog for the pure-Python twin)."""
+"""Segmented append-only logs in shared arena files, and spawning without the GIL.
+
+tests/reference_log.py is the logs' pure-Python twin, the test oracle."""
 
 from collections.abc import Iterable
 from os import PathLike
@@ -35,7 +37,8 @@ class SegmentStore:
     truncated: a new store starts in its restore phase, where SegmentedLog.restore() claims the
     slots a journal says logs hold, until finish_restore() (or the first allocation) frees the rest."""
 
-    def __init__(self, directory: str | PathLike[str], segment_size: int = 33554432, slots_per_file: int = 1024) -> None:
+    def __init__(self, directory: str | PathLike[str], segment_size: int = 33554432,
+                 slots_per_file: int = 1024) -> None:
         """`directory` must exist; `segment_size` a positive multiple of the page size (else ValueError)."""
 
     @property
