@@ -1,0 +1,46 @@
+"""The source tree's own rules, checked as tests (as uvloop runs its linters): ruff is clean, no
+module outgrows its limit, and nothing cites an issue number instead of saying what it does."""
+from __future__ import annotations
+
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SRC = ROOT / "src" / "router"
+PY_LIMIT = 450  # lines of a Python module of src (generated code aside)
+CYTHON_LIMIT = 600  # lines of a Cython source file
+
+
+def _sources(*patterns: str) -> list[pathlib.Path]:
+    return sorted(p for pattern in patterns for p in SRC.rglob(pattern) if "_proto" not in p.parts)
+
+
+@pytest.mark.skipif(not (ROOT / "pyproject.toml").exists(), reason="needs the source tree")
+def test_ruff_is_clean() -> None:
+    ruff = shutil.which("ruff") or str(pathlib.Path(sys.executable).with_name("ruff"))
+    out = subprocess.run([ruff, "check", "--output-format", "concise", "src", "tests", "benchmarks", "scripts",
+                          "setup.py"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_no_module_outgrows_its_limit() -> None:
+    too_long = {str(p.relative_to(ROOT)): n for p in _sources("*.py")
+                if (n := len(p.read_text().splitlines())) > PY_LIMIT}
+    too_long |= {str(p.relative_to(ROOT)): n for p in _sources("*.pyx", "*.pxi", "*.pxd")
+                 if (n := len(p.read_text().splitlines())) > CYTHON_LIMIT}
+    assert not too_long
+
+
+@pytest.mark.skipif(not (ROOT / "pyproject.toml").exists(), reason="needs the source tree")
+def test_code_and_docs_cite_no_issue_numbers() -> None:
+    cited = re.compile(r"\bissues? #?\d+", re.IGNORECASE)
+    files = [*_sources("*.py", "*.pyx", "*.pxi", "*.pxd", "*.pyi"), *ROOT.glob("*.md"),
+             *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "benchmarks").glob("*.md")]
+    found = [f"{p.relative_to(ROOT)}:{n}" for p in files if p.is_file()
+             for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if cited.search(line)]
+    assert not found
