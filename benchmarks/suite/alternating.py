@@ -2,7 +2,7 @@
 alternating rounds (A B C A B C ...), medians compared.
 
 These machines are shared and noisy, so only ratios measured side by side mean anything. The
-*Ratio classes of the suite use this inside one asv benchmark; `benchmarks.compare` uses it to
+*Ratio classes of the suite use this inside one asv benchmark; `benchmarks.tools.compare` uses it to
 run the same classes directly. Nothing here measures anything itself.
 """
 from __future__ import annotations

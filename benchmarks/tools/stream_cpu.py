@@ -2,7 +2,7 @@
 server, alternating, with the wall rate and the CPU seconds of each round (server, its children,
 and this client process), from /proc/PID/stat and getrusage around the round.
 
-    python -m benchmarks.stream_cpu --mib 256 --rounds 12 [--router NAME=PYTHONPATH]... [-- ROUTER ARGS]
+    python -m benchmarks.tools.stream_cpu --mib 256 --rounds 12 [--router NAME=PYTHONPATH]... [-- ROUTER ARGS]
 
 Each `--router NAME=DIR` starts a router with PYTHONPATH=DIR (another build of the package, say a
 git worktree built in place) beside the installed one (`router`); prints medians of the last four.
@@ -15,9 +15,9 @@ import statistics
 import sys
 import time
 
-from .bare_grpc import EXEC_METHOD
-from .bench_stream import bare_sender, router_sender
-from .common import BareGrpcProcess, cpu_seconds, router_from
+from ..suite.bare_grpc import EXEC_METHOD
+from ..suite.bench_stream import bare_sender, router_sender
+from ..suite.common import BareGrpcProcess, cpu_seconds, router_from
 
 
 def main(argv: list[str] | None = None) -> int:

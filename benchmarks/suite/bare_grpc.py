@@ -11,9 +11,9 @@ Two raw methods (no serializer on either side, no log, no exec), with the router
 - `/bench.Bare/Call` (unary): returns b"". The floor of one gRPC call, against the exec rate.
 - `/bench.Bare/Messages` (unary-stream): the request is "COUNT,SIZE,PER" in ASCII; the handler yields
   COUNT items of SIZE bytes, PER of them to a message. What a stream message costs whatever it holds
-  (benchmarks/message_cost.py).
+  (benchmarks/tools/message_cost.py).
 
-    python benchmarks/bare_grpc.py --listen 127.0.0.1:0 --mode sync|aio|aio-uvloop
+    python benchmarks/suite/bare_grpc.py --listen 127.0.0.1:0 --mode sync|aio|aio-uvloop
     # prints "bare listening on HOST:PORT"
 """
 from __future__ import annotations

@@ -10,7 +10,8 @@ import pathlib
 import socket
 from typing import Any
 
-DEFAULT_DIR = pathlib.Path(__file__).resolve().parent.parent / ".asv" / "results"
+# asv.conf.json's results_dir, from the repository top (benchmarks/tools/ is two levels down).
+DEFAULT_DIR = pathlib.Path(__file__).resolve().parents[2] / ".asv" / "results"
 
 
 def machine_name() -> str:

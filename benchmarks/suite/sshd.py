@@ -1,7 +1,7 @@
 """The OpenSSH reference: an sshd on a loopback port with throwaway host and user keys.
 
 Nothing is installed at run time. Without sshd and ssh the ssh references are skipped: their
-`setup` raises NotImplementedError (asv reports the benchmark as skipped; `benchmarks.compare`
+`setup` raises NotImplementedError (asv reports the benchmark as skipped; `benchmarks.tools.compare`
 prints the reason in its row).
 """
 from __future__ import annotations

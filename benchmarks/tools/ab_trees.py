@@ -2,7 +2,7 @@
 side by side with local posix_spawn: an A/B between commits on one noisy machine.
 
     git worktree add /tmp/before <commit> && (cd /tmp/before && python setup.py build_ext --inplace)
-    python -m benchmarks.ab_trees --tree before=/tmp/before/src --tree after=src --execs 1000 --rounds 9
+    python -m benchmarks.tools.ab_trees --tree before=/tmp/before/src --tree after=src --execs 1000 --rounds 9
 
 Each tree's router is `router serve` started with PYTHONPATH=<tree>, all of them at once; each
 round runs every router's batch and then local posix_spawn in 64 threads (what BatchExecRate
@@ -16,8 +16,8 @@ import argparse
 import contextlib
 import statistics
 
-from .common import IN_FLIGHT, cpu_seconds, router_from
-from .workloads import AioSide, local_spawn_rate, router_batch
+from ..suite.common import IN_FLIGHT, cpu_seconds, router_from
+from ..suite.workloads import AioSide, local_spawn_rate, router_batch
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ Servers under measurement run in their own processes (`router serve`, the bare g
 sshd), so that the benchmark process's own work never shows up in their figures. Every helper
 here has a deadline: nothing waits forever.
 
-Settings come from the environment, so that `asv run` and `python -m benchmarks.compare` pick the
+Settings come from the environment, so that `asv run` and `python -m benchmarks.tools.compare` pick the
 same parameters:
 
 - BENCH_SIZE: tiny (CI: every benchmark once, in seconds), quick (small but meaningful), full
@@ -72,7 +72,7 @@ class BenchError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     """Parameters of the suite for one BENCH_SIZE. `rounds` is how many alternating rounds a
-    comparison runs (the *Ratio classes and `benchmarks.compare`)."""
+    comparison runs (the *Ratio classes and `benchmarks.tools.compare`)."""
 
     drain: list[int]  # bytes through one pipe
     stream: list[int]  # bytes of one exec's stdout
@@ -448,7 +448,7 @@ def router_from(src: str, **kwargs: Any) -> RouterProcess:
 
 
 class BareGrpcProcess(ServerProcess):
-    """benchmarks/bare_grpc.py: the same grpcio stack with no router behind it (raw 1 MiB messages,
+    """benchmarks/suite/bare_grpc.py: the same grpcio stack with no router behind it (raw 1 MiB messages,
     and an empty unary call), as a sync, aio or aio + uvloop server."""
 
     ready = "bare listening on "

@@ -1,11 +1,12 @@
 """The router against its references, side by side: a markdown table of ratios from the asv suite.
 
-    python -m benchmarks.compare                   # run the suite's classes here, full sizes (long)
-    python -m benchmarks.compare --quick           # quick sizes (BENCH_SIZE=quick), a few minutes
-    python -m benchmarks.compare --size tiny --only drain,stream --rounds 2
-    python -m benchmarks.compare --from-asv        # the latest `asv run` results for this machine
+    python -m benchmarks.tools.compare              # run the suite's classes here, full sizes (long)
+    python -m benchmarks.tools.compare --quick      # quick sizes (BENCH_SIZE=quick), a few minutes
+    python -m benchmarks.tools.compare --size tiny --only drain,stream --rounds 2
+    python -m benchmarks.tools.compare --from-asv   # the latest `asv run` results for this machine
 
-Every figure comes from a track_* method of the suite (bench_<area>.py); nothing here measures.
+Every figure comes from a track_* method of the suite (benchmarks/suite/bench_<area>.py); nothing
+here measures.
 Run directly, each section sets up the classes it compares (the router and every reference, each
 in its own process where it is a server), calls their track_* methods in alternating rounds
 (A B C A B C ...), tears them down and reports medians: these machines are shared and noisy, so
@@ -41,14 +42,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 # The suite reads BENCH_SIZE and the other settings when it is imported: main() sets them from the
-# command line first, then imports it. (asv also imports this module: nothing may run here.)
+# command line first, then imports it.
 SECTIONS = ("drain", "stream", "fanout", "exec", "seek", "memory", "recycle", "journal", "restart", "images",
             "tls", "batch", "log_kinds", "log_kinds_steady")
 DEFAULT_SECTIONS = SECTIONS[:-2]
 
 
 def suite(module: str) -> Any:
-    return importlib.import_module(f"benchmarks.{module}")
+    return importlib.import_module(f"benchmarks.suite.{module}")
 
 
 def log(msg: str) -> None:
@@ -353,7 +354,7 @@ class Group:
     series: dict[str, tuple[list[float], str]] = dataclasses.field(default_factory=dict)
 
     def value(self, v: V | None) -> float | None:
-        from .alternating import median
+        from ..suite.alternating import median
 
         return median(self.samples.get(v, [])) if v is not None else None
 
@@ -391,7 +392,7 @@ def measured(rows: Sequence[Row]) -> list[V]:
 
 def run_group(g: Group, rounds: int, rep: Report) -> None:
     """Set up every value's class, alternate their track_* methods for `rounds`, tear down."""
-    from .alternating import Sides, alternate
+    from ..suite.alternating import Sides, alternate
 
     sides = Sides()
     measures = {}
@@ -422,8 +423,8 @@ def run_group(g: Group, rounds: int, rep: Report) -> None:
 
 def from_asv(g: Group, results: Any) -> None:
     """Fill the group with what asv recorded for its rows' values."""
+    from ..suite.sshd import openssh_missing
     from .asv_results import is_skip
-    from .sshd import openssh_missing
 
     for r in g.rows:
         for v in (r.router, r.reference, r.asv_ratio):
@@ -499,10 +500,10 @@ def header(args: argparse.Namespace, results: Any) -> list[str]:
     def git(*a: str) -> str:
         with contextlib.suppress(Exception):
             return subprocess.run(["git", *a], capture_output=True, text=True, timeout=10,
-                                  cwd=common.BENCH_DIR.parent).stdout.strip()
+                                  cwd=pathlib.Path(__file__).resolve().parents[2]).stdout.strip()
         return "?"
 
-    cmd = shlex.join(["python", "-m", "benchmarks.compare", *sys.argv[1:]])
+    cmd = shlex.join(["python", "-m", "benchmarks.tools.compare", *sys.argv[1:]])
     lines = ["# router vs references", "", f"command: `{cmd}`", ""]
     if results is not None:
         lines += [f"- from asv results {results.path} (commit {results.commit[:8]})"]
@@ -526,7 +527,7 @@ def header(args: argparse.Namespace, results: Any) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tools.compare", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--size", choices=("tiny", "quick", "full"),
                    help="the suite's sizes (sets BENCH_SIZE; default: BENCH_SIZE, else full)")
