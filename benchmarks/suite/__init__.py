@@ -22,11 +22,16 @@ The references the router is measured against are parameters of the same classes
   snapshot, mount, the store's growth; `cp -a` and `tar c | tar x` of the same tree as references).
 - bench_tls.py: TlsRounds[size] (stream and exec rate over TLS against plaintext).
 
+Each bench module also declares, beside its classes, the sections of `benchmarks.tools.compare`'s
+table that show them: a module-level `COMPARE = {section: rows.Section(...)}`, whose rows name the
+track_* values they compare (rows.py).
+
 Support (no benchmarks in them): common.py (sizes from BENCH_SIZE=tiny|quick|full, settings, servers
 in their own processes, the sync client), alternating.py (side-by-side rounds), workloads.py
 (concurrent batches over grpc.aio and subprocesses), sinks.py (where a drained pipe's bytes go),
 sshd.py (the OpenSSH reference; skipped when OpenSSH is not installed, nothing is installed at run
-time), bare_grpc.py (the bare grpcio server, run as a script).
+time), bare_grpc.py (the bare grpcio server, run as a script), rows.py (what a row of compare's table
+is).
 
 asv imports every module here and takes for a benchmark every function, and every method of every
 class named in a module (imported or not), whose name starts with time_, timeraw_, track_, mem_ or

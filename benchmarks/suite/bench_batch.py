@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import alternating, bench_fanout
+from . import alternating, bench_exec, bench_fanout
 from .bench_exec import batch_timeout
 from .bench_fanout import OUTPUT, fanout_timeout
 from .common import (
@@ -24,6 +24,7 @@ from .common import (
     closing_on_error,
     zeros_command,
 )
+from .rows import Axis, Row, Section, V, vs
 from .workloads import AioSide, Outcome, local_spawn_rate, router_batch, subprocess_batch, zeros
 
 
@@ -160,3 +161,30 @@ class BatchExecRatio(alternating.RouterVsReference):
         return self.ratio()
 
     track_ratio.unit = "batch/local"  # type: ignore[attr-defined]
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def batch_rows(axis: Axis) -> list[list[Row]]:
+    groups = [[vs(f"fan-out N={n} x 64 KiB through BatchStart + one Watch: router vs local asyncio subprocesses",
+                  BatchFanoutRatio, (n,), "local"),
+               vs(f"fan-out N={n}: BatchStart + Watch vs GNU parallel -j N", BatchFanoutRatio, (n,), "parallel"),
+               Row(f"fan-out N={n}: `router batch -j N` (the CLI, output to its stdout) vs local asyncio subprocesses",
+                   V(BatchFanout, (n, "cli")), V(BatchFanout, (n, "local")), BatchFanoutRatio.target(n, "local")),
+               Row(f"fan-out N={n}: `router batch -j N` vs local asyncio subprocesses of the same line through "
+                   "`sh -c`", V(BatchFanout, (n, "cli")), V(BatchFanout, (n, "local_sh")),
+                   BatchFanoutRatio.target(n, "local")),
+               Row(f"fan-out N={n}: `router batch -j N` vs GNU parallel -j N",
+                   V(BatchFanout, (n, "cli")), V(BatchFanout, (n, "parallel"))),
+               Row(f"fan-out N={n}: BatchStart + Watch vs Modal's calls (start, read, wait per exec)",
+                   V(BatchFanout, (n, "batch")), V(bench_fanout.Fanout, (n, "router")))]
+              for n in axis(BatchFanout)]
+    groups.append([vs("exec rate of `true` through BatchStart + Watch vs local posix_spawn (64 threads)",
+                      BatchExecRatio, (), "local"),
+                   Row("exec rate of `true`: BatchStart + Watch vs Modal's calls (start + wait, 64 in flight)",
+                       V(BatchExecRate, ("batch",)), V(bench_exec.ExecRate, (IN_FLIGHT, "router")))])
+    return groups
+
+
+COMPARE = {"batch": Section(batch_rows, "batch")}

@@ -10,7 +10,8 @@ import shutil
 import time
 
 from . import alternating
-from .common import SIZE, BenchError, GiB, MiB, Target, close_fd, proc_status, reap, stop_process
+from .common import SIZE, BenchError, GiB, MiB, Target, close_fd, human_size, proc_status, reap, stop_process
+from .rows import Axis, Row, Section, V, vs
 from .sinks import drain_until_eof, new_sink, spawn_zero_writer
 
 DRAIN_TIMEOUT = 600.0
@@ -175,3 +176,43 @@ class DrainRatio(alternating.RouterVsReference):
         return self.ratio()
 
     track_ratio.unit = "fastio/reference"  # type: ignore[attr-defined]
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def drain_rows(axis: Axis) -> list[list[Row]]:
+    return [[vs(f"drain {human_size(size)} from one pipe: `_fastio` vs `os.readv` into a reused 1 MiB buffer "
+                "(ceiling)", DrainRatio, (size,), "readv"),
+             vs(f"drain {human_size(size)} from one pipe: `_fastio` vs readv + `os.pwrite` into 32 MiB segment files "
+                "(ceiling for a log that keeps its data)", DrainRatio, (size,), "readv_pwrite")]
+            for size in axis(Drain)]
+
+
+def log_kinds_rows(axis: Axis) -> list[list[Row]]:
+    groups = []
+    for size in axis(LogKind):
+        ref = V(Drain, (size, "readv_pwrite"))
+        kinds = [V(Drain, (size, k)) for k in ("readv", "fastio")] + [V(LogKind, (size, k)) for k in LogKind.params[1]]
+        groups.append([Row(f"drain {human_size(size)} from one pipe: {v.params[1]} vs readv + pwrite (the router's "
+                           "kind)", v, ref) for v in kinds])
+    return groups
+
+
+def log_kinds_steady_rows(axis: Axis) -> list[list[Row]]:
+    groups = []
+    for size in axis(LogKindSteady):
+        ref = V(LogKindSteady, (size, "readv_pwrite"))
+        rows = [Row(f"drain {human_size(size)} into recycled storage (written once before): {k} vs readv + pwrite",
+                    V(LogKindSteady, (size, k)), ref) for k in LogKindSteady.params[1] if k != "readv_pwrite"]
+        rows.append(Row(f"drain {human_size(size)}: readv + pwrite into recycled storage vs into fresh files",
+                        ref, V(Drain, (size, "readv_pwrite"))))
+        groups.append(rows)
+    return groups
+
+
+COMPARE = {
+    "drain": Section(drain_rows, "drain"),
+    "log_kinds": Section(log_kinds_rows, "drain", default=False),
+    "log_kinds_steady": Section(log_kinds_steady_rows, "drain", default=False),
+}

@@ -78,9 +78,11 @@ from .common import (
     Target,
     reap,
     stop_process,
+    human_size,
     stream_timeout,
     unique,
 )
+from .rows import Axis, Row, Section, tracks_of
 
 TREES = ("files", "big_file")
 METHODS = ("overlay", "copy")
@@ -377,3 +379,36 @@ class Images:
         return self.tree["tree_bytes"] / MiB
 
     track_tree_mib.unit = "MiB"  # type: ignore[attr-defined]
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def images_rows(axis: Axis) -> list[list[Row]]:
+    files, big = SIZE.images
+    rows = []  # one group: the class's setup_cache measures both trees
+    for tree in axis(Images):
+        what = f"{files:,} files of 2-6 KiB" if tree == "files" else f"one {human_size(big)} file"
+        ov, cp = tracks_of(Images, tree, "overlay"), tracks_of(Images, tree, "copy")
+        rows += [Row(f"{what}: first snapshot (`--mount-method overlay`, which also builds the metadata tree) vs "
+                     "`cp -a`", ov("track_snapshot"), cp("track_cp")),
+                 Row(f"{what}: first snapshot (overlay) vs `tar c` piped into `tar x`", ov("track_snapshot"),
+                     cp("track_tar")),
+                 Row(f"{what}: first snapshot (`--mount-method copy`) vs `cp -a`", cp("track_snapshot"),
+                     cp("track_cp"))]
+        rows += [Row(f"{what}: second snapshot of the unchanged tree vs the first ({method})",
+                     t("track_snapshot_again"), t("track_snapshot"), Images.target_again_over_first)
+                 for method, t in (("overlay", ov), ("copy", cp))]
+        for method, t in (("overlay", ov), ("copy", cp)):
+            target = Images.target_mount_over_cp[method] if tree == "files" else None
+            rows += [Row(f"{what}: mount ({method}) vs `cp -a`", t("track_mount"), cp("track_cp"), target),
+                     Row(f"{what}: mount ({method}) vs `tar c` piped into `tar x`", t("track_mount"), cp("track_tar"))]
+        rows += [Row(f"{what}: the store's growth over two snapshots ({method}; allocated blocks under "
+                     "STATE_DIR/images) vs the tree's (du)", t("track_store_mib"), cp("track_tree_mib"),
+                     Images.target_store_over_tree)
+                 for method, t in (("overlay", ov), ("copy", cp))]
+    return [rows]
+
+
+# One round: Images' setup_cache alternates its own rounds, and the tracks read them.
+COMPARE = {"images": Section(images_rows, None)}

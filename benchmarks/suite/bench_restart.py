@@ -36,6 +36,7 @@ from .common import (
     token_metadata,
     with_parent_death_signal,
 )
+from .rows import Axis, Row, Section, V
 
 START_TIMEOUT = 30.0
 # Fast reconnects: the default backoff (1 s) would dominate what is measured.
@@ -141,3 +142,17 @@ class Restart:
         return self.journal_bytes / MiB
 
     track_journal_mib.unit = "MiB"  # type: ignore[attr-defined]
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def restart_rows(axis: Axis) -> list[list[Row]]:
+    *_, n = axis(Restart)
+    secs = V(Restart, (n,), "track_seconds")
+    return [[Row(f"restart: `router serve` start to the first TaskExecPoll answered for the newest of {n:,} "
+                 "journaled finished execs", secs, None, Restart.target),
+             Row(f"restart with {n:,} journaled execs vs with 1", secs, V(Restart, (1,), "track_seconds"))]]
+
+
+COMPARE = {"restart": Section(restart_rows, "restart")}

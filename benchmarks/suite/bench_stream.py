@@ -23,9 +23,11 @@ from .common import (
     SyncRouter,
     Target,
     closing_on_error,
+    human_size,
     stream_timeout,
     zeros_command,
 )
+from .rows import Axis, Row, Section, tracks_of, vs
 from .sshd import SSHServer, require_openssh
 
 WARM = 16 * MiB
@@ -225,3 +227,50 @@ class StreamRounds:
 
     target_over_bare = Target(">=", 0.8)
     target_last_over_first = Target(">=", 0.95)
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def stream_rows(axis: Axis) -> list[list[Row]]:
+    return [[vs(f"one exec's stdout, {human_size(size)}: router vs bare grpcio server (throughput)",
+                StreamRatio, (size,), "bare_grpc"),
+             vs(f"one exec's stdout, {human_size(size)}: router vs OpenSSH `ssh host head` (throughput)",
+                StreamRatio, (size,), "ssh")]
+            for size in axis(Stream)]
+
+
+def recycle_rows(axis: Axis) -> list[list[Row]]:
+    groups = []
+    for size in axis(StreamRounds):
+        sr = tracks_of(StreamRounds, size)
+        rounds, _ = SIZE.recycle
+        k = min(LAST, rounds)
+        flags = ("default flags" if not retain_args(size)
+                 else f"`{' '.join(retain_args(size))}`, 1.25 x a round, so that slots recycle within the run")
+        what = f"{rounds} rounds of one exec's stdout, {human_size(size)} each, through one router ({flags})"
+        groups.append([
+            Row(f"{what}: router vs bare grpcio server, medians of the last {k} rounds",
+                sr("track_router_last"), sr("track_bare_last"), StreamRounds.target_over_bare,
+                sr("track_router_over_bare")),
+            Row(f"{what}: router vs the bare grpcio server streaming the same child's pipe as it reads it "
+                f"(no log, journal or offsets), last {k} rounds",
+                sr("track_router_last"), sr("track_bare_exec_last"), None, sr("track_router_over_bare_exec")),
+            Row(f"{what}: router's last {k} rounds vs its first {k}",
+                sr("track_router_last"), sr("track_router_first"), StreamRounds.target_last_over_first,
+                sr("track_last_over_first")),
+            Row(f"the same rounds, `--log-dir` on /dev/shm (tmpfs): last {k} vs first {k}",
+                sr("track_shm_last"), sr("track_shm_first")),
+            Row(f"where logs live: `--log-dir` /dev/shm (tmpfs) vs the state directory (ext4), last {k} "
+                "rounds", sr("track_shm_last"), sr("track_router_last"), None, sr("track_shm_over_state")),
+            Row("arena files' disk after every round (allocated blocks): state directory; reference: /dev/shm",
+                sr("track_arena_mib"), sr("track_shm_arena_mib")),
+        ])
+    return groups
+
+
+COMPARE = {
+    "stream": Section(stream_rows, "stream"),
+    # One round: StreamRounds' setup_cache alternates its own rounds, and the tracks read them.
+    "recycle": Section(recycle_rows, None),
+}

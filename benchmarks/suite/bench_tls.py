@@ -11,7 +11,8 @@ import statistics
 from . import alternating
 from .bench_exec import sequential_rate
 from .bench_stream import rate, router_sender
-from .common import SIZE, RouterProcess, SyncRouter
+from .common import SIZE, RouterProcess, SyncRouter, human_size
+from .rows import Axis, Row, Section, tracks_of
 
 SIDES = ("plain", "tls")
 
@@ -71,3 +72,23 @@ class TlsRounds:
     track_stream_tls.unit = track_stream_plain.unit = "MB/s"  # type: ignore[attr-defined]
     track_exec_tls.unit = track_exec_plain.unit = "execs/s"  # type: ignore[attr-defined]
     track_stream_ratio.unit = track_exec_ratio.unit = "tls/plain"  # type: ignore[attr-defined]
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def tls_rows(axis: Axis) -> list[list[Row]]:
+    groups = []
+    for size in axis(TlsRounds):
+        t = tracks_of(TlsRounds, size)
+        groups.append([
+            Row(f"one exec's stdout, {human_size(size)}, over TLS vs plaintext (a router each, alternating rounds)",
+                t("track_stream_tls"), t("track_stream_plain"), None, t("track_stream_ratio")),
+            Row("exec rate, sequential start+wait of `true`, over TLS vs plaintext",
+                t("track_exec_tls"), t("track_exec_plain"), None, t("track_exec_ratio")),
+        ])
+    return groups
+
+
+# One round: TlsRounds' setup_cache alternates its own rounds, and the tracks read them.
+COMPARE = {"tls": Section(tls_rows, None)}

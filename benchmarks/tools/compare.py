@@ -6,19 +6,24 @@
     python -m benchmarks.tools.compare --from-asv   # the latest `asv run` results for this machine
 
 Every figure comes from a track_* method of the suite (benchmarks/suite/bench_<area>.py); nothing
-here measures.
-Run directly, each section sets up the classes it compares (the router and every reference, each
-in its own process where it is a server), calls their track_* methods in alternating rounds
+here measures, and nothing here says what the table holds: each bench module declares the sections
+that show its classes (its `COMPARE`: groups of rows, each naming the track_* values it compares,
+and how many alternating rounds a group runs; benchmarks/suite/rows.py). This module runs them and
+renders them.
+
+Run directly, each group of rows sets up the classes it compares (the router and every reference,
+each in its own process where it is a server), calls their track_* methods in alternating rounds
 (A B C A B C ...), tears them down and reports medians: these machines are shared and noisy, so
 only ratios measured side by side mean anything. With --from-asv the table shows what asv
 recorded, the ratio column being the suite's own *Ratio benchmark where there is one.
 
-Sections: drain, stream, fanout, exec, seek, memory, recycle, journal, restart, images (the default),
-and log_kinds, log_kinds_steady (on request). recycle (issue 7: stream rounds through one server, logs
-in the state directory and on /dev/shm), journal (exec rate with and without the journal), restart
-(time to serve a journal of 10,000 finished execs), images (issue 8: snapshot and mount against
-`cp -a` and `tar c | tar x`, and the store's size), batch (issue 10: fan-out and exec rate through
-BatchStart + Watch against local asyncio, GNU parallel and posix_spawn), log_kinds_steady (drains into recycled storage).
+Sections, in the table's order: drain, stream, fanout, exec, seek, memory, recycle (stream rounds
+through one server, logs in the state directory and on /dev/shm), journal (exec rate with and
+without the journal), restart (time to serve a journal of 10,000 finished execs), images (snapshot
+and mount against `cp -a` and `tar c | tar x`, and the store's size), tls (stream and exec rate over
+TLS against plaintext), batch (fan-out and exec rate through BatchStart + Watch against local
+asyncio, GNU parallel and posix_spawn) by default; log_kinds (the kinds of log weighed for the
+router's) and log_kinds_steady (drains into recycled storage) on request.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import dataclasses
 import importlib
 import os
 import pathlib
+import pkgutil
 import platform
 import shlex
 import signal
@@ -38,18 +44,34 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-# The suite reads BENCH_SIZE and the other settings when it is imported: main() sets them from the
-# command line first, then imports it.
-SECTIONS = ("drain", "stream", "fanout", "exec", "seek", "memory", "recycle", "journal", "restart", "images",
-            "tls", "batch", "log_kinds", "log_kinds_steady")
-DEFAULT_SECTIONS = SECTIONS[:-2]
+from ..suite.rows import Row, Section, V
+
+# The table's order of the sections the suite declares; a section not named here comes after these.
+ORDER = ("drain", "stream", "fanout", "exec", "seek", "memory", "recycle", "journal", "restart", "images", "tls",
+         "batch", "log_kinds", "log_kinds_steady")
 
 
+# The suite's modules read BENCH_SIZE and the other settings when they are imported (rows.py reads
+# nothing): main() sets them from the command line first, then imports them.
 def suite(module: str) -> Any:
     return importlib.import_module(f"benchmarks.suite.{module}")
+
+
+def sections() -> dict[str, Section]:
+    """Every section the suite's bench modules declare (their COMPARE), in the table's order."""
+    found: dict[str, Section] = {}
+    for info in pkgutil.iter_modules(importlib.import_module("benchmarks.suite").__path__):
+        if not info.name.startswith("bench_"):
+            continue
+        for name, section in getattr(suite(info.name), "COMPARE", {}).items():
+            if name in found:
+                raise ValueError(f"section {name!r} declared twice (benchmarks/suite/{info.name}.py)")
+            found[name] = section
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return dict(sorted(found.items(), key=lambda item: rank.get(item[0], len(ORDER))))
 
 
 def log(msg: str) -> None:
@@ -69,275 +91,6 @@ def fmt(v: float | None) -> str:
     if a >= 1:
         return f"{v:.2f}"
     return f"{v:.3g}"
-
-
-# -- what the table shows --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class V:
-    """One value of the suite: `cls().method(*params)` after `setup(*params)`."""
-
-    cls: type
-    params: tuple[Any, ...]
-    method: str = "track_rate"
-
-    @property
-    def asv_name(self) -> str:
-        return f"{self.cls.__module__.rsplit('.', 1)[-1]}.{self.cls.__name__}.{self.method}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.cls.__name__}.{self.method}({', '.join(map(repr, self.params))})"
-
-    @property
-    def unit(self) -> str:
-        return getattr(getattr(self.cls, self.method), "unit", "")
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """router vs reference; ratio = router / reference; the target applies to the ratio, or to the
-    router's value when there is no reference. `asv_ratio` is the suite's own side-by-side ratio.
-    With `per`, the ratio column shows (router - reference) / per instead."""
-
-    measure: str
-    router: V
-    reference: V | None = None
-    target: Any = None
-    asv_ratio: V | None = None
-    per: tuple[int, str] | None = None
-
-
-def vs(measure: str, ratio_cls: type, fixed: tuple[Any, ...], reference: str) -> Row:
-    """A row for one of the suite's *Ratio classes: its subject's router side against `reference`."""
-    subject = ratio_cls.subject
-    return Row(measure, V(subject, (*fixed, ratio_cls.router_side)), V(subject, (*fixed, reference)),
-               ratio_cls.target(*fixed, reference), V(ratio_cls, (*fixed, reference), "track_ratio"))
-
-
-Axis = Callable[[type], list[Any]]  # a class's first parameter's values (this run's, or asv's)
-
-
-def drain_rows(axis: Axis) -> list[list[Row]]:
-    m = suite("bench_drain")
-    return [[vs(f"drain {human(size)} from one pipe: `_fastio` vs `os.readv` into a reused 1 MiB buffer (ceiling)",
-                m.DrainRatio, (size,), "readv"),
-             vs(f"drain {human(size)} from one pipe: `_fastio` vs readv + `os.pwrite` into 32 MiB segment files "
-                "(ceiling for a log that keeps its data)", m.DrainRatio, (size,), "readv_pwrite")]
-            for size in axis(m.Drain)]
-
-
-def stream_rows(axis: Axis) -> list[list[Row]]:
-    m = suite("bench_stream")
-    return [[vs(f"one exec's stdout, {human(size)}: router vs bare grpcio server (throughput)",
-                m.StreamRatio, (size,), "bare_grpc"),
-             vs(f"one exec's stdout, {human(size)}: router vs OpenSSH `ssh host head` (throughput)",
-                m.StreamRatio, (size,), "ssh")]
-            for size in axis(m.Stream)]
-
-
-def fanout_rows(axis: Axis) -> list[list[Row]]:
-    m = suite("bench_fanout")
-    return [[vs(f"fan-out N={n} x 64 KiB, execs/s (= wall time local/router): router vs local subprocesses",
-                m.FanoutRatio, (n,), "local"),
-             vs(f"fan-out N={n}: router vs ssh ControlMaster", m.FanoutRatio, (n,), "ssh")]
-            for n in axis(m.Fanout)]
-
-
-def exec_rows(axis: Axis) -> list[list[Row]]:
-    m = suite("bench_exec")
-    groups = []
-    for k in axis(m.ExecRate):
-        how = "sequential" if k == 1 else f"{k} in flight"
-        rows = [vs(f"exec rate, {how}, start+wait of `true`: router vs local posix_spawn", m.ExecRatio, (k,), "local"),
-                vs(f"exec rate, {how}: router vs ssh ControlMaster", m.ExecRatio, (k,), "ssh")]
-        if k > 1:  # the floor: an exec is two calls (start, wait)
-            rows += [Row(f"exec rate, {how}: router (2 calls per exec) vs empty unary calls to a bare "
-                         f"grpcio server ({mode})", V(m.ExecRate, (k, "router")), V(m.RpcFloor, (mode,)))
-                     for mode in axis(m.RpcFloor)]
-        groups.append(rows)
-    return groups
-
-
-def tracks_of(cls: type, *params: Any) -> Callable[[str], V]:
-    """method -> V(cls, params, method): several tracks of one setup."""
-    return lambda method: V(cls, params, method)
-
-
-def seek_rows(axis: Axis) -> list[list[Row]]:
-    m = suite("bench_seek")
-    return [[Row(f"time to first byte of a finished {human(size)} log: at 97.5 % / at offset 0",
-                 V(m.Seek, (size,), "track_ttfb_end"), V(m.Seek, (size,), "track_ttfb_start"), m.Seek.target,
-                 V(m.Seek, (size,), "track_end_over_start"))]
-            for size in axis(m.Seek)]
-
-
-def memory_rows(axis: Axis) -> list[list[Row]]:
-    m = suite("bench_memory")
-    groups = []
-    for size in axis(m.ServerMemory):
-        mem = tracks_of(m.ServerMemory, size)
-        groups.append([
-            Row(f"server VmRSS after one exec streamed {human(size)} to a reader (reference: before)",
-                mem("track_rss_after"), mem("track_rss_before")),
-            Row(f"server RSS growth while streaming {human(size)}: peak (VmHWM) minus before",
-                mem("track_rss_growth"), None, m.ServerMemory.growth_target),
-            Row("server peak RSS (VmHWM) during that stream (reference: VmRSS before)",
-                mem("track_peak_rss"), mem("track_rss_before")),
-        ])
-    n = max(axis(m.IdleExecs))
-    groups.append([Row(f"server {what} with {n} idle execs held open (reference: no execs)",
-                       V(m.IdleExecs, (n,), method), V(m.IdleExecs, (0,), method),
-                       per=(n, "per exec") if method == "track_fds" else None)
-                   for what, method in (("VmRSS", "track_rss"), ("threads", "track_threads"),
-                                        ("open descriptors", "track_fds"))])
-    return groups
-
-
-def log_kinds_rows(axis: Axis) -> list[list[Row]]:
-    m = suite("bench_drain")
-    groups = []
-    for size in axis(m.LogKind):
-        ref = V(m.Drain, (size, "readv_pwrite"))
-        kinds = [V(m.Drain, (size, k)) for k in ("readv", "fastio")] + [V(m.LogKind, (size, k))
-                                                                        for k in m.LogKind.params[1]]
-        groups.append([Row(f"drain {human(size)} from one pipe: {v.params[1]} vs readv + pwrite (the router's kind)",
-                           v, ref) for v in kinds])
-    return groups
-
-
-def recycle_rows(axis: Axis) -> list[list[Row]]:
-    m = suite("bench_stream")
-    groups = []
-    for size in axis(m.StreamRounds):
-        sr = tracks_of(m.StreamRounds, size)
-        rounds, _ = suite("common").SIZE.recycle
-        k = min(m.LAST, rounds)
-        flags = ("default flags" if not m.retain_args(size)
-                 else f"`{' '.join(m.retain_args(size))}`, 1.25 x a round, so that slots recycle within the run")
-        what = f"{rounds} rounds of one exec's stdout, {human(size)} each, through one router ({flags})"
-        groups.append([
-            Row(f"{what}: router vs bare grpcio server, medians of the last {k} rounds",
-                sr("track_router_last"), sr("track_bare_last"), m.StreamRounds.target_over_bare,
-                sr("track_router_over_bare")),
-            Row(f"{what}: router vs the bare grpcio server streaming the same child's pipe as it reads it "
-                f"(no log, journal or offsets), last {k} rounds",
-                sr("track_router_last"), sr("track_bare_exec_last"), None, sr("track_router_over_bare_exec")),
-            Row(f"{what}: router's last {k} rounds vs its first {k}",
-                sr("track_router_last"), sr("track_router_first"), m.StreamRounds.target_last_over_first,
-                sr("track_last_over_first")),
-            Row(f"the same rounds, `--log-dir` on /dev/shm (tmpfs): last {k} vs first {k}",
-                sr("track_shm_last"), sr("track_shm_first")),
-            Row(f"where logs live: `--log-dir` /dev/shm (tmpfs) vs the state directory (ext4), last {k} "
-                "rounds", sr("track_shm_last"), sr("track_router_last"), None, sr("track_shm_over_state")),
-            Row("arena files' disk after every round (allocated blocks): state directory; reference: /dev/shm",
-                sr("track_arena_mib"), sr("track_shm_arena_mib")),
-        ])
-    return groups
-
-
-def journal_rows(axis: Axis) -> list[list[Row]]:
-    m = suite("bench_exec")
-    return [[vs(f"exec rate, {'sequential' if k == 1 else f'{k} in flight'}, start+wait of `true`: journal on "
-                "(default) vs `--no-journal`", m.JournalRatio, (k,), "router_no_journal")]
-            for k in axis(m.JournalRatio)]
-
-
-def restart_rows(axis: Axis) -> list[list[Row]]:
-    m = suite("bench_restart")
-    *_, n = axis(m.Restart)
-    secs = V(m.Restart, (n,), "track_seconds")
-    return [[Row(f"restart: `router serve` start to the first TaskExecPoll answered for the newest of {n:,} "
-                 "journaled finished execs", secs, None, m.Restart.target),
-             Row(f"restart with {n:,} journaled execs vs with 1", secs, V(m.Restart, (1,), "track_seconds"))]]
-
-
-def images_rows(axis: Axis) -> list[list[Row]]:
-    m = suite("bench_images")
-    files, big = suite("common").SIZE.images
-    rows = []  # one group: the class's setup_cache measures both trees
-    for tree in axis(m.Images):
-        what = f"{files:,} files of 2-6 KiB" if tree == "files" else f"one {human(big)} file"
-        ov, cp = tracks_of(m.Images, tree, "overlay"), tracks_of(m.Images, tree, "copy")
-        rows += [Row(f"{what}: first snapshot (`--mount-method overlay`, which also builds the metadata tree) vs "
-                     "`cp -a`", ov("track_snapshot"), cp("track_cp")),
-                 Row(f"{what}: first snapshot (overlay) vs `tar c` piped into `tar x`", ov("track_snapshot"),
-                     cp("track_tar")),
-                 Row(f"{what}: first snapshot (`--mount-method copy`) vs `cp -a`", cp("track_snapshot"),
-                     cp("track_cp"))]
-        rows += [Row(f"{what}: second snapshot of the unchanged tree vs the first ({method})",
-                     t("track_snapshot_again"), t("track_snapshot"), m.Images.target_again_over_first)
-                 for method, t in (("overlay", ov), ("copy", cp))]
-        for method, t in (("overlay", ov), ("copy", cp)):
-            target = m.Images.target_mount_over_cp[method] if tree == "files" else None
-            rows += [Row(f"{what}: mount ({method}) vs `cp -a`", t("track_mount"), cp("track_cp"), target),
-                     Row(f"{what}: mount ({method}) vs `tar c` piped into `tar x`", t("track_mount"), cp("track_tar"))]
-        rows += [Row(f"{what}: the store's growth over two snapshots ({method}; allocated blocks under "
-                     "STATE_DIR/images) vs the tree's (du)", t("track_store_mib"), cp("track_tree_mib"),
-                     m.Images.target_store_over_tree)
-                 for method, t in (("overlay", ov), ("copy", cp))]
-    return [rows]
-
-
-def batch_rows(axis: Axis) -> list[list[Row]]:
-    m, fanout, exec_ = suite("bench_batch"), suite("bench_fanout"), suite("bench_exec")
-    groups = [[vs(f"fan-out N={n} x 64 KiB through BatchStart + one Watch: router vs local asyncio subprocesses",
-                  m.BatchFanoutRatio, (n,), "local"),
-               vs(f"fan-out N={n}: BatchStart + Watch vs GNU parallel -j N", m.BatchFanoutRatio, (n,), "parallel"),
-               Row(f"fan-out N={n}: `router batch -j N` (the CLI, output to its stdout) vs local asyncio subprocesses",
-                   V(m.BatchFanout, (n, "cli")), V(m.BatchFanout, (n, "local")), m.BatchFanoutRatio.target(n, "local")),
-               Row(f"fan-out N={n}: `router batch -j N` vs local asyncio subprocesses of the same line through `sh -c`",
-                   V(m.BatchFanout, (n, "cli")), V(m.BatchFanout, (n, "local_sh")), m.BatchFanoutRatio.target(n, "local")),
-               Row(f"fan-out N={n}: `router batch -j N` vs GNU parallel -j N",
-                   V(m.BatchFanout, (n, "cli")), V(m.BatchFanout, (n, "parallel"))),
-               Row(f"fan-out N={n}: BatchStart + Watch vs Modal's calls (start, read, wait per exec)",
-                   V(m.BatchFanout, (n, "batch")), V(fanout.Fanout, (n, "router")))]
-              for n in axis(m.BatchFanout)]
-    groups.append([vs("exec rate of `true` through BatchStart + Watch vs local posix_spawn (64 threads)",
-                      m.BatchExecRatio, (), "local"),
-                   Row("exec rate of `true`: BatchStart + Watch vs Modal's calls (start + wait, 64 in flight)",
-                       V(m.BatchExecRate, ("batch",)), V(exec_.ExecRate, (exec_.IN_FLIGHT, "router")))])
-    return groups
-
-
-def tls_rows(axis: Axis) -> list[list[Row]]:
-    m = suite("bench_tls")
-    groups = []
-    for size in axis(m.TlsRounds):
-        t = tracks_of(m.TlsRounds, size)
-        groups.append([
-            Row(f"one exec's stdout, {human(size)}, over TLS vs plaintext (a router each, alternating rounds)",
-                t("track_stream_tls"), t("track_stream_plain"), None, t("track_stream_ratio")),
-            Row("exec rate, sequential start+wait of `true`, over TLS vs plaintext",
-                t("track_exec_tls"), t("track_exec_plain"), None, t("track_exec_ratio")),
-        ])
-    return groups
-
-
-def log_kinds_steady_rows(axis: Axis) -> list[list[Row]]:
-    m = suite("bench_drain")
-    groups = []
-    for size in axis(m.LogKindSteady):
-        ref = V(m.LogKindSteady, (size, "readv_pwrite"))
-        rows = [Row(f"drain {human(size)} into recycled storage (written once before): {k} vs readv + pwrite",
-                    V(m.LogKindSteady, (size, k)), ref) for k in m.LogKindSteady.params[1] if k != "readv_pwrite"]
-        rows.append(Row(f"drain {human(size)}: readv + pwrite into recycled storage vs into fresh files",
-                        ref, V(m.Drain, (size, "readv_pwrite"))))
-        groups.append(rows)
-    return groups
-
-
-BUILDERS: dict[str, Callable[[Axis], list[list[Row]]]] = {
-    "drain": drain_rows, "stream": stream_rows, "fanout": fanout_rows, "exec": exec_rows,
-    "seek": seek_rows, "memory": memory_rows, "recycle": recycle_rows, "journal": journal_rows,
-    "restart": restart_rows, "images": images_rows, "tls": tls_rows, "batch": batch_rows, "log_kinds": log_kinds_rows,
-    "log_kinds_steady": log_kinds_steady_rows,
-}
-
-
-def human(n: int) -> str:
-    return suite("common").human_size(n)
 
 
 # -- measuring by running the suite ------------------------------------------------------------------
@@ -532,7 +285,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--size", choices=("tiny", "quick", "full"),
                    help="the suite's sizes (sets BENCH_SIZE; default: BENCH_SIZE, else full)")
     p.add_argument("--quick", action="store_true", help="same as --size quick")
-    p.add_argument("--only", help=f"comma-separated sections ({','.join(SECTIONS)}); default all but log_kinds")
+    p.add_argument("--only", help="comma-separated sections (below); default: all but log_kinds and log_kinds_steady")
     p.add_argument("--rounds", type=int, help="alternating rounds for every section (default: per section and size)")
     p.add_argument("--server-mode", choices=("aio", "threads"), help="the router's --server-mode (BENCH_SERVER_MODE)")
     p.add_argument("--tmp", help="where state directories, logs and drain files go (BENCH_TMP; default /tmp)")
@@ -543,10 +296,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.size = "quick"
-    args.sections = [s.strip() for s in args.only.split(",")] if args.only else list(DEFAULT_SECTIONS)
-    unknown = [s for s in args.sections if s not in SECTIONS]
-    if unknown:
-        p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    args.only = [s.strip() for s in args.only.split(",")] if args.only else None
     return args
 
 
@@ -558,16 +308,22 @@ def configure(args: argparse.Namespace) -> None:
             os.environ[env] = value
 
 
-def rounds_for(section: str, override: int | None, size: Any) -> int:
-    if section in ("memory", "recycle", "images", "tls"):
-        return 1  # their tracks read what one setup recorded (recycle, images, tls: their rounds are inside)
-    return override or size.rounds["drain" if section.startswith("log_kinds") else section]
+def rounds_for(section: Section, override: int | None, size: Any) -> int:
+    if section.rounds is None:
+        return 1  # its tracks read what one setup recorded (rounds alternated inside it, if any)
+    return override or size.rounds[section.rounds]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     configure(args)
     common = suite("common")
+    declared = sections()
+    chosen = args.only or [name for name, section in declared.items() if section.default]
+    unknown = [name for name in chosen if name not in declared]
+    if unknown:
+        print(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(declared)}", file=sys.stderr)
+        return 2
     results = None
     if args.from_asv:
         from . import asv_results
@@ -594,17 +350,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     watchdog.start()
     status = 0
     try:
-        for section in args.sections:
+        for section in chosen:
             t0 = time.perf_counter()
             outcome = "done"
             try:
-                for rows in BUILDERS[section](axis):
+                for rows in declared[section].rows(axis):
                     g = Group(rows)
                     rep.groups.append(g)
                     if results is not None:
                         from_asv(g, results)
                     else:
-                        rounds = rounds_for(section, args.rounds, common.SIZE)
+                        rounds = rounds_for(declared[section], args.rounds, common.SIZE)
                         log(f"{section}: {len(measured(rows))} values, {rounds} rounds ...")
                         run_group(g, rounds, rep)
             except KeyboardInterrupt:
