@@ -33,7 +33,7 @@ def checked_run(kind: str, argv: list[str], n: int, timeout: float, stdin: bytes
     out = Outcome(n)
     t0 = time.perf_counter()
     done = subprocess.run(argv, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+                          capture_output=True, timeout=timeout)
     out.seconds = time.perf_counter() - t0
     if done.returncode != 0 or len(done.stdout) != n * OUTPUT or not zeros(done.stdout):
         out.fail(kind, f"exit {done.returncode}, {len(done.stdout)} bytes (expected {n * OUTPUT}), "
@@ -47,8 +47,8 @@ def cli_fanout(router: RouterProcess, n: int, timeout: float) -> Outcome:
     """`router batch -j n` of n lines of the command, its jobs' output on its stdout."""
     token = router.metadata[0][1].split(" ", 1)[1]
     line = shlex.join(zeros_command(OUTPUT)).encode() + b"\n"
-    return checked_run("router batch", [sys.executable, "-m", "router.cli", "batch", "-j", str(n), "--target", router.target,
-                                        "--token", token], n, timeout, stdin=line * n)
+    argv = [sys.executable, "-m", "router.cli", "batch", "-j", str(n), "--target", router.target, "--token", token]
+    return checked_run("router batch", argv, n, timeout, stdin=line * n)
 
 
 def parallel_fanout(n: int, timeout: float) -> Outcome:
@@ -70,7 +70,8 @@ class BatchFanout(bench_fanout.Fanout):
     def _start_batch(self, n: int) -> Callable[[], Outcome]:
         router = self.stack.enter_context(RouterProcess())
         side = self.stack.enter_context(AioSide(router.target))
-        return lambda: router_batch(side, router.metadata, n, zeros_command(OUTPUT), OUTPUT, fanout_timeout(n)).checked()
+        argv = zeros_command(OUTPUT)
+        return lambda: router_batch(side, router.metadata, n, argv, OUTPUT, fanout_timeout(n)).checked()
 
     def _start_local_sh(self, n: int) -> Callable[[], Outcome]:
         side = self.stack.enter_context(AioSide())
@@ -126,7 +127,8 @@ class BatchExecRate:
                 router = self.stack.enter_context(RouterProcess())
                 side = self.stack.enter_context(AioSide(router.target))
                 router_batch(side, router.metadata, 8, ["true"], 0, 60.0).checked()  # channels, first spawns
-                self.batch = lambda: router_batch(side, router.metadata, count, ["true"], 0, batch_timeout(count)).checked().rate
+                self.batch = lambda: router_batch(side, router.metadata, count, ["true"], 0,
+                                                  batch_timeout(count)).checked().rate
             elif impl == "local":
                 self.batch = lambda: local_spawn_rate(count, IN_FLIGHT, batch_timeout(count))
             else:

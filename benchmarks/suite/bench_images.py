@@ -76,9 +76,9 @@ from .common import (
     RouterProcess,
     SyncRouter,
     Target,
+    human_size,
     reap,
     stop_process,
-    human_size,
     stream_timeout,
     unique,
 )

@@ -16,10 +16,10 @@ import time
 
 import grpc
 
-from router.engine import journal as jr
 from router._proto import task_command_router_pb2 as pb
 from router._proto import task_command_router_pb2_grpc as pb_grpc
 from router.client import exit_code
+from router.engine import journal as jr
 from router.engine.records import ExecSpec, ExitStatus
 
 from .common import (

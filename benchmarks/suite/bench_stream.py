@@ -213,7 +213,8 @@ class StreamRounds:
     track_shm_last = _median_track("router_shm", "the /dev/shm router's last four rounds")
     track_shm_first = _median_track("router_shm", "its first four rounds", first=True)
     track_bare_last = _median_track("bare_grpc", "the bare grpcio server's last four rounds")
-    track_bare_exec_last = _median_track("bare_exec", "the bare grpcio server streaming a child's pipe, last four rounds")
+    track_bare_exec_last = _median_track("bare_exec",
+                                         "the bare grpcio server streaming a child's pipe, last four rounds")
     track_router_over_bare = _ratio_track(("router", False), ("bare_grpc", False), "router/bare",
                                           "last four rounds, router / bare grpcio (target >= 0.8)")
     track_router_over_bare_exec = _ratio_track(("router", False), ("bare_exec", False), "router/bare exec",

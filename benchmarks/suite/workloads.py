@@ -324,7 +324,7 @@ async def batch_run(channels: Sequence[grpc.aio.Channel], md: Any, prefix: str, 
         await asyncio.wait_for(watch(), max(1.0, timeout - (time.perf_counter() - t0)))
     except Failure as f:
         out.fail(f.kind, f.detail)
-    except (asyncio.TimeoutError, grpc.aio.AioRpcError) as e:
+    except (TimeoutError, grpc.aio.AioRpcError) as e:
         out.fail("batch", repr(e))
     out.seconds = time.perf_counter() - t0
     return out

@@ -53,8 +53,8 @@ def main() -> None:
     print("median execs/s", {k: round(statistics.median(v)) for k, v in rates.items()},
           "router CPU us/exec", {k: round(statistics.median(v)) for k, v in cpu.items()},
           "children's", {k: round(statistics.median(v)) for k, v in kids.items()})
-    print("ratio to local", {name: round(statistics.median(r / loc for r, loc in zip(rates[name], rates["local"])), 3)
-                             for name, _ in trees})
+    ratios = {name: [r / loc for r, loc in zip(rates[name], rates["local"], strict=True)] for name, _ in trees}
+    print("ratio to local", {name: round(statistics.median(r), 3) for name, r in ratios.items()})
 
 
 if __name__ == "__main__":

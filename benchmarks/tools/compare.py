@@ -208,8 +208,8 @@ def render(rep: Report, header: Sequence[str], asv: bool = False) -> str:
     out += ["", "Every value (median; every round in order):" if not asv else "Every value asv recorded:", "",
             "| value | unit | median | min - max | rounds |", "| --- | --- | --- | --- | --- |"]
     for g in rep.groups:
-        out += [f"| {v.label} | {v.unit} | {fmt(g.value(v))} | {spread(samples)} | {', '.join(fmt(x) for x in samples)} |"
-                for v, samples in g.samples.items()]
+        out += [f"| {v.label} | {v.unit} | {fmt(g.value(v))} | {spread(samples)} | "
+                f"{', '.join(fmt(x) for x in samples)} |" for v, samples in g.samples.items()]
     series = [(name, values, unit) for g in rep.groups for name, (values, unit) in g.series.items()]
     if series:
         out += ["", "Series measured inside one setup (every round in order):", "",
