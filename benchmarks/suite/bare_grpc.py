@@ -25,7 +25,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import grpc
 
@@ -74,7 +75,9 @@ def options() -> list:
     return server_options(ServerConfig(state_dir="", task_id=""))
 
 
-def handlers(stream, execute, call, many) -> grpc.GenericRpcHandler:  # type: ignore[no-untyped-def]
+def handlers(stream: Callable[..., Any], execute: Callable[..., Any], call: Callable[..., Any],
+             many: Callable[..., Any]) -> grpc.GenericRpcHandler:
+    """The four methods' bodies (sync functions, or the aio server's coroutines and async generators)."""
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Stream": grpc.unary_stream_rpc_method_handler(stream),
         "Messages": grpc.unary_stream_rpc_method_handler(many),

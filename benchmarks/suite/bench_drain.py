@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 
 from . import alternating
 from .common import SIZE, BenchError, GiB, MiB, Target, close_fd, human_size, proc_status, reap, stop_process
 from .rows import Axis, Row, Section, V, vs
-from .sinks import drain_until_eof, new_sink, spawn_zero_writer
+from .sinks import Sink, drain_until_eof, new_sink, spawn_zero_writer
 
 DRAIN_TIMEOUT = 600.0
+# LogKind's kinds of log, and LogKindSteady's (sinks.py makes each).
+LOG_KINDS = ("mmap_file", "mmap_file_populate", "mmap_shm", "mmap_memfd", "mmap_anon_populate", "pwrite_shm", "splice")
+STEADY_KINDS = ("fastio", "readv_pwrite", "mmap_file", "splice", "pwrite_shm")
 
 
 class _Drained:
@@ -26,6 +30,10 @@ class _Drained:
     repeat = (1, 7, 20.0)
     warmup_time = 0.0
     timeout = 900
+    # What _arm prepared: the sink, its directory and the writer (None once torn down).
+    sink: Sink | None
+    dir: str | None
+    proc: subprocess.Popen | None
 
     def setup(self, size: int, impl: str) -> None:
         self.sink = self.dir = self.proc = None
@@ -54,6 +62,12 @@ class _Drained:
             shutil.rmtree(self.dir, ignore_errors=True)
         self.sink = self.dir = self.proc = None
 
+    def _armed(self) -> tuple[Sink, subprocess.Popen]:
+        """The sink and the writer _arm prepared."""
+        if self.sink is None or self.proc is None:
+            raise BenchError("no sink and writer: setup did not run, or teardown did")
+        return self.sink, self.proc
+
     def _ready(self, size: int, impl: str) -> None:
         """Before a measurement: a fresh writer and sink if the last measurement used them."""
         if not self.armed:
@@ -63,13 +77,15 @@ class _Drained:
         """Drain the armed writer to EOF: the measured part."""
         self._ready(size, impl)
         self.armed = False
-        n = drain_until_eof(self.fd, self.sink, DRAIN_TIMEOUT)
+        sink, _ = self._armed()
+        n = drain_until_eof(self.fd, sink, DRAIN_TIMEOUT)
         if n != size:
             raise BenchError(f"drained {n} bytes, expected {size}")
 
     def _check(self, size: int) -> None:
-        reap(self.proc, 30)
-        kept = self.sink.kept()
+        sink, proc = self._armed()
+        reap(proc, 30)
+        kept = sink.kept()
         if kept not in (None, size):
             raise BenchError(f"the sink kept {kept} bytes of {size}")
 
@@ -128,8 +144,7 @@ class LogKind(Drain):
     4 MiB ahead, files on /dev/shm, memfds, anonymous memory with MADV_HUGEPAGE populated ahead),
     readv + pwrite into files on /dev/shm, and splice from the pipe into a file."""
 
-    params = [SIZE.drain, ["mmap_file", "mmap_file_populate", "mmap_shm", "mmap_memfd", "mmap_anon_populate",
-                           "pwrite_shm", "splice"]]
+    params = [SIZE.drain, list(LOG_KINDS)]
     param_names = ["size", "kind"]
 
 
@@ -143,18 +158,19 @@ class LogKindSteady(_Drained):
     same file), and readv + pwrite into files on /dev/shm (pwrite_shm). Rate and CPU only (asv
     runs every method in a process of its own: CI time)."""
 
-    params = [SIZE.drain, ["fastio", "readv_pwrite", "mmap_file", "splice", "pwrite_shm"]]
+    params = [SIZE.drain, list(STEADY_KINDS)]
     param_names = ["size", "kind"]
 
     def _arm(self, size: int, impl: str) -> None:
         super()._arm(size, impl)
-        n = drain_until_eof(self.fd, self.sink, DRAIN_TIMEOUT)  # the first pass: every page written
+        sink, _ = self._armed()
+        n = drain_until_eof(self.fd, sink, DRAIN_TIMEOUT)  # the first pass: every page written
         self._check(size)
         if n != size:
             raise BenchError(f"the first pass drained {n} bytes, expected {size}")
         close_fd(self.fd)
         self.fd = -1
-        self.sink.recycle()
+        sink.recycle()
         self.proc, self.fd = spawn_zero_writer(size)
 
 
@@ -193,7 +209,7 @@ def log_kinds_rows(axis: Axis) -> list[list[Row]]:
     groups = []
     for size in axis(LogKind):
         ref = V(Drain, (size, "readv_pwrite"))
-        kinds = [V(Drain, (size, k)) for k in ("readv", "fastio")] + [V(LogKind, (size, k)) for k in LogKind.params[1]]
+        kinds = [V(Drain, (size, k)) for k in ("readv", "fastio")] + [V(LogKind, (size, k)) for k in LOG_KINDS]
         groups.append([Row(f"drain {human_size(size)} from one pipe: {v.params[1]} vs readv + pwrite (the router's "
                            "kind)", v, ref) for v in kinds])
     return groups
@@ -204,7 +220,7 @@ def log_kinds_steady_rows(axis: Axis) -> list[list[Row]]:
     for size in axis(LogKindSteady):
         ref = V(LogKindSteady, (size, "readv_pwrite"))
         rows = [Row(f"drain {human_size(size)} into recycled storage (written once before): {k} vs readv + pwrite",
-                    V(LogKindSteady, (size, k)), ref) for k in LogKindSteady.params[1] if k != "readv_pwrite"]
+                    V(LogKindSteady, (size, k)), ref) for k in STEADY_KINDS if k != "readv_pwrite"]
         rows.append(Row(f"drain {human_size(size)}: readv + pwrite into recycled storage vs into fresh files",
                         ref, V(Drain, (size, "readv_pwrite"))))
         groups.append(rows)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import statistics
+from collections.abc import Callable
 
 from . import alternating
 from .bench_exec import sequential_rate
@@ -28,14 +29,14 @@ class TlsRounds:
         rounds = SIZE.rounds["stream"] * 2 + 1
         with contextlib.ExitStack() as stack:
             routers = {side: stack.enter_context(RouterProcess(tls=side == "tls")) for side in SIDES}
-            measures = {}
+            measures: dict[str, Callable[[], float]] = {}
             for side, router in routers.items():
                 send = router_sender(router)
                 client = SyncRouter(router)
                 send(min(size, 16 << 20))  # connection, handshake, first spawn: not measured
                 measures[f"stream {side}"] = functools.partial(rate, send, size)
                 measures[f"exec {side}"] = functools.partial(sequential_rate, count,
-                                                             lambda c=client: c.start_wait(["true"]))
+                                                             functools.partial(client.start_wait, ["true"]))
             return alternating.alternate(measures, rounds)
 
     def setup(self, series: dict, size: int) -> None:

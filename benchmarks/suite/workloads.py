@@ -29,10 +29,9 @@ import grpc
 from router._proto import exec_control_pb2 as ec
 from router._proto import exec_control_pb2_grpc as ec_grpc
 from router._proto import task_command_router_pb2_grpc as pb_grpc
-from router.client import exit_code
+from router.client import CHANNEL_OPTIONS, exit_code
 
 from .common import (
-    CHANNEL_OPTIONS,
     CHANNELS,
     TASK_ID,
     BenchError,

@@ -145,10 +145,10 @@ def measured(rows: Sequence[Row]) -> list[V]:
 
 def run_group(g: Group, rounds: int, rep: Report) -> None:
     """Set up every value's class, alternate their track_* methods for `rounds`, tear down."""
-    from ..suite.alternating import Sides, alternate
+    from ..suite.alternating import Measure, Sides, alternate
 
     sides = Sides()
-    measures = {}
+    measures: dict[V, Measure] = {}
     try:
         for v in measured(g.rows):
             try:
@@ -335,12 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"cannot read asv's results: {e}", file=sys.stderr)
             return 2
 
-        def axis(cls: type) -> list[Any]:  # asv's parameters, whatever BENCH_SIZE it ran with
+        def axis(cls: type[Any]) -> list[Any]:  # asv's parameters, whatever BENCH_SIZE it ran with
             prefix = V(cls, (), "").asv_name  # "bench_x.Cls."
             name = next((n for n in results.params if n.startswith(prefix)), None)
             return results.params[name][0] if name else list(cls.params[0])
     else:
-        def axis(cls: type) -> list[Any]:
+        def axis(cls: type[Any]) -> list[Any]:
             return list(cls.params[0])
 
     rep = Report()

@@ -20,6 +20,14 @@ from ..suite.bench_stream import bare_sender, router_sender
 from ..suite.common import BareGrpcProcess, cpu_seconds, router_from
 
 
+def router_tree(spec: str, p: argparse.ArgumentParser) -> tuple[str, str]:
+    """--router NAME=PYTHONPATH -> (NAME, PYTHONPATH)."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        p.error(f"--router {spec!r}: expected NAME=PYTHONPATH")
+    return name, path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mib", type=int, default=256)
@@ -31,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[tuple[float, float]]] = {}
     with contextlib.ExitStack() as stack:
         sides = {}
-        for name, path in [("router", "")] + [tuple(r.split("=", 1)) for r in args.router]:  # type: ignore[misc]
+        for name, path in [("router", ""), *(router_tree(spec, p) for spec in args.router)]:
             router = stack.enter_context(router_from(path, args=args.router_args, log_root=None))
             sides[name] = (router_sender(router), router.pid)
         bare = stack.enter_context(BareGrpcProcess())
