@@ -108,7 +108,7 @@ class RouterVsReference:
 
     @staticmethod
     def target(*params: Any) -> Target | None:
-        """The performance issue's target for this ratio, if it states one."""
+        """The target for this ratio, if there is one."""
         return None
 
     def setup(self, *params: Any) -> None:

@@ -1,4 +1,4 @@
-"""Issue 10: many execs in few calls. The fan-out of N execs of `head -c 65536 /dev/zero` and the
+"""Many execs in few calls. The fan-out of N execs of `head -c 65536 /dev/zero` and the
 exec rate of `true` through the router's own service (BatchStart in chunks, one Watch with the
 output in each exit event), against local asyncio subprocesses, GNU parallel (if installed) and
 local posix_spawn, every byte checked."""

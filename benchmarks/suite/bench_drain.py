@@ -139,7 +139,7 @@ class Drain(_Drained):
 
 
 class LogKind(Drain):
-    """The other kinds of log issue 3 measured against readv + pwrite (Drain's readv_pwrite):
+    """The other kinds of log weighed for the router's, measured against readv + pwrite (Drain's readv_pwrite):
     readv straight into shared mappings of 32 MiB segments (files on /tmp, with MADV_POPULATE_WRITE
     4 MiB ahead, files on /dev/shm, memfds, anonymous memory with MADV_HUGEPAGE populated ahead),
     readv + pwrite into files on /dev/shm, and splice from the pipe into a file."""
@@ -149,7 +149,7 @@ class LogKind(Drain):
 
 
 class LogKindSteady(_Drained):
-    """Issue 7, steady state: the same drain into storage that was written once before (an untimed
+    """Steady state: the same drain into storage that was written once before (an untimed
     drain of as many bytes into the same sink, then `Sink.recycle()`), so no page is fresh, as
     when a router writes into slots retention released. kind: fastio (`_fastio`: a new log on the
     same store gets the closed log's slots back), readv_pwrite (readv into a reused buffer +

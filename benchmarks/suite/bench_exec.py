@@ -114,7 +114,7 @@ class ExecRatio(alternating.RouterVsReference):
 
 
 class JournalRatio(alternating.RouterVsReference):
-    """Issue 7: the journal's cost, exec rate with the journal (the default) / with --no-journal,
+    """The journal's cost, exec rate with the journal (the default) / with --no-journal,
     alternating rounds in one setup (target: >= 0.95, the journal costs at most 5 %)."""
 
     params = [[1, IN_FLIGHT], ["router_no_journal"]]

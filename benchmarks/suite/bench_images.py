@@ -1,4 +1,4 @@
-"""Images (issue 8): snapshot and mount of a tree of many small files and of a tree of one big file,
+"""Images: snapshot and mount of a tree of many small files and of a tree of one big file,
 each against `cp -a` and `tar c | tar x` of the same tree; a second snapshot of the unchanged tree
 against the first; the store after two snapshots against the tree's size.
 
@@ -37,7 +37,7 @@ inodes looks each of them up first (ext4's recently_deleted(): 60 % of `cp -a`'s
 record`). After the untimed deletes between sides, `cp -a` of the 20,000 files takes 8-20 s there
 instead of about 1 s; every side that creates files slows the same way, while an overlay mount
 creates none. BENCH_TMP (compare's --tmp) on a journaled filesystem gives figures that hold
-elsewhere (RESULTS.md, issue 8, measured both ways).
+elsewhere (HISTORY.md, "Two filesystems, and why" under "Images": measured both ways).
 
 Overlay is used where this machine can make overlay mounts with a data-only layer (the probe the
 router's `--mount-method auto` makes); elsewhere the overlay benchmarks are skipped. Every mount
@@ -325,7 +325,7 @@ def _seconds_track(side: str, doc: str) -> Callable[..., float]:
 
 
 class Images:
-    """Issue 8, one setup_cache for every round of both trees (the module's docstring says how each
+    """One setup_cache for every round of both trees (the module's docstring says how each
     side is measured); tree: files | big_file, method: the router's --mount-method (overlay is
     skipped where this machine cannot make overlay mounts). The tracks are medians, in seconds or
     MiB (lower is better); cp, tar and the tree's size are the same for both methods. There are

@@ -1,4 +1,4 @@
-"""Restart time (issue 7): from `router serve` starting on a state directory whose journal holds N
+"""Restart time: from `router serve` starting on a state directory whose journal holds N
 finished execs to the first successful TaskExecPoll of the newest of them.
 
 The journal is written directly with `router.engine.journal` (Begun + Exited per exec, output to

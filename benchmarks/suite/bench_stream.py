@@ -1,7 +1,7 @@
 """One exec's stdout end to end: `head -c N /dev/zero` on a router in its own process, read through
 TaskExecStdioRead, against the same bytes from a bare grpcio server and from OpenSSH; and many
 rounds of it through one server, where retention releases old execs and new output recycles
-their log slots (StreamRounds, issue 7)."""
+their log slots (StreamRounds)."""
 from __future__ import annotations
 
 import contextlib
@@ -120,7 +120,7 @@ class StreamRatio(alternating.RouterVsReference):
 
 
 SHM = "/dev/shm"
-LAST = 4  # issue 7's targets: the last four rounds (against the bare server, and the router's first four)
+LAST = 4  # the rounds' targets read the last four (against the bare server, and the router's first four)
 
 
 def retain_args(size: int) -> list[str]:
@@ -157,11 +157,11 @@ def _arena_track(side: str) -> Callable[..., float]:
 
 
 class StreamRounds:
-    """Issue 7: SIZE.recycle rounds (full 12 x 1 GiB, quick 12 x 128 MiB, tiny 3 x 8 MiB) of one
+    """Recycling: SIZE.recycle rounds (full 12 x 1 GiB, quick 12 x 128 MiB, tiny 3 x 8 MiB) of one
     exec's stdout (`head -c N /dev/zero`, as Stream) through ONE server per side, the sides
     alternating (A B C D A B C D ...): `router` (logs in the state directory, ext4 under BENCH_TMP,
     whatever BENCH_LOG_ROOT says), `router_shm` (`--log-dir` under /dev/shm, tmpfs), `bare_grpc`
-    (prebuilt messages: the reference the issue names) and `bare_exec` (the same server streaming
+    (prebuilt messages: the reference the target names) and `bare_exec` (the same server streaming
     the same child's pipe as it reads it: no log, journal or offsets; what the router's design adds).
     Both routers run with their default flags at full size (retention keeps 10 % of the logs'
     filesystem, at most 4 GiB: older execs are released from round 5 on a large disk), and with

@@ -1,4 +1,4 @@
-"""Issue 9: what TLS costs. One router serving plaintext and one serving TLS (a certificate from a
+"""What TLS costs. One router serving plaintext and one serving TLS (a certificate from a
 CA made for the run, EC P-256), side by side: one exec's stdout streamed (as bench_stream.Stream),
 and the sequential exec rate (start + wait of `true`, as bench_exec.ExecRate), in alternating
 rounds inside one setup_cache; the tracks read its series."""

@@ -125,7 +125,7 @@ LOG_ROOT = os.environ.get("BENCH_LOG_ROOT") or None
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """A target from the performance issue for a ratio (or a value): `op` is '>=' or '<='."""
+    """A target for a ratio (or a value): `op` is '>=' or '<='."""
 
     op: str
     value: float

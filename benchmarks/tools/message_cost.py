@@ -1,6 +1,7 @@
 """What one server-stream message costs in grpcio, whatever it holds: CPU per item on each side
 when COUNT small items go one to a message, or PER to a message. The reason Watch sends the events
-that are ready together in one WatchResponse (benchmarks/RESULTS.md, issue 10).
+that are ready together in one WatchResponse (benchmarks/HISTORY.md, "One message for the events
+ready together").
 
     python -m benchmarks.tools.message_cost [--mode aio] [--count 20000] [--size 60] [--per 1 --per 8 --per 64]
 
