@@ -29,16 +29,16 @@ typecheck:
 proto:
 	$(PYTHON) scripts/gen_proto.py
 
-# The benchmark suite (benchmarks/; needs '.[bench]' and, once per machine, `asv machine --yes`).
+# The benchmark suite (benchmarks/suite/; needs '.[bench]' and, once per machine, `asv machine --yes`).
 # Every benchmark once at tiny sizes (fails if any errors), then the ratios measured side by side
 # at quick sizes.
 bench-quick:
 	$(PYTHON) -m asv check --python=same
 	BENCH_SIZE=tiny $(PYTHON) -m asv run --python=same --quick --show-stderr
-	$(PYTHON) -m benchmarks.compare --quick
+	$(PYTHON) -m benchmarks.tools.compare --quick
 
 # Full sizes (the figures in benchmarks/RESULTS.md; long): asv records this commit's results, and
 # the table of ratios is rendered from them.
 bench:
 	$(PYTHON) -m asv run --python=same --show-stderr --set-commit-hash $$(git rev-parse HEAD)
-	$(PYTHON) -m benchmarks.compare --from-asv
+	$(PYTHON) -m benchmarks.tools.compare --from-asv

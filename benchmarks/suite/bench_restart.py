@@ -1,4 +1,4 @@
-"""Restart time (issue 7): from `router serve` starting on a state directory whose journal holds N
+"""Restart time: from `router serve` starting on a state directory whose journal holds N
 finished execs to the first successful TaskExecPoll of the newest of them.
 
 The journal is written directly with `router.engine.journal` (Begun + Exited per exec, output to
@@ -16,10 +16,10 @@ import time
 
 import grpc
 
-from router.engine import journal as jr
 from router._proto import task_command_router_pb2 as pb
 from router._proto import task_command_router_pb2_grpc as pb_grpc
 from router.client import exit_code
+from router.engine import journal as jr
 from router.engine.records import ExecSpec, ExitStatus
 
 from .common import (
@@ -36,6 +36,7 @@ from .common import (
     token_metadata,
     with_parent_death_signal,
 )
+from .rows import Axis, Row, Section, V
 
 START_TIMEOUT = 30.0
 # Fast reconnects: the default backoff (1 s) would dominate what is measured.
@@ -141,3 +142,17 @@ class Restart:
         return self.journal_bytes / MiB
 
     track_journal_mib.unit = "MiB"  # type: ignore[attr-defined]
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def restart_rows(axis: Axis) -> list[list[Row]]:
+    *_, n = axis(Restart)
+    secs = V(Restart, (n,), "track_seconds")
+    return [[Row(f"restart: `router serve` start to the first TaskExecPoll answered for the newest of {n:,} "
+                 "journaled finished execs", secs, None, Restart.target),
+             Row(f"restart with {n:,} journaled execs vs with 1", secs, V(Restart, (1,), "track_seconds"))]]
+
+
+COMPARE = {"restart": Section(restart_rows, "restart")}

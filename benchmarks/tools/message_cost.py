@@ -1,10 +1,11 @@
 """What one server-stream message costs in grpcio, whatever it holds: CPU per item on each side
 when COUNT small items go one to a message, or PER to a message. The reason Watch sends the events
-that are ready together in one WatchResponse (benchmarks/RESULTS.md, issue 10).
+that are ready together in one WatchResponse (benchmarks/HISTORY.md, "One message for the events
+ready together").
 
-    python -m benchmarks.message_cost [--mode aio] [--count 20000] [--size 60] [--per 1 --per 8 --per 64]
+    python -m benchmarks.tools.message_cost [--mode aio] [--count 20000] [--size 60] [--per 1 --per 8 --per 64]
 
-The server is benchmarks/bare_grpc.py (its Messages method) in its own process; the client a
+The server is benchmarks/suite/bare_grpc.py (its Messages method) in its own process; the client a
 grpc.aio channel in this one. Prints, per PER, the medians over the rounds of the server's and the
 client's CPU per item in microseconds.
 """
@@ -16,9 +17,9 @@ import time
 
 import grpc
 
-from .bare_grpc import MESSAGES_METHOD, MODES
-from .common import BareGrpcProcess, cpu_seconds
-from .workloads import AioSide
+from ..suite.bare_grpc import MESSAGES_METHOD, MODES
+from ..suite.common import BareGrpcProcess, cpu_seconds
+from ..suite.workloads import AioSide
 
 
 async def receive(channel: grpc.aio.Channel, count: int, size: int, per: int) -> int:

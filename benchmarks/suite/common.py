@@ -5,7 +5,7 @@ Servers under measurement run in their own processes (`router serve`, the bare g
 sshd), so that the benchmark process's own work never shows up in their figures. Every helper
 here has a deadline: nothing waits forever.
 
-Settings come from the environment, so that `asv run` and `python -m benchmarks.compare` pick the
+Settings come from the environment, so that `asv run` and `python -m benchmarks.tools.compare` pick the
 same parameters:
 
 - BENCH_SIZE: tiny (CI: every benchmark once, in seconds), quick (small but meaningful), full
@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
@@ -72,7 +72,7 @@ class BenchError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Sizes:
     """Parameters of the suite for one BENCH_SIZE. `rounds` is how many alternating rounds a
-    comparison runs (the *Ratio classes and `benchmarks.compare`)."""
+    comparison runs (the *Ratio classes and `benchmarks.tools.compare`)."""
 
     drain: list[int]  # bytes through one pipe
     stream: list[int]  # bytes of one exec's stdout
@@ -125,7 +125,7 @@ LOG_ROOT = os.environ.get("BENCH_LOG_ROOT") or None
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """A target from the performance issue for a ratio (or a value): `op` is '>=' or '<='."""
+    """A target for a ratio (or a value): `op` is '>=' or '<='."""
 
     op: str
     value: float
@@ -336,7 +336,7 @@ class ServerProcess:
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -353,12 +353,13 @@ def self_signed_tls(directory: pathlib.Path) -> tuple[bytes, str, str]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def build(subject: str, issuer: x509.Name, public: Any) -> x509.CertificateBuilder:
         return (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
                 .issuer_name(issuer).public_key(public).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1)))
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1)))
 
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
@@ -448,7 +449,7 @@ def router_from(src: str, **kwargs: Any) -> RouterProcess:
 
 
 class BareGrpcProcess(ServerProcess):
-    """benchmarks/bare_grpc.py: the same grpcio stack with no router behind it (raw 1 MiB messages,
+    """benchmarks/suite/bare_grpc.py: the same grpcio stack with no router behind it (raw 1 MiB messages,
     and an empty unary call), as a sync, aio or aio + uvloop server."""
 
     ready = "bare listening on "

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from . import alternating
 from .common import SIZE, KiB, RouterProcess, Target, closing_on_error, raise_nofile_limit, zeros_command
+from .rows import Axis, Row, Section, vs
 from .sshd import SSHServer, require_openssh
 from .workloads import AioSide, Outcome, router_fanout, subprocess_batch
 
@@ -85,3 +86,16 @@ class FanoutRatio(alternating.RouterVsReference):
         return self.ratio()
 
     track_ratio.unit = "router/reference"  # type: ignore[attr-defined]
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def fanout_rows(axis: Axis) -> list[list[Row]]:
+    return [[vs(f"fan-out N={n} x 64 KiB, execs/s (= wall time local/router): router vs local subprocesses",
+                FanoutRatio, (n,), "local"),
+             vs(f"fan-out N={n}: router vs ssh ControlMaster", FanoutRatio, (n,), "ssh")]
+            for n in axis(Fanout)]
+
+
+COMPARE = {"fanout": Section(fanout_rows, "fanout")}

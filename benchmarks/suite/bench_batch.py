@@ -1,4 +1,4 @@
-"""Issue 10: many execs in few calls. The fan-out of N execs of `head -c 65536 /dev/zero` and the
+"""Many execs in few calls. The fan-out of N execs of `head -c 65536 /dev/zero` and the
 exec rate of `true` through the router's own service (BatchStart in chunks, one Watch with the
 output in each exit event), against local asyncio subprocesses, GNU parallel (if installed) and
 local posix_spawn, every byte checked."""
@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import alternating, bench_fanout
+from . import alternating, bench_exec, bench_fanout
 from .bench_exec import batch_timeout
 from .bench_fanout import OUTPUT, fanout_timeout
 from .common import (
@@ -24,6 +24,7 @@ from .common import (
     closing_on_error,
     zeros_command,
 )
+from .rows import Axis, Row, Section, V, vs
 from .workloads import AioSide, Outcome, local_spawn_rate, router_batch, subprocess_batch, zeros
 
 
@@ -32,7 +33,7 @@ def checked_run(kind: str, argv: list[str], n: int, timeout: float, stdin: bytes
     out = Outcome(n)
     t0 = time.perf_counter()
     done = subprocess.run(argv, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+                          capture_output=True, timeout=timeout)
     out.seconds = time.perf_counter() - t0
     if done.returncode != 0 or len(done.stdout) != n * OUTPUT or not zeros(done.stdout):
         out.fail(kind, f"exit {done.returncode}, {len(done.stdout)} bytes (expected {n * OUTPUT}), "
@@ -46,8 +47,8 @@ def cli_fanout(router: RouterProcess, n: int, timeout: float) -> Outcome:
     """`router batch -j n` of n lines of the command, its jobs' output on its stdout."""
     token = router.metadata[0][1].split(" ", 1)[1]
     line = shlex.join(zeros_command(OUTPUT)).encode() + b"\n"
-    return checked_run("router batch", [sys.executable, "-m", "router.cli", "batch", "-j", str(n), "--target", router.target,
-                                        "--token", token], n, timeout, stdin=line * n)
+    argv = [sys.executable, "-m", "router.cli", "batch", "-j", str(n), "--target", router.target, "--token", token]
+    return checked_run("router batch", argv, n, timeout, stdin=line * n)
 
 
 def parallel_fanout(n: int, timeout: float) -> Outcome:
@@ -69,7 +70,8 @@ class BatchFanout(bench_fanout.Fanout):
     def _start_batch(self, n: int) -> Callable[[], Outcome]:
         router = self.stack.enter_context(RouterProcess())
         side = self.stack.enter_context(AioSide(router.target))
-        return lambda: router_batch(side, router.metadata, n, zeros_command(OUTPUT), OUTPUT, fanout_timeout(n)).checked()
+        argv = zeros_command(OUTPUT)
+        return lambda: router_batch(side, router.metadata, n, argv, OUTPUT, fanout_timeout(n)).checked()
 
     def _start_local_sh(self, n: int) -> Callable[[], Outcome]:
         side = self.stack.enter_context(AioSide())
@@ -125,7 +127,8 @@ class BatchExecRate:
                 router = self.stack.enter_context(RouterProcess())
                 side = self.stack.enter_context(AioSide(router.target))
                 router_batch(side, router.metadata, 8, ["true"], 0, 60.0).checked()  # channels, first spawns
-                self.batch = lambda: router_batch(side, router.metadata, count, ["true"], 0, batch_timeout(count)).checked().rate
+                self.batch = lambda: router_batch(side, router.metadata, count, ["true"], 0,
+                                                  batch_timeout(count)).checked().rate
             elif impl == "local":
                 self.batch = lambda: local_spawn_rate(count, IN_FLIGHT, batch_timeout(count))
             else:
@@ -160,3 +163,30 @@ class BatchExecRatio(alternating.RouterVsReference):
         return self.ratio()
 
     track_ratio.unit = "batch/local"  # type: ignore[attr-defined]
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def batch_rows(axis: Axis) -> list[list[Row]]:
+    groups = [[vs(f"fan-out N={n} x 64 KiB through BatchStart + one Watch: router vs local asyncio subprocesses",
+                  BatchFanoutRatio, (n,), "local"),
+               vs(f"fan-out N={n}: BatchStart + Watch vs GNU parallel -j N", BatchFanoutRatio, (n,), "parallel"),
+               Row(f"fan-out N={n}: `router batch -j N` (the CLI, output to its stdout) vs local asyncio subprocesses",
+                   V(BatchFanout, (n, "cli")), V(BatchFanout, (n, "local")), BatchFanoutRatio.target(n, "local")),
+               Row(f"fan-out N={n}: `router batch -j N` vs local asyncio subprocesses of the same line through "
+                   "`sh -c`", V(BatchFanout, (n, "cli")), V(BatchFanout, (n, "local_sh")),
+                   BatchFanoutRatio.target(n, "local")),
+               Row(f"fan-out N={n}: `router batch -j N` vs GNU parallel -j N",
+                   V(BatchFanout, (n, "cli")), V(BatchFanout, (n, "parallel"))),
+               Row(f"fan-out N={n}: BatchStart + Watch vs Modal's calls (start, read, wait per exec)",
+                   V(BatchFanout, (n, "batch")), V(bench_fanout.Fanout, (n, "router")))]
+              for n in axis(BatchFanout)]
+    groups.append([vs("exec rate of `true` through BatchStart + Watch vs local posix_spawn (64 threads)",
+                      BatchExecRatio, (), "local"),
+                   Row("exec rate of `true`: BatchStart + Watch vs Modal's calls (start + wait, 64 in flight)",
+                       V(BatchExecRate, ("batch",)), V(bench_exec.ExecRate, (IN_FLIGHT, "router")))])
+    return groups
+
+
+COMPARE = {"batch": Section(batch_rows, "batch")}

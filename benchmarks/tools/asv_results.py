@@ -10,7 +10,8 @@ import pathlib
 import socket
 from typing import Any
 
-DEFAULT_DIR = pathlib.Path(__file__).resolve().parent.parent / ".asv" / "results"
+# asv.conf.json's results_dir, from the repository top (benchmarks/tools/ is two levels down).
+DEFAULT_DIR = pathlib.Path(__file__).resolve().parents[2] / ".asv" / "results"
 
 
 def machine_name() -> str:
@@ -46,11 +47,12 @@ class Results:
         self._values: dict[str, dict[tuple[str, ...], Any]] = {}
         self.params: dict[str, list[list[Any]]] = {}
         for name, row in data["results"].items():
-            entry = dict(zip(columns, row))
+            entry = dict(zip(columns, row, strict=False))  # asv leaves a row's trailing empty columns out
             axes = entry.get("params") or []
             values = entry["result"] if axes else [entry["result"]]
             combos = list(itertools.product(*axes)) if axes else [()]
-            self._values[name] = dict(zip(combos, values or []))
+            # No values (None) when the benchmark failed as a whole: its parameters are then missing.
+            self._values[name] = dict(zip(combos, values or [], strict=bool(values)))
             self.params[name] = [[ast.literal_eval(v) for v in axis] for axis in axes]
 
     def value(self, name: str, params: tuple[Any, ...]) -> float | None:

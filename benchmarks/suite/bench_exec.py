@@ -17,6 +17,7 @@ from .common import (
     Target,
     closing_on_error,
 )
+from .rows import Axis, Row, Section, V, vs
 from .sshd import SSHServer, require_openssh
 from .workloads import AioSide, local_spawn_rate, router_exec_rate, rpc_calls, subprocess_batch
 
@@ -113,7 +114,7 @@ class ExecRatio(alternating.RouterVsReference):
 
 
 class JournalRatio(alternating.RouterVsReference):
-    """Issue 7: the journal's cost, exec rate with the journal (the default) / with --no-journal,
+    """The journal's cost, exec rate with the journal (the default) / with --no-journal,
     alternating rounds in one setup (target: >= 0.95, the journal costs at most 5 %)."""
 
     params = [[1, IN_FLIGHT], ["router_no_journal"]]
@@ -163,3 +164,36 @@ class RpcFloor:
         return self._calls()
 
     track_rate.unit = "calls/s"  # type: ignore[attr-defined]
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def how_many(in_flight: int) -> str:
+    return "sequential" if in_flight == 1 else f"{in_flight} in flight"
+
+
+def exec_rows(axis: Axis) -> list[list[Row]]:
+    groups = []
+    for k in axis(ExecRate):
+        how = how_many(k)
+        rows = [vs(f"exec rate, {how}, start+wait of `true`: router vs local posix_spawn", ExecRatio, (k,), "local"),
+                vs(f"exec rate, {how}: router vs ssh ControlMaster", ExecRatio, (k,), "ssh")]
+        if k > 1:  # the floor: an exec is two calls (start, wait)
+            rows += [Row(f"exec rate, {how}: router (2 calls per exec) vs empty unary calls to a bare "
+                         f"grpcio server ({mode})", V(ExecRate, (k, "router")), V(RpcFloor, (mode,)))
+                     for mode in axis(RpcFloor)]
+        groups.append(rows)
+    return groups
+
+
+def journal_rows(axis: Axis) -> list[list[Row]]:
+    return [[vs(f"exec rate, {how_many(k)}, start+wait of `true`: journal on (default) vs `--no-journal`",
+                JournalRatio, (k,), "router_no_journal")]
+            for k in axis(JournalRatio)]
+
+
+COMPARE = {
+    "exec": Section(exec_rows, "exec"),
+    "journal": Section(journal_rows, "journal"),
+}

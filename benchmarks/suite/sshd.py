@@ -1,7 +1,7 @@
 """The OpenSSH reference: an sshd on a loopback port with throwaway host and user keys.
 
 Nothing is installed at run time. Without sshd and ssh the ssh references are skipped: their
-`setup` raises NotImplementedError (asv reports the benchmark as skipped; `benchmarks.compare`
+`setup` raises NotImplementedError (asv reports the benchmark as skipped; `benchmarks.tools.compare`
 prints the reason in its row).
 """
 from __future__ import annotations
@@ -132,13 +132,14 @@ class SSHServer:
         """One ControlMaster connection, a child of ours (ssh -M -N), that mux commands share."""
         if self.master is not None and self.master.poll() is None:
             return
-        self.master = subprocess.Popen(
+        self.master = master = subprocess.Popen(
             [*self.base_argv(), "-M", "-N", "-o", f"ControlPath={self.control}", "-o", "ControlPersist=no",
              f"{self.user}@127.0.0.1"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while not self.control.exists():
-            if self.master.poll() is not None:
-                raise BenchError("ssh ControlMaster exited: " + self.master.stderr.read().decode(errors="replace"))
+            if master.poll() is not None:
+                why = master.stderr.read() if master.stderr is not None else b""
+                raise BenchError("ssh ControlMaster exited: " + why.decode(errors="replace"))
             if time.monotonic() > deadline:
                 raise BenchError(f"ssh ControlMaster not up within {timeout} s")
             time.sleep(0.02)

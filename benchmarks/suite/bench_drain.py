@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 
 from . import alternating
-from .common import SIZE, BenchError, GiB, MiB, Target, close_fd, proc_status, reap, stop_process
-from .sinks import drain_until_eof, new_sink, spawn_zero_writer
+from .common import SIZE, BenchError, GiB, MiB, Target, close_fd, human_size, proc_status, reap, stop_process
+from .rows import Axis, Row, Section, V, vs
+from .sinks import Sink, drain_until_eof, new_sink, spawn_zero_writer
 
 DRAIN_TIMEOUT = 600.0
+# LogKind's kinds of log, and LogKindSteady's (sinks.py makes each).
+LOG_KINDS = ("mmap_file", "mmap_file_populate", "mmap_shm", "mmap_memfd", "mmap_anon_populate", "pwrite_shm", "splice")
+STEADY_KINDS = ("fastio", "readv_pwrite", "mmap_file", "splice", "pwrite_shm")
 
 
 class _Drained:
@@ -25,6 +30,10 @@ class _Drained:
     repeat = (1, 7, 20.0)
     warmup_time = 0.0
     timeout = 900
+    # What _arm prepared: the sink, its directory and the writer (None once torn down).
+    sink: Sink | None
+    dir: str | None
+    proc: subprocess.Popen | None
 
     def setup(self, size: int, impl: str) -> None:
         self.sink = self.dir = self.proc = None
@@ -53,6 +62,12 @@ class _Drained:
             shutil.rmtree(self.dir, ignore_errors=True)
         self.sink = self.dir = self.proc = None
 
+    def _armed(self) -> tuple[Sink, subprocess.Popen]:
+        """The sink and the writer _arm prepared."""
+        if self.sink is None or self.proc is None:
+            raise BenchError("no sink and writer: setup did not run, or teardown did")
+        return self.sink, self.proc
+
     def _ready(self, size: int, impl: str) -> None:
         """Before a measurement: a fresh writer and sink if the last measurement used them."""
         if not self.armed:
@@ -62,13 +77,15 @@ class _Drained:
         """Drain the armed writer to EOF: the measured part."""
         self._ready(size, impl)
         self.armed = False
-        n = drain_until_eof(self.fd, self.sink, DRAIN_TIMEOUT)
+        sink, _ = self._armed()
+        n = drain_until_eof(self.fd, sink, DRAIN_TIMEOUT)
         if n != size:
             raise BenchError(f"drained {n} bytes, expected {size}")
 
     def _check(self, size: int) -> None:
-        reap(self.proc, 30)
-        kept = self.sink.kept()
+        sink, proc = self._armed()
+        reap(proc, 30)
+        kept = sink.kept()
         if kept not in (None, size):
             raise BenchError(f"the sink kept {kept} bytes of {size}")
 
@@ -122,18 +139,17 @@ class Drain(_Drained):
 
 
 class LogKind(Drain):
-    """The other kinds of log issue 3 measured against readv + pwrite (Drain's readv_pwrite):
+    """The other kinds of log weighed for the router's, measured against readv + pwrite (Drain's readv_pwrite):
     readv straight into shared mappings of 32 MiB segments (files on /tmp, with MADV_POPULATE_WRITE
     4 MiB ahead, files on /dev/shm, memfds, anonymous memory with MADV_HUGEPAGE populated ahead),
     readv + pwrite into files on /dev/shm, and splice from the pipe into a file."""
 
-    params = [SIZE.drain, ["mmap_file", "mmap_file_populate", "mmap_shm", "mmap_memfd", "mmap_anon_populate",
-                           "pwrite_shm", "splice"]]
+    params = [SIZE.drain, list(LOG_KINDS)]
     param_names = ["size", "kind"]
 
 
 class LogKindSteady(_Drained):
-    """Issue 7, steady state: the same drain into storage that was written once before (an untimed
+    """Steady state: the same drain into storage that was written once before (an untimed
     drain of as many bytes into the same sink, then `Sink.recycle()`), so no page is fresh, as
     when a router writes into slots retention released. kind: fastio (`_fastio`: a new log on the
     same store gets the closed log's slots back), readv_pwrite (readv into a reused buffer +
@@ -142,18 +158,19 @@ class LogKindSteady(_Drained):
     same file), and readv + pwrite into files on /dev/shm (pwrite_shm). Rate and CPU only (asv
     runs every method in a process of its own: CI time)."""
 
-    params = [SIZE.drain, ["fastio", "readv_pwrite", "mmap_file", "splice", "pwrite_shm"]]
+    params = [SIZE.drain, list(STEADY_KINDS)]
     param_names = ["size", "kind"]
 
     def _arm(self, size: int, impl: str) -> None:
         super()._arm(size, impl)
-        n = drain_until_eof(self.fd, self.sink, DRAIN_TIMEOUT)  # the first pass: every page written
+        sink, _ = self._armed()
+        n = drain_until_eof(self.fd, sink, DRAIN_TIMEOUT)  # the first pass: every page written
         self._check(size)
         if n != size:
             raise BenchError(f"the first pass drained {n} bytes, expected {size}")
         close_fd(self.fd)
         self.fd = -1
-        self.sink.recycle()
+        sink.recycle()
         self.proc, self.fd = spawn_zero_writer(size)
 
 
@@ -175,3 +192,43 @@ class DrainRatio(alternating.RouterVsReference):
         return self.ratio()
 
     track_ratio.unit = "fastio/reference"  # type: ignore[attr-defined]
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def drain_rows(axis: Axis) -> list[list[Row]]:
+    return [[vs(f"drain {human_size(size)} from one pipe: `_fastio` vs `os.readv` into a reused 1 MiB buffer "
+                "(ceiling)", DrainRatio, (size,), "readv"),
+             vs(f"drain {human_size(size)} from one pipe: `_fastio` vs readv + `os.pwrite` into 32 MiB segment files "
+                "(ceiling for a log that keeps its data)", DrainRatio, (size,), "readv_pwrite")]
+            for size in axis(Drain)]
+
+
+def log_kinds_rows(axis: Axis) -> list[list[Row]]:
+    groups = []
+    for size in axis(LogKind):
+        ref = V(Drain, (size, "readv_pwrite"))
+        kinds = [V(Drain, (size, k)) for k in ("readv", "fastio")] + [V(LogKind, (size, k)) for k in LOG_KINDS]
+        groups.append([Row(f"drain {human_size(size)} from one pipe: {v.params[1]} vs readv + pwrite (the router's "
+                           "kind)", v, ref) for v in kinds])
+    return groups
+
+
+def log_kinds_steady_rows(axis: Axis) -> list[list[Row]]:
+    groups = []
+    for size in axis(LogKindSteady):
+        ref = V(LogKindSteady, (size, "readv_pwrite"))
+        rows = [Row(f"drain {human_size(size)} into recycled storage (written once before): {k} vs readv + pwrite",
+                    V(LogKindSteady, (size, k)), ref) for k in STEADY_KINDS if k != "readv_pwrite"]
+        rows.append(Row(f"drain {human_size(size)}: readv + pwrite into recycled storage vs into fresh files",
+                        ref, V(Drain, (size, "readv_pwrite"))))
+        groups.append(rows)
+    return groups
+
+
+COMPARE = {
+    "drain": Section(drain_rows, "drain"),
+    "log_kinds": Section(log_kinds_rows, "drain", default=False),
+    "log_kinds_steady": Section(log_kinds_steady_rows, "drain", default=False),
+}

@@ -2,18 +2,19 @@
 alternating rounds (A B C A B C ...), medians compared.
 
 These machines are shared and noisy, so only ratios measured side by side mean anything. The
-*Ratio classes of the suite use this inside one asv benchmark; `benchmarks.compare` uses it to
+*Ratio classes of the suite use this inside one asv benchmark; `benchmarks.tools.compare` uses it to
 run the same classes directly. Nothing here measures anything itself.
 """
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from .common import BenchError, Target
 
 Measure = Callable[[], float]
+Key = TypeVar("Key", bound=Hashable)
 
 
 class Sides:
@@ -66,12 +67,12 @@ class Sides:
         return errors
 
 
-def alternate(measures: dict[str, Measure], rounds: int,
-              on_error: Callable[[str, Exception], None] | None = None) -> dict[str, list[float]]:
+def alternate(measures: Mapping[Key, Measure], rounds: int,
+              on_error: Callable[[Key, Exception], None] | None = None) -> dict[Key, list[float]]:
     """Call each measure once per round, in order, `rounds` times. Without `on_error` a failure
     propagates; with it, the failing measure is reported and left out of later rounds."""
-    samples: dict[str, list[float]] = {name: [] for name in measures}
-    failed: set[str] = set()
+    samples: dict[Key, list[float]] = {name: [] for name in measures}
+    failed: set[Key] = set()
     for _ in range(rounds):
         for name, fn in measures.items():
             if name in failed:
@@ -107,7 +108,7 @@ class RouterVsReference:
 
     @staticmethod
     def target(*params: Any) -> Target | None:
-        """The performance issue's target for this ratio, if it states one."""
+        """The target for this ratio, if there is one."""
         return None
 
     def setup(self, *params: Any) -> None:

@@ -11,9 +11,9 @@ Two raw methods (no serializer on either side, no log, no exec), with the router
 - `/bench.Bare/Call` (unary): returns b"". The floor of one gRPC call, against the exec rate.
 - `/bench.Bare/Messages` (unary-stream): the request is "COUNT,SIZE,PER" in ASCII; the handler yields
   COUNT items of SIZE bytes, PER of them to a message. What a stream message costs whatever it holds
-  (benchmarks/message_cost.py).
+  (benchmarks/tools/message_cost.py).
 
-    python benchmarks/bare_grpc.py --listen 127.0.0.1:0 --mode sync|aio|aio-uvloop
+    python benchmarks/suite/bare_grpc.py --listen 127.0.0.1:0 --mode sync|aio|aio-uvloop
     # prints "bare listening on HOST:PORT"
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import grpc
 
@@ -74,7 +75,9 @@ def options() -> list:
     return server_options(ServerConfig(state_dir="", task_id=""))
 
 
-def handlers(stream, execute, call, many) -> grpc.GenericRpcHandler:  # type: ignore[no-untyped-def]
+def handlers(stream: Callable[..., Any], execute: Callable[..., Any], call: Callable[..., Any],
+             many: Callable[..., Any]) -> grpc.GenericRpcHandler:
+    """The four methods' bodies (sync functions, or the aio server's coroutines and async generators)."""
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Stream": grpc.unary_stream_rpc_method_handler(stream),
         "Messages": grpc.unary_stream_rpc_method_handler(many),

@@ -2,7 +2,7 @@
 server, alternating, with the wall rate and the CPU seconds of each round (server, its children,
 and this client process), from /proc/PID/stat and getrusage around the round.
 
-    python -m benchmarks.stream_cpu --mib 256 --rounds 12 [--router NAME=PYTHONPATH]... [-- ROUTER ARGS]
+    python -m benchmarks.tools.stream_cpu --mib 256 --rounds 12 [--router NAME=PYTHONPATH]... [-- ROUTER ARGS]
 
 Each `--router NAME=DIR` starts a router with PYTHONPATH=DIR (another build of the package, say a
 git worktree built in place) beside the installed one (`router`); prints medians of the last four.
@@ -15,9 +15,17 @@ import statistics
 import sys
 import time
 
-from .bare_grpc import EXEC_METHOD
-from .bench_stream import bare_sender, router_sender
-from .common import BareGrpcProcess, cpu_seconds, router_from
+from ..suite.bare_grpc import EXEC_METHOD
+from ..suite.bench_stream import bare_sender, router_sender
+from ..suite.common import BareGrpcProcess, cpu_seconds, router_from
+
+
+def router_tree(spec: str, p: argparse.ArgumentParser) -> tuple[str, str]:
+    """--router NAME=PYTHONPATH -> (NAME, PYTHONPATH)."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        p.error(f"--router {spec!r}: expected NAME=PYTHONPATH")
+    return name, path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[tuple[float, float]]] = {}
     with contextlib.ExitStack() as stack:
         sides = {}
-        for name, path in [("router", "")] + [tuple(r.split("=", 1)) for r in args.router]:  # type: ignore[misc]
+        for name, path in [("router", ""), *(router_tree(spec, p) for spec in args.router)]:
             router = stack.enter_context(router_from(path, args=args.router_args, log_root=None))
             sides[name] = (router_sender(router), router.pid)
         bare = stack.enter_context(BareGrpcProcess())

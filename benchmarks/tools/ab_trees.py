@@ -2,7 +2,7 @@
 side by side with local posix_spawn: an A/B between commits on one noisy machine.
 
     git worktree add /tmp/before <commit> && (cd /tmp/before && python setup.py build_ext --inplace)
-    python -m benchmarks.ab_trees --tree before=/tmp/before/src --tree after=src --execs 1000 --rounds 9
+    python -m benchmarks.tools.ab_trees --tree before=/tmp/before/src --tree after=src --execs 1000 --rounds 9
 
 Each tree's router is `router serve` started with PYTHONPATH=<tree>, all of them at once; each
 round runs every router's batch and then local posix_spawn in 64 threads (what BatchExecRate
@@ -16,8 +16,8 @@ import argparse
 import contextlib
 import statistics
 
-from .common import IN_FLIGHT, cpu_seconds, router_from
-from .workloads import AioSide, local_spawn_rate, router_batch
+from ..suite.common import IN_FLIGHT, cpu_seconds, router_from
+from ..suite.workloads import AioSide, local_spawn_rate, router_batch
 
 
 def main() -> None:
@@ -53,8 +53,8 @@ def main() -> None:
     print("median execs/s", {k: round(statistics.median(v)) for k, v in rates.items()},
           "router CPU us/exec", {k: round(statistics.median(v)) for k, v in cpu.items()},
           "children's", {k: round(statistics.median(v)) for k, v in kids.items()})
-    print("ratio to local", {name: round(statistics.median(r / loc for r, loc in zip(rates[name], rates["local"])), 3)
-                             for name, _ in trees})
+    ratios = {name: [r / loc for r, loc in zip(rates[name], rates["local"], strict=True)] for name, _ in trees}
+    print("ratio to local", {name: round(statistics.median(r), 3) for name, r in ratios.items()})
 
 
 if __name__ == "__main__":

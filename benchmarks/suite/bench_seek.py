@@ -14,10 +14,12 @@ from .common import (
     SyncRouter,
     Target,
     closing_on_error,
+    human_size,
     stream_timeout,
     unique,
     zeros_command,
 )
+from .rows import Axis, Row, Section, V
 
 
 class Seek:
@@ -84,3 +86,16 @@ class Seek:
         return statistics.median(samples["end"]) / statistics.median(samples["start"])
 
     track_end_over_start.unit = "end/start"  # type: ignore[attr-defined]
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def seek_rows(axis: Axis) -> list[list[Row]]:
+    return [[Row(f"time to first byte of a finished {human_size(size)} log: at 97.5 % / at offset 0",
+                 V(Seek, (size,), "track_ttfb_end"), V(Seek, (size,), "track_ttfb_start"), Seek.target,
+                 V(Seek, (size,), "track_end_over_start"))]
+            for size in axis(Seek)]
+
+
+COMPARE = {"seek": Section(seek_rows, "seek")}

@@ -1,5 +1,5 @@
 """Where a drained pipe's bytes go: the router's log (`_fastio.SegmentedLog`) and the alternatives
-it is measured against (the two ceilings, and the other kinds of log issue 3 considered).
+it is measured against (the two ceilings, and the other kinds of log weighed for it).
 
 Every sink takes one readiness event's worth (up to DRAIN_BUDGET) per `step(fd)` from a
 non-blocking pipe, as the router's event loop does; `drain_until_eof` polls between steps.

@@ -19,11 +19,13 @@ from .common import (
     SyncRouter,
     Target,
     closing_on_error,
+    human_size,
     processes_with_arg,
     raise_nofile_limit,
     stream_timeout,
     zeros_command,
 )
+from .rows import Axis, Row, Section, V, tracks_of
 from .workloads import AioSide, router_start_idle
 
 
@@ -119,3 +121,31 @@ class IdleExecs:
         return self.status["fds"]
 
     track_fds.unit = "fds"  # type: ignore[attr-defined]
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def memory_rows(axis: Axis) -> list[list[Row]]:
+    groups = []
+    for size in axis(ServerMemory):
+        mem = tracks_of(ServerMemory, size)
+        groups.append([
+            Row(f"server VmRSS after one exec streamed {human_size(size)} to a reader (reference: before)",
+                mem("track_rss_after"), mem("track_rss_before")),
+            Row(f"server RSS growth while streaming {human_size(size)}: peak (VmHWM) minus before",
+                mem("track_rss_growth"), None, ServerMemory.growth_target),
+            Row("server peak RSS (VmHWM) during that stream (reference: VmRSS before)",
+                mem("track_peak_rss"), mem("track_rss_before")),
+        ])
+    n = max(axis(IdleExecs))
+    groups.append([Row(f"server {what} with {n} idle execs held open (reference: no execs)",
+                       V(IdleExecs, (n,), method), V(IdleExecs, (0,), method),
+                       per=(n, "per exec") if method == "track_fds" else None)
+                   for what, method in (("VmRSS", "track_rss"), ("threads", "track_threads"),
+                                        ("open descriptors", "track_fds"))])
+    return groups
+
+
+# One round: the tracks read what one setup recorded.
+COMPARE = {"memory": Section(memory_rows, None)}

@@ -29,10 +29,9 @@ import grpc
 from router._proto import exec_control_pb2 as ec
 from router._proto import exec_control_pb2_grpc as ec_grpc
 from router._proto import task_command_router_pb2_grpc as pb_grpc
-from router.client import exit_code
+from router.client import CHANNEL_OPTIONS, exit_code
 
 from .common import (
-    CHANNEL_OPTIONS,
     CHANNELS,
     TASK_ID,
     BenchError,
@@ -324,7 +323,7 @@ async def batch_run(channels: Sequence[grpc.aio.Channel], md: Any, prefix: str, 
         await asyncio.wait_for(watch(), max(1.0, timeout - (time.perf_counter() - t0)))
     except Failure as f:
         out.fail(f.kind, f.detail)
-    except (asyncio.TimeoutError, grpc.aio.AioRpcError) as e:
+    except (TimeoutError, grpc.aio.AioRpcError) as e:
         out.fail("batch", repr(e))
     out.seconds = time.perf_counter() - t0
     return out

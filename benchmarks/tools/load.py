@@ -1,8 +1,8 @@
 """A steady load on a router you started yourself, for profiling it (py-spy) while it serves.
-Not a benchmark: figures come from the suite (`asv run`, `python -m benchmarks.compare`).
+Not a benchmark: figures come from the suite (`asv run`, `python -m benchmarks.tools.compare`).
 
     router serve --state-dir /tmp/prof --listen 127.0.0.1:50556 &
-    python -m benchmarks.load /tmp/prof 127.0.0.1:50556 [SECONDS] [rate|fan]
+    python -m benchmarks.tools.load /tmp/prof 127.0.0.1:50556 [SECONDS] [rate|fan]
 
 64 execs in flight over 4 grpc.aio channels for SECONDS (default 10), with the suite's own
 operations: `rate` starts and waits `true` (as ExecRate does); `fan` also reads 64 KiB of stdout
@@ -18,9 +18,9 @@ from collections.abc import Awaitable
 
 from router.config import load_or_create_task_id
 
-from .bench_fanout import OUTPUT as FAN_OUTPUT
-from .common import IN_FLIGHT, token_metadata, unique
-from .workloads import AioSide, exec_output, exec_true, in_flight
+from ..suite.bench_fanout import OUTPUT as FAN_OUTPUT
+from ..suite.common import IN_FLIGHT, token_metadata, unique
+from ..suite.workloads import AioSide, exec_output, exec_true, in_flight
 
 
 def main() -> int:

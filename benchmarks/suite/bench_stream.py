@@ -1,7 +1,7 @@
 """One exec's stdout end to end: `head -c N /dev/zero` on a router in its own process, read through
 TaskExecStdioRead, against the same bytes from a bare grpcio server and from OpenSSH; and many
 rounds of it through one server, where retention releases old execs and new output recycles
-their log slots (StreamRounds, issue 7)."""
+their log slots (StreamRounds)."""
 from __future__ import annotations
 
 import contextlib
@@ -23,9 +23,11 @@ from .common import (
     SyncRouter,
     Target,
     closing_on_error,
+    human_size,
     stream_timeout,
     zeros_command,
 )
+from .rows import Axis, Row, Section, tracks_of, vs
 from .sshd import SSHServer, require_openssh
 
 WARM = 16 * MiB
@@ -118,7 +120,7 @@ class StreamRatio(alternating.RouterVsReference):
 
 
 SHM = "/dev/shm"
-LAST = 4  # issue 7's targets: the last four rounds (against the bare server, and the router's first four)
+LAST = 4  # the rounds' targets read the last four (against the bare server, and the router's first four)
 
 
 def retain_args(size: int) -> list[str]:
@@ -155,11 +157,11 @@ def _arena_track(side: str) -> Callable[..., float]:
 
 
 class StreamRounds:
-    """Issue 7: SIZE.recycle rounds (full 12 x 1 GiB, quick 12 x 128 MiB, tiny 3 x 8 MiB) of one
+    """Recycling: SIZE.recycle rounds (full 12 x 1 GiB, quick 12 x 128 MiB, tiny 3 x 8 MiB) of one
     exec's stdout (`head -c N /dev/zero`, as Stream) through ONE server per side, the sides
     alternating (A B C D A B C D ...): `router` (logs in the state directory, ext4 under BENCH_TMP,
     whatever BENCH_LOG_ROOT says), `router_shm` (`--log-dir` under /dev/shm, tmpfs), `bare_grpc`
-    (prebuilt messages: the reference the issue names) and `bare_exec` (the same server streaming
+    (prebuilt messages: the reference the target names) and `bare_exec` (the same server streaming
     the same child's pipe as it reads it: no log, journal or offsets; what the router's design adds).
     Both routers run with their default flags at full size (retention keeps 10 % of the logs'
     filesystem, at most 4 GiB: older execs are released from round 5 on a large disk), and with
@@ -211,7 +213,8 @@ class StreamRounds:
     track_shm_last = _median_track("router_shm", "the /dev/shm router's last four rounds")
     track_shm_first = _median_track("router_shm", "its first four rounds", first=True)
     track_bare_last = _median_track("bare_grpc", "the bare grpcio server's last four rounds")
-    track_bare_exec_last = _median_track("bare_exec", "the bare grpcio server streaming a child's pipe, last four rounds")
+    track_bare_exec_last = _median_track("bare_exec",
+                                         "the bare grpcio server streaming a child's pipe, last four rounds")
     track_router_over_bare = _ratio_track(("router", False), ("bare_grpc", False), "router/bare",
                                           "last four rounds, router / bare grpcio (target >= 0.8)")
     track_router_over_bare_exec = _ratio_track(("router", False), ("bare_exec", False), "router/bare exec",
@@ -225,3 +228,50 @@ class StreamRounds:
 
     target_over_bare = Target(">=", 0.8)
     target_last_over_first = Target(">=", 0.95)
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def stream_rows(axis: Axis) -> list[list[Row]]:
+    return [[vs(f"one exec's stdout, {human_size(size)}: router vs bare grpcio server (throughput)",
+                StreamRatio, (size,), "bare_grpc"),
+             vs(f"one exec's stdout, {human_size(size)}: router vs OpenSSH `ssh host head` (throughput)",
+                StreamRatio, (size,), "ssh")]
+            for size in axis(Stream)]
+
+
+def recycle_rows(axis: Axis) -> list[list[Row]]:
+    groups = []
+    for size in axis(StreamRounds):
+        sr = tracks_of(StreamRounds, size)
+        rounds, _ = SIZE.recycle
+        k = min(LAST, rounds)
+        flags = ("default flags" if not retain_args(size)
+                 else f"`{' '.join(retain_args(size))}`, 1.25 x a round, so that slots recycle within the run")
+        what = f"{rounds} rounds of one exec's stdout, {human_size(size)} each, through one router ({flags})"
+        groups.append([
+            Row(f"{what}: router vs bare grpcio server, medians of the last {k} rounds",
+                sr("track_router_last"), sr("track_bare_last"), StreamRounds.target_over_bare,
+                sr("track_router_over_bare")),
+            Row(f"{what}: router vs the bare grpcio server streaming the same child's pipe as it reads it "
+                f"(no log, journal or offsets), last {k} rounds",
+                sr("track_router_last"), sr("track_bare_exec_last"), None, sr("track_router_over_bare_exec")),
+            Row(f"{what}: router's last {k} rounds vs its first {k}",
+                sr("track_router_last"), sr("track_router_first"), StreamRounds.target_last_over_first,
+                sr("track_last_over_first")),
+            Row(f"the same rounds, `--log-dir` on /dev/shm (tmpfs): last {k} vs first {k}",
+                sr("track_shm_last"), sr("track_shm_first")),
+            Row(f"where logs live: `--log-dir` /dev/shm (tmpfs) vs the state directory (ext4), last {k} "
+                "rounds", sr("track_shm_last"), sr("track_router_last"), None, sr("track_shm_over_state")),
+            Row("arena files' disk after every round (allocated blocks): state directory; reference: /dev/shm",
+                sr("track_arena_mib"), sr("track_shm_arena_mib")),
+        ])
+    return groups
+
+
+COMPARE = {
+    "stream": Section(stream_rows, "stream"),
+    # One round: StreamRounds' setup_cache alternates its own rounds, and the tracks read them.
+    "recycle": Section(recycle_rows, None),
+}

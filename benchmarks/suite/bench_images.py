@@ -1,4 +1,4 @@
-"""Images (issue 8): snapshot and mount of a tree of many small files and of a tree of one big file,
+"""Images: snapshot and mount of a tree of many small files and of a tree of one big file,
 each against `cp -a` and `tar c | tar x` of the same tree; a second snapshot of the unchanged tree
 against the first; the store after two snapshots against the tree's size.
 
@@ -37,7 +37,7 @@ inodes looks each of them up first (ext4's recently_deleted(): 60 % of `cp -a`'s
 record`). After the untimed deletes between sides, `cp -a` of the 20,000 files takes 8-20 s there
 instead of about 1 s; every side that creates files slows the same way, while an overlay mount
 creates none. BENCH_TMP (compare's --tmp) on a journaled filesystem gives figures that hold
-elsewhere (RESULTS.md, issue 8, measured both ways).
+elsewhere (HISTORY.md, "Two filesystems, and why" under "Images": measured both ways).
 
 Overlay is used where this machine can make overlay mounts with a data-only layer (the probe the
 router's `--mount-method auto` makes); elsewhere the overlay benchmarks are skipped. Every mount
@@ -76,11 +76,13 @@ from .common import (
     RouterProcess,
     SyncRouter,
     Target,
+    human_size,
     reap,
     stop_process,
     stream_timeout,
     unique,
 )
+from .rows import Axis, Row, Section, tracks_of
 
 TREES = ("files", "big_file")
 METHODS = ("overlay", "copy")
@@ -323,7 +325,7 @@ def _seconds_track(side: str, doc: str) -> Callable[..., float]:
 
 
 class Images:
-    """Issue 8, one setup_cache for every round of both trees (the module's docstring says how each
+    """One setup_cache for every round of both trees (the module's docstring says how each
     side is measured); tree: files | big_file, method: the router's --mount-method (overlay is
     skipped where this machine cannot make overlay mounts). The tracks are medians, in seconds or
     MiB (lower is better); cp, tar and the tree's size are the same for both methods. There are
@@ -377,3 +379,36 @@ class Images:
         return self.tree["tree_bytes"] / MiB
 
     track_tree_mib.unit = "MiB"  # type: ignore[attr-defined]
+
+
+# -- compare's table --------------------------------------------------------------------------------
+
+
+def images_rows(axis: Axis) -> list[list[Row]]:
+    files, big = SIZE.images
+    rows = []  # one group: the class's setup_cache measures both trees
+    for tree in axis(Images):
+        what = f"{files:,} files of 2-6 KiB" if tree == "files" else f"one {human_size(big)} file"
+        ov, cp = tracks_of(Images, tree, "overlay"), tracks_of(Images, tree, "copy")
+        rows += [Row(f"{what}: first snapshot (`--mount-method overlay`, which also builds the metadata tree) vs "
+                     "`cp -a`", ov("track_snapshot"), cp("track_cp")),
+                 Row(f"{what}: first snapshot (overlay) vs `tar c` piped into `tar x`", ov("track_snapshot"),
+                     cp("track_tar")),
+                 Row(f"{what}: first snapshot (`--mount-method copy`) vs `cp -a`", cp("track_snapshot"),
+                     cp("track_cp"))]
+        rows += [Row(f"{what}: second snapshot of the unchanged tree vs the first ({method})",
+                     t("track_snapshot_again"), t("track_snapshot"), Images.target_again_over_first)
+                 for method, t in (("overlay", ov), ("copy", cp))]
+        for method, t in (("overlay", ov), ("copy", cp)):
+            target = Images.target_mount_over_cp[method] if tree == "files" else None
+            rows += [Row(f"{what}: mount ({method}) vs `cp -a`", t("track_mount"), cp("track_cp"), target),
+                     Row(f"{what}: mount ({method}) vs `tar c` piped into `tar x`", t("track_mount"), cp("track_tar"))]
+        rows += [Row(f"{what}: the store's growth over two snapshots ({method}; allocated blocks under "
+                     "STATE_DIR/images) vs the tree's (du)", t("track_store_mib"), cp("track_tree_mib"),
+                     Images.target_store_over_tree)
+                 for method, t in (("overlay", ov), ("copy", cp))]
+    return [rows]
+
+
+# One round: Images' setup_cache alternates its own rounds, and the tracks read them.
+COMPARE = {"images": Section(images_rows, None)}
