@@ -8,7 +8,8 @@ import shutil
 import tempfile
 
 from router.engine import journal as jr
-from router.engine.records import ExecSpec, ExitStatus
+from router.engine import journal_format as jf
+from router.engine.records import ExecSpec, ExitCause, ExitStatus
 
 from .common import TMP
 
@@ -17,13 +18,13 @@ _SPEC = ExecSpec(args=["python", "-c", "print('hello')"], env={"PATH": "/usr/bin
                                                                   "TOKEN": "secret"}, workdir="/work")
 
 
-def exec_records(i: int) -> list[jr.Record]:
+def exec_records(i: int) -> list[jf.Record]:
     exec_id = f"exec-{i:08d}-0123456789abcdef"
-    return [jr.Begun.from_spec(exec_id, bytes(32), _SPEC, 1.7e9 + i),
-            jr.Spawned(exec_id, 100_000 + i, False),
-            jr.Output(exec_id, "stdout", [i % 4096, (i + 1) % 4096], 70_000, True),
-            jr.Output(exec_id, "stderr", [(i + 2) % 4096], 120, True),
-            jr.Exited(exec_id, ExitStatus(code=0), 1.7e9 + i + 0.5, jr.CAUSE_EXITED)]
+    return [jf.Begun.from_spec(exec_id, bytes(32), _SPEC, 1.7e9 + i),
+            jf.Spawned(exec_id, 100_000 + i, False),
+            jf.Output(exec_id, "stdout", [i % 4096, (i + 1) % 4096], 70_000, True),
+            jf.Output(exec_id, "stderr", [(i + 2) % 4096], 120, True),
+            jf.Exited(exec_id, ExitStatus(code=0), 1.7e9 + i + 0.5, ExitCause.EXITED)]
 
 
 class Journal:
@@ -71,7 +72,7 @@ class Replay:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def time_replay(self) -> None:
-        state = jr.replay(self.path)
+        state = jf.replay(self.path)
         assert len(state.execs) == EXECS
 
     def track_bytes_per_exec(self) -> float:

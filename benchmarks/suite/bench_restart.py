@@ -19,8 +19,9 @@ import grpc
 from router._proto import task_command_router_pb2 as pb
 from router._proto import task_command_router_pb2_grpc as pb_grpc
 from router.client import exit_code
-from router.engine import journal as jr
-from router.engine.records import ExecSpec, ExitStatus
+from router.engine import journal_format as jf
+from router.engine.journal import Journal
+from router.engine.records import ExecSpec, ExitCause, ExitStatus
 
 from .common import (
     SIZE,
@@ -48,12 +49,12 @@ _SPEC = ExecSpec(args=["true"], env={"PATH": "/usr/bin:/bin", "SECRET": "value"}
 def write_journal(path: pathlib.Path, n: int) -> str:
     """A journal of `n` finished execs (exit codes i % 7), oldest first; returns the newest's id."""
     now = time.time()
-    journal, _ = jr.Journal.open(path, auto_compact=False)
+    journal, _ = Journal.open(path, auto_compact=False)
     with journal:
         for i in range(n):
             exec_id = f"restart-{i:06d}"
-            journal.append(jr.Begun.from_spec(exec_id, bytes(32), _SPEC, now - n + i))
-            journal.append(jr.Exited(exec_id, ExitStatus(code=i % 7), now - n + i + 0.5, jr.CAUSE_EXITED))
+            journal.append(jf.Begun.from_spec(exec_id, bytes(32), _SPEC, now - n + i))
+            journal.append(jf.Exited(exec_id, ExitStatus(code=i % 7), now - n + i + 0.5, ExitCause.EXITED))
             if i % 100 == 99:
                 journal.flush()
     return f"restart-{n - 1:06d}"

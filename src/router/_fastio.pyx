@@ -14,7 +14,7 @@ the same arena files (opened when needed, never truncated), and SegmentStore.fin
 frees every slot no restored log claimed. Beside the logs, the module starts children without the
 GIL (spawn) and makes the few syscalls the event loop needs without blocking.
 
-Why (benchmarks/RESULTS.md, "Which kind of log"): draining 4 GiB into a file mapping ran at
+Why (benchmarks/HISTORY.md, "Which kind of log"): draining 4 GiB into a file mapping ran at
 643 MB/s and left every touched page in RSS (4109 MiB); readv + pwrite ran at 1523 MB/s in 13 MiB.
 Into recycled slots splice() takes one copy fewer: 2221 against 1411 MB/s ("splice, and what the
 stream target asks" there). Streams share arena files rather than having a file each: that alone

@@ -48,8 +48,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # 0 means: derive from the open-file limit (each running exec holds up to 4 descriptors).
     max_running_execs: int = 0
     # "aio": grpc.aio on an event loop thread of its own beside the engine's, one thread for every
-    # call (the default: measured faster for many execs, benchmarks/RESULTS.md); "threads": grpcio's
-    # thread-per-call server.
+    # call (the default: measured faster for many execs, benchmarks/HISTORY.md, "Server modes side
+    # by side"); "threads": grpcio's thread-per-call server.
     server_mode: Literal["aio", "threads"] = "aio"
     # Reap orphaned processes (the router inherits them as PID 1 of a container or a subreaper).
     reap_orphans: bool = False

@@ -1,6 +1,6 @@
 """`router batch`: each line of a file run as `sh -c LINE` on one or more routers, GNU parallel style.
 
-Few calls per job (one gRPC call costs the server ~0.2 ms, benchmarks/HISTORY.md): jobs start in chunks, one
+Few calls per job (one gRPC call costs the server ~0.2 ms: benchmarks/HISTORY.md): jobs start in chunks, one
 BatchStart per target per refill of the -j window, and each chunk is followed by one Watch over
 its ids that ends by itself when the last of them exits. Output up to OUTPUT_LIMIT comes in the
 exit event; only larger output costs TaskExecStdioRead calls. A Watch over every exec would be one

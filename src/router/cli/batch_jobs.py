@@ -20,7 +20,8 @@ KILL_GRACE_SECS = 1.0
 MAX_STATUS = 101  # parallel's cap on the exit status (number of failed jobs)
 NOT_RUN = -1  # parallel's joblog Exitval for a job killed by a timeout (and here: one that never started)
 # Items per BatchStart (and its Watch): a call answers once all its items have started, so the
-# first outputs come after one chunk's spawns rather than all of them (benchmarks/RESULTS.md).
+# first outputs come after one chunk's spawns rather than all of them (benchmarks/HISTORY.md,
+# "Fan-out and exec rate through BatchStart + Watch").
 CHUNK = 256
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"

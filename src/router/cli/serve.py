@@ -55,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     # Every exec allocates dozens of objects kept as long as the exec is: at the default threshold
     # (700 allocations) the collector ran ~90 times per 1,000 execs of `true`, ~10% of the server's
-    # CPU (measured: benchmarks/HISTORY.md).
+    # CPU (benchmarks/HISTORY.md, "A leaner start and finish per exec").
     gc.set_threshold(GC_THRESHOLD)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

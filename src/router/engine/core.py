@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 # How often orphans are reaped when the router inherits them (PID 1 or a subreaper).
 ORPHAN_REAP_SECS = 1.0
 # posix_spawn callers at once: four gave BatchStart its best exec rate among the counts measured
-# (benchmarks/HISTORY.md).
+# (benchmarks/HISTORY.md, "Spawning off the loop, without the GIL"; again in "One message for the
+# events ready together").
 SPAWN_THREADS = 4
 # A start that fails with these (and no file named) lacked resources: a retry may work.
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.ENOSPC}

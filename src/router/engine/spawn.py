@@ -2,7 +2,7 @@
 
 uvloop's own subprocess support does a full fork(), which slows to a crawl once the router holds
 gigabytes; posix_spawn (through _fastio.spawn, which lets go of the GIL while the child execs) and
-subprocess.Popen without preexec_fn both vfork (benchmarks/RESULTS.md).
+subprocess.Popen without preexec_fn both vfork (benchmarks/HISTORY.md, "Spawning off the loop, without the GIL").
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 _fastio.spawn holds its caller until the child has exec'd (most of a millisecond): in threads of
 their own, with the GIL let go, spawns overlap and the loop goes on. Outcomes return to the loop
 in batches, one wake-up for all that finished since it last looked: a Future, its callback and a
-call_soon per exec cost the loop more than the rest of a start (measured: benchmarks/HISTORY.md).
+call_soon per exec cost the loop more than the rest of a start (benchmarks/HISTORY.md, "A leaner
+start and finish per exec").
 """
 from __future__ import annotations
 

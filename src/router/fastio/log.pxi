@@ -446,7 +446,7 @@ cdef class SegmentedLog:
 
     cdef Py_ssize_t _splice_drain(self, int fd, Py_ssize_t budget) except? -2:
         """drain() for a pipe: splice() straight into the slots, one copy fewer than readv() +
-        pwrite() (benchmarks/RESULTS.md). Bytes drained, or -1 to leave this call to readv()
+        pwrite() (benchmarks/HISTORY.md, "Splice, and what the stream target asks"). Bytes drained, or -1 to leave this call to readv()
         with nothing read: fd is no pipe, or a new slot would be needed and the pipe is empty
         (an exec without output must not take a slot; readv() tells an empty pipe from EOF)."""
         cdef SegmentStore store = self._store

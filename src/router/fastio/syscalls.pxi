@@ -3,7 +3,7 @@
 #
 # These keep the GIL: letting it go and taking it back cost the loop thread 30-50 us a call while
 # spawner and gRPC threads wanted it (a batch of `true`s, cProfile on the loop thread), where the
-# calls themselves take a few us (benchmarks/RESULTS.md, "The loop thread and the GIL").
+# calls themselves take a few us (benchmarks/HISTORY.md, "The loop thread and the GIL").
 
 from libc.errno cimport EINTR, errno
 from posix.unistd cimport close as c_close

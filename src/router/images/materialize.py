@@ -105,7 +105,8 @@ def _build(manifest: Manifest, root: bytes, fill: Callable[[Entry, int], None], 
         return made
 
     # Two threads make the files (each syscall lets go of the GIL, so the kernel's work overlaps):
-    # 0.95 against 1.08 s for one on 20,000 files (benchmarks/RESULTS.md); three were no faster.
+    # 0.95 against 1.08 s for one on 20,000 files (benchmarks/HISTORY.md, "The copy mount again, on a
+    # quiet machine"); three were no faster.
     chunks = [files[i:i + _FILES_PER_TASK] for i in range(0, len(files), _FILES_PER_TASK)]
     if len(chunks) > 1:
         with ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="materialize") as pool:

@@ -4,7 +4,7 @@ Two modes drive the same RPC bodies (service.py) through thin adapters (handlers
 - "aio" (default): grpc.aio on a uvloop loop in a thread of its own: one thread serves every call,
   while the engine's loop thread spawns and drains beside it.
 - "threads": grpcio's synchronous server, one pool thread per call in flight.
-benchmarks/RESULTS.md has the measurements behind the default.
+benchmarks/HISTORY.md, "Server modes side by side", has the measurements behind the default.
 """
 from __future__ import annotations
 
