@@ -15,16 +15,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router import auth
-from router import client
-from router import config
+from router import auth, client, config
 from router._proto import api_pb2
 from router._proto import exec_control_pb2 as ec
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, AsyncRouterClient, RouterClient, exit_code
-
-from .conftest import PIPES, TASK_ID, py, router_process, serving
-from .test_client import CuttableProxy
+from tests.helpers.execs import PIPES, py
+from tests.helpers.proxies import CuttableProxy
+from tests.helpers.servers import TASK_ID, router_process, serving
 
 Body = Callable[[AsyncRouterClient], Awaitable[None]]
 

@@ -13,8 +13,9 @@ from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.errors import RouterError
 from router.server.grpc_server import RouterServer
-
-from .conftest import TASK_ID, Raw, start_request
+from tests.helpers.execs import start_request
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.servers import TASK_ID
 
 POLL = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="x")
 

@@ -9,12 +9,12 @@ import subprocess
 import sys
 import time
 
-
 from router import auth
-from router.engine import journal
 from router._proto import task_command_router_pb2 as pb
-
-from .conftest import TASK_ID, Raw, router_process, start_request
+from router.engine import journal
+from tests.helpers.execs import start_request
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.servers import TASK_ID, router_process
 
 ROUTER = [sys.executable, "-m", "router.cli"]
 

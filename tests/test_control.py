@@ -14,14 +14,16 @@ import grpc
 import pytest
 
 from router import auth
-from router.server import control as control_module
 from router._proto import api_pb2
 from router._proto import exec_control_pb2 as ec
 from router._proto import exec_control_pb2_grpc as ec_grpc
 from router._proto import task_command_router_pb2 as pb
 from router.client import CHANNEL_OPTIONS, RouterClient
-
-from .conftest import PIPES, TASK_ID, alive, eventually, router_process, serving
+from router.server import control as control_module
+from tests.helpers.execs import PIPES
+from tests.helpers.polling import eventually
+from tests.helpers.processes import alive
+from tests.helpers.servers import TASK_ID, router_process, serving
 
 
 class Control:

@@ -13,8 +13,9 @@ import pytest
 
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, RouterClient, exit_code
-
-from .conftest import PIPES, TASK_ID, Raw, make_server, py, start_request
+from tests.helpers.execs import PIPES, py, start_request
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.servers import TASK_ID, make_server
 
 OK = grpc.StatusCode.OK
 

@@ -16,8 +16,7 @@ import time
 from collections.abc import Iterator
 
 from router.client import RouterClient
-
-from .conftest import serving
+from tests.helpers.servers import serving
 
 
 class Terminal:

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from router import _fastio
-from . import reference_log
+from tests.helpers import reference_log
 
 PAGE = mmap.PAGESIZE
 SEG = PAGE  # one-page segments: every few KiB crosses a boundary

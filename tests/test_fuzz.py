@@ -24,8 +24,9 @@ from router import auth
 from router._proto import api_pb2
 from router._proto import task_command_router_pb2 as pb
 from router.server.grpc_server import RouterServer
-
-from .conftest import PIPES, TASK_ID, Raw, make_server
+from tests.helpers.execs import PIPES
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.servers import TASK_ID, make_server
 
 SERVICE = "/modal.task_command_router.TaskCommandRouter/"
 COUNT = {"requests": 0}

@@ -24,16 +24,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.images import manifest as manifests
-from router.images import mounts
 from router._proto import task_command_router_pb2 as pb
 from router.errors import RouterError
-from router.images.store import Images
+from router.images import manifest as manifests
+from router.images import mounts
 from router.images.manifest import Entry, Manifest, ManifestError
 from router.images.materialize import copy_tree
+from router.images.store import Images
 from router.server.validate import MountArgs, SnapshotArgs
+from tests.helpers.execs import PIPES
+from tests.helpers.servers import TASK_ID, serving
 
-from .conftest import PIPES, TASK_ID, serving
 
 def _overlay_possible() -> bool:
     with tempfile.TemporaryDirectory() as d:

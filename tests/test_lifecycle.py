@@ -17,8 +17,11 @@ import pytest
 from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, RouterClient, exit_code
-
-from .conftest import PIPES, TASK_ID, Raw, alive, eventually, make_server, py, serving, start_request
+from tests.helpers.execs import PIPES, py, start_request
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.polling import eventually
+from tests.helpers.processes import alive
+from tests.helpers.servers import TASK_ID, make_server, serving
 
 OK = grpc.StatusCode.OK
 U64_MAX = 2**64 - 1

@@ -9,8 +9,10 @@ import pytest
 from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.engine.core import base_environment
-
-from .conftest import PIPES, TASK_ID, Raw, eventually, serving
+from tests.helpers.execs import PIPES
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.polling import eventually
+from tests.helpers.servers import TASK_ID, serving
 
 WAIT = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="sleeper")
 

@@ -1,5 +1,5 @@
 """The image RPCs (TaskSnapshotDirectory, TaskMountDirectory, TaskUnmountDirectory) driven by Modal's own
-client from a driver process (modal_images_driver.py), against a router in its own process; what they do
+client from a driver process (helpers/drivers/modal_images_driver.py), against a router in its own process; what they do
 is checked on the filesystem here (the router is local)."""
 from __future__ import annotations
 
@@ -20,15 +20,14 @@ import pytest
 
 from router import auth
 from router.images import mounts
-
-from .conftest import TASK_ID, router_process
+from tests.helpers.drivers import MODAL_IMAGES_DRIVER
+from tests.helpers.servers import TASK_ID, router_process
 
 # Only look for it: importing Modal here would clash with router's protos in this process.
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("modal") is None,
                                  reason="Modal's client is part of the test extra"),
               pytest.mark.timeout(60)]
 
-DRIVER = pathlib.Path(__file__).with_name("modal_images_driver.py")
 KEY = (b"k" * 32).hex()
 WRONG_KEY = (b"j" * 32).hex()
 UNKNOWN_IMAGE = "im-" + "0" * 24
@@ -43,7 +42,7 @@ class Driver:
     def __init__(self, url: str, token: str, log: pathlib.Path) -> None:
         self._log = log
         with open(log, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, str(DRIVER), url, token, TASK_ID],
+            self.proc = subprocess.Popen([sys.executable, str(MODAL_IMAGES_DRIVER), url, token, TASK_ID],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
         self._buffer = b""
 

@@ -7,12 +7,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.server import validate as requests
 from router._proto import api_pb2
 from router._proto import task_command_router_pb2 as pb
 from router.errors import RouterError
-
-from .conftest import TASK_ID, Raw
+from router.server import validate as requests
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.servers import TASK_ID
 
 BASE = {"PATH": "/usr/bin:/bin", "HOME": "/root"}
 names = st.one_of(st.sampled_from(["PATH", "HOME", "TERM"]), st.text(min_size=0, max_size=8))  # some override the base

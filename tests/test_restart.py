@@ -10,12 +10,14 @@ import time
 import grpc
 
 from router import auth
-from router.engine import journal
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, RouterClient, exit_code
+from router.engine import journal
 from router.engine.records import ExecSpec, ExitStatus
-
-from .conftest import PIPES, TASK_ID, alive, eventually, router_process, serving, start_request
+from tests.helpers.execs import PIPES, start_request
+from tests.helpers.polling import eventually
+from tests.helpers.processes import alive
+from tests.helpers.servers import TASK_ID, router_process, serving
 
 
 def journal_of(tmp_path: pathlib.Path) -> journal.Journal:

@@ -16,8 +16,10 @@ from router.client import RouterClient, exit_code
 from router.errors import RouterError
 from router.server.grpc_server import RouterServer
 from router.server.service import ReadCursor, _frame_data_length
-
-from .conftest import PIPES, TASK_ID, Raw, eventually, py, serving
+from tests.helpers.execs import PIPES, py
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.polling import eventually
+from tests.helpers.servers import TASK_ID, serving
 
 KiB = 1024
 SEGMENT = 64 * KiB

@@ -16,8 +16,8 @@ from router.client import RouterClient, exit_code
 from router.config import ServerConfig
 from router.secretstore import SecretError, SecretStore
 from router.server.grpc_server import RouterServer
-
-from .conftest import PIPES, TASK_ID, router_process, serving
+from tests.helpers.execs import PIPES
+from tests.helpers.servers import TASK_ID, router_process, serving
 
 VALUE = "s3cr3t-value-that-must-not-leak"
 

@@ -19,9 +19,8 @@ from router.client import CHANNEL_OPTIONS
 from router.config import ServerConfig
 from router.server.grpc_server import RouterServer
 from router.tls import TlsFiles, client_credentials, is_loopback
-
-from .certs import CA, write
-from .conftest import TASK_ID, make_server, router_process
+from tests.helpers.certs import CA, write
+from tests.helpers.servers import TASK_ID, make_server, router_process
 
 POLL = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="absent")
 

@@ -20,8 +20,8 @@ from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.config import TokenPolicy
 from router.errors import RouterError
-
-from .conftest import TASK_ID, Raw, make_server
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.servers import TASK_ID, make_server
 
 ALGS = ["HS256", "RS256", "ES256", "EdDSA"]
 AUD, ISS = "router-tests", "https://issuer.example"
