@@ -22,7 +22,7 @@ from tests.helpers.grpc_raw import Raw
 from tests.helpers.leaks import grpc_internal, log_counters, mounts_under, open_descriptors
 from tests.helpers.polling import settled
 from tests.helpers.processes import children
-from tests.helpers.servers import TASK_ID, make_server
+from tests.helpers.servers import TASK_ID, running
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -73,11 +73,8 @@ def leak_guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(params=["aio", "threads"])
 def server_and_key(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[tuple[RouterServer, bytes]]:
     """A server in each mode: both serve the same contract."""
-    server, key = make_server(tmp_path, server_mode=request.param)
-    try:
+    with running(tmp_path, server_mode=request.param) as (server, key):
         yield server, key
-    finally:
-        server.stop(grace=0.5)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, AsyncRouterClient, RouterClient, exit_code
 from tests.helpers.execs import PIPES, py
 from tests.helpers.proxies import CuttableProxy
-from tests.helpers.servers import TASK_ID, router_process, serving
+from tests.helpers.servers import TASK_ID, router_process, serving, state_token
 
 Body = Callable[[AsyncRouterClient], Awaitable[None]]
 
@@ -134,7 +134,7 @@ def test_read_and_watch_resume_after_a_cut(tmp_path: pathlib.Path) -> None:
 
 
 def test_wait_gives_up_on_a_dead_router(tmp_path: pathlib.Path) -> None:
-    token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+    token = state_token(tmp_path)
     with router_process(tmp_path) as (server, listen):
         async def body(client: AsyncRouterClient) -> None:
             await client.start("sleeps", ["sleep", "30"], **PIPES)

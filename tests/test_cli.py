@@ -14,7 +14,7 @@ from router._proto import task_command_router_pb2 as pb
 from router.engine import journal
 from tests.helpers.execs import start_request
 from tests.helpers.grpc_raw import Raw
-from tests.helpers.servers import TASK_ID, router_process
+from tests.helpers.servers import TASK_ID, router_process, state_token
 
 ROUTER = [sys.executable, "-m", "router.cli"]
 
@@ -53,15 +53,12 @@ def test_exec_output_is_byte_exact(tmp_path: pathlib.Path) -> None:
 
 def test_sigterm_stops_cleanly_and_kills_running_execs(tmp_path: pathlib.Path) -> None:
     with router_process(tmp_path) as (proc, listen):
-        token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
-        raw = Raw(int(listen.rsplit(":", 1)[1]), token)
-        try:
+        token = state_token(tmp_path)
+        with Raw(int(listen.rsplit(":", 1)[1]), token) as raw:
             raw.call("TaskExecStart", start_request("sleeper", ["sh", "-c", "sleep 60 & echo $!; wait"]))
             first = next(iter(raw.call("TaskExecStdioRead", pb.TaskExecStdioReadRequest(
                 task_id=TASK_ID, exec_id="sleeper"))))
             grandchild = int(first.data.split()[0])
-        finally:
-            raw.channel.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         deadline = time.monotonic() + 5

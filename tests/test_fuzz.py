@@ -20,13 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router import auth
 from router._proto import api_pb2
 from router._proto import task_command_router_pb2 as pb
 from router.server.grpc_server import RouterServer
 from tests.helpers.execs import PIPES
 from tests.helpers.grpc_raw import Raw
-from tests.helpers.servers import TASK_ID, make_server
+from tests.helpers.servers import TASK_ID, serving
 
 SERVICE = "/modal.task_command_router.TaskCommandRouter/"
 COUNT = {"requests": 0}
@@ -50,27 +49,23 @@ task_ids = st.one_of(st.just(TASK_ID), st.just(TASK_ID), texts)
 @pytest.fixture
 def fuzz_server(tmp_path: pathlib.Path) -> Iterator[tuple[RouterServer, Raw, pathlib.Path]]:
     """One server for all the examples of a test (so the leak guard sees what a whole run leaves)."""
-    base = tmp_path
-    server, key = make_server(base)
-    raw = Raw(server.port, auth.mint_token(key, TASK_ID))
-    sandbox = base / "sandbox"
-    (sandbox / "tree" / "sub").mkdir(parents=True)
-    (sandbox / "tree" / "f").write_bytes(b"data")
-    try:
-        raw.call("TaskExecStart", pb.TaskExecStartRequest(task_id=TASK_ID, exec_id="done", command_args=["echo", "hi"],
-                                                          **PIPES))
-        raw.call("TaskExecWait", pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="done"))
-        raw.call("TaskExecStart", pb.TaskExecStartRequest(task_id=TASK_ID, exec_id="running", command_args=["cat"],
-                                                          timeout_secs=600, **PIPES))
-        yield server, raw, sandbox
-    finally:
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split(" ")[4] for line in f]
-        for point in points:
-            if point.startswith(str(sandbox)):
-                subprocess.run(["umount", "-l", point], check=False)
-        raw.channel.close()
-        server.stop(0.5)
+    with serving(tmp_path) as (server, _, raw):
+        sandbox = tmp_path / "sandbox"
+        (sandbox / "tree" / "sub").mkdir(parents=True)
+        (sandbox / "tree" / "f").write_bytes(b"data")
+        try:
+            raw.call("TaskExecStart", pb.TaskExecStartRequest(task_id=TASK_ID, exec_id="done",
+                                                              command_args=["echo", "hi"], **PIPES))
+            raw.call("TaskExecWait", pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="done"))
+            raw.call("TaskExecStart", pb.TaskExecStartRequest(task_id=TASK_ID, exec_id="running",
+                                                              command_args=["cat"], timeout_secs=600, **PIPES))
+            yield server, raw, sandbox
+        finally:
+            with open("/proc/self/mountinfo") as f:
+                points = [line.split(" ")[4] for line in f]
+            for point in points:
+                if point.startswith(str(sandbox)):
+                    subprocess.run(["umount", "-l", point], check=False)
 
 
 def call(raw: Raw, method: str, request: object, metadata: tuple | None = None, timeout: float = 2.0) -> grpc.StatusCode:

@@ -21,7 +21,7 @@ from tests.helpers.execs import PIPES, py, start_request
 from tests.helpers.grpc_raw import Raw
 from tests.helpers.polling import eventually
 from tests.helpers.processes import alive
-from tests.helpers.servers import TASK_ID, make_server, serving
+from tests.helpers.servers import TASK_ID, make_server, serving, state_token
 
 OK = grpc.StatusCode.OK
 U64_MAX = 2**64 - 1
@@ -252,7 +252,7 @@ def test_serve_reaps_orphans_as_a_subreaper(tmp_path: pathlib.Path) -> None:
         lines = [proc.stdout.readline() for _ in range(5)]
         assert any(line.startswith("reaping orphaned processes") for line in lines), lines
         port = int(lines[0].split()[-1].rsplit(":", 1)[1])
-        with RouterClient(f"127.0.0.1:{port}", auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID),
+        with RouterClient(f"127.0.0.1:{port}", state_token(tmp_path),
                           TASK_ID) as client:
             # The background job outlives its shell: an orphan, re-parented to the router, which must reap it.
             client.start("orph", ["sh", "-c", "sleep 1.5 >/dev/null 2>&1 & echo $!"], **PIPES)
@@ -431,20 +431,16 @@ def test_pty_output_after_exit_is_drained_to_eio(client: RouterClient) -> None:
     assert b"".join(client.read("p")) == b"z" * 200000
 
 
-def test_a_cancelled_start_leaves_the_exec_usable(server, token: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_cancelled_start_leaves_the_exec_usable(raw: Raw) -> None:
     """A TaskExecStart that ends early (deadline, client gone) cannot cancel the spawn it waits for:
     its retries and the exec's other calls still work."""
-    raw = Raw(server.port, token)
-    try:
-        request = start_request("cancelled", ["sh", "-c", "echo ok"])
-        raw.code("TaskExecStart", request, timeout=0.0001)  # may or may not get through in time
-        assert raw.code("TaskExecStart", request) == OK
-        # Before its spawn has run too: nothing can cancel the future a start waits on.
-        from router.engine.execs import Exec
-        from router.engine.records import ExecSpec
-        unspawned = Exec("x", b"", ExecSpec(args=["true"], env={}), None, None, 1024)
-        assert not unspawned.started.cancel()
-        wait = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="cancelled")
-        assert raw.call("TaskExecWait", wait).code == 0
-    finally:
-        raw.channel.close()
+    request = start_request("cancelled", ["sh", "-c", "echo ok"])
+    raw.code("TaskExecStart", request, timeout=0.0001)  # may or may not get through in time
+    assert raw.code("TaskExecStart", request) == OK
+    # Before its spawn has run too: nothing can cancel the future a start waits on.
+    from router.engine.execs import Exec
+    from router.engine.records import ExecSpec
+    unspawned = Exec("x", b"", ExecSpec(args=["true"], env={}), None, None, 1024)
+    assert not unspawned.started.cancel()
+    wait = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="cancelled")
+    assert raw.call("TaskExecWait", wait).code == 0

@@ -6,13 +6,12 @@ import pathlib
 import grpc
 import pytest
 
-from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.engine.core import base_environment
 from tests.helpers.execs import PIPES
 from tests.helpers.grpc_raw import Raw
 from tests.helpers.polling import eventually
-from tests.helpers.servers import TASK_ID, serving
+from tests.helpers.servers import TASK_ID, serving, state_token
 
 WAIT = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="sleeper")
 
@@ -66,11 +65,8 @@ def test_calls_in_flight_per_token(tmp_path: pathlib.Path, mode: str) -> None:
             trailers = dict(info.value.trailing_metadata() or ())
             assert "--max-calls-per-token 3" in info.value.details() and "grpc-status-details-bin" in trailers
             # Another token has its own budget.
-            other = Raw(server.port, auth.mint_token(auth.load_or_create_key(tmp_path / "state"), TASK_ID, 600))
-            try:
+            with Raw(server.port, state_token(tmp_path / "state", 600)) as other:
                 assert other.code("TaskExecPoll", poll) == grpc.StatusCode.OK
-            finally:
-                other.channel.close()
         finally:
             for f in held:
                 f.cancel()
@@ -89,12 +85,8 @@ def test_streams_per_connection(tmp_path: pathlib.Path) -> None:
             poll = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="sleeper")
             # The third stream on this connection waits for one of the two to end.
             assert raw.code("TaskExecPoll", poll, timeout=1.0) == grpc.StatusCode.DEADLINE_EXCEEDED
-            token = auth.mint_token(auth.load_or_create_key(tmp_path / "state"), TASK_ID, 600)
-            fresh = Raw(server.port, token)
-            try:
+            with Raw(server.port, state_token(tmp_path / "state", 600)) as fresh:
                 assert fresh.code("TaskExecPoll", poll) == grpc.StatusCode.OK  # another connection is free
-            finally:
-                fresh.channel.close()
             held[0].cancel()
             assert raw.code("TaskExecPoll", poll, timeout=10) == grpc.StatusCode.OK
         finally:

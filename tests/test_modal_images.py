@@ -18,10 +18,9 @@ from typing import Any
 
 import pytest
 
-from router import auth
 from router.images import mounts
 from tests.helpers.drivers import MODAL_IMAGES_DRIVER
-from tests.helpers.servers import TASK_ID, router_process
+from tests.helpers.servers import TASK_ID, router_process, state_token
 
 # Only look for it: importing Modal here would clash with router's protos in this process.
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("modal") is None,
@@ -111,7 +110,7 @@ def session(tmp_path: pathlib.Path, *serve_args: str) -> Iterator[tuple[Driver, 
     work.mkdir()
     try:
         with router_process(state, *serve_args) as (_, listen):
-            token = auth.mint_token(auth.load_or_create_key(state), TASK_ID)
+            token = state_token(state)
             driver = Driver(f"http://{listen}", token, tmp_path / "driver.log")
             try:
                 yield driver, work

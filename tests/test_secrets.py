@@ -17,7 +17,7 @@ from router.config import ServerConfig
 from router.secretstore import SecretError, SecretStore
 from router.server.grpc_server import RouterServer
 from tests.helpers.execs import PIPES
-from tests.helpers.servers import TASK_ID, router_process, serving
+from tests.helpers.servers import TASK_ID, router_process, serving, state_token
 
 VALUE = "s3cr3t-value-that-must-not-leak"
 
@@ -95,7 +95,7 @@ def test_values_never_reach_logs_journal_or_the_command_line(tmp_path: pathlib.P
     assert subprocess.run([*run, "ls"], capture_output=True, text=True, check=True, timeout=30).stdout == \
         "st-db\tPASSWORD\n"
     with router_process(tmp_path) as (server, listen):
-        token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+        token = state_token(tmp_path)
         with RouterClient(listen, token, TASK_ID, retries=0) as client:
             env = env_of(client, "uses", secret_ids=["st-db"])
             assert env["PASSWORD"] == VALUE

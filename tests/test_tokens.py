@@ -20,8 +20,8 @@ from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.config import TokenPolicy
 from router.errors import RouterError
-from tests.helpers.grpc_raw import Raw
-from tests.helpers.servers import TASK_ID, make_server
+from tests.helpers.grpc_raw import Raw, bearer
+from tests.helpers.servers import TASK_ID, running
 
 ALGS = ["HS256", "RS256", "ES256", "EdDSA"]
 AUD, ISS = "router-tests", "https://issuer.example"
@@ -127,20 +127,13 @@ def test_over_grpc_each_configuration_refuses_and_serves(signer: Signer, tmp_pat
     if signer.alg == "HS256":  # the server's own key is the one the signer holds
         (tmp_path / "state").mkdir()
         (tmp_path / "state" / "jwt.key").write_bytes(signer.private)
-    server, _ = make_server(tmp_path, tokens=signer.policy)
-    try:
-        raw = Raw(server.port, signer.token())
-        try:
-            poll = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="absent")
-            assert raw.code("TaskExecPoll", poll) == grpc.StatusCode.NOT_FOUND  # through auth
-            for kind, (token, code, words) in bad_tokens(signer).items():
-                with pytest.raises(grpc.RpcError) as info:
-                    raw.call("TaskExecPoll", poll, metadata=(("authorization", f"Bearer {token}"),))
-                assert info.value.code() == code and words in info.value.details(), kind
-        finally:
-            raw.channel.close()
-    finally:
-        server.stop(0.5)
+    with running(tmp_path, tokens=signer.policy) as (server, _), Raw(server.port, signer.token()) as raw:
+        poll = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="absent")
+        assert raw.code("TaskExecPoll", poll) == grpc.StatusCode.NOT_FOUND  # through auth
+        for kind, (token, code, words) in bad_tokens(signer).items():
+            with pytest.raises(grpc.RpcError) as info:
+                raw.call("TaskExecPoll", poll, metadata=bearer(token))
+            assert info.value.code() == code and words in info.value.details(), kind
 
 
 def test_configuration_mistakes_are_named(tmp_path: pathlib.Path) -> None:

@@ -15,7 +15,8 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 class Raw:
-    """The generated stub with auth metadata, for tests that look at exact status codes."""
+    """The generated stub with auth metadata, for tests that look at exact status codes. Closes its
+    channel at the end of a `with` block."""
 
     def __init__(self, port: int, token: str) -> None:
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS)
@@ -39,3 +40,9 @@ class Raw:
         except grpc.RpcError as e:
             return e.code()
         return grpc.StatusCode.OK
+
+    def __enter__(self) -> Raw:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.channel.close()

@@ -32,18 +32,27 @@ def make_server(tmp_path: pathlib.Path, **overrides: Any) -> tuple[RouterServer,
 
 
 @contextlib.contextmanager
+def running(tmp_path: pathlib.Path, **overrides: Any) -> Iterator[tuple[RouterServer, bytes]]:
+    """make_server's server and key, the server stopped after the block."""
+    server, key = make_server(tmp_path, **overrides)
+    try:
+        yield server, key
+    finally:
+        server.stop(0.5)
+
+
+@contextlib.contextmanager
 def serving(tmp_path: pathlib.Path, **overrides: Any) -> Iterator[tuple[RouterServer, RouterClient, Raw]]:
     """A server with these config overrides, a client and a raw stub on it; all stopped after."""
-    server, key = make_server(tmp_path, **overrides)
-    token = auth.mint_token(key, TASK_ID)
-    client = RouterClient(f"127.0.0.1:{server.port}", token, TASK_ID, retries=0)
-    raw = Raw(server.port, token)
-    try:
-        yield server, client, raw
-    finally:
-        client.close()
-        raw.channel.close()
-        server.stop(0.5)
+    with running(tmp_path, **overrides) as (server, key):
+        token = auth.mint_token(key, TASK_ID)
+        client = RouterClient(f"127.0.0.1:{server.port}", token, TASK_ID, retries=0)
+        raw = Raw(server.port, token)
+        try:
+            yield server, client, raw
+        finally:
+            client.close()
+            raw.channel.close()
 
 
 def state_token(state_dir: pathlib.Path, ttl_secs: int | None = None) -> str:
