@@ -122,7 +122,8 @@ def test_exec_gives_up_on_a_router_that_died(tmp_path: pathlib.Path) -> None:
     """`router exec` waiting on a command whose router is killed exits 255 with one line, in time."""
     with router_process(tmp_path) as (server, _):
         client = subprocess.Popen([*ROUTER, "exec", "--state-dir", str(tmp_path), "--give-up", "2", "-n", "--",
-                                   "sh", "-c", "echo $$; exec sleep 30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                   "sh", "-c", "echo $$; exec sleep 30"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         sleeper = 0
         try:
             assert client.stdout is not None

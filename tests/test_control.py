@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pathlib
 import resource
@@ -139,10 +140,13 @@ def test_exit_cause_of_each_kind_and_usage(both: tuple[RouterClient, Control]) -
     }
     for exec_id, (args, fields, _) in cases.items():
         client.start(exec_id, args, **PIPES, **fields)
+
+    def has_cause(exec_id: str, cause: int) -> bool:
+        return control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id=exec_id)).exit.cause == cause
+
     for exec_id, (_, _, cause) in cases.items():
         client.wait(exec_id)
-        assert eventually(lambda: control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id=exec_id)).exit.cause
-                          == cause), exec_id
+        assert eventually(functools.partial(has_cause, exec_id, cause)), exec_id
     info = control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id="burns"))
     assert info.args[0] == sys.executable and not info.running and info.ended_at >= info.started_at > 0
     assert info.usage.user_cpu_secs > 0.05 and info.usage.max_rss_bytes > 64 << 20, info.usage
@@ -159,7 +163,8 @@ def _memory_cgroup() -> pathlib.Path | None:
         if "memory" in controllers.split(","):
             base = pathlib.Path("/sys/fs/cgroup/memory") / path.lstrip("/")
             return base if (base / "memory.limit_in_bytes").exists() else None
-    unified = pathlib.Path("/sys/fs/cgroup") / pathlib.Path("/proc/self/cgroup").read_text().split("::", 1)[-1].strip().lstrip("/")
+    own = pathlib.Path("/proc/self/cgroup").read_text().split("::", 1)[-1].strip().lstrip("/")
+    unified = pathlib.Path("/sys/fs/cgroup") / own
     return unified if "memory" in (unified / "cgroup.subtree_control").read_text(errors="replace") else None
 
 

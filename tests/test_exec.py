@@ -39,8 +39,10 @@ def test_stdout_and_stderr_kept_apart(client: RouterClient) -> None:
 
 
 def test_merged_stderr_keeps_order_and_stderr_stream_is_empty(client: RouterClient, raw: Raw) -> None:
-    code = "import sys\nfor i in range(200):\n    (sys.stdout if i % 2 else sys.stderr).write(f'{i},'); (sys.stdout if i % 2 else sys.stderr).flush()"
-    client.start("m", py(code), stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_PIPE, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_STDOUT)
+    code = ("import sys\nfor i in range(200):\n"
+            "    (sys.stdout if i % 2 else sys.stderr).write(f'{i},'); (sys.stdout if i % 2 else sys.stderr).flush()")
+    client.start("m", py(code), stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_PIPE,
+                 stderr_config=pb.TASK_EXEC_STDERR_CONFIG_STDOUT)
     assert read_all(client, "m") == "".join(f"{i}," for i in range(200)).encode()
     stderr = raw.call("TaskExecStdioRead", pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="m",
                                                                      file_descriptor=STDERR))
@@ -49,7 +51,8 @@ def test_merged_stderr_keeps_order_and_stderr_stream_is_empty(client: RouterClie
 
 
 def test_devnull_streams_end_at_once(client: RouterClient) -> None:
-    client.start("d", ["sh", "-c", "echo out; echo err >&2"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_DEVNULL)
+    client.start("d", ["sh", "-c", "echo out; echo err >&2"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL,
+                 stderr_config=pb.TASK_EXEC_STDERR_CONFIG_DEVNULL)
     assert read_all(client, "d") == b"" and read_all(client, "d", STDERR) == b""
     assert exit_code(client.wait("d")) == 0
 
@@ -122,8 +125,8 @@ def test_not_executable_is_126(client: RouterClient, tmp_path: pathlib.Path) -> 
 
 
 def test_bad_workdir_fails_like_a_shell_and_reason_follows_merge(client: RouterClient) -> None:
-    client.start("bw", ["pwd"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_PIPE, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_STDOUT,
-                 workdir="/no/such/dir")
+    client.start("bw", ["pwd"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_PIPE,
+                 stderr_config=pb.TASK_EXEC_STDERR_CONFIG_STDOUT, workdir="/no/such/dir")
     assert b"/no/such/dir" in read_all(client, "bw")
     assert exit_code(client.wait("bw")) == 127
 

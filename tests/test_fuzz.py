@@ -68,7 +68,8 @@ def fuzz_server(tmp_path: pathlib.Path) -> Iterator[tuple[RouterServer, Raw, pat
                     subprocess.run(["umount", "-l", point], check=False)
 
 
-def call(raw: Raw, method: str, request: object, metadata: tuple | None = None, timeout: float = 2.0) -> grpc.StatusCode:
+def call(raw: Raw, method: str, request: object, metadata: tuple | None = None,
+         timeout: float = 2.0) -> grpc.StatusCode:
     COUNT["requests"] += 1
     code = raw.code(method, request, timeout=timeout, metadata=metadata)
     assert code not in BAD, (method, code)
@@ -88,7 +89,8 @@ def start_requests(draw: st.DrawFn) -> pb.TaskExecStartRequest:
     if draw(st.booleans()):
         request.workdir = draw(st.one_of(texts, st.sampled_from(["/", "/tmp", "/nonexistent", "rel"])))
     if draw(st.booleans()):
-        request.pty_info.CopyFrom(api_pb2.PTYInfo(enabled=draw(st.booleans()), winsz_rows=draw(st.integers(0, 2**32 - 1)),
+        request.pty_info.CopyFrom(api_pb2.PTYInfo(enabled=draw(st.booleans()),
+                                                  winsz_rows=draw(st.integers(0, 2**32 - 1)),
                                                   winsz_cols=draw(st.integers(0, 2**32 - 1)), env_term=draw(texts)))
     for _ in range(draw(st.integers(0, 2))):
         source = request.secret_sources.add()
@@ -129,7 +131,8 @@ _component = st.one_of(st.sampled_from([b"tree", b"sub", b"f", b"new", b" ", b"\
 @fuzz(2000)
 @given(method=st.sampled_from(["TaskMountDirectory", "TaskUnmountDirectory", "TaskSnapshotDirectory"]),
        task_id=task_ids, parts=st.lists(_component, max_size=3), absolute=st.sampled_from([True, True, True, False]),
-       image_id=st.one_of(st.sampled_from(["", "im-" + "0" * 24]), texts), key=st.one_of(st.none(), st.binary(max_size=600)),
+       image_id=st.one_of(st.sampled_from(["", "im-" + "0" * 24]), texts),
+       key=st.one_of(st.none(), st.binary(max_size=600)),
        ttl=st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)), snapshot_id=texts,
        container=st.sampled_from(["", "", "co-1"]))
 def test_fuzz_image_calls(fuzz_server: tuple, method: str, task_id: str, parts: list[bytes], absolute: bool,
@@ -137,7 +140,8 @@ def test_fuzz_image_calls(fuzz_server: tuple, method: str, task_id: str, parts: 
     sandbox: pathlib.Path = fuzz_server[2]
     path = b"/".join([bytes(sandbox), *parts]) if absolute else b"/".join(parts)  # never outside the sandbox
     if method == "TaskMountDirectory":
-        request: object = pb.TaskMountDirectoryRequest(task_id=task_id, path=path, image_id=image_id, container_id=container)
+        request: object = pb.TaskMountDirectoryRequest(task_id=task_id, path=path, image_id=image_id,
+                                                       container_id=container)
         if key is not None:
             request.customer_supplied_encryption_key = key  # type: ignore[attr-defined]
     elif method == "TaskUnmountDirectory":
@@ -161,7 +165,8 @@ def test_fuzz_image_calls(fuzz_server: tuple, method: str, task_id: str, parts: 
 
 @fuzz(2500)
 @given(method=st.sampled_from(["TaskExecPoll", "TaskExecStart", "TaskSnapshotDirectory"]),
-       metadata=st.lists(st.tuples(st.sampled_from(["authorization", "x-custom", "grpc-timeout-x", "authorization-bin"]),
+       metadata=st.lists(st.tuples(st.sampled_from(["authorization", "x-custom", "grpc-timeout-x",
+                                                     "authorization-bin"]),
                                    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60)),
                          max_size=3))
 def test_fuzz_metadata(fuzz_server: tuple, method: str, metadata: list[tuple[str, str]]) -> None:
@@ -198,7 +203,8 @@ def _h2_call(port: int, token: str, method: str, body: bytes, extra: list[tuple[
                 for event in conn.receive_data(data):
                     if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
                         status = dict(event.headers).get("grpc-status", status)
-                    if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                    if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset,
+                                          h2.events.ConnectionTerminated)):
                         return int(status) if status is not None else None
                 s.sendall(conn.data_to_send())
         except (OSError, h2.exceptions.ProtocolError):

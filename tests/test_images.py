@@ -216,14 +216,16 @@ def test_metadata_tree_redirects_fit_in_the_inode(tmp_path: pathlib.Path, tree: 
         redirect = os.getxattr(f, "trusted.overlay.redirect")
         assert len(redirect) <= 24, redirect
         short = os.lstat(bytes(blobs) + redirect)
-        full = [n for n in os.listdir(blobs / os.fsdecode(redirect[1:3])) if len(n) == 64 and n[2:22] == os.fsdecode(redirect[4:])]
+        full = [n for n in os.listdir(blobs / os.fsdecode(redirect[1:3]))
+                if len(n) == 64 and n[2:22] == os.fsdecode(redirect[4:])]
         assert len(full) == 1 and os.path.samestat(short, os.lstat(blobs / full[0][:2] / full[0]))
         if len(os.listxattr(f)) == 2:  # only the overlay's own (a.txt carries user.color too)
             assert os.lstat(f).st_blocks == 0, f  # sparse, and no xattr block (ext4's 256-byte inodes, tmpfs)
 
 
 @OVERLAY
-def test_a_short_name_taken_by_other_content_falls_back_to_the_full_name(tmp_path: pathlib.Path, tree: pathlib.Path) -> None:
+def test_a_short_name_taken_by_other_content_falls_back_to_the_full_name(tmp_path: pathlib.Path,
+                                                                          tree: pathlib.Path) -> None:
     images = _images(tmp_path, "overlay")
     blob = hashlib.sha256((tree / "a.txt").read_bytes()).hexdigest()
     squatter = images.root / "store" / "blobs" / blob[:2] / blob[2:22]
@@ -238,7 +240,8 @@ def test_a_short_name_taken_by_other_content_falls_back_to_the_full_name(tmp_pat
     images.gc()
     assert squatter.exists()  # not the image's to delete
     squatter.unlink()
-    assert [f for _, _, fs in os.walk(images.root / "store" / "blobs") for f in fs] == []  # short names went with their blobs
+    # The short names went with their blobs.
+    assert [f for _, _, fs in os.walk(images.root / "store" / "blobs") for f in fs] == []
 
 
 def test_a_manifest_that_inflates_past_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -483,7 +486,8 @@ def test_a_tampered_manifest_in_the_store_cannot_write_outside(tmp_path: pathlib
     # The record changed too, to name the evil manifest by its own hash: validated, and refused.
     evil_digest = hashlib.sha256(manifests.encode(evil)).hexdigest()
     images.backend.put_doc("manifests", evil_digest, manifests.encode(evil))
-    images.backend.put_doc("images", image, msgspec.msgpack.encode(msgspec.structs.replace(record, manifest_sha256=evil_digest)))
+    forged = msgspec.structs.replace(record, manifest_sha256=evil_digest)
+    images.backend.put_doc("images", image, msgspec.msgpack.encode(forged))
     assert code_of(lambda: mount(images, tmp_path / "mnt2", image)) == grpc.StatusCode.DATA_LOSS
     assert not (tmp_path / "canary").exists()
 
@@ -497,7 +501,7 @@ _component = st.sampled_from([b"a", b"b", b"..", b".", b"", b"/", b"c d", b"\n",
 def test_whatever_validates_stays_inside_its_target(tmp_path_factory: pytest.TempPathFactory,
                                                     paths: list[bytes], kinds: list[str]) -> None:
     entries = [ROOT] + [_entry(p, k, target=b"../../../x" if k == "symlink" else paths[0], blob="0" * 64)
-                        for p, k in zip(paths, kinds)]
+                        for p, k in zip(paths, kinds, strict=False)]  # kinds may outnumber paths
     try:
         manifests.validate(Manifest(entries=entries))
     except ManifestError:

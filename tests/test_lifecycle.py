@@ -84,7 +84,7 @@ LEAVE_GROUP = (
 )
 
 
-# -- kills, timeouts, terminals, failing logs ----------------------------------------------------------------------------------------------
+# -- kills, timeouts, terminals, failing logs ------------------------------------------------------------
 
 def test_start_without_a_deadline_is_ok(raw: Raw, client: RouterClient) -> None:
     """Modal's client sends TaskExecStart with no deadline (grpcio then reports ~1e19 s remaining).
@@ -172,7 +172,8 @@ def test_pty_eof_after_a_partial_line_ends_input(client: RouterClient, raw: Raw)
 
 
 def _drain_failures(caplog: pytest.LogCaptureFixture) -> int:
-    return sum(r.name == "router.engine.output" and r.getMessage().startswith("writing output failed") for r in caplog.records)
+    return sum(r.name == "router.engine.output" and r.getMessage().startswith("writing output failed")
+               for r in caplog.records)
 
 
 def test_output_survives_a_log_that_cannot_be_written(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -396,7 +397,8 @@ def test_concurrent_different_starts_for_one_id_run_exactly_one(raw: Raw, client
 
 
 def test_stdin_writes_racing_exit_are_all_accepted(client: RouterClient, raw: Raw) -> None:
-    client.start("h", ["head", "-c", "100000"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_PIPE)
+    client.start("h", ["head", "-c", "100000"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL,
+                 stderr_config=pb.TASK_EXEC_STDERR_CONFIG_PIPE)
     chunk = b"y" * 65536
     offset = 0
     for _ in range(64):

@@ -49,9 +49,8 @@ def test_calls_in_flight_per_token(tmp_path: pathlib.Path, mode: str) -> None:
     with serving(tmp_path, max_calls_per_token=3, server_mode=mode) as (server, client, raw):
         client.start("sleeper", ["sleep", "30"], **PIPES, timeout_secs=5)  # long enough to hold calls on
         held = [raw.stub.TaskExecWait.future(WAIT, timeout=30, metadata=raw.metadata) for _ in range(3)]
+        poll = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="sleeper")
         try:
-            poll = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="sleeper")
-
             def busy() -> bool:
                 try:
                     raw.call("TaskExecPoll", poll, timeout=5)
@@ -70,8 +69,7 @@ def test_calls_in_flight_per_token(tmp_path: pathlib.Path, mode: str) -> None:
         finally:
             for f in held:
                 f.cancel()
-        assert eventually(lambda: raw.code("TaskExecPoll", pb.TaskExecPollRequest(task_id=TASK_ID,
-                                                                                   exec_id="sleeper")) == grpc.StatusCode.OK)
+        assert eventually(lambda: raw.code("TaskExecPoll", poll) == grpc.StatusCode.OK)
         client.wait("sleeper")
 
 

@@ -1,4 +1,5 @@
-"""Modal's own client class against a router in its own process (its stubs and ours cannot share a process: protobuf refuses two definitions of one message name)."""
+"""Modal's own client class against a router in its own process (its stubs and ours cannot share a
+process: protobuf refuses two definitions of one message name)."""
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,8 @@ def test_modal_client_reads_across_a_kill_9_restart(tmp_path: pathlib.Path) -> N
             client.start("big", ["head", "-c", str(size), "/dev/urandom"], **PIPES)
             assert exit_code(client.wait("big")) == 0
             expected = hashlib.sha256(b"".join(client.read("big"))).hexdigest()
-        reader = subprocess.Popen([sys.executable, str(MODAL_DRIVER), f"http://{listen}", token, TASK_ID, "follow", "big"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        reader = subprocess.Popen([sys.executable, str(MODAL_DRIVER), f"http://{listen}", token, TASK_ID,
+                                   "follow", "big"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert reader.stdout is not None
             assert reader.stdout.readline().strip() == "reading"

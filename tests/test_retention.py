@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+from typing import Any
 
 import grpc
 import pytest
@@ -25,7 +26,8 @@ KiB = 1024
 SEGMENT = 64 * KiB
 
 
-def small(tmp_path: pathlib.Path, **overrides: object) -> contextlib.AbstractContextManager[tuple[RouterServer, RouterClient, Raw]]:
+def small(tmp_path: pathlib.Path,
+          **overrides: Any) -> contextlib.AbstractContextManager[tuple[RouterServer, RouterClient, Raw]]:
     """A server with small segments, so a few KiB of output spans several."""
     return serving(tmp_path, log_segment_size=SEGMENT, **overrides)
 
@@ -107,7 +109,8 @@ PATTERN = bytes(i % 251 for i in range(2 * 1024 * KiB))
 def test_a_running_exec_past_its_cap_keeps_head_and_tail(tmp_path: pathlib.Path) -> None:
     cap = 256 * KiB
     size = 1024 * KiB
-    program = f"import sys; sys.stdout.buffer.write(bytes(i % 251 for i in range({size}))); sys.stdout.flush(); sys.stdin.read()"
+    program = (f"import sys; sys.stdout.buffer.write(bytes(i % 251 for i in range({size}))); "
+               "sys.stdout.flush(); sys.stdin.read()")
     with small(tmp_path, max_exec_output=cap) as (server, client, raw):
         client.start("cap", py(program), **PIPES)
         assert eventually(lambda: server.engine.get("cap").stdout.committed == size)  # type: ignore[union-attr]

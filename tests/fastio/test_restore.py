@@ -138,7 +138,8 @@ def test_restore_validation(fio, logdir):
         # Valid ones still go: an empty tail slot, a released run at the start.
         logs.append(fio.SegmentedLog.restore(store, [6, 7, 8], 2 * SEG, False))
         logs.append(fio.SegmentedLog.restore(store, [-1, -1, 15], 2 * SEG + 7, True))
-        assert logs[-1].released_range == (0, 2 * SEG) and logs[-1].read(2 * SEG, 10) == payload(6 * SEG + 7, seed=3)[6 * SEG:]
+        assert logs[-1].released_range == (0, 2 * SEG)
+        assert logs[-1].read(2 * SEG, 10) == payload(6 * SEG + 7, seed=3)[6 * SEG:]
         assert delta(fio, c0) == {"open_stores": 1, "open_logs": 3, "slots_in_use": 7}
         # A restored log closed before finish_restore gives its slots back exactly once.
         logs.pop(1).close()

@@ -172,8 +172,9 @@ def test_epoll_watch_adds_and_removes_a_reader():
 
 
 def test_exit_status_leaves_the_child_unreaped_and_reap_gives_its_usage():
-    pid, pidfd, *_ = _fastio.spawn(b"/bin/sh", [b"sh", b"-c", b"i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exit 3"],
-                                   [], _fastio.SPAWN_DEVNULL, _fastio.SPAWN_DEVNULL, _fastio.SPAWN_DEVNULL)
+    busy = b"i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exit 3"
+    pid, pidfd, *_ = _fastio.spawn(b"/bin/sh", [b"sh", b"-c", busy], [], _fastio.SPAWN_DEVNULL, _fastio.SPAWN_DEVNULL,
+                                   _fastio.SPAWN_DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while (ended := _fastio.exit_status(pidfd)) is None and time.monotonic() < deadline:
