@@ -8,7 +8,8 @@ import hashlib
 import pathlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import cast
 
 import grpc
 import pytest
@@ -38,7 +39,8 @@ def run_with(target: str, token: str, body: Body, retries: int = 0) -> None:
 
 async def first_line(client: AsyncRouterClient, exec_id: str) -> bytes:
     out = b""
-    async with contextlib.aclosing(client.read(exec_id)) as stream:  # closing it cancels the call now
+    # read() gives an async generator (its signature says AsyncIterator): closing it cancels the call now.
+    async with contextlib.aclosing(cast(AsyncGenerator[bytes, None], client.read(exec_id))) as stream:
         async for data in stream:
             out += data
             if b"\n" in out:

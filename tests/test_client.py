@@ -4,12 +4,13 @@ from __future__ import annotations
 import hashlib
 
 from router.client import RouterClient, exit_code
+from router.server.grpc_server import RouterServer
 from tests.helpers.execs import PIPES, py
 from tests.helpers.proxies import CuttableProxy
 from tests.helpers.servers import TASK_ID
 
 
-def test_read_resumes_from_its_offset_after_a_cut(server, token: str) -> None:  # type: ignore[no-untyped-def]
+def test_read_resumes_from_its_offset_after_a_cut(server: RouterServer, token: str) -> None:
     proxy = CuttableProxy(server.port)
     program = ("import sys, time\n"
                "for i in range(40):\n"

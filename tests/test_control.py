@@ -25,6 +25,7 @@ from tests.helpers.execs import PIPES
 from tests.helpers.grpc_raw import bearer
 from tests.helpers.polling import eventually
 from tests.helpers.processes import alive
+from tests.helpers.protos import as_enum
 from tests.helpers.servers import TASK_ID, router_process, serving, state_token
 
 
@@ -113,7 +114,7 @@ def test_signal_targets_and_refusals(both: tuple[RouterClient, Control]) -> None
         "ended": ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=signal.SIGTERM),
         "no signal": ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=0),
         "huge signal": ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=4096),
-        "bad target": ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=1, target=9),
+        "bad target": ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=1, target=as_enum(ec.SignalTarget, 9)),
         "unknown exec": ec.SignalRequest(task_id=TASK_ID, exec_id="nope", signal=1),
         "other task": ec.SignalRequest(task_id="ta-other", exec_id="trap", signal=1),
     }.items():

@@ -16,12 +16,13 @@ from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, RouterClient, exit_code
 from tests.helpers.execs import PIPES, py, start_request
 from tests.helpers.grpc_raw import Raw
+from tests.helpers.protos import as_enum
 from tests.helpers.servers import TASK_ID, running, serving
 
 OK = grpc.StatusCode.OK
 
 
-def read_all(client: RouterClient, exec_id: str, fd: int = STDOUT, offset: int = 0) -> bytes:
+def read_all(client: RouterClient, exec_id: str, fd: pb.TaskExecStdioFileDescriptor = STDOUT, offset: int = 0) -> bytes:
     return b"".join(client.read(exec_id, fd, offset))
 
 
@@ -245,7 +246,8 @@ def test_offsets_at_and_beyond_the_end(client: RouterClient, raw: Raw) -> None:
     assert list(raw.call("TaskExecStdioRead", at_end)) == []
     beyond = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="o", offset=11)
     assert raw.code("TaskExecStdioRead", beyond) == grpc.StatusCode.OUT_OF_RANGE
-    bad_fd = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="o", file_descriptor=5)
+    bad_fd = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="o",
+                                         file_descriptor=as_enum(pb.TaskExecStdioFileDescriptor, 5))
     assert raw.code("TaskExecStdioRead", bad_fd) == grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -10,7 +10,8 @@ import pathlib
 import socket
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import grpc
 import h2.config
@@ -25,18 +26,23 @@ from router._proto import task_command_router_pb2 as pb
 from router.server.grpc_server import RouterServer
 from tests.helpers.execs import PIPES
 from tests.helpers.grpc_raw import Raw
+from tests.helpers.protos import as_enum
 from tests.helpers.servers import TASK_ID, serving
 
 SERVICE = "/modal.task_command_router.TaskCommandRouter/"
 COUNT = {"requests": 0}
+Test = TypeVar("Test", bound=Callable[..., None])
 
-def fuzz(examples: int):  # type: ignore[no-untyped-def]
+
+def fuzz(examples: int) -> Callable[[Test], Test]:
     """Hypothesis settings for one fuzz test: derandomized (CI sees the same inputs every run)."""
-    def apply(test):  # type: ignore[no-untyped-def]
+    def apply(test: Test) -> Test:
         test = settings(max_examples=examples, deadline=None, derandomize=True,
                         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])(test)
         return pytest.mark.timeout(600)(test)
     return apply
+
+
 BAD = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
 
 texts = st.one_of(st.text(max_size=20), st.sampled_from(["", "\0", "a\0b", "x" * 300, "é", "🙂", TASK_ID]))
@@ -81,8 +87,10 @@ def start_requests(draw: st.DrawFn) -> pb.TaskExecStartRequest:
     args = [draw(st.sampled_from(["true", "echo", "/bin/true", "", "no-such-command", "\0", "/nonexistent/x"]))]
     args += draw(st.lists(texts, max_size=4))
     request = pb.TaskExecStartRequest(
-        task_id=draw(task_ids), exec_id=draw(exec_ids), command_args=args, stdout_config=draw(enums),
-        stderr_config=draw(enums), env=draw(st.dictionaries(texts, texts, max_size=3)),
+        task_id=draw(task_ids), exec_id=draw(exec_ids), command_args=args,
+        stdout_config=as_enum(pb.TaskExecStdoutConfig, draw(enums)),
+        stderr_config=as_enum(pb.TaskExecStderrConfig, draw(enums)),
+        env=draw(st.dictionaries(texts, texts, max_size=3)),
         secret_ids=draw(st.lists(texts, max_size=2)), container_id=draw(st.sampled_from(["", "", "co-1"])))
     if draw(st.booleans()):
         request.timeout_secs = draw(st.integers(0, 2**32 - 1))
@@ -116,7 +124,8 @@ def test_fuzz_exec_calls(fuzz_server: tuple, method: str, task_id: str, exec_id:
         "TaskExecPoll": lambda: pb.TaskExecPollRequest(task_id=task_id, exec_id=exec_id),
         "TaskExecWait": lambda: pb.TaskExecWaitRequest(task_id=task_id, exec_id=exec_id),
         "TaskExecStdioRead": lambda: pb.TaskExecStdioReadRequest(task_id=task_id, exec_id=exec_id, offset=offset,
-                                                                 file_descriptor=fd),
+                                                                 file_descriptor=as_enum(
+                                                                     pb.TaskExecStdioFileDescriptor, fd)),
         "TaskExecStdinWrite": lambda: pb.TaskExecStdinWriteRequest(task_id=task_id, exec_id=exec_id, offset=offset,
                                                                    data=data, eof=eof and exec_id != "running"),
     }[method]()
@@ -139,20 +148,21 @@ def test_fuzz_image_calls(fuzz_server: tuple, method: str, task_id: str, parts: 
                           image_id: str, key: bytes | None, ttl: int | None, snapshot_id: str, container: str) -> None:
     sandbox: pathlib.Path = fuzz_server[2]
     path = b"/".join([bytes(sandbox), *parts]) if absolute else b"/".join(parts)  # never outside the sandbox
+    request: pb.TaskMountDirectoryRequest | pb.TaskUnmountDirectoryRequest | pb.TaskSnapshotDirectoryRequest
     if method == "TaskMountDirectory":
-        request: object = pb.TaskMountDirectoryRequest(task_id=task_id, path=path, image_id=image_id,
+        request = pb.TaskMountDirectoryRequest(task_id=task_id, path=path, image_id=image_id,
                                                        container_id=container)
         if key is not None:
-            request.customer_supplied_encryption_key = key  # type: ignore[attr-defined]
+            request.customer_supplied_encryption_key = key
     elif method == "TaskUnmountDirectory":
         request = pb.TaskUnmountDirectoryRequest(task_id=task_id, path=path, container_id=container)
     else:
         request = pb.TaskSnapshotDirectoryRequest(task_id=task_id, path=path, snapshot_id=snapshot_id,
                                                   container_id=container)
         if key is not None:
-            request.customer_supplied_encryption_key = key  # type: ignore[attr-defined]
+            request.customer_supplied_encryption_key = key
         if ttl is not None:
-            request.ttl_seconds = ttl  # type: ignore[attr-defined]
+            request.ttl_seconds = ttl
     call(fuzz_server[1], method, request)
     if method == "TaskMountDirectory":
         server: RouterServer = fuzz_server[0]
@@ -202,7 +212,7 @@ def _h2_call(port: int, token: str, method: str, body: bytes, extra: list[tuple[
                     break
                 for event in conn.receive_data(data):
                     if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
-                        status = dict(event.headers).get("grpc-status", status)
+                        status = {_text(k): _text(v) for k, v in event.headers}.get("grpc-status", status)
                     if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset,
                                           h2.events.ConnectionTerminated)):
                         return int(status) if status is not None else None
@@ -210,6 +220,11 @@ def _h2_call(port: int, token: str, method: str, body: bytes, extra: list[tuple[
         except (OSError, h2.exceptions.ProtocolError):
             pass
     return int(status) if status is not None else None
+
+
+def _text(header: bytes | str) -> str:
+    """A header name or value as text (h2 gives text here: the connection decodes them as UTF-8)."""
+    return header.decode() if isinstance(header, bytes) else header
 
 
 def _grpc_frame(message: bytes, compressed: int = 0, length: int | None = None) -> bytes:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import msgspec
@@ -60,12 +60,22 @@ def mount(images: Images, path: pathlib.Path | bytes, image_id: str, key: bytes 
     images.mount(MountArgs(bytes(path), image_id, key))
 
 
-def code_of(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+def code_of(call: Callable[[], object]) -> grpc.StatusCode:
     try:
         call()
     except RouterError as e:
         return e.code
     return grpc.StatusCode.OK
+
+
+def snapshot_bytes_read(records: list[logging.LogRecord]) -> list[int]:
+    """What each snapshot read, in bytes: the fourth argument of the store's "snapshot ..." log lines."""
+    out = []
+    for r in records:
+        if r.getMessage().startswith("snapshot "):
+            assert isinstance(r.args, tuple) and isinstance(r.args[3], int), r.args
+            out.append(r.args[3])
+    return out
 
 
 def make_tree(root: pathlib.Path) -> None:
@@ -259,7 +269,7 @@ def test_a_second_snapshot_reads_nothing_unchanged(tmp_path: pathlib.Path, tree:
     snap(images, tree)
     (tree / "a.txt").write_bytes(b"changed\n")
     snap(images, tree)
-    read = [r.args[3] for r in caplog.records if r.getMessage().startswith("snapshot ")]
+    read = snapshot_bytes_read(caplog.records)
     assert read[0] > 2_000_000 and read[1] == len(b"changed\n"), read
 
 
@@ -298,7 +308,7 @@ def test_snapshot_of_a_mounted_image_stores_only_what_changed(tmp_path: pathlib.
         expected = describe(target)
     assert added < 100_000, added  # the 2.2 MB file was not stored again
     if method == "overlay":
-        read = [r.args[3] for r in caplog.records if r.getMessage().startswith("snapshot ")]
+        read = snapshot_bytes_read(caplog.records)
         assert read[-1] == len(b"new file\n") + len(b"rewritten\n"), read
     with unmounting(images, target):
         mount(images, target, changed)

@@ -10,6 +10,7 @@ import resource
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, RouterClient, exit_code
+from router.server.grpc_server import RouterServer
 from tests.helpers.execs import PIPES, py, start_request
 from tests.helpers.grpc_raw import Raw
 from tests.helpers.polling import eventually
@@ -51,7 +53,7 @@ def _first_line(client: RouterClient, exec_id: str) -> bytes:
 
 
 @contextlib.contextmanager
-def descriptors_exhausted(free: int = 0):  # type: ignore[no-untyped-def]
+def descriptors_exhausted(free: int = 0) -> Iterator[None]:
     """This process at its descriptor limit, with `free` descriptors left, for the block's length."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
@@ -341,12 +343,12 @@ def test_largest_timeout_secs_is_accepted(client: RouterClient) -> None:
     assert exit_code(client.wait("t")) == 0
 
 
-def _waiters(server, exec_id: str) -> int:  # type: ignore[no-untyped-def]
+def _waiters(server: RouterServer, exec_id: str) -> int:
     """Threads (threads mode) and coroutines (aio mode) waiting on the exec right now."""
     return server.engine.get(exec_id).waiters
 
 
-def test_cancelled_waits_and_reads_leave_no_waiters(client: RouterClient, raw: Raw, server) -> None:  # type: ignore[no-untyped-def]
+def test_cancelled_waits_and_reads_leave_no_waiters(client: RouterClient, raw: Raw, server: RouterServer) -> None:
     client.start("w", ["sleep", "10"], **PIPES, timeout_secs=8)
     wait = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="w")
     read = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="w")

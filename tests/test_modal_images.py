@@ -61,12 +61,12 @@ class Driver:
         answer: dict[str, Any] = json.loads(line)
         return answer
 
-    def ok(self, op: str, via: str, **args: object) -> dict[str, Any]:
+    def ok(self, op: str, via: str, **args: Any) -> dict[str, Any]:
         answer = self.call(op, via, **args)
         assert "error" not in answer, f"{op} via {via} {args}: {answer}"
         return answer
 
-    def error(self, op: str, via: str, **args: object) -> str:
+    def error(self, op: str, via: str, **args: Any) -> str:
         """The Modal exception class (module.Class) the call raised."""
         answer = self.call(op, via, **args)
         assert "error" in answer, f"{op} via {via} {args} succeeded: {answer}"

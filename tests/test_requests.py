@@ -2,6 +2,8 @@
 NOT_FOUND; and over the wire, no request of any shape makes a handler fail with UNKNOWN or INTERNAL."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +14,7 @@ from router._proto import task_command_router_pb2 as pb
 from router.errors import RouterError
 from router.server import validate as requests
 from tests.helpers.grpc_raw import Raw
+from tests.helpers.protos import as_enum
 from tests.helpers.servers import TASK_ID
 
 BASE = {"PATH": "/usr/bin:/bin", "HOME": "/root"}
@@ -26,8 +29,8 @@ def start_requests(draw: st.DrawFn) -> pb.TaskExecStartRequest:
         task_id=TASK_ID,
         exec_id=draw(st.text(max_size=300)),
         command_args=draw(st.lists(st.text(max_size=10), max_size=4)),
-        stdout_config=draw(st.integers(0, 3)),
-        stderr_config=draw(st.integers(0, 4)),
+        stdout_config=as_enum(pb.TaskExecStdoutConfig, draw(st.integers(0, 3))),
+        stderr_config=as_enum(pb.TaskExecStderrConfig, draw(st.integers(0, 4))),
         env=draw(env_maps),
         container_id=draw(st.sampled_from(["", "", "co-x"])),
     )
@@ -35,14 +38,13 @@ def start_requests(draw: st.DrawFn) -> pb.TaskExecStartRequest:
         request.timeout_secs = draw(st.integers(0, 2**32 - 1))
     if draw(st.booleans()):
         request.workdir = draw(st.sampled_from(["/tmp", "tmp", "", "/a\0b", "/no/such"]))
-    for source in draw(st.lists(st.one_of(env_maps.map(lambda m: ("env", m)),
-                                          st.text(max_size=5).map(lambda s: ("secret_id", s)),
-                                          st.just(("none", None))), max_size=3)):
+    # Each source: inline variables, a secret id, or neither.
+    for source in draw(st.lists(st.one_of(env_maps, st.text(max_size=5), st.none()), max_size=3)):
         entry = request.secret_sources.add()
-        if source[0] == "env":
-            entry.env.contents.update(source[1])
-        elif source[0] == "secret_id":
-            entry.secret_id = source[1]
+        if isinstance(source, dict):
+            entry.env.contents.update(source)
+        elif isinstance(source, str):
+            entry.secret_id = source
     if draw(st.booleans()):
         request.pty_info.enabled = draw(st.booleans())
         request.pty_info.winsz_rows = draw(st.integers(0, 2**32 - 1))
@@ -81,9 +83,9 @@ def test_start_request_is_a_spec_or_a_named_error(request: pb.TaskExecStartReque
     size = requests.env_bytes(spec.env)
     for base_size in (None, requests.env_bytes(BASE)):
         assert requests.exec_spec(request, BASE, max_env_bytes=size, base_env_bytes=base_size).env == spec.env
-        with pytest.raises(RouterError) as e:
+        with pytest.raises(RouterError) as refused:
             requests.exec_spec(request, BASE, max_env_bytes=size - 1, base_env_bytes=base_size)
-        assert e.value.message.startswith("env:")
+        assert refused.value.message.startswith("env:")
 
 
 def test_secret_sources_apply_in_order() -> None:
@@ -147,11 +149,13 @@ def test_image_requests_are_clean_args_or_a_named_error(path: bytes, image_id: s
         snapshot.customer_supplied_encryption_key = key
     if ttl is not None:
         snapshot.ttl_seconds = ttl
-    for parse, request in ((requests.mount_args, mount), (requests.snapshot_args, snapshot),
-                           (requests.unmount_path, pb.TaskUnmountDirectoryRequest(task_id=TASK_ID, path=path,
-                                                                                 container_id=container))):
+    unmount = pb.TaskUnmountDirectoryRequest(task_id=TASK_ID, path=path, container_id=container)
+    parsers: list[Callable[[], requests.MountArgs | requests.SnapshotArgs | bytes]] = [
+        lambda: requests.mount_args(mount), lambda: requests.snapshot_args(snapshot),
+        lambda: requests.unmount_path(unmount)]
+    for parse in parsers:
         try:
-            args = parse(request)  # type: ignore[operator]
+            args = parse()
         except RouterError as e:
             assert e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
             field = e.message.split(":")[0]

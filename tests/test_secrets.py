@@ -117,9 +117,9 @@ def test_values_never_reach_logs_journal_or_the_command_line(tmp_path: pathlib.P
     for dirpath, _, files in os.walk(tmp_path):
         if dirpath.endswith(("/secrets", "/logs")):
             continue  # the store itself, and the output of the exec that printed its environment
-        for f in files:
-            with open(os.path.join(dirpath, f), "rb") as fh:
-                assert VALUE.encode() not in fh.read(), f
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                assert VALUE.encode() not in fh.read(), name
 
 
 def test_exec_user_runs_execs_as_that_user_who_cannot_touch_the_router(tmp_path: pathlib.Path) -> None:
@@ -133,8 +133,8 @@ def test_exec_user_runs_execs_as_that_user_who_cannot_touch_the_router(tmp_path:
         script = (f"kill -0 {os.getpid()} || echo cannot-signal; cat {tmp_path}/state/jwt.key || echo cannot-read-key; "
                   f"cat /proc/{os.getpid()}/environ >/dev/null || echo cannot-read-environ")
         client.start("probe", ["sh", "-c", script], **PIPES)
-        out = b"".join(client.read("probe")).decode()
-        assert "cannot-signal" in out and "cannot-read-key" in out and "cannot-read-environ" in out, out
+        said = b"".join(client.read("probe")).decode()
+        assert "cannot-signal" in said and "cannot-read-key" in said and "cannot-read-environ" in said, said
         client.start("term", ["id", "-u"], **PIPES, pty_info=api_pb2.PTYInfo(enabled=True))
         assert b"".join(client.read("term")).decode().strip() == str(nobody.pw_uid)
     state = tmp_path / "other"

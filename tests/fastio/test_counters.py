@@ -18,9 +18,13 @@ from tests.helpers.logs import SEG, SLOTS, delta, payload
 class _TaggedCython(_fastio.SegmentedLog):
     """Its instances take attributes (a cdef class's do not)."""
 
+    me: object
+
 
 class _TaggedPython(reference_log.SegmentedLog):
     """Its instances take attributes (a class with __slots__'s do not)."""
+
+    me: object
 
 
 # A subclass of each module's SegmentedLog, so that a test can put a log in a reference cycle.

@@ -114,7 +114,8 @@ def test_close_while_reading_big_range_then_reuse(fio, logdir):
             data = payload(size, seed=rnd)
             log = fio.SegmentedLog(store)
             log.append(data)
-            got, inside = [], threading.Event()
+            got: list[bool | str] = []
+            inside = threading.Event()
             t = threading.Thread(target=reader, args=(log, data, got, inside))
             t.start()
             inside.wait()
