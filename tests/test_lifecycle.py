@@ -317,7 +317,7 @@ def test_leftover_segments_of_a_crashed_router_never_show_through(tmp_path: path
     logs = tmp_path / "state" / "logs"
     logs.mkdir(parents=True)
     (logs / "0.stdout-00000000").write_bytes(b"STALE" * 1000)
-    (logs / "0.stdout").mkdir()  # the pre-c0ca171 layout
+    (logs / "0.stdout").mkdir()  # an older layout: each stream's segments in a directory of their own
     with serving(tmp_path) as (_, client, raw):
         assert raw.code("TaskExecStart", start_request("after-crash", ["printf", "hi"])) == OK
         assert exit_code(client.wait("after-crash")) == 0
