@@ -10,7 +10,7 @@ import pathlib
 import socket
 import struct
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import grpc
@@ -192,7 +192,7 @@ def test_fuzz_metadata(fuzz_server: tuple, method: str, metadata: list[tuple[str
 # -- a raw HTTP/2 socket ------------------------------------------------------------------------------
 
 
-def _h2_call(port: int, token: str, method: str, body: bytes, extra: list[tuple[str, str]] = (),  # type: ignore[assignment]
+def _h2_call(port: int, token: str, method: str, body: bytes, extra: Sequence[tuple[str, str]] = (),
              raw_tail: bytes = b"") -> int | None:
     """One call over a fresh socket: well-formed HTTP/2 (h2), the gRPC body given as is, then any raw
     bytes. Returns the grpc-status the server sent, or None if it closed the connection instead."""

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import msgspec
@@ -28,9 +29,9 @@ from router._proto import task_command_router_pb2 as pb
 from router.errors import RouterError
 from router.images import manifest as manifests
 from router.images import mounts
-from router.images.manifest import Entry, Manifest, ManifestError
+from router.images.manifest import Entry, Kind, Manifest, ManifestError
 from router.images.materialize import copy_tree
-from router.images.store import Images
+from router.images.store import Images, MountMethod
 from router.server.validate import MountArgs, SnapshotArgs
 from tests.helpers.execs import PIPES
 from tests.helpers.servers import TASK_ID, serving
@@ -47,8 +48,8 @@ METHODS = [pytest.param("overlay", marks=OVERLAY), "copy"]
 ODD = b"odd name \n\xff\xfe"  # a space, a newline, bytes that are not UTF-8
 
 
-def _images(tmp_path: pathlib.Path, method: str) -> Images:
-    return Images(tmp_path / "state", method)  # type: ignore[arg-type]
+def _images(tmp_path: pathlib.Path, method: MountMethod) -> Images:
+    return Images(tmp_path / "state", method)
 
 
 def snap(images: Images, path: pathlib.Path | bytes, snapshot_id: str = "", ttl: int | None = None,
@@ -160,7 +161,7 @@ def unmounting(images: Images, *paths: pathlib.Path) -> Iterator[None]:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_round_trip_keeps_every_entry(tmp_path: pathlib.Path, tree: pathlib.Path, method: str) -> None:
+def test_round_trip_keeps_every_entry(tmp_path: pathlib.Path, tree: pathlib.Path, method: MountMethod) -> None:
     images = _images(tmp_path, method)
     image = snap(images, tree)
     assert image.startswith("im-")
@@ -290,7 +291,8 @@ def test_snapshot_id_makes_a_retry_return_the_same_image(tmp_path: pathlib.Path,
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_snapshot_of_a_mounted_image_stores_only_what_changed(tmp_path: pathlib.Path, tree: pathlib.Path, method: str,
+def test_snapshot_of_a_mounted_image_stores_only_what_changed(tmp_path: pathlib.Path, tree: pathlib.Path,
+                                                              method: MountMethod,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     images = _images(tmp_path, method)
     caplog.set_level(logging.INFO, "router.images.store")
@@ -324,7 +326,7 @@ def test_snapshot_of_a_mounted_image_stores_only_what_changed(tmp_path: pathlib.
 
 @pytest.mark.parametrize("method", METHODS)
 def test_mount_hides_what_was_there_and_unmount_shows_it_again(tmp_path: pathlib.Path, tree: pathlib.Path,
-                                                               method: str) -> None:
+                                                               method: MountMethod) -> None:
     images = _images(tmp_path, method)
     image = snap(images, tree)
     target = tmp_path / "busy"
@@ -359,7 +361,7 @@ def test_mounts_outlive_a_restart_of_the_store(tmp_path: pathlib.Path, tree: pat
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_path_through_a_symlink_names_the_same_mount_across_a_restart(tmp_path: pathlib.Path, tree: pathlib.Path,
-                                                                        method: str) -> None:
+                                                                        method: MountMethod) -> None:
     images = _images(tmp_path, method)
     image = snap(images, tree)
     (tmp_path / "work" / "target").mkdir(parents=True)
@@ -377,7 +379,7 @@ def test_a_path_through_a_symlink_names_the_same_mount_across_a_restart(tmp_path
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_tree_of_many_files_round_trips_through_the_file_threads(tmp_path: pathlib.Path, method: str) -> None:
+def test_a_tree_of_many_files_round_trips_through_the_file_threads(tmp_path: pathlib.Path, method: MountMethod) -> None:
     """More files than one thread's share: made by several threads, every mode kept (those a
     file is created with, and those that need a chmod: setuid, and under the umask)."""
     src = tmp_path / "many"
@@ -430,7 +432,8 @@ def test_mount_rejects_bad_targets(tmp_path: pathlib.Path, tree: pathlib.Path) -
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_encrypted_image_mounts_only_with_its_key(tmp_path: pathlib.Path, tree: pathlib.Path, method: str) -> None:
+def test_encrypted_image_mounts_only_with_its_key(tmp_path: pathlib.Path, tree: pathlib.Path,
+                                                  method: MountMethod) -> None:
     images = _images(tmp_path, method)
     marker = b"plaintext-marker-" + os.urandom(8).hex().encode()
     (tree / "secret").write_bytes(marker * 100)
@@ -455,11 +458,11 @@ def test_encrypted_image_mounts_only_with_its_key(tmp_path: pathlib.Path, tree: 
 # -- hostile manifests --------------------------------------------------------------------------
 
 
-def _entry(path: bytes, kind: str = "file", **kw: object) -> Entry:
-    defaults: dict[str, object] = dict(mode=0o644, uid=0, gid=0, mtime_ns=0)
+def _entry(path: bytes, kind: Kind = "file", **kw: Any) -> Entry:
+    defaults: dict[str, Any] = dict(mode=0o644, uid=0, gid=0, mtime_ns=0)
     if kind == "file":
         defaults["blob"] = "0" * 64
-    return Entry(path=path, kind=kind, **{**defaults, **kw})  # type: ignore[arg-type]
+    return Entry(path=path, kind=kind, **{**defaults, **kw})
 
 
 ROOT = _entry(b"", "dir", mode=0o755)
@@ -509,7 +512,7 @@ _component = st.sampled_from([b"a", b"b", b"..", b".", b"", b"/", b"c d", b"\n",
 @given(paths=st.lists(st.lists(_component, min_size=1, max_size=4).map(b"/".join), max_size=8),
        kinds=st.lists(st.sampled_from(["dir", "file", "symlink", "hardlink"]), min_size=8, max_size=8))
 def test_whatever_validates_stays_inside_its_target(tmp_path_factory: pytest.TempPathFactory,
-                                                    paths: list[bytes], kinds: list[str]) -> None:
+                                                    paths: list[bytes], kinds: list[Kind]) -> None:
     entries = [ROOT] + [_entry(p, k, target=b"../../../x" if k == "symlink" else paths[0], blob="0" * 64)
                         for p, k in zip(paths, kinds, strict=False)]  # kinds may outnumber paths
     try:
@@ -616,11 +619,11 @@ def test_a_file_that_keeps_changing_aborts_the_snapshot(tmp_path: pathlib.Path) 
 
 @pytest.mark.parametrize("mode", ["aio", "threads"])
 def test_rpcs_answer_with_the_right_codes(tmp_path: pathlib.Path, tree: pathlib.Path, mode: str) -> None:
-    def S(**kw: object) -> pb.TaskSnapshotDirectoryRequest:
-        return pb.TaskSnapshotDirectoryRequest(task_id=TASK_ID, **kw)  # type: ignore[arg-type]
+    def S(**kw: Any) -> pb.TaskSnapshotDirectoryRequest:
+        return pb.TaskSnapshotDirectoryRequest(task_id=TASK_ID, **kw)
 
-    def M(**kw: object) -> pb.TaskMountDirectoryRequest:
-        return pb.TaskMountDirectoryRequest(task_id=TASK_ID, **kw)  # type: ignore[arg-type]
+    def M(**kw: Any) -> pb.TaskMountDirectoryRequest:
+        return pb.TaskMountDirectoryRequest(task_id=TASK_ID, **kw)
 
     target = bytes(tmp_path / "mnt")
     with serving(tmp_path, server_mode=mode) as (server, _, raw):

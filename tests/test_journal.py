@@ -111,7 +111,7 @@ def test_records_round_trip_through_a_file(tmp_path: pathlib.Path) -> None:
 
 def test_records_are_frozen_and_strict() -> None:
     with pytest.raises(AttributeError):
-        Spawned("x", 1, False).pid = 2  # type: ignore[misc]
+        Spawned("x", 1, False).pid = 2  # type: ignore[misc]  # the assignment the test expects refused
     payload = msgspec.msgpack.encode(["spawned", "x", 1, False, "extra"])
     with pytest.raises(msgspec.ValidationError):
         journal.decode_record(payload)

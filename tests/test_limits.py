@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
 import grpc
 import pytest
@@ -16,8 +17,8 @@ from tests.helpers.servers import TASK_ID, serving, state_token
 WAIT = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="sleeper")
 
 
-def start(exec_id: str, args: list[str], **fields: object) -> pb.TaskExecStartRequest:
-    return pb.TaskExecStartRequest(task_id=TASK_ID, exec_id=exec_id, command_args=args, **PIPES, **fields)  # type: ignore[arg-type]
+def start(exec_id: str, args: list[str], **fields: Any) -> pb.TaskExecStartRequest:
+    return pb.TaskExecStartRequest(task_id=TASK_ID, exec_id=exec_id, command_args=args, **PIPES, **fields)
 
 
 def test_argument_and_environment_bytes(tmp_path: pathlib.Path) -> None:

@@ -113,7 +113,12 @@ def test_a_running_exec_past_its_cap_keeps_head_and_tail(tmp_path: pathlib.Path)
                "sys.stdout.flush(); sys.stdin.read()")
     with small(tmp_path, max_exec_output=cap) as (server, client, raw):
         client.start("cap", py(program), **PIPES)
-        assert eventually(lambda: server.engine.get("cap").stdout.committed == size)  # type: ignore[union-attr]
+        def all_committed() -> bool:
+            stdout = server.engine.get("cap").stdout
+            assert stdout is not None  # piped
+            return stdout.committed == size
+
+        assert eventually(all_committed)
         got = b""
         with pytest.raises(grpc.RpcError) as caught:
             for message in raw.call("TaskExecStdioRead", pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="cap")):

@@ -8,7 +8,7 @@ import hmac
 import json
 import pathlib
 import time
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import jwt
@@ -23,14 +23,15 @@ from router.errors import RouterError
 from tests.helpers.grpc_raw import Raw, bearer
 from tests.helpers.servers import TASK_ID, running
 
-ALGS = ["HS256", "RS256", "ES256", "EdDSA"]
+Algorithm = Literal["HS256", "RS256", "ES256", "EdDSA"]
+ALGS: list[Algorithm] = ["HS256", "RS256", "ES256", "EdDSA"]
 AUD, ISS = "router-tests", "https://issuer.example"
 
 
 class Signer:
     """A configuration and the means to mint tokens for it."""
 
-    def __init__(self, alg: str, tmp_path: pathlib.Path) -> None:
+    def __init__(self, alg: Algorithm, tmp_path: pathlib.Path) -> None:
         self.alg = alg
         if alg == "HS256":
             self.private: Any = b"k" * 32
@@ -45,8 +46,7 @@ class Signer:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         path = tmp_path / f"{alg}.pub.pem"
         path.write_bytes(self.public_pem)
-        self.policy = TokenPolicy(algorithm=alg, public_key=str(path), audience=AUD, issuer=ISS,  # type: ignore[arg-type]
-                                  leeway_secs=0)
+        self.policy = TokenPolicy(algorithm=alg, public_key=str(path), audience=AUD, issuer=ISS, leeway_secs=0)
         self.verify = auth.verification_key(self.policy, b"unused")
 
     def token(self, **overrides: Any) -> str:
