@@ -3,6 +3,7 @@
 - servers: routers in this process (make_server, serving) and in their own (router_process); TASK_ID
 - grpc_raw: Raw, the generated stub with auth metadata, for exact status codes
 - execs: what an exec is started with (PIPES, start_request, py)
+- protos: as_enum, an out-of-range enum value typed for its field
 - processes: children and liveness of processes; polling: eventually, settled
 - leaks: what the leak guard compares before and after each test
 - proxies: a TCP proxy whose connections a test can cut
