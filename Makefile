@@ -14,7 +14,7 @@ debug:
 asan:
 	ROUTER_SANITIZE=1 $(PYTHON) -m pip install -e . --no-build-isolation -q
 	LD_PRELOAD=$$(gcc -print-file-name=libasan.so) PYTHONMALLOC=malloc ASAN_OPTIONS=detect_leaks=0 \
-		$(PYTHON) -m pytest tests/test_fastio.py -q
+		$(PYTHON) -m pytest tests/fastio -q
 	$(PYTHON) -m pip install -e . --no-build-isolation -q
 
 test:

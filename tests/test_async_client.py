@@ -8,23 +8,23 @@ import hashlib
 import pathlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import cast
 
 import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router import auth
-from router.client.connection import unverified_claims
-from router import config
+from router import auth, config
 from router._proto import api_pb2
 from router._proto import exec_control_pb2 as ec
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, AsyncRouterClient, RouterClient, exit_code
-
-from .conftest import PIPES, TASK_ID, py, router_process, serving
-from .test_client import CuttableProxy
+from router.client.connection import unverified_claims
+from tests.helpers.execs import PIPES, py
+from tests.helpers.proxies import CuttableProxy
+from tests.helpers.servers import TASK_ID, router_process, serving, state_token
 
 Body = Callable[[AsyncRouterClient], Awaitable[None]]
 
@@ -40,7 +40,8 @@ def run_with(target: str, token: str, body: Body, retries: int = 0) -> None:
 
 async def first_line(client: AsyncRouterClient, exec_id: str) -> bytes:
     out = b""
-    async with contextlib.aclosing(client.read(exec_id)) as stream:  # closing it cancels the call now
+    # read() gives an async generator (its signature says AsyncIterator): closing it cancels the call now.
+    async with contextlib.aclosing(cast(AsyncGenerator[bytes, None], client.read(exec_id))) as stream:
         async for data in stream:
             out += data
             if b"\n" in out:
@@ -136,7 +137,7 @@ def test_read_and_watch_resume_after_a_cut(tmp_path: pathlib.Path) -> None:
 
 
 def test_wait_gives_up_on_a_dead_router(tmp_path: pathlib.Path) -> None:
-    token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+    token = state_token(tmp_path)
     with router_process(tmp_path) as (server, listen):
         async def body(client: AsyncRouterClient) -> None:
             await client.start("sleeps", ["sleep", "30"], **PIPES)

@@ -1,6 +1,7 @@
 """Bearer tokens on every call: UNAUTHENTICATED, PERMISSION_DENIED and NOT_FOUND as the README's contract says."""
 from __future__ import annotations
 
+import pathlib
 import time
 
 import grpc
@@ -11,10 +12,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from router import auth
 from router._proto import task_command_router_pb2 as pb
+from router.config import TokenPolicy
 from router.errors import RouterError
 from router.server.grpc_server import RouterServer
-
-from .conftest import TASK_ID, Raw, start_request
+from tests.helpers.execs import start_request
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.servers import TASK_ID
 
 POLL = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="x")
 
@@ -46,7 +49,8 @@ def test_expired_token_is_unauthenticated(server_and_key: tuple[RouterServer, by
 
 
 def test_unsigned_token_is_refused(raw: Raw) -> None:
-    unsigned = jwt.encode({"task_id": TASK_ID, "exp": int(time.time()) + 60}, None, algorithm="none")
+    # alg "none" takes no key: PyJWT counts an empty one as none.
+    unsigned = jwt.encode({"task_id": TASK_ID, "exp": int(time.time()) + 60}, "", algorithm="none")
     assert raw.code("TaskExecPoll", POLL, metadata=bearer(unsigned)) == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -61,7 +65,7 @@ def test_other_tasks(server_and_key: tuple[RouterServer, bytes], raw: Raw) -> No
     assert raw.code("TaskExecPoll", elsewhere) == grpc.StatusCode.NOT_FOUND
 
 
-def test_key_is_private_and_stable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_key_is_private_and_stable(tmp_path: pathlib.Path) -> None:
     key = auth.load_or_create_key(tmp_path)
     assert (tmp_path / "jwt.key").stat().st_mode & 0o777 == 0o600
     assert auth.load_or_create_key(tmp_path) == key and len(key) >= 32
@@ -80,9 +84,9 @@ def test_health_and_reflection_need_no_token(server: RouterServer) -> None:
         assert "modal.task_command_router.TaskCommandRouter" in names
 
 
-def test_a_remembered_token_still_expires(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_remembered_token_still_expires(tmp_path: pathlib.Path) -> None:
     key = auth.load_or_create_key(tmp_path)
-    checker = auth.Authenticator(key, TASK_ID, auth.TokenPolicy(leeway_secs=0))
+    checker = auth.Authenticator(key, TASK_ID, TokenPolicy(leeway_secs=0))
     short = jwt.encode({"task_id": TASK_ID, "exp": int(time.time()) + 2}, key, algorithm="HS256")
     assert checker.token_task(bearer(short)) == TASK_ID
     assert checker.token_task(bearer(short)) == TASK_ID  # remembered

@@ -18,8 +18,7 @@ import pytest
 
 from router.cli.batch_jobs import JOBLOG_HEADER
 from router.client import RouterClient
-
-from .conftest import serving
+from tests.helpers.servers import serving
 
 ROUTER = [sys.executable, "-m", "router.cli"]
 

@@ -9,12 +9,12 @@ import subprocess
 import sys
 import time
 
-
 from router import auth
-from router.engine import journal
 from router._proto import task_command_router_pb2 as pb
-
-from .conftest import TASK_ID, Raw, router_process, start_request
+from router.engine import journal_format
+from tests.helpers.execs import start_request
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.servers import TASK_ID, router_process, state_token
 
 ROUTER = [sys.executable, "-m", "router.cli"]
 
@@ -53,15 +53,12 @@ def test_exec_output_is_byte_exact(tmp_path: pathlib.Path) -> None:
 
 def test_sigterm_stops_cleanly_and_kills_running_execs(tmp_path: pathlib.Path) -> None:
     with router_process(tmp_path) as (proc, listen):
-        token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
-        raw = Raw(int(listen.rsplit(":", 1)[1]), token)
-        try:
+        token = state_token(tmp_path)
+        with Raw(int(listen.rsplit(":", 1)[1]), token) as raw:
             raw.call("TaskExecStart", start_request("sleeper", ["sh", "-c", "sleep 60 & echo $!; wait"]))
             first = next(iter(raw.call("TaskExecStdioRead", pb.TaskExecStdioReadRequest(
                 task_id=TASK_ID, exec_id="sleeper"))))
             grandchild = int(first.data.split()[0])
-        finally:
-            raw.channel.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         deadline = time.monotonic() + 5
@@ -70,7 +67,7 @@ def test_sigterm_stops_cleanly_and_kills_running_execs(tmp_path: pathlib.Path) -
         assert not os.path.exists(f"/proc/{grandchild}")
         assert not (tmp_path / "server.json").exists()
         # The records stay for the next run: the exec it killed, with its output.
-        kept = journal.replay(tmp_path / "journal").execs["sleeper"]
+        kept = journal_format.replay(tmp_path / "journal").execs["sleeper"]
         assert kept.exited is not None and kept.exited.status.signal == signal.SIGKILL
         assert kept.outputs["stdout"].committed == len(first.data)
 
@@ -125,7 +122,8 @@ def test_exec_gives_up_on_a_router_that_died(tmp_path: pathlib.Path) -> None:
     """`router exec` waiting on a command whose router is killed exits 255 with one line, in time."""
     with router_process(tmp_path) as (server, _):
         client = subprocess.Popen([*ROUTER, "exec", "--state-dir", str(tmp_path), "--give-up", "2", "-n", "--",
-                                   "sh", "-c", "echo $$; exec sleep 30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                   "sh", "-c", "echo $$; exec sleep 30"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         sleeper = 0
         try:
             assert client.stdout is not None

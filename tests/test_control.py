@@ -2,49 +2,67 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pathlib
 import resource
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest
 
-from router import auth
-from router.server import control as control_module
 from router._proto import api_pb2
 from router._proto import exec_control_pb2 as ec
 from router._proto import exec_control_pb2_grpc as ec_grpc
 from router._proto import task_command_router_pb2 as pb
 from router.client import CHANNEL_OPTIONS, RouterClient
-
-from .conftest import PIPES, TASK_ID, alive, eventually, router_process, serving
+from router.server import control as control_module
+from tests.helpers.execs import PIPES
+from tests.helpers.grpc_raw import bearer
+from tests.helpers.polling import eventually
+from tests.helpers.processes import alive
+from tests.helpers.protos import as_enum
+from tests.helpers.servers import TASK_ID, router_process, serving, state_token
 
 
 class Control:
+    """The ExecControl stub with auth metadata: control.Kill(request) and so on. Closes its channel
+    at the end of a `with` block."""
+
     def __init__(self, port_or_target: int | str, token: str) -> None:
         target = port_or_target if isinstance(port_or_target, str) else f"127.0.0.1:{port_or_target}"
         self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = ec_grpc.ExecControlStub(self.channel)
-        self.md = (("authorization", f"Bearer {token}"),)
+        self.md = bearer(token)
 
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+    def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self.stub, name)
         return lambda request, timeout=30: method(request, timeout=timeout, metadata=self.md)
+
+    def __enter__(self) -> Control:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.channel.close()
 
 
 @pytest.fixture(params=["aio", "threads"])
 def both(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[tuple[RouterClient, Control]]:
-    with serving(tmp_path, server_mode=request.param) as (server, client, raw):
-        token = raw.token
-        control = Control(server.port, token)
-        try:
-            yield client, control
-        finally:
-            control.channel.close()
+    """A client and a Control on a server in each mode."""
+    with serving(tmp_path, server_mode=request.param) as (server, client, raw), \
+            Control(server.port, raw.token) as control:
+        yield client, control
+
+
+@pytest.fixture
+def client_and_control(tmp_path: pathlib.Path) -> Iterator[tuple[RouterClient, Control]]:
+    """A client and a Control on a server of the default configuration."""
+    with serving(tmp_path) as (server, client, raw), Control(server.port, raw.token) as control:
+        yield client, control
 
 
 def first_line(client: RouterClient, exec_id: str) -> str:
@@ -75,15 +93,12 @@ def test_kill_reaches_grandchildren_and_answers_once_gone(both: tuple[RouterClie
 @pytest.mark.parametrize("mode", ["aio", "threads"])
 def test_kill_answers_without_a_journal(tmp_path: pathlib.Path, mode: str) -> None:
     """Without a journal nothing else wakes the exec after its output ends: Kill must still answer."""
-    with serving(tmp_path, server_mode=mode, journal=False) as (server, client, raw):
-        control = Control(server.port, raw.token)
-        try:
-            client.start("s", ["sleep", "60"], **PIPES)
-            client.poll("s")
-            done = control.Kill(ec.KillRequest(task_id=TASK_ID, exec_id="s"), timeout=3)
-            assert done.exit.cause == ec.EXIT_CAUSE_KILLED
-        finally:
-            control.channel.close()
+    with serving(tmp_path, server_mode=mode, journal=False) as (server, client, raw), \
+            Control(server.port, raw.token) as control:
+        client.start("s", ["sleep", "60"], **PIPES)
+        client.poll("s")
+        done = control.Kill(ec.KillRequest(task_id=TASK_ID, exec_id="s"), timeout=3)
+        assert done.exit.cause == ec.EXIT_CAUSE_KILLED
 
 
 def test_signal_targets_and_refusals(both: tuple[RouterClient, Control]) -> None:
@@ -99,7 +114,7 @@ def test_signal_targets_and_refusals(both: tuple[RouterClient, Control]) -> None
         "ended": ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=signal.SIGTERM),
         "no signal": ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=0),
         "huge signal": ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=4096),
-        "bad target": ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=1, target=9),
+        "bad target": ec.SignalRequest(task_id=TASK_ID, exec_id="trap", signal=1, target=as_enum(ec.SignalTarget, 9)),
         "unknown exec": ec.SignalRequest(task_id=TASK_ID, exec_id="nope", signal=1),
         "other task": ec.SignalRequest(task_id="ta-other", exec_id="trap", signal=1),
     }.items():
@@ -126,10 +141,13 @@ def test_exit_cause_of_each_kind_and_usage(both: tuple[RouterClient, Control]) -
     }
     for exec_id, (args, fields, _) in cases.items():
         client.start(exec_id, args, **PIPES, **fields)
+
+    def has_cause(exec_id: str, cause: int) -> bool:
+        return control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id=exec_id)).exit.cause == cause
+
     for exec_id, (_, _, cause) in cases.items():
         client.wait(exec_id)
-        assert eventually(lambda: control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id=exec_id)).exit.cause
-                          == cause), exec_id
+        assert eventually(functools.partial(has_cause, exec_id, cause)), exec_id
     info = control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id="burns"))
     assert info.args[0] == sys.executable and not info.running and info.ended_at >= info.started_at > 0
     assert info.usage.user_cpu_secs > 0.05 and info.usage.max_rss_bytes > 64 << 20, info.usage
@@ -146,7 +164,8 @@ def _memory_cgroup() -> pathlib.Path | None:
         if "memory" in controllers.split(","):
             base = pathlib.Path("/sys/fs/cgroup/memory") / path.lstrip("/")
             return base if (base / "memory.limit_in_bytes").exists() else None
-    unified = pathlib.Path("/sys/fs/cgroup") / pathlib.Path("/proc/self/cgroup").read_text().split("::", 1)[-1].strip().lstrip("/")
+    own = pathlib.Path("/proc/self/cgroup").read_text().split("::", 1)[-1].strip().lstrip("/")
+    unified = pathlib.Path("/sys/fs/cgroup") / own
     return unified if "memory" in (unified / "cgroup.subtree_control").read_text(errors="replace") else None
 
 
@@ -239,7 +258,7 @@ def test_batch_start_one_bad_item_fails_only_itself(both: tuple[RouterClient, Co
 def test_a_big_batch_fits_in_the_descriptors_its_running_execs_need(tmp_path: pathlib.Path) -> None:
     """Spawns wait in a queue: a batch as large as the open-file limit allows running at once
     (four descriptors each) starts whole, though an exec holds six while it is being spawned."""
-    token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+    token = state_token(tmp_path)
     with router_process(tmp_path) as (server, listen):
         resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (4000, 4000))
         items = [pb.TaskExecStartRequest(exec_id=f"big{i}", command_args=["true"], **PIPES) for i in range(700)]
@@ -249,109 +268,100 @@ def test_a_big_batch_fits_in_the_descriptors_its_running_execs_need(tmp_path: pa
             assert len(list(client.watch([i.exec_id for i in items]))) == 700
 
 
-def test_watch_sees_each_of_1000_exits_once_across_a_reconnect(tmp_path: pathlib.Path) -> None:
+def test_watch_sees_each_of_1000_exits_once_across_a_reconnect(tmp_path: pathlib.Path,
+                                                             client_and_control: tuple[RouterClient, Control]) -> None:
     """400 execs end at once, 600 only once a line comes down a FIFO each: the first Watch is cut
     after it saw the 400, a second one sees the rest, each exit exactly once."""
     fifo = tmp_path / "go"
     os.mkfifo(fifo)
-    with serving(tmp_path) as (server, client, raw):
-        token = raw.token
-        control = Control(server.port, token)
-        writer = os.open(fifo, os.O_RDWR)  # held open: a reader that opens late still gets its line
-        try:
-            ids = [f"w{i}" for i in range(1000)]
-            items = [pb.TaskExecStartRequest(exec_id=i, command_args=[
-                "sh", "-c", (f"read line < {fifo}; " if n >= 400 else "") + f"echo {i}; exit {n % 7}"], **PIPES)
-                for n, i in enumerate(ids)]
-            for chunk in range(0, 1000, 250):
-                results = control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=items[chunk:chunk + 250]),
-                                             timeout=120).results
-                assert all(r.code == 0 for r in results)
-            seen: dict[str, ec.WatchEvent] = {}
-            stream = control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=ids, output_limit=64),
-                                        timeout=120, metadata=control.md)
-            for response in stream:
-                for event in response.events:
-                    assert event.exec_id not in seen, f"{event.exec_id} twice"
-                    seen[event.exec_id] = event
-                if len(seen) == 400:
-                    stream.cancel()  # the client goes away: reconnect for the rest
-                    break
-            assert set(seen) == set(ids[:400])
-            os.write(writer, b"\n" * 600)
-            rest = [i for i in ids if i not in seen]
-            for response in control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=rest, output_limit=64),
-                                               timeout=120, metadata=control.md):
-                for event in response.events:
-                    assert event.exec_id not in seen, f"{event.exec_id} twice"
-                    seen[event.exec_id] = event
-            assert set(seen) == set(ids)  # and the stream ended by itself once all were in
-            for n, i in enumerate(ids):
-                event = seen[i]
-                assert event.exit.code == n % 7 and event.exit.cause == ec.EXIT_CAUSE_EXITED
-                assert event.output_included and event.stdout == f"{i}\n".encode()
-        finally:
-            os.close(writer)
-            control.channel.close()
+    client, control = client_and_control
+    writer = os.open(fifo, os.O_RDWR)  # held open: a reader that opens late still gets its line
+    try:
+        ids = [f"w{i}" for i in range(1000)]
+        items = [pb.TaskExecStartRequest(exec_id=i, command_args=[
+            "sh", "-c", (f"read line < {fifo}; " if n >= 400 else "") + f"echo {i}; exit {n % 7}"], **PIPES)
+            for n, i in enumerate(ids)]
+        for chunk in range(0, 1000, 250):
+            results = control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=items[chunk:chunk + 250]),
+                                         timeout=120).results
+            assert all(r.code == 0 for r in results)
+        seen: dict[str, ec.WatchEvent] = {}
+        stream = control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=ids, output_limit=64),
+                                    timeout=120, metadata=control.md)
+        for response in stream:
+            for event in response.events:
+                assert event.exec_id not in seen, f"{event.exec_id} twice"
+                seen[event.exec_id] = event
+            if len(seen) == 400:
+                stream.cancel()  # the client goes away: reconnect for the rest
+                break
+        assert set(seen) == set(ids[:400])
+        os.write(writer, b"\n" * 600)
+        rest = [i for i in ids if i not in seen]
+        for response in control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=rest, output_limit=64),
+                                           timeout=120, metadata=control.md):
+            for event in response.events:
+                assert event.exec_id not in seen, f"{event.exec_id} twice"
+                seen[event.exec_id] = event
+        assert set(seen) == set(ids)  # and the stream ended by itself once all were in
+        for n, i in enumerate(ids):
+            event = seen[i]
+            assert event.exit.code == n % 7 and event.exit.cause == ec.EXIT_CAUSE_EXITED
+            assert event.output_included and event.stdout == f"{i}\n".encode()
+    finally:
+        os.close(writer)
 
 
-def test_watch_sends_what_is_ready_in_few_messages_of_bounded_size(tmp_path: pathlib.Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_watch_sends_what_is_ready_in_few_messages_of_bounded_size(
+        monkeypatch: pytest.MonkeyPatch, client_and_control: tuple[RouterClient, Control]) -> None:
     """Events ready together share a message while they fit in WATCH_MESSAGE_BYTES; one exec's
     output is never split, and a message holds more only when one event alone does."""
-    with serving(tmp_path) as (server, client, raw):
-        control = Control(server.port, raw.token)
+    client, control = client_and_control
 
-        def watch(items: list[pb.TaskExecStartRequest], output_limit: int) -> list[ec.WatchResponse]:
-            assert all(r.code == 0 for r in control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=items)).results)
-            for item in items:
-                client.wait(item.exec_id)
-            return list(control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=[i.exec_id for i in items],
-                                                           output_limit=output_limit), timeout=30, metadata=control.md))
+    def watch(items: list[pb.TaskExecStartRequest], output_limit: int) -> list[ec.WatchResponse]:
+        assert all(r.code == 0 for r in control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=items)).results)
+        for item in items:
+            client.wait(item.exec_id)
+        return list(control.stub.Watch(ec.WatchRequest(task_id=TASK_ID, exec_ids=[i.exec_id for i in items],
+                                                       output_limit=output_limit), timeout=30, metadata=control.md))
 
-        try:
-            small = [pb.TaskExecStartRequest(exec_id=f"s{i}", command_args=["echo", str(i)], **PIPES) for i in range(50)]
-            [response] = watch(small, 64)  # all ended: one message
-            assert sorted(e.exec_id for e in response.events) == sorted(i.exec_id for i in small)
-            size = 400 * 1024  # two of these fit in WATCH_MESSAGE_BYTES, three do not
-            big = [pb.TaskExecStartRequest(exec_id=f"b{i}", command_args=["head", "-c", str(size), "/dev/zero"], **PIPES)
-                   for i in range(5)]
-            responses = watch(big, size)
-            assert [len(r.events) for r in responses] == [2, 2, 1]
-            assert all(e.output_included and e.stdout == bytes(size) for r in responses for e in r.events)
-            assert all(r.ByteSize() <= control_module.WATCH_MESSAGE_BYTES for r in responses)
-            huge = [pb.TaskExecStartRequest(exec_id="h", command_args=["head", "-c", str(3 << 20), "/dev/zero"], **PIPES)]
-            [response] = watch(huge, 4 << 20)  # more than a message should hold, but never split
-            assert response.events[0].output_included and len(response.events[0].stdout) == 3 << 20
-            # Events without output count too: with room for about ten, 50 come in five or six messages.
-            monkeypatch.setattr(control_module, "WATCH_MESSAGE_BYTES", 10 * (control_module.EVENT_FIELDS_BYTES + 3))
-            responses = watch([pb.TaskExecStartRequest(exec_id=f"t{i:02d}", command_args=["true"], **PIPES)
-                               for i in range(50)], 0)
-            assert 5 <= len(responses) <= 6 and sum(len(r.events) for r in responses) == 50
-            assert all(r.ByteSize() <= control_module.WATCH_MESSAGE_BYTES for r in responses)
-        finally:
-            control.channel.close()
+    small = [pb.TaskExecStartRequest(exec_id=f"s{i}", command_args=["echo", str(i)], **PIPES) for i in range(50)]
+    [response] = watch(small, 64)  # all ended: one message
+    assert sorted(e.exec_id for e in response.events) == sorted(i.exec_id for i in small)
+    size = 400 * 1024  # two of these fit in WATCH_MESSAGE_BYTES, three do not
+    big = [pb.TaskExecStartRequest(exec_id=f"b{i}", command_args=["head", "-c", str(size), "/dev/zero"], **PIPES)
+           for i in range(5)]
+    responses = watch(big, size)
+    assert [len(r.events) for r in responses] == [2, 2, 1]
+    assert all(e.output_included and e.stdout == bytes(size) for r in responses for e in r.events)
+    assert all(r.ByteSize() <= control_module.WATCH_MESSAGE_BYTES for r in responses)
+    huge = [pb.TaskExecStartRequest(exec_id="h", command_args=["head", "-c", str(3 << 20), "/dev/zero"], **PIPES)]
+    [response] = watch(huge, 4 << 20)  # more than a message should hold, but never split
+    assert response.events[0].output_included and len(response.events[0].stdout) == 3 << 20
+    # Events without output count too: with room for about ten, 50 come in five or six messages.
+    monkeypatch.setattr(control_module, "WATCH_MESSAGE_BYTES", 10 * (control_module.EVENT_FIELDS_BYTES + 3))
+    responses = watch([pb.TaskExecStartRequest(exec_id=f"t{i:02d}", command_args=["true"], **PIPES)
+                       for i in range(50)], 0)
+    assert 5 <= len(responses) <= 6 and sum(len(r.events) for r in responses) == 50
+    assert all(r.ByteSize() <= control_module.WATCH_MESSAGE_BYTES for r in responses)
 
 
 def test_watch_leaves_out_an_output_too_large_for_a_message(tmp_path: pathlib.Path) -> None:
     """An output_limit past the server's message size counts as that limit less EVENT_FIELDS_ROOM:
     the exit event comes without the output instead of the Watch failing to send it."""
     size = 1024 * 1024
-    with serving(tmp_path, max_receive_message_size=size) as (server, client, raw):
-        control = Control(server.port, raw.token)
-        try:
-            items = [pb.TaskExecStartRequest(exec_id=name, command_args=["head", "-c", str(n), "/dev/zero"], **PIPES)
-                     for name, n in (("fits", size - control_module.EVENT_FIELDS_ROOM), ("big", size))]
-            assert all(r.code == 0 for r in control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=items)).results)
-            for item in items:
-                client.wait(item.exec_id)
-            events = {e.exec_id: e for r in control.stub.Watch(
-                ec.WatchRequest(task_id=TASK_ID, exec_ids=["fits", "big"], output_limit=4 * size),
-                timeout=30, metadata=control.md) for e in r.events}
-            assert events["fits"].output_included and len(events["fits"].stdout) == size - control_module.EVENT_FIELDS_ROOM
-            assert not events["big"].output_included and events["big"].exit.code == 0
-        finally:
-            control.channel.close()
+    with serving(tmp_path, max_receive_message_size=size) as (server, client, raw), \
+            Control(server.port, raw.token) as control:
+        items = [pb.TaskExecStartRequest(exec_id=name, command_args=["head", "-c", str(n), "/dev/zero"], **PIPES)
+                 for name, n in (("fits", size - control_module.EVENT_FIELDS_ROOM), ("big", size))]
+        assert all(r.code == 0 for r in control.BatchStart(ec.BatchStartRequest(task_id=TASK_ID, items=items)).results)
+        for item in items:
+            client.wait(item.exec_id)
+        events = {e.exec_id: e for r in control.stub.Watch(
+            ec.WatchRequest(task_id=TASK_ID, exec_ids=["fits", "big"], output_limit=4 * size),
+            timeout=30, metadata=control.md) for e in r.events}
+        assert events["fits"].output_included and len(events["fits"].stdout) == size - control_module.EVENT_FIELDS_ROOM
+        assert not events["big"].output_included and events["big"].exit.code == 0
 
 
 @pytest.mark.parametrize("mode", ["aio", "threads"])
@@ -361,22 +371,17 @@ def test_a_watch_open_at_shutdown_ends_cleanly(tmp_path: pathlib.Path, mode: str
         stream = control.stub.Watch(ec.WatchRequest(task_id=TASK_ID), timeout=30, metadata=control.md)
         client.start("one", ["true"], **PIPES)
         assert [e.exec_id for e in next(stream).events] == ["one"]
-    with pytest.raises(grpc.RpcError):
+    with control, pytest.raises(grpc.RpcError):
         next(stream)  # the server went away under it
-    control.channel.close()
 
 
-def test_watch_all_sees_later_execs(tmp_path: pathlib.Path) -> None:
-    with serving(tmp_path) as (server, client, raw):
-        control = Control(server.port, raw.token)
-        try:
-            stream = control.stub.Watch(ec.WatchRequest(task_id=TASK_ID), timeout=30, metadata=control.md)
-            client.start("later", ["sh", "-c", "head -c 100 /dev/zero"], **PIPES)
-            [event] = next(stream).events
-            assert event.exec_id == "later" and not event.output_included  # output_limit 0: never
-            stream.cancel()
-        finally:
-            control.channel.close()
+def test_watch_all_sees_later_execs(client_and_control: tuple[RouterClient, Control]) -> None:
+    client, control = client_and_control
+    stream = control.stub.Watch(ec.WatchRequest(task_id=TASK_ID), timeout=30, metadata=control.md)
+    client.start("later", ["sh", "-c", "head -c 100 /dev/zero"], **PIPES)
+    [event] = next(stream).events
+    assert event.exec_id == "later" and not event.output_included  # output_limit 0: never
+    stream.cancel()
 
 
 def test_watch_sends_each_start_before_its_exit_when_asked(tmp_path: pathlib.Path) -> None:
@@ -405,7 +410,7 @@ def test_watch_sends_each_start_before_its_exit_when_asked(tmp_path: pathlib.Pat
 
 
 def test_lost_and_shutdown_causes_across_restarts(tmp_path: pathlib.Path) -> None:
-    token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+    token = state_token(tmp_path)
     with router_process(tmp_path) as (server, listen):
         with RouterClient(listen, token, TASK_ID, retries=0) as client:
             client.start("lost", ["sleep", "60"], **PIPES)
@@ -413,23 +418,15 @@ def test_lost_and_shutdown_causes_across_restarts(tmp_path: pathlib.Path) -> Non
             time.sleep(0.3)  # journaled
         server.kill()
         server.wait()
-    with router_process(tmp_path) as (server, listen):
-        control = Control(listen, token)
-        try:
-            info = control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id="lost"))
-            assert info.exit.cause == ec.EXIT_CAUSE_LOST and info.exit.signal == signal.SIGKILL
-            with RouterClient(listen, token, TASK_ID, retries=0) as client:
-                client.start("stopped", ["sleep", "60"], **PIPES)
-                client.poll("stopped")
-        finally:
-            control.channel.close()
-    with router_process(tmp_path) as (server, listen):
-        control = Control(listen, token)
-        try:
-            assert control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id="stopped")).exit.cause \
-                == ec.EXIT_CAUSE_SHUTDOWN
-        finally:
-            control.channel.close()
+    with router_process(tmp_path) as (server, listen), Control(listen, token) as control:
+        info = control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id="lost"))
+        assert info.exit.cause == ec.EXIT_CAUSE_LOST and info.exit.signal == signal.SIGKILL
+        with RouterClient(listen, token, TASK_ID, retries=0) as client:
+            client.start("stopped", ["sleep", "60"], **PIPES)
+            client.poll("stopped")
+    with router_process(tmp_path) as (server, listen), Control(listen, token) as control:
+        assert control.Inspect(ec.InspectRequest(task_id=TASK_ID, exec_id="stopped")).exit.cause \
+            == ec.EXIT_CAUSE_SHUTDOWN
 
 
 def test_reflection_lists_both_services(tmp_path: pathlib.Path) -> None:
@@ -449,7 +446,7 @@ def test_cli_ls_inspect_kill_logs(tmp_path: pathlib.Path) -> None:
     import json
     import subprocess
 
-    token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+    token = state_token(tmp_path)
     with router_process(tmp_path) as (_, listen):
         def router(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([sys.executable, "-m", "router.cli", *args, "--target", listen, "--token", token],

@@ -11,15 +11,18 @@ import time
 import grpc
 import pytest
 
+from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, RouterClient, exit_code
-
-from .conftest import PIPES, TASK_ID, Raw, make_server, py, start_request
+from tests.helpers.execs import PIPES, py, start_request
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.protos import as_enum
+from tests.helpers.servers import TASK_ID, running, serving
 
 OK = grpc.StatusCode.OK
 
 
-def read_all(client: RouterClient, exec_id: str, fd: int = STDOUT, offset: int = 0) -> bytes:
+def read_all(client: RouterClient, exec_id: str, fd: pb.TaskExecStdioFileDescriptor = STDOUT, offset: int = 0) -> bytes:
     return b"".join(client.read(exec_id, fd, offset))
 
 
@@ -37,8 +40,10 @@ def test_stdout_and_stderr_kept_apart(client: RouterClient) -> None:
 
 
 def test_merged_stderr_keeps_order_and_stderr_stream_is_empty(client: RouterClient, raw: Raw) -> None:
-    code = "import sys\nfor i in range(200):\n    (sys.stdout if i % 2 else sys.stderr).write(f'{i},'); (sys.stdout if i % 2 else sys.stderr).flush()"
-    client.start("m", py(code), stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_PIPE, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_STDOUT)
+    code = ("import sys\nfor i in range(200):\n"
+            "    (sys.stdout if i % 2 else sys.stderr).write(f'{i},'); (sys.stdout if i % 2 else sys.stderr).flush()")
+    client.start("m", py(code), stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_PIPE,
+                 stderr_config=pb.TASK_EXEC_STDERR_CONFIG_STDOUT)
     assert read_all(client, "m") == "".join(f"{i}," for i in range(200)).encode()
     stderr = raw.call("TaskExecStdioRead", pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="m",
                                                                      file_descriptor=STDERR))
@@ -47,7 +52,8 @@ def test_merged_stderr_keeps_order_and_stderr_stream_is_empty(client: RouterClie
 
 
 def test_devnull_streams_end_at_once(client: RouterClient) -> None:
-    client.start("d", ["sh", "-c", "echo out; echo err >&2"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_DEVNULL)
+    client.start("d", ["sh", "-c", "echo out; echo err >&2"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL,
+                 stderr_config=pb.TASK_EXEC_STDERR_CONFIG_DEVNULL)
     assert read_all(client, "d") == b"" and read_all(client, "d", STDERR) == b""
     assert exit_code(client.wait("d")) == 0
 
@@ -120,8 +126,8 @@ def test_not_executable_is_126(client: RouterClient, tmp_path: pathlib.Path) -> 
 
 
 def test_bad_workdir_fails_like_a_shell_and_reason_follows_merge(client: RouterClient) -> None:
-    client.start("bw", ["pwd"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_PIPE, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_STDOUT,
-                 workdir="/no/such/dir")
+    client.start("bw", ["pwd"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_PIPE,
+                 stderr_config=pb.TASK_EXEC_STDERR_CONFIG_STDOUT, workdir="/no/such/dir")
     assert b"/no/such/dir" in read_all(client, "bw")
     assert exit_code(client.wait("bw")) == 127
 
@@ -144,14 +150,10 @@ def test_environment_layers_later_wins(client: RouterClient, monkeypatch: pytest
 
 def test_router_credentials_never_reach_the_child(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ROUTER_TOKEN", "secret-token")
-    server, key = make_server(tmp_path)
-    try:
-        from router import auth
+    with running(tmp_path) as (server, key):
         with RouterClient(f"127.0.0.1:{server.port}", auth.mint_token(key, TASK_ID), TASK_ID) as c:
             out, _, _ = run(c, "creds", ["env"])
         assert b"secret-token" not in out and b"ROUTER_TOKEN" not in out
-    finally:
-        server.stop(0.5)
 
 
 def test_timeout_kills_the_process_group(client: RouterClient) -> None:
@@ -168,14 +170,10 @@ def test_timeout_kills_the_process_group(client: RouterClient) -> None:
 
 
 def test_timeout_grace_sends_sigterm_first(tmp_path: pathlib.Path) -> None:
-    server, key = make_server(tmp_path, kill_grace_secs=5.0)
-    try:
-        from router import auth
-        with RouterClient(f"127.0.0.1:{server.port}", auth.mint_token(key, TASK_ID), TASK_ID) as c:
-            c.start("g", ["sleep", "100"], **PIPES, timeout_secs=1)
-            assert c.wait("g").signal == 15
-    finally:
-        server.stop(0.5)
+    with running(tmp_path, kill_grace_secs=5.0) as (server, key), \
+            RouterClient(f"127.0.0.1:{server.port}", auth.mint_token(key, TASK_ID), TASK_ID) as c:
+        c.start("g", ["sleep", "100"], **PIPES, timeout_secs=1)
+        assert c.wait("g").signal == 15
 
 
 # -- poll and wait -----------------------------------------------------------------------------------
@@ -248,7 +246,8 @@ def test_offsets_at_and_beyond_the_end(client: RouterClient, raw: Raw) -> None:
     assert list(raw.call("TaskExecStdioRead", at_end)) == []
     beyond = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="o", offset=11)
     assert raw.code("TaskExecStdioRead", beyond) == grpc.StatusCode.OUT_OF_RANGE
-    bad_fd = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="o", file_descriptor=5)
+    bad_fd = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="o",
+                                         file_descriptor=as_enum(pb.TaskExecStdioFileDescriptor, 5))
     assert raw.code("TaskExecStdioRead", bad_fd) == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -295,10 +294,7 @@ def test_stdin_of_16_mib_in_one_write(client: RouterClient) -> None:
 
 
 def test_full_stdin_buffer_waits_until_the_deadline(tmp_path: pathlib.Path) -> None:
-    server, key = make_server(tmp_path, stdin_buffer_limit=1024 * 1024)
-    from router import auth
-    raw = Raw(server.port, auth.mint_token(key, TASK_ID))
-    try:
+    with serving(tmp_path, stdin_buffer_limit=1024 * 1024) as (_, _, raw):
         raw.call("TaskExecStart", start_request("full", ["sleep", "30"], timeout_secs=20))
         chunk = b"x" * (1024 * 1024)
         write = pb.TaskExecStdinWriteRequest(task_id=TASK_ID, exec_id="full", offset=0, data=chunk)
@@ -310,9 +306,6 @@ def test_full_stdin_buffer_waits_until_the_deadline(tmp_path: pathlib.Path) -> N
         # Nothing of the refused write was taken: the next write continues at the same offset.
         assert raw.code("TaskExecStdinWrite", pb.TaskExecStdinWriteRequest(
             task_id=TASK_ID, exec_id="full", offset=2 * len(chunk) + 1, data=b"x")) == grpc.StatusCode.OUT_OF_RANGE
-    finally:
-        raw.channel.close()
-        server.stop(0.5)
 
 
 # -- pty ---------------------------------------------------------------------------------------------
@@ -357,11 +350,8 @@ def test_200_concurrent_execs_every_byte_checked(client: RouterClient) -> None:
 def test_throttled_start_carries_a_retry_policy(tmp_path: pathlib.Path) -> None:
     from google.rpc import status_pb2
 
-    from router import auth
     from router._proto import api_pb2
-    server, key = make_server(tmp_path, max_running_execs=1)
-    raw = Raw(server.port, auth.mint_token(key, TASK_ID))
-    try:
+    with serving(tmp_path, max_running_execs=1) as (_, _, raw):
         raw.call("TaskExecStart", start_request("first", ["sleep", "30"], timeout_secs=20))
         with pytest.raises(grpc.RpcError) as info:
             raw.call("TaskExecStart", start_request("second", ["true"]))
@@ -373,9 +363,6 @@ def test_throttled_start_carries_a_retry_policy(tmp_path: pathlib.Path) -> None:
         # Refused means not created: the id is still free.
         assert raw.code("TaskExecPoll", pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="second")) \
             == grpc.StatusCode.NOT_FOUND
-    finally:
-        raw.channel.close()
-        server.stop(0.5)
 
 
 def test_the_execs_own_path_finds_its_command(client: RouterClient, tmp_path: pathlib.Path) -> None:

@@ -14,10 +14,10 @@ import sys
 import termios
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from router.client import RouterClient
-
-from .conftest import serving
+from tests.helpers.servers import serving
 
 
 class Terminal:
@@ -34,7 +34,7 @@ class Terminal:
         """As a terminal window does: the foreground process group (the CLI) gets SIGWINCH."""
         fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
-    def mode(self) -> list[object]:
+    def mode(self) -> list[Any]:
         return termios.tcgetattr(self.slave)
 
     def type(self, data: bytes) -> None:

@@ -10,7 +10,8 @@ import pathlib
 import socket
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import grpc
 import h2.config
@@ -20,23 +21,28 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router import auth
 from router._proto import api_pb2
 from router._proto import task_command_router_pb2 as pb
 from router.server.grpc_server import RouterServer
-
-from .conftest import PIPES, TASK_ID, Raw, make_server
+from tests.helpers.execs import PIPES
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.protos import as_enum
+from tests.helpers.servers import TASK_ID, serving
 
 SERVICE = "/modal.task_command_router.TaskCommandRouter/"
 COUNT = {"requests": 0}
+Test = TypeVar("Test", bound=Callable[..., None])
 
-def fuzz(examples: int):  # type: ignore[no-untyped-def]
+
+def fuzz(examples: int) -> Callable[[Test], Test]:
     """Hypothesis settings for one fuzz test: derandomized (CI sees the same inputs every run)."""
-    def apply(test):  # type: ignore[no-untyped-def]
+    def apply(test: Test) -> Test:
         test = settings(max_examples=examples, deadline=None, derandomize=True,
                         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])(test)
         return pytest.mark.timeout(600)(test)
     return apply
+
+
 BAD = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
 
 texts = st.one_of(st.text(max_size=20), st.sampled_from(["", "\0", "a\0b", "x" * 300, "é", "🙂", TASK_ID]))
@@ -49,30 +55,27 @@ task_ids = st.one_of(st.just(TASK_ID), st.just(TASK_ID), texts)
 @pytest.fixture
 def fuzz_server(tmp_path: pathlib.Path) -> Iterator[tuple[RouterServer, Raw, pathlib.Path]]:
     """One server for all the examples of a test (so the leak guard sees what a whole run leaves)."""
-    base = tmp_path
-    server, key = make_server(base)
-    raw = Raw(server.port, auth.mint_token(key, TASK_ID))
-    sandbox = base / "sandbox"
-    (sandbox / "tree" / "sub").mkdir(parents=True)
-    (sandbox / "tree" / "f").write_bytes(b"data")
-    try:
-        raw.call("TaskExecStart", pb.TaskExecStartRequest(task_id=TASK_ID, exec_id="done", command_args=["echo", "hi"],
-                                                          **PIPES))
-        raw.call("TaskExecWait", pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="done"))
-        raw.call("TaskExecStart", pb.TaskExecStartRequest(task_id=TASK_ID, exec_id="running", command_args=["cat"],
-                                                          timeout_secs=600, **PIPES))
-        yield server, raw, sandbox
-    finally:
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split(" ")[4] for line in f]
-        for point in points:
-            if point.startswith(str(sandbox)):
-                subprocess.run(["umount", "-l", point], check=False)
-        raw.channel.close()
-        server.stop(0.5)
+    with serving(tmp_path) as (server, _, raw):
+        sandbox = tmp_path / "sandbox"
+        (sandbox / "tree" / "sub").mkdir(parents=True)
+        (sandbox / "tree" / "f").write_bytes(b"data")
+        try:
+            raw.call("TaskExecStart", pb.TaskExecStartRequest(task_id=TASK_ID, exec_id="done",
+                                                              command_args=["echo", "hi"], **PIPES))
+            raw.call("TaskExecWait", pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="done"))
+            raw.call("TaskExecStart", pb.TaskExecStartRequest(task_id=TASK_ID, exec_id="running",
+                                                              command_args=["cat"], timeout_secs=600, **PIPES))
+            yield server, raw, sandbox
+        finally:
+            with open("/proc/self/mountinfo") as f:
+                points = [line.split(" ")[4] for line in f]
+            for point in points:
+                if point.startswith(str(sandbox)):
+                    subprocess.run(["umount", "-l", point], check=False)
 
 
-def call(raw: Raw, method: str, request: object, metadata: tuple | None = None, timeout: float = 2.0) -> grpc.StatusCode:
+def call(raw: Raw, method: str, request: object, metadata: tuple | None = None,
+         timeout: float = 2.0) -> grpc.StatusCode:
     COUNT["requests"] += 1
     code = raw.code(method, request, timeout=timeout, metadata=metadata)
     assert code not in BAD, (method, code)
@@ -84,15 +87,18 @@ def start_requests(draw: st.DrawFn) -> pb.TaskExecStartRequest:
     args = [draw(st.sampled_from(["true", "echo", "/bin/true", "", "no-such-command", "\0", "/nonexistent/x"]))]
     args += draw(st.lists(texts, max_size=4))
     request = pb.TaskExecStartRequest(
-        task_id=draw(task_ids), exec_id=draw(exec_ids), command_args=args, stdout_config=draw(enums),
-        stderr_config=draw(enums), env=draw(st.dictionaries(texts, texts, max_size=3)),
+        task_id=draw(task_ids), exec_id=draw(exec_ids), command_args=args,
+        stdout_config=as_enum(pb.TaskExecStdoutConfig, draw(enums)),
+        stderr_config=as_enum(pb.TaskExecStderrConfig, draw(enums)),
+        env=draw(st.dictionaries(texts, texts, max_size=3)),
         secret_ids=draw(st.lists(texts, max_size=2)), container_id=draw(st.sampled_from(["", "", "co-1"])))
     if draw(st.booleans()):
         request.timeout_secs = draw(st.integers(0, 2**32 - 1))
     if draw(st.booleans()):
         request.workdir = draw(st.one_of(texts, st.sampled_from(["/", "/tmp", "/nonexistent", "rel"])))
     if draw(st.booleans()):
-        request.pty_info.CopyFrom(api_pb2.PTYInfo(enabled=draw(st.booleans()), winsz_rows=draw(st.integers(0, 2**32 - 1)),
+        request.pty_info.CopyFrom(api_pb2.PTYInfo(enabled=draw(st.booleans()),
+                                                  winsz_rows=draw(st.integers(0, 2**32 - 1)),
                                                   winsz_cols=draw(st.integers(0, 2**32 - 1)), env_term=draw(texts)))
     for _ in range(draw(st.integers(0, 2))):
         source = request.secret_sources.add()
@@ -118,7 +124,8 @@ def test_fuzz_exec_calls(fuzz_server: tuple, method: str, task_id: str, exec_id:
         "TaskExecPoll": lambda: pb.TaskExecPollRequest(task_id=task_id, exec_id=exec_id),
         "TaskExecWait": lambda: pb.TaskExecWaitRequest(task_id=task_id, exec_id=exec_id),
         "TaskExecStdioRead": lambda: pb.TaskExecStdioReadRequest(task_id=task_id, exec_id=exec_id, offset=offset,
-                                                                 file_descriptor=fd),
+                                                                 file_descriptor=as_enum(
+                                                                     pb.TaskExecStdioFileDescriptor, fd)),
         "TaskExecStdinWrite": lambda: pb.TaskExecStdinWriteRequest(task_id=task_id, exec_id=exec_id, offset=offset,
                                                                    data=data, eof=eof and exec_id != "running"),
     }[method]()
@@ -133,26 +140,29 @@ _component = st.one_of(st.sampled_from([b"tree", b"sub", b"f", b"new", b" ", b"\
 @fuzz(2000)
 @given(method=st.sampled_from(["TaskMountDirectory", "TaskUnmountDirectory", "TaskSnapshotDirectory"]),
        task_id=task_ids, parts=st.lists(_component, max_size=3), absolute=st.sampled_from([True, True, True, False]),
-       image_id=st.one_of(st.sampled_from(["", "im-" + "0" * 24]), texts), key=st.one_of(st.none(), st.binary(max_size=600)),
+       image_id=st.one_of(st.sampled_from(["", "im-" + "0" * 24]), texts),
+       key=st.one_of(st.none(), st.binary(max_size=600)),
        ttl=st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)), snapshot_id=texts,
        container=st.sampled_from(["", "", "co-1"]))
 def test_fuzz_image_calls(fuzz_server: tuple, method: str, task_id: str, parts: list[bytes], absolute: bool,
                           image_id: str, key: bytes | None, ttl: int | None, snapshot_id: str, container: str) -> None:
     sandbox: pathlib.Path = fuzz_server[2]
     path = b"/".join([bytes(sandbox), *parts]) if absolute else b"/".join(parts)  # never outside the sandbox
+    request: pb.TaskMountDirectoryRequest | pb.TaskUnmountDirectoryRequest | pb.TaskSnapshotDirectoryRequest
     if method == "TaskMountDirectory":
-        request: object = pb.TaskMountDirectoryRequest(task_id=task_id, path=path, image_id=image_id, container_id=container)
+        request = pb.TaskMountDirectoryRequest(task_id=task_id, path=path, image_id=image_id,
+                                                       container_id=container)
         if key is not None:
-            request.customer_supplied_encryption_key = key  # type: ignore[attr-defined]
+            request.customer_supplied_encryption_key = key
     elif method == "TaskUnmountDirectory":
         request = pb.TaskUnmountDirectoryRequest(task_id=task_id, path=path, container_id=container)
     else:
         request = pb.TaskSnapshotDirectoryRequest(task_id=task_id, path=path, snapshot_id=snapshot_id,
                                                   container_id=container)
         if key is not None:
-            request.customer_supplied_encryption_key = key  # type: ignore[attr-defined]
+            request.customer_supplied_encryption_key = key
         if ttl is not None:
-            request.ttl_seconds = ttl  # type: ignore[attr-defined]
+            request.ttl_seconds = ttl
     call(fuzz_server[1], method, request)
     if method == "TaskMountDirectory":
         server: RouterServer = fuzz_server[0]
@@ -165,7 +175,8 @@ def test_fuzz_image_calls(fuzz_server: tuple, method: str, task_id: str, parts: 
 
 @fuzz(2500)
 @given(method=st.sampled_from(["TaskExecPoll", "TaskExecStart", "TaskSnapshotDirectory"]),
-       metadata=st.lists(st.tuples(st.sampled_from(["authorization", "x-custom", "grpc-timeout-x", "authorization-bin"]),
+       metadata=st.lists(st.tuples(st.sampled_from(["authorization", "x-custom", "grpc-timeout-x",
+                                                     "authorization-bin"]),
                                    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60)),
                          max_size=3))
 def test_fuzz_metadata(fuzz_server: tuple, method: str, metadata: list[tuple[str, str]]) -> None:
@@ -181,7 +192,7 @@ def test_fuzz_metadata(fuzz_server: tuple, method: str, metadata: list[tuple[str
 # -- a raw HTTP/2 socket ------------------------------------------------------------------------------
 
 
-def _h2_call(port: int, token: str, method: str, body: bytes, extra: list[tuple[str, str]] = (),  # type: ignore[assignment]
+def _h2_call(port: int, token: str, method: str, body: bytes, extra: Sequence[tuple[str, str]] = (),
              raw_tail: bytes = b"") -> int | None:
     """One call over a fresh socket: well-formed HTTP/2 (h2), the gRPC body given as is, then any raw
     bytes. Returns the grpc-status the server sent, or None if it closed the connection instead."""
@@ -201,13 +212,19 @@ def _h2_call(port: int, token: str, method: str, body: bytes, extra: list[tuple[
                     break
                 for event in conn.receive_data(data):
                     if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
-                        status = dict(event.headers).get("grpc-status", status)
-                    if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                        status = {_text(k): _text(v) for k, v in event.headers}.get("grpc-status", status)
+                    if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset,
+                                          h2.events.ConnectionTerminated)):
                         return int(status) if status is not None else None
                 s.sendall(conn.data_to_send())
         except (OSError, h2.exceptions.ProtocolError):
             pass
     return int(status) if status is not None else None
+
+
+def _text(header: bytes | str) -> str:
+    """A header name or value as text (h2 gives text here: the connection decodes them as UTF-8)."""
+    return header.decode() if isinstance(header, bytes) else header
 
 
 def _grpc_frame(message: bytes, compressed: int = 0, length: int | None = None) -> bytes:

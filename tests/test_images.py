@@ -16,7 +16,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import msgspec
@@ -24,16 +25,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.images import manifest as manifests
-from router.images import mounts
 from router._proto import task_command_router_pb2 as pb
 from router.errors import RouterError
-from router.images.store import Images
-from router.images.manifest import Entry, Manifest, ManifestError
+from router.images import manifest as manifests
+from router.images import mounts
+from router.images.args import MountArgs, SnapshotArgs
+from router.images.manifest import Entry, Kind, Manifest, ManifestError
 from router.images.materialize import copy_tree
-from router.server.validate import MountArgs, SnapshotArgs
+from router.images.store import Images, MountMethod
+from tests.helpers.execs import PIPES
+from tests.helpers.servers import TASK_ID, serving
 
-from .conftest import PIPES, TASK_ID, serving
 
 def _overlay_possible() -> bool:
     with tempfile.TemporaryDirectory() as d:
@@ -46,8 +48,8 @@ METHODS = [pytest.param("overlay", marks=OVERLAY), "copy"]
 ODD = b"odd name \n\xff\xfe"  # a space, a newline, bytes that are not UTF-8
 
 
-def _images(tmp_path: pathlib.Path, method: str) -> Images:
-    return Images(tmp_path / "state", method)  # type: ignore[arg-type]
+def _images(tmp_path: pathlib.Path, method: MountMethod) -> Images:
+    return Images(tmp_path / "state", method)
 
 
 def snap(images: Images, path: pathlib.Path | bytes, snapshot_id: str = "", ttl: int | None = None,
@@ -59,12 +61,22 @@ def mount(images: Images, path: pathlib.Path | bytes, image_id: str, key: bytes 
     images.mount(MountArgs(bytes(path), image_id, key))
 
 
-def code_of(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+def code_of(call: Callable[[], object]) -> grpc.StatusCode:
     try:
         call()
     except RouterError as e:
         return e.code
     return grpc.StatusCode.OK
+
+
+def snapshot_bytes_read(records: list[logging.LogRecord]) -> list[int]:
+    """What each snapshot read, in bytes: the fourth argument of the store's "snapshot ..." log lines."""
+    out = []
+    for r in records:
+        if r.getMessage().startswith("snapshot "):
+            assert isinstance(r.args, tuple) and isinstance(r.args[3], int), r.args
+            out.append(r.args[3])
+    return out
 
 
 def make_tree(root: pathlib.Path) -> None:
@@ -149,7 +161,7 @@ def unmounting(images: Images, *paths: pathlib.Path) -> Iterator[None]:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_round_trip_keeps_every_entry(tmp_path: pathlib.Path, tree: pathlib.Path, method: str) -> None:
+def test_round_trip_keeps_every_entry(tmp_path: pathlib.Path, tree: pathlib.Path, method: MountMethod) -> None:
     images = _images(tmp_path, method)
     image = snap(images, tree)
     assert image.startswith("im-")
@@ -215,14 +227,16 @@ def test_metadata_tree_redirects_fit_in_the_inode(tmp_path: pathlib.Path, tree: 
         redirect = os.getxattr(f, "trusted.overlay.redirect")
         assert len(redirect) <= 24, redirect
         short = os.lstat(bytes(blobs) + redirect)
-        full = [n for n in os.listdir(blobs / os.fsdecode(redirect[1:3])) if len(n) == 64 and n[2:22] == os.fsdecode(redirect[4:])]
+        full = [n for n in os.listdir(blobs / os.fsdecode(redirect[1:3]))
+                if len(n) == 64 and n[2:22] == os.fsdecode(redirect[4:])]
         assert len(full) == 1 and os.path.samestat(short, os.lstat(blobs / full[0][:2] / full[0]))
         if len(os.listxattr(f)) == 2:  # only the overlay's own (a.txt carries user.color too)
             assert os.lstat(f).st_blocks == 0, f  # sparse, and no xattr block (ext4's 256-byte inodes, tmpfs)
 
 
 @OVERLAY
-def test_a_short_name_taken_by_other_content_falls_back_to_the_full_name(tmp_path: pathlib.Path, tree: pathlib.Path) -> None:
+def test_a_short_name_taken_by_other_content_falls_back_to_the_full_name(tmp_path: pathlib.Path,
+                                                                          tree: pathlib.Path) -> None:
     images = _images(tmp_path, "overlay")
     blob = hashlib.sha256((tree / "a.txt").read_bytes()).hexdigest()
     squatter = images.root / "store" / "blobs" / blob[:2] / blob[2:22]
@@ -237,7 +251,8 @@ def test_a_short_name_taken_by_other_content_falls_back_to_the_full_name(tmp_pat
     images.gc()
     assert squatter.exists()  # not the image's to delete
     squatter.unlink()
-    assert [f for _, _, fs in os.walk(images.root / "store" / "blobs") for f in fs] == []  # short names went with their blobs
+    # The short names went with their blobs.
+    assert [f for _, _, fs in os.walk(images.root / "store" / "blobs") for f in fs] == []
 
 
 def test_a_manifest_that_inflates_past_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,7 +270,7 @@ def test_a_second_snapshot_reads_nothing_unchanged(tmp_path: pathlib.Path, tree:
     snap(images, tree)
     (tree / "a.txt").write_bytes(b"changed\n")
     snap(images, tree)
-    read = [r.args[3] for r in caplog.records if r.getMessage().startswith("snapshot ")]
+    read = snapshot_bytes_read(caplog.records)
     assert read[0] > 2_000_000 and read[1] == len(b"changed\n"), read
 
 
@@ -276,7 +291,8 @@ def test_snapshot_id_makes_a_retry_return_the_same_image(tmp_path: pathlib.Path,
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_snapshot_of_a_mounted_image_stores_only_what_changed(tmp_path: pathlib.Path, tree: pathlib.Path, method: str,
+def test_snapshot_of_a_mounted_image_stores_only_what_changed(tmp_path: pathlib.Path, tree: pathlib.Path,
+                                                              method: MountMethod,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     images = _images(tmp_path, method)
     caplog.set_level(logging.INFO, "router.images.store")
@@ -294,7 +310,7 @@ def test_snapshot_of_a_mounted_image_stores_only_what_changed(tmp_path: pathlib.
         expected = describe(target)
     assert added < 100_000, added  # the 2.2 MB file was not stored again
     if method == "overlay":
-        read = [r.args[3] for r in caplog.records if r.getMessage().startswith("snapshot ")]
+        read = snapshot_bytes_read(caplog.records)
         assert read[-1] == len(b"new file\n") + len(b"rewritten\n"), read
     with unmounting(images, target):
         mount(images, target, changed)
@@ -310,7 +326,7 @@ def test_snapshot_of_a_mounted_image_stores_only_what_changed(tmp_path: pathlib.
 
 @pytest.mark.parametrize("method", METHODS)
 def test_mount_hides_what_was_there_and_unmount_shows_it_again(tmp_path: pathlib.Path, tree: pathlib.Path,
-                                                               method: str) -> None:
+                                                               method: MountMethod) -> None:
     images = _images(tmp_path, method)
     image = snap(images, tree)
     target = tmp_path / "busy"
@@ -345,7 +361,7 @@ def test_mounts_outlive_a_restart_of_the_store(tmp_path: pathlib.Path, tree: pat
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_path_through_a_symlink_names_the_same_mount_across_a_restart(tmp_path: pathlib.Path, tree: pathlib.Path,
-                                                                        method: str) -> None:
+                                                                        method: MountMethod) -> None:
     images = _images(tmp_path, method)
     image = snap(images, tree)
     (tmp_path / "work" / "target").mkdir(parents=True)
@@ -363,7 +379,7 @@ def test_a_path_through_a_symlink_names_the_same_mount_across_a_restart(tmp_path
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_tree_of_many_files_round_trips_through_the_file_threads(tmp_path: pathlib.Path, method: str) -> None:
+def test_a_tree_of_many_files_round_trips_through_the_file_threads(tmp_path: pathlib.Path, method: MountMethod) -> None:
     """More files than one thread's share: made by several threads, every mode kept (those a
     file is created with, and those that need a chmod: setuid, and under the umask)."""
     src = tmp_path / "many"
@@ -416,7 +432,8 @@ def test_mount_rejects_bad_targets(tmp_path: pathlib.Path, tree: pathlib.Path) -
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_encrypted_image_mounts_only_with_its_key(tmp_path: pathlib.Path, tree: pathlib.Path, method: str) -> None:
+def test_encrypted_image_mounts_only_with_its_key(tmp_path: pathlib.Path, tree: pathlib.Path,
+                                                  method: MountMethod) -> None:
     images = _images(tmp_path, method)
     marker = b"plaintext-marker-" + os.urandom(8).hex().encode()
     (tree / "secret").write_bytes(marker * 100)
@@ -441,11 +458,11 @@ def test_encrypted_image_mounts_only_with_its_key(tmp_path: pathlib.Path, tree: 
 # -- hostile manifests --------------------------------------------------------------------------
 
 
-def _entry(path: bytes, kind: str = "file", **kw: object) -> Entry:
-    defaults: dict[str, object] = dict(mode=0o644, uid=0, gid=0, mtime_ns=0)
+def _entry(path: bytes, kind: Kind = "file", **kw: Any) -> Entry:
+    defaults: dict[str, Any] = dict(mode=0o644, uid=0, gid=0, mtime_ns=0)
     if kind == "file":
         defaults["blob"] = "0" * 64
-    return Entry(path=path, kind=kind, **{**defaults, **kw})  # type: ignore[arg-type]
+    return Entry(path=path, kind=kind, **{**defaults, **kw})
 
 
 ROOT = _entry(b"", "dir", mode=0o755)
@@ -482,7 +499,8 @@ def test_a_tampered_manifest_in_the_store_cannot_write_outside(tmp_path: pathlib
     # The record changed too, to name the evil manifest by its own hash: validated, and refused.
     evil_digest = hashlib.sha256(manifests.encode(evil)).hexdigest()
     images.backend.put_doc("manifests", evil_digest, manifests.encode(evil))
-    images.backend.put_doc("images", image, msgspec.msgpack.encode(msgspec.structs.replace(record, manifest_sha256=evil_digest)))
+    forged = msgspec.structs.replace(record, manifest_sha256=evil_digest)
+    images.backend.put_doc("images", image, msgspec.msgpack.encode(forged))
     assert code_of(lambda: mount(images, tmp_path / "mnt2", image)) == grpc.StatusCode.DATA_LOSS
     assert not (tmp_path / "canary").exists()
 
@@ -494,9 +512,9 @@ _component = st.sampled_from([b"a", b"b", b"..", b".", b"", b"/", b"c d", b"\n",
 @given(paths=st.lists(st.lists(_component, min_size=1, max_size=4).map(b"/".join), max_size=8),
        kinds=st.lists(st.sampled_from(["dir", "file", "symlink", "hardlink"]), min_size=8, max_size=8))
 def test_whatever_validates_stays_inside_its_target(tmp_path_factory: pytest.TempPathFactory,
-                                                    paths: list[bytes], kinds: list[str]) -> None:
+                                                    paths: list[bytes], kinds: list[Kind]) -> None:
     entries = [ROOT] + [_entry(p, k, target=b"../../../x" if k == "symlink" else paths[0], blob="0" * 64)
-                        for p, k in zip(paths, kinds)]
+                        for p, k in zip(paths, kinds, strict=False)]  # kinds may outnumber paths
     try:
         manifests.validate(Manifest(entries=entries))
     except ManifestError:
@@ -601,11 +619,11 @@ def test_a_file_that_keeps_changing_aborts_the_snapshot(tmp_path: pathlib.Path) 
 
 @pytest.mark.parametrize("mode", ["aio", "threads"])
 def test_rpcs_answer_with_the_right_codes(tmp_path: pathlib.Path, tree: pathlib.Path, mode: str) -> None:
-    def S(**kw: object) -> pb.TaskSnapshotDirectoryRequest:
-        return pb.TaskSnapshotDirectoryRequest(task_id=TASK_ID, **kw)  # type: ignore[arg-type]
+    def S(**kw: Any) -> pb.TaskSnapshotDirectoryRequest:
+        return pb.TaskSnapshotDirectoryRequest(task_id=TASK_ID, **kw)
 
-    def M(**kw: object) -> pb.TaskMountDirectoryRequest:
-        return pb.TaskMountDirectoryRequest(task_id=TASK_ID, **kw)  # type: ignore[arg-type]
+    def M(**kw: Any) -> pb.TaskMountDirectoryRequest:
+        return pb.TaskMountDirectoryRequest(task_id=TASK_ID, **kw)
 
     target = bytes(tmp_path / "mnt")
     with serving(tmp_path, server_mode=mode) as (server, _, raw):

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.engine import journal_format
+from router.engine import journal, journal_format
 from router.engine.journal import Journal
 from router.engine.journal_format import (
     HEADER,
@@ -111,7 +111,7 @@ def test_records_round_trip_through_a_file(tmp_path: pathlib.Path) -> None:
 
 def test_records_are_frozen_and_strict() -> None:
     with pytest.raises(AttributeError):
-        Spawned("x", 1, False).pid = 2  # type: ignore[misc]
+        Spawned("x", 1, False).pid = 2  # type: ignore[misc]  # the assignment the test expects refused
     payload = msgspec.msgpack.encode(["spawned", "x", 1, False, "extra"])
     with pytest.raises(msgspec.ValidationError):
         journal_format.decode_record(payload)
@@ -406,9 +406,10 @@ IDS = st.sampled_from(["a", "b", "c", "d", "e"])
 FLOATS = st.floats(allow_nan=False)
 STATUS = st.builds(ExitStatus, st.none() | st.integers(0, 255), st.none() | st.integers(1, 64))
 RECORDS: st.SearchStrategy[Record] = st.one_of(
-    st.builds(Begun, IDS, st.binary(max_size=32), st.lists(st.text(max_size=5), max_size=3), st.none() | st.text(max_size=5),
-              st.sampled_from(["devnull", "pipe"]), st.sampled_from(["devnull", "pipe", "stdout"]),
-              st.none() | st.integers(0, 10**6), st.none() | st.builds(PtySpec, st.integers(0, 500), st.integers(0, 500)),
+    st.builds(Begun, IDS, st.binary(max_size=32), st.lists(st.text(max_size=5), max_size=3),
+              st.none() | st.text(max_size=5), st.sampled_from(["devnull", "pipe"]),
+              st.sampled_from(["devnull", "pipe", "stdout"]), st.none() | st.integers(0, 10**6),
+              st.none() | st.builds(PtySpec, st.integers(0, 500), st.integers(0, 500)),
               st.lists(st.text(max_size=5), max_size=3), FLOATS),
     st.builds(Spawned, IDS, st.integers(1, 2**22), st.booleans()),
     st.builds(Output, IDS, st.sampled_from(["stdout", "stderr"]), st.lists(st.integers(-1, 1000), max_size=5),
@@ -532,7 +533,8 @@ def test_kill_9_leaves_a_replayable_prefix(tmp_path: pathlib.Path, mode: str) ->
             deadline = time.monotonic() + 30
             started = time.monotonic()
             while time.monotonic() < deadline and not (
-                    path.exists() and (path.stat().st_size > 200_000 if mode == "grow" else time.monotonic() - started > 0.5)):
+                    path.exists()
+                    and (path.stat().st_size > 200_000 if mode == "grow" else time.monotonic() - started > 0.5)):
                 time.sleep(0.005)
         finally:
             proc.send_signal(signal.SIGKILL)

@@ -12,8 +12,7 @@ import shutil
 from router._proto import exec_control_pb2 as ec
 from router.engine import journal
 from router.engine.records import ExitCause, ExitStatus
-
-from .conftest import serving
+from tests.helpers.servers import serving
 
 DATA = pathlib.Path(__file__).parent / "data"
 CAUSES = {

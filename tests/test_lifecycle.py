@@ -10,6 +10,7 @@ import resource
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -17,8 +18,12 @@ import pytest
 from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, RouterClient, exit_code
-
-from .conftest import PIPES, TASK_ID, Raw, alive, eventually, make_server, py, serving, start_request
+from router.server.grpc_server import RouterServer
+from tests.helpers.execs import PIPES, py, start_request
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.polling import eventually
+from tests.helpers.processes import alive
+from tests.helpers.servers import TASK_ID, make_server, serving, state_token
 
 OK = grpc.StatusCode.OK
 U64_MAX = 2**64 - 1
@@ -48,7 +53,7 @@ def _first_line(client: RouterClient, exec_id: str) -> bytes:
 
 
 @contextlib.contextmanager
-def descriptors_exhausted(free: int = 0):  # type: ignore[no-untyped-def]
+def descriptors_exhausted(free: int = 0) -> Iterator[None]:
     """This process at its descriptor limit, with `free` descriptors left, for the block's length."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
@@ -81,7 +86,7 @@ LEAVE_GROUP = (
 )
 
 
-# -- kills, timeouts, terminals, failing logs ----------------------------------------------------------------------------------------------
+# -- kills, timeouts, terminals, failing logs ------------------------------------------------------------
 
 def test_start_without_a_deadline_is_ok(raw: Raw, client: RouterClient) -> None:
     """Modal's client sends TaskExecStart with no deadline (grpcio then reports ~1e19 s remaining).
@@ -169,7 +174,8 @@ def test_pty_eof_after_a_partial_line_ends_input(client: RouterClient, raw: Raw)
 
 
 def _drain_failures(caplog: pytest.LogCaptureFixture) -> int:
-    return sum(r.name == "router.engine.output" and r.getMessage().startswith("writing output failed") for r in caplog.records)
+    return sum(r.name == "router.engine.output" and r.getMessage().startswith("writing output failed")
+               for r in caplog.records)
 
 
 def test_output_survives_a_log_that_cannot_be_written(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -249,7 +255,7 @@ def test_serve_reaps_orphans_as_a_subreaper(tmp_path: pathlib.Path) -> None:
         lines = [proc.stdout.readline() for _ in range(5)]
         assert any(line.startswith("reaping orphaned processes") for line in lines), lines
         port = int(lines[0].split()[-1].rsplit(":", 1)[1])
-        with RouterClient(f"127.0.0.1:{port}", auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID),
+        with RouterClient(f"127.0.0.1:{port}", state_token(tmp_path),
                           TASK_ID) as client:
             # The background job outlives its shell: an orphan, re-parented to the router, which must reap it.
             client.start("orph", ["sh", "-c", "sleep 1.5 >/dev/null 2>&1 & echo $!"], **PIPES)
@@ -311,7 +317,7 @@ def test_leftover_segments_of_a_crashed_router_never_show_through(tmp_path: path
     logs = tmp_path / "state" / "logs"
     logs.mkdir(parents=True)
     (logs / "0.stdout-00000000").write_bytes(b"STALE" * 1000)
-    (logs / "0.stdout").mkdir()  # the pre-c0ca171 layout
+    (logs / "0.stdout").mkdir()  # an older layout: each stream's segments in a directory of their own
     with serving(tmp_path) as (_, client, raw):
         assert raw.code("TaskExecStart", start_request("after-crash", ["printf", "hi"])) == OK
         assert exit_code(client.wait("after-crash")) == 0
@@ -337,12 +343,12 @@ def test_largest_timeout_secs_is_accepted(client: RouterClient) -> None:
     assert exit_code(client.wait("t")) == 0
 
 
-def _waiters(server, exec_id: str) -> int:  # type: ignore[no-untyped-def]
+def _waiters(server: RouterServer, exec_id: str) -> int:
     """Threads (threads mode) and coroutines (aio mode) waiting on the exec right now."""
     return server.engine.get(exec_id).waiters
 
 
-def test_cancelled_waits_and_reads_leave_no_waiters(client: RouterClient, raw: Raw, server) -> None:  # type: ignore[no-untyped-def]
+def test_cancelled_waits_and_reads_leave_no_waiters(client: RouterClient, raw: Raw, server: RouterServer) -> None:
     client.start("w", ["sleep", "10"], **PIPES, timeout_secs=8)
     wait = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="w")
     read = pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="w")
@@ -393,7 +399,8 @@ def test_concurrent_different_starts_for_one_id_run_exactly_one(raw: Raw, client
 
 
 def test_stdin_writes_racing_exit_are_all_accepted(client: RouterClient, raw: Raw) -> None:
-    client.start("h", ["head", "-c", "100000"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL, stderr_config=pb.TASK_EXEC_STDERR_CONFIG_PIPE)
+    client.start("h", ["head", "-c", "100000"], stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_DEVNULL,
+                 stderr_config=pb.TASK_EXEC_STDERR_CONFIG_PIPE)
     chunk = b"y" * 65536
     offset = 0
     for _ in range(64):
@@ -428,20 +435,16 @@ def test_pty_output_after_exit_is_drained_to_eio(client: RouterClient) -> None:
     assert b"".join(client.read("p")) == b"z" * 200000
 
 
-def test_a_cancelled_start_leaves_the_exec_usable(server, token: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_cancelled_start_leaves_the_exec_usable(raw: Raw) -> None:
     """A TaskExecStart that ends early (deadline, client gone) cannot cancel the spawn it waits for:
     its retries and the exec's other calls still work."""
-    raw = Raw(server.port, token)
-    try:
-        request = start_request("cancelled", ["sh", "-c", "echo ok"])
-        raw.code("TaskExecStart", request, timeout=0.0001)  # may or may not get through in time
-        assert raw.code("TaskExecStart", request) == OK
-        # Before its spawn has run too: nothing can cancel the future a start waits on.
-        from router.engine.execs import Exec
-        from router.engine.records import ExecSpec
-        unspawned = Exec("x", b"", ExecSpec(args=["true"], env={}), None, None, 1024)
-        assert not unspawned.started.cancel()
-        wait = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="cancelled")
-        assert raw.call("TaskExecWait", wait).code == 0
-    finally:
-        raw.channel.close()
+    request = start_request("cancelled", ["sh", "-c", "echo ok"])
+    raw.code("TaskExecStart", request, timeout=0.0001)  # may or may not get through in time
+    assert raw.code("TaskExecStart", request) == OK
+    # Before its spawn has run too: nothing can cancel the future a start waits on.
+    from router.engine.execs import Exec
+    from router.engine.records import ExecSpec
+    unspawned = Exec("x", b"", ExecSpec(args=["true"], env={}), None, None, 1024)
+    assert not unspawned.started.cancel()
+    wait = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="cancelled")
+    assert raw.call("TaskExecWait", wait).code == 0

@@ -2,21 +2,23 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
 import grpc
 import pytest
 
-from router import auth
 from router._proto import task_command_router_pb2 as pb
-from router.engine.core import base_environment
-
-from .conftest import PIPES, TASK_ID, Raw, eventually, serving
+from router.engine.limits import base_environment
+from tests.helpers.execs import PIPES
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.polling import eventually
+from tests.helpers.servers import TASK_ID, serving, state_token
 
 WAIT = pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="sleeper")
 
 
-def start(exec_id: str, args: list[str], **fields: object) -> pb.TaskExecStartRequest:
-    return pb.TaskExecStartRequest(task_id=TASK_ID, exec_id=exec_id, command_args=args, **PIPES, **fields)  # type: ignore[arg-type]
+def start(exec_id: str, args: list[str], **fields: Any) -> pb.TaskExecStartRequest:
+    return pb.TaskExecStartRequest(task_id=TASK_ID, exec_id=exec_id, command_args=args, **PIPES, **fields)
 
 
 def test_argument_and_environment_bytes(tmp_path: pathlib.Path) -> None:
@@ -48,9 +50,8 @@ def test_calls_in_flight_per_token(tmp_path: pathlib.Path, mode: str) -> None:
     with serving(tmp_path, max_calls_per_token=3, server_mode=mode) as (server, client, raw):
         client.start("sleeper", ["sleep", "30"], **PIPES, timeout_secs=5)  # long enough to hold calls on
         held = [raw.stub.TaskExecWait.future(WAIT, timeout=30, metadata=raw.metadata) for _ in range(3)]
+        poll = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="sleeper")
         try:
-            poll = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="sleeper")
-
             def busy() -> bool:
                 try:
                     raw.call("TaskExecPoll", poll, timeout=5)
@@ -64,16 +65,12 @@ def test_calls_in_flight_per_token(tmp_path: pathlib.Path, mode: str) -> None:
             trailers = dict(info.value.trailing_metadata() or ())
             assert "--max-calls-per-token 3" in info.value.details() and "grpc-status-details-bin" in trailers
             # Another token has its own budget.
-            other = Raw(server.port, auth.mint_token(auth.load_or_create_key(tmp_path / "state"), TASK_ID, 600))
-            try:
+            with Raw(server.port, state_token(tmp_path / "state", 600)) as other:
                 assert other.code("TaskExecPoll", poll) == grpc.StatusCode.OK
-            finally:
-                other.channel.close()
         finally:
             for f in held:
                 f.cancel()
-        assert eventually(lambda: raw.code("TaskExecPoll", pb.TaskExecPollRequest(task_id=TASK_ID,
-                                                                                   exec_id="sleeper")) == grpc.StatusCode.OK)
+        assert eventually(lambda: raw.code("TaskExecPoll", poll) == grpc.StatusCode.OK)
         client.wait("sleeper")
 
 
@@ -87,12 +84,8 @@ def test_streams_per_connection(tmp_path: pathlib.Path) -> None:
             poll = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="sleeper")
             # The third stream on this connection waits for one of the two to end.
             assert raw.code("TaskExecPoll", poll, timeout=1.0) == grpc.StatusCode.DEADLINE_EXCEEDED
-            token = auth.mint_token(auth.load_or_create_key(tmp_path / "state"), TASK_ID, 600)
-            fresh = Raw(server.port, token)
-            try:
+            with Raw(server.port, state_token(tmp_path / "state", 600)) as fresh:
                 assert fresh.code("TaskExecPoll", poll) == grpc.StatusCode.OK  # another connection is free
-            finally:
-                fresh.channel.close()
             held[0].cancel()
             assert raw.code("TaskExecPoll", poll, timeout=10) == grpc.StatusCode.OK
         finally:

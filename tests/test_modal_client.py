@@ -1,4 +1,5 @@
-"""Modal's own client class against a router in its own process (its stubs and ours cannot share a process: protobuf refuses two definitions of one message name)."""
+"""Modal's own client class against a router in its own process (its stubs and ours cannot share a
+process: protobuf refuses two definitions of one message name)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,10 +12,10 @@ import sys
 
 import pytest
 
-from router import auth
 from router.client import RouterClient, exit_code
-
-from .conftest import PIPES, TASK_ID, router_process
+from tests.helpers.drivers import MODAL_DRIVER
+from tests.helpers.execs import PIPES
+from tests.helpers.servers import TASK_ID, router_process, state_token
 
 # Only look for it: importing Modal here would clash with router's protos in this process.
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("modal") is None,
@@ -23,9 +24,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("modal") is None,
 
 def test_modal_client_start_read_write_wait(tmp_path: pathlib.Path) -> None:
     with router_process(tmp_path) as (_, listen):
-        token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
-        driver = pathlib.Path(__file__).with_name("modal_driver.py")
-        result = subprocess.run([sys.executable, str(driver), f"http://{listen}", token, TASK_ID],
+        token = state_token(tmp_path)
+        result = subprocess.run([sys.executable, str(MODAL_DRIVER), f"http://{listen}", token, TASK_ID],
                                 capture_output=True, text=True, timeout=90)
         assert result.returncode == 0, result.stderr
         outcome = json.loads(result.stdout.strip().splitlines()[-1])
@@ -45,17 +45,16 @@ def test_modal_client_reads_across_a_kill_9_restart(tmp_path: pathlib.Path) -> N
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     listen = f"127.0.0.1:{port}"
-    token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+    token = state_token(tmp_path)
     # Well past what the client's 64 MiB HTTP/2 window lets the first server send ahead.
     size = 160 * 1024 * 1024
-    driver = pathlib.Path(__file__).with_name("modal_driver.py")
     with router_process(tmp_path, "--listen", listen) as (server, _):
         with RouterClient(listen, token, TASK_ID, retries=0) as client:
             client.start("big", ["head", "-c", str(size), "/dev/urandom"], **PIPES)
             assert exit_code(client.wait("big")) == 0
             expected = hashlib.sha256(b"".join(client.read("big"))).hexdigest()
-        reader = subprocess.Popen([sys.executable, str(driver), f"http://{listen}", token, TASK_ID, "follow", "big"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        reader = subprocess.Popen([sys.executable, str(MODAL_DRIVER), f"http://{listen}", token, TASK_ID,
+                                   "follow", "big"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert reader.stdout is not None
             assert reader.stdout.readline().strip() == "reading"

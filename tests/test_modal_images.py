@@ -1,5 +1,5 @@
 """The image RPCs (TaskSnapshotDirectory, TaskMountDirectory, TaskUnmountDirectory) driven by Modal's own
-client from a driver process (modal_images_driver.py), against a router in its own process; what they do
+client from a driver process (helpers/drivers/modal_images_driver.py), against a router in its own process; what they do
 is checked on the filesystem here (the router is local)."""
 from __future__ import annotations
 
@@ -18,17 +18,15 @@ from typing import Any
 
 import pytest
 
-from router import auth
 from router.images import mounts
-
-from .conftest import TASK_ID, router_process
+from tests.helpers.drivers import MODAL_IMAGES_DRIVER
+from tests.helpers.servers import TASK_ID, router_process, state_token
 
 # Only look for it: importing Modal here would clash with router's protos in this process.
 pytestmark = [pytest.mark.skipif(importlib.util.find_spec("modal") is None,
                                  reason="Modal's client is part of the test extra"),
               pytest.mark.timeout(60)]
 
-DRIVER = pathlib.Path(__file__).with_name("modal_images_driver.py")
 KEY = (b"k" * 32).hex()
 WRONG_KEY = (b"j" * 32).hex()
 UNKNOWN_IMAGE = "im-" + "0" * 24
@@ -43,7 +41,7 @@ class Driver:
     def __init__(self, url: str, token: str, log: pathlib.Path) -> None:
         self._log = log
         with open(log, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, str(DRIVER), url, token, TASK_ID],
+            self.proc = subprocess.Popen([sys.executable, str(MODAL_IMAGES_DRIVER), url, token, TASK_ID],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
         self._buffer = b""
 
@@ -63,12 +61,12 @@ class Driver:
         answer: dict[str, Any] = json.loads(line)
         return answer
 
-    def ok(self, op: str, via: str, **args: object) -> dict[str, Any]:
+    def ok(self, op: str, via: str, **args: Any) -> dict[str, Any]:
         answer = self.call(op, via, **args)
         assert "error" not in answer, f"{op} via {via} {args}: {answer}"
         return answer
 
-    def error(self, op: str, via: str, **args: object) -> str:
+    def error(self, op: str, via: str, **args: Any) -> str:
         """The Modal exception class (module.Class) the call raised."""
         answer = self.call(op, via, **args)
         assert "error" in answer, f"{op} via {via} {args} succeeded: {answer}"
@@ -112,7 +110,7 @@ def session(tmp_path: pathlib.Path, *serve_args: str) -> Iterator[tuple[Driver, 
     work.mkdir()
     try:
         with router_process(state, *serve_args) as (_, listen):
-            token = auth.mint_token(auth.load_or_create_key(state), TASK_ID)
+            token = state_token(state)
             driver = Driver(f"http://{listen}", token, tmp_path / "driver.log")
             try:
                 yield driver, work

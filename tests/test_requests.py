@@ -2,17 +2,21 @@
 NOT_FOUND; and over the wire, no request of any shape makes a handler fail with UNKNOWN or INTERNAL."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.server import validate as requests
 from router._proto import api_pb2
 from router._proto import task_command_router_pb2 as pb
 from router.errors import RouterError
-
-from .conftest import TASK_ID, Raw
+from router.images.args import MountArgs, SnapshotArgs
+from router.server import validate
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.protos import as_enum
+from tests.helpers.servers import TASK_ID
 
 BASE = {"PATH": "/usr/bin:/bin", "HOME": "/root"}
 names = st.one_of(st.sampled_from(["PATH", "HOME", "TERM"]), st.text(min_size=0, max_size=8))  # some override the base
@@ -26,8 +30,8 @@ def start_requests(draw: st.DrawFn) -> pb.TaskExecStartRequest:
         task_id=TASK_ID,
         exec_id=draw(st.text(max_size=300)),
         command_args=draw(st.lists(st.text(max_size=10), max_size=4)),
-        stdout_config=draw(st.integers(0, 3)),
-        stderr_config=draw(st.integers(0, 4)),
+        stdout_config=as_enum(pb.TaskExecStdoutConfig, draw(st.integers(0, 3))),
+        stderr_config=as_enum(pb.TaskExecStderrConfig, draw(st.integers(0, 4))),
         env=draw(env_maps),
         container_id=draw(st.sampled_from(["", "", "co-x"])),
     )
@@ -35,14 +39,13 @@ def start_requests(draw: st.DrawFn) -> pb.TaskExecStartRequest:
         request.timeout_secs = draw(st.integers(0, 2**32 - 1))
     if draw(st.booleans()):
         request.workdir = draw(st.sampled_from(["/tmp", "tmp", "", "/a\0b", "/no/such"]))
-    for source in draw(st.lists(st.one_of(env_maps.map(lambda m: ("env", m)),
-                                          st.text(max_size=5).map(lambda s: ("secret_id", s)),
-                                          st.just(("none", None))), max_size=3)):
+    # Each source: inline variables, a secret id, or neither.
+    for source in draw(st.lists(st.one_of(env_maps, st.text(max_size=5), st.none()), max_size=3)):
         entry = request.secret_sources.add()
-        if source[0] == "env":
-            entry.env.contents.update(source[1])
-        elif source[0] == "secret_id":
-            entry.secret_id = source[1]
+        if isinstance(source, dict):
+            entry.env.contents.update(source)
+        elif isinstance(source, str):
+            entry.secret_id = source
     if draw(st.booleans()):
         request.pty_info.enabled = draw(st.booleans())
         request.pty_info.winsz_rows = draw(st.integers(0, 2**32 - 1))
@@ -54,7 +57,7 @@ def start_requests(draw: st.DrawFn) -> pb.TaskExecStartRequest:
 @given(start_requests())
 def test_start_request_is_a_spec_or_a_named_error(request: pb.TaskExecStartRequest) -> None:
     try:
-        spec = requests.exec_spec(request, BASE)
+        spec = validate.exec_spec(request, BASE)
     except RouterError as e:
         assert e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
         assert e.message
@@ -78,12 +81,12 @@ def test_start_request_is_a_spec_or_a_named_error(request: pb.TaskExecStartReque
             continue
         assert spec.env[key] == expected
     # The size limit counts the final environment exactly, overridden base variables included.
-    size = requests.env_bytes(spec.env)
-    for base_size in (None, requests.env_bytes(BASE)):
-        assert requests.exec_spec(request, BASE, max_env_bytes=size, base_env_bytes=base_size).env == spec.env
-        with pytest.raises(RouterError) as e:
-            requests.exec_spec(request, BASE, max_env_bytes=size - 1, base_env_bytes=base_size)
-        assert e.value.message.startswith("env:")
+    size = validate.env_bytes(spec.env)
+    for base_size in (None, validate.env_bytes(BASE)):
+        assert validate.exec_spec(request, BASE, max_env_bytes=size, base_env_bytes=base_size).env == spec.env
+        with pytest.raises(RouterError) as refused:
+            validate.exec_spec(request, BASE, max_env_bytes=size - 1, base_env_bytes=base_size)
+        assert refused.value.message.startswith("env:")
 
 
 def test_secret_sources_apply_in_order() -> None:
@@ -91,7 +94,7 @@ def test_secret_sources_apply_in_order() -> None:
         api_pb2.SecretSource(env=api_pb2.StringMap(contents={"A": "first", "B": "first"})),
         api_pb2.SecretSource(env=api_pb2.StringMap(contents={"A": "second"})),
     ])
-    env = requests.exec_spec(request, {"A": "base", "C": "base"}).env
+    env = validate.exec_spec(request, {"A": "base", "C": "base"}).env
     assert (env["A"], env["B"], env["C"]) == ("second", "first", "base")
 
 
@@ -147,11 +150,13 @@ def test_image_requests_are_clean_args_or_a_named_error(path: bytes, image_id: s
         snapshot.customer_supplied_encryption_key = key
     if ttl is not None:
         snapshot.ttl_seconds = ttl
-    for parse, request in ((requests.mount_args, mount), (requests.snapshot_args, snapshot),
-                           (requests.unmount_path, pb.TaskUnmountDirectoryRequest(task_id=TASK_ID, path=path,
-                                                                                 container_id=container))):
+    unmount = pb.TaskUnmountDirectoryRequest(task_id=TASK_ID, path=path, container_id=container)
+    parsers: list[Callable[[], MountArgs | SnapshotArgs | bytes]] = [
+        lambda: validate.mount_args(mount), lambda: validate.snapshot_args(snapshot),
+        lambda: validate.unmount_path(unmount)]
+    for parse in parsers:
         try:
-            args = parse(request)  # type: ignore[operator]
+            args = parse()
         except RouterError as e:
             assert e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
             field = e.message.split(":")[0]
@@ -164,7 +169,7 @@ def test_image_requests_are_clean_args_or_a_named_error(path: bytes, image_id: s
         assert clean == b"/" or all(part not in (b"", b".", b"..") for part in clean[1:].split(b"/")), clean
         if not isinstance(args, bytes):
             assert args.key is None or 16 <= len(args.key) <= 512
-        if isinstance(args, requests.SnapshotArgs):
+        if isinstance(args, SnapshotArgs):
             assert args.ttl_secs is None or args.ttl_secs > 0
-        if isinstance(args, requests.MountArgs) or isinstance(args, bytes):
+        if isinstance(args, MountArgs) or isinstance(args, bytes):
             assert clean != b"/"

@@ -9,13 +9,14 @@ import time
 
 import grpc
 
-from router import auth
-from router.engine import journal, journal_format
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, RouterClient, exit_code
+from router.engine import journal, journal_format
 from router.engine.records import ExecSpec, ExitCause, ExitStatus
-
-from .conftest import PIPES, TASK_ID, alive, eventually, router_process, serving, start_request
+from tests.helpers.execs import PIPES, start_request
+from tests.helpers.polling import eventually
+from tests.helpers.processes import alive
+from tests.helpers.servers import TASK_ID, router_process, serving, state_token
 
 
 def journal_of(tmp_path: pathlib.Path) -> journal.Journal:
@@ -54,7 +55,7 @@ def test_kill_9_then_serve_again(tmp_path: pathlib.Path) -> None:
     leader = 0
     try:
         with router_process(tmp_path) as (proc, listen):
-            token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+            token = state_token(tmp_path)
             with RouterClient(listen, token, TASK_ID, retries=0) as client:
                 client.start("done", done_args, **PIPES)
                 assert exit_code(client.wait("done")) == 0
@@ -77,7 +78,7 @@ def test_kill_9_then_serve_again(tmp_path: pathlib.Path) -> None:
             proc.wait(10)
         assert alive(leader), "the exec died with its router: nothing left to kill"
         with router_process(tmp_path) as (_, listen):
-            token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+            token = state_token(tmp_path)
             with RouterClient(listen, token, TASK_ID, retries=0) as client:
                 assert eventually(lambda: not alive(leader)), "the lost exec's process group outlived the restart"
                 assert client.poll("running").signal == signal.SIGKILL

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+from typing import Any
 
 import grpc
 import pytest
@@ -16,14 +17,17 @@ from router.client import RouterClient, exit_code
 from router.errors import RouterError
 from router.server.grpc_server import RouterServer
 from router.server.service import ReadCursor, _frame_data_length
-
-from .conftest import PIPES, TASK_ID, Raw, eventually, py, serving
+from tests.helpers.execs import PIPES, py
+from tests.helpers.grpc_raw import Raw
+from tests.helpers.polling import eventually
+from tests.helpers.servers import TASK_ID, serving
 
 KiB = 1024
 SEGMENT = 64 * KiB
 
 
-def small(tmp_path: pathlib.Path, **overrides: object) -> contextlib.AbstractContextManager[tuple[RouterServer, RouterClient, Raw]]:
+def small(tmp_path: pathlib.Path,
+          **overrides: Any) -> contextlib.AbstractContextManager[tuple[RouterServer, RouterClient, Raw]]:
     """A server with small segments, so a few KiB of output spans several."""
     return serving(tmp_path, log_segment_size=SEGMENT, **overrides)
 
@@ -105,10 +109,16 @@ PATTERN = bytes(i % 251 for i in range(2 * 1024 * KiB))
 def test_a_running_exec_past_its_cap_keeps_head_and_tail(tmp_path: pathlib.Path) -> None:
     cap = 256 * KiB
     size = 1024 * KiB
-    program = f"import sys; sys.stdout.buffer.write(bytes(i % 251 for i in range({size}))); sys.stdout.flush(); sys.stdin.read()"
+    program = (f"import sys; sys.stdout.buffer.write(bytes(i % 251 for i in range({size}))); "
+               "sys.stdout.flush(); sys.stdin.read()")
     with small(tmp_path, max_exec_output=cap) as (server, client, raw):
         client.start("cap", py(program), **PIPES)
-        assert eventually(lambda: server.engine.get("cap").stdout.committed == size)  # type: ignore[union-attr]
+        def all_committed() -> bool:
+            stdout = server.engine.get("cap").stdout
+            assert stdout is not None  # piped
+            return stdout.committed == size
+
+        assert eventually(all_committed)
         got = b""
         with pytest.raises(grpc.RpcError) as caught:
             for message in raw.call("TaskExecStdioRead", pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="cap")):

@@ -16,8 +16,8 @@ from router.client import RouterClient, exit_code
 from router.config import ServerConfig
 from router.secretstore import SecretError, SecretStore
 from router.server.grpc_server import RouterServer
-
-from .conftest import PIPES, TASK_ID, router_process, serving
+from tests.helpers.execs import PIPES
+from tests.helpers.servers import TASK_ID, router_process, serving, state_token
 
 VALUE = "s3cr3t-value-that-must-not-leak"
 
@@ -95,7 +95,7 @@ def test_values_never_reach_logs_journal_or_the_command_line(tmp_path: pathlib.P
     assert subprocess.run([*run, "ls"], capture_output=True, text=True, check=True, timeout=30).stdout == \
         "st-db\tPASSWORD\n"
     with router_process(tmp_path) as (server, listen):
-        token = auth.mint_token(auth.load_or_create_key(tmp_path), TASK_ID)
+        token = state_token(tmp_path)
         with RouterClient(listen, token, TASK_ID, retries=0) as client:
             env = env_of(client, "uses", secret_ids=["st-db"])
             assert env["PASSWORD"] == VALUE
@@ -117,9 +117,9 @@ def test_values_never_reach_logs_journal_or_the_command_line(tmp_path: pathlib.P
     for dirpath, _, files in os.walk(tmp_path):
         if dirpath.endswith(("/secrets", "/logs")):
             continue  # the store itself, and the output of the exec that printed its environment
-        for f in files:
-            with open(os.path.join(dirpath, f), "rb") as fh:
-                assert VALUE.encode() not in fh.read(), f
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                assert VALUE.encode() not in fh.read(), name
 
 
 def test_exec_user_runs_execs_as_that_user_who_cannot_touch_the_router(tmp_path: pathlib.Path) -> None:
@@ -133,8 +133,8 @@ def test_exec_user_runs_execs_as_that_user_who_cannot_touch_the_router(tmp_path:
         script = (f"kill -0 {os.getpid()} || echo cannot-signal; cat {tmp_path}/state/jwt.key || echo cannot-read-key; "
                   f"cat /proc/{os.getpid()}/environ >/dev/null || echo cannot-read-environ")
         client.start("probe", ["sh", "-c", script], **PIPES)
-        out = b"".join(client.read("probe")).decode()
-        assert "cannot-signal" in out and "cannot-read-key" in out and "cannot-read-environ" in out, out
+        said = b"".join(client.read("probe")).decode()
+        assert "cannot-signal" in said and "cannot-read-key" in said and "cannot-read-environ" in said, said
         client.start("term", ["id", "-u"], **PIPES, pty_info=api_pb2.PTYInfo(enabled=True))
         assert b"".join(client.read("term")).decode().strip() == str(nobody.pw_uid)
     state = tmp_path / "other"

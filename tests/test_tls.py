@@ -19,9 +19,9 @@ from router.client import CHANNEL_OPTIONS
 from router.config import ServerConfig
 from router.server.grpc_server import RouterServer
 from router.tls import TlsFiles, client_credentials, is_loopback
-
-from .certs import CA, write
-from .conftest import TASK_ID, make_server, router_process
+from tests.helpers.certs import CA, write
+from tests.helpers.grpc_raw import bearer
+from tests.helpers.servers import TASK_ID, router_process, running
 
 POLL = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="absent")
 
@@ -50,48 +50,41 @@ def poll_code(port: int, key: bytes, credentials: grpc.ChannelCredentials | None
     with channel:
         try:
             pb_grpc.TaskCommandRouterStub(channel).TaskExecPoll(
-                POLL, timeout=5, metadata=(("authorization", f"Bearer {auth.mint_token(key, TASK_ID)}"),))
+                POLL, timeout=5, metadata=bearer(auth.mint_token(key, TASK_ID)))
         except grpc.RpcError as e:
             return e.code()
     return grpc.StatusCode.OK
 
 
 def test_tls_serves_a_client_that_trusts_it_and_refuses_plaintext(tmp_path: pathlib.Path, pki: dict[str, str]) -> None:
-    server, key = make_server(tmp_path, tls=TlsFiles(cert=pki["cert"], key=pki["key"]))
-    try:
+    with running(tmp_path, tls=TlsFiles(cert=pki["cert"], key=pki["key"])) as (server, key):
         assert poll_code(server.port, key, client_credentials(pki["ca"])) == grpc.StatusCode.NOT_FOUND
         assert poll_code(server.port, key, None) == grpc.StatusCode.UNAVAILABLE
         assert poll_code(server.port, key, client_credentials(pki["other_ca"])) == grpc.StatusCode.UNAVAILABLE
-    finally:
-        server.stop(0.5)
 
 
 def test_mtls_requires_a_client_certificate_from_its_ca(tmp_path: pathlib.Path, pki: dict[str, str]) -> None:
-    server, key = make_server(tmp_path, tls=TlsFiles(cert=pki["cert"], key=pki["key"], client_ca=pki["ca"]))
-    try:
+    with running(tmp_path, tls=TlsFiles(cert=pki["cert"], key=pki["key"], client_ca=pki["ca"])) as (server, key):
         assert poll_code(server.port, key, client_credentials(pki["ca"])) == grpc.StatusCode.UNAVAILABLE
         assert poll_code(server.port, key, client_credentials(pki["ca"], pki["rogue_cert"], pki["rogue_key"])) \
             == grpc.StatusCode.UNAVAILABLE
         assert poll_code(server.port, key, client_credentials(pki["ca"], pki["client_cert"], pki["client_key"])) \
             == grpc.StatusCode.NOT_FOUND
         assert poll_code(server.port, key, None) == grpc.StatusCode.UNAVAILABLE
-    finally:
-        server.stop(0.5)
 
 
 def test_reload_serves_a_rotated_certificate_and_keeps_connections(tmp_path: pathlib.Path, pki: dict[str, str],
                                                                     caplog: pytest.LogCaptureFixture) -> None:
-    server, key = make_server(tmp_path, tls=TlsFiles(cert=pki["cert"], key=pki["key"]))
-    metadata = (("authorization", f"Bearer {auth.mint_token(key, TASK_ID)}"),)
+    with running(tmp_path, tls=TlsFiles(cert=pki["cert"], key=pki["key"])) as (server, key):
+        metadata = bearer(auth.mint_token(key, TASK_ID))
 
-    def poll(stub: pb_grpc.TaskCommandRouterStub) -> grpc.StatusCode:
-        try:
-            stub.TaskExecPoll(POLL, timeout=5, metadata=metadata)
-        except grpc.RpcError as e:
-            return e.code()
-        return grpc.StatusCode.OK
+        def poll(stub: pb_grpc.TaskCommandRouterStub) -> grpc.StatusCode:
+            try:
+                stub.TaskExecPoll(POLL, timeout=5, metadata=metadata)
+            except grpc.RpcError as e:
+                return e.code()
+            return grpc.StatusCode.OK
 
-    try:
         assert server.tls is not None
         with grpc.secure_channel(f"127.0.0.1:{server.port}", client_credentials(pki["ca"])) as channel:
             old = pb_grpc.TaskCommandRouterStub(channel)
@@ -109,8 +102,6 @@ def test_reload_serves_a_rotated_certificate_and_keeps_connections(tmp_path: pat
             assert server.tls.reload()
             assert poll_code(server.port, key, client_credentials(new_ca)) == grpc.StatusCode.NOT_FOUND
             assert poll(old) == grpc.StatusCode.NOT_FOUND  # the old connection still works
-    finally:
-        server.stop(0.5)
 
 
 def test_plaintext_beyond_loopback_needs_insecure(tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:

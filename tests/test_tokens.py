@@ -8,7 +8,7 @@ import hmac
 import json
 import pathlib
 import time
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import jwt
@@ -20,17 +20,18 @@ from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.config import TokenPolicy
 from router.errors import RouterError
+from tests.helpers.grpc_raw import Raw, bearer
+from tests.helpers.servers import TASK_ID, running
 
-from .conftest import TASK_ID, Raw, make_server
-
-ALGS = ["HS256", "RS256", "ES256", "EdDSA"]
+Algorithm = Literal["HS256", "RS256", "ES256", "EdDSA"]
+ALGS: list[Algorithm] = ["HS256", "RS256", "ES256", "EdDSA"]
 AUD, ISS = "router-tests", "https://issuer.example"
 
 
 class Signer:
     """A configuration and the means to mint tokens for it."""
 
-    def __init__(self, alg: str, tmp_path: pathlib.Path) -> None:
+    def __init__(self, alg: Algorithm, tmp_path: pathlib.Path) -> None:
         self.alg = alg
         if alg == "HS256":
             self.private: Any = b"k" * 32
@@ -45,8 +46,7 @@ class Signer:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         path = tmp_path / f"{alg}.pub.pem"
         path.write_bytes(self.public_pem)
-        self.policy = TokenPolicy(algorithm=alg, public_key=str(path), audience=AUD, issuer=ISS,  # type: ignore[arg-type]
-                                  leeway_secs=0)
+        self.policy = TokenPolicy(algorithm=alg, public_key=str(path), audience=AUD, issuer=ISS, leeway_secs=0)
         self.verify = auth.verification_key(self.policy, b"unused")
 
     def token(self, **overrides: Any) -> str:
@@ -127,20 +127,13 @@ def test_over_grpc_each_configuration_refuses_and_serves(signer: Signer, tmp_pat
     if signer.alg == "HS256":  # the server's own key is the one the signer holds
         (tmp_path / "state").mkdir()
         (tmp_path / "state" / "jwt.key").write_bytes(signer.private)
-    server, _ = make_server(tmp_path, tokens=signer.policy)
-    try:
-        raw = Raw(server.port, signer.token())
-        try:
-            poll = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="absent")
-            assert raw.code("TaskExecPoll", poll) == grpc.StatusCode.NOT_FOUND  # through auth
-            for kind, (token, code, words) in bad_tokens(signer).items():
-                with pytest.raises(grpc.RpcError) as info:
-                    raw.call("TaskExecPoll", poll, metadata=(("authorization", f"Bearer {token}"),))
-                assert info.value.code() == code and words in info.value.details(), kind
-        finally:
-            raw.channel.close()
-    finally:
-        server.stop(0.5)
+    with running(tmp_path, tokens=signer.policy) as (server, _), Raw(server.port, signer.token()) as raw:
+        poll = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="absent")
+        assert raw.code("TaskExecPoll", poll) == grpc.StatusCode.NOT_FOUND  # through auth
+        for kind, (token, code, words) in bad_tokens(signer).items():
+            with pytest.raises(grpc.RpcError) as info:
+                raw.call("TaskExecPoll", poll, metadata=bearer(token))
+            assert info.value.code() == code and words in info.value.details(), kind
 
 
 def test_configuration_mistakes_are_named(tmp_path: pathlib.Path) -> None:

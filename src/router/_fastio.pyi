@@ -1,6 +1,6 @@
 """Segmented append-only logs in shared arena files, and spawning without the GIL.
 
-tests/reference_log.py is the logs' pure-Python twin, the test oracle."""
+tests/helpers/reference_log.py is the logs' pure-Python twin, the test oracle."""
 
 from collections.abc import Iterable
 from os import PathLike

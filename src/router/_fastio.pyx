@@ -26,7 +26,7 @@ py-pgproto rule for exported buffers): the store closes its descriptors once no 
 pread/pwrite, a closed log gives its slots back once no reader (nor the writer) is inside it,
 released segments' slots go back once no reader is inside the log, and the drain buffer is freed
 once no drain holds it. `counters()` counts all of these, exactly, for leak checks.
-`tests/reference_log.py` is its pure-Python twin, the test oracle.
+`tests/helpers/reference_log.py` is its pure-Python twin, the test oracle.
 
 One extension module, built from this file and the files it includes (as uvloop's loop.pyx and
 grpc's cygrpc.pyx are); each include's C classes, structs and enums are declared in the .pxd of

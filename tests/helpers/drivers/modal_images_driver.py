@@ -96,10 +96,10 @@ def _via_sandbox(sandbox: modal.Sandbox, images: dict[str, modal.Image], cmd: di
     if cmd["op"] == "mount":
         image_id = cmd["image_id"]
         # The Image object snapshot_directory returned, as a user would pass it; else one by id.
-        image = images.get(image_id)
-        if image is None:
-            image = modal.Image.from_scratch() if image_id == "" else modal.Image.from_id(image_id)
-        sandbox.mount_image(cmd["path"], image, _experimental_encryption_key=_key(cmd))
+        given = images.get(image_id)
+        if given is None:
+            given = modal.Image.from_scratch() if image_id == "" else modal.Image.from_id(image_id)
+        sandbox.mount_image(cmd["path"], given, _experimental_encryption_key=_key(cmd))
         return {}
     sandbox.unmount_image(cmd["path"])
     return {}

@@ -80,7 +80,8 @@ async def main(url: str, token: str, task_id: str) -> dict:
 
 
 if __name__ == "__main__":
+    url, token, task_id = sys.argv[1:4]
     if sys.argv[4:5] == ["follow"]:
-        print(json.dumps(asyncio.run(follow(*sys.argv[1:4], sys.argv[5]))))
+        print(json.dumps(asyncio.run(follow(url, token, task_id, sys.argv[5]))))
     else:
-        print(json.dumps(asyncio.run(main(*sys.argv[1:4]))))
+        print(json.dumps(asyncio.run(main(url, token, task_id))))

@@ -68,7 +68,8 @@ class SegmentStore:
     __slots__ = ("_dir", "_segsize", "_per_file", "_fds", "_next", "_free", "_users", "_scratch", "_scratch_busy",
                  "_restoring", "_claimed", "_closed", "_lock")
 
-    def __init__(self, directory: str | os.PathLike[str], segment_size: int = 32 * 1024 * 1024, slots_per_file: int = 1024) -> None:
+    def __init__(self, directory: str | os.PathLike[str], segment_size: int = 32 * 1024 * 1024,
+                 slots_per_file: int = 1024) -> None:
         segment_size = _ssize(segment_size)
         slots_per_file = _ssize(slots_per_file)
         if segment_size <= 0 or segment_size % mmap.PAGESIZE:

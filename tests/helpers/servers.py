@@ -1,0 +1,91 @@
+"""Routers for the tests: in this process (make_server, serving) or in their own (router_process)."""
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from router import auth
+from router.client import RouterClient
+from router.config import ServerConfig
+from router.server.grpc_server import RouterServer
+
+from .grpc_raw import Raw
+
+# The task every router of the suite serves.
+TASK_ID = "ta-test"
+
+
+def make_server(tmp_path: pathlib.Path, **overrides: Any) -> tuple[RouterServer, bytes]:
+    """A started server (state in tmp_path/state) with these ServerConfig overrides, and its key.
+    The caller stops it."""
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    key = auth.load_or_create_key(state)
+    config = ServerConfig(state_dir=str(state), task_id=TASK_ID, listen="127.0.0.1:0", max_workers=512, **overrides)
+    server = RouterServer(config, key)
+    server.start()
+    return server, key
+
+
+@contextlib.contextmanager
+def running(tmp_path: pathlib.Path, **overrides: Any) -> Iterator[tuple[RouterServer, bytes]]:
+    """make_server's server and key, the server stopped after the block."""
+    server, key = make_server(tmp_path, **overrides)
+    try:
+        yield server, key
+    finally:
+        server.stop(0.5)
+
+
+@contextlib.contextmanager
+def serving(tmp_path: pathlib.Path, **overrides: Any) -> Iterator[tuple[RouterServer, RouterClient, Raw]]:
+    """A server with these config overrides, a client and a raw stub on it; all stopped after."""
+    with running(tmp_path, **overrides) as (server, key):
+        token = auth.mint_token(key, TASK_ID)
+        client = RouterClient(f"127.0.0.1:{server.port}", token, TASK_ID, retries=0)
+        raw = Raw(server.port, token)
+        try:
+            yield server, client, raw
+        finally:
+            client.close()
+            raw.channel.close()
+
+
+def state_token(state_dir: pathlib.Path, ttl_secs: int | None = None) -> str:
+    """A token for the router whose state directory is `state_dir`, signed with the key kept there
+    (made there first if there is none yet)."""
+    key = auth.load_or_create_key(state_dir)
+    return auth.mint_token(key, TASK_ID) if ttl_secs is None else auth.mint_token(key, TASK_ID, ttl_secs)
+
+
+@contextlib.contextmanager
+def router_process(state_dir: pathlib.Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`router serve` in its own process on a free port; yields (process, HOST:PORT). Always stopped."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router.cli", "serve", "--listen", "127.0.0.1:0", "--state-dir", str(state_dir),
+         "--task-id", TASK_ID, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        listen = None
+        for line in proc.stdout:
+            if line.startswith("router listening on "):
+                listen = line.split()[-1]
+                break
+        assert listen, "server did not start"
+        yield proc, listen
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
