@@ -1,12 +1,12 @@
 # Developer shortcuts; CI runs .ci/run. Uses the active Python (a venv with `pip install -e '.[test]'`).
 PYTHON ?= python
 
-.PHONY: build debug asan test test-dev typecheck proto bench-quick bench
+.PHONY: build debug asan test test-dev typecheck lint proto bench-quick bench
 
 build:
 	$(PYTHON) -m pip install -e '.[test]' --no-build-isolation -q
 
-# Line tracing, assertions, no optimisation, annotation HTML next to the .pyx.
+# Line tracing, assertions, no optimisation, annotation HTML next to the .pyx and each fastio/*.pxi.
 debug:
 	ROUTER_DEBUG=1 ROUTER_CYTHON_ANNOTATE=1 $(PYTHON) -m pip install -e . --no-build-isolation -q
 
@@ -23,8 +23,13 @@ test:
 test-dev:
 	$(PYTHON) -X dev -m pytest
 
+# mypy: strict on src/, checked on tests/ and benchmarks/ (pyproject.toml).
 typecheck:
 	$(PYTHON) -m mypy
+
+# ruff: pyflakes, pycodestyle, import order, pyupgrade, bugbear (pyproject.toml).
+lint:
+	$(PYTHON) -m ruff check src tests benchmarks scripts setup.py
 
 proto:
 	$(PYTHON) scripts/gen_proto.py
