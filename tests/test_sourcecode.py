@@ -2,6 +2,7 @@
 module outgrows its limit, and nothing cites an issue number instead of saying what it does."""
 from __future__ import annotations
 
+import ast
 import pathlib
 import re
 import shutil
@@ -34,6 +35,31 @@ def test_no_module_outgrows_its_limit() -> None:
     too_long |= {str(p.relative_to(ROOT)): n for p in _sources("*.pyx", "*.pxi", "*.pxd")
                  if (n := len(p.read_text().splitlines())) > CYTHON_LIMIT}
     assert not too_long
+
+
+def _imported(path: pathlib.Path) -> set[str]:
+    """The modules of `router` that a module of src imports (relative imports resolved)."""
+    package = ".".join(path.relative_to(SRC.parent).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            found |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+    return {m for m in found if m == "router" or m.startswith("router.")}
+
+
+@pytest.mark.parametrize(("package", "forbidden"), [
+    ("engine", ("router.images", "router.server", "router.cli", "router.client")),
+    ("images", ("router.engine", "router.server", "router.cli", "router.client")),
+    ("server", ("router.cli",)),
+])
+def test_layers_import_only_downwards(package: str, forbidden: tuple[str, ...]) -> None:
+    wrong = {f"{p.relative_to(SRC)}: {m}" for p in (SRC / package).rglob("*.py")
+             for m in _imported(p) if m.startswith(forbidden)}
+    assert not wrong
 
 
 @pytest.mark.skipif(not (ROOT / "pyproject.toml").exists(), reason="needs the source tree")
