@@ -6,6 +6,7 @@ import hashlib
 import os
 import pathlib
 import random
+import signal
 import time
 
 import grpc
@@ -328,6 +329,21 @@ def test_pty_is_the_controlling_terminal(client: RouterClient) -> None:
     out, _, code = run(client, "ctty", py("import os; fd = os.open('/dev/tty', os.O_RDWR); print('ctty ok')"),
                        pty_info={"enabled": True})
     assert b"ctty ok" in out and code == 0
+
+
+@pytest.mark.parametrize("fields", [{}, {"workdir": "/"}, {"pty_info": {"enabled": True}}],
+                         ids=["spawn", "workdir", "pty"])
+def test_every_signal_at_its_default_whatever_the_router_ignores(client: RouterClient, fields: dict) -> None:
+    """As in a login session: signals the router inherited ignored (SIGINT and SIGQUIT as a script's
+    background job, SIGHUP under nohup) are not ignored by an exec, which could not even trap them."""
+    ignored = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGTTOU)
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in ignored}  # the server runs in this process
+    try:
+        out, _, code = run(client, "sigs", ["grep", "^Sig[BI]", "/proc/self/status"], **fields)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert code == 0 and out.replace(b"\r", b"").split() == [b"SigBlk:", b"0" * 16, b"SigIgn:", b"0" * 16]
 
 
 # -- fan-out -----------------------------------------------------------------------------------------

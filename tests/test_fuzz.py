@@ -67,7 +67,7 @@ def fuzz_server(tmp_path: pathlib.Path) -> Iterator[tuple[RouterServer, Raw, pat
                                                               command_args=["cat"], timeout_secs=600, **PIPES))
             yield server, raw, sandbox
         finally:
-            with open("/proc/self/mountinfo") as f:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
                 points = [line.split(" ")[4] for line in f]
             for point in points:
                 if point.startswith(str(sandbox)):

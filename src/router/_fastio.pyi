@@ -164,11 +164,13 @@ SPAWN_STDOUT: int   # stderr for spawn(): the same as stdout
 SPAWN_PIPE: int     # a descriptor for spawn(): a new pipe (SPAWN_DEVNULL: /dev/null, for stdin too)
 
 def spawn(path: bytes, argv: list[bytes], envp: list[bytes], stdin_fd: int, stdout_fd: int, stderr_fd: int,
-          search_path: bool = False, pipe_size: int = 0) -> tuple[int, int, int, int, int]:
-    """posix_spawn(3) (posix_spawnp(3) with `search_path`) in a process group of its own, SIGPIPE
-    and SIGXFSZ at their defaults and no signal blocked, stdio dup2()ed from the descriptors given
-    or new pipes (SPAWN_PIPE, SPAWN_DEVNULL, SPAWN_STDOUT as in subprocess; output pipes of
-    `pipe_size` where allowed). Returns (pid, pidfd, stdin, stdout, stderr): the router's ends of
+          search_path: bool = False, pipe_size: int = 0, cwd_fd: int = -1,
+          own_group: bool = True) -> tuple[int, int, int, int, int]:
+    """posix_spawn(3) (posix_spawnp(3) with `search_path`) in a process group of its own (unless
+    not `own_group`), in the directory `cwd_fd` refers to (unless -1), every signal at its default
+    disposition and none blocked, stdio dup2()ed from the descriptors given or new pipes
+    (SPAWN_PIPE, SPAWN_DEVNULL, SPAWN_STDOUT as in subprocess; output pipes of `pipe_size` where
+    allowed). Returns (pid, pidfd, stdin, stdout, stderr): the router's ends of
     the pipes, -1 for the others; the child's ends are closed. The GIL is released throughout.
     OSError with `filename` if the program could not run, without if no process could start;
     nothing is left open or running."""

@@ -26,7 +26,7 @@ def grpc_internal(fd: str) -> bool:
 
 def mounts_under(under: str) -> set[str]:
     """Mount points below the directory `under`."""
-    with open("/proc/self/mountinfo") as f:
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:  # names are bytes
         return {point for line in f if (point := line.split(" ")[4]).startswith(under + "/")}
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import subprocess
 from collections.abc import Callable
 
 from router import _fastio
@@ -22,10 +21,9 @@ logger = logging.getLogger(__name__)
 
 
 class Child:
-    def __init__(self, pid: int, pidfd: int, proc: subprocess.Popen[bytes] | None, terminal: bool) -> None:
+    def __init__(self, pid: int, pidfd: int, terminal: bool) -> None:
         self.pid = pid
         self._pidfd = pidfd
-        self._proc = proc  # the Popen that started it, told when it is reaped here
         self._terminal = terminal
         self.exited = False
         self.timed_out = False  # its timeout fired
@@ -115,9 +113,6 @@ class Child:
                 self.usage = Usage(user_cpu_secs=reaped[0], system_cpu_secs=reaped[1], max_rss_bytes=reaped[2])
         else:
             logger.error("leader %d survived SIGKILL; leaving it unreaped", self.pid)
-        if self._proc is not None:
-            self._proc.returncode = -1  # reaped here: Popen must never wait for it again
-            self._proc = None
         _fastio.close_now(self._pidfd)
         self._pidfd = -1
         # Linux keeps a group's id from reuse while it has members.

@@ -276,7 +276,7 @@ class Engine:
         if isinstance(started, Exception):
             raise started
         loop = self._loop.loop
-        child = ex.child = Child(started.pid, started.pidfd, started.proc, ex.spec.pty is not None)
+        child = ex.child = Child(started.pid, started.pidfd, ex.spec.pty is not None)
         self._record(Spawned(ex.exec_id, started.pid, child.terminal, time.time(), self._boot_id))
         child.watch(self._loop.readers, lambda: self._on_exit(ex))
         outputs = [(fd, out) for fd, out in ((started.stdout_reader, ex.stdout), (started.stderr_reader, ex.stderr))

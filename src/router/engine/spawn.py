@@ -1,8 +1,8 @@
 """Starting a child with vfork semantics, and what a shell would say when it cannot start.
 
 uvloop's own subprocess support does a full fork(), which slows to a crawl once the router holds
-gigabytes; posix_spawn (through _fastio.spawn, which lets go of the GIL while the child execs) and
-subprocess.Popen without preexec_fn both vfork (benchmarks/HISTORY.md, "Spawning off the loop, without the GIL").
+gigabytes; posix_spawn (through _fastio.spawn, which lets go of the GIL while the child execs)
+vforks (benchmarks/HISTORY.md, "Spawning off the loop, without the GIL").
 """
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import grp
 import os
 import pwd
 import shutil
-import signal
-import subprocess
 from typing import NamedTuple
 
 import grpc
@@ -20,7 +18,6 @@ import grpc
 from router import _fastio
 from router.errors import RouterError
 
-from . import procs
 from .child_stdio import PIPE_SIZE, ChildStdio, open_stdio
 from .records import ExecSpec, ExitStatus
 
@@ -67,12 +64,11 @@ SETPRIV = shutil.which("setpriv")
 
 
 class Started(NamedTuple):
-    """A child just started: its pid and pidfd, the Popen that started it if one did, and the
-    router's ends of its stdio (-1 where there is none; a terminal's output is its stdout)."""
+    """A child just started: its pid and pidfd, and the router's ends of its stdio (-1 where there
+    is none; a terminal's output is its stdout)."""
 
     pid: int
     pidfd: int
-    proc: subprocess.Popen[bytes] | None
     stdin_writer: int
     stdout_reader: int
     stderr_reader: int
@@ -80,49 +76,54 @@ class Started(NamedTuple):
 
 def start_process(spec: ExecSpec, stdout: bool, stderr: bool, user: ExecUser | None = None) -> Started:
     """Start the child, with output pipes for the streams logged (`stdout`, `stderr`), in a process
-    group (a terminal's: a session) of its own: _fastio.spawn, or Popen (no preexec_fn) when it
-    needs a working directory or a terminal, which posix_spawn cannot set up here. As another user,
-    through setpriv(1). On OSError nothing is left open or running."""
-    if spec.pty is None and spec.workdir is None:
-        return _posix_spawn(spec, stdout, stderr, user)
-    stdio = open_stdio(spec, stdout, stderr)
+    group (a terminal's: a session) of its own, every signal at its default disposition (as a login
+    session gives: a router run under nohup, or as a script's background job, inherited some
+    ignored, and an ignored signal stays ignored across exec, where a shell cannot even trap it).
+    Always through _fastio.spawn: subprocess cannot reset a disposition without preexec_fn, which
+    would rule out vfork. As another user, through setpriv(1). On OSError nothing is left open or
+    running."""
+    cwd = -1 if spec.workdir is None else _open_workdir(spec.workdir)
     try:
-        proc = _popen(spec, stdio, user)
-    except BaseException:
-        stdio.close_router_ends()
-        raise
+        if spec.pty is None:
+            return _posix_spawn(spec, stdout, stderr, user, cwd)
+        stdio = open_stdio(spec, stdout, stderr)
+        try:
+            return _spawn_on_terminal(spec, stdio, user, cwd)
+        except BaseException:
+            stdio.close_router_ends()
+            raise
+        finally:
+            stdio.close_child_ends()
     finally:
-        stdio.close_child_ends()
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except OSError:
-        # Nothing may run that no one watches.
-        procs.killpg_quietly(proc.pid, signal.SIGKILL)
-        procs.kill_quietly(proc.pid, signal.SIGKILL)
-        proc.wait()
-        stdio.close_router_ends()
-        raise
-    return Started(proc.pid, pidfd, proc, stdio.stdin_writer, stdio.stdout_reader, stdio.stderr_reader)
+        if cwd >= 0:
+            os.close(cwd)
 
 
-def _popen(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None) -> subprocess.Popen[bytes]:
+def _open_workdir(workdir: str) -> int:
+    """The working directory, opened here so that an error names it (as a shell's cd would), not
+    the program: the child's fchdir() could only fail as its exec."""
+    fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    if not os.access(workdir, os.X_OK):  # fchdir() needs search permission; O_PATH does not
+        os.close(fd)
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), workdir)
+    return fd
+
+
+def _spawn_on_terminal(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None, cwd: int) -> Started:
     argv = list(spec.args)
-    if spec.pty is not None:
-        _check_found(argv[0], spec)  # the same message as without a terminal
-        if SETSID is None:
-            raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, "PTY execs need setsid(1) on the router host")
-        # setsid(1) makes the child a session leader with the pty as controlling terminal;
-        # subprocess cannot do that without preexec_fn, which would rule out vfork.
-        argv = [SETSID, "--ctty", *(argv if user is None else user.argv(argv))]
-    elif user is not None:
-        argv = user.argv(argv)
-    return subprocess.Popen(
-        argv, stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr, env=spec.env, cwd=spec.workdir,
-        process_group=None if spec.pty is not None else 0, close_fds=True,
-    )
+    _check_found(argv[0], spec)  # the same message as without a terminal
+    if SETSID is None:
+        raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, "PTY execs need setsid(1) on the router host")
+    # setsid(1) makes the child a session leader with the pty as controlling terminal; it does so
+    # in place (no fork) because the child is left in the router's process group (own_group=False).
+    argv = [SETSID, "--ctty", *(argv if user is None else user.argv(argv))]
+    pid, pidfd, _, _, _ = _fastio.spawn(
+        os.fsencode(SETSID), [os.fsencode(a) for a in argv], _encoded_environment(spec.env),
+        stdio.stdin, stdio.stdout, stdio.stderr, False, 0, cwd, False)
+    return Started(pid, pidfd, stdio.stdin_writer, stdio.stdout_reader, stdio.stderr_reader)
 
 
-def _posix_spawn(spec: ExecSpec, stdout: bool, stderr: bool, user: ExecUser | None) -> Started:
+def _posix_spawn(spec: ExecSpec, stdout: bool, stderr: bool, user: ExecUser | None, cwd: int) -> Started:
     """Every descriptor of the router is close-on-exec (PEP 446), so only the child's stdio is
     inherited. _fastio.spawn rather than os.posix_spawn: it makes the pipes, spawns and opens a
     pidfd in one call, without the GIL."""
@@ -141,8 +142,8 @@ def _posix_spawn(spec: ExecSpec, stdout: bool, stderr: bool, user: ExecUser | No
     stderr_fd = _fastio.SPAWN_STDOUT if spec.stderr == "stdout" else _output(stderr)
     pid, pidfd, stdin_w, stdout_r, stderr_r = _fastio.spawn(
         os.fsencode(executable), [os.fsencode(a) for a in argv], _encoded_environment(spec.env),
-        _fastio.SPAWN_PIPE, _output(stdout), stderr_fd, search, PIPE_SIZE)
-    return Started(pid, pidfd, None, stdin_w, stdout_r, stderr_r)
+        _fastio.SPAWN_PIPE, _output(stdout), stderr_fd, search, PIPE_SIZE, cwd)
+    return Started(pid, pidfd, stdin_w, stdout_r, stderr_r)
 
 
 # KEY=VALUE entries already encoded: execs mostly share the router's environment, and encoding its

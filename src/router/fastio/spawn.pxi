@@ -5,9 +5,10 @@
 from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.errno cimport EAGAIN, EMFILE, ENFILE, ENOMEM, errno
-from libc.signal cimport SIGKILL, SIGPIPE
+from libc.signal cimport SIGKILL
+from libc.string cimport memset
 from posix.fcntl cimport O_CLOEXEC, O_RDONLY, O_WRONLY, fcntl
-from posix.signal cimport kill, sigaddset, sigemptyset, sigset_t
+from posix.signal cimport kill, sigemptyset, sigset_t
 from posix.unistd cimport close as c_close
 from posix.wait cimport waitpid
 
@@ -16,11 +17,11 @@ from .includes.system cimport (
     POSIX_SPAWN_SETPGROUP,
     POSIX_SPAWN_SETSIGDEF,
     POSIX_SPAWN_SETSIGMASK,
-    SIGXFSZ,
     SYS_pidfd_open,
     pipe2,
     posix_spawn,
     posix_spawn_file_actions_adddup2,
+    posix_spawn_file_actions_addfchdir_np,
     posix_spawn_file_actions_addopen,
     posix_spawn_file_actions_destroy,
     posix_spawn_file_actions_init,
@@ -64,10 +65,11 @@ cdef char **_c_strings(list items, list keep) except NULL:
 
 
 def spawn(bytes path, list argv, list envp, int stdin_fd, int stdout_fd, int stderr_fd, bint search_path=False,
-          int pipe_size=0):
+          int pipe_size=0, int cwd_fd=-1, bint own_group=True):
     """posix_spawn(3) (posix_spawnp(3) with `search_path`) of `path` with `argv` and `envp` (lists
-    of bytes), in a process group of its own, SIGPIPE and SIGXFSZ at their defaults and no signal
-    blocked; its stdin, stdout and stderr are dup2()ed from the given descriptors, or are new pipes
+    of bytes), in a process group of its own (unless not `own_group`), in the directory `cwd_fd`
+    refers to (if not -1), every signal at its default disposition whatever the router's (one it
+    ignores would stay ignored across exec) and none blocked; its stdin, stdout and stderr are dup2()ed from the given descriptors, or are new pipes
     where SPAWN_PIPE is given (output pipes of `pipe_size` bytes where the system allows), or
     /dev/null where SPAWN_DEVNULL is; stderr may be SPAWN_STDOUT.
 
@@ -98,7 +100,8 @@ def spawn(bytes path, list argv, list envp, int stdin_fd, int stdout_fd, int std
         raise
     try:
         with nogil:
-            err = _spawn_piped(c_path, c_argv, c_envp, fds, pipes, search_path, pipe_size, &pid, &pidfd, &stage)
+            err = _spawn_piped(c_path, c_argv, c_envp, fds, pipes, search_path, pipe_size, cwd_fd, own_group,
+                               &pid, &pidfd, &stage)
     finally:
         PyMem_Free(c_envp)
         PyMem_Free(c_argv)
@@ -108,7 +111,7 @@ def spawn(bytes path, list argv, list envp, int stdin_fd, int stdout_fd, int std
 
 
 cdef int _spawn_piped(const char *path, char **argv, char **envp, int fds[3], int pipes[3][2], bint search_path,
-                      int pipe_size, int *pid, int *pidfd, int *stage) noexcept nogil:
+                      int pipe_size, int cwd_fd, bint own_group, int *pid, int *pidfd, int *stage) noexcept nogil:
     """spawn() without the GIL: pipes, the spawn, the child's ends closed, a pidfd. Returns 0 or
     an errno, with `stage` saying which step failed and everything it made undone."""
     cdef posix_spawn_file_actions_t actions
@@ -134,12 +137,15 @@ cdef int _spawn_piped(const char *path, char **argv, char **envp, int fds[3], in
             break
         child_end = (pipes[i][0] if i == 0 else pipes[i][1]) if fds[i] == C_SPAWN_PIPE else fds[i]
         err = _add_stdio(&actions, child_end, i)
+    if err == 0 and cwd_fd >= 0:
+        err = posix_spawn_file_actions_addfchdir_np(&actions, cwd_fd)
     sigemptyset(&empty)
-    sigemptyset(&defaults)
-    sigaddset(&defaults, SIGPIPE)
-    sigaddset(&defaults, SIGXFSZ)
+    # Every signal, the C library's own (32, 33) too, which sigfillset() leaves out: glibc's child
+    # walks all 64 either way (reading each disposition, or here setting it), so this costs nothing.
+    memset(&defaults, 0xff, sizeof(defaults))
     if err == 0:
-        err = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK)
+        err = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK
+                                       | (POSIX_SPAWN_SETPGROUP if own_group else 0))
     if err == 0:
         err = posix_spawnattr_setpgroup(&attr, 0)
     if err == 0:

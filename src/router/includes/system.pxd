@@ -42,10 +42,6 @@ cdef extern from "<sys/ioctl.h>" nogil:
 from posix.signal cimport sigset_t
 
 
-cdef extern from "<signal.h>" nogil:
-    enum: SIGXFSZ
-
-
 cdef extern from "<spawn.h>" nogil:
     ctypedef struct posix_spawn_file_actions_t:
         pass
@@ -55,6 +51,7 @@ cdef extern from "<spawn.h>" nogil:
     int posix_spawn_file_actions_init(posix_spawn_file_actions_t *actions)
     int posix_spawn_file_actions_destroy(posix_spawn_file_actions_t *actions)
     int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *actions, int fd, int newfd)
+    int posix_spawn_file_actions_addfchdir_np(posix_spawn_file_actions_t *actions, int fd)  # glibc 2.34, musl 1.1.24
     int posix_spawn_file_actions_addopen(posix_spawn_file_actions_t *actions, int fd, const char *path,
                                          int oflag, unsigned int mode)
     int posix_spawnattr_init(posix_spawnattr_t *attr)
