@@ -75,9 +75,14 @@ class Child:
         if self._pidfd >= 0 and not self.exited:
             procs.signal_pidfd(self._pidfd, sig)
 
-    def later(self, loop: asyncio.AbstractEventLoop, secs: float, sig: int) -> None:
-        """Signal the group (and a terminal's session) in `secs`, unless the child is released first."""
-        self._timers.append(loop.call_later(secs, self.signal, sig))
+    def terminate(self, loop: asyncio.AbstractEventLoop, grace: float) -> None:
+        """SIGTERM to the group (and a terminal's session), SIGKILL `grace` later unless the child is
+        released first; SIGKILL at once without a grace."""
+        if grace > 0:
+            self.signal(signal.SIGTERM)
+            self._timers.append(loop.call_later(grace, self.signal, signal.SIGKILL))
+        else:
+            self.signal(signal.SIGKILL)
 
     @property
     def terminal(self) -> bool:
@@ -89,11 +94,7 @@ class Child:
 
     def _on_timeout(self, loop: asyncio.AbstractEventLoop, grace: float) -> None:
         self.timed_out = True
-        if grace > 0:
-            self.signal(signal.SIGTERM)
-            self.later(loop, grace, signal.SIGKILL)
-        else:
-            self.signal(signal.SIGKILL)
+        self.terminate(loop, grace)
 
     # -- the end ---------------------------------------------------------------------------------
 

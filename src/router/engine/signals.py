@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 
 import grpc
 
@@ -40,11 +39,7 @@ def start_kill(ex: Exec, grace: float, loop: asyncio.AbstractEventLoop) -> None:
     if child is None:
         return  # over already: the caller finds it finished
     ex.kill_requested = True
-    if grace > 0:
-        child.signal(signal.SIGTERM)
-        child.later(loop, grace, signal.SIGKILL)
-    else:
-        child.signal(signal.SIGKILL)
+    child.terminate(loop, grace)
 
 
 def resize_terminal(ex: Exec, rows: int, cols: int) -> None:
