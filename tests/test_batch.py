@@ -230,7 +230,7 @@ def test_a_job_that_cannot_start_fails_alone(tmp_path: pathlib.Path) -> None:
 def test_bad_usage_and_unreachable_target(target: Target, tmp_path: pathlib.Path) -> None:
     for args in (["--halt", "later"], ["--halt", "now,fail=0"], ["--retries", "0"], ["-j", "x"], ["--resume"]):
         result = batch(target, *args, input=b"true\n")
-        assert result.returncode == 2 and b"Traceback" not in result.stderr, args
+        assert result.returncode == 255 and b"Traceback" not in result.stderr, args
     missing = batch(target, str(tmp_path / "missing"))
     assert missing.returncode == 255 and b"No such file" in missing.stderr
     assert batch(target, input=b"\xff\n").returncode == 255

@@ -133,8 +133,12 @@ def test_router_exec_over_tls_and_sighup_reload(tmp_path: pathlib.Path, pki: dic
         mutual = ("--tls-ca", pki["ca"], "--tls-cert", pki["client_cert"], "--tls-key", pki["client_key"])
         done = run(*mutual)
         assert done.returncode == 0 and done.stdout == "over tls\n", done.stderr
-        refused = run("--tls-ca", pki["ca"], "--give-up", "3")
-        assert refused.returncode == 255
+        began = time.monotonic()
+        refused = run("--tls-ca", pki["ca"], "--give-up", "3")  # no client certificate: the handshake fails
+        assert refused.returncode == 255 and time.monotonic() - began < 3 + 1.5
+        # One line of ours; none of grpc's own log.
+        assert refused.stderr.startswith("router exec: cannot reach"), refused.stderr
+        assert refused.stderr.count("\n") == 1, refused.stderr
         os.kill(server.pid, signal.SIGHUP)  # a reload of unchanged files: still serving
         time.sleep(0.3)
         assert server.poll() is None and run(*mutual).returncode == 0

@@ -3,11 +3,13 @@ of a router's execs."""
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import pathlib
-import signal
 import sys
 import time
+from typing import Any
 
 from router import config
 from router._proto import exec_control_pb2 as ec
@@ -74,7 +76,11 @@ def cmd_secrets(args: argparse.Namespace) -> int:
             for item in args.items:
                 name, eq, value = item.partition("=")
                 if not eq:  # NAME alone: the value comes from stdin, so it is not on any command line
-                    value = sys.stdin.readline().rstrip("\n")
+                    value = _read_value(name)
+                if not value and not args.allow_empty:
+                    print(f"router secrets: the value of {name} is empty (--allow-empty to store it anyway)",
+                          file=sys.stderr)
+                    return 1
                 values[name] = value
             print(store.set(args.id, values))
     except SecretError as e:
@@ -86,8 +92,22 @@ def cmd_secrets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_value(name: str) -> str:
+    """A secret's value from stdin: after a prompt and without echo on a terminal, else its next line."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(f"value of {name}: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
 def cmd_token(args: argparse.Namespace) -> int:
-    state_dir = config.ensure_state_dir(config.state_dir_from(args.state_dir))
+    state_dir = config.state_dir_from(args.state_dir)
+    if not (state_dir / "jwt.key").exists() and not args.init:
+        print(f"router token: {state_dir} has no signing key (jwt.key): not a router's state directory? "
+              "(--init makes one; router serve does too)", file=sys.stderr)
+        return 1
+    state_dir = config.ensure_state_dir(state_dir)
     task_id = args.task_id or config.load_or_create_task_id(state_dir)
     print(f"token for task {task_id}, valid {args.ttl} s:", file=sys.stderr)
     from router.auth import load_or_create_key, mint_token  # jwt and cryptography: ~0.1 s, not for every command
@@ -115,23 +135,47 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
+# The exit causes by the names logs and metrics use (router.engine.records.ExitCause's values).
+CAUSE_NAMES = {ec.EXIT_CAUSE_EXITED: "exited", ec.EXIT_CAUSE_SIGNALLED: "signalled",
+               ec.EXIT_CAUSE_TIMED_OUT: "timed_out", ec.EXIT_CAUSE_KILLED: "killed", ec.EXIT_CAUSE_LOST: "lost",
+               ec.EXIT_CAUSE_SHUTDOWN: "shutdown", ec.EXIT_CAUSE_OUT_OF_MEMORY: "oom",
+               ec.EXIT_CAUSE_FAILED_TO_START: "failed_to_start"}
 
+
+def _iso(t: float) -> str | None:
+    """Unix time as ISO 8601 in UTC, to the microsecond; None for 0 (not yet)."""
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat() if t else None
+
+
+def inspected(info: ec.ExecInfo) -> dict[str, Any]:
+    """An exec's ExecInfo as a person reads it: integers, ISO 8601 times, the exit cause's name."""
+    ended = None if info.running else {
+        "code": info.exit.code if info.exit.HasField("code") else None,
+        "signal": info.exit.signal if info.exit.HasField("signal") else None,
+        "cause": CAUSE_NAMES.get(info.exit.cause),
+    }
+    usage = None if not info.HasField("usage") else {
+        "user_cpu_secs": info.usage.user_cpu_secs, "system_cpu_secs": info.usage.system_cpu_secs,
+        "max_rss_bytes": info.usage.max_rss_bytes}
+    return {"exec_id": info.exec_id, "args": list(info.args), "workdir": info.workdir or None, "pid": info.pid,
+            "terminal": info.terminal, "running": info.running, "started_at": _iso(info.started_at),
+            "ended_at": _iso(info.ended_at), "stdout_bytes": info.stdout_bytes, "stderr_bytes": info.stderr_bytes,
+            "stdin_bytes": info.stdin_bytes, "exit": ended, "usage": usage}
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
     with connect(args) as client:
         info = client.inspect(args.id)
-    print(json_format.MessageToJson(info, always_print_fields_with_no_presence=True, preserving_proto_field_name=True))
+    print(json.dumps(inspected(info), indent=2))
     return 0
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
     with connect(args) as client:
         if args.signal:
-            name = "SIG" + args.signal.upper().removeprefix("SIG")
-            sig = int(args.signal) if args.signal.isdigit() else int(getattr(signal, name))
-            client.signal(args.id, sig)
+            client.signal(args.id, args.signal)
             return 0
-        done = client.kill(args.id, args.grace)
+        done = client.kill(args.id, args.grace, timeout=args.grace + args.give_up)
     print(f"{args.id}: " + (f"signal {done.signal}" if done.HasField("signal") else f"exit {done.code}"))
     return 0
 
@@ -139,10 +183,9 @@ def cmd_kill(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     with connect(args) as client:
         fd = STDERR if args.stderr else STDOUT
-        end = None
-        if not args.follow:  # what is there now, not what comes later
-            info = client.inspect(args.id)
-            end = info.stderr_bytes if args.stderr else info.stdout_bytes
+        # First a unary call, which --give-up bounds (a stream waits as long as the exec runs).
+        info = client.inspect(args.id)
+        end = None if args.follow else (info.stderr_bytes if args.stderr else info.stdout_bytes)
         offset = args.offset
         for data in client.read(args.id, fd, offset):
             if end is not None and offset + len(data) >= end:

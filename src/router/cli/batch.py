@@ -301,14 +301,15 @@ def run(clients: Sequence[RouterClient], hosts: Sequence[str], source: BinaryIO,
 def cmd_batch(args: argparse.Namespace) -> int:
     if args.resume and not args.joblog:
         print("router batch: --resume needs --joblog", file=sys.stderr)
-        return 2
+        return ROUTER_FAILED
     options = Options(jobs=args.jobs, timeout_secs=args.timeout, attempts=args.retries, halt=args.halt,
                             joblog=args.joblog, results=args.results, resume=args.resume)
     with contextlib.ExitStack() as stack:
         clients = [stack.enter_context(connect(args, target=t)) for t in args.target or [None]]
+        within = min(args.connect_timeout, args.give_up)
         for client in clients:
-            if not client.reachable(args.connect_timeout):
-                print(f"router batch: cannot reach {client.target} (within {args.connect_timeout:g} s)",
+            if not client.reachable(within):
+                print(f"router batch: cannot reach {client.target} (within {within:g} s)",
                       file=sys.stderr)
                 return ROUTER_FAILED
         try:

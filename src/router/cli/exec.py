@@ -1,26 +1,44 @@
-"""`router exec`: one command on a router, its output streamed to ours and our stdin to it, as ssh does."""
+"""`router exec`: one command on a router, its output streamed to ours and our stdin to it, as ssh does.
+
+Without a terminal, SIGINT, SIGTERM and SIGHUP are passed on to the command's process group (as
+docker run's signal proxy does); a second SIGINT kills it and ends `router exec`. A stdout or
+stderr whose reader went away (`| head`) ends `router exec` at once with 141 and sends the command
+SIGPIPE, as it would have got writing to that pipe itself.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
+import signal
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import grpc
+
+from router._proto import exec_control_pb2 as ec
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, RouterClient, exit_code
 
-from .connection import connect
-from .terminal import in_background, run_on_terminal, window_size
+from .connection import ROUTER_FAILED, connect
+from .supervise import DONE, OUTPUT_CLOSED, Supervisor, in_background
+from .terminal import run_on_terminal, window_size
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _copy_output(client: RouterClient, exec_id: str, fd: pb.TaskExecStdioFileDescriptor, out: int) -> None:
-    for data in client.read(exec_id, fd):
-        view = memoryview(data)
-        while view:
-            view = view[os.write(out, view):]
+def _copy_output(client: RouterClient, exec_id: str, fd: pb.TaskExecStdioFileDescriptor, out: int,
+                 closed: Callable[[], None]) -> None:
+    try:
+        for data in client.read(exec_id, fd):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view):]
+    except BrokenPipeError:
+        closed()
 
 
 def _forward_stdin(client: RouterClient, exec_id: str) -> None:
@@ -34,10 +52,10 @@ def _forward_stdin(client: RouterClient, exec_id: str) -> None:
 
 
 def _exec_io(client: RouterClient, exec_id: str, streams: Sequence[tuple[pb.TaskExecStdioFileDescriptor, int]],
-             no_stdin: bool, give_up: float) -> int:
+             no_stdin: bool, give_up: float, closed: Callable[[], None]) -> int:
     """Copy the exec's `streams` (fd, local fd) out and stdin in; once it has ended and its output is
-    all out, its exit code."""
-    outputs = [in_background(_copy_output, client, exec_id, fd, out) for fd, out in streams]
+    all out, its exit code (128+N for signal N)."""
+    outputs = [in_background(_copy_output, client, exec_id, fd, out, closed) for fd, out in streams]
     errors: list[Exception] = []
     if no_stdin:
         client.write_stdin(exec_id, 0, b"", eof=True)
@@ -52,10 +70,62 @@ def _exec_io(client: RouterClient, exec_id: str, streams: Sequence[tuple[pb.Task
     return 1 if code is None else code
 
 
+def _forwarding_signals(client: RouterClient, exec_id: str, sup: Supervisor, io: Callable[[], int]) -> int:
+    """Run `io` while passing signals on to the exec's group; see the module's docstring."""
+    forwarded = 0
+    worker = sup.start(io)
+    for event in sup.events():
+        if event == DONE:
+            break
+        if event == OUTPUT_CLOSED:
+            with contextlib.suppress(grpc.RpcError, ValueError):
+                client.signal(exec_id, signal.SIGPIPE)
+            return 128 + signal.SIGPIPE
+        if event == signal.SIGINT and forwarded == signal.SIGINT:
+            print("router exec: interrupted again: killing the command", file=sys.stderr)
+            with contextlib.suppress(grpc.RpcError, ValueError):
+                client.kill(exec_id, 0.0, timeout=5.0)
+            return 128 + signal.SIGINT
+        forwarded = event
+        with contextlib.suppress(grpc.RpcError, ValueError):  # it may have ended meanwhile
+            client.signal(exec_id, event)
+    worker.join()
+    sup.close(worker)
+    if sup.errors:
+        raise sup.errors[0]
+    return sup.outcome[0]
+
+
+def _say_why(client: RouterClient, exec_id: str, code: int, timeout: int | None) -> None:
+    """A line on stderr when the command was ended by a signal the router sent, not by its own doing."""
+    if code <= 128:
+        return
+    with contextlib.suppress(grpc.RpcError, ValueError):
+        cause = client.inspect(exec_id).exit.cause
+        if cause == ec.EXIT_CAUSE_TIMED_OUT:
+            print(f"router exec: the command timed out after {timeout} s and was killed", file=sys.stderr)
+        elif cause == ec.EXIT_CAUSE_OUT_OF_MEMORY:
+            print("router exec: the command ran out of memory and was killed", file=sys.stderr)
+        elif cause == ec.EXIT_CAUSE_SHUTDOWN:
+            print("router exec: the router shut down and killed the command", file=sys.stderr)
+
+
+def _environment(items: Sequence[str]) -> dict[str, str]:
+    """KEY=VALUE as given; KEY alone takes this shell's value, and is left out if it has none (as docker's)."""
+    env: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if eq:
+            env[key] = value
+        elif key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
     if not args.command:
-        print("router exec: no command given (router exec -- CMD ARGS...)", file=sys.stderr)
-        return 2
+        print("router exec: no command given (router exec [OPTIONS] -- CMD ARGS...)", file=sys.stderr)
+        return ROUTER_FAILED
     exec_id = f"ex-{uuid.uuid4().hex}"
     fields: dict[str, Any] = {"stdout_config": pb.TASK_EXEC_STDOUT_CONFIG_PIPE,
                               "stderr_config": pb.TASK_EXEC_STDERR_CONFIG_PIPE}
@@ -64,7 +134,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if args.timeout:
         fields["timeout_secs"] = args.timeout
     if args.env:
-        fields["env"] = dict(item.split("=", 1) for item in args.env)
+        fields["env"] = _environment(args.env)
+    if args.secret:
+        fields["secret_ids"] = args.secret
     # As ssh: -t gives a terminal when stdin is one, -tt always.
     terminal = args.tty >= 2 or (args.tty == 1 and os.isatty(0))
     if args.tty == 1 and not terminal:
@@ -79,7 +151,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
     streams = ((STDOUT, 1),) if terminal else ((STDOUT, 1), (STDERR, 2))
     with connect(args) as client:
         client.start(exec_id, args.command, **fields)
-        io = functools.partial(_exec_io, client, exec_id, streams, args.no_stdin, args.give_up)
         if terminal:
+            io = functools.partial(_exec_io, client, exec_id, streams, args.no_stdin, args.give_up, lambda: None)
             return run_on_terminal(client, exec_id, not args.no_stdin and os.isatty(0), io)
-        return io()
+        with Supervisor(_FORWARDED) as sup:
+            io = functools.partial(_exec_io, client, exec_id, streams, args.no_stdin, args.give_up,
+                                   lambda: sup.post(OUTPUT_CLOSED))
+            code = _forwarding_signals(client, exec_id, sup, io)
+        if code != 128 + signal.SIGPIPE:
+            _say_why(client, exec_id, code, args.timeout)
+        return code

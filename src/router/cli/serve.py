@@ -25,14 +25,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from router.auth import load_or_create_key
     from router.server.grpc_server import RouterServer
 
+    if args.max_workers is not None and args.server_mode != "threads":
+        print("router serve: --max-workers is for --server-mode threads (aio serves every call on one event "
+              "loop thread)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    state_dir = config.ensure_state_dir(config.state_dir_from(args.state_dir))
-    task_id = args.task_id or config.load_or_create_task_id(state_dir)
+    state_dir = config.state_dir_from(args.state_dir)
+    try:
+        config.ensure_state_dir(state_dir)
+        task_id = args.task_id or config.load_or_create_task_id(state_dir)
+        key = load_or_create_key(state_dir)
+    except OSError as e:
+        print(f"router serve: cannot use the state directory {state_dir}: {e.strerror}", file=sys.stderr)
+        return 1
     log_dir = str(pathlib.Path(args.log_dir).expanduser().resolve()) if args.log_dir else ""
     cfg = config.ServerConfig(state_dir=str(state_dir), task_id=task_id, listen=args.listen, log_dir=log_dir,
                               kill_grace_secs=args.kill_grace, server_mode=args.server_mode,
                               reap_orphans=procs.inherits_orphans(),
-                              max_workers=args.max_workers, retain_bytes=args.retain_bytes,
+                              retain_bytes=args.retain_bytes,
                               retain_secs=args.retain_secs, retain_execs=args.retain_execs,
                               max_exec_output=args.max_exec_output, journal=not args.no_journal,
                               mount_method=args.mount_method,
@@ -47,12 +57,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               max_arg_bytes=args.max_arg_bytes, max_env_bytes=args.max_env_bytes,
                               max_receive_message_size=args.max_message_size,
                               max_streams_per_connection=args.max_streams_per_connection,
-                              max_calls_per_token=args.max_calls_per_token)
+                              max_calls_per_token=args.max_calls_per_token,
+                              **({} if args.max_workers is None else {"max_workers": args.max_workers}))
     try:
-        server = RouterServer(cfg, load_or_create_key(state_dir))
+        server = RouterServer(cfg, key)
     except ValueError as e:
         print(f"router serve: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the log directory, the journal, the image store
+        print(f"router serve: cannot start: {e}", file=sys.stderr)
+        return 1
     # Every exec allocates dozens of objects kept as long as the exec is: at the default threshold
     # (700 allocations) the collector ran ~90 times per 1,000 execs of `true`, ~10% of the server's
     # CPU (benchmarks/HISTORY.md, "A leaner start and finish per exec").
@@ -63,7 +77,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if server.tls is not None:
         tls = server.tls
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=tls.reload, daemon=True).start())
-    server.start()
+    try:
+        server.start()
+    except RuntimeError as e:  # grpc's "Failed to bind"
+        print(f"router serve: cannot listen on {args.listen}: the address is in use or not this host's ({e})",
+              file=sys.stderr)
+        return 1
     host = args.listen.rsplit(":", 1)[0]
     listen = f"{host}:{server.port}"
     config.write_server_info(state_dir, config.ServerInfo(listen=listen, task_id=task_id, pid=os.getpid(),
@@ -73,7 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"state directory: {state_dir}", flush=True)
     if cfg.reap_orphans:
         print("reaping orphaned processes (this router is their init)", flush=True)
-    print(f"get a token with: router token --state-dir {state_dir}", flush=True)
+    task_flag = f" --task-id {task_id}" if args.task_id else ""  # a task the state directory does not name
+    print(f"get a token with: router token --state-dir {state_dir}{task_flag}", flush=True)
     try:
         stop.wait()
     finally:

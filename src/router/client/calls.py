@@ -95,20 +95,35 @@ _Steps = Generator[_Step, Any, T]
 
 class _Retries:
     """A call may fail with a RETRYABLE status `limit` times in a row, retried after `backoff`;
-    any other failure, or one more, is raised."""
+    any other failure, or one more, is raised; so is one that would retry after the router has not
+    answered for `give_up` seconds (None: no such limit), whose calls are cut short to fit it."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, give_up: float | None = None) -> None:
         self.limit = limit
         self.failures = 0
+        self._give_up = give_up
+        self.token_source = "given"  # where the token came from (from_env says), for error messages
+        self._since = time.monotonic()  # the last answer, or the first try
 
     def answered(self) -> None:
         self.failures = 0
+        self._since = time.monotonic()
+
+    def timeout(self, timeout: float | None) -> float | None:
+        """A call's timeout, cut to what is left of `give_up` (a call without one is left alone:
+        it waits for something other than the router's answer, such as room for stdin)."""
+        if timeout is None or self._give_up is None:
+            return timeout
+        return max(0.05, min(timeout, self._give_up - (time.monotonic() - self._since)))
 
     def delay(self, error: grpc.RpcError) -> float:
         self.failures += 1
         if error.code() not in RETRYABLE or self.failures > self.limit:
             raise error
-        return backoff(self.failures)
+        pause = backoff(self.failures)
+        if self._give_up is not None and time.monotonic() + pause - self._since > self._give_up:
+            raise error
+        return pause
 
 
 class _Resumable(Protocol):
@@ -200,10 +215,14 @@ class _Client:
     _grpc: Any = grpc  # the module whose channels this client uses: grpc, or grpc.aio
 
     def __init__(self, target: str, token: str, task_id: str, *, retries: int = 10,
-                 credentials: grpc.ChannelCredentials | None = None, server_name: str = "") -> None:
+                 credentials: grpc.ChannelCredentials | None = None, server_name: str = "",
+                 give_up: float | None = None) -> None:
         """`credentials` (tls.client_credentials) make it a TLS channel; `server_name` overrides the
         name expected in the server's certificate. `retries`: how often a call failing with a
-        RETRYABLE status is made again (in a row; a stream's resumes count the same)."""
+        RETRYABLE status is made again (in a row; a stream's resumes count the same). `give_up`:
+        a call fails once the router has not answered it for this many seconds, retries included."""
+        self._give_up = give_up
+        self.token_source = "given"  # where the token came from (from_env says), for error messages
         self.task_id = task_id
         self.target = target
         if credentials is None:
@@ -220,25 +239,27 @@ class _Client:
     @classmethod
     def from_env(cls, target: str | None = None, token: str | None = None, *, task_id: str | None = None,
                  state_dir: str | os.PathLike[str] | None = None, tls_ca: str = "", tls_cert: str = "",
-                 tls_key: str = "", server_name: str = "", retries: int = 10) -> Self:
+                 tls_key: str = "", server_name: str = "", retries: int = 10, give_up: float | None = None) -> Self:
         """A client for what is given, the rest found in the usual places (`find_connection`)."""
         found = find_connection(target, token, task_id=task_id, state_dir=state_dir, tls_ca=tls_ca,
                                 tls_cert=tls_cert, tls_key=tls_key)
-        return cls(found.target, found.token, found.task_id, retries=retries, credentials=found.credentials,
-                   server_name=server_name)
+        client = cls(found.target, found.token, found.task_id, retries=retries, credentials=found.credentials,
+                     server_name=server_name, give_up=give_up)
+        client.token_source = found.token_source
+        return client
 
     def _unary(self, rpc: str, request: Any, timeout: float | None = 30.0) -> _Steps[Any]:
-        retries = _Retries(self._retries)
+        retries = _Retries(self._retries, self._give_up)
         while True:
             try:
-                return (yield _Call(rpc, request, timeout))
+                return (yield _Call(rpc, request, retries.timeout(timeout)))
             except grpc.RpcError as e:
                 delay = retries.delay(e)
             yield _Sleep(delay)
 
     def _stream(self, rpc: str, progress: _Resumable) -> _Steps[None]:
         """A server stream to its end, called again after a RETRYABLE failure from where it got to."""
-        retries = _Retries(self._retries)
+        retries = _Retries(self._retries, self._give_up)
         while (request := progress.request()) is not None:
             try:
                 yield _Open(rpc, request)
@@ -265,14 +286,18 @@ class _Client:
         poll = pb.TaskExecPollRequest(task_id=self.task_id, exec_id=exec_id)
         last_answer = time.monotonic()
         while True:
+            # No call outlasts what is left of `unreachable_secs`: a frozen router answers nothing,
+            # not even DEADLINE_EXCEEDED, so a longer call would wait past the promise.
+            left = max(0.05, unreachable_secs - (time.monotonic() - last_answer))
             try:
-                response: pb.TaskExecWaitResponse = yield _Call("TaskExecWait", wait, call_timeout)
+                response: pb.TaskExecWaitResponse = yield _Call("TaskExecWait", wait, min(call_timeout, left))
                 return response
             except grpc.RpcError as e:
                 if e.code() not in RETRYABLE:
                     raise
+            left = max(0.05, unreachable_secs - (time.monotonic() - last_answer))
             try:
-                polled: pb.TaskExecPollResponse = yield _Call("TaskExecPoll", poll, min(call_timeout, 10.0))
+                polled: pb.TaskExecPollResponse = yield _Call("TaskExecPoll", poll, min(call_timeout, 10.0, left))
             except grpc.RpcError as e:
                 if e.code() not in RETRYABLE or time.monotonic() - last_answer > unreachable_secs:
                     raise

@@ -25,6 +25,7 @@ class Connection:
     token: str
     task_id: str
     credentials: grpc.ChannelCredentials | None  # None: plaintext
+    token_source: str = "given"  # where the token came from, for a refused one's message
 
 
 def unverified_claims(token: str) -> dict[str, Any]:
@@ -49,6 +50,7 @@ def find_connection(target: str | None = None, token: str | None = None, *, task
     `state_dir` defaults to the user's (`router serve`'s default)."""
     directory = config.state_dir_from(state_dir)
     info = config.read_server_info(directory)
+    source = "given" if token else f"${TOKEN_ENV}"
     token = token or os.environ.get(TOKEN_ENV)
     if token and not task_id:
         task_id = unverified_claims(token).get("task_id")
@@ -58,7 +60,9 @@ def find_connection(target: str | None = None, token: str | None = None, *, task
         from router.auth import load_or_create_key, mint_token  # jwt and cryptography: ~0.1 s, only when minting
 
         token = mint_token(load_or_create_key(config.ensure_state_dir(directory)), task_id, 3600)
+        source = f"minted with {directory / 'jwt.key'}"
     credentials = None
     if tls_ca or tls_cert or (not target and info is not None and info.tls):
         credentials = client_credentials(tls_ca, tls_cert, tls_key)
-    return Connection(target or (info.listen if info else config.DEFAULT_LISTEN), token, task_id, credentials)
+    return Connection(target or (info.listen if info else config.DEFAULT_LISTEN), token, task_id, credentials,
+                      source)

@@ -20,6 +20,7 @@ import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from router import tls
 from router.auth import Authenticator, verification_key
 from router.config import ServerConfig
 from router.engine.core import Engine
@@ -71,6 +72,7 @@ class RouterServer:
         if config.insecure and not config.tls.enabled and not is_loopback(config.listen):
             logger.warning("serving %s WITHOUT TLS (--insecure): tokens and output cross the network in the clear",
                         config.listen)
+        tls.check(config.tls)  # a TLS flag without --tls-cert must never mean plaintext
         self.tls = ServerTls(config.tls) if config.tls.enabled else None
         try:
             SecretStore(secrets_dir(config)).check()
