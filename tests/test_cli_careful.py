@@ -165,6 +165,32 @@ def test_give_up_is_a_promise(served: tuple, frozen: bool) -> None:
         proc.send_signal(signal.SIGCONT)
 
 
+def test_execs_of_a_router_that_ignores_signals_ignore_none(tmp_path: pathlib.Path) -> None:
+    """A router started under nohup, or as a script's background job, inherits SIGHUP, SIGINT,
+    SIGQUIT and SIGPIPE ignored; its execs start with every signal at its default and none blocked."""
+    script = ("trap '' INT QUIT HUP PIPE; exec \"$0\" -m router.cli serve --listen 127.0.0.1:0 "
+              f"--state-dir {tmp_path} --task-id {TASK_ID}")
+    proc = subprocess.Popen(["sh", "-c", script, sys.executable], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        next(line for line in proc.stdout if line.startswith("router listening on "))
+        status = pathlib.Path(f"/proc/{proc.pid}/status").read_text()
+        ignored = int(status.split("SigIgn:")[1].split()[0], 16)
+        # As set up (SIGINT and SIGTERM it handles itself, to stop).
+        assert ignored & (1 << (signal.SIGHUP - 1)) and ignored & (1 << (signal.SIGQUIT - 1))
+        for flags in ([], ["-t"]):
+            result = router("exec", "--state-dir", str(tmp_path), *flags, "-n", "--", "grep", "^Sig[BI]",
+                            "/proc/self/status")
+            fields = result.stdout.replace(b"\r", b"").split()
+            assert fields == [b"SigBlk:", b"0" * 16, b"SigIgn:", b"0" * 16], (flags, result.stdout, result.stderr)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def test_a_timed_out_exec_says_so(served: tuple) -> None:
     _, _, state = served
     result = router("exec", "--state-dir", str(state), "--timeout", "1", "-n", "--", "sleep", "30")
