@@ -191,6 +191,30 @@ def test_execs_of_a_router_that_ignores_signals_ignore_none(tmp_path: pathlib.Pa
             proc.stdout.close()
 
 
+def test_give_up_holds_for_a_router_frozen_under_a_stream(served: tuple) -> None:
+    """`logs -f` follows a running exec; the router freezes: it gives up in time all the same."""
+    proc, listen, state = served
+    started = _started(state, "echo ready; exec sleep 60")
+    ids = router("ls", "--state-dir", str(state), "--state", "running").stdout.decode().split()
+    follow = subprocess.Popen([*ROUTER, "logs", "--state-dir", str(state), "--give-up", "2", "-f",
+                               ids[ids.index("COMMAND") + 1]], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert follow.stdout is not None
+        assert follow.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGSTOP)
+        began = time.monotonic()
+        _, err = follow.communicate(timeout=30)
+        assert follow.returncode == 1 and time.monotonic() - began < 2 + 2.5, (time.monotonic() - began, err)
+        assert err.count(b"\n") == 1 and b"Traceback" not in err, err
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        if follow.poll() is None:
+            follow.kill()
+            follow.communicate()
+        started.kill()
+        started.communicate()
+
+
 def test_a_timed_out_exec_says_so(served: tuple) -> None:
     _, _, state = served
     result = router("exec", "--state-dir", str(state), "--timeout", "1", "-n", "--", "sleep", "30")

@@ -30,13 +30,15 @@ def failure(e: grpc.RpcError, client: RouterClient | None, give_up: float | None
     """One line saying why a call failed, and what to do about it."""
     code, details = e.code(), e.details() or ""
     where = f"the router at {client.target}" if client is not None else "the router"
+    lowered = details.lower()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or (code == grpc.StatusCode.UNAVAILABLE and "timed out" in lowered):
+        if give_up:
+            return f"{where} did not answer within {give_up:g} s (--give-up); is it running, or frozen?"
+        return f"{where} did not answer in time: {details}"
     if code == grpc.StatusCode.UNAVAILABLE:
-        if "ssl" in details.lower() or "handshake" in details.lower() or "certificate" in details.lower():
+        if "ssl" in lowered or "handshake" in lowered or "certificate" in lowered:
             return f"cannot reach {where}: the TLS handshake failed (certificate not trusted, or not TLS): {details}"
         return f"cannot reach {where} (connection refused or lost; is it running?): {details}"
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"{where} did not answer within {give_up:g} s (--give-up); is it running, or frozen?" if give_up else (
-            f"{where} did not answer in time: {details}")
     if code == grpc.StatusCode.UNAUTHENTICATED:
         source = client.token_source if client is not None else "given"
         return (f"{where} refused the token ({source}): {details}; give one it accepts with --token or "

@@ -225,10 +225,22 @@ class _Client:
         self.token_source = "given"  # where the token came from (from_env says), for error messages
         self.task_id = task_id
         self.target = target
+        options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
+        if give_up is not None:
+            # A frozen router keeps its connections open and answers nothing, so a stream (a read
+            # that follows a running exec) would wait for ever: HTTP/2 pings that go unanswered
+            # for half of `give_up` close the connection, a new one is given as long to complete
+            # its handshake (not grpc's 20 s), and the stream's retries then give up.
+            half = max(1000, int(give_up * 500))
+            options += [(name, half) for name in (
+                "grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms", "grpc.http2.min_time_between_pings_ms",
+                "grpc.http2.min_sent_ping_interval_without_data_ms", "grpc.http2.ping_timeout_ms",
+                "grpc.min_reconnect_backoff_ms")]
+            options.append(("grpc.http2.max_pings_without_data", 0))
         if credentials is None:
-            self._channel = self._grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self._channel = self._grpc.insecure_channel(target, options=options)
         else:
-            options = CHANNEL_OPTIONS + ([("grpc.ssl_target_name_override", server_name)] if server_name else [])
+            options += [("grpc.ssl_target_name_override", server_name)] if server_name else []
             self._channel = self._grpc.secure_channel(target, credentials, options=options)
         stubs = (pb_grpc.TaskCommandRouterStub(self._channel), ec_grpc.ExecControlStub(self._channel))
         # Every RPC of both services by name (no name is in both).
