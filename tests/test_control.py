@@ -194,6 +194,9 @@ def test_an_exec_killed_for_memory_says_so(tmp_path: pathlib.Path) -> None:
         os.kill(client.inspect("shot").pid, signal.SIGKILL)  # SIGKILL too, but not the OOM killer's
         assert client.wait("hog").signal == signal.SIGKILL
         client.wait("shot")
+        # The cause is known once the exec has finished (its output ended too), a moment after Wait answers.
+        for exec_id in ("hog", "shot"):
+            assert eventually(lambda e=exec_id: client.inspect(e).exit.cause != ec.EXIT_CAUSE_UNSPECIFIED)
         assert client.inspect("hog").exit.cause == ec.EXIT_CAUSE_OUT_OF_MEMORY
         assert client.inspect("shot").exit.cause == ec.EXIT_CAUSE_SIGNALLED
 

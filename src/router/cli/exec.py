@@ -13,6 +13,7 @@ import functools
 import os
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -101,7 +102,12 @@ def _say_why(client: RouterClient, exec_id: str, code: int, timeout: int | None)
     if code <= 128:
         return
     with contextlib.suppress(grpc.RpcError, ValueError):
-        cause = client.inspect(exec_id).exit.cause
+        # The cause is set once the exec has finished, a moment after its exit status: ask again briefly.
+        for _ in range(20):
+            cause = client.inspect(exec_id).exit.cause
+            if cause != ec.EXIT_CAUSE_UNSPECIFIED:
+                break
+            time.sleep(0.05)
         if cause == ec.EXIT_CAUSE_TIMED_OUT:
             print(f"router exec: the command timed out after {timeout} s and was killed", file=sys.stderr)
         elif cause == ec.EXIT_CAUSE_OUT_OF_MEMORY:
