@@ -195,8 +195,10 @@ def test_an_exec_killed_for_memory_says_so(tmp_path: pathlib.Path) -> None:
         assert client.wait("hog").signal == signal.SIGKILL
         client.wait("shot")
         # The cause is known once the exec has finished (its output ended too), a moment after Wait answers.
-        for exec_id in ("hog", "shot"):
-            assert eventually(lambda e=exec_id: client.inspect(e).exit.cause != ec.EXIT_CAUSE_UNSPECIFIED)
+        def finished(exec_id: str) -> bool:
+            return client.inspect(exec_id).exit.cause != ec.EXIT_CAUSE_UNSPECIFIED
+
+        assert eventually(lambda: finished("hog")) and eventually(lambda: finished("shot"))
         assert client.inspect("hog").exit.cause == ec.EXIT_CAUSE_OUT_OF_MEMORY
         assert client.inspect("shot").exit.cause == ec.EXIT_CAUSE_SIGNALLED
 
