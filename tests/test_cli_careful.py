@@ -2,6 +2,7 @@
 and signals. Whatever happens: one line on stderr, a documented exit status, never a traceback."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -25,6 +26,20 @@ DEAD = "127.0.0.1:1"  # nothing listens there: connection refused
 def router(*args: str, input: bytes | None = None, timeout: float = 60,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([*ROUTER, *args], input=input, capture_output=True, timeout=timeout, env=env)
+
+
+@contextlib.contextmanager
+def serve_output(argv: list[str]) -> Iterator[tuple[subprocess.Popen[str], Iterator[str]]]:
+    """A server started by `argv`, and its output's lines; always stopped."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        yield proc, iter(proc.stdout)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def one_line(result: subprocess.CompletedProcess[bytes]) -> str:
@@ -170,11 +185,8 @@ def test_execs_of_a_router_that_ignores_signals_ignore_none(tmp_path: pathlib.Pa
     SIGQUIT and SIGPIPE ignored; its execs start with every signal at its default and none blocked."""
     script = ("trap '' INT QUIT HUP PIPE; exec \"$0\" -m router.cli serve --listen 127.0.0.1:0 "
               f"--state-dir {tmp_path} --task-id {TASK_ID}")
-    proc = subprocess.Popen(["sh", "-c", script, sys.executable], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    try:
-        assert proc.stdout is not None
-        next(line for line in proc.stdout if line.startswith("router listening on "))
+    with serve_output(["sh", "-c", script, sys.executable]) as (proc, lines):
+        next(line for line in lines if line.startswith("router listening on "))
         status = pathlib.Path(f"/proc/{proc.pid}/status").read_text()
         ignored = int(status.split("SigIgn:")[1].split()[0], 16)
         # As set up (SIGINT and SIGTERM it handles itself, to stop).
@@ -184,11 +196,6 @@ def test_execs_of_a_router_that_ignores_signals_ignore_none(tmp_path: pathlib.Pa
                             "/proc/self/status")
             fields = result.stdout.replace(b"\r", b"").split()
             assert fields == [b"SigBlk:", b"0" * 16, b"SigIgn:", b"0" * 16], (flags, result.stdout, result.stderr)
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def test_give_up_holds_for_a_router_frozen_under_a_stream(served: tuple) -> None:
@@ -249,21 +256,14 @@ def test_tokens_say_where_they_come_from(tmp_path: pathlib.Path) -> None:
 
 
 def test_serve_banner_names_the_task_it_serves(tmp_path: pathlib.Path) -> None:
-    proc = subprocess.Popen([*ROUTER, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path),
-                             "--task-id", "ta-custom"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None
-        command = next(line for line in proc.stdout if line.startswith("get a token with: "))
+    with serve_output([*ROUTER, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path),
+                       "--task-id", "ta-custom"]) as (_, lines):
+        command = next(line for line in lines if line.startswith("get a token with: "))
         token = subprocess.run(command.removeprefix("get a token with: ").replace("router", " ".join(ROUTER), 1),
                                shell=True, capture_output=True, text=True, timeout=30).stdout.split()[-1]
         listen = json.loads((tmp_path / "server.json").read_text())["listen"]
         with RouterClient(listen, token, "ta-custom", retries=0) as client:
             assert list(client.execs()) == []
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def test_inspect_is_for_people_and_version_is_there(served: tuple) -> None:
