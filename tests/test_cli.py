@@ -141,3 +141,21 @@ def test_exec_gives_up_on_a_router_that_died(tmp_path: pathlib.Path) -> None:
             if sleeper:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(sleeper, signal.SIGKILL)
+
+
+def test_one_server_per_state_directory(tmp_path: pathlib.Path) -> None:
+    """A second `router serve` on a served directory exits at once, naming the holder; after a
+    `kill -9` of the holder the directory is free again at once (the kernel dropped the lock)."""
+    with router_process(tmp_path) as (first, listen):
+        began = time.monotonic()
+        second = router("serve", "--state-dir", str(tmp_path), "--listen", "127.0.0.1:0", "--task-id", TASK_ID,
+                        timeout=30)
+        assert second.returncode == 1 and time.monotonic() - began < 5
+        line = second.stderr.decode().splitlines()[-1]
+        assert line == f"router serve: {tmp_path} is served by another router (pid {first.pid}, listening on {listen})"
+        assert b"Traceback" not in second.stderr
+        assert (tmp_path / "server.json").exists()  # the first one's, left alone
+        first.kill()
+        first.wait(10)
+    with router_process(tmp_path) as (again, _):
+        assert again.poll() is None

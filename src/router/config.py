@@ -1,6 +1,8 @@
 """Server configuration and the files a server keeps in its state directory."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import pathlib
 import secrets
@@ -132,6 +134,31 @@ def read_server_info(state_dir: pathlib.Path) -> ServerInfo | None:
         return _info_decoder.decode((state_dir / "server.json").read_bytes())
     except (FileNotFoundError, msgspec.DecodeError):
         return None
+
+
+class StateDirBusy(Exception):
+    """Another server holds the state directory."""
+
+
+def lock_state_dir(state_dir: pathlib.Path) -> int:
+    """Hold STATE_DIR/serve.lock for as long as the returned descriptor is open: one server per state
+    directory (two would append to one journal and hand out the same log slots). The kernel drops
+    the lock when its holder dies, so a restart after `kill -9` takes it at once. StateDirBusy,
+    naming the holder, if another server has it."""
+    fd = os.open(state_dir / "serve.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        info = read_server_info(state_dir)
+        where = f", listening on {info.listen}" if info is not None and str(info.pid) == holder else ""
+        raise StateDirBusy(f"{state_dir} is served by another router (pid {holder}{where})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def remove_server_info(state_dir: pathlib.Path) -> None:

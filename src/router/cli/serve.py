@@ -79,6 +79,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=tls.reload, daemon=True).start())
     try:
         server.start()
+    except config.StateDirBusy as e:
+        print(f"router serve: {e}", file=sys.stderr)
+        return 1
     except RuntimeError as e:  # grpc's "Failed to bind"
         print(f"router serve: cannot listen on {args.listen}: the address is in use or not this host's ({e})",
               file=sys.stderr)

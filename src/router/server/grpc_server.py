@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import pathlib
 import threading
 from typing import Any
@@ -22,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from router import tls
 from router.auth import Authenticator, verification_key
-from router.config import ServerConfig
+from router.config import ServerConfig, lock_state_dir
 from router.engine.core import Engine
 from router.engine.limits import raise_open_file_limit
 from router.engine.retention import Retention
@@ -99,6 +100,7 @@ class RouterServer:
         self._handlers = Handlers({SERVICE_NAME: (METHODS, service), control.SERVICE_NAME: (control.METHODS, controls)},
                                   authenticator, config.max_calls_per_token)
         self.port = 0
+        self._lock = -1  # STATE_DIR/serve.lock, held from start() to stop()
         self._grpc: Any = None
         self._health: Any = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -106,7 +108,13 @@ class RouterServer:
         self._aio_thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.engine.start()
+        """StateDirBusy if another server serves the state directory."""
+        self._lock = lock_state_dir(pathlib.Path(self.config.state_dir))
+        try:
+            self.engine.start()
+        except BaseException:
+            self._unlock()
+            raise
         try:
             if self.config.server_mode == "aio":
                 self._aio_loop = uvloop.new_event_loop()
@@ -118,7 +126,13 @@ class RouterServer:
                 self._start_threads()
         except BaseException:
             self.engine.stop()
+            self._unlock()
             raise
+
+    def _unlock(self) -> None:
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
     def _start_threads(self) -> None:
         # Thread-per-call: small stacks, since thousands of calls may each hold a thread.
@@ -177,6 +191,7 @@ class RouterServer:
             self.engine.stop()
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
+            self._unlock()  # last: the journal is closed
 
     async def _stop_aio(self, grace: float) -> None:
         await self._health.enter_graceful_shutdown()
