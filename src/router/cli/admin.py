@@ -14,6 +14,7 @@ from typing import Any
 from router import config
 from router._proto import exec_control_pb2 as ec
 from router.client import STDERR, STDOUT
+from router.server import exit_causes
 
 from .connection import connect
 from .serve import absolute_path
@@ -135,13 +136,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-# The exit causes by the names logs and metrics use (router.engine.records.ExitCause's values).
-CAUSE_NAMES = {ec.EXIT_CAUSE_EXITED: "exited", ec.EXIT_CAUSE_SIGNALLED: "signalled",
-               ec.EXIT_CAUSE_TIMED_OUT: "timed_out", ec.EXIT_CAUSE_KILLED: "killed", ec.EXIT_CAUSE_LOST: "lost",
-               ec.EXIT_CAUSE_SHUTDOWN: "shutdown", ec.EXIT_CAUSE_OUT_OF_MEMORY: "oom",
-               ec.EXIT_CAUSE_FAILED_TO_START: "failed_to_start"}
-
-
 def _iso(t: float) -> str | None:
     """Unix time as ISO 8601 in UTC, to the microsecond; None for 0 (not yet)."""
     return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat() if t else None
@@ -152,7 +146,7 @@ def inspected(info: ec.ExecInfo) -> dict[str, Any]:
     ended = None if info.running else {
         "code": info.exit.code if info.exit.HasField("code") else None,
         "signal": info.exit.signal if info.exit.HasField("signal") else None,
-        "cause": CAUSE_NAMES.get(info.exit.cause),
+        "cause": exit_causes.NAMES.get(info.exit.cause),
     }
     usage = None if not info.HasField("usage") else {
         "user_cpu_secs": info.usage.user_cpu_secs, "system_cpu_secs": info.usage.system_cpu_secs,

@@ -12,11 +12,10 @@ from typing import Any
 from router._proto import exec_control_pb2 as ec
 from router._proto import task_command_router_pb2 as pb
 from router.engine.execs import Changes, Exec
-from router.engine.records import ExitCause
 from router.engine.watch import EventKind, Watcher
 from router.errors import RouterError, invalid
 
-from . import validate
+from . import exit_causes, validate
 from .service import Body, Method, Offload, Service, Wait
 
 SERVICE_NAME = "task_command_router.v1.ExecControl"
@@ -28,12 +27,6 @@ METHODS: dict[str, Method] = {
     "Inspect": Method(ec.InspectRequest, ec.ExecInfo, False),
     "BatchStart": Method(ec.BatchStartRequest, ec.BatchStartResponse, False),
     "Watch": Method(ec.WatchRequest, None, True),  # frames: encoded WatchResponses
-}
-_CAUSES = {
-    ExitCause.EXITED: ec.EXIT_CAUSE_EXITED, ExitCause.SIGNALLED: ec.EXIT_CAUSE_SIGNALLED,
-    ExitCause.TIMED_OUT: ec.EXIT_CAUSE_TIMED_OUT, ExitCause.KILLED: ec.EXIT_CAUSE_KILLED,
-    ExitCause.LOST: ec.EXIT_CAUSE_LOST, ExitCause.FAILED_TO_START: ec.EXIT_CAUSE_FAILED_TO_START,
-    ExitCause.SHUTDOWN: ec.EXIT_CAUSE_SHUTDOWN, ExitCause.OOM: ec.EXIT_CAUSE_OUT_OF_MEMORY,
 }
 _TARGETS = {ec.SIGNAL_TARGET_GROUP: "group", ec.SIGNAL_TARGET_LEADER: "leader", ec.SIGNAL_TARGET_SESSION: "session"}
 MAX_PAGE = 1000
@@ -57,7 +50,7 @@ def exit_info(ex: Exec, info: ec.ExitInfo | None = None) -> ec.ExitInfo:
             info.code = status.code
         if status.signal is not None:
             info.signal = status.signal
-        info.cause = _CAUSES[ex.cause] if ex.cause is not None else ec.EXIT_CAUSE_UNSPECIFIED
+        info.cause = exit_causes.TO_WIRE[ex.cause] if ex.cause is not None else ec.EXIT_CAUSE_UNSPECIFIED
     return info
 
 
