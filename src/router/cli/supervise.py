@@ -28,7 +28,7 @@ class Supervisor:
         self._saved_wakeup = -1
         self._saved_handlers: dict[int, Any] = {}  # what signal.signal() gave back
         self.outcome: list[int] = []
-        self.errors: list[Exception] = []
+        self.errors: list[Exception] = []  # set by start()
 
     def __enter__(self) -> Self:
         self._r, self._w = os.pipe()
@@ -55,18 +55,15 @@ class Supervisor:
             yield from os.read(self._r, 64)
 
     def start(self, io: Callable[[], int]) -> threading.Thread:
-        """Run `io` in a daemon thread: its result lands in `outcome`, a failed call in `errors`
-        (ValueError: its channel was closed, as when the main thread gave up and left), then DONE."""
+        """Run `io` in the background (`in_background`): its result lands in `outcome`, a failed
+        call in `errors`; then DONE."""
         def work() -> None:
             try:
                 self.outcome.append(io())
-            except (grpc.RpcError, ValueError) as e:
-                self.errors.append(e)
             finally:
                 self.post(DONE)
 
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
+        thread, self.errors = in_background(work)
         return thread
 
     def close(self, worker: threading.Thread) -> None:
