@@ -9,7 +9,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -18,9 +17,8 @@ import pytest
 
 from router.cli.batch_jobs import JOBLOG_HEADER
 from router.client import RouterClient
+from tests.helpers.processes import ROUTER
 from tests.helpers.servers import serving
-
-ROUTER = [sys.executable, "-m", "router.cli"]
 
 
 class Target(NamedTuple):

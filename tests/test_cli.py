@@ -6,7 +6,6 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 from router import auth
@@ -14,13 +13,9 @@ from router._proto import task_command_router_pb2 as pb
 from router.engine import journal_format
 from tests.helpers.execs import start_request
 from tests.helpers.grpc_raw import Raw
+from tests.helpers.processes import ROUTER
+from tests.helpers.processes import run_router as router
 from tests.helpers.servers import TASK_ID, router_process, state_token
-
-ROUTER = [sys.executable, "-m", "router.cli"]
-
-
-def router(*args: str, input: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*ROUTER, *args], input=input, capture_output=True, timeout=timeout)
 
 
 def test_token_is_alone_on_its_last_line(tmp_path: pathlib.Path) -> None:

@@ -2,13 +2,11 @@
 and signals. Whatever happens: one line on stderr, a documented exit status, never a traceback."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -17,29 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.client import RouterClient
+from tests.helpers.processes import ROUTER
+from tests.helpers.processes import run_router as router
 from tests.helpers.servers import TASK_ID, router_process, state_token
 
-ROUTER = [sys.executable, "-m", "router.cli"]
 DEAD = "127.0.0.1:1"  # nothing listens there: connection refused
-
-
-def router(*args: str, input: bytes | None = None, timeout: float = 60,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*ROUTER, *args], input=input, capture_output=True, timeout=timeout, env=env)
-
-
-@contextlib.contextmanager
-def serve_output(argv: list[str]) -> Iterator[tuple[subprocess.Popen[str], Iterator[str]]]:
-    """A server started by `argv`, and its output's lines; always stopped."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert proc.stdout is not None
-        yield proc, iter(proc.stdout)
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def one_line(result: subprocess.CompletedProcess[bytes]) -> str:
@@ -183,10 +163,8 @@ def test_give_up_is_a_promise(served: tuple, frozen: bool) -> None:
 def test_execs_of_a_router_that_ignores_signals_ignore_none(tmp_path: pathlib.Path) -> None:
     """A router started under nohup, or as a script's background job, inherits SIGHUP, SIGINT,
     SIGQUIT and SIGPIPE ignored; its execs start with every signal at its default and none blocked."""
-    script = ("trap '' INT QUIT HUP PIPE; exec \"$0\" -m router.cli serve --listen 127.0.0.1:0 "
-              f"--state-dir {tmp_path} --task-id {TASK_ID}")
-    with serve_output(["sh", "-c", script, sys.executable]) as (proc, lines):
-        next(line for line in lines if line.startswith("router listening on "))
+    ignoring = ["sh", "-c", "trap '' INT QUIT HUP PIPE; exec \"$@\"", "sh"]
+    with router_process(tmp_path, prefix=ignoring) as (proc, _):
         status = pathlib.Path(f"/proc/{proc.pid}/status").read_text()
         ignored = int(status.split("SigIgn:")[1].split()[0], 16)
         # As set up (SIGINT and SIGTERM it handles itself, to stop).
@@ -256,9 +234,9 @@ def test_tokens_say_where_they_come_from(tmp_path: pathlib.Path) -> None:
 
 
 def test_serve_banner_names_the_task_it_serves(tmp_path: pathlib.Path) -> None:
-    with serve_output([*ROUTER, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path),
-                       "--task-id", "ta-custom"]) as (_, lines):
-        command = next(line for line in lines if line.startswith("get a token with: "))
+    with router_process(tmp_path, "--task-id", "ta-custom") as (proc, _):  # the last --task-id wins
+        assert proc.stdout is not None
+        command = next(line for line in proc.stdout if line.startswith("get a token with: "))
         token = subprocess.run(command.removeprefix("get a token with: ").replace("router", " ".join(ROUTER), 1),
                                shell=True, capture_output=True, text=True, timeout=30).stdout.split()[-1]
         listen = json.loads((tmp_path / "server.json").read_text())["listen"]

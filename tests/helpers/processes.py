@@ -1,8 +1,18 @@
-"""This process's children, and whether a process is still alive."""
+"""This process's children, whether a process is still alive, and the `router` command run as a user runs it."""
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
+
+ROUTER = [sys.executable, "-m", "router.cli"]
+
+
+def run_router(*args: str, input: bytes | None = None, timeout: float = 60,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """`router ARGS...` in its own process, to its end; output captured."""
+    return subprocess.run([*ROUTER, *args], input=input, capture_output=True, timeout=timeout, env=env)
 
 
 def children() -> list[int]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from router import auth
@@ -14,6 +13,7 @@ from router.config import ServerConfig
 from router.server.grpc_server import RouterServer
 
 from .grpc_raw import Raw
+from .processes import ROUTER
 
 # The task every router of the suite serves.
 TASK_ID = "ta-test"
@@ -63,10 +63,13 @@ def state_token(state_dir: pathlib.Path, ttl_secs: int | None = None) -> str:
 
 
 @contextlib.contextmanager
-def router_process(state_dir: pathlib.Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`router serve` in its own process on a free port; yields (process, HOST:PORT). Always stopped."""
+def router_process(state_dir: pathlib.Path, *extra: str,
+                   prefix: Sequence[str] = ()) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`router serve` in its own process on a free port (run through `prefix`, a command that execs
+    its arguments, if given); yields (process, HOST:PORT), its stdout still open for the lines after
+    the address. Always stopped."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "router.cli", "serve", "--listen", "127.0.0.1:0", "--state-dir", str(state_dir),
+        [*prefix, *ROUTER, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(state_dir),
          "--task-id", TASK_ID, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
