@@ -93,6 +93,12 @@ _Step = _Call | _Sleep | _Open | _Next | _Emit
 _Steps = Generator[_Step, Any, T]
 
 
+def _time_left(window: float, since: float) -> float:
+    """What is left of `window` seconds counted from `since` (monotonic), at least a sliver for one
+    more try: a call with no time at all would fail without asking."""
+    return max(0.05, window - (time.monotonic() - since))
+
+
 class _Retries:
     """A call may fail with a RETRYABLE status `limit` times in a row, retried after `backoff`;
     any other failure, or one more, is raised; so is one that would retry after the router has not
@@ -114,7 +120,7 @@ class _Retries:
         it waits for something other than the router's answer, such as room for stdin)."""
         if timeout is None or self._give_up is None:
             return timeout
-        return max(0.05, min(timeout, self._give_up - (time.monotonic() - self._since)))
+        return min(timeout, _time_left(self._give_up, self._since))
 
     def delay(self, error: grpc.RpcError) -> float:
         self.failures += 1
@@ -300,14 +306,14 @@ class _Client:
         while True:
             # No call outlasts what is left of `unreachable_secs`: a frozen router answers nothing,
             # not even DEADLINE_EXCEEDED, so a longer call would wait past the promise.
-            left = max(0.05, unreachable_secs - (time.monotonic() - last_answer))
+            left = _time_left(unreachable_secs, last_answer)
             try:
                 response: pb.TaskExecWaitResponse = yield _Call("TaskExecWait", wait, min(call_timeout, left))
                 return response
             except grpc.RpcError as e:
                 if e.code() not in RETRYABLE:
                     raise
-            left = max(0.05, unreachable_secs - (time.monotonic() - last_answer))
+            left = _time_left(unreachable_secs, last_answer)
             try:
                 polled: pb.TaskExecPollResponse = yield _Call("TaskExecPoll", poll, min(call_timeout, 10.0, left))
             except grpc.RpcError as e:
