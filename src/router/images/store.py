@@ -68,8 +68,10 @@ class Images:
         self._lock = threading.Lock()  # the mount table, the stat cache, the snapshot index
         self._snapshot_locks: dict[str, threading.Lock] = {}
         self._validated: set[str] = set()  # hashes of manifests validated since this store opened
-        self._table = mounts.load_table(self.root / "mounts.msgpack")
-        self._cache: StatCache = load_stat_cache(self.root / "statcache")
+        self._table_path = self.root / "mounts.msgpack"
+        self._cache_path = self.root / "statcache"
+        self._table = mounts.load_table(self._table_path)
+        self._cache: StatCache = load_stat_cache(self._cache_path)
         if method == "auto":
             method = "overlay" if mounts.can_mount(self.root) else "copy"
         self.method: mounts.Method = method
@@ -78,7 +80,7 @@ class Images:
     # -- persistence ---------------------------------------------------------------------------
 
     def _save_table(self) -> None:
-        write_private(self.root / "mounts.msgpack", msgspec.msgpack.encode(self._table))
+        write_private(self._table_path, msgspec.msgpack.encode(self._table))
 
     @contextlib.contextmanager
     def _flock(self, exclusive: bool) -> Iterator[None]:
@@ -213,7 +215,7 @@ class Images:
                 if len(self._cache) > _STAT_CACHE_LIMIT:
                     self._cache.clear()
                 self._cache.update(walk.seen)
-                save_stat_cache(self.root / "statcache", self._cache)
+                save_stat_cache(self._cache_path, self._cache)
         logger.info("snapshot %s of %r: %d entries, %d bytes read, %d bytes added", image_id, args.path,
                  len(manifest.entries), walk.read, walk.stored)
         return image_id
@@ -372,7 +374,7 @@ class Images:
 
     def remove(self, image_id: str) -> None:
         record = self.record_any(image_id)
-        if image_id in self.mounted_images() or image_id in mounts.table_images(self.root / "mounts.msgpack"):
+        if image_id in self.mounted_images() or image_id in mounts.table_images(self._table_path):
             raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"image {image_id!r} is mounted")
         with self._flock(exclusive=True):
             self.backend.delete_doc(_RECORDS, record.id)
@@ -389,7 +391,7 @@ class Images:
     def gc(self) -> GcResult:
         """Remove expired images (unless mounted), then blobs and trees no image references."""
         now = time.time()
-        mounted = self.mounted_images() | mounts.table_images(self.root / "mounts.msgpack")
+        mounted = self.mounted_images() | mounts.table_images(self._table_path)
         images = blobs = freed = 0
         with self._flock(exclusive=True):
             self.backend.drop_partial()
