@@ -77,12 +77,16 @@ def test_serve_refuses_a_file_as_state_directory_and_a_port_in_use(served: tuple
     assert busy.stderr.decode().splitlines()[-1].startswith(f"router serve: cannot listen on {listen}")
 
 
-def test_exec_into_a_closed_pipe_exits_141_and_ends_the_remote_command(served: tuple) -> None:
+@pytest.mark.parametrize(("flags", "ended_by"), [([], signal.SIGPIPE), (["-tt"], signal.SIGHUP)],
+                         ids=["pipes", "terminal"])
+def test_exec_into_a_closed_pipe_exits_141_and_ends_the_remote_command(served: tuple, flags: list[str],
+                                                                        ended_by: int) -> None:
+    """Without a terminal the command gets SIGPIPE, as it would locally; a terminal is hung up."""
     _, listen, state = served
-    proc = subprocess.Popen([*ROUTER, "exec", "--state-dir", str(state), "-n", "--", "yes"],
+    proc = subprocess.Popen([*ROUTER, "exec", "--state-dir", str(state), *flags, "-n", "--", "yes"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
-    assert proc.stdout.read(4) == b"y\ny\n"
+    assert proc.stdout.read(4) in (b"y\ny\n", b"y\r\ny")  # a terminal writes \r\n
     proc.stdout.close()  # `| head -2`
     assert proc.wait(20) == 128 + signal.SIGPIPE
     assert proc.stderr.read() == b""
@@ -93,7 +97,7 @@ def test_exec_into_a_closed_pipe_exits_141_and_ends_the_remote_command(served: t
             assert time.monotonic() < deadline, "the remote yes runs on"
             time.sleep(0.1)
         (info,) = list(client.execs())
-        assert info.exit.signal == signal.SIGPIPE
+        assert info.exit.signal == ended_by
 
 
 def test_logs_into_a_closed_pipe_exits_quietly(served: tuple) -> None:

@@ -71,25 +71,26 @@ def _exec_io(client: RouterClient, exec_id: str, streams: Sequence[tuple[pb.Task
     return 1 if code is None else code
 
 
-def _forwarding_signals(client: RouterClient, exec_id: str, sup: Supervisor, io: Callable[[], int]) -> int:
+def _forwarding_signals(client: RouterClient, exec_id: str, io: Callable[[Callable[[], None]], int]) -> int:
     """Run `io` while passing signals on to the exec's group; see the module's docstring."""
     forwarded = 0
-    worker = sup.start(io)
-    for event in sup.events():
-        if event == DONE:
-            break
-        if event == OUTPUT_CLOSED:
-            with contextlib.suppress(grpc.RpcError, ValueError):
-                client.signal(exec_id, signal.SIGPIPE)
-            return 128 + signal.SIGPIPE
-        if event == signal.SIGINT and forwarded == signal.SIGINT:
-            print("router exec: interrupted again: killing the command", file=sys.stderr)
-            with contextlib.suppress(grpc.RpcError, ValueError):
-                client.kill(exec_id, 0.0, timeout=5.0)
-            return 128 + signal.SIGINT
-        forwarded = event
-        with contextlib.suppress(grpc.RpcError, ValueError):  # it may have ended meanwhile
-            client.signal(exec_id, event)
+    with Supervisor(_FORWARDED) as sup:
+        worker = sup.start(io)
+        for event in sup.events():
+            if event == DONE:
+                break
+            if event == OUTPUT_CLOSED:
+                with contextlib.suppress(grpc.RpcError, ValueError):
+                    client.signal(exec_id, signal.SIGPIPE)
+                return 128 + signal.SIGPIPE
+            if event == signal.SIGINT and forwarded == signal.SIGINT:
+                print("router exec: interrupted again: killing the command", file=sys.stderr)
+                with contextlib.suppress(grpc.RpcError, ValueError):
+                    client.kill(exec_id, 0.0, timeout=5.0)
+                return 128 + signal.SIGINT
+            forwarded = event
+            with contextlib.suppress(grpc.RpcError, ValueError):  # it may have ended meanwhile
+                client.signal(exec_id, event)
     worker.join()
     sup.close(worker)
     if sup.errors:
@@ -157,13 +158,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
     streams = ((STDOUT, 1),) if terminal else ((STDOUT, 1), (STDERR, 2))
     with connect(args) as client:
         client.start(exec_id, args.command, **fields)
+        # The supervisor running it says how to report a closed output (the last argument).
+        io = functools.partial(_exec_io, client, exec_id, streams, args.no_stdin, args.give_up)
         if terminal:
-            io = functools.partial(_exec_io, client, exec_id, streams, args.no_stdin, args.give_up, lambda: None)
             return run_on_terminal(client, exec_id, not args.no_stdin and os.isatty(0), io)
-        with Supervisor(_FORWARDED) as sup:
-            io = functools.partial(_exec_io, client, exec_id, streams, args.no_stdin, args.give_up,
-                                   lambda: sup.post(OUTPUT_CLOSED))
-            code = _forwarding_signals(client, exec_id, sup, io)
+        code = _forwarding_signals(client, exec_id, io)
         if code != 128 + signal.SIGPIPE:
             _say_why(client, exec_id, code, args.timeout)
         return code

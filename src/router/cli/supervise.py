@@ -54,12 +54,12 @@ class Supervisor:
         while True:
             yield from os.read(self._r, 64)
 
-    def start(self, io: Callable[[], int]) -> threading.Thread:
-        """Run `io` in the background (`in_background`): its result lands in `outcome`, a failed
-        call in `errors`; then DONE."""
+    def start(self, io: Callable[[Callable[[], None]], int]) -> threading.Thread:
+        """Run `io` in the background (`in_background`), with a function it calls when our output was
+        closed (OUTPUT_CLOSED): its result lands in `outcome`, a failed call in `errors`; then DONE."""
         def work() -> None:
             try:
-                self.outcome.append(io())
+                self.outcome.append(io(lambda: self.post(OUTPUT_CLOSED)))
             finally:
                 self.post(DONE)
 

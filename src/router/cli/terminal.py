@@ -25,7 +25,7 @@ def window_size() -> tuple[int, int]:
     return 0, 0
 
 
-def run_on_terminal(client: RouterClient, exec_id: str, raw: bool, io: Callable[[], int]) -> int:
+def run_on_terminal(client: RouterClient, exec_id: str, raw: bool, io: Callable[[Callable[[], None]], int]) -> int:
     """Run `io` (the exec's output, input and wait) in a thread while this one keeps the local
     terminal: with `raw`, stdin's terminal in raw mode, so that every key reaches the remote terminal
     as a byte (Ctrl-C and Ctrl-D too); window changes forwarded; SIGTERM, SIGHUP or SIGINT hang up
