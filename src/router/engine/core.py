@@ -12,9 +12,9 @@ import errno
 import functools
 import logging
 import pathlib
-import signal
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -31,7 +31,7 @@ from .limits import base_environment, default_max_running_execs
 from .loop import LoopThread
 from .oom import OomKills
 from .output import OutputPipes
-from .records import ExecSpec, ExitCause, ExitStatus
+from .records import ExecSpec, ExitStatus
 from .registry import RETRY_AFTER_SECS, Registry
 from .restore import restored_execs
 from .retention import Retention
@@ -136,7 +136,7 @@ class Engine:
             stopping = RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping")
             for ex in self._spawner.stop():
                 self._loop.call_soon(self._forget, ex, stopping)
-            self._loop.call_soon(self._kill_all, execs)
+            self._loop.call_soon(signals.kill_all, execs, self._lingering_groups)
             deadline = time.monotonic() + timeout
             for ex in execs:
                 ex.wait_until(functools.partial(_ended, ex), lambda: True, deadline)
@@ -215,7 +215,7 @@ class Engine:
         def add() -> None:
             self._watchers.add(watcher)
             for ex in self._registry.all():
-                if ex.cause is not None:
+                if ex.complete:
                     watcher.offer(ex)
                 elif ex.child is not None:
                     watcher.offer_started(ex)
@@ -239,17 +239,36 @@ class Engine:
         if self._journal is not None:
             self._journal.record(record)
 
+    def _once_written(self, then: Callable[[], None]) -> None:
+        """Call `then` once the journal holds every record so far (at once without a journal)."""
+        if self._journal is None:
+            then()
+        else:
+            self._journal.when_written(then)
+
     def _spawn(self, ex: Exec) -> None:
-        """Hand the exec to a spawner thread (spawner.py). A spawn's pipes exist only inside its
-        call, so a batch of thousands never holds the child ends of more than SPAWN_THREADS
-        children at once."""
+        """Hand the exec to a spawner thread (spawner.py) once its Begun record is written: an exec
+        that ran is always in the journal, so a retried start after a crash never runs it twice.
+        A spawn's pipes exist only inside its call, so a batch of thousands never holds the child
+        ends of more than SPAWN_THREADS children at once."""
         self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, time.time(), self.base_env))
+        self._once_written(lambda: self._submit(ex))
+
+    def _submit(self, ex: Exec) -> None:
         if not self._spawner.submit(ex):
             self._forget(ex, RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping"))
 
     def _start_process(self, ex: Exec) -> spawn.Started:
-        """A spawner thread: only the exec's fixed fields are read."""
-        return spawn.start_process(ex.spec, ex.stdout is not None, ex.stderr is not None, self._exec_user)
+        """A spawner thread: only the exec's fixed fields are read. The leader's pid is journaled
+        (written, not only buffered) here, as soon as it exists, so that a restart after a crash
+        finds and ends its group."""
+        started = spawn.start_process(ex.spec, ex.stdout is not None, ex.stderr is not None, self._exec_user)
+        if self._journal is not None and not isinstance(started, Exception):
+            self._journal.journal.append(Spawned(ex.exec_id, started.pid, ex.spec.pty is not None, time.time(),
+                                                 self._boot_id))
+            with contextlib.suppress(OSError):  # still buffered: the loop's flush retries it
+                self._journal.journal.flush()
+        return started
 
     def _spawned(self, outcomes: list[tuple[Exec, spawn.Started | Exception]]) -> None:
         for ex, outcome in outcomes:
@@ -261,11 +280,15 @@ class Engine:
                 logger.exception("spawning exec %s failed", ex.exec_id)
                 self._forget(ex, RouterError(grpc.StatusCode.INTERNAL, f"spawn failed: {e!r}"))
             else:
-                ex.started.set_result(None)
-                ex.notify()
-                if ex.child is not None:  # not when it failed to start (it has finished instead)
-                    for watcher in list(self._watchers):
-                        watcher.offer_started(ex)
+                self._once_written(functools.partial(self._started, ex))
+
+    def _started(self, ex: Exec) -> None:
+        """Its start is journaled: answer it."""
+        ex.started.set_result(None)
+        ex.notify()
+        if ex.child is not None:  # not when it failed to start (it has finished instead)
+            for watcher in list(self._watchers):
+                watcher.offer_started(ex)
 
     def _start_child(self, ex: Exec, started: spawn.Started | Exception) -> None:
         if isinstance(started, OSError):
@@ -277,7 +300,6 @@ class Engine:
             raise started
         loop = self._loop.loop
         child = ex.child = Child(started.pid, started.pidfd, ex.spec.pty is not None)
-        self._record(Spawned(ex.exec_id, started.pid, child.terminal, time.time(), self._boot_id))
         child.watch(self._loop.readers, lambda: self._on_exit(ex))
         outputs = [(fd, out) for fd, out in ((started.stdout_reader, ex.stdout), (started.stderr_reader, ex.stderr))
                    if fd >= 0 and out is not None]
@@ -304,10 +326,7 @@ class Engine:
         self._record(Forgotten(ex.exec_id))
         for log in ex.logs():
             log.close()
-        with ex.cond:
-            ex.failed = error
-            ex.notify()
-        ex.started.set_exception(error)
+        self._once_written(functools.partial(ex.fail, error))
 
     # -- loop thread: the end --------------------------------------------------------------------
 
@@ -347,45 +366,35 @@ class Engine:
             self._on_finished(ex)
 
     def _set_status(self, ex: Exec, status: ExitStatus) -> None:
+        """The leader ended: journal how, and once that is written tell the clients."""
         self._registry.exited()
+        ex.leader_status = status
+        cause, ended_at = signals.exit_cause(ex, status, self._oom, self._stopping), time.time()
         with ex.cond:
-            ex.status = status
-            ex.exited_at = time.monotonic()
             ex.stdin.drop()
-            ex.notify()
+        self._record(Exited(ex.exec_id, status, ended_at, cause))
+        self._once_written(functools.partial(ex.publish_exit, status, cause, ended_at))
 
     def _release(self, ex: Exec) -> None:
         if ex.child is not None and ex.child.release():
             # Background processes that closed their output outlive the exec; stop() ends them.
             self._lingering_groups.add(ex.child.pid)
 
-    def _cause(self, ex: Exec) -> ExitCause:
-        assert ex.status is not None
-        if ex.child is None:
-            return ExitCause.FAILED_TO_START
-        if ex.status.code is not None:
-            return ExitCause.EXITED
-        if ex.child.timed_out:
-            return ExitCause.TIMED_OUT
-        if ex.kill_requested:
-            return ExitCause.KILLED
-        if ex.status.signal == signal.SIGKILL and self._oom is not None and self._oom.killed(ex.child.pid):
-            return ExitCause.OOM
-        return ExitCause.SHUTDOWN if self._stopping else ExitCause.SIGNALLED
-
     def _on_finished(self, ex: Exec) -> None:
-        """Nothing of the exec runs on: reap it, and keep its output within the retention limits."""
-        cause = self._cause(ex)
+        """Nothing of the exec runs on: reap it, journal where its output and stdin ended, then
+        let it be complete."""
         self._release(ex)
-        with ex.cond:
-            ex.cause, ex.ended_at = cause, time.time()
-            ex.usage = ex.child.usage if ex.child is not None else None
-        ex.notify()  # a Kill waits for this
         if self._journal is not None:
-            assert ex.status is not None
             self._journal.output_changed(ex)
             self._journal.record(Stdin(ex.exec_id, ex.stdin.written, ex.stdin.eof))
-            self._journal.record(Exited(ex.exec_id, ex.status, ex.ended_at, cause))
+        self._once_written(functools.partial(self._complete, ex))
+
+    def _complete(self, ex: Exec) -> None:
+        """Its last records are written: a Kill, Watch and retention may have it."""
+        with ex.cond:
+            ex.usage = ex.child.usage if ex.child is not None else None
+            ex.complete = True
+        ex.notify()  # a Kill waits for this
         self._registry.finished(ex, ex.held_bytes())
         for watcher in list(self._watchers):
             watcher.offer(ex)
@@ -406,15 +415,6 @@ class Engine:
 
     # -- loop thread: shutdown -------------------------------------------------------------------
 
-    def _kill_all(self, execs: list[Exec]) -> None:
-        for pgid in self._lingering_groups:
-            procs.killpg_quietly(pgid, signal.SIGKILL)
-        live = [ex.child for ex in execs if ex.child is not None and ex.child.held]
-        for child in live:
-            child.signal(signal.SIGKILL, sessions=False)
-        # One /proc scan for every terminal session, rather than one per exec.
-        procs.kill_sessions((child.pid for child in live if child.terminal), signal.SIGKILL)
-
     def _close_all(self, execs: list[Exec]) -> None:
         for ex in execs:
             if ex.output is not None:
@@ -424,7 +424,7 @@ class Engine:
                 self._on_exit(ex)  # collects the status if the pidfd's wake-up has not run yet
             if ex.child is not None and ex.child.held:
                 # Its output ended only now, so nothing finished it yet (or it survived SIGKILL).
-                if ex.status is not None:
+                if ex.leader_status is not None:
                     self._on_finished(ex)
                 else:
                     self._release(ex)

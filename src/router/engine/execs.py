@@ -132,11 +132,16 @@ class Exec(Changes):
         # leave the exec's id unusable for its retries).
         self.started.set_running_or_notify_cancel()
         self.started_at = time.time()
+        # How the leader ended, as the loop thread saw it; the answers below wait for the journal.
+        self.leader_status: ExitStatus | None = None
+        # What clients are told: the exit status, why and when (unix time) it ended, set together
+        # once the journal holds the exit, so no answer is contradicted after a crash.
         self.status: ExitStatus | None = None
-        self.exited_at: float | None = None  # time.monotonic() when the status was set
-        # How it ended, when (unix time) and what it cost; set once finished.
         self.cause: ExitCause | None = None
         self.ended_at: float | None = None
+        self.exited_at: float | None = None  # time.monotonic() when the status was published
+        # Nothing of it runs on and its last records are journaled; `usage` is what it cost.
+        self.complete = False
         self.usage: Usage | None = None
         self.kill_requested = False  # Kill or Signal asked for its end
         # How much of each stream the journal holds (None: no journal, or everything committed is
@@ -179,6 +184,20 @@ class Exec(Changes):
         journaled = self._journaled
         return read_limit(log, None if journaled is None else journaled.get(which, 0))
 
+    def publish_exit(self, status: ExitStatus, cause: ExitCause, ended_at: float) -> None:
+        """Tell clients how it ended (loop thread, once the journal holds it)."""
+        with self.cond:
+            self.status, self.cause, self.ended_at = status, cause, ended_at
+            self.exited_at = time.monotonic()
+        self.notify()
+
+    def fail(self, error: RouterError) -> None:
+        """Its start failed and it was dropped: tell its waiters why (loop thread)."""
+        with self.cond:
+            self.failed = error
+            self.notify()
+        self.started.set_exception(error)
+
     def held_bytes(self) -> int:
         """Output bytes this exec holds in the store."""
         return sum(log.held_bytes for log in self.logs())
@@ -190,7 +209,7 @@ class Exec(Changes):
     @property
     def finished(self) -> bool:
         """The leader exited and every output stream is complete: nothing of it can run on."""
-        return self.status is not None and (self.output is None or self.output.done)
+        return self.leader_status is not None and (self.output is None or self.output.done)
 
     def _ready_or_failed(self, ready: Callable[[], bool]) -> bool:
         """ready(), unless the exec's start failed after the caller found it: then raise why."""

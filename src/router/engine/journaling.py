@@ -1,8 +1,11 @@
 """Journaling the engine's execs, on the loop thread: records appended as things happen and written
-with one flush per loop iteration that changed something; readers get output once it is journaled."""
+with one flush per loop iteration that changed something. Every answer a client could see waits for
+the records it depends on (`when_written`): a reader gets output, a waiter an exit status, a starter
+its start, only once the journal holds them, so a restart after `kill -9` never contradicts it."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from .execs import Exec
 from .journal import Journal
@@ -23,10 +26,16 @@ class ExecJournal:
         self.journal = journal
         self._loop = loop
         self._dirty: set[Exec] = set()  # execs whose output changed since the last flush
+        self._waiting: list[Callable[[], None]] = []  # run once what was appended before them is written
         self._flush_scheduled = False
 
     def record(self, record: Record) -> None:
         self.journal.append(record)
+        self.flush_soon()
+
+    def when_written(self, then: Callable[[], None]) -> None:
+        """Call `then` (on the loop thread) once every record appended so far is written."""
+        self._waiting.append(then)
         self.flush_soon()
 
     def output_changed(self, ex: Exec) -> None:
@@ -45,15 +54,19 @@ class ExecJournal:
         self._flush_scheduled = False
         changed = [(ex, self._record_output(ex)) for ex in self._dirty]
         self._dirty.clear()
+        waiting, self._waiting = self._waiting, []
         try:
             self.journal.flush()
-        except OSError as e:  # the records stay buffered; readers wait for the next try
+        except OSError as e:  # the records stay buffered; their answers wait for the next try
             logger.error("writing the journal failed, retrying in %ss: %s", RETRY_SECS, e)
             self._dirty.update(ex for ex, _ in changed)
+            self._waiting[:0] = waiting
             self._loop.loop.call_later(RETRY_SECS, self.flush_soon)
             return
         for ex, lengths in changed:
             ex.output_journaled(lengths)
+        for then in waiting:
+            then()
 
     def _record_output(self, ex: Exec) -> dict[StreamName, int]:
         """Record where each of the exec's streams is; returns the lengths recorded."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import time
 from collections.abc import Iterator
 
@@ -39,20 +38,22 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
             logger.error("exec %s cannot be restored from the journal, dropped: %s", je.exec_id, e)
             continue
         lost = None
-        if je.exited is None:
+        if je.exited is None or not all(out.eof for out in je.outputs.values()):
+            # Lost, or its leader exited while something it started still held its output open:
+            # nothing of it may run on unwatched.
             _kill_lost_group(je, boot_id)
+        if je.exited is None:
             lost = Exited(je.exec_id, LOST, time.time(), ExitCause.LOST)
             ex.status = LOST
             ex.cause, ex.ended_at = ExitCause.LOST, lost.ended_at
-            # How much stdin it had taken was not journaled: accept (and drop) a write at any
-            # offset, as for any exec that has exited, rather than call a client's retry a gap.
-            ex.stdin.written = sys.maxsize
             ex.exited_at = time.monotonic()
         else:
             ex.status = je.exited.status
             ex.cause, ex.ended_at = je.exited.cause, je.exited.ended_at
             # Retention's age counts from the exit, not from the restart.
             ex.exited_at = time.monotonic() - max(0.0, time.time() - je.exited.ended_at)
+        ex.leader_status = ex.status
+        ex.complete = True
         ex.started.set_result(None)
         yield ex, lost
 
@@ -76,6 +77,7 @@ def _rebuild(je: JournaledExec, store: SegmentStore, stdin_limit: int) -> Exec:
         ex.stdin.written, ex.stdin.eof = je.stdin.written, je.stdin.eof
     with ex.cond:
         ex.stdin.drop()  # as after any exit: writes are accepted and dropped
+        ex.stdin.any_offset = True
     return ex
 
 

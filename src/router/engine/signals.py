@@ -1,15 +1,20 @@
-"""Signalling a running exec, on the loop thread: a signal, a kill (TERM, a grace, KILL), a resize."""
+"""Signalling a running exec, on the loop thread: a signal, a kill (TERM, a grace, KILL), a resize;
+killing everything at shutdown; and what ended an exec."""
 from __future__ import annotations
 
 import asyncio
+import signal
+from collections.abc import Iterable
 
 import grpc
 
 from router.errors import RouterError
 
-from . import child_stdio
+from . import child_stdio, procs
 from .child import Child
 from .execs import Exec
+from .oom import OomKills
+from .records import ExitCause, ExitStatus
 
 
 def running_child(ex: Exec) -> Child | None:
@@ -48,3 +53,29 @@ def resize_terminal(ex: Exec, rows: int, cols: int) -> None:
         raise RouterError(grpc.StatusCode.FAILED_PRECONDITION,
                           f"exec {ex.exec_id!r} has no terminal (or it has exited)")
     child_stdio.resize(fd, rows, cols)
+
+
+def kill_all(execs: list[Exec], lingering_groups: Iterable[int]) -> None:
+    """SIGKILL to every exec's group and terminal session, and to groups that outlived their exec."""
+    for pgid in lingering_groups:
+        procs.killpg_quietly(pgid, signal.SIGKILL)
+    live = [ex.child for ex in execs if ex.child is not None and ex.child.held]
+    for child in live:
+        child.signal(signal.SIGKILL, sessions=False)
+    # One /proc scan for every terminal session, rather than one per exec.
+    procs.kill_sessions((child.pid for child in live if child.terminal), signal.SIGKILL)
+
+
+def exit_cause(ex: Exec, status: ExitStatus, oom: OomKills | None, stopping: bool) -> ExitCause:
+    """Why the exec's leader ended with `status`, as the router saw it."""
+    if ex.child is None:
+        return ExitCause.FAILED_TO_START
+    if status.code is not None:
+        return ExitCause.EXITED
+    if ex.child.timed_out:
+        return ExitCause.TIMED_OUT
+    if ex.kill_requested:
+        return ExitCause.KILLED
+    if status.signal == signal.SIGKILL and oom is not None and oom.killed(ex.child.pid):
+        return ExitCause.OOM
+    return ExitCause.SHUTDOWN if stopping else ExitCause.SIGNALLED

@@ -32,6 +32,9 @@ class StdinBuffer:
         self.pending_bytes = 0
         self._pending: collections.deque[memoryview] = collections.deque()
         self._dropping = False  # the child is gone or closed its stdin: accept and drop
+        # Restored after a restart: how much stdin was acknowledged last is not known exactly, so
+        # a write at any offset is taken for a retry of one acknowledged before (and dropped).
+        self.any_offset = False
         self._last = b""  # the last byte accepted, to end a terminal's input cleanly
         # Loop thread only.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -45,6 +48,8 @@ class StdinBuffer:
         view = memoryview(data)
         with self._cond:
             if offset > self.written:
+                if self.any_offset:
+                    return True, False
                 raise RouterError(grpc.StatusCode.OUT_OF_RANGE,
                                   f"offset {offset} is past the {self.written} bytes written so far")
             new = view[self.written - offset:]

@@ -12,6 +12,7 @@ from typing import Any
 from router._proto import exec_control_pb2 as ec
 from router._proto import task_command_router_pb2 as pb
 from router.engine.execs import Changes, Exec
+from router.engine.records import StreamName
 from router.engine.watch import EventKind, Watcher
 from router.errors import RouterError, invalid
 
@@ -57,14 +58,19 @@ def exit_info(ex: Exec, info: ec.ExitInfo | None = None) -> ec.ExitInfo:
 def exec_info(ex: Exec) -> ec.ExecInfo:
     info = ec.ExecInfo(exec_id=ex.exec_id, args=ex.spec.args, workdir=ex.spec.workdir or "",
                        started_at=ex.started_at, ended_at=ex.ended_at or 0.0, running=ex.running,
-                       stdout_bytes=ex.stdout.committed if ex.stdout is not None else 0,
-                       stderr_bytes=ex.stderr.committed if ex.stderr is not None else 0,
+                       stdout_bytes=_answerable(ex, "stdout"), stderr_bytes=_answerable(ex, "stderr"),
                        stdin_bytes=min(ex.stdin.written, 2**63), exit=exit_info(ex),
                        pid=ex.child.pid if ex.child is not None else 0, terminal=ex.spec.pty is not None)
     if ex.usage is not None:
         info.usage.CopyFrom(ec.Usage(user_cpu_secs=ex.usage.user_cpu_secs, system_cpu_secs=ex.usage.system_cpu_secs,
                                      max_rss_bytes=ex.usage.max_rss_bytes))
     return info
+
+
+def _answerable(ex: Exec, which: StreamName) -> int:
+    """How many bytes of the stream its log holds that a restart would still hold (journaled)."""
+    log = ex.stdout if which == "stdout" else ex.stderr
+    return 0 if log is None else ex.read_limit(which, log)[0]
 
 
 def _output(ex: Exec, limit: int) -> tuple[bytes, bytes] | None:
@@ -126,7 +132,7 @@ class Control:
         if not 0 <= request.grace_secs <= 3600:
             raise invalid("grace_secs", f"must be 0-3600, got {request.grace_secs}")
         yield Offload(lambda: self._engine.kill(ex, request.grace_secs))
-        yield Wait(ex, lambda: ex.cause is not None)  # gone: reaped, output complete
+        yield Wait(ex, lambda: ex.complete)  # gone: reaped, output complete and journaled
         return ec.KillResponse(exit=exit_info(ex))
 
     def Resize(self, request: ec.ResizeRequest) -> Body:
