@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import pathlib
 import re
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import grpc
@@ -19,7 +16,7 @@ import pytest
 
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDOUT, RouterClient, exit_code
-from tests.helpers.drivers import MODAL_DRIVER
+from tests.helpers.drivers import driver_result, modal_driver
 from tests.helpers.execs import start_request
 from tests.helpers.grpc_raw import Raw, retry_after
 from tests.helpers.polling import eventually
@@ -150,11 +147,8 @@ def test_modal_client_gets_through_once_descriptors_are_free(tmp_path: pathlib.P
     once execs end (its debug log shows the refusals it waited out)."""
     state = tmp_path / "state"
     with full_router(state) as (listen, raw, execs):
-        driver = subprocess.Popen(
-            [sys.executable, str(MODAL_DRIVER), f"http://{listen}", raw.token, TASK_ID, "start", "modal-1", "true"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "MODAL_LOGLEVEL": "DEBUG"})
-        try:
+        with modal_driver(f"http://{listen}", raw.token, TASK_ID, "start", "modal-1", "true",
+                          env={**os.environ, "MODAL_LOGLEVEL": "DEBUG"}) as driver:
             assert driver.stderr is not None
             for line in driver.stderr:
                 if "RESOURCE_EXHAUSTED" in line:
@@ -163,12 +157,6 @@ def test_modal_client_gets_through_once_descriptors_are_free(tmp_path: pathlib.P
                 pytest.fail("Modal's client never saw a refusal")
             assert raw.code("TaskExecPoll", poll("modal-1")) == grpc.StatusCode.NOT_FOUND
             end(raw, execs[:3])
-            out, err = driver.communicate(timeout=30)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.communicate()
-        assert driver.returncode == 0, err
-        assert json.loads(out.strip().splitlines()[-1]) == {"started": "modal-1"}
+            assert driver_result(driver, 30) == {"started": "modal-1"}
         assert raw.code("TaskExecWait", pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="modal-1")) \
             == grpc.StatusCode.OK
