@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import pathlib
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import grpc
@@ -160,3 +163,27 @@ def test_modal_client_gets_through_once_descriptors_are_free(tmp_path: pathlib.P
             assert driver_result(driver, 30) == {"started": "modal-1"}
         assert raw.code("TaskExecWait", pb.TaskExecWaitRequest(task_id=TASK_ID, exec_id="modal-1")) \
             == grpc.StatusCode.OK
+
+
+# Counts before, with 100 descriptors more, and after, in a process of its own: this one's grpc
+# threads open and close descriptors of their own at any time.
+COUNTING = """
+import json, os
+from router.engine.descriptors import listed_descriptors, open_descriptors
+counts = [(open_descriptors(), listed_descriptors())]
+pipes = [os.pipe() for _ in range(50)]
+counts.append((open_descriptors(), listed_descriptors()))
+for r, w in pipes:
+    os.close(r)
+    os.close(w)
+counts.append((open_descriptors(), listed_descriptors()))
+print(json.dumps(counts))
+"""
+
+
+def test_the_count_of_open_descriptors_follows_the_process() -> None:
+    """Both ways of counting (a stat; a listing, for kernels before 6.2) agree and see descriptors
+    come and go."""
+    done = subprocess.run([sys.executable, "-c", COUNTING], capture_output=True, text=True, timeout=30, check=True)
+    before, during, after = json.loads(done.stdout)
+    assert before[0] == before[1] and during == [before[0] + 100] * 2 and after == before

@@ -49,10 +49,14 @@ def reserve_for(limit: int) -> int:
 def open_descriptors() -> int:
     """How many descriptors this process has open. Linux 6.2+ gives the count as /proc/self/fd's
     size (microseconds, no descriptor needed); older kernels say 0 there, and the directory is
-    listed (milliseconds at ten thousand). A listing that fails for want of a descriptor is a full table."""
+    listed (milliseconds at ten thousand)."""
     size = os.stat("/proc/self/fd").st_size
-    if size > 0:
-        return size
+    return size if size > 0 else listed_descriptors()
+
+
+def listed_descriptors() -> int:
+    """open_descriptors() by listing /proc/self/fd; a listing that fails for want of a descriptor
+    means a full table."""
     try:
         return len(os.listdir("/proc/self/fd")) - 1  # less the listing's own descriptor
     except OSError:
