@@ -6,8 +6,9 @@ connections (at EMFILE it leaves them queued, retrying once a second), the journ
 opens a temporary file), snapshots and mounts, spawns in flight. Admission runs for every start,
 so it does not count the process's descriptors each time: it adds to the last count what each
 exec admitted since may hold, and what those still starting at the count (whose pipes and pidfd
-did not exist yet) will, and counts again only when that estimate comes near the limit (at most
-every NEAR_SAMPLE_SECS, or ten times what a count cost) or once a SAMPLE_SECS has passed.
+did not exist yet) will, and counts again only once a SAMPLE_SECS has passed, after a start failed
+for want of resources, or when the estimate leaves no room (then spending at most a tenth of its
+time counting: a count is a stat of microseconds on Linux 6.2+, a listing of milliseconds before).
 Descriptors freed by finished execs are seen at the next count, so admission resumes by itself.
 """
 from __future__ import annotations
@@ -25,8 +26,8 @@ MIN_RESERVE = 64
 MAX_RESERVE = 1024
 # A count older than this is taken again: it follows what is not tracked (connections, files).
 SAMPLE_SECS = 1.0
-# Near the limit, counts at most this often (a count frees nothing, but execs finishing do).
-NEAR_SAMPLE_SECS = 0.01
+# Near the limit, counting takes at most 1/NEAR_COUNT_COST of the time (execs finishing free room).
+NEAR_COUNT_COST = 10
 
 
 def raise_open_file_limit() -> None:
@@ -80,13 +81,17 @@ class DescriptorBudget:
         `starting`: execs admitted whose spawn has not come back yet."""
         now = time.monotonic()
         age = now - self._counted_at
-        if age >= SAMPLE_SECS or (not self._fits() and age >= max(NEAR_SAMPLE_SECS, 10 * self._count_cost)):
+        if age >= SAMPLE_SECS or (not self._fits() and age >= NEAR_COUNT_COST * self._count_cost):
             self._count(now, starting)
         if not self._fits():
-            raise self.exhausted()
+            raise self._refusal()
         self._admitted += 1
 
-    def exhausted(self) -> RouterError:
+    def recount(self) -> None:
+        """The next admission counts again (a start failed for want of resources: the count is off)."""
+        self._counted_at = float("-inf")
+
+    def _refusal(self) -> RouterError:
         return throttled(f"the router is out of file descriptors: {self._open} open of limit {self.limit} "
                          f"({self.reserve} kept for connections and files)", retry_after=RETRY_AFTER_SECS)
 

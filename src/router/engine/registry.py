@@ -90,6 +90,7 @@ class Registry:
     def forget(self, ex: Exec) -> None:
         """Drop an exec whose start failed, so a retry of its id starts afresh."""
         with self._lock:
+            self._budget.recount()
             if self._execs.get(ex.exec_id) is ex:
                 del self._execs[ex.exec_id]
             self._running -= 1
