@@ -81,9 +81,10 @@ def end(raw: Raw, exec_ids: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def full_router(state: pathlib.Path) -> Iterator[tuple[str, Raw, list[str]]]:
-    """A router under PRLIMIT filled with `cat` execs until refused: (HOST:PORT, a stub on it, the execs)."""
-    with router_process(state, prefix=PRLIMIT) as (_, listen), \
+def full_router(state: pathlib.Path, *extra: str) -> Iterator[tuple[str, Raw, list[str]]]:
+    """A router (`extra` its flags) under PRLIMIT filled with `cat` execs until refused: (HOST:PORT,
+    a stub on it, the execs)."""
+    with router_process(state, *extra, prefix=PRLIMIT) as (_, listen), \
             Raw(int(listen.rsplit(":", 1)[1]), state_token(state)) as raw:
         execs, refused = fill(raw)
         assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused
@@ -91,13 +92,14 @@ def full_router(state: pathlib.Path) -> Iterator[tuple[str, Raw, list[str]]]:
 
 
 @pytest.mark.timeout(90)
-def test_at_the_limit_execs_are_refused_and_the_rest_goes_on(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("mode", ["aio", "threads"])
+def test_at_the_limit_execs_are_refused_and_the_rest_goes_on(tmp_path: pathlib.Path, mode: str) -> None:
     state = tmp_path / "state"
     tree = tmp_path / "tree"
     tree.mkdir()
     for i in range(20):
         (tree / f"f{i}").write_text(f"file {i}\n")
-    with full_router(state) as (listen, raw, execs):
+    with full_router(state, "--server-mode", mode) as (listen, raw, execs):
         assert len(execs) >= 10, "so few execs that the test shows nothing"
         with pytest.raises(grpc.RpcError) as info:
             raw.call("TaskExecStart", start_request("refused", ["true"]))
