@@ -16,7 +16,7 @@ from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, RouterClient, exit_code
 from tests.helpers.execs import PIPES, py, start_request
-from tests.helpers.grpc_raw import Raw
+from tests.helpers.grpc_raw import Raw, retry_after
 from tests.helpers.protos import as_enum
 from tests.helpers.servers import TASK_ID, running, serving
 
@@ -364,18 +364,12 @@ def test_200_concurrent_execs_every_byte_checked(client: RouterClient) -> None:
 
 
 def test_throttled_start_carries_a_retry_policy(tmp_path: pathlib.Path) -> None:
-    from google.rpc import status_pb2
-
-    from router._proto import api_pb2
     with serving(tmp_path, max_running_execs=1) as (_, _, raw):
         raw.call("TaskExecStart", start_request("first", ["sleep", "30"], timeout_secs=20))
         with pytest.raises(grpc.RpcError) as info:
             raw.call("TaskExecStart", start_request("second", ["true"]))
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        details = dict(info.value.trailing_metadata())["grpc-status-details-bin"]
-        status = status_pb2.Status.FromString(details)
-        assert status.details[0].type_url == "type.modal.com/modal.client.RPCRetryPolicy"
-        assert api_pb2.RPCRetryPolicy.FromString(status.details[0].value).retry_after_secs > 0
+        assert retry_after(info.value) > 0
         # Refused means not created: the id is still free.
         assert raw.code("TaskExecPoll", pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="second")) \
             == grpc.StatusCode.NOT_FOUND

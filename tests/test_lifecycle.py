@@ -297,13 +297,19 @@ def test_pty_eof_after_a_full_line_ends_input(client: RouterClient) -> None:
 @pytest.mark.parametrize("free_fds", [1, 3, 5])
 def test_spawn_emfile_is_throttled_and_leaks_nothing(tmp_path: pathlib.Path, free_fds: int) -> None:
     """EMFILE at each descriptor the spawn needs (stdin pipe, stdout pipe, stderr pipe) is
-    RESOURCE_EXHAUSTED with a retry policy, creates no exec, and closes every descriptor it opened."""
+    RESOURCE_EXHAUSTED with a retry policy, creates no exec, and closes every descriptor it opened.
+    (Admission counted the descriptors at the start before, far from the limit, and trusts that
+    count for a second: so this start meets EMFILE in the spawn, as when something else takes the
+    reserve between two counts.)"""
     with serving(tmp_path) as (server, client, raw):
         poll = pb.TaskExecPollRequest(task_id=TASK_ID, exec_id="emfile")
         assert raw.code("TaskExecPoll", poll) == grpc.StatusCode.NOT_FOUND  # connection is up
-        with descriptors_exhausted(free_fds):
-            code = raw.code("TaskExecStart", start_request("emfile", ["true"]))
-        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        client.start("before", ["true"])
+        assert eventually(lambda: server.engine.get("before").cause is not None)  # its descriptors closed
+        with descriptors_exhausted(free_fds), pytest.raises(grpc.RpcError) as refused:
+            raw.call("TaskExecStart", start_request("emfile", ["true"]))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "cannot start process" in (refused.value.details() or "")
         assert raw.code("TaskExecPoll", poll) == grpc.StatusCode.NOT_FOUND
         assert server.engine.running_count == 0
         assert raw.code("TaskExecStart", start_request("emfile", ["true"])) == OK

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import pathlib
 import socket
-import subprocess
-import sys
 
 import pytest
 
 from router.client import RouterClient, exit_code
-from tests.helpers.drivers import MODAL_DRIVER
+from tests.helpers.drivers import driver_result, modal_driver
 from tests.helpers.execs import PIPES
 from tests.helpers.servers import TASK_ID, router_process, state_token
 
@@ -25,10 +22,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("modal") is None,
 def test_modal_client_start_read_write_wait(tmp_path: pathlib.Path) -> None:
     with router_process(tmp_path) as (_, listen):
         token = state_token(tmp_path)
-        result = subprocess.run([sys.executable, str(MODAL_DRIVER), f"http://{listen}", token, TASK_ID],
-                                capture_output=True, text=True, timeout=90)
-        assert result.returncode == 0, result.stderr
-        outcome = json.loads(result.stdout.strip().splitlines()[-1])
+        with modal_driver(f"http://{listen}", token, TASK_ID) as driver:
+            outcome = driver_result(driver, 90)
     assert outcome == {
         "stdout": "got:abc:hello\n",
         "stderr": "err\n",
@@ -53,18 +48,10 @@ def test_modal_client_reads_across_a_kill_9_restart(tmp_path: pathlib.Path) -> N
             client.start("big", ["head", "-c", str(size), "/dev/urandom"], **PIPES)
             assert exit_code(client.wait("big")) == 0
             expected = hashlib.sha256(b"".join(client.read("big"))).hexdigest()
-        reader = subprocess.Popen([sys.executable, str(MODAL_DRIVER), f"http://{listen}", token, TASK_ID,
-                                   "follow", "big"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
+        with modal_driver(f"http://{listen}", token, TASK_ID, "follow", "big") as reader:
             assert reader.stdout is not None
             assert reader.stdout.readline().strip() == "reading"
             server.kill()
             server.wait(10)
             with router_process(tmp_path, "--listen", listen):
-                out, err = reader.communicate(timeout=90)
-        finally:
-            if reader.poll() is None:
-                reader.kill()
-                reader.communicate()
-    assert reader.returncode == 0, err
-    assert json.loads(out.strip().splitlines()[-1]) == {"length": size, "sha256": expected}
+                assert driver_result(reader, 90) == {"length": size, "sha256": expected}

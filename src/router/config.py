@@ -47,7 +47,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_receive_message_size: int = 128 * MiB
     # Seconds between SIGTERM and SIGKILL when an exec's timeout fires; 0 sends SIGKILL at once.
     kill_grace_secs: float = 0.0
-    # 0 means: derive from the open-file limit (each running exec holds up to 4 descriptors).
+    # 0 means no count of its own: execs are admitted while their descriptors fit (descriptors.py).
     max_running_execs: int = 0
     # "aio": grpc.aio on an event loop thread of its own beside the engine's, one thread for every
     # call (the default: measured faster for many execs, benchmarks/HISTORY.md, "Server modes side

@@ -26,5 +26,9 @@ def not_found(message: str) -> RouterError:
     return RouterError(grpc.StatusCode.NOT_FOUND, message)
 
 
+# How long a throttled client is told to wait before it tries again.
+RETRY_AFTER_SECS = 1.0
+
+
 def throttled(message: str, retry_after: float) -> RouterError:
     return RouterError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, retry_after=retry_after)

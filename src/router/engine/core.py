@@ -19,7 +19,7 @@ from collections.abc import Callable
 import grpc
 
 from router._fastio import SegmentedLog, SegmentStore
-from router.errors import RouterError, throttled
+from router.errors import RETRY_AFTER_SECS, RouterError, throttled
 
 from . import procs, signals, spawn
 from .child import Child
@@ -27,12 +27,12 @@ from .execs import Exec
 from .journal import Journal
 from .journal_format import Begun, Exited, Forgotten, JournaledExec, Record, Spawned, Stdin
 from .journaling import ExecJournal
-from .limits import base_environment, default_max_running_execs
+from .limits import base_environment
 from .loop import LoopThread
 from .oom import OomKills
 from .output import OutputPipes
 from .records import ExecSpec, ExitStatus
-from .registry import RETRY_AFTER_SECS, Registry
+from .registry import Registry
 from .restore import restored_execs
 from .retention import Retention
 from .spawn_threads import Spawner
@@ -71,7 +71,7 @@ class Engine:
         self._journal: ExecJournal | None = None
         self._boot_id = procs.boot_id()
         self._store: SegmentStore | None = None
-        self._registry = Registry(max_running_execs or default_max_running_execs())
+        self._registry = Registry(max_running_execs)
         self._loop = LoopThread("router-engine")
         self.base_env = base_environment()
         if exec_user is not None:
@@ -271,6 +271,7 @@ class Engine:
         return started
 
     def _spawned(self, outcomes: list[tuple[Exec, spawn.Started | Exception]]) -> None:
+        self._registry.spawned(len(outcomes))
         for ex, outcome in outcomes:
             try:
                 self._start_child(ex, outcome)

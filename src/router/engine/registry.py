@@ -1,4 +1,5 @@
-"""The registry: exec id -> Exec, admission (how many may run), idempotent begin, forgetting."""
+"""The registry: exec id -> Exec, admission (how many may run, whether their descriptors fit),
+idempotent begin, forgetting."""
 from __future__ import annotations
 
 import collections
@@ -8,24 +9,25 @@ from collections.abc import Callable
 
 import grpc
 
-from router.errors import RouterError, not_found, throttled
+from router.errors import RETRY_AFTER_SECS, RouterError, not_found, throttled
 
+from .descriptors import DescriptorBudget
 from .execs import Exec
 from .retention import Retention
 
-# How long a throttled client is told to wait before it starts again.
-RETRY_AFTER_SECS = 1.0
-
 
 class Registry:
-    """Thread-safe. `running` counts execs admitted and not yet exited; finished execs are kept in
-    the order they finished, with their output's size, for retention."""
+    """Thread-safe. `running` counts execs admitted and not yet exited (at most `max_running`, if
+    not 0), `starting` those of them not yet spawned; finished execs are kept in the order they
+    finished, with their output's size, for retention."""
 
     def __init__(self, max_running: int) -> None:
         self._lock = threading.Lock()
         self._execs: dict[str, Exec] = {}
         self._max_running = max_running
+        self._budget = DescriptorBudget()
         self._running = 0
+        self._starting = 0
         self._closing = False
         self._finished: collections.OrderedDict[str, tuple[Exec, int]] = collections.OrderedDict()
         self._finished_bytes = 0
@@ -65,13 +67,20 @@ class Registry:
                     raise RouterError(grpc.StatusCode.ALREADY_EXISTS,
                                       f"exec {exec_id!r} already exists with a different request")
                 return ex
-            if self._running >= self._max_running:
+            if self._max_running and self._running >= self._max_running:
                 raise throttled(f"too many running execs ({self._running})", retry_after=RETRY_AFTER_SECS)
+            self._budget.admit(self._starting)
             ex = make()
             self._execs[exec_id] = ex
             self._running += 1
+            self._starting += 1
             admitted(ex)
             return ex
+
+    def spawned(self, n: int) -> None:
+        """The spawns of `n` admitted execs came back (whether they started or not)."""
+        with self._lock:
+            self._starting -= n
 
     def exited(self) -> None:
         """An admitted exec stopped running."""
@@ -81,6 +90,7 @@ class Registry:
     def forget(self, ex: Exec) -> None:
         """Drop an exec whose start failed, so a retry of its id starts afresh."""
         with self._lock:
+            self._budget.recount()
             if self._execs.get(ex.exec_id) is ex:
                 del self._execs[ex.exec_id]
             self._running -= 1

@@ -25,7 +25,7 @@ from router import tls
 from router.auth import Authenticator, verification_key
 from router.config import ServerConfig, lock_state_dir
 from router.engine.core import Engine
-from router.engine.limits import raise_open_file_limit
+from router.engine.descriptors import raise_open_file_limit
 from router.engine.retention import Retention
 from router.engine.spawn import exec_user
 from router.images.store import Images

@@ -7,6 +7,8 @@ usage: python modal_driver.py URL TOKEN TASK_ID   (prints one JSON object)
        python modal_driver.py URL TOKEN TASK_ID follow EXEC_ID
            reads EXEC_ID's stdout slowly (a line "reading" once the first bytes came), then prints
            {"length": N, "sha256": HEX}
+       python modal_driver.py URL TOKEN TASK_ID start EXEC_ID ARGS...
+           starts ARGS as EXEC_ID, retrying as Modal's client does, then prints {"started": EXEC_ID}
 """
 from __future__ import annotations
 
@@ -47,6 +49,15 @@ async def follow(url: str, token: str, task_id: str, exec_id: str) -> dict:
         await client.close()
 
 
+async def start(url: str, token: str, task_id: str, exec_id: str, args: list[str]) -> dict:
+    client = await connect(url, token, task_id)
+    try:
+        await client.exec_start(sr_pb2.TaskExecStartRequest(task_id=task_id, exec_id=exec_id, command_args=args))
+        return {"started": exec_id}
+    finally:
+        await client.close()
+
+
 async def main(url: str, token: str, task_id: str) -> dict:
     client = await connect(url, token, task_id)
     try:
@@ -83,5 +94,7 @@ if __name__ == "__main__":
     url, token, task_id = sys.argv[1:4]
     if sys.argv[4:5] == ["follow"]:
         print(json.dumps(asyncio.run(follow(url, token, task_id, sys.argv[5]))))
+    elif sys.argv[4:5] == ["start"]:
+        print(json.dumps(asyncio.run(start(url, token, task_id, sys.argv[5], sys.argv[6:]))))
     else:
         print(json.dumps(asyncio.run(main(url, token, task_id))))
