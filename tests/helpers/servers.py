@@ -76,11 +76,13 @@ def router_process(state_dir: pathlib.Path, *extra: str,
     try:
         assert proc.stdout is not None
         listen = None
+        before: list[str] = []
         for line in proc.stdout:
             if line.startswith("router listening on "):
                 listen = line.split()[-1]
                 break
-        assert listen, "server did not start"
+            before.append(line)
+        assert listen, "server did not start:\n" + "".join(before)
         yield proc, listen
     finally:
         if proc.poll() is None:

@@ -38,7 +38,7 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
             logger.error("exec %s cannot be restored from the journal, dropped: %s", je.exec_id, e)
             continue
         lost = None
-        if je.exited is None or not all(out.eof for out in je.outputs.values()):
+        if je.exited is None or not _output_complete(je, ex):
             # Lost, or its leader exited while something it started still held its output open:
             # nothing of it may run on unwatched.
             _kill_lost_group(je, boot_id)
@@ -56,6 +56,11 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
         ex.complete = True
         ex.started.set_result(None)
         yield ex, lost
+
+
+def _output_complete(je: JournaledExec, ex: Exec) -> bool:
+    """Whether the journal saw the end of every stream the exec logs."""
+    return all((out := je.outputs.get(name)) is not None and out.eof for name, _ in ex.named_logs())
 
 
 def _rebuild(je: JournaledExec, store: SegmentStore, stdin_limit: int) -> Exec:
