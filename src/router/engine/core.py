@@ -28,6 +28,7 @@ from .journal import Journal
 from .journal_format import Begun, Exited, Forgotten, JournaledExec, Record, Spawned, Stdin
 from .journaling import ExecJournal
 from .limits import base_environment, default_max_running_execs
+from .log_space import LogSpace, OnLogFull, segment_size_for, trim
 from .loop import LoopThread
 from .oom import OomKills
 from .output import OutputPipes
@@ -58,7 +59,8 @@ class Engine:
     def __init__(self, log_dir: pathlib.Path, *, segment_size: int, stdin_buffer_limit: int,
                  kill_grace_secs: float = 0.0, max_running_execs: int = 0, reap_orphans: bool = False,
                  retention: Retention = Retention(), journal_path: pathlib.Path | None = None,
-                 max_exec_output: int = 0, exec_user: spawn.ExecUser | None = None) -> None:
+                 max_exec_output: int = 0, exec_user: spawn.ExecUser | None = None,
+                 on_log_full: OnLogFull = "trim") -> None:
         self._log_dir = log_dir
         self._exec_user = exec_user
         self._segment_size = segment_size
@@ -71,6 +73,8 @@ class Engine:
         self._journal: ExecJournal | None = None
         self._boot_id = procs.boot_id()
         self._store: SegmentStore | None = None
+        self._on_log_full = on_log_full
+        self._space: LogSpace | None = None  # made at start, on the log directory's filesystem
         self._registry = Registry(max_running_execs or default_max_running_execs())
         self._loop = LoopThread("router-engine")
         self.base_env = base_environment()
@@ -92,7 +96,10 @@ class Engine:
         if self._journal_path is None:
             self._remove_logs()  # without a journal nothing can read what a previous run left
         # Every stream's segments are slots in a few shared files: no file creation per exec.
+        self._segment_size = segment_size_for(self._log_dir, self._segment_size)
         self._store = SegmentStore(str(self._log_dir), self._segment_size)
+        self._space = LogSpace(self._log_dir, self._store, self._loop, self._on_log_full,
+                               lambda: self._registry.finished_bytes, self._expire)
         self._retention = self._retention.resolved(str(self._log_dir))
         if self._max_exec_output <= 0:
             self._max_exec_output = self._retention.bytes
@@ -173,6 +180,11 @@ class Engine:
     @property
     def retention(self) -> Retention:
         return self._retention
+
+    @property
+    def log_full(self) -> bool:
+        """The log filesystem is full: room is being made (log_space.py)."""
+        return self._space is not None and self._space.full
 
     def get(self, exec_id: str) -> Exec:
         return self._registry.get(exec_id)
@@ -281,8 +293,9 @@ class Engine:
         child.watch(self._loop.readers, lambda: self._on_exit(ex))
         outputs = [(fd, out) for fd, out in ((started.stdout_reader, ex.stdout), (started.stderr_reader, ex.stderr))
                    if fd >= 0 and out is not None]
+        assert self._space is not None
         ex.output = OutputPipes(ex.exec_id, loop, self._loop.readers, outputs, ex.spec.pty is not None,
-                                lambda: self._on_output(ex), lambda: self._on_output_done(ex))
+                                lambda: self._on_output(ex), lambda: self._on_output_done(ex), self._space)
         if ex.spec.timeout_secs is not None:
             child.arm_timeout(loop, ex.spec.timeout_secs, self._kill_grace)
         ex.stdin.attach(loop, started.stdin_writer)
@@ -328,19 +341,11 @@ class Engine:
         journal where the output is at the next flush."""
         for log in ex.logs():
             if log.held_bytes > self._max_exec_output:
-                self._cap(log)
+                trim(log, self._max_exec_output)
         if self._journal is None:
             ex.notify()
         else:
             self._journal.output_changed(ex)  # readers get it once it is journaled
-
-    def _cap(self, log: SegmentedLog) -> None:
-        """Keep the head segment and the latest output; release the segments between."""
-        seg = self._segment_size
-        # The fewest segments released for head + rest <= cap (ceil), never the tail's own segment.
-        stop = min(-(-(log.committed - self._max_exec_output + seg) // seg), log.committed // seg)
-        if stop > max(1, log.released_range[1] // seg):
-            log.release(1, stop)
 
     def _on_output_done(self, ex: Exec) -> None:
         if ex.finished:
@@ -391,8 +396,8 @@ class Engine:
             watcher.offer(ex)
         self._expire()
 
-    def _expire(self) -> None:
-        for ex in self._registry.expire(self._retention):
+    def _expire(self, need: int = 0) -> None:
+        for ex in self._registry.expire(self._retention.releasing(need, self._registry.finished_bytes)):
             self._record(Forgotten(ex.exec_id))
             # Slots go back to the store once the last reader is out of the log.
             for log in ex.logs():
