@@ -6,9 +6,10 @@ slots given back already are punched out (a given-back slot keeps its pages for 
 otherwise), then finished execs are released oldest first (if that alone makes the room), then,
 with `trim` (the default), the running logs holding the most output are trimmed to their head and
 tail as `--max-exec-output` does. A log that still finds no room is held back (its child waits on
-its pipe) until a tick finds room again; with `block` that is all the router does to running
-execs. The reserve is for logs holding little output: they may take it while the others wait, so
-a small exec's output always finds room. The condition is logged once when it starts and once
+its pipe) until a tick finds room again. With `block` that is all the router does to running
+execs; once an exec's leader exits, though, its log is trimmed as with `trim`, so that it can
+finish. The reserve is for logs holding little output: they may take it while the others wait,
+so a small exec's output always finds room. The condition is logged once when it starts and once
 when it ends (`full`). Loop thread only, but `full` may be read from any thread.
 """
 from __future__ import annotations
@@ -154,12 +155,15 @@ class LogSpace:
             self._release_finished(need)
             self._store.punch_free()
             room = self._room(fresh=True)
-        if room < self.reserve and self._policy == "trim":
-            room = self._trim_largest()
-        return room
+            if room >= MIN_DRAIN:
+                return room  # finished execs made the room: running ones keep all they hold
+        return self._trim_largest()
 
     def _trim_largest(self) -> int:
-        logs = sorted(((log, pipes) for pipes in self._pipes for log in pipes.draining()),
+        """Trim the logs holding the most output until there is room; with `block`, only those of
+        execs whose leader exited (nothing is left to hold back, and their rest must go somewhere)."""
+        logs = sorted(((log, pipes) for pipes in self._pipes for log in pipes.draining()
+                       if self._policy == "trim" or pipes.leader_gone),
                       key=lambda entry: entry[0].held_bytes, reverse=True)
         room = self._room()
         for log, pipes in logs:

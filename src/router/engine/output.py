@@ -58,6 +58,10 @@ class OutputPipes:
         """A stream waits for room on the log filesystem (its writer waits on its pipe). Any thread."""
         return bool(self._held)
 
+    @property
+    def leader_gone(self) -> bool:
+        return self._leader_exited
+
     def draining(self) -> list[SegmentedLog]:
         return list(self._logs.values())
 
