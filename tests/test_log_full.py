@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import subprocess
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -205,6 +206,22 @@ def test_a_held_back_writer_goes_on_once_room_returns(tmp_path: pathlib.Path, lo
         filler.unlink()  # room returns
         assert eventually(lambda: inspect(router, "big").stdout_bytes > held + 2 * MiB, timeout=30)
         router.client.kill("big")
+        log = router.stop()
+    assert log.count("is full") == 1 and "writing output failed" not in log
+
+
+@pytest.mark.timeout(60)
+def test_output_waits_quietly_while_something_else_fills_it(tmp_path: pathlib.Path, log_fs: pathlib.Path) -> None:
+    filler = log_fs / "filler"
+    with router_on(tmp_path, log_fs) as router:
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64K", "status=none"], check=False)  # to ENOSPC
+        router.client.start("small", ["echo", "still-alive"], **PIPES)
+        assert eventually(lambda: inspect(router, "small").output_held_back, timeout=10)
+        time.sleep(1)  # retries, each of which used to log a line
+        assert inspect(router, "small").log_filesystem_full
+        filler.unlink()
+        assert exit_code(router.client.wait("small")) == 0
+        assert b"".join(router.client.read("small")) == b"still-alive\n"
         log = router.stop()
     assert log.count("is full") == 1 and "writing output failed" not in log
 
