@@ -199,5 +199,5 @@ class LogSpace:
             self._loop.loop.call_later(TICK_SECS, self._tick)
             return
         self.full = False
-        logger.warning("the log filesystem of %s has room again (%d bytes free)", self._log_dir,
-                       self._room(fresh=True) + self.reserve)
+        logger.info("the log filesystem of %s has room again (%d bytes free)", self._log_dir,
+                    self._room(fresh=True) + self.reserve)
