@@ -28,7 +28,7 @@ from .journal import Journal
 from .journal_format import Begun, Exited, Forgotten, JournaledExec, Record, Spawned, Stdin
 from .journaling import ExecJournal
 from .limits import base_environment, default_max_running_execs
-from .log_space import LogSpace, OnLogFull, segment_size_for, trim
+from .log_space import LogSpace, OnLogFull, trim
 from .loop import LoopThread
 from .oom import OomKills
 from .output import OutputPipes
@@ -73,10 +73,9 @@ class Engine:
         self._journal: ExecJournal | None = None
         self._boot_id = procs.boot_id()
         self._store: SegmentStore | None = None
-        self._on_log_full = on_log_full
-        self._space: LogSpace | None = None  # made at start, on the log directory's filesystem
         self._registry = Registry(max_running_execs or default_max_running_execs())
         self._loop = LoopThread("router-engine")
+        self._space = LogSpace(log_dir, self._loop, on_log_full, lambda: self._registry.finished_bytes, self._expire)
         self.base_env = base_environment()
         if exec_user is not None:
             self.base_env.update(exec_user.environment())
@@ -96,15 +95,12 @@ class Engine:
         if self._journal_path is None:
             self._remove_logs()  # without a journal nothing can read what a previous run left
         # Every stream's segments are slots in a few shared files: no file creation per exec.
-        self._segment_size = segment_size_for(self._log_dir, self._segment_size)
-        self._store = SegmentStore(str(self._log_dir), self._segment_size)
-        self._space = LogSpace(self._log_dir, self._store, self._loop, self._on_log_full,
-                               lambda: self._registry.finished_bytes, self._expire)
+        self._store = self._space.open_store(self._segment_size)  # segments sized to a small filesystem
         self._retention = self._retention.resolved(str(self._log_dir))
         if self._max_exec_output <= 0:
             self._max_exec_output = self._retention.bytes
         # Keep the head segment and at least two more, so a reader that keeps up is never cut.
-        self._max_exec_output = max(self._max_exec_output, 3 * self._segment_size)
+        self._max_exec_output = max(self._max_exec_output, 3 * self._store.segment_size)
         if self._journal_path is not None:
             journal, state = Journal.open(self._journal_path)
             self._journal = ExecJournal(journal, self._loop)
@@ -184,7 +180,7 @@ class Engine:
     @property
     def log_full(self) -> bool:
         """The log filesystem is full: room is being made (log_space.py)."""
-        return self._space is not None and self._space.full
+        return self._space.full
 
     def get(self, exec_id: str) -> Exec:
         return self._registry.get(exec_id)
@@ -293,7 +289,6 @@ class Engine:
         child.watch(self._loop.readers, lambda: self._on_exit(ex))
         outputs = [(fd, out) for fd, out in ((started.stdout_reader, ex.stdout), (started.stderr_reader, ex.stderr))
                    if fd >= 0 and out is not None]
-        assert self._space is not None
         ex.output = OutputPipes(ex.exec_id, loop, self._loop.readers, outputs, ex.spec.pty is not None,
                                 lambda: self._on_output(ex), lambda: self._on_output_done(ex), self._space)
         if ex.spec.timeout_secs is not None:

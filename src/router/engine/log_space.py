@@ -81,23 +81,32 @@ def trim(log: SegmentedLog, keep: int) -> int:
 
 
 class LogSpace:
-    def __init__(self, log_dir: pathlib.Path, store: SegmentStore, loop: LoopThread, policy: OnLogFull,
+    """The log directory's filesystem: the store on it (`open_store`, at start) and room for logs."""
+
+    def __init__(self, log_dir: pathlib.Path, loop: LoopThread, policy: OnLogFull,
                  finished_bytes: Callable[[], int], release_finished: Callable[[int], None]) -> None:
         self._log_dir = str(log_dir)
-        self._store = store
+        self._store: SegmentStore | None = None
         self._loop = loop
         self._policy = policy
         self._finished_bytes = finished_bytes
         self._release_finished = release_finished  # oldest first, until this many bytes are released
-        fs = os.statvfs(self._log_dir)
-        self.reserve = min(max(fs.f_blocks * fs.f_frsize // 16, RESERVE_MIN), RESERVE_MAX)
-        self.small_log = min(self.reserve // 8, SMALL_LOG_MAX)
+        self.reserve = self.small_log = 0  # known once the store is open
         self._pipes: set[OutputPipes] = set()  # draining now
         self._held: set[OutputPipes] = set()  # with a log held back
         self._free = 0  # bytes free as last seen, less what was written since
         self._seen_at = -REFRESH_SECS
         self._pressed_at = 0.0  # when room was last made
         self.full = False
+
+    def open_store(self, segment_size: int) -> SegmentStore:
+        """The segment store of the log directory (which must exist), its segments sized to the
+        filesystem (segment_size_for), and the reserve."""
+        self._store = SegmentStore(self._log_dir, segment_size_for(pathlib.Path(self._log_dir), segment_size))
+        fs = os.statvfs(self._log_dir)
+        self.reserve = min(max(fs.f_blocks * fs.f_frsize // 16, RESERVE_MIN), RESERVE_MAX)
+        self.small_log = min(self.reserve // 8, SMALL_LOG_MAX)
+        return self._store
 
     def attach(self, pipes: OutputPipes) -> None:
         self._pipes.add(pipes)
@@ -133,6 +142,10 @@ class LogSpace:
         self._press()
         self._make_room(None)
 
+    def _punch(self) -> None:
+        assert self._store is not None, "open_store first"
+        self._store.punch_free()
+
     def _room(self, fresh: bool = False) -> int:
         now = time.monotonic()
         if fresh or self._free - self.reserve < 2 * DRAIN_BUDGET or now - self._seen_at > REFRESH_SECS:
@@ -145,7 +158,7 @@ class LogSpace:
     def _make_room(self, log: SegmentedLog | None) -> int:
         """Room for the logs holding more than a little output, cheapest first (module docstring)."""
         self._press()
-        self._store.punch_free()
+        self._punch()
         room = self._room(fresh=True)
         need = self.reserve - room  # room for the reserve again: twice the reserve free
         if need <= 0:
@@ -153,7 +166,7 @@ class LogSpace:
         small = log is not None and log.held_bytes < self.small_log
         if self._finished_bytes() >= need or (small and room < 0):
             self._release_finished(need)
-            self._store.punch_free()
+            self._punch()
             room = self._room(fresh=True)
             if room >= MIN_DRAIN:
                 return room  # finished execs made the room: running ones keep all they hold
@@ -169,7 +182,7 @@ class LogSpace:
         for log, pipes in logs:
             if trim(log, 3 * log.segment_size):  # as --max-exec-output at its least
                 pipes.changed()  # readers learn of it, and so does the journal
-                self._store.punch_free()
+                self._punch()
                 room = self._room(fresh=True)
                 if room >= self.reserve:
                     break
