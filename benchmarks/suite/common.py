@@ -52,7 +52,7 @@ TASK_ID = "ta-bench"
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 # Both the router (engine.PIPE_SIZE) and the drain references use 1 MiB pipes.
 PIPE_SIZE = 1 * MiB
-# What the router's event loop takes from one pipe per readiness event (engine.DRAIN_BUDGET).
+# What the router's event loop takes from one pipe per readiness event (engine.log_space.DRAIN_BUDGET).
 DRAIN_BUDGET = 4 * MiB
 SEGMENT_SIZE = ServerConfig(state_dir="", task_id="").log_segment_size
 # Concurrent clients use this many grpc.aio channels (separate connections).

@@ -49,6 +49,11 @@ class SegmentStore:
 
     @property
     def closed(self) -> bool: ...
+    def punch_free(self) -> int:
+        """Punch a hole over every slot given back since the last call, so that its pages go back to
+        the filesystem (a full one needs them more than the next log does). How many were punched;
+        0 where holes cannot be punched. ValueError once closed."""
+
     def finish_restore(self) -> None:
         """End of startup: every slot below slots_used that no restored log holds goes on the free
         list (lowest handed out first), to be reused. The first allocation does this by itself.

@@ -65,6 +65,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Output a running exec keeps (0: as much as retain_bytes); past it, the head segment and the
     # latest output are kept and the middle released.
     max_exec_output: int = 0
+    # When running execs fill the log filesystem: "trim" the ones holding the most output to head
+    # and tail, or "block" (stop draining) the largest writers until there is room (log_space.py).
+    on_log_full: Literal["trim", "block"] = "trim"
     # Journal exec records in the state directory, so a restarted router serves what it had.
     journal: bool = True
     # How images are mounted: "overlay" (O(1), needs the privilege to mount), "copy", or "auto"

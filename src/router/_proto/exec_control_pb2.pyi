@@ -75,7 +75,7 @@ class Usage(_message.Message):
     def __init__(self, user_cpu_secs: _Optional[float] = ..., system_cpu_secs: _Optional[float] = ..., max_rss_bytes: _Optional[int] = ...) -> None: ...
 
 class ExecInfo(_message.Message):
-    __slots__ = ("exec_id", "args", "workdir", "started_at", "ended_at", "running", "stdout_bytes", "stderr_bytes", "stdin_bytes", "exit", "usage", "pid", "terminal")
+    __slots__ = ("exec_id", "args", "workdir", "started_at", "ended_at", "running", "stdout_bytes", "stderr_bytes", "stdin_bytes", "exit", "usage", "pid", "terminal", "stdout_released", "stderr_released", "output_held_back", "log_filesystem_full")
     EXEC_ID_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     WORKDIR_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,10 @@ class ExecInfo(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     TERMINAL_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_RELEASED_FIELD_NUMBER: _ClassVar[int]
+    STDERR_RELEASED_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_HELD_BACK_FIELD_NUMBER: _ClassVar[int]
+    LOG_FILESYSTEM_FULL_FIELD_NUMBER: _ClassVar[int]
     exec_id: str
     args: _containers.RepeatedScalarFieldContainer[str]
     workdir: str
@@ -102,7 +106,19 @@ class ExecInfo(_message.Message):
     usage: Usage
     pid: int
     terminal: bool
-    def __init__(self, exec_id: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., running: _Optional[bool] = ..., stdout_bytes: _Optional[int] = ..., stderr_bytes: _Optional[int] = ..., stdin_bytes: _Optional[int] = ..., exit: _Optional[_Union[ExitInfo, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., pid: _Optional[int] = ..., terminal: _Optional[bool] = ...) -> None: ...
+    stdout_released: OutputRange
+    stderr_released: OutputRange
+    output_held_back: bool
+    log_filesystem_full: bool
+    def __init__(self, exec_id: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., started_at: _Optional[float] = ..., ended_at: _Optional[float] = ..., running: _Optional[bool] = ..., stdout_bytes: _Optional[int] = ..., stderr_bytes: _Optional[int] = ..., stdin_bytes: _Optional[int] = ..., exit: _Optional[_Union[ExitInfo, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., pid: _Optional[int] = ..., terminal: _Optional[bool] = ..., stdout_released: _Optional[_Union[OutputRange, _Mapping]] = ..., stderr_released: _Optional[_Union[OutputRange, _Mapping]] = ..., output_held_back: _Optional[bool] = ..., log_filesystem_full: _Optional[bool] = ...) -> None: ...
+
+class OutputRange(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class SignalRequest(_message.Message):
     __slots__ = ("task_id", "exec_id", "signal", "target")

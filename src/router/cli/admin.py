@@ -9,7 +9,7 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 from router import config
 from router._proto import exec_control_pb2 as ec
@@ -154,7 +154,17 @@ def inspected(info: ec.ExecInfo) -> dict[str, Any]:
     return {"exec_id": info.exec_id, "args": list(info.args), "workdir": info.workdir or None, "pid": info.pid,
             "terminal": info.terminal, "running": info.running, "started_at": _iso(info.started_at),
             "ended_at": _iso(info.ended_at), "stdout_bytes": info.stdout_bytes, "stderr_bytes": info.stderr_bytes,
-            "stdin_bytes": info.stdin_bytes, "exit": ended, "usage": usage}
+            "stdin_bytes": info.stdin_bytes, "exit": ended, "usage": usage,
+            "stdout_released": _released(info, "stdout"), "stderr_released": _released(info, "stderr"),
+            "output_held_back": info.output_held_back, "log_filesystem_full": info.log_filesystem_full}
+
+
+def _released(info: ec.ExecInfo, stream: Literal["stdout", "stderr"]) -> list[int] | None:
+    """A stream's released range [start, end), or None if it holds all its output."""
+    if not info.HasField(f"{stream}_released"):
+        return None
+    released: ec.OutputRange = getattr(info, f"{stream}_released")
+    return [released.start, released.end]
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -73,6 +73,10 @@ def parser() -> Parser:
     serve.add_argument("--max-exec-output", type=size, default=0, metavar="SIZE",
                        help="output a running exec keeps; past it the first segment and the latest output are "
                             "kept and the middle released (default: as much as --retain-bytes)")
+    serve.add_argument("--on-log-full", choices=("trim", "block"), default="trim",
+                       help="when running execs fill the log filesystem (finished ones released already): trim "
+                            "the one holding the most output to its head and tail (default), or block: stop "
+                            "draining the largest writer until there is room; small outputs always find room")
     serve.add_argument("--no-journal", action="store_true",
                        help="keep no records: a restarted router starts empty (and deletes old logs)")
     serve.add_argument("--mount-method", choices=("auto", "overlay", "copy"), default="auto",

@@ -28,6 +28,7 @@ from .journal import Journal
 from .journal_format import Begun, Exited, Forgotten, JournaledExec, Record, Spawned, Stdin
 from .journaling import ExecJournal
 from .limits import base_environment
+from .log_space import LogSpace, OnLogFull, trim
 from .loop import LoopThread
 from .oom import OomKills
 from .output import OutputPipes
@@ -58,7 +59,8 @@ class Engine:
     def __init__(self, log_dir: pathlib.Path, *, segment_size: int, stdin_buffer_limit: int,
                  kill_grace_secs: float = 0.0, max_running_execs: int = 0, reap_orphans: bool = False,
                  retention: Retention = Retention(), journal_path: pathlib.Path | None = None,
-                 max_exec_output: int = 0, exec_user: spawn.ExecUser | None = None) -> None:
+                 max_exec_output: int = 0, exec_user: spawn.ExecUser | None = None,
+                 on_log_full: OnLogFull = "trim") -> None:
         self._log_dir = log_dir
         self._exec_user = exec_user
         self._segment_size = segment_size
@@ -73,6 +75,7 @@ class Engine:
         self._store: SegmentStore | None = None
         self._registry = Registry(max_running_execs)
         self._loop = LoopThread("router-engine")
+        self._space = LogSpace(log_dir, self._loop, on_log_full, lambda: self._registry.finished_bytes, self._expire)
         self.base_env = base_environment()
         if exec_user is not None:
             self.base_env.update(exec_user.environment())
@@ -92,12 +95,12 @@ class Engine:
         if self._journal_path is None:
             self._remove_logs()  # without a journal nothing can read what a previous run left
         # Every stream's segments are slots in a few shared files: no file creation per exec.
-        self._store = SegmentStore(str(self._log_dir), self._segment_size)
+        self._store = self._space.open_store(self._segment_size)  # segments sized to a small filesystem
         self._retention = self._retention.resolved(str(self._log_dir))
         if self._max_exec_output <= 0:
             self._max_exec_output = self._retention.bytes
         # Keep the head segment and at least two more, so a reader that keeps up is never cut.
-        self._max_exec_output = max(self._max_exec_output, 3 * self._segment_size)
+        self._max_exec_output = max(self._max_exec_output, 3 * self._store.segment_size)
         if self._journal_path is not None:
             journal, state = Journal.open(self._journal_path)
             self._journal = ExecJournal(journal, self._loop)
@@ -173,6 +176,11 @@ class Engine:
     @property
     def retention(self) -> Retention:
         return self._retention
+
+    @property
+    def log_full(self) -> bool:
+        """The log filesystem is full: room is being made (log_space.py)."""
+        return self._space.full
 
     def get(self, exec_id: str) -> Exec:
         return self._registry.get(exec_id)
@@ -305,7 +313,7 @@ class Engine:
         outputs = [(fd, out) for fd, out in ((started.stdout_reader, ex.stdout), (started.stderr_reader, ex.stderr))
                    if fd >= 0 and out is not None]
         ex.output = OutputPipes(ex.exec_id, loop, self._loop.readers, outputs, ex.spec.pty is not None,
-                                lambda: self._on_output(ex), lambda: self._on_output_done(ex))
+                                lambda: self._on_output(ex), lambda: self._on_output_done(ex), self._space)
         if ex.spec.timeout_secs is not None:
             child.arm_timeout(loop, ex.spec.timeout_secs, self._kill_grace)
         ex.stdin.attach(loop, started.stdin_writer)
@@ -348,19 +356,11 @@ class Engine:
         journal where the output is at the next flush."""
         for log in ex.logs():
             if log.held_bytes > self._max_exec_output:
-                self._cap(log)
+                trim(log, self._max_exec_output)
         if self._journal is None:
             ex.notify()
         else:
             self._journal.output_changed(ex)  # readers get it once it is journaled
-
-    def _cap(self, log: SegmentedLog) -> None:
-        """Keep the head segment and the latest output; release the segments between."""
-        seg = self._segment_size
-        # The fewest segments released for head + rest <= cap (ceil), never the tail's own segment.
-        stop = min(-(-(log.committed - self._max_exec_output + seg) // seg), log.committed // seg)
-        if stop > max(1, log.released_range[1] // seg):
-            log.release(1, stop)
 
     def _on_output_done(self, ex: Exec) -> None:
         if ex.finished:
@@ -401,8 +401,8 @@ class Engine:
             watcher.offer(ex)
         self._expire()
 
-    def _expire(self) -> None:
-        for ex in self._registry.expire(self._retention):
+    def _expire(self, need: int = 0) -> None:
+        for ex in self._registry.expire(self._retention.releasing(need, self._registry.finished_bytes)):
             self._record(Forgotten(ex.exec_id))
             # Slots go back to the store once the last reader is out of the log.
             for log in ex.logs():

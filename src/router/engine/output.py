@@ -1,7 +1,9 @@
-"""Draining an exec's output pipes (or its terminal) into its logs, on the loop thread."""
+"""Draining an exec's output pipes (or its terminal) into its logs, on the loop thread, as much at a
+time as the log filesystem has room for (log_space.py)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -9,12 +11,11 @@ from collections.abc import Callable
 from router import _fastio
 from router._fastio import SegmentedLog
 
+from .log_space import LogSpace
 from .loop import Readers
 
 logger = logging.getLogger(__name__)
 
-# One drain call takes at most this much from one pipe, so that one loud exec cannot starve the rest.
-DRAIN_BUDGET = 4 * 1024 * 1024
 # After a failed write to a log, reading that pipe waits this long: the pipe holds the child back.
 DRAIN_RETRY_SECS = 0.5
 
@@ -22,13 +23,17 @@ DRAIN_RETRY_SECS = 0.5
 class OutputPipes:
     """The router's ends of an exec's output, each drained into its log as it becomes readable.
 
-    `on_change` runs after new bytes or an end of stream; `on_done` once every stream is complete.
+    `on_change` runs after new bytes, an end of stream or a trim; `on_done` once every stream is
+    complete. A log `space` finds no room for is held back: its pipe is not read until
+    `resume_held`.
     """
 
     def __init__(self, exec_id: str, loop: asyncio.AbstractEventLoop, readers: Readers,
                  outputs: list[tuple[int, SegmentedLog]], terminal: bool, on_change: Callable[[], None],
-                 on_done: Callable[[], None]) -> None:
+                 on_done: Callable[[], None], space: LogSpace) -> None:
         self._exec_id = exec_id
+        self._space = space
+        self._held: set[int] = set()
         self._loop = loop
         self._readers = readers
         self._terminal = terminal
@@ -41,10 +46,38 @@ class OutputPipes:
         for fd in self._logs:
             os.set_blocking(fd, False)
             readers.add_reader(fd, self._on_readable, fd)
+        if self._logs:
+            space.attach(self)
 
     @property
     def done(self) -> bool:
         return not self._logs
+
+    @property
+    def held_back(self) -> bool:
+        """A stream waits for room on the log filesystem (its writer waits on its pipe). Any thread."""
+        return bool(self._held)
+
+    @property
+    def leader_gone(self) -> bool:
+        return self._leader_exited
+
+    def draining(self) -> list[SegmentedLog]:
+        return list(self._logs.values())
+
+    def changed(self) -> None:
+        """A log was trimmed: tell readers (and the journal)."""
+        self._on_change()
+
+    def resume_held(self) -> None:
+        for fd in self._held:
+            self._readers.add_reader(fd, self._on_readable, fd)
+        self._held.clear()
+
+    def _hold(self, fd: int) -> None:
+        self._readers.remove_reader(fd)
+        self._held.add(fd)
+        self._space.held(self)
 
     def terminal_fd(self) -> int | None:
         """A terminal's master while the exec can still use it (for resizing); else None."""
@@ -54,14 +87,23 @@ class OutputPipes:
 
     def _on_readable(self, fd: int) -> None:
         log = self._logs[fd]
+        budget = self._space.budget(log)
+        if budget <= 0:
+            self._hold(fd)
+            return
         try:
-            n, eof = log.drain(fd, DRAIN_BUDGET)
+            n, eof = log.drain(fd, budget)
         except OSError as e:
+            if e.errno == errno.ENOSPC:  # the log kept what it took from the pipe
+                self._space.enospc()
+                self._hold(fd)
+                return
             # The log kept what it took from the pipe; stop reading until writing can work again.
             logger.error("writing output failed (exec %s), retrying in %ss: %s", self._exec_id, DRAIN_RETRY_SECS, e)
             self._readers.remove_reader(fd)
             self._retries.append(self._loop.call_later(DRAIN_RETRY_SECS, self._resume, fd))
             return
+        self._space.wrote(n)
         if eof:
             self._close(fd)
         if n or eof:
@@ -75,7 +117,10 @@ class OutputPipes:
 
     def _close(self, fd: int) -> None:
         self._readers.remove_reader(fd)
+        self._held.discard(fd)
         log = self._logs.pop(fd)
+        if not self._logs:
+            self._space.detach(self)
         if not log.eof:
             log.mark_eof()
         if self._terminal and not self._leader_exited:

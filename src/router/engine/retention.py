@@ -32,3 +32,10 @@ class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         fs = os.statvfs(log_dir)
         share = int(fs.f_blocks * fs.f_frsize * DEFAULT_SHARE)
         return msgspec.structs.replace(self, bytes=min(DEFAULT_MAX_BYTES, share))
+
+    def releasing(self, need: int, held: int) -> Retention:
+        """These limits, with `bytes` low enough that `need` of the `held` bytes go too (a full log
+        filesystem asks for room)."""
+        if need <= 0:
+            return self
+        return msgspec.structs.replace(self, bytes=max(min(self.bytes, held - need), 0))

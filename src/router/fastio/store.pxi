@@ -5,14 +5,14 @@
 
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.errno cimport EBADF, EINTR, EINVAL, EIO, errno
+from libc.errno cimport EBADF, EINTR, EINVAL, EIO, EOPNOTSUPP, errno
 from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDWR
 from posix.fcntl cimport open as c_open
 from posix.stat cimport fstat, struct_stat
 from posix.unistd cimport _SC_PAGESIZE, pread, pwrite, sysconf
 from posix.unistd cimport close as c_close
 
-from .includes.system cimport ROUTER_DEBUG, splice
+from .includes.system cimport FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, ROUTER_DEBUG, fallocate, splice
 
 
 cdef class SegmentStore:
@@ -21,7 +21,7 @@ cdef class SegmentStore:
         self._fds = NULL
         self._nfiles = self._cap = self._next = self._users = 0
         self._free = NULL
-        self._nfree = self._free_cap = 0
+        self._nfree = self._free_cap = self._npunched = 0
         self._scratch = NULL
         self._scratch_busy = False
         self._restoring = True
@@ -235,6 +235,7 @@ cdef class SegmentStore:
             slot = self._free[self._nfree - 1]
             self._open_arena(slot // self._per_file, True)  # a restored store opens them lazily
             self._nfree -= 1
+            self._npunched = min(self._npunched, self._nfree)
             _count(&_counts.slots_in_use, 1)
             return slot
         slot = self._next
@@ -254,7 +255,7 @@ cdef class SegmentStore:
         if not self._restoring:
             raise RuntimeError("the store is past its restore phase")
         self._grow_free(self._next)
-        self._nfree = 0  # rebuilt: slots restored logs gave back are not in _claimed either
+        self._nfree = self._npunched = 0  # rebuilt: slots restored logs gave back are not in _claimed either
         for s in range(self._next - 1, -1, -1):
             if s not in self._claimed:
                 self._free[self._nfree] = s
@@ -331,6 +332,38 @@ cdef class SegmentStore:
         self._nfree += 1
         _count(&_counts.slots_in_use, -1)
         return 0
+
+    def punch_free(self):
+        """Give the pages of free slots back to the filesystem (a hole punched in each, the arena
+        keeping its size): a given-back slot otherwise keeps its pages for the next log, which
+        a full filesystem needs more. Only slots given back since the last call are punched.
+        Returns how many; 0 on a filesystem that cannot punch holes. ValueError once closed."""
+        cdef Py_ssize_t i, slot, done = 0
+        cdef long long at
+        cdef int rc, err, fd
+        if self._closed:
+            raise ValueError("I/O operation on closed segment store")
+        if self._restoring:
+            return 0  # free slots are known only once the restore is over
+        for i in range(self._npunched, self._nfree):
+            slot = self._free[i]
+            self._open_arena(slot // self._per_file, True)
+            self._enter()
+            try:
+                fd = self._fd(slot)
+                at = self._base(slot)
+                with nogil:
+                    rc = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at, self._segsize)
+                    err = errno if rc < 0 else 0
+            finally:
+                self._leave()
+            if rc < 0 and err == EOPNOTSUPP:
+                break
+            if rc < 0 and err != EINTR:
+                _raise_os_error(err, self._arena_name(slot))
+            done += rc == 0
+        self._npunched = self._nfree
+        return done
 
     cdef inline int _fd(self, Py_ssize_t slot) noexcept:
         return self._fds[slot // self._per_file]

@@ -24,6 +24,10 @@ cdef extern from "<fcntl.h>" nogil:
                    unsigned int flags)
     enum: F_SETPIPE_SZ
     int pipe2(int *fds, int flags)
+    # Punching a hole gives a range's pages back to the filesystem (the file keeps its size).
+    enum: FALLOC_FL_PUNCH_HOLE
+    enum: FALLOC_FL_KEEP_SIZE
+    int fallocate(int fd, int mode, long long offset, long long length)
 
 
 cdef extern from "<sys/syscall.h>" nogil:

@@ -55,12 +55,17 @@ def exit_info(ex: Exec, info: ec.ExitInfo | None = None) -> ec.ExitInfo:
     return info
 
 
-def exec_info(ex: Exec) -> ec.ExecInfo:
+def exec_info(ex: Exec, log_full: bool) -> ec.ExecInfo:
+    """What Inspect and List say of an exec; `log_full`: the router's log filesystem is full."""
     info = ec.ExecInfo(exec_id=ex.exec_id, args=ex.spec.args, workdir=ex.spec.workdir or "",
                        started_at=ex.started_at, ended_at=ex.ended_at or 0.0, running=ex.running,
                        stdout_bytes=_answerable(ex, "stdout"), stderr_bytes=_answerable(ex, "stderr"),
                        stdin_bytes=min(ex.stdin.written, 2**63), exit=exit_info(ex),
-                       pid=ex.child.pid if ex.child is not None else 0, terminal=ex.spec.pty is not None)
+                       pid=ex.child.pid if ex.child is not None else 0, terminal=ex.spec.pty is not None,
+                       output_held_back=ex.output is not None and ex.output.held_back, log_filesystem_full=log_full)
+    for log, released in ((ex.stdout, info.stdout_released), (ex.stderr, info.stderr_released)):
+        if log is not None and log.released_range[1]:
+            released.start, released.end = log.released_range
     if ex.usage is not None:
         info.usage.CopyFrom(ec.Usage(user_cpu_secs=ex.usage.user_cpu_secs, system_cpu_secs=ex.usage.system_cpu_secs,
                                      max_rss_bytes=ex.usage.max_rss_bytes))
@@ -159,11 +164,11 @@ class Control:
                  if request.state == ec.EXEC_STATE_ANY or (request.state == ec.EXEC_STATE_RUNNING) == ex.running]
         page = execs[start:start + size]
         token = base64.urlsafe_b64encode(str(start + size).encode()).decode() if start + size < len(execs) else ""
-        return ec.ListResponse(execs=[exec_info(ex) for ex in page], next_page_token=token)
+        return ec.ListResponse(execs=[exec_info(ex, self._engine.log_full) for ex in page], next_page_token=token)
         yield
 
     def Inspect(self, request: ec.InspectRequest) -> Body:
-        return exec_info(self._exec(request))
+        return exec_info(self._exec(request), self._engine.log_full)
         yield
 
     def BatchStart(self, request: ec.BatchStartRequest) -> Body:

@@ -193,11 +193,12 @@ class ReadCursor:
             # One copy out of the log, already a TaskExecStdioReadResponse on the wire.
             frame = self.log.read_frame(self.offset, n)
         except OffsetReleased as e:
-            # The per-exec cap released the middle of a running exec's output: never skip silently,
-            # since clients count offsets themselves.
+            # The per-exec cap (or a full log filesystem) released the middle of a running exec's
+            # output: never skip silently, since clients count offsets themselves.
             raise RouterError(grpc.StatusCode.OUT_OF_RANGE,
                               f"offset {self.offset} of the {self._which} stream was released (the exec's "
-                              f"output passed its cap); the first offset still held is {e.first_held}") from None
+                              f"output passed its cap, or the log filesystem filled); the first offset still "
+                              f"held is {e.first_held}") from None
         except ValueError:
             # Closed under us: retention released the exec (the only reason a log closes early).
             raise not_found(f"exec {self._exec_id!r} not found: its output was released") from None
