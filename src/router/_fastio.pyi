@@ -54,6 +54,14 @@ class SegmentStore:
         the filesystem (a full one needs them more than the next log does). How many were punched;
         0 where holes cannot be punched. ValueError once closed."""
 
+    def hold_freed(self) -> None:
+        """From now on a slot given back is neither handed out again nor punched until
+        recycle_held() lets it go (once the journal records who gave it up)."""
+    @property
+    def held_slots(self) -> int: ...
+    def recycle_held(self, n: int) -> None:
+        """Let the `n` oldest held slots be handed out again."""
+
     def finish_restore(self) -> None:
         """End of startup: every slot below slots_used that no restored log holds goes on the free
         list (lowest handed out first), to be reused. The first allocation does this by itself.

@@ -275,3 +275,40 @@ def test_slot_reuse_state_machine(fio):
     run_state_machine_as_test(Machine,
                               settings=settings(max_examples=60, stateful_step_count=30, deadline=None,
                                                 suppress_health_check=[HealthCheck.too_slow]))
+
+
+def test_held_slots_wait_for_recycle_held(logdir):
+    """With hold_freed(), a slot given back is handed out again only after recycle_held() lets it
+    go, oldest first (the engine does once the journal says who gave it up)."""
+    from router import _fastio
+    store = _fastio.SegmentStore(logdir, SEG, SLOTS)
+    try:
+        store.hold_freed()
+        logs = [_fastio.SegmentedLog(store) for _ in range(3)]
+        for i, log in enumerate(logs):
+            log.append(bytes([65 + i]) * 10)
+        assert [log.segments for log in logs] == [[0], [1], [2]]
+        logs[0].close()
+        logs[1].close()
+        assert store.held_slots == 2
+        fresh = _fastio.SegmentedLog(store)
+        fresh.append(b"x")
+        assert fresh.segments == [3]  # not a held one
+        mark = store.held_slots
+        logs[2].close()  # given back after the mark: still held after recycling up to it
+        store.recycle_held(mark)
+        assert store.held_slots == 1
+        again = [_fastio.SegmentedLog(store) for _ in range(3)]
+        for log in again:
+            log.append(b"y")
+        assert sorted(log.segments[0] for log in again) == [0, 1, 4]
+        store.recycle_held(1)
+        last = _fastio.SegmentedLog(store)
+        last.append(b"z")
+        assert last.segments == [2] and store.held_slots == 0
+        with pytest.raises(ValueError):
+            store.recycle_held(-1)
+        for log in [fresh, *again, last]:
+            log.close()
+    finally:
+        store.close()

@@ -75,7 +75,8 @@ class Engine:
         self._store: SegmentStore | None = None
         self._registry = Registry(max_running_execs)
         self._loop = LoopThread("router-engine")
-        self._space = LogSpace(log_dir, self._loop, on_log_full, lambda: self._registry.finished_bytes, self._expire)
+        self._space = LogSpace(log_dir, self._loop, on_log_full, lambda: self._registry.finished_bytes, self._expire,
+                               lambda: self._journal.flush() if self._journal is not None else None)
         self.base_env = base_environment()
         if exec_user is not None:
             self.base_env.update(exec_user.environment())
@@ -103,7 +104,7 @@ class Engine:
         self._max_exec_output = max(self._max_exec_output, 3 * self._store.segment_size)
         if self._journal_path is not None:
             journal, state = Journal.open(self._journal_path)
-            self._journal = ExecJournal(journal, self._loop)
+            self._journal = ExecJournal(journal, self._loop, self._store)
             self._restore(state.execs)
         self._oom = OomKills()
         self._loop.start()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from router._fastio import SegmentStore
+
 from .execs import Exec
 from .journal import Journal
 from .journal_format import Output, Record
@@ -17,17 +19,23 @@ logger = logging.getLogger(__name__)
 
 # After a failed journal write, the next try comes this much later.
 RETRY_SECS = 0.5
+# Slots given back while nothing else is journaled are recycled after at most this long.
+RECYCLE_SECS = 0.1
 
 
 class ExecJournal:
     """The journal as the loop thread writes it. `journal` is the file, for the start and the stop."""
 
-    def __init__(self, journal: Journal, loop: LoopThread) -> None:
+    def __init__(self, journal: Journal, loop: LoopThread, store: SegmentStore) -> None:
         self.journal = journal
         self._loop = loop
+        # Slots given back are handed out again only once the journal says who gave them up.
+        self._store = store
+        store.hold_freed()
         self._dirty: set[Exec] = set()  # execs whose output changed since the last flush
         self._waiting: list[Callable[[], None]] = []  # run once what was appended before them is written
         self._flush_scheduled = False
+        self._recycle_armed = False
 
     def record(self, record: Record) -> None:
         self.journal.append(record)
@@ -52,6 +60,7 @@ class ExecJournal:
     def flush(self) -> None:
         """Journal where the changed execs' output is, then let their readers have it."""
         self._flush_scheduled = False
+        held = self._store.held_slots  # their release was recorded before this flush's records
         changed = [(ex, self._record_output(ex)) for ex in self._dirty]
         self._dirty.clear()
         waiting, self._waiting = self._waiting, []
@@ -63,10 +72,18 @@ class ExecJournal:
             self._waiting[:0] = waiting
             self._loop.loop.call_later(RETRY_SECS, self.flush_soon)
             return
+        self._store.recycle_held(held)
+        if self._store.held_slots and not self._recycle_armed:  # given back meanwhile: recycle soon
+            self._recycle_armed = True
+            self._loop.loop.call_later(RECYCLE_SECS, self._recycle)
         for ex, lengths in changed:
             ex.output_journaled(lengths)
         for then in waiting:
             then()
+
+    def _recycle(self) -> None:
+        self._recycle_armed = False
+        self.flush_soon()
 
     def _record_output(self, ex: Exec) -> dict[StreamName, int]:
         """Record where each of the exec's streams is; returns the lengths recorded."""

@@ -84,13 +84,16 @@ class LogSpace:
     """The log directory's filesystem: the store on it (`open_store`, at start) and room for logs."""
 
     def __init__(self, log_dir: pathlib.Path, loop: LoopThread, policy: OnLogFull,
-                 finished_bytes: Callable[[], int], release_finished: Callable[[int], None]) -> None:
+                 finished_bytes: Callable[[], int], release_finished: Callable[[int], None],
+                 commit: Callable[[], None]) -> None:
         self._log_dir = str(log_dir)
         self._store: SegmentStore | None = None
         self._loop = loop
         self._policy = policy
         self._finished_bytes = finished_bytes
         self._release_finished = release_finished  # oldest first, until this many bytes are released
+        # Journal the releases made so far: only then are their slots free to punch or hand out.
+        self._commit = commit
         self.reserve = self.small_log = 0  # known once the store is open
         self._pipes: set[OutputPipes] = set()  # draining now
         self._held: set[OutputPipes] = set()  # with a log held back
@@ -144,6 +147,7 @@ class LogSpace:
 
     def _punch(self) -> None:
         assert self._store is not None, "open_store first"
+        self._commit()
         self._store.punch_free()
 
     def _room(self, fresh: bool = False) -> int:

@@ -18,6 +18,9 @@ cdef class SegmentStore:
         Py_ssize_t _nfree
         Py_ssize_t _free_cap        # kept > every slot number: giving a slot back never allocates
         Py_ssize_t _npunched        # the bottom _npunched free slots hold no pages (punch_free())
+        # The top _nheld free slots are held back (hold_freed()): not handed out until recycle_held().
+        bint _hold
+        Py_ssize_t _nheld
         Py_ssize_t _users           # calls inside a syscall on an arena right now
         # Startup: until finish_restore() or the first allocation, logs may be restored; _claimed
         # holds the slots restored logs hold (a closed or released one leaves it).

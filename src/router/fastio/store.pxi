@@ -6,6 +6,7 @@
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.errno cimport EBADF, EINTR, EINVAL, EIO, EOPNOTSUPP, errno
+from libc.string cimport memmove
 from posix.fcntl cimport O_CLOEXEC, O_CREAT, O_RDWR
 from posix.fcntl cimport open as c_open
 from posix.stat cimport fstat, struct_stat
@@ -21,7 +22,8 @@ cdef class SegmentStore:
         self._fds = NULL
         self._nfiles = self._cap = self._next = self._users = 0
         self._free = NULL
-        self._nfree = self._free_cap = self._npunched = 0
+        self._nfree = self._free_cap = self._npunched = self._nheld = 0
+        self._hold = False
         self._scratch = NULL
         self._scratch_busy = False
         self._restoring = True
@@ -231,11 +233,14 @@ cdef class SegmentStore:
             raise ValueError("I/O operation on closed segment store")
         if self._restoring:
             self.finish_restore()
-        if self._nfree > 0:
-            slot = self._free[self._nfree - 1]
+        cdef Py_ssize_t usable = self._nfree - self._nheld
+        if usable > 0:
+            slot = self._free[usable - 1]
             self._open_arena(slot // self._per_file, True)  # a restored store opens them lazily
+            # The held slots above it move down one, keeping their order (oldest lowest).
+            memmove(&self._free[usable - 1], &self._free[usable], self._nheld * sizeof(Py_ssize_t))
             self._nfree -= 1
-            self._npunched = min(self._npunched, self._nfree)
+            self._npunched = min(self._npunched, usable - 1)
             _count(&_counts.slots_in_use, 1)
             return slot
         slot = self._next
@@ -255,7 +260,7 @@ cdef class SegmentStore:
         if not self._restoring:
             raise RuntimeError("the store is past its restore phase")
         self._grow_free(self._next)
-        self._nfree = self._npunched = 0  # rebuilt: slots restored logs gave back are not in _claimed either
+        self._nfree = self._npunched = self._nheld = 0  # rebuilt: slots restored logs gave back are not in _claimed either
         for s in range(self._next - 1, -1, -1):
             if s not in self._claimed:
                 self._free[self._nfree] = s
@@ -330,8 +335,28 @@ cdef class SegmentStore:
             self._claimed.discard(slot)
         self._free[self._nfree] = slot
         self._nfree += 1
+        if self._hold and not self._restoring:
+            self._nheld += 1
         _count(&_counts.slots_in_use, -1)
         return 0
+
+    def hold_freed(self):
+        """From now on a slot given back is held back, neither handed out again nor punched,
+        until recycle_held() lets it go: the engine lets a slot go only once its journal says the
+        slot's old owner gave it up, so that a crash before that record never leaves a restored
+        log holding a slot that new output overwrote."""
+        self._hold = True
+
+    @property
+    def held_slots(self):
+        """Slots given back and held back (hold_freed()), oldest first."""
+        return self._nheld
+
+    def recycle_held(self, Py_ssize_t n):
+        """Let the `n` oldest held slots (those held when held_slots was `n`) be handed out again."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        self._nheld -= min(n, self._nheld)
 
     def punch_free(self):
         """Give the pages of free slots back to the filesystem (a hole punched in each, the arena
@@ -345,7 +370,7 @@ cdef class SegmentStore:
             raise ValueError("I/O operation on closed segment store")
         if self._restoring:
             return 0  # free slots are known only once the restore is over
-        for i in range(self._npunched, self._nfree):
+        for i in range(self._npunched, self._nfree - self._nheld):
             slot = self._free[i]
             self._open_arena(slot // self._per_file, True)
             self._enter()
@@ -362,7 +387,7 @@ cdef class SegmentStore:
             if rc < 0 and err != EINTR:
                 _raise_os_error(err, self._arena_name(slot))
             done += rc == 0
-        self._npunched = self._nfree
+        self._npunched = self._nfree - self._nheld
         return done
 
     cdef inline int _fd(self, Py_ssize_t slot) noexcept:
