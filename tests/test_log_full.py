@@ -25,6 +25,7 @@ from tests.helpers.grpc_raw import Raw
 from tests.helpers.polling import eventually
 from tests.helpers.processes import run_router
 from tests.helpers.servers import TASK_ID, router_process, state_token
+from tests.helpers.tmpfs import tmpfs
 
 KiB, MiB = 1024, 1024 * 1024
 FS_SIZE = 8 * MiB
@@ -57,15 +58,8 @@ def writer(total: int, pause: float = 0.0) -> list[str]:
 @pytest.fixture
 def log_fs(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
     """A tmpfs of FS_SIZE for the router's logs, unmounted after the test."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "logs"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FS_SIZE}", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "logs", FS_SIZE) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 class Router:

@@ -200,3 +200,7 @@ def exit_status(pidfd: int) -> tuple[bool, int] | None:
 
 def reap(pid: int) -> tuple[float, float, int] | None:
     """wait4(pid, WNOHANG): None while it runs, else (user CPU s, system CPU s, peak RSS bytes)."""
+
+def reserve_space(fd: int, offset: int, length: int) -> None:
+    """fallocate(2) KEEP_SIZE: blocks for [offset, offset + length) of `fd` allocated, its size
+    unchanged; OSError (ENOSPC) if the filesystem has not that much free."""

@@ -89,8 +89,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     host = args.listen.rsplit(":", 1)[0]
     listen = f"{host}:{server.port}"
-    config.write_server_info(state_dir, config.ServerInfo(listen=listen, task_id=task_id, pid=os.getpid(),
-                                                          tls=cfg.tls.enabled))
+    try:
+        config.write_server_info(state_dir, config.ServerInfo(listen=listen, task_id=task_id, pid=os.getpid(),
+                                                              tls=cfg.tls.enabled))
+    except OSError as e:  # a full state filesystem: serve anyway, the journal keeps its own room
+        print(f"router serve: cannot write {state_dir / 'server.json'} ({e.strerror}): clients on this host "
+              f"need --addr {listen}", file=sys.stderr, flush=True)
     print(f"router listening on {listen}", flush=True)
     print(f"task id: {task_id}", flush=True)
     print(f"state directory: {state_dir}", flush=True)

@@ -104,7 +104,7 @@ class Engine:
         self._max_exec_output = max(self._max_exec_output, 3 * self._store.segment_size)
         if self._journal_path is not None:
             journal, state = Journal.open(self._journal_path)
-            self._journal = ExecJournal(journal, self._loop, self._store)
+            self._journal = ExecJournal(journal, self._loop, self._store, lambda: self._registry.running)
             self._restore(state.execs)
         self._oom = OomKills()
         self._loop.start()
@@ -189,6 +189,9 @@ class Engine:
     def begin_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec) -> Exec:
         """Start an exec, or return the one already started with this id and the same request.
         The loop thread spawns it; its `started` future says when, or raises why the start failed."""
+        if self._journal is not None and self._journal.full:
+            raise throttled(f"the state filesystem is full: the journal {self._journal.journal.path} keeps its room "
+                            "for the exits of running execs", retry_after=RETRY_AFTER_SECS)
         return self._registry.begin(exec_id, fingerprint, lambda: self._new_exec(exec_id, fingerprint, spec),
                                     lambda ex: self._loop.call_soon(self._spawn, ex))
 

@@ -16,12 +16,15 @@ Threads: `append` may be called from any thread (it takes a lock and buffers the
 """
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import threading
 import zlib
 from collections.abc import Iterable
 from typing import Final
+
+from router import _fastio
 
 from .journal_format import (
     ENCODER,
@@ -58,6 +61,7 @@ class Journal:
         self._compact_ratio = compact_ratio
         self._auto_compact = auto_compact
         self._threshold = compact_min
+        self._reserved_fd, self._reserved_end = -1, 0  # blocks allocated up to there (reserve())
         self.compactions = 0
         # Why the last automatic compaction failed (it is retried once the file grows further).
         self.compaction_error: OSError | None = None
@@ -155,6 +159,25 @@ class Journal:
             finally:
                 os.close(self._fd)
                 self._fd = -1
+
+    def reserve(self, ahead: int) -> bool:
+        """Have the blocks of the next `ahead` bytes allocated (the file's size unchanged), so that
+        that many bytes of records can be written whatever else fills the filesystem; False if it
+        has not that much free. Allocates twice `ahead` at a time, so most calls make no call."""
+        with self._io_lock:
+            self._check_open()
+            if self._reserved_fd != self._fd:  # a compaction put a new file in place
+                self._reserved_fd, self._reserved_end = self._fd, 0
+            if self._size + ahead <= self._reserved_end:
+                return True
+            try:
+                _fastio.reserve_space(self._fd, self._size, 2 * ahead)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                return False
+            self._reserved_end = self._size + 2 * ahead
+            return True
 
     def __enter__(self) -> Journal:
         return self

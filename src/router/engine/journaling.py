@@ -5,6 +5,7 @@ its start, only once the journal holds them, so a restart after `kill -9` never 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from router._fastio import SegmentStore
@@ -21,14 +22,23 @@ logger = logging.getLogger(__name__)
 RETRY_SECS = 0.5
 # Slots given back while nothing else is journaled are recycled after at most this long.
 RECYCLE_SECS = 0.1
+# The journal keeps room allocated for this much per running exec (its last Output, Stdin and
+# Exited records take a few hundred bytes), plus the margin, whatever fills the state filesystem.
+RESERVE_PER_EXEC = 1024
+RESERVE_MARGIN = 64 << 10
 
 
 class ExecJournal:
     """The journal as the loop thread writes it. `journal` is the file, for the start and the stop."""
 
-    def __init__(self, journal: Journal, loop: LoopThread, store: SegmentStore) -> None:
+    def __init__(self, journal: Journal, loop: LoopThread, store: SegmentStore, running: Callable[[], int]) -> None:
         self.journal = journal
         self._loop = loop
+        self._running = running
+        # The state filesystem has no room for the reserve: new execs are refused until it has.
+        self.full = False
+        self._reserve_tried = 0.0
+        self._failing = False  # writes fail: said once, and once when they work again
         # Slots given back are handed out again only once the journal says who gave them up.
         self._store = store
         store.hold_freed()
@@ -67,11 +77,18 @@ class ExecJournal:
         try:
             self.journal.flush()
         except OSError as e:  # the records stay buffered; their answers wait for the next try
-            logger.error("writing the journal failed, retrying in %ss: %s", RETRY_SECS, e)
+            if not self._failing:
+                self._failing = True
+                logger.error("writing the journal %s failed (answers wait until it works; retrying every %ss): %s",
+                             self.journal.path, RETRY_SECS, e)
             self._dirty.update(ex for ex, _ in changed)
             self._waiting[:0] = waiting
             self._loop.loop.call_later(RETRY_SECS, self.flush_soon)
             return
+        if self._failing:
+            self._failing = False
+            logger.warning("writing the journal %s works again", self.journal.path)
+        self._keep_reserve()
         self._store.recycle_held(held)
         if self._store.held_slots and not self._recycle_armed:  # given back meanwhile: recycle soon
             self._recycle_armed = True
@@ -80,6 +97,24 @@ class ExecJournal:
             ex.output_journaled(lengths)
         for then in waiting:
             then()
+
+    def _keep_reserve(self) -> None:
+        """Keep room allocated for the exits of every running exec (and one more); while there is
+        none, look again at most every RETRY_SECS."""
+        now = time.monotonic()
+        if self.full and now - self._reserve_tried < RETRY_SECS:
+            return
+        self._reserve_tried = now
+        full = not self.journal.reserve((self._running() + 1) * RESERVE_PER_EXEC + RESERVE_MARGIN)
+        if full:
+            self._loop.loop.call_later(RETRY_SECS, self.flush_soon)  # nothing else may flush while it is full
+        if full != self.full:
+            self.full = full
+            if full:
+                logger.error("the state filesystem of %s is full: new execs are refused until it has room for "
+                             "the journal's reserve (running execs go on)", self.journal.path)
+            else:
+                logger.warning("the state filesystem of %s has room again: new execs are accepted", self.journal.path)
 
     def _recycle(self) -> None:
         self._recycle_armed = False

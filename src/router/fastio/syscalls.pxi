@@ -1,4 +1,5 @@
-# Calls that never block, for the loop thread: epoll_watch, close_now, exit_status, reap. Included
+# Calls that never block, for the loop thread: epoll_watch, close_now, exit_status, reap; and
+# reserve_space, which may wait for the disk and so lets the GIL go. Included
 # by _fastio.pyx; they declare nothing of their own (the C declarations are in includes/system.pxd).
 #
 # These keep the GIL: letting it go and taking it back cost the loop thread 30-50 us a call while
@@ -13,12 +14,14 @@ from .includes.system cimport (
     EPOLL_CTL_ADD,
     EPOLL_CTL_DEL,
     EPOLLIN,
+    FALLOC_FL_KEEP_SIZE,
     P_PIDFD,
     WEXITED,
     WNOHANG,
     WNOWAIT,
     epoll_ctl,
     epoll_event,
+    fallocate,
     rusage,
     siginfo_t,
     wait4,
@@ -65,3 +68,18 @@ def reap(int pid):
         return None
     return (usage.ru_utime.tv_sec + usage.ru_utime.tv_usec / 1e6,
             usage.ru_stime.tv_sec + usage.ru_stime.tv_usec / 1e6, usage.ru_maxrss * 1024)
+
+
+def reserve_space(int fd, long long offset, long long length):
+    """fallocate(2) with KEEP_SIZE: the blocks of [offset, offset + length) of `fd` allocated and
+    its size unchanged, so that writing there later cannot fail for want of space. OSError as the
+    call's (ENOSPC: the filesystem has not that much free)."""
+    cdef int rc, err
+    while True:
+        with nogil:
+            rc = fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length)
+            err = errno if rc < 0 else 0
+        if rc == 0:
+            return None
+        if err != EINTR:
+            _raise_os_error(err)
