@@ -94,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                                               tls=cfg.tls.enabled))
     except OSError as e:  # a full state filesystem: serve anyway, the journal keeps its own room
         print(f"router serve: cannot write {state_dir / 'server.json'} ({e.strerror}): clients on this host "
-              f"need --addr {listen}", file=sys.stderr, flush=True)
+              f"need --target {listen}", file=sys.stderr, flush=True)
     print(f"router listening on {listen}", flush=True)
     print(f"task id: {task_id}", flush=True)
     print(f"state directory: {state_dir}", flush=True)
