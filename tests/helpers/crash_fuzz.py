@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import grpc
 
 from router.client import STDOUT, RouterClient
+from router.engine import journal_format
 from tests.helpers.execs import PIPES
 from tests.helpers.servers import TASK_ID, router_process, state_token
 
@@ -215,7 +216,8 @@ class CrashFuzz:
         time.sleep(0.1)  # SIGKILLed processes of restored execs need a moment to die
         for pid, exec_id in _marked_processes(self.mark):
             self.counts["processes left running"] += 1
-            print(f"process {pid} of exec {exec_id} outlived it", file=sys.stderr)
+            je = journal_format.replay(self.state / "journal").execs.get(exec_id)
+            print(f"process {pid} of exec {exec_id} outlived it; journaled: {je}", file=sys.stderr)
             os.kill(pid, signal.SIGKILL)
 
     def cleanup(self) -> None:

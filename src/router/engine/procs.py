@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import time
 from collections.abc import Iterable
 
 _PR_GET_CHILD_SUBREAPER = 37
@@ -33,10 +34,11 @@ def start_time(pid: int) -> float | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
-        with open("/proc/stat", "rb") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
-    except (OSError, IndexError, ValueError, StopIteration):
+    except (OSError, IndexError, ValueError):
         return None
+    # The boot's wall-clock time to the microsecond (/proc/stat's btime is whole seconds, which
+    # would make a process look up to a second older than it is).
+    boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -16,7 +16,7 @@ from router._fastio import SegmentedLog, SegmentStore
 from . import procs
 from .execs import Exec
 from .journal_format import Exited, JournaledExec, Output
-from .records import ExecSpec, ExitCause, ExitStatus
+from .records import ExecSpec, ExitCause, ExitStatus, StreamName
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +32,16 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
     was lost (None for one that had finished). Slots no exec claims are left for the caller's
     `store.finish_restore()`. An exec whose logs cannot be restored is skipped, loudly."""
     for je in journaled.values():
+        if je.exited is None or not _output_complete(je):
+            # Lost, or its leader exited while something it started still held its output open:
+            # nothing of it may run on unwatched.
+            _kill_lost_group(je, boot_id)
         try:
             ex = _rebuild(je, store, stdin_limit)
         except ValueError as e:
             logger.error("exec %s cannot be restored from the journal, dropped: %s", je.exec_id, e)
             continue
         lost = None
-        if je.exited is None or not _output_complete(je, ex):
-            # Lost, or its leader exited while something it started still held its output open:
-            # nothing of it may run on unwatched.
-            _kill_lost_group(je, boot_id)
         if je.exited is None:
             lost = Exited(je.exec_id, LOST, time.time(), ExitCause.LOST)
             ex.status = LOST
@@ -58,9 +58,13 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
         yield ex, lost
 
 
-def _output_complete(je: JournaledExec, ex: Exec) -> bool:
+def _output_complete(je: JournaledExec) -> bool:
     """Whether the journal saw the end of every stream the exec logs."""
-    return all((out := je.outputs.get(name)) is not None and out.eof for name, _ in ex.named_logs())
+    b = je.begun
+    spec = ExecSpec(args=[], env={}, stdout=b.stdout, stderr=b.stderr, pty=b.pty)
+    names: tuple[StreamName, StreamName] = ("stdout", "stderr")
+    streams = [name for name, logged in zip(names, spec.logged_streams(), strict=True) if logged]
+    return all((out := je.outputs.get(name)) is not None and out.eof for name in streams)
 
 
 def _rebuild(je: JournaledExec, store: SegmentStore, stdin_limit: int) -> Exec:
