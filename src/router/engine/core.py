@@ -24,6 +24,7 @@ from router.errors import RouterError, throttled
 from . import procs, signals, spawn
 from .child import Child
 from .execs import Exec
+from .finished import settle
 from .journal import Journal
 from .journal_format import Begun, Exited, Forgotten, JournaledExec, Record, Spawned, Stdin
 from .journaling import ExecJournal
@@ -386,6 +387,7 @@ class Engine:
             self._journal.output_changed(ex)
             self._journal.record(Stdin(ex.exec_id, ex.stdin.written, ex.stdin.eof))
             self._journal.record(Exited(ex.exec_id, ex.status, ex.ended_at, cause))
+        settle(ex)  # trimmed to what a finished exec answers with
         self._registry.finished(ex, ex.held_bytes())
         for watcher in list(self._watchers):
             watcher.offer(ex)

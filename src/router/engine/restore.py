@@ -16,6 +16,7 @@ from router._fastio import SegmentedLog, SegmentStore
 
 from . import procs
 from .execs import Exec
+from .finished import NO_ENV, settle
 from .journal_format import Exited, JournaledExec, Output
 from .records import ExecSpec, ExitCause, ExitStatus
 
@@ -54,18 +55,19 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
             # Retention's age counts from the exit, not from the restart.
             ex.exited_at = time.monotonic() - max(0.0, time.time() - je.exited.ended_at)
         ex.started.set_result(None)
+        settle(ex)  # as any exec that finished: writes to its stdin are accepted and dropped
         yield ex, lost
 
 
 def _rebuild(je: JournaledExec, store: SegmentStore, stdin_limit: int) -> Exec:
     b = je.begun
-    spec = ExecSpec(args=b.args, env={}, workdir=b.workdir, stdout=b.stdout, stderr=b.stderr,
+    spec = ExecSpec(args=b.args, env=NO_ENV, workdir=b.workdir, stdout=b.stdout, stderr=b.stderr,
                     timeout_secs=b.timeout_secs, pty=b.pty)
     # The logs the exec had, each complete at its journaled length.
     has_stdout, has_stderr = spec.logged_streams()
-    stdout = _restored_log(store, je.outputs.get("stdout")) if has_stdout else None
+    stdout = _restored_log(store, je.stdout) if has_stdout else None
     try:
-        stderr = _restored_log(store, je.outputs.get("stderr")) if has_stderr else None
+        stderr = _restored_log(store, je.stderr) if has_stderr else None
     except ValueError:
         if stdout is not None:
             stdout.close()
@@ -74,8 +76,6 @@ def _rebuild(je: JournaledExec, store: SegmentStore, stdin_limit: int) -> Exec:
     ex.started_at = b.started_at
     if je.stdin is not None:
         ex.stdin.written, ex.stdin.eof = je.stdin.written, je.stdin.eof
-    with ex.cond:
-        ex.stdin.drop()  # as after any exit: writes are accepted and dropped
     return ex
 
 

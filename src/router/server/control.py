@@ -60,7 +60,7 @@ def exec_info(ex: Exec) -> ec.ExecInfo:
                        stdout_bytes=ex.stdout.committed if ex.stdout is not None else 0,
                        stderr_bytes=ex.stderr.committed if ex.stderr is not None else 0,
                        stdin_bytes=min(ex.stdin.written, 2**63), exit=exit_info(ex),
-                       pid=ex.child.pid if ex.child is not None else 0, terminal=ex.spec.pty is not None)
+                       pid=ex.pid, terminal=ex.spec.pty is not None)
     if ex.usage is not None:
         info.usage.CopyFrom(ec.Usage(user_cpu_secs=ex.usage.user_cpu_secs, system_cpu_secs=ex.usage.system_cpu_secs,
                                      max_rss_bytes=ex.usage.max_rss_bytes))
@@ -209,7 +209,7 @@ def _watch_messages(ready: list[tuple[EventKind, Exec]], output_limit: int) -> I
         held += size
         if kind == "started":
             response.events.add(exec_id=ex.exec_id, kind=ec.WATCH_EVENT_KIND_STARTED, time=ex.started_at,
-                                pid=ex.child.pid if ex.child is not None else 0)
+                                pid=ex.pid)
             continue
         event = response.events.add(exec_id=ex.exec_id, time=ex.ended_at or 0.0)
         exit_info(ex, event.exit)
