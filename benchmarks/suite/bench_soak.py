@@ -39,9 +39,13 @@ class SoakReadings:
         return min(done, DEFAULT_EXECS), rss
 
     def per_retained_exec(self) -> float:
-        """RSS growth from the warm-up to the cap, per exec retained meanwhile."""
+        """RSS growth per exec retained, from the first round's reading to the cap's: the first
+        round also pays what is paid once (the channels' first big calls, the tables' first growth)."""
         retained, rss = self.at_cap
-        return (rss - self.warm) / max(1, retained - WARMUP)
+        first, first_rss = self.rounds[0]
+        if first >= retained:
+            first, first_rss = WARMUP, self.warm
+        return (rss - first_rss) / max(1, retained - first)
 
 
 def soak(router: RouterProcess, side: AioSide, execs: int, round_size: int = ROUND,
@@ -91,7 +95,7 @@ class Soak:
     track_rss_growth.unit = "MiB"  # type: ignore[attr-defined]
 
     def track_rss_per_retained_exec(self, n: int) -> float:
-        """VmRSS growth from the warm-up to the retention cap (or the end), per exec retained."""
+        """VmRSS growth from the first round to the retention cap (or the end), per exec retained."""
         return self.readings.per_retained_exec()
 
     track_rss_per_retained_exec.unit = "bytes"  # type: ignore[attr-defined]
@@ -111,7 +115,7 @@ def soak_rows(axis: Axis) -> list[list[Row]]:
     return [[
         Row(f"server VmRSS growth over {n} short execs after a warm-up", V(Soak, (n,), "track_rss_growth"),
             None, Soak.growth_target if n == 20_000 else None),
-        Row("server VmRSS per retained finished exec (warm-up to the retention cap)",
+        Row("server VmRSS per retained finished exec (first round to the retention cap)",
             V(Soak, (n,), "track_rss_per_retained_exec"), None, Soak.per_exec_target),
         Row("server VmRSS growth once the retention cap is reached", V(Soak, (n,), "track_rss_growth_past_cap")),
     ]]

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         r = soak(router, side, args.execs, args.round, report=True)
     retained, rss = r.at_cap
     print(f"growth after the warm-up: {(r.rounds[-1][1] - r.warm) / MiB:.1f} MiB over {args.execs} execs; "
-          f"{r.per_retained_exec():.0f} bytes per retained exec (to {retained} retained, cap {DEFAULT_EXECS}); "
+          f"{r.per_retained_exec():.0f} bytes per retained exec (first round to {retained} retained, "
+          f"cap {DEFAULT_EXECS}); "
           f"{(r.rounds[-1][1] - rss) / MiB:+.1f} MiB after the cap")
     return 0
 

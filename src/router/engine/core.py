@@ -24,7 +24,7 @@ from router.errors import RouterError, throttled
 from . import procs, signals, spawn
 from .child import Child
 from .execs import Exec
-from .finished import settle
+from .finished import close_empty_log, settle
 from .journal import Journal
 from .journal_format import Begun, Exited, Forgotten, JournaledExec, Record, Spawned, Stdin
 from .journaling import ExecJournal
@@ -149,6 +149,7 @@ class Engine:
                     log.close()
                 ex.abandon_waiters()  # their loop has stopped; the aio server ended them first
                 ex.notify()
+            close_empty_log(self._store)
             self._store.close()
             if self._oom is not None:
                 self._oom.close()
@@ -244,7 +245,7 @@ class Engine:
         """Hand the exec to a spawner thread (spawner.py). A spawn's pipes exist only inside its
         call, so a batch of thousands never holds the child ends of more than SPAWN_THREADS
         children at once."""
-        self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, time.time(), self.base_env))
+        self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, ex.started_at, self.base_env))
         if not self._spawner.submit(ex):
             self._forget(ex, RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping"))
 

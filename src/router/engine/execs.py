@@ -170,7 +170,7 @@ class Exec(Changes):
 
     __slots__ = ("exec_id", "fingerprint", "spec", "stdout", "stderr", "started", "started_at", "status",
                  "exited_at", "cause", "ended_at", "usage", "kill_requested", "_journaled", "journaled_output",
-                 "failed", "stdin", "child", "output", "_pid")
+                 "failed", "stdin", "child", "output", "_pid", "retained_bytes")
 
     def __init__(self, exec_id: str, fingerprint: bytes, spec: ExecSpec, stdout: SegmentedLog | None,
                  stderr: SegmentedLog | None, stdin_limit: int) -> None:
@@ -205,6 +205,7 @@ class Exec(Changes):
         self.child: Child | None = None
         self.output: OutputPipes | None = None
         self._pid = 0  # the leader's, kept once `child` goes
+        self.retained_bytes = 0  # the output it held when it finished (registry.py: retention)
 
     @property
     def pid(self) -> int:

@@ -1,20 +1,23 @@
 """What a finished exec keeps: little, since the router retains thousands of them.
 
 Once an exec is finished nothing of it runs on, so `settle` drops what only a running exec needs
-(its environment, its child and output pipes, its stdin buffer, its start future) and leaves the
-records every call can still ask for: status, cause, times, usage, pid, args, logs, and how much
-stdin went in (writes are still accepted and dropped). `settled` goes further once the journal
-holds all of its output: its condition goes too, made again only if something waits or changes.
-What replaces the dropped parts is shared by every finished exec, so each costs a few hundred bytes.
+(its environment, child, output pipes, stdin buffer and start future, the log of a stream with
+nothing in it) and keeps what calls can still ask for: status, cause, times, usage, pid, args,
+logs, and how much stdin went in (writes are still checked, accepted and dropped). Its condition
+goes too once the journal holds all its output (Exec.output_journaled; at once without a journal),
+made again only if something waits or changes. What takes the place of a dropped part is shared by
+every finished exec.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import threading
+import weakref
 
 import grpc
 import msgspec
 
+from router._fastio import SegmentedLog, SegmentStore
 from router.errors import RouterError
 
 from .execs import Exec
@@ -64,6 +67,44 @@ class ClosedStdin:
         pass
 
 
+class _EmptyLog(SegmentedLog):
+    """A finished stream that holds nothing, shared by every such stream of a store's execs: so
+    retention closing an exec's logs leaves it be; `close_empty_log` closes it with the store."""
+
+    __slots__ = ("__weakref__",)
+
+    def close(self) -> None:
+        pass
+
+
+# By id(store): each log holds its store, so the id is that store's while the entry lasts.
+_empty_logs: weakref.WeakValueDictionary[int, _EmptyLog] = weakref.WeakValueDictionary()
+
+
+def _empty_log(store: SegmentStore) -> SegmentedLog:
+    """The store's shared empty log (loop thread, or startup's restore)."""
+    log = _empty_logs.get(id(store))
+    if log is None:
+        log = _empty_logs[id(store)] = _EmptyLog(store)
+        log.mark_eof()
+    return log
+
+
+def close_empty_log(store: SegmentStore) -> None:
+    """The store closes (the engine stops): so does its shared empty log."""
+    log = _empty_logs.pop(id(store), None)
+    if log is not None:
+        SegmentedLog.close(log)
+
+
+def _trimmed(log: SegmentedLog | None) -> SegmentedLog | None:
+    """The shared empty log for a complete stream with nothing in it (and no slot, which its own
+    log would give back before the journal says it no longer holds it); else `log` itself."""
+    if log is None or not log.eof or log.committed or log.segments:
+        return log
+    return _empty_log(log.store)
+
+
 def settle(ex: Exec) -> None:
     """The exec just finished (loop thread, after its status, cause and journal records): keep only
     what a finished exec answers with."""
@@ -72,6 +113,7 @@ def settle(ex: Exec) -> None:
         ex.child = None
         ex.output = None
         ex.stdin = ClosedStdin(ex.stdin.written, ex.stdin.eof)
+        ex.stdout, ex.stderr = _trimmed(ex.stdout), _trimmed(ex.stderr)
         if ex.spec.env:
             ex.spec = msgspec.structs.replace(ex.spec, env=NO_ENV)
         if ex.started.done() and ex.started.exception() is None:

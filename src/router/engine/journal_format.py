@@ -218,7 +218,8 @@ class JournalState(msgspec.Struct):
     def apply(self, record: Record) -> None:
         """Merge one record. A Begun starts the exec afresh (the newest, even if its id was live);
         Forgotten removes it; any other kind replaces the exec's previous record of that kind
-        (of that stream, for Output). Records naming no live exec are counted and ignored."""
+        (of that stream, for Output; an Output of nothing leaves none). Records naming no live
+        exec are counted and ignored."""
         self.replayed += 1
         execs = self.execs
         if type(record) is Begun:
@@ -230,10 +231,13 @@ class JournalState(msgspec.Struct):
         if ex is None:
             self.orphans += 1
         elif type(record) is Output:
+            # A stream with nothing in it, not even a slot, replays as one never recorded does
+            # (restore.py: empty and complete): kept as None, which costs nothing per exec.
+            kept = record if record.committed or record.slots else None
             if record.stream == "stdout":
-                ex.stdout = record
+                ex.stdout = kept
             else:
-                ex.stderr = record
+                ex.stderr = kept
         elif type(record) is Stdin:
             ex.stdin = record
         elif type(record) is Spawned:
