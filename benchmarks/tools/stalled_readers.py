@@ -1,19 +1,23 @@
 """What readers that never read cost the router: N TaskExecStdioRead calls on execs of 16 MiB of
-output each, opened (their first message's headers in) and then left unread, against a router of
-its own (default flags, as `PYTHONPATH` finds the package). Prints the server's VmRSS before and
-with them open (per stream), and the rate of a reader that does read (on a channel of its own, an
-exec of --rate-mib), before and meanwhile.
+output each, opened (their headers in) and then left unread by a client process of their own,
+against a router of its own (default flags, as `PYTHONPATH` finds the package). Prints the
+server's VmRSS before and with them open (per stream), the CPU of the server and of that client
+meanwhile, and the rate of a reader that does read (this process, a channel of its own, an exec of
+--rate-mib), before and meanwhile.
 
     python -m benchmarks.tools.stalled_readers [--streams 1000] [--execs 16] [--mib 16] [--rate-mib 256]
-        [-- ROUTER ARGS]
+        [--no-bdp-probe] [-- ROUTER ARGS]
 
 The streams are spread over `--execs` execs (1,000 execs of 16 MiB would need 16 GiB of logs,
 past the default retention); a stream's cost does not depend on whose output it reads.
+`--no-bdp-probe` opens them with grpc's BDP probing off (its pings are what such a client spends
+its CPU on, and the server some of its own answering them).
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
+import multiprocessing
+import multiprocessing.synchronize
 import time
 from typing import Any
 
@@ -31,17 +35,24 @@ from ..suite.common import (
     stream_timeout,
     zeros_command,
 )
-from ..suite.workloads import AioSide
+
+CHANNELS = 4
 
 
-async def open_streams(side: AioSide, md: Any, exec_ids: list[str], n: int, timeout: float) -> list[Any]:
-    """n raw reads (no deserializer), round robin over the execs and the side's channels, each
-    started and its first message's headers received: the server is writing to every one."""
+def stall(target: str, md: Any, exec_ids: list[str], n: int, bdp_probe: bool,
+          ready: multiprocessing.synchronize.Event) -> None:
+    """A client process: n raw reads round robin over the execs and CHANNELS connections, each
+    started and its headers received (the server is writing to every one), never read."""
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", int(bdp_probe))]
+    channels = [grpc.insecure_channel(target, options=options) for _ in range(CHANNELS)]
     reads = [ch.unary_stream(READ_METHOD, request_serializer=pb.TaskExecStdioReadRequest.SerializeToString,
-                             response_deserializer=None) for ch in side.channels]
-    calls = [reads[i % len(reads)](read_request(exec_ids[i % len(exec_ids)]), metadata=md) for i in range(n)]
-    await asyncio.wait_for(asyncio.gather(*(call.initial_metadata() for call in calls)), timeout)
-    return calls
+                             response_deserializer=None) for ch in channels]
+    calls = [reads[i % CHANNELS](read_request(exec_ids[i % len(exec_ids)]), metadata=md, timeout=600)
+             for i in range(n)]
+    for call in calls:
+        call.initial_metadata()
+    ready.set()
+    time.sleep(600)  # until the parent kills it
 
 
 def read_rate(client: SyncRouter, exec_id: str, size: int) -> float:
@@ -59,32 +70,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--execs", type=int, default=16)
     p.add_argument("--mib", type=int, default=16, help="output of each exec")
     p.add_argument("--rate-mib", type=int, default=256, help="output of the exec the reading reader reads")
+    p.add_argument("--no-bdp-probe", action="store_true", help="grpc's BDP probing off in the stalled client")
     p.add_argument("--settle", type=float, default=3.0, help="seconds to wait before reading RSS")
     p.add_argument("router_args", nargs="*")
     args = p.parse_args(argv)
-    size = args.mib * MiB
-    with RouterProcess(args=args.router_args) as router, AioSide(router.target) as side:
+    size, rate_size = args.mib * MiB, args.rate_mib * MiB
+    with RouterProcess(args=args.router_args) as router:
         client = SyncRouter(router)
         ids = [f"stalled-{i}" for i in range(args.execs)]
-        rate_size = args.rate_mib * MiB
         for exec_id, n in [*((exec_id, size) for exec_id in ids), ("reading", rate_size)]:
             client.start(exec_id, zeros_command(n))
             client.wait(exec_id)
         rate_before = read_rate(client, "reading", rate_size)
         before = router.status()["VmRSS"]
-        calls = side.run(open_streams(side, router.metadata, ids, args.streams, 120.0))
-        cpu0 = cpu_seconds(router.pid, children=False)
-        time.sleep(args.settle)
-        idle_cpu = (cpu_seconds(router.pid, children=False) - cpu0) / args.settle
-        with_them = router.status()["VmRSS"]
-        rate_during = read_rate(client, "reading", rate_size)
-        for call in calls:
-            call.cancel()
-        side.run(asyncio.sleep(0.5))
-        print(f"VmRSS {before / MiB:.1f} MiB before, {with_them / MiB:.1f} MiB with {args.streams} unread streams: "
-              f"{(with_them - before) / args.streams / 1024:.0f} KiB per stream")
-        print(f"the router's CPU with them open and nothing else to do: {idle_cpu:.2f} s/s")
-        print(f"a reader of {args.rate_mib} MiB: {rate_before:.0f} MB/s before, {rate_during:.0f} MB/s meanwhile")
+        ready = multiprocessing.Event()
+        staller = multiprocessing.Process(target=stall, args=(router.target, router.metadata, ids, args.streams,
+                                                              not args.no_bdp_probe, ready), daemon=True)
+        staller.start()
+        try:
+            if not ready.wait(300):
+                raise RuntimeError("the streams did not open within 300 s")
+            time.sleep(args.settle)
+            c0, s0, t0 = cpu_seconds(router.pid, children=False), cpu_seconds(staller.pid), time.perf_counter()
+            time.sleep(args.settle)
+            dt = time.perf_counter() - t0
+            server_cpu, staller_cpu = (cpu_seconds(router.pid, children=False) - c0) / dt, \
+                (cpu_seconds(staller.pid) - s0) / dt
+            with_them = router.status()["VmRSS"]
+            rate_during = read_rate(client, "reading", rate_size)
+        finally:
+            staller.kill()
+            staller.join()
+    print(f"VmRSS {before / MiB:.1f} MiB before, {with_them / MiB:.1f} MiB with {args.streams} unread streams: "
+          f"{(with_them - before) / args.streams / 1024:.0f} KiB per stream")
+    print(f"CPU with them open, nothing else going on: server {server_cpu:.2f} s/s, their client {staller_cpu:.2f} s/s")
+    print(f"a reader of {args.rate_mib} MiB: {rate_before:.0f} MB/s before, {rate_during:.0f} MB/s meanwhile")
     return 0
 
 
