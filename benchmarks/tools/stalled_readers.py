@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         staller = multiprocessing.Process(target=stall, args=(router.target, router.metadata, ids, args.streams,
                                                               not args.no_bdp_probe, ready), daemon=True)
         staller.start()
+        assert staller.pid is not None
         try:
             if not ready.wait(300):
                 raise RuntimeError("the streams did not open within 300 s")

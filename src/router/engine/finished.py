@@ -10,17 +10,18 @@ every finished exec.
 """
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 import weakref
 
-import grpc
 import msgspec
 
+from router import _fastio
 from router._fastio import SegmentedLog, SegmentStore
-from router.errors import RouterError
 
 from .execs import Exec
+from .stdin_buffer import new_bytes
 
 # Every finished exec's start future: done, with no error.
 STARTED: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -45,17 +46,15 @@ class ClosedStdin:
     def offer(self, offset: int, data: bytes, eof: bool) -> tuple[bool, bool]:
         """As StdinBuffer.offer once the child is gone: accepted (or refused as then), never flushed."""
         with _STDIN_LOCK:
-            if offset > self.written:
-                raise RouterError(grpc.StatusCode.OUT_OF_RANGE,
-                                  f"offset {offset} is past the {self.written} bytes written so far")
-            new = max(0, len(data) - (self.written - offset))
-            if self.eof:
-                if new:
-                    raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, "stdin is already closed")
-                return True, False
-            self.written += new
-            self.eof = eof
+            n = new_bytes(self.written, self.eof, offset, len(data))
+            if not self.eof:
+                self.written += n
+                self.eof = eof
             return True, False
+
+    def attach(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        """Nothing will be written: the descriptor is closed at once."""
+        _fastio.close_now(fd)
 
     def drop(self) -> None:
         pass
