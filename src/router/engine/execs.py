@@ -205,7 +205,8 @@ class Exec(Changes):
         self.child: Child | None = None
         self.output: OutputPipes | None = None
         self._pid = 0  # the leader's, kept once `child` goes
-        self.retained_bytes = 0  # the output it held when it finished (registry.py: retention)
+        # The output it held when it finished, once the registry retains it (registry.py).
+        self.retained_bytes: int | None = None
 
     @property
     def pid(self) -> int:

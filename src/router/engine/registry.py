@@ -1,6 +1,7 @@
 """The registry: exec id -> Exec, admission (how many may run), idempotent begin, forgetting."""
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -26,9 +27,9 @@ class Registry:
         self._max_running = max_running
         self._running = 0
         self._closing = False
-        # In the order they finished (a plain dict: an OrderedDict costs twice as much per exec),
-        # each with the output it held then (Exec.retained_bytes).
-        self._finished: dict[str, Exec] = {}
+        # In the order they finished, each with the output it held then (Exec.retained_bytes, None
+        # until it is here): a deque costs a pointer per exec, a dict of them ten times as much.
+        self._finished: collections.deque[Exec] = collections.deque()
         self._finished_bytes = 0
 
     @property
@@ -89,7 +90,7 @@ class Registry:
     def finished(self, ex: Exec, held_bytes: int) -> None:
         """An exec is finished (exited, output complete) holding `held_bytes` of output."""
         with self._lock:
-            if ex.exec_id not in self._finished and self._execs.get(ex.exec_id) is ex:
+            if ex.retained_bytes is None and self._execs.get(ex.exec_id) is ex:
                 self._keep(ex, held_bytes)
 
     @property
@@ -104,7 +105,7 @@ class Registry:
 
     def _keep(self, ex: Exec, held_bytes: int) -> None:
         ex.retained_bytes = held_bytes
-        self._finished[ex.exec_id] = ex
+        self._finished.append(ex)
         self._finished_bytes += held_bytes
 
     def expire(self, retention: Retention) -> list[Exec]:
@@ -114,13 +115,13 @@ class Registry:
         released = []
         with self._lock:
             while self._finished:
-                ex = next(iter(self._finished.values()))
+                ex = self._finished[0]
                 if (len(self._finished) <= retention.execs and self._finished_bytes <= retention.bytes
                         and (ex.exited_at is None or now - ex.exited_at <= retention.secs)):
                     break
-                del self._finished[ex.exec_id]
+                self._finished.popleft()
                 del self._execs[ex.exec_id]
-                self._finished_bytes -= ex.retained_bytes
+                self._finished_bytes -= ex.retained_bytes or 0  # set when it came in
                 released.append(ex)
         return released
 
