@@ -92,8 +92,9 @@ class Changes:
 
     def notify(self) -> None:
         """Wake every waiter. Callable from any thread."""
-        with self.cond:
-            self.cond.notify_all()
+        cond = self.cond  # once: `let_go` may drop it while this waits for it
+        with cond:
+            cond.notify_all()
             waiters, self._async_waiters = self._async_waiters, None
         if waiters:
             _wake(waiters)
@@ -136,16 +137,18 @@ class Changes:
     def _changed(self) -> asyncio.Future[None]:
         fut = asyncio.get_running_loop().create_future()
         with self.cond:
-            if self._async_waiters is None:
-                self._async_waiters = []
-            self._async_waiters.append(fut)
+            waiters = self._async_waiters
+            if waiters is None:
+                waiters = self._async_waiters = []
+            waiters.append(fut)
         return fut
 
     def _forget_waiter(self, fut: asyncio.Future[None]) -> None:
         """Drop a waiter whose call ended first, so a quiet exec does not collect them."""
         with self.cond:
-            if self._async_waiters is not None and fut in self._async_waiters:
-                self._async_waiters.remove(fut)
+            waiters = self._async_waiters
+            if waiters is not None and fut in waiters:
+                waiters.remove(fut)
 
     def abandon_waiters(self) -> None:
         """Drop every coroutine's future: their loop has stopped (the server ended their calls)."""
