@@ -280,10 +280,18 @@ def test_stdin_offsets_retries_and_eof(client: RouterClient, raw: Raw) -> None:
     assert exit_code(client.wait("cat")) == 0
 
 
-def test_stdin_after_exit_is_accepted_and_dropped(client: RouterClient) -> None:
+def test_stdin_after_exit_is_accepted_and_dropped(client: RouterClient, raw: Raw) -> None:
     run(client, "gone", ["true"])
     client.write_stdin("gone", 0, b"ignored")
-    client.write_stdin("gone", 7, b"", eof=True)
+    client.write_stdin("gone", 3, b"oredmore")  # a retry's repeat is skipped, the rest is taken
+    gap = pb.TaskExecStdinWriteRequest(task_id=TASK_ID, exec_id="gone", offset=12, data=b"x")
+    assert raw.code("TaskExecStdinWrite", gap) == grpc.StatusCode.OUT_OF_RANGE
+    client.write_stdin("gone", 11, b"", eof=True)
+    client.write_stdin("gone", 5, b"edmo", eof=True)  # nothing new: a retry's repeat
+    after_end = pb.TaskExecStdinWriteRequest(task_id=TASK_ID, exec_id="gone", offset=11, data=b"x")
+    assert raw.code("TaskExecStdinWrite", after_end) == grpc.StatusCode.FAILED_PRECONDITION
+    info = client.inspect("gone")
+    assert info.stdin_bytes == 11 and info.pid > 0 and list(info.args) == ["true"]
 
 
 def test_stdin_of_16_mib_in_one_write(client: RouterClient) -> None:

@@ -86,6 +86,7 @@ class Sizes:
     idle: int  # idle execs held open
     recycle: tuple[int, int]  # stream rounds through one server: (rounds, bytes per round)
     restart_execs: int  # finished execs in the journal a restarted router replays
+    soak: int  # short execs pushed through one router (its default retention) while watching its RSS
     images: tuple[int, int]  # the trees snapshotted and mounted: (files of ~4 KiB, bytes of the one big file)
     rounds: dict[str, int]
 
@@ -93,17 +94,19 @@ class Sizes:
 SIZES = {
     "tiny": Sizes(drain=[8 * MiB], stream=[8 * MiB], fanout=[16], fanout_ssh_max=16,
                   exec_sequential=10, exec_in_flight=40, rpc_calls=400, seek=16 * MiB, memory=16 * MiB,
-                  idle=16, recycle=(3, 8 * MiB), restart_execs=10_000, images=(200, 8 * MiB),
+                  idle=16, recycle=(3, 8 * MiB), restart_execs=10_000, soak=400, images=(200, 8 * MiB),
                   rounds={"drain": 2, "stream": 2, "fanout": 2, "exec": 2, "seek": 3, "journal": 2, "restart": 2,
                           "images": 1, "batch": 2}),
     "quick": Sizes(drain=[64 * MiB], stream=[128 * MiB], fanout=[64, 256], fanout_ssh_max=64,
                    exec_sequential=50, exec_in_flight=200, rpc_calls=5000, seek=256 * MiB, memory=256 * MiB,
-                   idle=256, recycle=(12, 128 * MiB), restart_execs=10_000, images=(2_000, 128 * MiB),
+                   idle=256, recycle=(12, 128 * MiB), restart_execs=10_000, soak=20_000,
+                   images=(2_000, 128 * MiB),
                    rounds={"drain": 3, "stream": 3, "fanout": 2, "exec": 3, "seek": 15, "journal": 15, "restart": 5,
                            "images": 5, "batch": 3}),
     "full": Sizes(drain=[2 * GiB], stream=[1 * GiB], fanout=[256, 1024, 4096], fanout_ssh_max=256,
                   exec_sequential=200, exec_in_flight=1000, rpc_calls=20000, seek=4 * GiB, memory=4 * GiB,
-                  idle=4096, recycle=(12, 1 * GiB), restart_execs=10_000, images=(20_000, 1 * GiB),
+                  idle=4096, recycle=(12, 1 * GiB), restart_execs=10_000, soak=100_000,
+                  images=(20_000, 1 * GiB),
                   rounds={"drain": 5, "stream": 3, "fanout": 3, "exec": 5, "seek": 31, "journal": 9, "restart": 7,
                           "images": 5, "batch": 5}),
 }

@@ -38,8 +38,11 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Where output logs live; empty means <state_dir>/logs. A tmpfs (say /dev/shm/router) spares
     # the disk's writeback and keeps logs across a router crash, not a reboot, in memory.
     log_dir: str = ""
-    # Largest data field in one TaskExecStdioRead message; 1 MiB measured best for grpcio.
-    read_chunk_size: int = 1 * MiB
+    # Largest data field in one TaskExecStdioRead message. A reader that stops reading leaves two
+    # with the server (the one grpc's transport took and cannot send, the next one waiting to be
+    # written): 256 KiB keeps that near 0.5 MiB per stream, and streams as fast as 1 MiB did
+    # (benchmarks/RESULTS.md, "Readers that never read").
+    read_chunk_size: int = MiB // 4
     log_segment_size: int = 32 * MiB
     # Bytes of stdin accepted but not yet taken by the child, per exec.
     stdin_buffer_limit: int = 64 * MiB

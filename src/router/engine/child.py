@@ -15,7 +15,7 @@ from router import _fastio
 
 from . import procs
 from .loop import Readers
-from .records import ExitStatus, Usage
+from .records import ExitStatus, Usage, exit_status
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Child:
         self.exited = True
         self._unwatch()
         exited, value = ended
-        return ExitStatus(code=value) if exited else ExitStatus(signal=value)
+        return exit_status(exited, value)
 
     def _unwatch(self) -> None:
         if self._readers is not None:

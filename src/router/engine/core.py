@@ -24,6 +24,7 @@ from router.errors import RETRY_AFTER_SECS, RouterError, throttled
 from . import procs, signals, spawn
 from .child import Child
 from .execs import Exec
+from .finished import close_empty_log, settle
 from .journal import Journal
 from .journal_format import Begun, Exited, Forgotten, JournaledExec, Record, Spawned, Stdin
 from .journaling import ExecJournal
@@ -152,6 +153,7 @@ class Engine:
                     log.close()
                 ex.abandon_waiters()  # their loop has stopped; the aio server ended them first
                 ex.notify()
+            close_empty_log(self._store)
             self._store.close()
             if self._oom is not None:
                 self._oom.close()
@@ -263,7 +265,7 @@ class Engine:
         that ran is always in the journal, so a retried start after a crash never runs it twice.
         A spawn's pipes exist only inside its call, so a batch of thousands never holds the child
         ends of more than SPAWN_THREADS children at once."""
-        self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, time.time(), self.base_env))
+        self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, ex.started_at, self.base_env))
         self._once_written(lambda: self._submit(ex))
 
     def _submit(self, ex: Exec) -> None:
@@ -400,6 +402,9 @@ class Engine:
             ex.usage = ex.child.usage if ex.child is not None else None
             ex.complete = True
         ex.notify()  # a Kill waits for this
+        if self._journal is not None:
+            ex.all_output_journaled()
+        settle(ex)  # trimmed to what a finished exec answers with
         self._registry.finished(ex, ex.held_bytes())
         for watcher in list(self._watchers):
             watcher.offer(ex)

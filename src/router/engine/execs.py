@@ -21,6 +21,7 @@ from .stdin_buffer import StdinBuffer
 
 if TYPE_CHECKING:
     from .child import Child
+    from .finished import ClosedStdin
     from .output import OutputPipes
 
 # How long a blocked thread sleeps before it looks again at whether its call is still wanted. A
@@ -28,29 +29,73 @@ if TYPE_CHECKING:
 RECHECK_SECS = 5.0
 
 
+class _JournaledAll(dict[StreamName, tuple[int, bool]]):
+    """A finished exec's `journaled_output` once the journal holds all of it, shared by them all:
+    nothing records a finished exec's output again, and a write would be a bug, so it raises."""
+
+    def __setitem__(self, key: StreamName, value: tuple[int, bool]) -> None:
+        raise RuntimeError("the output of a finished exec is journaled already")
+
+
+JOURNALED_ALL = _JournaledAll()
+# Makes a condition for whatever let go of its own (Changes.cond): rare, so one lock serves all.
+_MAKING_COND = threading.Lock()
+
+
 class Changes:
     """Something RPC code waits on: `notify()` (any thread) wakes threads blocked in `wait_until`
-    and completes the futures coroutines await in `until`, each on its own loop."""
+    and completes the futures coroutines await in `until`, each on its own loop.
+
+    The condition and the futures' list exist while they may be needed: `let_go()` drops the
+    condition of something that will not change again (a finished exec), and the next waiter or
+    `notify()` makes a new one."""
+
+    __slots__ = ("_cond", "_async_waiters", "_thread_waiters")
 
     def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self._async_waiters: list[asyncio.Future[None]] = []
+        self._cond: threading.Condition | None = threading.Condition()
+        self._async_waiters: list[asyncio.Future[None]] | None = None
         self._thread_waiters = 0
+
+    @property
+    def cond(self) -> threading.Condition:
+        cond = self._cond
+        if cond is None:
+            with _MAKING_COND:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition()
+        return cond
+
+    def let_go(self) -> None:
+        """Drop the condition, unless a thread waits on it: this will not change again, so a
+        waiter finds what it waits for at once (see `wait_until`)."""
+        cond = self._cond
+        if cond is not None:
+            with cond:
+                if not self._thread_waiters and not self._async_waiters:
+                    self._cond = None
 
     def _ready_or_failed(self, ready: Callable[[], bool]) -> bool:
         return ready()
+
+    def _ready_without_cond(self, ready: Callable[[], bool]) -> bool:
+        """Whether `ready()` holds already when there is no condition (nothing changes any more):
+        then no waiter needs one made."""
+        return self._cond is None and self._ready_or_failed(ready)
 
     @property
     def waiters(self) -> int:
         """Threads and coroutines waiting for this exec to change right now."""
         with self.cond:
-            return self._thread_waiters + len(self._async_waiters)
+            return self._thread_waiters + len(self._async_waiters or ())
 
     def notify(self) -> None:
         """Wake every waiter. Callable from any thread."""
-        with self.cond:
-            self.cond.notify_all()
-            waiters, self._async_waiters = self._async_waiters, []
+        cond = self.cond  # once: `let_go` may drop it while this waits for it
+        with cond:
+            cond.notify_all()
+            waiters, self._async_waiters = self._async_waiters, None
         if waiters:
             _wake(waiters)
 
@@ -59,14 +104,17 @@ class Changes:
     def wait_until(self, ready: Callable[[], bool], wanted: Callable[[], bool], deadline: float | None) -> bool:
         """Block until `ready()` (True), or until the caller stops being `wanted()` or the
         monotonic `deadline` passes (False). `ready` is called with `cond` held."""
-        with self.cond:
+        if self._ready_without_cond(ready):
+            return True
+        cond = self.cond
+        with cond:
             self._thread_waiters += 1
             try:
                 while not self._ready_or_failed(ready):
                     left = RECHECK_SECS if deadline is None else deadline - time.monotonic()
                     if left <= 0 or not wanted():
                         return False
-                    self.cond.wait(min(left, RECHECK_SECS))
+                    cond.wait(min(left, RECHECK_SECS))
                 return True
             finally:
                 self._thread_waiters -= 1
@@ -75,6 +123,8 @@ class Changes:
 
     async def until(self, ready: Callable[[], bool]) -> None:
         """Wait until `ready()`. Cancelling the caller (grpc.aio does at a call's end) ends it."""
+        if self._ready_without_cond(ready):
+            return
         while True:
             fut = self._changed()  # registered before the check: a change in between wakes it
             try:
@@ -87,21 +137,23 @@ class Changes:
     def _changed(self) -> asyncio.Future[None]:
         fut = asyncio.get_running_loop().create_future()
         with self.cond:
-            self._async_waiters.append(fut)
+            waiters = self._async_waiters
+            if waiters is None:
+                waiters = self._async_waiters = []
+            waiters.append(fut)
         return fut
 
     def _forget_waiter(self, fut: asyncio.Future[None]) -> None:
         """Drop a waiter whose call ended first, so a quiet exec does not collect them."""
         with self.cond:
-            try:
-                self._async_waiters.remove(fut)
-            except ValueError:
-                pass
+            waiters = self._async_waiters
+            if waiters is not None and fut in waiters:
+                waiters.remove(fut)
 
     def abandon_waiters(self) -> None:
         """Drop every coroutine's future: their loop has stopped (the server ended their calls)."""
         with self.cond:
-            self._async_waiters.clear()
+            self._async_waiters = None
 
 
 def read_limit(log: SegmentedLog, journaled: int | None) -> tuple[int, bool]:
@@ -116,7 +168,12 @@ def read_limit(log: SegmentedLog, journaled: int | None) -> tuple[int, bool]:
 
 
 class Exec(Changes):
-    """Fields below `cond` are guarded by it; `child` and `output` belong to the loop thread."""
+    """Fields below `cond` are guarded by it; `child` and `output` belong to the loop thread.
+    Once finished, finished.settle() trims it to what a finished exec answers with."""
+
+    __slots__ = ("exec_id", "fingerprint", "spec", "stdout", "stderr", "started", "started_at", "status",
+                 "exited_at", "cause", "ended_at", "usage", "kill_requested", "_journaled", "journaled_output",
+                 "failed", "stdin", "child", "output", "_pid", "retained_bytes", "leader_status", "complete")
 
     def __init__(self, exec_id: str, fingerprint: bytes, spec: ExecSpec, stdout: SegmentedLog | None,
                  stderr: SegmentedLog | None, stdin_limit: int) -> None:
@@ -148,11 +205,25 @@ class Exec(Changes):
         # in it). Readers get no further: see read_limit.
         self._journaled: dict[StreamName, int] | None = None
         # (committed, eof) of each stream's last Output record (loop thread; see journaling.ExecJournal).
-        self.journaled_output: dict[StreamName, tuple[int, bool]] = {}
+        self.journaled_output: dict[StreamName, tuple[int, bool]] = {}  # JOURNALED_ALL once finished
         self.failed: RouterError | None = None  # set if the start failed and the exec was dropped
-        self.stdin = StdinBuffer(self.cond, stdin_limit, spec.pty is not None, self.notify)
+        # A finished exec's is a ClosedStdin (finished.py), which takes writes and drops them.
+        self.stdin: StdinBuffer | ClosedStdin = StdinBuffer(self.cond, stdin_limit, spec.pty is not None,
+                                                            self.notify)
         self.child: Child | None = None
         self.output: OutputPipes | None = None
+        self._pid = 0  # the leader's, kept once `child` goes
+        # The output it held when it finished, once the registry retains it (registry.py).
+        self.retained_bytes: int | None = None
+
+    @property
+    def pid(self) -> int:
+        """The leader's pid (its process group's id), 0 if it never ran (or was restored)."""
+        return self.child.pid if self.child is not None else self._pid
+
+    @pid.setter
+    def pid(self, pid: int) -> None:
+        self._pid = pid
 
     def log(self, which: StreamName) -> SegmentedLog | None:
         """The log a reader of `which` gets, or None if that stream is discarded or merged."""
@@ -172,12 +243,24 @@ class Exec(Changes):
         """Readers get only what `output_journaled` says the journal holds (nothing yet)."""
         self._journaled = {}
 
+    @property
+    def holds_output_for_journal(self) -> bool:
+        return self._journaled is not None
+
     def output_journaled(self, lengths: dict[StreamName, int]) -> None:
-        """The journal now holds these lengths of the streams: readers may have them."""
+        """The journal now holds these lengths of the streams: readers may have them. Once it holds
+        """
         with self.cond:
             if self._journaled is not None:
                 self._journaled.update(lengths)
         self.notify()
+
+    def all_output_journaled(self) -> None:
+        """It is complete and the journal holds its whole output: readers need not ask the journal,
+        nor the journal record its output again (loop thread)."""
+        with self.cond:
+            self._journaled = None
+            self.journaled_output = JOURNALED_ALL
 
     def read_limit(self, which: StreamName, log: SegmentedLog) -> tuple[int, bool]:
         """How far a reader of `which` (its log `log`) may read, and whether that is the stream's end."""

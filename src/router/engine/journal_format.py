@@ -65,8 +65,13 @@ class Begun(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=
         """The record for `spec`: everything but the environment's values. With `base_env` (the
         router's own, which every exec inherits), only the names the request set are kept."""
         env = spec.env if base_env is None else [k for k, v in spec.env.items() if base_env.get(k) != v]
-        return cls(exec_id, fingerprint, list(spec.args), spec.workdir, spec.stdout, spec.stderr,
-                   spec.timeout_secs, spec.pty, sorted(env), started_at)
+        # The spec's own list of args, and one empty list of names for them all: the journal keeps
+        # this record while the exec is retained, and records are never changed.
+        return cls(exec_id, fingerprint, spec.args, spec.workdir, spec.stdout, spec.stderr,
+                   spec.timeout_secs, spec.pty, sorted(env) if env else _NO_NAMES, started_at)
+
+
+_NO_NAMES: Final[list[str]] = []
 
 
 class Spawned(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_like=True, gc=False, tag="spawned"):
@@ -115,8 +120,6 @@ class Forgotten(msgspec.Struct, frozen=True, forbid_unknown_fields=True, array_l
     exec_id: str
 
 
-_STREAMS: Final[tuple[StreamName, ...]] = ("stdout", "stderr")
-
 Record: TypeAlias = Begun | Spawned | Output | Stdin | Exited | Forgotten
 
 ENCODER: Final = msgspec.msgpack.Encoder()
@@ -142,14 +145,23 @@ def frame(record: Record) -> bytes:
 # -- state ---------------------------------------------------------------------------------------
 
 
-class JournaledExec(msgspec.Struct):
-    """Everything the journal knows about one exec: the latest record of each kind."""
+class JournaledExec(msgspec.Struct, gc=False):
+    """Everything the journal knows about one exec: the latest record of each kind (no cycles:
+    records refer to nothing that refers back)."""
 
     begun: Begun
     spawned: Spawned | None = None
-    outputs: dict[StreamName, Output] = {}
+    # Each stream's Output: two fields rather than a dict, since the router keeps one of these
+    # for every retained exec (`outputs` gives them as a dict).
+    stdout: Output | None = None
+    stderr: Output | None = None
     stdin: Stdin | None = None
     exited: Exited | None = None
+
+    @property
+    def outputs(self) -> dict[StreamName, Output]:
+        """The latest Output of each stream that has one."""
+        return {out.stream: out for out in (self.stdout, self.stderr) if out is not None}
 
     @property
     def exec_id(self) -> str:
@@ -172,8 +184,7 @@ class JournaledExec(msgspec.Struct):
         yield self.begun
         if self.spawned is not None:
             yield self.spawned
-        for stream in _STREAMS:
-            out = self.outputs.get(stream)
+        for out in (self.stdout, self.stderr):
             if out is not None:
                 yield out
         if self.stdin is not None:
@@ -183,7 +194,7 @@ class JournaledExec(msgspec.Struct):
 
     def copy(self) -> JournaledExec:
         """An independent copy (records are frozen, so they are shared)."""
-        return JournaledExec(self.begun, self.spawned, dict(self.outputs), self.stdin, self.exited)
+        return JournaledExec(self.begun, self.spawned, self.stdout, self.stderr, self.stdin, self.exited)
 
 
 class JournalState(msgspec.Struct):
@@ -207,7 +218,8 @@ class JournalState(msgspec.Struct):
     def apply(self, record: Record) -> None:
         """Merge one record. A Begun starts the exec afresh (the newest, even if its id was live);
         Forgotten removes it; any other kind replaces the exec's previous record of that kind
-        (of that stream, for Output). Records naming no live exec are counted and ignored."""
+        (of that stream, for Output; an Output of nothing leaves none). Records naming no live
+        exec are counted and ignored."""
         self.replayed += 1
         execs = self.execs
         if type(record) is Begun:
@@ -219,7 +231,13 @@ class JournalState(msgspec.Struct):
         if ex is None:
             self.orphans += 1
         elif type(record) is Output:
-            ex.outputs[record.stream] = record
+            # A stream with nothing in it, not even a slot, replays as one never recorded does
+            # (restore.py: empty and complete): kept as None, which costs nothing per exec.
+            kept = record if record.committed or record.slots else None
+            if record.stream == "stdout":
+                ex.stdout = kept
+            else:
+                ex.stderr = kept
         elif type(record) is Stdin:
             ex.stdin = record
         elif type(record) is Spawned:

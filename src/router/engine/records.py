@@ -6,6 +6,7 @@ here holds a descriptor, a process or a lock.
 from __future__ import annotations
 
 import enum
+import functools
 from typing import Literal
 
 import msgspec
@@ -59,14 +60,21 @@ _SPELLED_WITH_SPACES = {"timed out": ExitCause.TIMED_OUT, "failed to start": Exi
                         "out of memory": ExitCause.OOM}
 
 
-class ExitStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class ExitStatus(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """How the leader ended: `code` if it exited, `signal` if a signal ended it."""
 
     code: int | None = None
     signal: int | None = None
 
 
-class Usage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+@functools.cache
+def exit_status(exited: bool, value: int) -> ExitStatus:
+    """The status of a leader that exited with code `value` (`exited`) or was ended by signal
+    `value`: one shared object per status, since thousands of retained execs hold a few."""
+    return ExitStatus(code=value) if exited else ExitStatus(signal=value)
+
+
+class Usage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """What the leader (and the children it reaped) cost, from its rusage."""
 
     user_cpu_secs: float

@@ -15,6 +15,7 @@ from router._fastio import SegmentedLog, SegmentStore
 
 from . import procs
 from .execs import Exec
+from .finished import NO_ENV, RestoredStdin, settle
 from .journal_format import Exited, JournaledExec, Output
 from .records import ExecSpec, ExitCause, ExitStatus, StreamName
 
@@ -55,6 +56,10 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
         ex.leader_status = ex.status
         ex.complete = True
         ex.started.set_result(None)
+        settle(ex)
+        # How much stdin it took last is not journaled: a write at any offset is taken for a
+        # retry of one acknowledged before (and dropped), never called a gap.
+        ex.stdin = RestoredStdin(ex.stdin.written, ex.stdin.eof)
         yield ex, lost
 
 
@@ -69,13 +74,13 @@ def _output_complete(je: JournaledExec) -> bool:
 
 def _rebuild(je: JournaledExec, store: SegmentStore, stdin_limit: int) -> Exec:
     b = je.begun
-    spec = ExecSpec(args=b.args, env={}, workdir=b.workdir, stdout=b.stdout, stderr=b.stderr,
+    spec = ExecSpec(args=b.args, env=NO_ENV, workdir=b.workdir, stdout=b.stdout, stderr=b.stderr,
                     timeout_secs=b.timeout_secs, pty=b.pty)
     # The logs the exec had, each complete at its journaled length.
     has_stdout, has_stderr = spec.logged_streams()
-    stdout = _restored_log(store, je.outputs.get("stdout")) if has_stdout else None
+    stdout = _restored_log(store, je.stdout) if has_stdout else None
     try:
-        stderr = _restored_log(store, je.outputs.get("stderr")) if has_stderr else None
+        stderr = _restored_log(store, je.stderr) if has_stderr else None
     except ValueError:
         if stdout is not None:
             stdout.close()
@@ -84,9 +89,6 @@ def _rebuild(je: JournaledExec, store: SegmentStore, stdin_limit: int) -> Exec:
     ex.started_at = b.started_at
     if je.stdin is not None:
         ex.stdin.written, ex.stdin.eof = je.stdin.written, je.stdin.eof
-    with ex.cond:
-        ex.stdin.drop()  # as after any exit: writes are accepted and dropped
-        ex.stdin.any_offset = True
     return ex
 
 

@@ -32,9 +32,6 @@ class StdinBuffer:
         self.pending_bytes = 0
         self._pending: collections.deque[memoryview] = collections.deque()
         self._dropping = False  # the child is gone or closed its stdin: accept and drop
-        # Restored after a restart: how much stdin was acknowledged last is not known exactly, so
-        # a write at any offset is taken for a retry of one acknowledged before (and dropped).
-        self.any_offset = False
         self._last = b""  # the last byte accepted, to end a terminal's input cleanly
         # Loop thread only.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -47,16 +44,10 @@ class StdinBuffer:
         nothing, while the buffer has no room: offer again once the exec changes."""
         view = memoryview(data)
         with self._cond:
-            if offset > self.written:
-                if self.any_offset:
-                    return True, False
-                raise RouterError(grpc.StatusCode.OUT_OF_RANGE,
-                                  f"offset {offset} is past the {self.written} bytes written so far")
-            new = view[self.written - offset:]
+            n = new_bytes(self.written, self.eof, offset, len(view))
             if self.eof:
-                if len(new):
-                    raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, "stdin is already closed")
                 return True, False
+            new = view[len(view) - n:]
             if not (self._dropping or not self.pending_bytes or self.pending_bytes + len(new) <= self._limit):
                 return False, False
             self.written += len(new)
@@ -132,6 +123,17 @@ class StdinBuffer:
             self._loop.remove_writer(fd)
             self._writing = False
         _fastio.close_now(fd)  # with the GIL held: see _fastio
+
+
+def new_bytes(written: int, eof: bool, offset: int, length: int) -> int:
+    """How many of `length` bytes written at `offset` are new when `written` were taken so far (a
+    retry repeats the rest); OUT_OF_RANGE past those, FAILED_PRECONDITION for new ones after the end."""
+    if offset > written:
+        raise RouterError(grpc.StatusCode.OUT_OF_RANGE, f"offset {offset} is past the {written} bytes written so far")
+    new = max(0, length - (written - offset))
+    if eof and new:
+        raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, "stdin is already closed")
+    return new
 
 
 def terminal_eof(fd: int, last: bytes) -> bytes:

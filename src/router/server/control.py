@@ -61,7 +61,7 @@ def exec_info(ex: Exec, log_full: bool) -> ec.ExecInfo:
                        started_at=ex.started_at, ended_at=ex.ended_at or 0.0, running=ex.running,
                        stdout_bytes=_answerable(ex, "stdout"), stderr_bytes=_answerable(ex, "stderr"),
                        stdin_bytes=min(ex.stdin.written, 2**63), exit=exit_info(ex),
-                       pid=ex.child.pid if ex.child is not None else 0, terminal=ex.spec.pty is not None,
+                       pid=ex.pid, terminal=ex.spec.pty is not None,
                        output_held_back=ex.output is not None and ex.output.held_back, log_filesystem_full=log_full)
     for log, released in ((ex.stdout, info.stdout_released), (ex.stderr, info.stderr_released)):
         if log is not None and log.released_range[1]:
@@ -220,7 +220,7 @@ def _watch_messages(ready: list[tuple[EventKind, Exec]], output_limit: int) -> I
         held += size
         if kind == "started":
             response.events.add(exec_id=ex.exec_id, kind=ec.WATCH_EVENT_KIND_STARTED, time=ex.started_at,
-                                pid=ex.child.pid if ex.child is not None else 0)
+                                pid=ex.pid)
             continue
         event = response.events.add(exec_id=ex.exec_id, time=ex.ended_at or 0.0)
         exit_info(ex, event.exit)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -86,6 +87,11 @@ def env_bytes(env: dict[str, str]) -> int:
     return sum(len(k.encode()) + len(v.encode()) + 2 for k, v in env.items())
 
 
+# Args this short are one object with every equal arg (sys.intern): the router retains thousands of
+# finished execs, most of them running the same few commands (`sh -c ...`).
+SHARED_ARG_CHARS = 256
+
+
 def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str], secrets: SecretLookup = no_secret_store,
               max_arg_bytes: int = 1 << 20, max_env_bytes: int = 1 << 20,
               base_env_bytes: int | None = None) -> ExecSpec:
@@ -94,7 +100,7 @@ def exec_spec(request: pb.TaskExecStartRequest, base_env: dict[str, str], secret
     exec_id(request)
     if request.container_id:
         raise not_found(f"container {request.container_id!r} not found: this router serves only the main container")
-    args = list(request.command_args)
+    args = [sys.intern(a) if len(a) <= SHARED_ARG_CHARS else a for a in request.command_args]
     if not args:
         raise invalid("command_args", "must not be empty")
     if not args[0]:
