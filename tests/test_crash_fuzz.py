@@ -13,11 +13,12 @@ ROUNDS = int(os.environ.get("CRASH_FUZZ_ROUNDS", "50"))
 
 
 @pytest.mark.timeout(30 + 6 * ROUNDS)
-def test_kill_9_at_random_moments_contradicts_no_answer(tmp_path: pathlib.Path) -> None:
-    f = fuzz(tmp_path, ROUNDS, seed=ROUNDS)
+@pytest.mark.parametrize(("durability", "rounds"), [("process", ROUNDS), ("machine", max(1, ROUNDS // 5))])
+def test_kill_9_at_random_moments_contradicts_no_answer(tmp_path: pathlib.Path, durability: str, rounds: int) -> None:
+    f = fuzz(tmp_path, rounds, seed=rounds, serve_args=("--durability", durability))
     print(dict(f.counts))
     assert f.contradictions == 0, dict(f.counts)
     # The kills landed mid-workload: calls were cut, execs were lost, and there was something to check.
-    assert f.counts["restarts"] == ROUNDS
+    assert f.counts["restarts"] == rounds
     assert f.counts["lost execs"] > 0 and f.counts["calls cut by the kill"] > 0
     assert f.counts["exits checked"] > 0 and f.counts["reads checked"] > 0 and f.counts["stdin writes checked"] > 0

@@ -149,3 +149,27 @@ def test_a_restored_exec_ages_from_its_exit(tmp_path: pathlib.Path) -> None:
         assert eventually(lambda: raw.code("TaskExecPoll", pb.TaskExecPollRequest(
             task_id=TASK_ID, exec_id="old")) == grpc.StatusCode.NOT_FOUND), "an hour-old exit was kept for 600 s"
         assert exit_code(client.poll("new")) == 0
+
+
+def test_kill_9_ends_what_an_exited_leader_left_holding_its_output(tmp_path: pathlib.Path) -> None:
+    """The leader exited (its status answered and journaled) but a background process holds its
+    output open: after a crash that process is ended once, and the exit answered stays as it was."""
+    background = 0
+    try:
+        with router_process(tmp_path) as (proc, listen):
+            with RouterClient(listen, state_token(tmp_path), TASK_ID, retries=0) as client:
+                client.start("d", ["sh", "-c", "sleep 60 & echo $!; exit 2"], **PIPES)
+                assert exit_code(client.wait("d")) == 2
+                background = int(next(iter(client.read("d"))).split()[0])
+            proc.kill()
+            proc.wait(10)
+        assert alive(background)
+        with router_process(tmp_path) as (_, listen):
+            with RouterClient(listen, state_token(tmp_path), TASK_ID, retries=0) as client:
+                assert eventually(lambda: not alive(background)), "the background process outlived the restart"
+                assert exit_code(client.poll("d")) == 2
+        out = journal_format.replay(tmp_path / "journal").execs["d"].stdout
+        assert out is not None and out.eof  # ended in the journal: the next restart kills nothing
+    finally:
+        if background and alive(background):
+            os.kill(background, signal.SIGKILL)

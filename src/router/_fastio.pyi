@@ -54,6 +54,8 @@ class SegmentStore:
         the filesystem (a full one needs them more than the next log does). How many were punched;
         0 where holes cannot be punched. ValueError once closed."""
 
+    def sync(self) -> None:
+        """fdatasync(2) every arena file open (output survives a power cut)."""
     def hold_freed(self) -> None:
         """From now on a slot given back is neither handed out again nor punched until
         recycle_held() lets it go (once the journal records who gave it up)."""

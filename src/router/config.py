@@ -73,6 +73,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     on_log_full: Literal["trim", "block"] = "trim"
     # Journal exec records in the state directory, so a restarted router serves what it had.
     journal: bool = True
+    # Answers wait for their records to be written ("process": survives the router's death) or
+    # also synced to disk ("machine": survives a power cut); engine/durability.py.
+    durability: Literal["process", "machine"] = "process"
     # How images are mounted: "overlay" (O(1), needs the privilege to mount), "copy", or "auto"
     # (overlay if a probe mount works, else copy).
     mount_method: Literal["auto", "overlay", "copy"] = "auto"

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import grpc
 
 from router.client import STDOUT, RouterClient
-from router.engine import journal_format
+from router.engine import journal_format, procs
 from tests.helpers.execs import PIPES
 from tests.helpers.servers import TASK_ID, router_process, state_token
 
@@ -73,8 +73,9 @@ def _exit_of(reply: object) -> tuple[int | None, int | None]:
 class CrashFuzz:
     """Rounds against one state directory; `counts` adds up what every round saw."""
 
-    def __init__(self, workdir: pathlib.Path, seed: int) -> None:
+    def __init__(self, workdir: pathlib.Path, seed: int, serve_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.serve_args = serve_args  # for `router serve`, each start
         self.state = workdir / "state"
         self.runs = workdir / "runs"
         self.mark = f"fuzz-{os.getpid()}-{seed}"
@@ -143,7 +144,7 @@ class CrashFuzz:
         execs = [(f"r{number}-{k}", self.rng.choice(KINDS)) for k in range(self.rng.randrange(4, 12))]
         for exec_id, kind in execs:
             self.answers.requests[exec_id] = self._request(exec_id, kind)
-        with router_process(self.state) as (proc, listen):
+        with router_process(self.state, *self.serve_args) as (proc, listen):
             client = RouterClient(listen, state_token(self.state), TASK_ID, retries=0)
             stop = threading.Event()
             with client, concurrent.futures.ThreadPoolExecutor(len(execs) + 1) as pool:
@@ -170,7 +171,7 @@ class CrashFuzz:
     def check(self, round_number: int) -> None:
         """Restart on the same state directory and count what contradicts an earlier answer."""
         a, counts = self.answers, self.counts
-        with router_process(self.state) as (_, listen), \
+        with router_process(self.state, *self.serve_args) as (_, listen), \
                 RouterClient(listen, state_token(self.state), TASK_ID, retries=0) as client:
             counts["restarts"] += 1
             for exec_id, answered in self._sample(list(a.exits.items()), round_number):
@@ -217,7 +218,12 @@ class CrashFuzz:
         for pid, exec_id in _marked_processes(self.mark):
             self.counts["processes left running"] += 1
             je = journal_format.replay(self.state / "journal").execs.get(exec_id)
-            print(f"process {pid} of exec {exec_id} outlived it; journaled: {je}", file=sys.stderr)
+            try:
+                stat = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                stat = []
+            print(f"process {pid} of exec {exec_id} outlived it (state, ppid, pgid: {stat[:3]}, started "
+                  f"{procs.start_time(pid)}, now {time.time()}); journaled: {je}", file=sys.stderr)
             os.kill(pid, signal.SIGKILL)
 
     def cleanup(self) -> None:
@@ -274,8 +280,8 @@ def _marked_processes(mark: str) -> Iterator[tuple[int, str]]:
             yield int(entry), exec_id
 
 
-def fuzz(workdir: pathlib.Path, rounds: int, seed: int) -> CrashFuzz:
-    f = CrashFuzz(workdir, seed)
+def fuzz(workdir: pathlib.Path, rounds: int, seed: int, serve_args: tuple[str, ...] = ()) -> CrashFuzz:
+    f = CrashFuzz(workdir, seed, serve_args)
     try:
         for number in range(rounds):
             f.round(number)
@@ -288,10 +294,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=500)
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--durability", choices=("process", "machine"), default="process")
     args = parser.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        f = fuzz(pathlib.Path(tmp), args.rounds, args.seed)
+        f = fuzz(pathlib.Path(tmp), args.rounds, args.seed, ("--durability", args.durability))
     print(f"seed {args.seed}: {args.rounds} kills in {time.monotonic() - started:.0f} s")
     for key, n in sorted(f.counts.items()):
         print(f"  {key}: {n}")

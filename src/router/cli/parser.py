@@ -77,6 +77,9 @@ def parser() -> Parser:
                        help="when running execs fill the log filesystem (finished ones released already): trim "
                             "the one holding the most output to its head and tail (default), or block: stop "
                             "draining the largest writer until there is room; small outputs always find room")
+    serve.add_argument("--durability", choices=("process", "machine"), default="process",
+                       help="answers wait for the journal's records: written, so they survive the router's death "
+                            "(process, default), or also synced to disk, so they survive a power cut (machine)")
     serve.add_argument("--no-journal", action="store_true",
                        help="keep no records: a restarted router starts empty (and deletes old logs)")
     serve.add_argument("--mount-method", choices=("auto", "overlay", "copy"), default="auto",

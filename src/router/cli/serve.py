@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               retain_bytes=args.retain_bytes,
                               retain_secs=args.retain_secs, retain_execs=args.retain_execs,
                               max_exec_output=args.max_exec_output, on_log_full=args.on_log_full,
-                              journal=not args.no_journal,
+                              journal=not args.no_journal, durability=args.durability,
                               mount_method=args.mount_method,
                               tokens=config.TokenPolicy(algorithm=args.jwt_alg,
                                                         public_key=absolute_path(args.jwt_public_key),

@@ -23,13 +23,14 @@ from router.errors import RETRY_AFTER_SECS, RouterError, throttled
 
 from . import procs, signals, spawn
 from .child import Child
+from .durability import Durability
 from .execs import Exec
 from .finished import close_empty_log, settle
 from .journal import Journal
 from .journal_format import Begun, Exited, Forgotten, JournaledExec, Record, Spawned, Stdin
 from .journaling import ExecJournal
 from .limits import base_environment
-from .log_space import LogSpace, OnLogFull, trim
+from .log_space import LogSpace, OnLogFull, remove_arenas, trim
 from .loop import LoopThread
 from .oom import OomKills
 from .output import OutputPipes
@@ -61,7 +62,7 @@ class Engine:
                  kill_grace_secs: float = 0.0, max_running_execs: int = 0, reap_orphans: bool = False,
                  retention: Retention = Retention(), journal_path: pathlib.Path | None = None,
                  max_exec_output: int = 0, exec_user: spawn.ExecUser | None = None,
-                 on_log_full: OnLogFull = "trim") -> None:
+                 on_log_full: OnLogFull = "trim", durability: Durability = "process") -> None:
         self._log_dir = log_dir
         self._exec_user = exec_user
         self._segment_size = segment_size
@@ -70,7 +71,7 @@ class Engine:
         self._reap_orphans = reap_orphans
         self._retention = retention
         self._max_exec_output = max_exec_output  # 0: as much as retention keeps in all
-        self._journal_path = journal_path
+        self._journal_path, self._durability = journal_path, durability
         self._journal: ExecJournal | None = None
         self._boot_id = procs.boot_id()
         self._store: SegmentStore | None = None
@@ -95,7 +96,7 @@ class Engine:
     def start(self) -> None:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         if self._journal_path is None:
-            self._remove_logs()  # without a journal nothing can read what a previous run left
+            remove_arenas(self._log_dir)  # without a journal nothing can read what a previous run left
         # Every stream's segments are slots in a few shared files: no file creation per exec.
         self._store = self._space.open_store(self._segment_size)  # segments sized to a small filesystem
         self._retention = self._retention.resolved(str(self._log_dir))
@@ -105,10 +106,13 @@ class Engine:
         self._max_exec_output = max(self._max_exec_output, 3 * self._store.segment_size)
         if self._journal_path is not None:
             journal, state = Journal.open(self._journal_path)
-            self._journal = ExecJournal(journal, self._loop, self._store, lambda: self._registry.running)
+            self._journal = ExecJournal(journal, self._loop, self._store, lambda: self._registry.running,
+                                        self._durability)
             self._restore(state.execs)
         self._oom = OomKills()
         self._loop.start()
+        if self._journal is not None:
+            self._journal.start()
         self._spawner.start()
         self._loop.call_soon(self._expire_periodically)
         if self._reap_orphans:
@@ -119,10 +123,10 @@ class Engine:
     def _restore(self, journaled: dict[str, JournaledExec]) -> None:
         """Execs of the previous run, finished (or lost, if it died while they ran), oldest first."""
         assert self._store is not None and self._journal is not None
-        for ex, lost in restored_execs(journaled, self._store, self._stdin_limit, self._boot_id):
+        for ex, records in restored_execs(journaled, self._store, self._stdin_limit, self._boot_id):
             self._registry.restore(ex, ex.held_bytes())
-            if lost is not None:
-                self._journal.journal.append(lost)
+            for record in records:
+                self._journal.journal.append(record)
         self._store.finish_restore()
         self._journal.journal.flush(fsync=True)
         logger.info("restored %d execs from the journal", self._registry.finished_count)
@@ -158,17 +162,12 @@ class Engine:
             if self._oom is not None:
                 self._oom.close()
             if self._journal is not None:
+                self._journal.stop()
                 self._journal.journal.close(fsync=True)  # the next run serves what this one had
             else:
-                self._remove_logs()
+                remove_arenas(self._log_dir)
                 with contextlib.suppress(OSError):
                     self._log_dir.rmdir()  # only if nothing else lives there
-
-    def _remove_logs(self) -> None:
-        """Delete the arena files, and nothing else: the log directory may be shared (--log-dir)."""
-        for path in self._log_dir.glob("arena-*"):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
 
     # -- any thread ------------------------------------------------------------------------------
 

@@ -160,6 +160,12 @@ class Journal:
                 os.close(self._fd)
                 self._fd = -1
 
+    def sync(self) -> None:
+        """fdatasync(2) the file: every record flushed so far survives a power cut."""
+        with self._io_lock:
+            self._check_open()
+            os.fdatasync(self._fd)
+
     def reserve(self, ahead: int) -> bool:
         """Have the blocks of the next `ahead` bytes allocated (the file's size unchanged), so that
         that many bytes of records can be written whatever else fills the filesystem; False if it

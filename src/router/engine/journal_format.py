@@ -231,9 +231,9 @@ class JournalState(msgspec.Struct):
         if ex is None:
             self.orphans += 1
         elif type(record) is Output:
-            # A stream with nothing in it, not even a slot, replays as one never recorded does
-            # (restore.py: empty and complete): kept as None, which costs nothing per exec.
-            kept = record if record.committed or record.slots else None
+            # A complete stream with nothing in it, not even a slot, replays as one never recorded
+            # does (restore.py: empty and complete): kept as None, which costs nothing per exec.
+            kept = record if record.committed or record.slots or not record.eof else None
             if record.stream == "stdout":
                 ex.stdout = kept
             else:

@@ -4,12 +4,14 @@ the records it depends on (`when_written`): a reader gets output, a waiter an ex
 its start, only once the journal holds them, so a restart after `kill -9` never contradicts it."""
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 
 from router._fastio import SegmentStore
 
+from .durability import Durability, MachineSync
 from .execs import Exec
 from .journal import Journal
 from .journal_format import Output, Record
@@ -31,9 +33,12 @@ RESERVE_MARGIN = 64 << 10
 class ExecJournal:
     """The journal as the loop thread writes it. `journal` is the file, for the start and the stop."""
 
-    def __init__(self, journal: Journal, loop: LoopThread, store: SegmentStore, running: Callable[[], int]) -> None:
+    def __init__(self, journal: Journal, loop: LoopThread, store: SegmentStore, running: Callable[[], int],
+                 durability: Durability = "process") -> None:
         self.journal = journal
         self._loop = loop
+        # With "machine", answers also wait for fdatasync (durability.py), on a thread of its own.
+        self._sync = MachineSync(journal, store, loop) if durability == "machine" else None
         self._running = running
         # The state filesystem has no room for the reserve: new execs are refused until it has.
         self.full = False
@@ -50,6 +55,14 @@ class ExecJournal:
     def record(self, record: Record) -> None:
         self.journal.append(record)
         self.flush_soon()
+
+    def start(self) -> None:
+        if self._sync is not None:
+            self._sync.start()
+
+    def stop(self) -> None:
+        if self._sync is not None:
+            self._sync.stop()
 
     def when_written(self, then: Callable[[], None]) -> None:
         """Call `then` (on the loop thread) once every record appended so far is written."""
@@ -89,6 +102,15 @@ class ExecJournal:
             self._failing = False
             logger.warning("writing the journal %s works again", self.journal.path)
         self._keep_reserve()
+        if self._sync is None:
+            self._written(held, changed, waiting)
+        elif held or changed or waiting:
+            self._sync.submit(functools.partial(self._written, held, changed, waiting))
+
+    def _written(self, held: int, changed: list[tuple[Exec, dict[StreamName, int]]],
+                 waiting: list[Callable[[], None]]) -> None:
+        """The records of one flush are as durable as asked: recycle the slots their releases gave
+        back, and give the answers that waited for them."""
         self._store.recycle_held(held)
         if self._store.held_slots and not self._recycle_armed:  # given back meanwhile: recycle soon
             self._recycle_armed = True

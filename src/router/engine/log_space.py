@@ -14,6 +14,7 @@ when it ends (`full`). Loop thread only, but `full` may be read from any thread.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pathlib
@@ -218,3 +219,10 @@ class LogSpace:
         self.full = False
         logger.info("the log filesystem of %s has room again (%d bytes free)", self._log_dir,
                     self._room(fresh=True) + self.reserve)
+
+
+def remove_arenas(log_dir: pathlib.Path) -> None:
+    """Delete the arena files, and nothing else: the log directory may be shared (--log-dir)."""
+    for path in log_dir.glob("arena-*"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

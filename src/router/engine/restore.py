@@ -16,8 +16,8 @@ from router._fastio import SegmentedLog, SegmentStore
 from . import procs
 from .execs import Exec
 from .finished import NO_ENV, RestoredStdin, settle
-from .journal_format import Exited, JournaledExec, Output
-from .records import ExecSpec, ExitCause, ExitStatus, StreamName
+from .journal_format import Exited, JournaledExec, Output, Record
+from .records import ExecSpec, ExitCause, ExitStatus
 
 logger = logging.getLogger(__name__)
 
@@ -28,23 +28,28 @@ SAME_PROCESS_SECS = 1.0
 
 
 def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, stdin_limit: int,
-                   boot_id: str) -> Iterator[tuple[Exec, Exited | None]]:
-    """Each journaled exec rebuilt, oldest first, with the Exited record to journal for one that
-    was lost (None for one that had finished). Slots no exec claims are left for the caller's
-    `store.finish_restore()`. An exec whose logs cannot be restored is skipped, loudly."""
+                   boot_id: str) -> Iterator[tuple[Exec, list[Record]]]:
+    """Each journaled exec rebuilt, oldest first, with the records to journal for it: an Exited for
+    one that was lost, the end of each stream whose end was never journaled. Slots no exec claims
+    are left for the caller's `store.finish_restore()`. An exec whose logs cannot be restored is
+    skipped, loudly."""
     for je in journaled.values():
-        if je.exited is None or not _output_complete(je):
+        incomplete = not _output_complete(je)
+        if je.exited is None or incomplete:
             # Lost, or its leader exited while something it started still held its output open:
-            # nothing of it may run on unwatched.
+            # nothing of it may run on unwatched (once: what is journaled below says it is over).
             _kill_lost_group(je, boot_id)
         try:
             ex = _rebuild(je, store, stdin_limit)
         except ValueError as e:
             logger.error("exec %s cannot be restored from the journal, dropped: %s", je.exec_id, e)
             continue
-        lost = None
+        records: list[Record] = []
+        if incomplete:
+            records += [Output(ex.exec_id, name, log.segments, log.committed, True) for name, log in ex.named_logs()]
         if je.exited is None:
             lost = Exited(je.exec_id, LOST, time.time(), ExitCause.LOST)
+            records.append(lost)
             ex.status = LOST
             ex.cause, ex.ended_at = ExitCause.LOST, lost.ended_at
             ex.exited_at = time.monotonic()
@@ -60,16 +65,14 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
         # How much stdin it took last is not journaled: a write at any offset is taken for a
         # retry of one acknowledged before (and dropped), never called a gap.
         ex.stdin = RestoredStdin(ex.stdin.written, ex.stdin.eof)
-        yield ex, lost
+        yield ex, records
 
 
 def _output_complete(je: JournaledExec) -> bool:
-    """Whether the journal saw the end of every stream the exec logs."""
-    b = je.begun
-    spec = ExecSpec(args=[], env={}, stdout=b.stdout, stderr=b.stderr, pty=b.pty)
-    names: tuple[StreamName, StreamName] = ("stdout", "stderr")
-    streams = [name for name, logged in zip(names, spec.logged_streams(), strict=True) if logged]
-    return all((out := je.outputs.get(name)) is not None and out.eof for name in streams)
+    """Whether no stream the journal recorded was still open (one never recorded, or recorded
+    empty and complete, replays as None: taken as complete, so that the group of every finished
+    exec is not killed again at every restart, when its id may be someone else's)."""
+    return all(out is None or out.eof for out in (je.stdout, je.stderr))
 
 
 def _rebuild(je: JournaledExec, store: SegmentStore, stdin_limit: int) -> Exec:

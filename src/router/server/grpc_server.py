@@ -92,6 +92,7 @@ class RouterServer:
             journal_path=pathlib.Path(config.state_dir) / "journal" if config.journal else None,
             max_exec_output=config.max_exec_output,
             on_log_full=config.on_log_full,
+            durability=config.durability,
             exec_user=exec_user(config.exec_user) if config.exec_user else None,
         )
         self.images = Images(pathlib.Path(config.state_dir), config.mount_method)
