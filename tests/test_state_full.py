@@ -4,13 +4,16 @@ recovers by itself once space returns; and the journal is never left torn (a kil
 restarts cleanly). On a real tmpfs of a few MiB under a real router."""
 from __future__ import annotations
 
+import os
 import pathlib
 
 import grpc
 import pytest
 
+from router._proto import task_command_router_pb2 as pb
 from router.client import RouterClient, exit_code
 from tests.helpers.execs import PIPES
+from tests.helpers.grpc_raw import Raw
 from tests.helpers.polling import eventually
 from tests.helpers.servers import TASK_ID, router_process, state_token
 from tests.helpers.tmpfs import fill, tmpfs
@@ -32,6 +35,9 @@ def _start_code(client: RouterClient, exec_id: str) -> grpc.StatusCode:
 def test_running_execs_end_and_are_answered_on_a_full_state_filesystem(tmp_path: pathlib.Path) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "data").write_bytes(os.urandom(MiB))
     with tmpfs(tmp_path / "state", 4 * MiB) as state:
         token = state_token(state)
         with router_process(state, "--log-dir", str(logs)) as (proc, listen), \
@@ -46,6 +52,16 @@ def test_running_execs_end_and_are_answered_on_a_full_state_filesystem(tmp_path:
                 n += 1
                 assert n < 5000, "new execs were never refused"
             assert n > 0  # the reserve held back only what running execs need
+            # An image has no room either: RESOURCE_EXHAUSTED, saying why.
+            raw = Raw(int(listen.rsplit(":", 1)[1]), token)
+            snapshot = pb.TaskSnapshotDirectoryRequest(task_id=TASK_ID, path=bytes(tree))
+            try:
+                with pytest.raises(grpc.RpcError) as refused:
+                    raw.call("TaskSnapshotDirectory", snapshot)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+                assert "No space left" in (refused.value.details() or "")
+            finally:
+                raw.channel.close()
             # Running execs go on: stdin, output, exit, all answered.
             for i in range(3):
                 client.write_stdin(f"cat{i}", 7, b"after\n", eof=True)
