@@ -1,5 +1,6 @@
-"""The exec rate of `true` through BatchStart + Watch for routers built from different source trees,
-side by side with local posix_spawn: an A/B between commits on one noisy machine.
+"""The exec rate of `true` through BatchStart + Watch (or, with `--calls modal`, Modal's calls:
+TaskExecStart + TaskExecWait, 64 in flight) for routers built from different source trees, side
+by side with local posix_spawn: an A/B between commits on one noisy machine.
 
     git worktree add /tmp/before <commit> && (cd /tmp/before && python setup.py build_ext --inplace)
     python -m benchmarks.tools.ab_trees --tree before=/tmp/before/src --tree after=src --execs 1000 --rounds 9
@@ -17,7 +18,7 @@ import contextlib
 import statistics
 
 from ..suite.common import IN_FLIGHT, cpu_seconds, router_from
-from ..suite.workloads import AioSide, local_spawn_rate, router_batch
+from ..suite.workloads import AioSide, local_spawn_rate, router_batch, router_exec_rate
 
 
 def main() -> None:
@@ -26,7 +27,14 @@ def main() -> None:
                         help="a name and a source tree (its src/ directory, built); repeat")
     parser.add_argument("--execs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--calls", choices=("batch", "modal"), default="batch")
     args = parser.parse_args()
+
+    def run(side: AioSide, md: object, n: int) -> float:
+        if args.calls == "modal":
+            return router_exec_rate(side, md, n, IN_FLIGHT, 600.0).checked().rate
+        return router_batch(side, md, n, ["true"], 0, 600.0).checked().rate
+
     trees = [(t.split("=", 1)[0], t.split("=", 1)[-1]) for t in args.tree]
     rates: dict[str, list[float]] = {name: [] for name, _ in trees}
     cpu: dict[str, list[float]] = {name: [] for name, _ in trees}
@@ -38,12 +46,12 @@ def main() -> None:
             router = router_from(src)
             stack.enter_context(router)
             side = stack.enter_context(AioSide(router.target))
-            router_batch(side, router.metadata, 8, ["true"], 0, 60.0).checked()  # channels, first spawns
+            run(side, router.metadata, 8)  # channels, first spawns
             sides[name] = (router, side)
         for _ in range(args.rounds):
             for name, (router, side) in sides.items():
                 before, kids_before = cpu_seconds(router.pid, children=False), cpu_seconds(router.pid, own=False)
-                rates[name].append(router_batch(side, router.metadata, args.execs, ["true"], 0, 600.0).checked().rate)
+                rates[name].append(run(side, router.metadata, args.execs))
                 cpu[name].append((cpu_seconds(router.pid, children=False) - before) * 1e6 / args.execs)
                 kids[name].append((cpu_seconds(router.pid, own=False) - kids_before) * 1e6 / args.execs)
             rates["local"].append(local_spawn_rate(args.execs, IN_FLIGHT, 600.0))
