@@ -11,26 +11,43 @@ Durability: `flush()` hands the records to the kernel with one write and no fsyn
 survives the death of the process, which is what this journal is for. `flush(fsync=True)` (and
 `close()`) also survive the machine's.
 
+Compaction: once the file has outgrown its live state, `flush` starts a rewrite of it on a thread
+of its own and goes on appending meanwhile (an encode of 100,000 execs' records takes a third of a
+second, too long for the event loop that flushes). That thread writes the live state, as the
+journal's state holds it from the moment it starts, into `<path>.tmp` a slice of execs at a time,
+pausing between slices so that the loop thread, waiting for the GIL, gets it at once; then it copies
+the records flushed since it started, byte for byte, and renames the file over the journal under
+the io lock (records flushed meanwhile go to the old file and are copied too). A crash at any moment
+leaves the old journal or the new one; `open` removes a stale `.tmp`. The snapshot is not a copy:
+an exec may be written with records flushed after the start already merged, which the copied
+records then merge again, to the same state (each record sets what it sets, Begun starts an exec
+afresh, Forgotten ends it), so a replay of a file compacted in the background may count orphans
+and replaced execs.
+
 Threads: `append` may be called from any thread (it takes a lock and buffers the record);
-`flush`, `compact` and `close` serialize among themselves.
+`flush`, `compact` and `close` serialize among themselves; `compact` and `close` first cancel a
+compaction in flight and wait for its thread.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pathlib
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Final
 
 from router import _fastio
 
+from .journal_files import copy_range, fsync_dir, pwrite_all, read_all
 from .journal_format import (
     ENCODER,
     FRAME,
     HEADER,
     MAX_RECORD,
+    JournaledExec,
     JournalState,
     Record,
     RecordTooLarge,
@@ -40,6 +57,13 @@ from .journal_format import (
 # Automatic compaction: rewrite once the file is over max(COMPACT_MIN, COMPACT_RATIO x live size).
 COMPACT_MIN: Final = 1 << 20
 COMPACT_RATIO: Final = 4.0
+# A compaction encodes this many execs at a time (about 1 ms of encoding, with the GIL held, for
+# finished execs), then sleeps this long: the GIL is free for the loop thread between slices.
+COMPACT_SLICE: Final = 500
+COMPACT_PAUSE: Final = 0.0005
+# A compaction catches up with the records flushed while it ran until fewer bytes than this are
+# left, then copies the rest with the io lock held (flushes wait for that copy and the rename).
+CATCH_UP: Final = 64 << 10
 
 
 class Journal:
@@ -65,6 +89,9 @@ class Journal:
         self.compactions = 0
         # Why the last automatic compaction failed (it is retried once the file grows further).
         self.compaction_error: OSError | None = None
+        # The automatic compaction in flight: its thread and what cancels it.
+        self._compaction: tuple[threading.Thread, threading.Event] | None = None
+        self._fsync_asked = False  # flush(fsync=True) ran while it was in flight: it fsyncs too
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, compact_min: int = COMPACT_MIN,
@@ -78,13 +105,13 @@ class Journal:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             os.fchmod(fd, 0o600)
-            data = _read_all(fd)
+            data = read_all(fd)
             state = parse(data)
             if state.valid_length < len(HEADER):
                 os.ftruncate(fd, 0)
-                _pwrite_all(fd, HEADER, 0)
+                pwrite_all(fd, HEADER, 0)
                 size = len(HEADER)
-                _fsync_dir(path.parent)  # so that flush(fsync=True) finds the file after a power cut
+                fsync_dir(path.parent)  # so that flush(fsync=True) finds the file after a power cut
             else:
                 size = state.valid_length
                 if size < len(data):
@@ -111,6 +138,11 @@ class Journal:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def compacting(self) -> bool:
+        """An automatic compaction is in flight."""
+        return self._compaction is not None
+
     def append(self, record: Record) -> None:
         """Buffer one record for the next flush. No system call; any thread."""
         with self._lock:
@@ -121,20 +153,28 @@ class Journal:
     def flush(self, *, fsync: bool = False) -> int:
         """Write every buffered record with one write (fsync too if asked); return the bytes written.
         If the write fails (OSError, e.g. ENOSPC) the records stay buffered for the next flush and
-        the file keeps only whole records. Then, if the file has outgrown its live state,
-        compact it (a failure there is kept in `compaction_error`, not raised)."""
+        the file keeps only whole records. Then, if the file has passed its threshold, start a
+        compaction in the background (a failure there is kept in `compaction_error`, not raised)."""
         with self._io_lock:
             self._check_open()
             written = self._flush_locked(fsync)
-            if self._auto_compact and self._size > self._threshold:
-                self._auto_compact_locked()
+            if self._compaction is not None:
+                self._fsync_asked |= fsync
+            elif self._auto_compact and self._size > self._threshold:
+                cancel = threading.Event()
+                thread = threading.Thread(target=self._compact_in_background, args=(cancel,),
+                                          name="journal-compaction", daemon=True)
+                self._compaction = (thread, cancel)
+                self._fsync_asked = False
+                thread.start()
             return written
 
     def compact(self, live: Iterable[Record] | None = None) -> int:
         """Flush, then rewrite the journal as its live state, the fewest records that replay to it:
         into `<path>.tmp`, fsync, rename over the journal. `live`, if given, is that state as the
-        caller knows it (it must include every record appended so far). Returns the new size."""
-        with self._io_lock:
+        caller knows it (it must include every record appended so far). Returns the new size.
+        An automatic compaction in flight is cancelled first."""
+        with self._quiesced():
             self._check_open()
             self._flush_locked(False)
             if live is None:
@@ -148,8 +188,9 @@ class Journal:
 
     def close(self, *, fsync: bool = True) -> None:
         """Flush (and fsync) what is buffered and close the file. The descriptor is closed even if
-        that write fails (its OSError propagates, and those records are lost). Idempotent."""
-        with self._io_lock:
+        that write fails (its OSError propagates, and those records are lost). An automatic
+        compaction in flight is cancelled (and its thread waited for) first. Idempotent."""
+        with self._quiesced():
             if self._closed:
                 return
             with self._lock:
@@ -192,6 +233,19 @@ class Journal:
         self.close()
 
     # -- internals (with _io_lock held) ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _quiesced(self) -> Iterator[None]:
+        """Hold _io_lock with no compaction in flight: cancel one and wait for its thread."""
+        while True:
+            with self._io_lock:
+                running = self._compaction
+                if running is None:
+                    yield
+                    return
+            thread, cancel = running
+            cancel.set()
+            thread.join()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -240,7 +294,7 @@ class Journal:
         """Write `data` at the end of the last whole record, looping on short writes. If that
         fails, cut the file back so it ends with a whole record, and raise."""
         try:
-            _pwrite_all(self._fd, data, self._size)
+            pwrite_all(self._fd, data, self._size)
         except OSError:
             try:
                 os.ftruncate(self._fd, self._size)
@@ -248,76 +302,99 @@ class Journal:
                 self._torn = True  # retried before the next write
             raise
 
-    def _auto_compact_locked(self) -> None:
-        """The file passed its threshold: compact if it is over COMPACT_RATIO x the live state,
-        else raise the threshold to that."""
-        data = self._encode(list(self._state.records()))
-        live = len(HEADER) + len(data)
-        if self._size <= self._compact_ratio * live:
-            self._threshold = max(self._compact_min, int(self._compact_ratio * live))
-            return
-        try:
-            # No fsync: this runs on the router's event loop, and surviving a crash of the router
-            # needs only the page cache (close() and compact() fsync for a clean stop).
-            self._rewrite(self._state, data, fsync=False)
-        except OSError as e:
-            self.compaction_error = e
-            self._threshold = self._size + self._compact_min  # try again after some growth
-        else:
-            self.compaction_error = None
-
     def _rewrite(self, state: JournalState, records: bytes, fsync: bool) -> None:
-        fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = self._open_tmp()
         try:
-            _pwrite_all(fd, HEADER + records, 0)
+            pwrite_all(fd, HEADER + records, 0)
             if fsync:
                 os.fsync(fd)
             os.replace(self._tmp, self.path)
         except BaseException:
-            os.close(fd)
-            self._tmp.unlink(missing_ok=True)
+            self._drop_tmp(fd)
             raise
-        old, self._fd = self._fd, fd
-        os.close(old)
-        if fsync:
-            _fsync_dir(self.path.parent)
-        self._size = len(HEADER) + len(records)
-        self._torn = False
+        os.close(self._swap(fd, len(HEADER) + len(records), fsync))
         self._state = state
-        self._threshold = max(self._compact_min, int(self._compact_ratio * self._size))
-        self.compactions += 1
 
+    def _open_tmp(self) -> int:
+        return os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
-def _read_all(fd: int) -> bytes:
-    parts: list[bytes] = []
-    offset = 0
-    while True:
-        chunk = os.pread(fd, 1 << 20, offset)
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
-        offset += len(chunk)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    with memoryview(data) as view:
-        done = 0
-        while done < len(data):
-            n = os.pwrite(fd, view[done:], offset + done)
-            if n == 0:
-                raise OSError(28, "no space left on device (wrote nothing)")
-            done += n
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-    """Make a rename in `directory` durable; best effort (not every file system allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
+    def _drop_tmp(self, fd: int) -> None:
         os.close(fd)
+        self._tmp.unlink(missing_ok=True)
+
+    def _swap(self, fd: int, size: int, fsync: bool) -> int:
+        """The file at `fd` was renamed over the journal: append there from now on. Returns the old
+        descriptor, for the caller to close."""
+        old, self._fd = self._fd, fd
+        if fsync:
+            fsync_dir(self.path.parent)
+        self._size = size
+        self._torn = False
+        self._threshold = max(self._compact_min, int(self._compact_ratio * size))
+        self.compactions += 1
+        return old
+
+    # -- the automatic compaction, on a thread of its own -----------------------------------------
+
+    def _compact_in_background(self, cancel: threading.Event) -> None:
+        """Rewrite the journal as its live state if that is under 1/COMPACT_RATIO of the file, else
+        raise the threshold to COMPACT_RATIO x the live state; see the module's docstring."""
+        fd = old = -1
+        try:
+            with self._io_lock:
+                start, execs = self._size, self._state.execs
+                ids = list(execs)
+            fd = self._open_tmp()
+            size = self._write_live(fd, execs, ids, cancel)
+            if size is None:
+                return
+            if start <= self._compact_ratio * size:
+                with self._io_lock:
+                    self._threshold = max(self._compact_min, int(self._compact_ratio * size))
+                return
+            copied = start
+            while not cancel.is_set() and self._size - copied > CATCH_UP:  # bytes below _size are whole records
+                end = self._size
+                size += copy_range(self._fd, copied, end, fd, size)
+                copied = end
+            with self._io_lock:
+                if cancel.is_set():
+                    return
+                size += copy_range(self._fd, copied, self._size, fd, size)
+                # No fsync unless a flush asked for one: surviving a crash of the router needs only
+                # the page cache (close() and compact() fsync for a clean stop).
+                if self._fsync_asked:
+                    os.fsync(fd)
+                os.replace(self._tmp, self.path)
+                old, fd = self._swap(fd, size, self._fsync_asked), -1
+                self.compaction_error = None
+        except OSError as e:  # the journal is intact and still appended to
+            with self._io_lock:
+                self.compaction_error = e
+                self._threshold = self._size + self._compact_min  # try again after some growth
+        finally:
+            if fd >= 0:
+                self._drop_tmp(fd)
+            if old >= 0:
+                os.close(old)  # without the lock: the last close of a large unlinked file frees it all
+            with self._io_lock:
+                self._compaction = None
+
+    def _write_live(self, fd: int, execs: dict[str, JournaledExec], ids: list[str],
+                    cancel: threading.Event) -> int | None:
+        """Write the header, then the records of the execs `ids` still in `execs`, a slice at a
+        time. Returns the file's length, or None if cancelled."""
+        pwrite_all(fd, HEADER, 0)
+        size = len(HEADER)
+        get = execs.get
+        for i in range(0, len(ids), COMPACT_SLICE):
+            # No lock: the loop thread may merge records into these execs meanwhile; the copy of
+            # the records flushed since the start merges them again.
+            batch = [r for exec_id in ids[i:i + COMPACT_SLICE] if (ex := get(exec_id)) is not None
+                     for r in ex.records()]
+            data = self._encode(batch)
+            pwrite_all(fd, data, size)
+            size += len(data)
+            if cancel.wait(COMPACT_PAUSE):  # the GIL is the loop thread's meanwhile
+                return None
+        return size
