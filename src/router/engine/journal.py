@@ -35,6 +35,7 @@ import errno
 import os
 import pathlib
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import Final
@@ -57,10 +58,12 @@ from .journal_format import (
 # Automatic compaction: rewrite once the file is over max(COMPACT_MIN, COMPACT_RATIO x live size).
 COMPACT_MIN: Final = 1 << 20
 COMPACT_RATIO: Final = 4.0
-# A compaction encodes this many execs at a time (about 1 ms of encoding, with the GIL held, for
-# finished execs), then sleeps this long: the GIL is free for the loop thread between slices.
-COMPACT_SLICE: Final = 500
-COMPACT_PAUSE: Final = 0.0005
+# A compaction encodes this many execs at a time (about 0.2 ms with the GIL held, for finished
+# execs), then sleeps COMPACT_PAUSE times as long as that took: the loop thread, waiting for the
+# GIL, gets it within a slice, and the compaction never holds the GIL more than 1/(1 + PAUSE) of
+# the time, however loaded the machine (a thread that holds the GIL can be preempted too).
+COMPACT_SLICE: Final = 100
+COMPACT_PAUSE: Final = 4.0
 # A compaction catches up with the records flushed while it ran until fewer bytes than this are
 # left, then copies the rest with the io lock held (flushes wait for that copy and the rename).
 CATCH_UP: Final = 64 << 10
@@ -312,7 +315,8 @@ class Journal:
         except BaseException:
             self._drop_tmp(fd)
             raise
-        os.close(self._swap(fd, len(HEADER) + len(records), fsync))
+        size = len(HEADER) + len(records)
+        os.close(self._swap(fd, size, size, fsync))
         self._state = state
 
     def _open_tmp(self) -> int:
@@ -322,15 +326,15 @@ class Journal:
         os.close(fd)
         self._tmp.unlink(missing_ok=True)
 
-    def _swap(self, fd: int, size: int, fsync: bool) -> int:
-        """The file at `fd` was renamed over the journal: append there from now on. Returns the old
-        descriptor, for the caller to close."""
+    def _swap(self, fd: int, size: int, live: int, fsync: bool) -> int:
+        """The file at `fd` (`size` bytes, `live` of them the live state) was renamed over the
+        journal: append there from now on. Returns the old descriptor, for the caller to close."""
         old, self._fd = self._fd, fd
         if fsync:
             fsync_dir(self.path.parent)
         self._size = size
         self._torn = False
-        self._threshold = max(self._compact_min, int(self._compact_ratio * size))
+        self._threshold = max(self._compact_min, int(self._compact_ratio * live))
         self.compactions += 1
         return old
 
@@ -341,18 +345,18 @@ class Journal:
         raise the threshold to COMPACT_RATIO x the live state; see the module's docstring."""
         fd = old = -1
         try:
-            with self._io_lock:
+            with self._io_lock:  # the state is the merge of the records up to `start`, or later ones too
                 start, execs = self._size, self._state.execs
-                ids = list(execs)
+            ids = list(execs)  # one call, so atomic: execs begun since are copied and merged again
             fd = self._open_tmp()
-            size = self._write_live(fd, execs, ids, cancel)
-            if size is None:
+            live = self._write_live(fd, execs, ids, cancel)
+            if live is None:
                 return
-            if start <= self._compact_ratio * size:
+            if start <= self._compact_ratio * live:
                 with self._io_lock:
-                    self._threshold = max(self._compact_min, int(self._compact_ratio * size))
+                    self._threshold = max(self._compact_min, int(self._compact_ratio * live))
                 return
-            copied = start
+            size, copied = live, start
             while not cancel.is_set() and self._size - copied > CATCH_UP:  # bytes below _size are whole records
                 end = self._size
                 size += copy_range(self._fd, copied, end, fd, size)
@@ -366,7 +370,7 @@ class Journal:
                 if self._fsync_asked:
                     os.fsync(fd)
                 os.replace(self._tmp, self.path)
-                old, fd = self._swap(fd, size, self._fsync_asked), -1
+                old, fd = self._swap(fd, size, live, self._fsync_asked), -1
                 self.compaction_error = None
         except OSError as e:  # the journal is intact and still appended to
             with self._io_lock:
@@ -388,13 +392,15 @@ class Journal:
         size = len(HEADER)
         get = execs.get
         for i in range(0, len(ids), COMPACT_SLICE):
+            began = time.perf_counter()
             # No lock: the loop thread may merge records into these execs meanwhile; the copy of
             # the records flushed since the start merges them again.
             batch = [r for exec_id in ids[i:i + COMPACT_SLICE] if (ex := get(exec_id)) is not None
                      for r in ex.records()]
             data = self._encode(batch)
+            pause = COMPACT_PAUSE * (time.perf_counter() - began)
             pwrite_all(fd, data, size)
             size += len(data)
-            if cancel.wait(COMPACT_PAUSE):  # the GIL is the loop thread's meanwhile
+            if cancel.wait(pause):  # the GIL is the loop thread's meanwhile
                 return None
         return size
