@@ -29,7 +29,6 @@ from router.engine.journal_format import (
     Exited,
     Forgotten,
     JournalError,
-    JournalState,
     Output,
     Record,
     RecordTooLarge,
@@ -39,41 +38,12 @@ from router.engine.journal_format import (
     parse,
     replay,
 )
-from router.engine.records import ExecSpec, ExitCause, ExitStatus, PtySpec
-
+from router.engine.records import ExitCause, ExitStatus, PtySpec
+from tests.helpers.journal_records import SECRET, begun, expected, lifecycle, same
 from tests.helpers.polling import eventually
-
-SECRET = "s3cr3t-value-that-must-not-leak"
-
-
-def begun(exec_id: str, **kw: object) -> Begun:
-    spec = ExecSpec(args=["sh", "-c", "echo hi"], env={"PATH": "/bin", "TOKEN": SECRET}, workdir="/tmp",
-                    timeout_secs=30, pty=PtySpec(24, 80))
-    record = Begun.from_spec(exec_id, bytes(32), spec, 1700000000.25)
-    return msgspec.structs.replace(record, **kw) if kw else record
-
-
-def lifecycle(exec_id: str) -> list[Record]:
-    """What one finished exec writes: Begun, Spawned, an Output per stream, Stdin, Exited."""
-    return [begun(exec_id), Spawned(exec_id, 4242, False),
-            Output(exec_id, "stdout", [3, -1, 7], 300_000, True), Output(exec_id, "stderr", [9], 12, True),
-            Stdin(exec_id, 5, True), Exited(exec_id, ExitStatus(code=0), 1700000001.5, ExitCause.EXITED)]
-
 
 EVERY_KIND: list[Record] = [*lifecycle("every"), Exited("every", ExitStatus(signal=9), 2.0, ExitCause.TIMED_OUT),
                             Forgotten("every")]
-
-
-def expected(records: list[Record]) -> JournalState:
-    state = JournalState()
-    for record in records:
-        state.apply(record)
-    return state
-
-
-def same(a: JournalState, b: JournalState) -> bool:
-    """Equal execs in the same (age) order; counters aside."""
-    return a.execs == b.execs and list(a.execs) == list(b.execs)
 
 
 def write_journal(path: pathlib.Path, records: list[Record]) -> list[int]:
