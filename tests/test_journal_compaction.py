@@ -22,8 +22,8 @@ from router.engine.journal import Journal
 from router.engine.journal_format import HEADER, Forgotten, Output, Record, Stdin, frame, replay
 from router.engine.loop import LoopThread
 from tests.helpers.journal_records import begun, expected, lifecycle, same
-from tests.helpers.mounts import tmpfs
 from tests.helpers.polling import eventually
+from tests.helpers.tmpfs import tmpfs
 
 THREAD = "journal-compaction"
 
@@ -105,6 +105,17 @@ def test_compact_and_close_cancel_a_compaction_in_flight(tmp_path: pathlib.Path,
     state = replay(path)
     assert same(state, want)
     assert how == "close" or state.orphans == state.replaced == 0
+
+
+@pytest.mark.usefixtures("slow_compaction")
+def test_the_new_file_keeps_the_room_reserved_in_the_old(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "journal"
+    j = start_compaction(path, churned(2000))
+    with j:
+        assert j.reserve(1 << 20)  # 2 MiB allocated past the end, while it runs
+        assert eventually(lambda: not j.compacting, timeout=30)
+        assert j.compactions == 1 and j.size < 1 << 20
+        assert path.stat().st_blocks * 512 >= j.size + (2 << 20)
 
 
 @pytest.mark.timeout(60)
@@ -289,7 +300,8 @@ def test_kill_9_during_a_compaction_leaves_one_whole_journal(tmp_path: pathlib.P
         assert first in (flushed - 499, flushed - 498)
         assert first + len(ids) - 1 in (flushed, flushed + 1)
         for ex in list(state.execs.values())[:flushed + 1 - first]:
-            assert ex.exited is not None and ex.outputs["stdout"].eof and ex.outputs["stdout"].committed == ex.pid + 1
+            assert ex.exited is not None and ex.spawned is not None and ex.outputs["stdout"].eof
+            assert ex.outputs["stdout"].committed == ex.spawned.pid + 1
         j, reopened = Journal.open(path)
         j.close()
         assert same(reopened, state) and not tmp.exists()

@@ -22,7 +22,6 @@ from router.client import RouterClient, exit_code
 from router.engine.log_space import SEGMENT_SIZE_FILE, segment_size_for
 from tests.helpers.execs import PIPES, py
 from tests.helpers.grpc_raw import Raw
-from tests.helpers.mounts import tmpfs
 from tests.helpers.polling import eventually
 from tests.helpers.processes import run_router
 from tests.helpers.servers import TASK_ID, router_process, state_token

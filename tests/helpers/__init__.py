@@ -13,6 +13,5 @@
 - certs: keys and certificates made on the spot
 - journal_records: journal records as the tests write them (begun, lifecycle) and the state they
   replay to (expected, same)
-- mounts: a real tmpfs of a given size for a test
 - drivers/: scripts run as separate processes (Modal's client cannot share a process with router)
 """

@@ -308,15 +308,16 @@ class Journal:
     def _rewrite(self, state: JournalState, records: bytes, fsync: bool) -> None:
         fd = self._open_tmp()
         try:
+            size = len(HEADER) + len(records)
             pwrite_all(fd, HEADER + records, 0)
+            reserved = self._reserve_in(fd, size)
             if fsync:
                 os.fsync(fd)
             os.replace(self._tmp, self.path)
         except BaseException:
             self._drop_tmp(fd)
             raise
-        size = len(HEADER) + len(records)
-        os.close(self._swap(fd, size, size, fsync))
+        os.close(self._swap(fd, size, live=size, reserved=reserved, fsync=fsync))
         self._state = state
 
     def _open_tmp(self) -> int:
@@ -326,10 +327,21 @@ class Journal:
         os.close(fd)
         self._tmp.unlink(missing_ok=True)
 
-    def _swap(self, fd: int, size: int, live: int, fsync: bool) -> int:
-        """The file at `fd` (`size` bytes, `live` of them the live state) was renamed over the
-        journal: append there from now on. Returns the old descriptor, for the caller to close."""
+    def _reserve_in(self, fd: int, size: int) -> int:
+        """Allocate in the new file at `fd` (`size` bytes long) the room that reserve() holds in
+        the journal, before it takes the journal's place; returns where that room ends. Raises
+        OSError (ENOSPC, say): the journal keeps its file, and its room."""
+        ahead = self._reserved_end - self._size if self._reserved_fd == self._fd else 0
+        if ahead > 0:
+            _fastio.reserve_space(fd, size, ahead)
+        return size + max(ahead, 0)
+
+    def _swap(self, fd: int, size: int, *, live: int, reserved: int, fsync: bool) -> int:
+        """The file at `fd` (`size` bytes, `live` of them the live state, blocks allocated up to
+        `reserved`) was renamed over the journal: append there from now on. Returns the old
+        descriptor, for the caller to close."""
         old, self._fd = self._fd, fd
+        self._reserved_fd, self._reserved_end = fd, reserved
         if fsync:
             fsync_dir(self.path.parent)
         self._size = size
@@ -365,12 +377,13 @@ class Journal:
                 if cancel.is_set():
                     return
                 size += copy_range(self._fd, copied, self._size, fd, size)
+                reserved = self._reserve_in(fd, size)
                 # No fsync unless a flush asked for one: surviving a crash of the router needs only
                 # the page cache (close() and compact() fsync for a clean stop).
                 if self._fsync_asked:
                     os.fsync(fd)
                 os.replace(self._tmp, self.path)
-                old, fd = self._swap(fd, size, live, self._fsync_asked), -1
+                old, fd = self._swap(fd, size, live=live, reserved=reserved, fsync=self._fsync_asked), -1
                 self.compaction_error = None
         except OSError as e:  # the journal is intact and still appended to
             with self._io_lock:
