@@ -168,7 +168,7 @@ class Journal:
                 thread = threading.Thread(target=self._compact_in_background, args=(cancel,),
                                           name="journal-compaction", daemon=True)
                 self._compaction = (thread, cancel)
-                self._fsync_asked = False
+                self._fsync_asked = fsync  # the records just fsynced are copied too
                 thread.start()
             return written
 
