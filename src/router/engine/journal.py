@@ -60,10 +60,11 @@ COMPACT_MIN: Final = 1 << 20
 COMPACT_RATIO: Final = 4.0
 # A compaction encodes this many execs at a time (about 0.2 ms with the GIL held, for finished
 # execs), then sleeps COMPACT_PAUSE times as long as that took: the loop thread, waiting for the
-# GIL, gets it within a slice, and the compaction never holds the GIL more than 1/(1 + PAUSE) of
-# the time, however loaded the machine (a thread that holds the GIL can be preempted too).
+# GIL, gets it within a slice, and the compaction holds the GIL a tenth of the time at most,
+# however loaded the machine (a thread holding the GIL can be preempted, stalling every other).
+# 100,000 finished execs take about 3 s (benchmarks/tools/loop_stall.py).
 COMPACT_SLICE: Final = 100
-COMPACT_PAUSE: Final = 4.0
+COMPACT_PAUSE: Final = 9.0
 # A compaction catches up with the records flushed while it ran until fewer bytes than this are
 # left, then copies the rest with the io lock held (flushes wait for that copy and the rename).
 CATCH_UP: Final = 64 << 10
