@@ -42,7 +42,7 @@ from typing import Final
 
 from router import _fastio
 
-from .journal_files import copy_range, fsync_dir, pwrite_all, read_all
+from .journal_files import copy_range, fsync_dir, pwrite_all, read_all, release
 from .journal_format import (
     ENCODER,
     FRAME,
@@ -357,6 +357,7 @@ class Journal:
         """Rewrite the journal as its live state if that is under 1/COMPACT_RATIO of the file, else
         raise the threshold to COMPACT_RATIO x the live state; see the module's docstring."""
         fd = old = -1
+        old_size = 0
         try:
             with self._io_lock:  # the state is the merge of the records up to `start`, or later ones too
                 start, execs = self._size, self._state.execs
@@ -384,6 +385,7 @@ class Journal:
                 if self._fsync_asked:
                     os.fsync(fd)
                 os.replace(self._tmp, self.path)
+                old_size = max(self._size, self._reserved_end)
                 old, fd = self._swap(fd, size, live=live, reserved=reserved, fsync=self._fsync_asked), -1
                 self.compaction_error = None
         except OSError as e:  # the journal is intact and still appended to
@@ -394,7 +396,7 @@ class Journal:
             if fd >= 0:
                 self._drop_tmp(fd)
             if old >= 0:
-                os.close(old)  # without the lock: the last close of a large unlinked file frees it all
+                release(old, old_size)  # without the lock, and a slice at a time
             with self._io_lock:
                 self._compaction = None
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 from typing import Final
 
 # A range is copied this much at a time.
 COPY_CHUNK: Final = 1 << 20
+# An unlinked file is freed this much at a time, with this pause between (see `release`).
+RELEASE_CHUNK: Final = 4 << 20
+RELEASE_PAUSE: Final = 0.002
 
 
 def read_all(fd: int) -> bytes:
@@ -42,6 +46,19 @@ def copy_range(src: int, start: int, end: int, dst: int, offset: int) -> int:
         pwrite_all(dst, chunk, offset + pos - start)
         pos += len(chunk)
     return end - start
+
+
+def release(fd: int, size: int) -> None:
+    """Close `fd`, the last descriptor of an unlinked file of `size` bytes, cutting the file down a
+    chunk at a time first: freeing it all in the close is one system call of about 0.4 ms per MiB
+    (10 ms for 25 MiB here) that takes a CPU the event loop's thread may be waiting for."""
+    try:
+        while size > RELEASE_CHUNK:
+            size -= RELEASE_CHUNK
+            os.ftruncate(fd, size)
+            time.sleep(RELEASE_PAUSE)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(directory: pathlib.Path) -> None:
