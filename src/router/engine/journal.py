@@ -371,6 +371,9 @@ class Journal:
                     self._threshold = max(self._compact_min, int(self._compact_ratio * live))
                 return
             size, copied = live, start
+            # Written back now, on this thread: else the kernel writes it back later, allocating its
+            # blocks while the loop's flushes append to the same file, and they wait for that.
+            os.fdatasync(fd)
             while not cancel.is_set() and self._size - copied > CATCH_UP:  # bytes below _size are whole records
                 end = self._size
                 size += copy_range(self._fd, copied, end, fd, size)
