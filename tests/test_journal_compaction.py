@@ -21,7 +21,7 @@ from router.engine import journal
 from router.engine.journal import Journal
 from router.engine.journal_format import HEADER, Forgotten, Output, Record, Stdin, frame, replay
 from router.engine.loop import LoopThread
-from tests.helpers.journal_records import begun, expected, lifecycle, same
+from tests.helpers.journal_records import WRITER, begun, expected, lifecycle, same
 from tests.helpers.polling import eventually
 from tests.helpers.tmpfs import tmpfs
 
@@ -241,28 +241,8 @@ def test_a_compaction_that_meets_a_full_disk_leaves_the_journal_in_use(small_fs:
 # -- kill -9 ---------------------------------------------------------------------------------------
 
 
-WRITER = """
-import sys
-from router.engine import journal
-from router.engine.journal import Journal
-from router.engine.journal_format import Begun, Exited, Forgotten, Output, Spawned
-from router.engine.records import ExecSpec, ExitCause, ExitStatus
-journal.COMPACT_SLICE = 2  # long compactions: most kills land in one
-j, _ = Journal.open(sys.argv[1], compact_min=1 << 16)
-spec = ExecSpec(args=["x" * 100], env={"A": "1"})
-i = 0
-while True:
-    e = f"e{i}"
-    for r in (Begun.from_spec(e, bytes(32), spec, 1.0), Spawned(e, i, False), Output(e, "stdout", [i], i, False),
-              Output(e, "stdout", [i], i + 1, True), Output(e, "stderr", [], 0, True),
-              Exited(e, ExitStatus(code=0), 2.0, ExitCause.EXITED)):
-        j.append(r)
-    if i >= 500:  # retention keeps the 500 newest
-        j.append(Forgotten(f"e{i - 500}"))
-    j.flush()
-    print(i, int(j.compacting), flush=True)  # exec i is flushed
-    i += 1
-"""
+KEEP = 500  # the writer keeps the 500 newest execs
+
 
 
 @pytest.mark.timeout(120)
@@ -275,13 +255,15 @@ def test_kill_9_during_a_compaction_leaves_one_whole_journal(tmp_path: pathlib.P
     interrupted = 0
     for _ in range(30):
         path.unlink(missing_ok=True)
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        # A slice of 2 execs: long compactions, so most kills land in one.
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(KEEP), "2"], stdout=subprocess.PIPE,
+                                text=True)
         assert proc.stdout is not None
         try:
             lines = []
             for line in proc.stdout:  # until a compaction runs (or the writer dies)
                 lines.append(line)
-                if line.split()[1] == "1" and int(line.split()[0]) > 1000:
+                if line.split()[1] == "1" and int(line.split()[0]) > 2 * KEEP:
                     break
             time.sleep(rng.uniform(0, 0.03))
         finally:
@@ -297,11 +279,11 @@ def test_kill_9_during_a_compaction_leaves_one_whole_journal(tmp_path: pathlib.P
         first = int(ids[0][1:])
         assert ids == [f"e{i}" for i in range(first, first + len(ids))]
         # Exec `flushed` is whole; the next one's records (and its Forgotten) may be too, or a part.
-        assert first in (flushed - 499, flushed - 498)
+        assert first in (flushed - KEEP + 1, flushed - KEEP + 2)
         assert first + len(ids) - 1 in (flushed, flushed + 1)
         for ex in list(state.execs.values())[:flushed + 1 - first]:
-            assert ex.exited is not None and ex.spawned is not None and ex.outputs["stdout"].eof
-            assert ex.outputs["stdout"].committed == ex.spawned.pid + 1
+            assert ex.exited is not None and ex.outputs["stdout"].eof
+            assert ex.outputs["stdout"].committed == int(ex.exec_id[1:]) + 1
         j, reopened = Journal.open(path)
         j.close()
         assert same(reopened, state) and not tmp.exists()

@@ -33,3 +33,36 @@ def expected(records: list[Record]) -> JournalState:
 def same(a: JournalState, b: JournalState) -> bool:
     """Equal execs in the same (age) order; counters aside."""
     return a.execs == b.execs and list(a.execs) == list(b.execs)
+
+
+# A journal writer to kill: `python -c WRITER PATH KEEP SLICE` appends execs e0, e1, ... (Begun,
+# Spawned, stdout's Output twice, the first superseded, an empty stderr's, Exited), flushing now and
+# then inside an exec and after each; keeps the KEEP newest (0: all, so it never compacts), compacts
+# SLICE execs at a time, and after each exec's last flush prints "I COMPACTING" (1 while a
+# compaction is in flight).
+WRITER = """
+import sys
+from router.engine import journal
+from router.engine.journal import Journal
+from router.engine.journal_format import Begun, Exited, Forgotten, Output, Spawned
+from router.engine.records import ExecSpec, ExitCause, ExitStatus
+keep, journal.COMPACT_SLICE = int(sys.argv[2]), int(sys.argv[3])
+j, _ = Journal.open(sys.argv[1], compact_min=1 << 16)
+spec = ExecSpec(args=["x" * 100], env={"A": "1"})
+i = 0
+while True:
+    e = f"e{i}"
+    for r in (Begun.from_spec(e, bytes(32), spec, 1.0), Spawned(e, i, False), Output(e, "stdout", [i], i, False),
+              Output(e, "stdout", [i], i + 1, True), Output(e, "stderr", [], 0, True),
+              Exited(e, ExitStatus(code=0), 2.0, ExitCause.EXITED)):
+        j.append(r)
+        if i % 3 == 0:
+            j.flush()
+    if i % 7 == 0:
+        j.append(Spawned(e, -1, True))  # a record left buffered across execs
+    if keep and i >= keep:
+        j.append(Forgotten(f"e{i - keep}"))
+    j.flush()
+    print(i, int(j.compacting), flush=True)
+    i += 1
+"""
