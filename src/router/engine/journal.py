@@ -15,10 +15,12 @@ Compaction: once the file has outgrown its live state, `flush` starts a rewrite 
 of its own and goes on appending meanwhile (an encode of 100,000 execs' records takes a third of a
 second, too long for the event loop that flushes). That thread writes the live state, as the
 journal's state holds it from the moment it starts, into `<path>.tmp` a slice of execs at a time,
-pausing between slices so that the loop thread, waiting for the GIL, gets it at once; then it copies
-the records flushed since it started, byte for byte, and renames the file over the journal under
-the io lock (records flushed meanwhile go to the old file and are copied too). A crash at any moment
-leaves the old journal or the new one; `open` removes a stale `.tmp`. The snapshot is not a copy:
+pausing between slices so that the loop thread, waiting for the GIL, gets it at once; writes it
+back (fdatasync); then copies the records flushed since it started, byte for byte, and renames the
+file over the journal under the io lock (records flushed meanwhile go to the old file and are copied
+too). A crash at any moment leaves the old journal or the new one; `open` removes a stale `.tmp`.
+A full disk (ENOSPC) leaves the old journal in use: `compaction_error` says why, and it is tried
+again once the file has grown by COMPACT_MIN. The snapshot is not a copy:
 an exec may be written with records flushed after the start already merged, which the copied
 records then merge again, to the same state (each record sets what it sets, Begun starts an exec
 afresh, Forgotten ends it), so a replay of a file compacted in the background may count orphans
@@ -383,22 +385,26 @@ class Journal:
                     return
                 size += copy_range(self._fd, copied, self._size, fd, size)
                 reserved = self._reserve_in(fd, size)
-                # No fsync unless a flush asked for one: surviving a crash of the router needs only
-                # the page cache (close() and compact() fsync for a clean stop).
+                # The records copied last are not fsynced unless a flush asked for it: surviving a
+                # crash of the router needs only the page cache (close() and compact() fsync).
                 if self._fsync_asked:
                     os.fsync(fd)
                 os.replace(self._tmp, self.path)
                 old_size = max(self._size, self._reserved_end)
                 old, fd = self._swap(fd, size, live=live, reserved=reserved, fsync=self._fsync_asked), -1
                 self.compaction_error = None
-        except OSError as e:  # the journal is intact and still appended to
+        except BaseException as e:  # the journal is intact and still appended to
             with self._io_lock:
-                self.compaction_error = e
                 self._threshold = self._size + self._compact_min  # try again after some growth
+                if isinstance(e, OSError):
+                    self.compaction_error = e
+            if not isinstance(e, OSError):
+                raise  # a bug: the thread's excepthook reports it
         finally:
             if fd >= 0:
                 self._drop_tmp(fd)
             if old >= 0:
+                fsync_dir(self.path.parent)  # the rename reaches the disk before the old file's cuts do
                 release(old, old_size)  # without the lock, and a slice at a time
             with self._io_lock:
                 self._compaction = None
