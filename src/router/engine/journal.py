@@ -97,7 +97,7 @@ class Journal:
         self.compaction_error: OSError | None = None
         # The automatic compaction in flight: its thread and what cancels it.
         self._compaction: tuple[threading.Thread, threading.Event] | None = None
-        self._fsync_asked = False  # flush(fsync=True) ran while it was in flight: it fsyncs too
+        self._fsync_asked = False  # flush(fsync=True) or sync() ran while it was in flight: it fsyncs too
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, compact_min: int = COMPACT_MIN,
@@ -212,6 +212,8 @@ class Journal:
         with self._io_lock:
             self._check_open()
             os.fdatasync(self._fd)
+            if self._compaction is not None:
+                self._fsync_asked = True  # its new file takes these records: it is synced too
 
     def reserve(self, ahead: int) -> bool:
         """Have the blocks of the next `ahead` bytes allocated (the file's size unchanged), so that
