@@ -62,11 +62,21 @@ def test_layers_import_only_downwards(package: str, forbidden: tuple[str, ...]) 
     assert not wrong
 
 
+def _code_and_docs() -> list[pathlib.Path]:
+    return [*_sources("*.py", "*.pyx", "*.pxi", "*.pxd", "*.pyi"), *ROOT.glob("*.md"), *(ROOT / "tests").rglob("*.py"),
+            *(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "benchmarks").glob("*.md")]
+
+
+def _lines_matching(pattern: re.Pattern[str]) -> list[str]:
+    return [f"{p.relative_to(ROOT)}:{n}" for p in _code_and_docs() if p.is_file()
+            for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+
+
 @pytest.mark.skipif(not (ROOT / "pyproject.toml").exists(), reason="needs the source tree")
 def test_code_and_docs_cite_no_issue_numbers() -> None:
-    cited = re.compile(r"\bissues? #?\d+", re.IGNORECASE)
-    files = [*_sources("*.py", "*.pyx", "*.pxi", "*.pxd", "*.pyi"), *ROOT.glob("*.md"),
-             *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "benchmarks").glob("*.md")]
-    found = [f"{p.relative_to(ROOT)}:{n}" for p in files if p.is_file()
-             for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if cited.search(line)]
-    assert not found
+    assert not _lines_matching(re.compile(r"\bissues? #?\d+", re.IGNORECASE))
+
+
+@pytest.mark.skipif(not (ROOT / "pyproject.toml").exists(), reason="needs the source tree")
+def test_no_merge_left_its_conflict_markers() -> None:
+    assert not _lines_matching(re.compile(r"^(<{7}|>{7}) |^={7}$"))
