@@ -5,13 +5,16 @@ import contextlib
 import os
 import pathlib
 import signal
+import struct
+import subprocess
+import threading
 import time
 
 import grpc
 
 from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, RouterClient, exit_code
-from router.engine import journal, journal_format
+from router.engine import journal, journal_format, procs, spawn_slots
 from router.engine.records import ExecSpec, ExitCause, ExitStatus
 from tests.helpers.execs import PIPES, start_request
 from tests.helpers.polling import eventually
@@ -173,3 +176,36 @@ def test_kill_9_ends_what_an_exited_leader_left_holding_its_output(tmp_path: pat
     finally:
         if background and alive(background):
             os.kill(background, signal.SIGKILL)
+
+
+def test_a_child_spawned_just_before_a_crash_is_found_by_its_spawner_slot(tmp_path: pathlib.Path) -> None:
+    """The router died after a spawn and before the journal's Spawned: the spawner's slot names the
+    child, which the restart ends; a process that started before the exec began is left alone."""
+    state = tmp_path / "state"
+    state.mkdir()
+    spec = ExecSpec(args=["sleep", "60"], env={}, stdout="pipe", stderr="pipe")
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    time.sleep(0.2)  # it started well before the execs below began
+    with journal.Journal.open(state / "journal")[0] as j:
+        for exec_id in ("young", "old"):
+            j.append(journal_format.Begun.from_spec(exec_id, b"f", spec, time.time()))
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    slots = spawn_slots.SpawnSlots(state / "spawning", procs.boot_id())
+
+    def spawned(exec_id: str, pid: int) -> None:  # a spawner thread: a slot of its own
+        os.pwrite(slots.claim(exec_id), struct.pack("=i", pid), 0)  # the pid, as _fastio.spawn writes it
+
+    try:
+        for args in (("young", child.pid), ("old", stranger.pid)):
+            thread = threading.Thread(target=spawned, args=args)
+            thread.start()
+            thread.join()
+        slots.close()
+        with serving(tmp_path) as (_, client, _raw):
+            assert client.poll("young").signal == signal.SIGKILL and client.poll("old").signal == signal.SIGKILL
+            assert child.wait(10) == -signal.SIGKILL
+            assert stranger.poll() is None, "a process that started before the exec began was killed"
+    finally:
+        for proc in (child, stranger):
+            proc.kill()
+            proc.wait()

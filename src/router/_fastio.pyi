@@ -180,7 +180,7 @@ SPAWN_PIPE: int     # a descriptor for spawn(): a new pipe (SPAWN_DEVNULL: /dev/
 
 def spawn(path: bytes, argv: list[bytes], envp: list[bytes], stdin_fd: int, stdout_fd: int, stderr_fd: int,
           search_path: bool = False, pipe_size: int = 0, cwd_fd: int = -1,
-          own_group: bool = True) -> tuple[int, int, int, int, int]:
+          own_group: bool = True, pid_fd: int = -1) -> tuple[int, int, int, int, int]:
     """posix_spawn(3) (posix_spawnp(3) with `search_path`) in a process group of its own (unless
     not `own_group`), in the directory `cwd_fd` refers to (unless -1), every signal at its default
     disposition and none blocked, stdio dup2()ed from the descriptors given or new pipes

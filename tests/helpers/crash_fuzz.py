@@ -174,6 +174,9 @@ class CrashFuzz:
         with router_process(self.state, *self.serve_args) as (_, listen), \
                 RouterClient(listen, state_token(self.state), TASK_ID, retries=0) as client:
             counts["restarts"] += 1
+            # First, before a retried start runs anything: the restart found every exec finished or
+            # lost, so no process of any of them may be running.
+            self._leftovers()
             for exec_id, answered in self._sample(list(a.exits.items()), round_number):
                 if _status(client, exec_id) != answered:
                     counts["contradicted exit"] += 1
@@ -191,7 +194,6 @@ class CrashFuzz:
                         counts["refused stdin retry"] += 1
                 counts["stdin writes checked"] += 1
             self._retry_starts(client)
-            self._leftovers(client)
         ids = self.runs.read_text().split() if self.runs.exists() else []
         counts["ran twice"] = sum(n - 1 for n in Counter(ids).values() if n > 1)
 
@@ -212,8 +214,8 @@ class CrashFuzz:
                 client.kill(exec_id, timeout=CALL_SECS)
         self.answers.requests.clear()
 
-    def _leftovers(self, client: RouterClient) -> None:
-        """Processes of finished execs still running (a kill the restore missed)."""
+    def _leftovers(self) -> None:
+        """Processes of execs still running after a restart (a kill the restore missed)."""
         time.sleep(0.1)  # SIGKILLed processes of restored execs need a moment to die
         for pid, exec_id in _marked_processes(self.mark):
             self.counts["processes left running"] += 1

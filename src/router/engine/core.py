@@ -21,13 +21,13 @@ import grpc
 from router._fastio import SegmentedLog, SegmentStore
 from router.errors import RETRY_AFTER_SECS, RouterError, throttled
 
-from . import procs, signals, spawn
+from . import procs, signals, spawn, spawn_slots
 from .child import Child
 from .durability import Durability
 from .execs import Exec
 from .finished import close_empty_log, settle
 from .journal import Journal
-from .journal_format import Begun, Exited, Forgotten, JournaledExec, Record, Spawned, Stdin
+from .journal_format import Begun, Exited, Forgotten, Record, Spawned, Stdin
 from .journaling import ExecJournal
 from .limits import base_environment
 from .log_space import LogSpace, OnLogFull, remove_arenas, trim
@@ -36,7 +36,7 @@ from .oom import OomKills
 from .output import OutputPipes
 from .records import ExecSpec, ExitStatus
 from .registry import Registry
-from .restore import restored_execs
+from .restore import restore
 from .retention import Retention
 from .spawn_threads import Spawner
 from .watch import Watcher
@@ -73,6 +73,7 @@ class Engine:
         self._max_exec_output = max_exec_output  # 0: as much as retention keeps in all
         self._journal_path, self._durability = journal_path, durability
         self._journal: ExecJournal | None = None
+        self._slots: spawn_slots.SpawnSlots | None = None  # with a journal: where spawns note their pids
         self._boot_id = procs.boot_id()
         self._store: SegmentStore | None = None
         self._registry = Registry(max_running_execs)
@@ -106,9 +107,11 @@ class Engine:
         self._max_exec_output = max(self._max_exec_output, 3 * self._store.segment_size)
         if self._journal_path is not None:
             journal, state = Journal.open(self._journal_path)
+            self._slots = spawn_slots.SpawnSlots(self._journal_path.parent / "spawning", self._boot_id)
             self._journal = ExecJournal(journal, self._loop, self._store, lambda: self._registry.running,
                                         self._durability)
-            self._restore(state.execs)
+            restore(state.execs, self._journal.journal, self._store, self._registry, self._stdin_limit,
+                    self._boot_id, spawn_slots.read(self._slots.directory))
         self._oom = OomKills()
         self._loop.start()
         if self._journal is not None:
@@ -119,17 +122,6 @@ class Engine:
             main_thread_id = threading.main_thread().native_id
             assert main_thread_id is not None
             self._loop.call_soon(self._reap, main_thread_id)
-
-    def _restore(self, journaled: dict[str, JournaledExec]) -> None:
-        """Execs of the previous run, finished (or lost, if it died while they ran), oldest first."""
-        assert self._store is not None and self._journal is not None
-        for ex, records in restored_execs(journaled, self._store, self._stdin_limit, self._boot_id):
-            self._registry.restore(ex, ex.held_bytes())
-            for record in records:
-                self._journal.journal.append(record)
-        self._store.finish_restore()
-        self._journal.journal.flush(fsync=True)
-        logger.info("restored %d execs from the journal", self._registry.finished_count)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Kill everything every exec started, reap, close pipes and logs, end the loop thread."""
@@ -163,6 +155,8 @@ class Engine:
                 self._oom.close()
             if self._journal is not None:
                 self._journal.stop()
+                assert self._slots is not None
+                self._slots.close()
                 self._journal.journal.close(fsync=True)  # the next run serves what this one had
             else:
                 remove_arenas(self._log_dir)
@@ -275,7 +269,8 @@ class Engine:
         """A spawner thread: only the exec's fixed fields are read. The leader's pid is journaled
         (written, not only buffered) here, as soon as it exists, so that a restart after a crash
         finds and ends its group."""
-        started = spawn.start_process(ex.spec, ex.stdout is not None, ex.stderr is not None, self._exec_user)
+        pid_fd = self._slots.claim(ex.exec_id) if self._slots is not None else -1
+        started = spawn.start_process(ex.spec, ex.stdout is not None, ex.stderr is not None, self._exec_user, pid_fd)
         if self._journal is not None and not isinstance(started, Exception):
             self._journal.journal.append(Spawned(ex.exec_id, started.pid, ex.spec.pty is not None, time.time(),
                                                  self._boot_id))

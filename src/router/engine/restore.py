@@ -16,8 +16,11 @@ from router._fastio import SegmentedLog, SegmentStore
 from . import procs
 from .execs import Exec
 from .finished import NO_ENV, RestoredStdin, settle
+from .journal import Journal
 from .journal_format import Exited, JournaledExec, Output, Record
 from .records import ExecSpec, ExitCause, ExitStatus
+from .registry import Registry
+from .spawn_slots import Slot
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +28,25 @@ LOST = ExitStatus(signal=signal.SIGKILL)
 # A process that started this close to when the leader was spawned is the leader: pids cycle
 # through tens of thousands before one is reused.
 SAME_PROCESS_SECS = 1.0
+# /proc gives a process's start to the clock tick (10 ms), and file times lag by about as much.
+TICK_SECS = 0.05
+
+
+def restore(journaled: dict[str, JournaledExec], journal: Journal, store: SegmentStore, registry: Registry,
+            stdin_limit: int, boot_id: str, spawning: dict[str, Slot]) -> None:
+    """Execs of the previous run into `registry`, finished (or lost, if it died while they ran),
+    oldest first; what that adds to the journal is written (and synced) before anything runs."""
+    for ex, records in restored_execs(journaled, store, stdin_limit, boot_id, spawning):
+        registry.restore(ex, ex.held_bytes())
+        for record in records:
+            journal.append(record)
+    store.finish_restore()
+    journal.flush(fsync=True)
+    logger.info("restored %d execs from the journal", registry.finished_count)
 
 
 def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, stdin_limit: int,
-                   boot_id: str) -> Iterator[tuple[Exec, list[Record]]]:
+                   boot_id: str, spawning: dict[str, Slot]) -> Iterator[tuple[Exec, list[Record]]]:
     """Each journaled exec rebuilt, oldest first, with the records to journal for it: an Exited for
     one that was lost, the end of each stream whose end was never journaled. Slots no exec claims
     are left for the caller's `store.finish_restore()`. An exec whose logs cannot be restored is
@@ -38,7 +56,7 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
         if je.exited is None or incomplete:
             # Lost, or its leader exited while something it started still held its output open:
             # nothing of it may run on unwatched (once: what is journaled below says it is over).
-            _kill_lost_group(je, boot_id)
+            _kill_lost_group(je, boot_id, spawning.get(je.exec_id))
         try:
             ex = _rebuild(je, store, stdin_limit)
         except ValueError as e:
@@ -102,19 +120,38 @@ def _restored_log(store: SegmentStore, out: Output | None) -> SegmentedLog:
     return SegmentedLog.restore(store, list(out.slots), out.committed, True)
 
 
-def _kill_lost_group(je: JournaledExec, boot_id: str) -> None:
+def _kill_lost_group(je: JournaledExec, boot_id: str, slot: Slot | None) -> None:
     """Kill what a lost exec started, unless its ids may now name someone else's processes."""
     spawned = je.spawned
-    if spawned is None or spawned.boot_id != boot_id:
-        return  # never spawned, or a reboot ended it (and ids may be reused)
+    if spawned is None:
+        _kill_unjournaled_child(je, boot_id, slot)
+        return
+    if spawned.boot_id != boot_id:
+        return  # a reboot ended it (and ids may be reused)
     pid = spawned.pid
     started = procs.start_time(pid)
     if started is not None and abs(started - spawned.spawned_at) > SAME_PROCESS_SECS:
         return  # the pid, and so the group id, belongs to a newer process
+    _kill_group(pid, started is not None, spawned.terminal)
+
+
+def _kill_unjournaled_child(je: JournaledExec, boot_id: str, slot: Slot | None) -> None:
+    """The router died between the spawn and the journal's Spawned: its spawner's slot
+    (spawn_slots.py) names the child, which started after the exec began and before the slot's
+    pid was written."""
+    if slot is None or slot.boot_id != boot_id:
+        return  # never spawned, or a reboot ended it
+    started = procs.start_time(slot.pid)
+    if started is not None and not je.begun.started_at - TICK_SECS <= started <= slot.written_at + TICK_SECS:
+        return  # the pid belongs to another process
+    _kill_group(slot.pid, started is not None, je.begun.pty is not None)
+
+
+def _kill_group(pid: int, leader_alive: bool, terminal: bool) -> None:
     # The leader itself, or its group without it (a group id is not reused while it has members).
     procs.killpg_quietly(pid, signal.SIGKILL)
-    if started is not None:
+    if leader_alive:
         procs.kill_quietly(pid, signal.SIGKILL)
-    if spawned.terminal:
+    if terminal:
         procs.kill_sessions([pid], signal.SIGKILL)
 

@@ -74,21 +74,22 @@ class Started(NamedTuple):
     stderr_reader: int
 
 
-def start_process(spec: ExecSpec, stdout: bool, stderr: bool, user: ExecUser | None = None) -> Started:
+def start_process(spec: ExecSpec, stdout: bool, stderr: bool, user: ExecUser | None = None,
+                  pid_fd: int = -1) -> Started:
     """Start the child, with output pipes for the streams logged (`stdout`, `stderr`), in a process
     group (a terminal's: a session) of its own, every signal at its default disposition (as a login
     session gives: a router run under nohup, or as a script's background job, inherited some
     ignored, and an ignored signal stays ignored across exec, where a shell cannot even trap it).
     Always through _fastio.spawn: subprocess cannot reset a disposition without preexec_fn, which
     would rule out vfork. As another user, through setpriv(1). On OSError nothing is left open or
-    running."""
+    running. With `pid_fd`, the pid is written there as soon as the child exists (_fastio.spawn)."""
     cwd = -1 if spec.workdir is None else _open_workdir(spec.workdir)
     try:
         if spec.pty is None:
-            return _posix_spawn(spec, stdout, stderr, user, cwd)
+            return _posix_spawn(spec, stdout, stderr, user, cwd, pid_fd)
         stdio = open_stdio(spec, stdout, stderr)
         try:
-            return _spawn_on_terminal(spec, stdio, user, cwd)
+            return _spawn_on_terminal(spec, stdio, user, cwd, pid_fd)
         except BaseException:
             stdio.close_router_ends()
             raise
@@ -109,7 +110,7 @@ def _open_workdir(workdir: str) -> int:
     return fd
 
 
-def _spawn_on_terminal(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None, cwd: int) -> Started:
+def _spawn_on_terminal(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None, cwd: int, pid_fd: int) -> Started:
     argv = list(spec.args)
     _check_found(argv[0], spec)  # the same message as without a terminal
     if SETSID is None:
@@ -119,11 +120,12 @@ def _spawn_on_terminal(spec: ExecSpec, stdio: ChildStdio, user: ExecUser | None,
     argv = [SETSID, "--ctty", *(argv if user is None else user.argv(argv))]
     pid, pidfd, _, _, _ = _fastio.spawn(
         os.fsencode(SETSID), [os.fsencode(a) for a in argv], _encoded_environment(spec.env),
-        stdio.stdin, stdio.stdout, stdio.stderr, False, 0, cwd, False)
+        stdio.stdin, stdio.stdout, stdio.stderr, False, 0, cwd, False, pid_fd)
     return Started(pid, pidfd, stdio.stdin_writer, stdio.stdout_reader, stdio.stderr_reader)
 
 
-def _posix_spawn(spec: ExecSpec, stdout: bool, stderr: bool, user: ExecUser | None, cwd: int) -> Started:
+def _posix_spawn(spec: ExecSpec, stdout: bool, stderr: bool, user: ExecUser | None, cwd: int,
+                 pid_fd: int) -> Started:
     """Every descriptor of the router is close-on-exec (PEP 446), so only the child's stdio is
     inherited. _fastio.spawn rather than os.posix_spawn: it makes the pipes, spawns and opens a
     pidfd in one call, without the GIL."""
@@ -142,7 +144,7 @@ def _posix_spawn(spec: ExecSpec, stdout: bool, stderr: bool, user: ExecUser | No
     stderr_fd = _fastio.SPAWN_STDOUT if spec.stderr == "stdout" else _output(stderr)
     pid, pidfd, stdin_w, stdout_r, stderr_r = _fastio.spawn(
         os.fsencode(executable), [os.fsencode(a) for a in argv], _encoded_environment(spec.env),
-        _fastio.SPAWN_PIPE, _output(stdout), stderr_fd, search, PIPE_SIZE, cwd)
+        _fastio.SPAWN_PIPE, _output(stdout), stderr_fd, search, PIPE_SIZE, cwd, True, pid_fd)
     return Started(pid, pidfd, stdin_w, stdout_r, stderr_r)
 
 

@@ -10,6 +10,7 @@ from libc.string cimport memset
 from posix.fcntl cimport O_CLOEXEC, O_RDONLY, O_WRONLY, fcntl
 from posix.signal cimport kill, sigemptyset, sigset_t
 from posix.unistd cimport close as c_close
+from posix.unistd cimport pwrite
 from posix.wait cimport waitpid
 
 from .includes.system cimport (
@@ -65,13 +66,16 @@ cdef char **_c_strings(list items, list keep) except NULL:
 
 
 def spawn(bytes path, list argv, list envp, int stdin_fd, int stdout_fd, int stderr_fd, bint search_path=False,
-          int pipe_size=0, int cwd_fd=-1, bint own_group=True):
+          int pipe_size=0, int cwd_fd=-1, bint own_group=True, int pid_fd=-1):
     """posix_spawn(3) (posix_spawnp(3) with `search_path`) of `path` with `argv` and `envp` (lists
     of bytes), in a process group of its own (unless not `own_group`), in the directory `cwd_fd`
     refers to (if not -1), every signal at its default disposition whatever the router's (one it
     ignores would stay ignored across exec) and none blocked; its stdin, stdout and stderr are dup2()ed from the given descriptors, or are new pipes
     where SPAWN_PIPE is given (output pipes of `pipe_size` bytes where the system allows), or
-    /dev/null where SPAWN_DEVNULL is; stderr may be SPAWN_STDOUT.
+    /dev/null where SPAWN_DEVNULL is; stderr may be SPAWN_STDOUT. With `pid_fd`, the child's pid
+    (a native int) is written at offset 0 of that file the moment the spawn returns, still without
+    the GIL: a record a restarted router can find the child by, however long this thread then
+    waits for the GIL (a failed write is ignored: the caller journals the pid too).
 
     Returns (pid, pidfd, stdin, stdout, stderr): a pidfd for the child and the router's ends of
     the pipes (close-on-exec, -1 where none was asked for). The child's ends are closed before
@@ -102,6 +106,8 @@ def spawn(bytes path, list argv, list envp, int stdin_fd, int stdout_fd, int std
         with nogil:
             err = _spawn_piped(c_path, c_argv, c_envp, fds, pipes, search_path, pipe_size, cwd_fd, own_group,
                                &pid, &pidfd, &stage)
+            if err == 0 and pid_fd >= 0:
+                pwrite(pid_fd, &pid, sizeof(pid), 0)
     finally:
         PyMem_Free(c_envp)
         PyMem_Free(c_argv)
