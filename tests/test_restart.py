@@ -209,3 +209,27 @@ def test_a_child_spawned_just_before_a_crash_is_found_by_its_spawner_slot(tmp_pa
         for proc in (child, stranger):
             proc.kill()
             proc.wait()
+
+
+def test_a_child_of_a_spawn_the_crash_cut_short_is_found_by_its_environment(tmp_path: pathlib.Path) -> None:
+    """The router died inside a spawn: the slot names the exec but no pid. The restart ends the
+    group leader that started just then with the exec's environment, and no other."""
+    state = tmp_path / "state"
+    state.mkdir()
+    spec = ExecSpec(args=["sh", "-c", "exec sleep 60"], env={"MINE": "1"}, stdout="pipe", stderr="pipe")
+    with journal.Journal.open(state / "journal")[0] as j:
+        j.append(journal_format.Begun.from_spec("cut", b"f", spec, time.time()))
+    slots = spawn_slots.SpawnSlots(state / "spawning", procs.boot_id())
+    slots.claim("cut")  # and no pid: the spawn never returned
+    slots.close()
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True, env={"MINE": "1"})
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True, env={"THEIRS": "1"})
+    try:
+        with serving(tmp_path) as (_, client, _raw):
+            assert client.poll("cut").signal == signal.SIGKILL
+            assert child.wait(10) == -signal.SIGKILL
+            assert other.poll() is None, "a process without the exec's environment was killed"
+    finally:
+        for proc in (child, other):
+            proc.kill()
+            proc.wait()

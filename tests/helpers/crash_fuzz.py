@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 import grpc
 
 from router.client import STDOUT, RouterClient
-from router.engine import journal_format, procs
+from router.engine import journal_format, procs, spawn_slots
 from tests.helpers.execs import PIPES
 from tests.helpers.servers import TASK_ID, router_process, state_token
 
@@ -225,7 +225,8 @@ class CrashFuzz:
             except OSError:
                 stat = []
             print(f"process {pid} of exec {exec_id} outlived it (state, ppid, pgid: {stat[:3]}, started "
-                  f"{procs.start_time(pid)}, now {time.time()}); journaled: {je}", file=sys.stderr)
+                  f"{procs.start_time(pid)}, now {time.time()}); journaled: {je}; spawner slots: "
+                  f"{spawn_slots.read(self.state / 'spawning')}", file=sys.stderr)
             os.kill(pid, signal.SIGKILL)
 
     def cleanup(self) -> None:

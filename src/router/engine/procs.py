@@ -10,22 +10,47 @@ from collections.abc import Iterable
 _PR_GET_CHILD_SUBREAPER = 37
 
 
-def processes_in(groups: set[int], sessions: set[int]) -> list[int]:
-    """Pids whose process group is in `groups` or whose session is in `sessions` (one /proc scan)."""
-    found = []
+def _stats() -> Iterable[tuple[int, list[bytes]]]:
+    """(pid, the fields of /proc/pid/stat after comm) of every process (one /proc scan)."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as f:
                 # comm may hold spaces and parentheses: fields resume after the last ')'.
-                fields = f.read().rsplit(b")", 1)[1].split()
+                yield int(name), f.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        pgrp, session = int(fields[2]), int(fields[3])
-        if pgrp in groups or session in sessions:
-            found.append(int(name))
-    return found
+
+
+def processes_in(groups: set[int], sessions: set[int]) -> list[int]:
+    """Pids whose process group is in `groups` or whose session is in `sessions` (one /proc scan)."""
+    return [pid for pid, fields in _stats() if int(fields[2]) in groups or int(fields[3]) in sessions]
+
+
+def group_leaders_started_between(earliest: float, latest: float) -> list[int]:
+    """Pids that lead their process group and started (wall clock, to a clock tick) in the window."""
+    boot, hz = _boot_time(), os.sysconf("SC_CLK_TCK")
+    return [pid for pid, fields in _stats()
+            if int(fields[2]) == pid and earliest <= boot + int(fields[19]) / hz <= latest]
+
+
+def command_line(pid: int) -> list[str] | None:
+    """`pid`'s argv (None if it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [arg.decode(errors="surrogateescape") for arg in f.read().split(b"\0")[:-1]]
+    except OSError:
+        return None
+
+
+def environment_names(pid: int) -> set[str] | None:
+    """The names of `pid`'s environment variables (None if it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return {entry.split(b"=", 1)[0].decode(errors="replace") for entry in f.read().split(b"\0") if entry}
+    except OSError:
+        return None
 
 
 def start_time(pid: int) -> float | None:
@@ -36,10 +61,13 @@ def start_time(pid: int) -> float | None:
             ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return None
-    # The boot's wall-clock time to the microsecond (/proc/stat's btime is whole seconds, which
-    # would make a process look up to a second older than it is).
-    boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
+    return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _boot_time() -> float:
+    """The boot's wall-clock time to the microsecond (/proc/stat's btime is whole seconds, which
+    would make a process look up to a second older than it is)."""
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 def boot_id() -> str:

@@ -30,6 +30,8 @@ LOST = ExitStatus(signal=signal.SIGKILL)
 SAME_PROCESS_SECS = 1.0
 # /proc gives a process's start to the clock tick (10 ms), and file times lag by about as much.
 TICK_SECS = 0.05
+# A spawn's child starts this soon after its spawner noted it (spawn_slots.py), at the latest.
+SPAWN_SECS = 1.0
 
 
 def restore(journaled: dict[str, JournaledExec], journal: Journal, store: SegmentStore, registry: Registry,
@@ -141,10 +143,26 @@ def _kill_unjournaled_child(je: JournaledExec, boot_id: str, slot: Slot | None) 
     pid was written."""
     if slot is None or slot.boot_id != boot_id:
         return  # never spawned, or a reboot ended it
+    if slot.pid == 0:
+        _kill_child_of_unfinished_spawn(je, slot)
+        return
     started = procs.start_time(slot.pid)
     if started is not None and not je.begun.started_at - TICK_SECS <= started <= slot.written_at + TICK_SECS:
         return  # the pid belongs to another process
     _kill_group(slot.pid, started is not None, je.begun.pty is not None)
+
+
+def _kill_child_of_unfinished_spawn(je: JournaledExec, slot: Slot) -> None:
+    """The router died inside a spawn (most of a millisecond: the child runs up to its exec before
+    the call returns with its pid). The child leads a group of its own, started just after the slot
+    was written, and has the exec's environment variables (or, with none of its own, its command
+    line): end such a process."""
+    for pid in procs.group_leaders_started_between(slot.written_at - TICK_SECS, slot.written_at + SPAWN_SECS):
+        names = procs.environment_names(pid)
+        if (names is not None and je.begun.env_names and names.issuperset(je.begun.env_names)) \
+                or procs.command_line(pid) == je.begun.args:
+            logger.warning("exec %s was being spawned when its router died: ending process %d", je.exec_id, pid)
+            _kill_group(pid, True, je.begun.pty is not None)
 
 
 def _kill_group(pid: int, leader_alive: bool, terminal: bool) -> None:

@@ -63,8 +63,8 @@ class SpawnSlots:
 
 
 def read(directory: pathlib.Path) -> dict[str, Slot]:
-    """The slots a previous run left, by exec id (those whose pid was written). Unreadable ones are
-    skipped: a torn write can only be of a spawn that had not started."""
+    """The slots a previous run left, by exec id (pid 0: the spawn had not returned). Unreadable
+    ones are skipped: a torn write can only be of a spawn that had not started."""
     slots: dict[str, Slot] = {}
     for path in sorted(directory.glob("slot-*")):
         try:
@@ -74,6 +74,5 @@ def read(directory: pathlib.Path) -> dict[str, Slot]:
             written_at = path.stat().st_mtime
         except (OSError, struct.error, msgspec.DecodeError, msgspec.ValidationError):
             continue
-        if pid > 0:
-            slots[exec_id] = Slot(exec_id, pid, boot_id, written_at)
+        slots[exec_id] = Slot(exec_id, pid, boot_id, written_at)
     return slots
