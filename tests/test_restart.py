@@ -190,7 +190,7 @@ def test_a_child_spawned_just_before_a_crash_is_found_by_its_spawner_slot(tmp_pa
         for exec_id in ("young", "old"):
             j.append(journal_format.Begun.from_spec(exec_id, b"f", spec, time.time()))
     child = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    slots = spawn_slots.SpawnSlots(state / "spawning", procs.boot_id())
+    slots = spawn_slots.SpawnSlots(state / "spawning", procs.boot_id(), 2)
 
     def spawned(exec_id: str, pid: int) -> None:  # a spawner thread: a slot of its own
         os.pwrite(slots.claim(exec_id), struct.pack("=i", pid), 0)  # the pid, as _fastio.spawn writes it
@@ -219,7 +219,7 @@ def test_a_child_of_a_spawn_the_crash_cut_short_is_found_by_its_environment(tmp_
     spec = ExecSpec(args=["sh", "-c", "exec sleep 60"], env={"MINE": "1"}, stdout="pipe", stderr="pipe")
     with journal.Journal.open(state / "journal")[0] as j:
         j.append(journal_format.Begun.from_spec("cut", b"f", spec, time.time()))
-    slots = spawn_slots.SpawnSlots(state / "spawning", procs.boot_id())
+    slots = spawn_slots.SpawnSlots(state / "spawning", procs.boot_id(), 2)
     slots.claim("cut")  # and no pid: the spawn never returned
     slots.close()
     child = subprocess.Popen(["sleep", "60"], start_new_session=True, env={"MINE": "1"})

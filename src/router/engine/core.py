@@ -107,7 +107,7 @@ class Engine:
         self._max_exec_output = max(self._max_exec_output, 3 * self._store.segment_size)
         if self._journal_path is not None:
             journal, state = Journal.open(self._journal_path)
-            self._slots = spawn_slots.SpawnSlots(self._journal_path.parent / "spawning", self._boot_id)
+            self._slots = spawn_slots.SpawnSlots(self._journal_path.parent / "spawning", self._boot_id, SPAWN_THREADS)
             self._journal = ExecJournal(journal, self._loop, self._store, lambda: self._registry.running,
                                         self._durability)
             restore(state.execs, self._journal.journal, self._store, self._registry, self._stdin_limit,

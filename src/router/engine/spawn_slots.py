@@ -11,6 +11,7 @@ A file: native int pid, u32 payload length, then the payload: JSON [boot id, exe
 """
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import struct
@@ -19,6 +20,10 @@ import threading
 import msgspec
 
 HEADER = struct.Struct("=iI")
+# Each file's size, allocated when it is made: more than any exec id takes.
+SLOT_BYTES = 4096
+
+logger = logging.getLogger(__name__)
 
 
 class Slot(msgspec.Struct, frozen=True):
@@ -32,27 +37,42 @@ class Slot(msgspec.Struct, frozen=True):
 
 
 class SpawnSlots:
-    """One file per spawner thread, opened on its first spawn; `close` closes them all."""
+    """`count` files, one for each spawner thread (taken on its first spawn), made with their blocks
+    allocated, so that noting a spawn never needs space: a full state filesystem must not stop a
+    start that the journal's reserve admits. `close` closes them all."""
 
-    def __init__(self, directory: pathlib.Path, boot_id: str) -> None:
+    def __init__(self, directory: pathlib.Path, boot_id: str, count: int) -> None:
         self.directory = directory
         self._boot_id = boot_id
         self._local = threading.local()
         self._lock = threading.Lock()
         self._fds: list[int] = []
+        self._taken = 0
+        directory.mkdir(mode=0o700, exist_ok=True)
+        for i in range(count):
+            fd = os.open(directory / f"slot-{i}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fds.append(fd)
+            try:
+                os.posix_fallocate(fd, 0, SLOT_BYTES)
+            except OSError as e:  # no room even for this: its spawns go unnoted (restore.py)
+                logger.warning("cannot allocate the spawner slot %s: %s", directory / f"slot-{i}", e)
 
     def claim(self, exec_id: str) -> int:
-        """Note that this thread spawns `exec_id` now; the descriptor _fastio.spawn writes the pid to."""
+        """Note that this thread spawns `exec_id` now; the descriptor _fastio.spawn writes the pid
+        to, or -1 if it could not be noted."""
         fd: int | None = getattr(self._local, "fd", None)
         if fd is None:
             with self._lock:
-                self.directory.mkdir(mode=0o700, exist_ok=True)
-                path = self.directory / f"slot-{len(self._fds)}"
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                self._fds.append(fd)
+                fd = self._fds[self._taken] if self._taken < len(self._fds) else -1
+                self._taken += 1
             self._local.fd = fd
         payload = msgspec.json.encode([self._boot_id, exec_id])
-        os.pwrite(fd, HEADER.pack(0, len(payload)) + payload, 0)
+        if fd < 0 or len(payload) > SLOT_BYTES - HEADER.size:
+            return -1
+        try:
+            os.pwrite(fd, HEADER.pack(0, len(payload)) + payload, 0)
+        except OSError:
+            return -1
         return fd
 
     def close(self) -> None:
