@@ -107,11 +107,13 @@ class Engine:
         self._max_exec_output = max(self._max_exec_output, 3 * self._store.segment_size)
         if self._journal_path is not None:
             journal, state = Journal.open(self._journal_path)
-            self._slots = spawn_slots.SpawnSlots(self._journal_path.parent / "spawning", self._boot_id, SPAWN_THREADS)
+            slots = self._journal_path.parent / "spawning"
+            spawning = spawn_slots.read(slots)  # before SpawnSlots touches the files
+            self._slots = spawn_slots.SpawnSlots(slots, self._boot_id, SPAWN_THREADS)
             self._journal = ExecJournal(journal, self._loop, self._store, lambda: self._registry.running,
                                         self._durability)
             restore(state.execs, self._journal.journal, self._store, self._registry, self._stdin_limit,
-                    self._boot_id, spawn_slots.read(self._slots.directory))
+                    self._boot_id, spawning)
         self._oom = OomKills()
         self._loop.start()
         if self._journal is not None:

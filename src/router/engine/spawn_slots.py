@@ -53,7 +53,8 @@ class SpawnSlots:
             fd = os.open(directory / f"slot-{i}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._fds.append(fd)
             try:
-                os.posix_fallocate(fd, 0, SLOT_BYTES)
+                if os.fstat(fd).st_size < SLOT_BYTES:  # else made already: its time says when it was last noted
+                    os.posix_fallocate(fd, 0, SLOT_BYTES)
             except OSError as e:  # no room even for this: its spawns go unnoted (restore.py)
                 logger.warning("cannot allocate the spawner slot %s: %s", directory / f"slot-{i}", e)
 
