@@ -74,6 +74,7 @@ class Engine:
         self._journal_path, self._durability = journal_path, durability
         self._journal: ExecJournal | None = None
         self._slots: spawn_slots.SpawnSlots | None = None  # with a journal: where spawns note their pids
+        self._spawned_record = threading.local()  # a spawner thread's last Spawned: its number in the journal
         self._boot_id = procs.boot_id()
         self._store: SegmentStore | None = None
         self._registry = Registry(max_running_execs)
@@ -268,16 +269,18 @@ class Engine:
             self._forget(ex, RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping"))
 
     def _start_process(self, ex: Exec) -> spawn.Started:
-        """A spawner thread: only the exec's fixed fields are read. The leader's pid is journaled
-        (written, not only buffered) here, as soon as it exists, so that a restart after a crash
-        finds and ends its group."""
-        pid_fd = self._slots.claim(ex.exec_id) if self._slots is not None else -1
+        """A spawner thread: only the exec's fixed fields are read. The leader's pid goes to this
+        thread's slot as soon as it exists (spawn_slots.py) and its Spawned to the next flush."""
+        pid_fd = -1
+        if self._journal is not None and self._slots is not None:
+            # This thread's slot names its last child until that child's Spawned is written.
+            with contextlib.suppress(OSError):  # not written: the slot goes on to this spawn all the same
+                self._journal.journal.written_through(getattr(self._spawned_record, "number", 0))
+            pid_fd = self._slots.claim(ex.exec_id)
         started = spawn.start_process(ex.spec, ex.stdout is not None, ex.stderr is not None, self._exec_user, pid_fd)
         if self._journal is not None and not isinstance(started, Exception):
-            self._journal.journal.append(Spawned(ex.exec_id, started.pid, ex.spec.pty is not None, time.time(),
-                                                 self._boot_id))
-            with contextlib.suppress(OSError):  # still buffered: the loop's flush retries it
-                self._journal.journal.flush()
+            self._spawned_record.number = self._journal.journal.append(
+                Spawned(ex.exec_id, started.pid, ex.spec.pty is not None, time.time(), self._boot_id))
         return started
 
     def _spawned(self, outcomes: list[tuple[Exec, spawn.Started | Exception]]) -> None:

@@ -83,7 +83,8 @@ class Journal:
         self._size = size  # where the next record goes: the end of the last whole record
         self._state = state  # the merge of every record written (not of those still buffered)
         self._buffer: list[Record] = []
-        self._lock = threading.Lock()  # guards _buffer
+        self._lock = threading.Lock()  # guards _buffer and _appended
+        self._appended = self._written = 0  # records appended, and written (numbered as append says)
         self._io_lock = threading.Lock()  # serializes flush, compact, close
         self._closed = False
         self._torn = False  # a failed write may have left bytes past _size
@@ -149,12 +150,21 @@ class Journal:
         """An automatic compaction is in flight."""
         return self._compaction is not None
 
-    def append(self, record: Record) -> None:
-        """Buffer one record for the next flush. No system call; any thread."""
+    def append(self, record: Record) -> int:
+        """Buffer one record for the next flush; returns its number (see `written_through`). No
+        system call; any thread."""
         with self._lock:
             if self._closed:
                 raise ValueError("journal is closed")
             self._buffer.append(record)
+            self._appended += 1
+            return self._appended
+
+    def written_through(self, number: int) -> None:
+        """Return once the record `append` numbered `number` is written: at once if a flush did
+        already (as one almost always has), else by flushing now. OSError as flush's."""
+        if self._written < number:
+            self.flush()
 
     def flush(self, *, fsync: bool = False) -> int:
         """Write every buffered record with one write (fsync too if asked); return the bytes written.
@@ -262,6 +272,7 @@ class Journal:
     def _flush_locked(self, fsync: bool) -> int:
         with self._lock:
             batch, self._buffer = self._buffer, []
+            upto = self._appended
         written = 0
         if batch:
             try:
@@ -279,6 +290,7 @@ class Journal:
             for record in batch:
                 apply(record)
             written = len(data)
+        self._written = upto
         if fsync:
             os.fsync(self._fd)
         return written
