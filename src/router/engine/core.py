@@ -53,10 +53,6 @@ SPAWN_THREADS = 4
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.ENOSPC}
 
 
-def _ended(ex: Exec) -> bool:
-    return not ex.running or ex.failed is not None
-
-
 class Engine:
     def __init__(self, log_dir: pathlib.Path, *, segment_size: int, stdin_buffer_limit: int,
                  kill_grace_secs: float = 0.0, max_running_execs: int = 0, reap_orphans: bool = False,
@@ -143,7 +139,7 @@ class Engine:
             self._loop.call_soon(signals.kill_all, execs, self._lingering_groups)
             deadline = time.monotonic() + timeout
             for ex in execs:
-                ex.wait_until(functools.partial(_ended, ex), lambda: True, deadline)
+                ex.wait_until(lambda ex=ex: not ex.running or ex.failed is not None, lambda: True, deadline)  # type: ignore[misc]
             self._loop.run(self._close_all, execs, timeout=timeout)
         finally:
             self._loop.stop(timeout)
@@ -180,6 +176,13 @@ class Engine:
     def log_full(self) -> bool:
         """The log filesystem is full: room is being made (log_space.py)."""
         return self._space.full
+
+    def on_state_full(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(full)` (loop thread) when new execs start or stop being refused for want
+        of room for the journal (journaling.py), and at once with how it is now; after start()."""
+        if self._journal is not None:
+            self._journal.full_listeners.append(listener)
+            listener(self._journal.full)
 
     def get(self, exec_id: str) -> Exec:
         return self._registry.get(exec_id)

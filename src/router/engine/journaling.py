@@ -42,6 +42,7 @@ class ExecJournal:
         self._running = running
         # The state filesystem has no room for the reserve: new execs are refused until it has.
         self.full = False
+        self.full_listeners: list[Callable[[bool], None]] = []  # told (loop thread) when `full` changes
         self._reserve_tried = 0.0
         self._failing = False  # writes fail: said once, and once when they work again
         # Slots given back are handed out again only once the journal says who gave them up.
@@ -59,6 +60,7 @@ class ExecJournal:
     def start(self) -> None:
         if self._sync is not None:
             self._sync.start()
+        self._loop.call_soon(self._keep_reserve)  # a router restarted on a full filesystem says so
 
     def stop(self) -> None:
         if self._sync is not None:
@@ -132,6 +134,8 @@ class ExecJournal:
             self._loop.loop.call_later(RETRY_SECS, self.flush_soon)  # nothing else may flush while it is full
         if full != self.full:
             self.full = full
+            for listener in self.full_listeners:
+                listener(full)
             if full:
                 logger.error("the state filesystem of %s is full: new execs are refused until it has room for "
                              "the journal's reserve (running execs go on)", self.journal.path)

@@ -38,6 +38,8 @@ from .service import METHODS, SERVICE_NAME, Service
 
 logger = logging.getLogger(__name__)
 
+# Liveness, probed apart from readiness (the overall service ""): see _health_statuses.
+LIVENESS_SERVICE = "router.liveness"
 REFLECTED = (SERVICE_NAME, control.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
 
@@ -149,8 +151,9 @@ class RouterServer:
         self.port = self._bind(server)
         server.start()
         self._grpc = server
-        self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        for name, status in self._health_statuses(ready=True):
+            self._health.set(name, status)
+        self.engine.on_state_full(lambda full: self._set_readiness(not full))
 
     async def _start_aio(self) -> None:
         server = grpc.aio.server(options=server_options(self.config))
@@ -161,8 +164,28 @@ class RouterServer:
         self.port = self._bind(server)
         await server.start()
         self._grpc = server
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        for name, status in self._health_statuses(ready=True):
+            await self._health.set(name, status)
+        self.engine.on_state_full(lambda full: self._set_readiness(not full))
+
+    @staticmethod
+    def _health_statuses(ready: bool) -> list[tuple[str, int]]:
+        """Readiness on the overall service "" and the router's own: SERVING while it takes new
+        execs. Liveness on LIVENESS_SERVICE: SERVING while the process answers calls (a router that
+        cannot take new execs is alive: restarting it would only lose more)."""
+        readiness = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        return [("", readiness), (SERVICE_NAME, readiness), (LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)]
+
+    def _set_readiness(self, ready: bool) -> None:
+        """From the engine's loop thread: the health servicer of either server mode."""
+        health_servicer, aio_loop = self._health, self._aio_loop
+        if health_servicer is None:
+            return  # stopping
+        for name, status in self._health_statuses(ready)[:2]:
+            if aio_loop is None:
+                health_servicer.set(name, status)
+            else:
+                asyncio.run_coroutine_threadsafe(health_servicer.set(name, status), aio_loop)
 
     def _bind(self, server: Any) -> int:
         if self.tls is not None:
