@@ -223,14 +223,22 @@ def test_a_child_of_a_spawn_the_crash_cut_short_is_found_by_its_environment(tmp_
     slots.claim("cut")  # and no pid: the spawn never returned
     slots.close()
     child = subprocess.Popen(["sleep", "60"], start_new_session=True, env={"MINE": "1"})
+    # Another child whose leader exited at once, leaving a member of its group.
+    with subprocess.Popen(["sh", "-c", "sleep 60 & echo $!"], start_new_session=True, stdout=subprocess.PIPE,
+                          env={"MINE": "1", "PATH": os.environ["PATH"]}) as leader:
+        assert leader.stdout is not None
+        member = int(leader.stdout.readline())
     other = subprocess.Popen(["sleep", "60"], start_new_session=True, env={"THEIRS": "1"})
     time.sleep(0.3)  # the restart comes later: the slot's time must still be the claim's
     try:
         with serving(tmp_path) as (_, client, _raw):
             assert client.poll("cut").signal == signal.SIGKILL
             assert child.wait(10) == -signal.SIGKILL
+            assert eventually(lambda: not alive(member)), "the group whose leader had exited outlived the restart"
             assert other.poll() is None, "a process without the exec's environment was killed"
     finally:
         for proc in (child, other):
             proc.kill()
             proc.wait()
+        if alive(member):
+            os.kill(member, signal.SIGKILL)

@@ -28,11 +28,10 @@ def processes_in(groups: set[int], sessions: set[int]) -> list[int]:
     return [pid for pid, fields in _stats() if int(fields[2]) in groups or int(fields[3]) in sessions]
 
 
-def group_leaders_started_between(earliest: float, latest: float) -> list[int]:
-    """Pids that lead their process group and started (wall clock, to a clock tick) in the window."""
+def started_between(earliest: float, latest: float) -> list[tuple[int, int]]:
+    """(pid, process group) of the processes that started (wall clock, to a clock tick) in the window."""
     boot, hz = _boot_time(), os.sysconf("SC_CLK_TCK")
-    return [pid for pid, fields in _stats()
-            if int(fields[2]) == pid and earliest <= boot + int(fields[19]) / hz <= latest]
+    return [(pid, int(fields[2])) for pid, fields in _stats() if earliest <= boot + int(fields[19]) / hz <= latest]
 
 
 def command_line(pid: int) -> list[str] | None:

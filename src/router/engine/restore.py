@@ -7,6 +7,7 @@ the last journaled commit readable, and its process group killed if it is still 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -154,15 +155,18 @@ def _kill_unjournaled_child(je: JournaledExec, boot_id: str, slot: Slot | None) 
 
 def _kill_child_of_unfinished_spawn(je: JournaledExec, slot: Slot) -> None:
     """The router died inside a spawn (most of a millisecond: the child runs up to its exec before
-    the call returns with its pid). The child leads a group of its own, started just after the slot
-    was written, and has the exec's environment variables (or, with none of its own, its command
-    line): end such a process."""
-    for pid in procs.group_leaders_started_between(slot.written_at - TICK_SECS, slot.written_at + SPAWN_SECS):
+    the call returns with its pid). The child, or what it started at once (it may have exited since),
+    started just after the slot was written, in a group of its own, and has the exec's environment
+    variables (or, with none of its own, its command line): end that group."""
+    ours = os.getpgrp()
+    for pid, group in procs.started_between(slot.written_at - TICK_SECS, slot.written_at + SPAWN_SECS):
+        if group in (0, 1, ours):
+            continue
         names = procs.environment_names(pid)
         if (names is not None and je.begun.env_names and names.issuperset(je.begun.env_names)) \
                 or procs.command_line(pid) == je.begun.args:
-            logger.warning("exec %s was being spawned when its router died: ending process %d", je.exec_id, pid)
-            _kill_group(pid, True, je.begun.pty is not None)
+            logger.warning("exec %s was being spawned when its router died: ending group %d", je.exec_id, group)
+            _kill_group(group, group == pid, je.begun.pty is not None)
 
 
 def _kill_group(pid: int, leader_alive: bool, terminal: bool) -> None:
