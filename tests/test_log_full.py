@@ -25,7 +25,7 @@ from tests.helpers.grpc_raw import Raw
 from tests.helpers.polling import eventually
 from tests.helpers.processes import run_router
 from tests.helpers.servers import TASK_ID, router_process, state_token
-from tests.helpers.tmpfs import tmpfs
+from tests.helpers.tmpfs import fill, tmpfs
 
 KiB, MiB = 1024, 1024 * 1024
 FS_SIZE = 8 * MiB
@@ -206,9 +206,8 @@ def test_a_held_back_writer_goes_on_once_room_returns(tmp_path: pathlib.Path, lo
 
 @pytest.mark.timeout(60)
 def test_output_waits_quietly_while_something_else_fills_it(tmp_path: pathlib.Path, log_fs: pathlib.Path) -> None:
-    filler = log_fs / "filler"
     with router_on(tmp_path, log_fs) as router:
-        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64K", "status=none"], check=False)  # to ENOSPC
+        filler = fill(log_fs)  # to ENOSPC
         router.client.start("small", ["echo", "still-alive"], **PIPES)
         assert eventually(lambda: inspect(router, "small").output_held_back, timeout=10)
         time.sleep(1)  # retries, each of which used to log a line
