@@ -21,7 +21,7 @@ import grpc
 from router._fastio import SegmentedLog, SegmentStore
 from router.errors import RETRY_AFTER_SECS, RouterError, throttled
 
-from . import procs, signals, spawn, spawn_slots
+from . import procs, shutdown, signals, spawn, spawn_slots
 from .child import Child
 from .durability import Durability
 from .execs import Exec
@@ -127,19 +127,8 @@ class Engine:
         execs = self._registry.close()
         if execs is None or self._store is None:
             return
-        self._stopping = True
         try:
-            # Spawns in flight finish (their outcomes queued for the loop) and queued ones are
-            # dropped first (each queued _spawn has submitted its own by the time the barrier
-            # returns), so that _kill_all, queued after them, finds every child.
-            self._loop.run(lambda: None, timeout=timeout)
-            stopping = RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping")
-            for ex in self._spawner.stop():
-                self._loop.call_soon(self._forget, ex, stopping)
-            self._loop.call_soon(signals.kill_all, execs, self._lingering_groups)
-            deadline = time.monotonic() + timeout
-            for ex in execs:
-                ex.wait_until(lambda ex=ex: not ex.running or ex.failed is not None, lambda: True, deadline)  # type: ignore[misc]
+            self.end_execs(timeout, execs)
             self._loop.run(self._close_all, execs, timeout=timeout)
         finally:
             self._loop.stop(timeout)
@@ -162,7 +151,17 @@ class Engine:
                 with contextlib.suppress(OSError):
                     self._log_dir.rmdir()  # only if nothing else lives there
 
+    def end_execs(self, timeout: float = 10.0, execs: list[Exec] | None = None) -> None:
+        """Kill every exec (cause `shutdown`) and wait until their ends are published, the loop
+        still running so that calls waiting on them are answered: at a stop, or a drain's end."""
+        self._stopping = True
+        shutdown.end_execs(self._loop, self._spawner, self._registry.all() if execs is None else execs,
+                           self._lingering_groups, self._forget, timeout)
+
     # -- any thread ------------------------------------------------------------------------------
+
+    def refuse_new_execs(self, why: str) -> None:
+        self._registry.refuse(why)  # UNAVAILABLE (a drain, a stop); retried starts are answered
 
     @property
     def running_count(self) -> int:
