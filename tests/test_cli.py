@@ -47,7 +47,8 @@ def test_exec_output_is_byte_exact(tmp_path: pathlib.Path) -> None:
 
 
 def test_sigterm_stops_cleanly_and_kills_running_execs(tmp_path: pathlib.Path) -> None:
-    with router_process(tmp_path) as (proc, listen):
+    """With --drain-secs 0, no drain: SIGTERM ends what runs at once (tests/test_drain.py drains)."""
+    with router_process(tmp_path, drain_secs=0) as (proc, listen):
         token = state_token(tmp_path)
         with Raw(int(listen.rsplit(":", 1)[1]), token) as raw:
             raw.call("TaskExecStart", start_request("sleeper", ["sh", "-c", "sleep 60 & echo $!; wait"]))

@@ -386,8 +386,9 @@ def token_metadata(state_dir: pathlib.Path, task_id: str) -> tuple[tuple[str, st
 
 def serve_argv(state_dir: pathlib.Path, listen: str = "127.0.0.1:0") -> list[str]:
     """`router serve` on `listen` with this state directory, the bench task id and BENCH_SERVER_MODE."""
+    # --drain-secs 0: a benchmark's teardown stops the router at once, ending what still runs.
     return [sys.executable, "-m", "router.cli", "serve", "--listen", listen, "--state-dir", str(state_dir),
-            "--task-id", TASK_ID, "--server-mode", SERVER_MODE]
+            "--task-id", TASK_ID, "--server-mode", SERVER_MODE, "--drain-secs", "0"]
 
 
 class RouterProcess(ServerProcess):

@@ -63,14 +63,16 @@ def state_token(state_dir: pathlib.Path, ttl_secs: int | None = None) -> str:
 
 
 @contextlib.contextmanager
-def router_process(state_dir: pathlib.Path, *extra: str,
-                   prefix: Sequence[str] = ()) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def router_process(state_dir: pathlib.Path, *extra: str, prefix: Sequence[str] = (),
+                   drain_secs: float | None = 0) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`router serve` in its own process on a free port (run through `prefix`, a command that execs
     its arguments, if given); yields (process, HOST:PORT), its stdout still open for the lines after
-    the address. Always stopped."""
+    the address. Always stopped (SIGTERM). `drain_secs`: its --drain-secs, None for the default;
+    0 unless a test is about draining, so that the stop kills what still runs at once."""
+    drain = () if drain_secs is None else ("--drain-secs", str(drain_secs))
     proc = subprocess.Popen(
         [*prefix, *ROUTER, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(state_dir),
-         "--task-id", TASK_ID, *extra],
+         "--task-id", TASK_ID, *drain, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 from router import config
 from router.engine import retention
+from router.server.drain import DEFAULT_DRAIN_SECS
 
 from . import admin
 from . import serve as serve_cmd
@@ -59,6 +60,10 @@ def parser() -> Parser:
                        "else's arena-* files")
     serve.add_argument("--kill-grace", type=seconds(), default=0.0,
                        help="seconds between SIGTERM and SIGKILL when an exec times out (default 0: SIGKILL)")
+    serve.add_argument("--drain-secs", type=seconds(), default=DEFAULT_DRAIN_SECS, metavar="SECS",
+                       help="on SIGTERM or SIGINT, refuse new execs and wait up to SECS for the running ones to end "
+                       f"before ending them; a second signal stops at once (default {DEFAULT_DRAIN_SECS:g}, under "
+                       "Kubernetes' 30 s grace period; 0: no drain)")
     serve.add_argument("--server-mode", choices=("aio", "threads"), default="aio",
                        help="aio: grpc.aio, every call on one event loop thread (default); threads: a thread per call")
     serve.add_argument("--max-workers", type=positive, default=None, metavar="N",

@@ -1,4 +1,4 @@
-"""`router serve`: the server on its configuration, until SIGINT or SIGTERM."""
+"""`router serve`: the server on its configuration, until SIGINT or SIGTERM (a drain, then the stop)."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,7 @@ def absolute_path(value: str | None) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from router.auth import load_or_create_key
+    from router.server.drain import StopRequests
     from router.server.grpc_server import RouterServer
 
     if args.max_workers is not None and args.server_mode != "threads":
@@ -72,9 +73,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # (700 allocations) the collector ran ~90 times per 1,000 execs of `true`, ~10% of the server's
     # CPU (benchmarks/HISTORY.md, "A leaner start and finish per exec").
     gc.set_threshold(GC_THRESHOLD)
-    stop = threading.Event()
+    stops = StopRequests()  # the first drains, the next stops at once (server/drain.py)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: stops.request())
     if server.tls is not None:
         tls = server.tls
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=tls.reload, daemon=True).start())
@@ -103,9 +104,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     task_flag = f" --task-id {task_id}" if args.task_id else ""  # a task the state directory does not name
     print(f"get a token with: router token --state-dir {state_dir}{task_flag}", flush=True)
     try:
-        stop.wait()
-    finally:
+        stops.first.wait()
         print("router shutting down", flush=True)
+        server.drain(args.drain_secs, stops.again)
+    finally:
         server.stop()
         config.remove_server_info(state_dir)
     return 0

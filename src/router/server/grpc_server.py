@@ -32,7 +32,7 @@ from router.images.store import Images
 from router.secretstore import SecretError, SecretStore, secrets_dir
 from router.tls import ServerTls, is_loopback
 
-from . import control
+from . import control, drain
 from .handlers import Handlers
 from .service import METHODS, SERVICE_NAME, Service
 
@@ -110,6 +110,9 @@ class RouterServer:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._aio_loop: asyncio.AbstractEventLoop | None = None
         self._aio_thread: threading.Thread | None = None
+        # Why the router is not ready for new execs ("state full", "draining"): see _set_readiness.
+        self._unready: set[str] = set()
+        self._readiness_lock = threading.Lock()
 
     def start(self) -> None:
         """StateDirBusy if another server serves the state directory."""
@@ -153,7 +156,7 @@ class RouterServer:
         self._grpc = server
         for name, status in self._health_statuses(ready=True):
             self._health.set(name, status)
-        self.engine.on_state_full(lambda full: self._set_readiness(not full))
+        self.engine.on_state_full(lambda full: self._set_readiness("state full", not full))
 
     async def _start_aio(self) -> None:
         server = grpc.aio.server(options=server_options(self.config))
@@ -166,7 +169,7 @@ class RouterServer:
         self._grpc = server
         for name, status in self._health_statuses(ready=True):
             await self._health.set(name, status)
-        self.engine.on_state_full(lambda full: self._set_readiness(not full))
+        self.engine.on_state_full(lambda full: self._set_readiness("state full", not full))
 
     @staticmethod
     def _health_statuses(ready: bool) -> list[tuple[str, int]]:
@@ -176,16 +179,19 @@ class RouterServer:
         readiness = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
         return [("", readiness), (SERVICE_NAME, readiness), (LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)]
 
-    def _set_readiness(self, ready: bool) -> None:
-        """From the engine's loop thread: the health servicer of either server mode."""
-        health_servicer, aio_loop = self._health, self._aio_loop
-        if health_servicer is None:
-            return  # stopping
-        for name, status in self._health_statuses(ready)[:2]:
-            if aio_loop is None:
-                health_servicer.set(name, status)
-            else:
-                asyncio.run_coroutine_threadsafe(health_servicer.set(name, status), aio_loop)
+    def _set_readiness(self, reason: str, ready: bool) -> None:
+        """From any thread: `reason` (a full state filesystem, a drain) holds or no longer does;
+        the router is ready while none holds. The health servicer of either server mode."""
+        with self._readiness_lock:  # so that the last change is the last set
+            (self._unready.discard if ready else self._unready.add)(reason)
+            health_servicer, aio_loop = self._health, self._aio_loop
+            if health_servicer is None:
+                return  # stopping
+            for name, status in self._health_statuses(not self._unready)[:2]:
+                if aio_loop is None:
+                    health_servicer.set(name, status)
+                else:
+                    asyncio.run_coroutine_threadsafe(health_servicer.set(name, status), aio_loop)
 
     def _bind(self, server: Any) -> int:
         if self.tls is not None:
@@ -196,15 +202,26 @@ class RouterServer:
             raise OSError(f"cannot listen on {self.config.listen}")
         return int(port)
 
+    def drain(self, secs: float, hurry: threading.Event) -> None:
+        """Refuse new execs and say not ready until stop(), and wait up to `secs` for the running
+        execs to end, or until `hurry` is set (drain.py). Then call stop()."""
+        drain.drain(self.engine, lambda ready: self._set_readiness("draining", ready), secs, hurry)
+
     def stop(self, grace: float = 2.0) -> None:
-        """Stop accepting calls, end those in flight after `grace`, then kill and reap every exec."""
+        """End every exec still running (cause `shutdown`) and answer the calls waiting on them,
+        then stop as grpc's graceful stop does: no new call, those in flight ended after `grace`;
+        then close the engine."""
         try:
             if self._grpc is not None:
-                if self._aio_loop is not None:
-                    asyncio.run_coroutine_threadsafe(self._stop_aio(grace), self._aio_loop).result()
-                else:
-                    self._health.enter_graceful_shutdown()
-                    self._grpc.stop(grace).wait()
+                try:
+                    self.engine.refuse_new_execs("the router is stopping")
+                    self.engine.end_execs()
+                finally:
+                    if self._aio_loop is not None:
+                        asyncio.run_coroutine_threadsafe(self._stop_aio(grace), self._aio_loop).result()
+                    else:
+                        self._health.enter_graceful_shutdown()
+                        self._grpc.stop(grace).wait()
         finally:
             if self._aio_loop is not None and self._aio_thread is not None:
                 self._aio_loop.call_soon_threadsafe(self._aio_loop.stop)
