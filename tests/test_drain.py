@@ -13,6 +13,7 @@ import time
 import grpc
 import pytest
 
+from router._proto import exec_control_pb2 as ec
 from router._proto import task_command_router_pb2 as pb
 from router.client import RouterClient, exit_code
 from router.engine import journal_format
@@ -71,9 +72,12 @@ def test_a_drain_lets_a_running_exec_finish_and_refuses_new_ones(tmp_path: pathl
             Raw(int(listen.rsplit(":", 1)[1]), token) as raw, \
             RouterClient(listen, token, TASK_ID, retries=0) as client:
         raw.call("TaskExecStart", start_request("slow", SLOW))
+        raw.call("TaskExecStart", start_request("victim", ["sleep", "60"]))
         raw.call("TaskExecStart", start_request("done", ["echo", "earlier"]))
         assert exit_code(client.wait("done")) == 0
         waiting = _wait(raw, "slow")
+        events = client.watch(["victim"], include_started=True)
+        assert next(events).kind == ec.WATCH_EVENT_KIND_STARTED  # the Watch is in flight
         proc.send_signal(signal.SIGTERM)
         # Not ready for new execs at once; alive all along.
         assert eventually(lambda: not ready(listen)), "still ready while draining"
@@ -89,10 +93,16 @@ def test_a_drain_lets_a_running_exec_finish_and_refuses_new_ones(tmp_path: pathl
         with pytest.raises(grpc.RpcError) as changed:
             raw.call("TaskExecStart", start_request("slow", ["true"]))
         assert changed.value.code() == grpc.StatusCode.ALREADY_EXISTS
-        # The execs there are served: polls, Inspect, List, finished output, stdin.
+        # The execs there are served: polls, Inspect, List, finished output, Signal, Kill, Watch, stdin.
         assert exit_code(client.poll("slow")) is None
         assert client.inspect("slow").exec_id == "slow"
-        assert {info.exec_id for info in client.execs()} == {"slow", "done"}
+        assert {info.exec_id for info in client.execs()} == {"slow", "victim", "done"}
+        client.signal("slow", signal.SIGCONT)
+        assert client.kill("victim").cause == ec.EXIT_CAUSE_KILLED
+        ended = next(events)
+        assert (ended.exec_id, ended.kind, ended.exit.cause) == ("victim", ec.WATCH_EVENT_KIND_EXITED,
+                                                                 ec.EXIT_CAUSE_KILLED)
+        events.close()
         assert b"".join(client.read("done")) == b"earlier\n"
         client.write_stdin("slow", 0, b"x\n", eof=True)
         # A stream read while it runs gets to its end, and the Wait in flight since before the signal its exit.
@@ -103,7 +113,7 @@ def test_a_drain_lets_a_running_exec_finish_and_refuses_new_ones(tmp_path: pathl
         assert proc.wait(10) == 0
         assert time.monotonic() - ended < 3
         log = _rest(proc)
-    assert "draining: 1 execs running" in log and "drained in" in log, log
+    assert "draining: 2 execs running" in log and "drained in" in log, log
     assert _cause(tmp_path, "slow") == ExitCause.EXITED
 
 
