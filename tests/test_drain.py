@@ -99,10 +99,9 @@ def test_a_drain_lets_a_running_exec_finish_and_refuses_new_ones(tmp_path: pathl
         assert {info.exec_id for info in client.execs()} == {"slow", "victim", "done"}
         client.signal("slow", signal.SIGCONT)
         assert client.kill("victim").cause == ec.EXIT_CAUSE_KILLED
-        ended = next(events)
-        assert (ended.exec_id, ended.kind, ended.exit.cause) == ("victim", ec.WATCH_EVENT_KIND_EXITED,
-                                                                 ec.EXIT_CAUSE_KILLED)
-        events.close()
+        (exited,) = list(events)  # a Watch of named execs ends after their exits
+        assert (exited.exec_id, exited.kind, exited.exit.cause) == ("victim", ec.WATCH_EVENT_KIND_EXITED,
+                                                                    ec.EXIT_CAUSE_KILLED)
         assert b"".join(client.read("done")) == b"earlier\n"
         client.write_stdin("slow", 0, b"x\n", eof=True)
         # A stream read while it runs gets to its end, and the Wait in flight since before the signal its exit.
