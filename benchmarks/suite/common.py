@@ -229,12 +229,20 @@ def processes_with_arg(marker: str) -> list[int]:
 # -- child processes --------------------------------------------------------------------------------
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int | None:
-    """Signal, wait up to `timeout`, then SIGKILL and wait again. Returns the exit status."""
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0, sig: int = signal.SIGTERM,
+                 again_after: float | None = None) -> int | None:
+    """Signal, wait up to `timeout` (signalling again after `again_after`, if given), then SIGKILL
+    and wait again. Returns the exit status."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
         try:
+            if again_after is not None and again_after < timeout:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(again_after)
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(sig)
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
@@ -329,13 +337,16 @@ class ServerProcess:
         wait_channel_ready(ch, ready_timeout)
         return ch
 
+    # A server whose first SIGTERM only starts a drain (a router), signalled again after this long.
+    drains_for: float | None = None
+
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM, SIGKILL after `timeout`; then remove the directory."""
         for ch in self._channels:
             ch.close()
         self._channels.clear()
         try:
-            return stop_process(self.proc, timeout)
+            return stop_process(self.proc, timeout, again_after=self.drains_for)
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -386,18 +397,20 @@ def token_metadata(state_dir: pathlib.Path, task_id: str) -> tuple[tuple[str, st
 
 def serve_argv(state_dir: pathlib.Path, listen: str = "127.0.0.1:0") -> list[str]:
     """`router serve` on `listen` with this state directory, the bench task id and BENCH_SERVER_MODE."""
-    # --drain-secs 0: a benchmark's teardown stops the router at once, ending what still runs.
     return [sys.executable, "-m", "router.cli", "serve", "--listen", listen, "--state-dir", str(state_dir),
-            "--task-id", TASK_ID, "--server-mode", SERVER_MODE, "--drain-secs", "0"]
+            "--task-id", TASK_ID, "--server-mode", SERVER_MODE]
 
 
 class RouterProcess(ServerProcess):
     """`router serve` on a free loopback port, with a state directory of its own under BENCH_TMP,
     in BENCH_SERVER_MODE (and a log directory under `log_root`, by default BENCH_LOG_ROOT, if
-    set), with `args` added to its command line. The directories go on stop (SIGTERM: the server
-    kills its execs first)."""
+    set), with `args` added to its command line. The directories go on stop (SIGTERM, and another
+    after `drains_for` if it still runs: the server kills its execs first)."""
 
     ready = "router listening on "
+    # Execs still running at the end of a benchmark are not waited for: the second SIGTERM ends
+    # the drain (and a router from before drains stops at the first).
+    drains_for = 1.0
 
     def __init__(self, startup_timeout: float = 30.0, args: Sequence[str] = (),
                  log_root: str | None = LOG_ROOT, tls: bool = False) -> None:

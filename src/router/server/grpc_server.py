@@ -63,7 +63,8 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
 
 
 class RouterServer:
-    """The engine plus a gRPC server on top of it. `start()` (then `port` is known), then `stop()`."""
+    """The engine plus a gRPC server on top of it. `start()` (then `port` is known), then `stop()`,
+    after a `drain()` if wanted."""
 
     def __init__(self, config: ServerConfig, key: bytes) -> None:
         """`key`: the HS256 key of the state directory. ValueError if the configuration is unsafe or
