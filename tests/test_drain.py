@@ -18,9 +18,10 @@ from router._proto import task_command_router_pb2 as pb
 from router.client import RouterClient, exit_code
 from router.engine import journal_format
 from router.engine.records import ExitCause
+from router.server.service import SERVICE_NAME
 from tests.helpers.execs import start_request
 from tests.helpers.grpc_raw import Raw
-from tests.helpers.health import SERVING, health, ready
+from tests.helpers.health import NOT_SERVING, SERVING, health, ready
 from tests.helpers.polling import eventually
 from tests.helpers.processes import alive
 from tests.helpers.servers import TASK_ID, router_process, state_token
@@ -81,6 +82,7 @@ def test_a_drain_lets_a_running_exec_finish_and_refuses_new_ones(tmp_path: pathl
         proc.send_signal(signal.SIGTERM)
         # Not ready for new execs at once; alive all along.
         assert eventually(lambda: not ready(listen)), "still ready while draining"
+        assert health(listen, SERVICE_NAME) == NOT_SERVING
         assert health(listen, "router.liveness") == SERVING
         refused = _refused(raw, "new")
         assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused
