@@ -25,6 +25,7 @@ from tests.helpers.health import NOT_SERVING, SERVING, health, ready
 from tests.helpers.polling import eventually
 from tests.helpers.processes import alive
 from tests.helpers.servers import TASK_ID, router_process, state_token
+from tests.helpers.tmpfs import fill, tmpfs
 
 # Reads a line of stdin, then runs 3 s more.
 SLOW = ["sh", "-c", 'echo start; read x; sleep 3; echo "got $x"']
@@ -173,3 +174,31 @@ def test_a_second_signal_ends_the_drain_at_once(tmp_path: pathlib.Path, how: str
     assert "drain ended by a second signal" in log, log
     assert not alive(pid)
     assert _cause(tmp_path, "sleeper") == ExitCause.SHUTDOWN
+
+
+@pytest.mark.timeout(120)
+def test_readiness_stays_not_serving_while_draining_when_the_state_filesystem_has_room_again(
+        tmp_path: pathlib.Path) -> None:
+    """Each reason holds readiness down on its own: space returning during a drain leaves it NOT_SERVING."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with tmpfs(tmp_path / "state", 4 << 20) as state:
+        token = state_token(state)
+        with router_process(state, "--log-dir", str(logs), drain_secs=60) as (proc, listen), \
+                Raw(int(listen.rsplit(":", 1)[1]), token) as raw:
+            raw.call("TaskExecStart", start_request("sleeper", SLEEPER))
+            filler = fill(state)
+            n = 0
+            while raw.code("TaskExecStart", start_request(f"new{n}", ["true"])) == grpc.StatusCode.OK:
+                n += 1
+                assert n < 5000, "new execs were never refused"
+            assert not ready(listen)
+            proc.send_signal(signal.SIGTERM)
+            filler.unlink()
+            # The journal has room again (no more RESOURCE_EXHAUSTED): the drain alone refuses now.
+            assert eventually(lambda: raw.code("TaskExecStart", start_request("after", ["true"]))
+                              == grpc.StatusCode.UNAVAILABLE, timeout=10)
+            assert not eventually(lambda: ready(listen), timeout=0.5), "ready again while draining"
+            assert health(listen, "router.liveness") == SERVING
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0
