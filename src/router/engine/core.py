@@ -21,11 +21,11 @@ import grpc
 from router._fastio import SegmentedLog, SegmentStore
 from router.errors import RETRY_AFTER_SECS, RouterError, throttled
 
-from . import procs, signals, spawn, spawn_slots
+from . import adoption, procs, signals, spawn, spawn_slots
 from .child import Child
 from .durability import Durability
 from .execs import Exec
-from .finished import close_empty_log, settle
+from .finished import close_empty_log, close_logs, settle
 from .journal import Journal
 from .journal_format import Begun, Exited, Forgotten, Record, Spawned, Stdin
 from .journaling import ExecJournal
@@ -91,7 +91,8 @@ class Engine:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, adopting: adoption.Adoption | None = None) -> None:
+        """`adopting`: the running execs a handover brings (router.handover), taken over once the journal is read."""
         self._log_dir.mkdir(parents=True, exist_ok=True)
         if self._journal_path is None:
             remove_arenas(self._log_dir)  # without a journal nothing can read what a previous run left
@@ -109,6 +110,7 @@ class Engine:
             self._slots = spawn_slots.SpawnSlots(slots, self._boot_id, SPAWN_THREADS)
             self._journal = ExecJournal(journal, self._loop, self._store, lambda: self._registry.running,
                                         self._durability)
+            adopted = adopting.rebuild(state.execs, self._store, self._stdin_limit) if adopting else []
             restore(state.execs, self._journal.journal, self._store, self._registry, self._stdin_limit,
                     self._boot_id, spawning)
         self._oom = OomKills()
@@ -116,6 +118,8 @@ class Engine:
         if self._journal is not None:
             self._journal.start()
         self._spawner.start()
+        if adopting is not None:
+            self._loop.run(adopting.attach, adopted, self._adopt, timeout=30)
         self._loop.call_soon(self._expire_periodically)
         if self._reap_orphans:
             main_thread_id = threading.main_thread().native_id
@@ -144,8 +148,7 @@ class Engine:
         finally:
             self._loop.stop(timeout)
             for ex in execs:
-                for log in ex.logs():
-                    log.close()
+                close_logs(ex)
                 ex.abandon_waiters()  # their loop has stopped; the aio server ended them first
                 ex.notify()
             close_empty_log(self._store)
@@ -211,13 +214,11 @@ class Engine:
         return self._registry.all()
 
     def signal(self, ex: Exec, sig: int, target: str) -> None:
-        """Send `sig` to the exec's group ("group"), leader ("leader") or terminal session ("session")
-        on the loop thread; FAILED_PRECONDITION once it has ended."""
+        """`sig` to the exec's group, leader or terminal session (signals.py), on the loop thread."""
         self._loop.run(functools.partial(signals.send_signal, ex, sig, target), timeout=10)
 
     def kill(self, ex: Exec, grace: float) -> None:
-        """TERM, then KILL after `grace` (at once without one), to the whole group; the caller
-        waits for the exec to finish."""
+        """TERM, then KILL after `grace` (at once without one), to the group; the caller waits."""
         self._loop.run(lambda: signals.start_kill(ex, grace, self._loop.loop), timeout=10)
 
     def resize(self, ex: Exec, rows: int, cols: int) -> None:
@@ -260,10 +261,8 @@ class Engine:
             self._journal.when_written(then)
 
     def _spawn(self, ex: Exec) -> None:
-        """Hand the exec to a spawner thread (spawner.py) once its Begun record is written: an exec
-        that ran is always in the journal, so a retried start after a crash never runs it twice.
-        A spawn's pipes exist only inside its call, so a batch of thousands never holds the child
-        ends of more than SPAWN_THREADS children at once."""
+        """To a spawner thread once its Begun is written: a retried start after a crash never runs it
+        twice. Pipes exist only inside a spawn: a batch never holds more than SPAWN_THREADS' child ends."""
         self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, ex.started_at, self.base_env))
         self._once_written(lambda: self._submit(ex))
 
@@ -272,8 +271,7 @@ class Engine:
             self._forget(ex, RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping"))
 
     def _start_process(self, ex: Exec) -> spawn.Started:
-        """A spawner thread: only the exec's fixed fields are read. The leader's pid goes to this
-        thread's slot as soon as it exists (spawn_slots.py) and its Spawned to the next flush."""
+        """A spawner thread (fixed fields only): the pid to its slot at once (spawn_slots.py), Spawned next."""
         pid_fd = -1
         if self._journal is not None and self._slots is not None:
             # This thread's slot names its last child until that child's Spawned is written.
@@ -307,7 +305,19 @@ class Engine:
             for watcher in list(self._watchers):
                 watcher.offer_started(ex)
 
-    def _start_child(self, ex: Exec, started: spawn.Started | Exception) -> None:
+    def hand_over(self, give: Callable[[list[adoption.Carried]], None]) -> None:
+        """Freeze the loop thread and `give` every running exec to a new process (adoption.py)."""
+        assert self._journal is not None
+        self._loop.run(adoption.frozen, self._registry, self._journal, self._durability, give)
+
+    def _adopt(self, ex: Exec, started: spawn.Started, child: Child) -> None:
+        """Loop thread: an exec a handover brought, watched and drained as if spawned here."""
+        self._registry.adopt(ex, ex.leader_status is None)
+        self._start_child(ex, started, child)
+        child.rearm(self._loop.loop, self._kill_grace)
+        self._on_output(ex)
+
+    def _start_child(self, ex: Exec, started: spawn.Started | Exception, adopted: Child | None = None) -> None:
         if isinstance(started, OSError):
             if started.errno in _RESOURCE_ERRNOS and started.filename is None:
                 raise throttled(f"cannot start process: {started.strerror}", retry_after=RETRY_AFTER_SECS)
@@ -316,33 +326,25 @@ class Engine:
         if isinstance(started, Exception):
             raise started
         loop = self._loop.loop
-        child = ex.child = Child(started.pid, started.pidfd, ex.spec.pty is not None)
+        child = ex.child = adopted or Child(started.pid, started.pidfd, ex.spec.pty is not None)
         child.watch(self._loop.readers, lambda: self._on_exit(ex))
         outputs = [(fd, out) for fd, out in ((started.stdout_reader, ex.stdout), (started.stderr_reader, ex.stderr))
                    if fd >= 0 and out is not None]
         ex.output = OutputPipes(ex.exec_id, loop, self._loop.readers, outputs, ex.spec.pty is not None,
                                 lambda: self._on_output(ex), lambda: self._on_output_done(ex), self._space)
-        if ex.spec.timeout_secs is not None:
+        if ex.spec.timeout_secs is not None and adopted is None:
             child.arm_timeout(loop, ex.spec.timeout_secs, self._kill_grace)
         ex.stdin.attach(loop, started.stdin_writer)
 
     def _fail_start(self, ex: Exec, e: OSError) -> None:
-        status, reason = spawn.failed_start(ex.spec, e)
-        merged = ex.spec.stderr == "stdout" or ex.spec.pty is not None
-        target = ex.stderr if ex.stderr is not None else (ex.stdout if merged else None)
-        if target is not None:
-            target.append(reason)
-        for log in ex.logs():
-            log.mark_eof()
-        self._set_status(ex, status)
+        self._set_status(ex, spawn.failed_start_output(ex.spec, ex.logs(), ex.stdout, ex.stderr, e))
         self._on_finished(ex)
 
     def _forget(self, ex: Exec, error: RouterError) -> None:
         """A start that failed for lack of resources leaves no exec behind, so a retry can run it."""
         self._registry.forget(ex)
         self._record(Forgotten(ex.exec_id))
-        for log in ex.logs():
-            log.close()
+        close_logs(ex)
         self._once_written(functools.partial(ex.fail, error))
 
     # -- loop thread: the end --------------------------------------------------------------------
@@ -350,8 +352,7 @@ class Engine:
     def _on_exit(self, ex: Exec) -> None:
         """The leader exited: publish its status, but leave it unreaped until the exec is finished."""
         assert ex.child is not None and ex.output is not None
-        status = ex.child.exit_status()
-        if status is None:
+        if (status := ex.child.exit_status()) is None:
             return  # spurious wake-up, or already seen
         ex.stdin.close()
         ex.output.leader_exited()
@@ -385,8 +386,7 @@ class Engine:
         self._once_written(functools.partial(ex.publish_exit, status, cause, ended_at))
 
     def _release(self, ex: Exec) -> None:
-        if ex.child is not None and ex.child.release():
-            # Background processes that closed their output outlive the exec; stop() ends them.
+        if ex.child is not None and ex.child.release():  # background jobs outlive it: stop() ends them
             self._lingering_groups.add(ex.child.pid)
 
     def _on_finished(self, ex: Exec) -> None:
@@ -415,9 +415,7 @@ class Engine:
     def _expire(self, need: int = 0) -> None:
         for ex in self._registry.expire(self._retention.releasing(need, self._registry.finished_bytes)):
             self._record(Forgotten(ex.exec_id))
-            # Slots go back to the store once the last reader is out of the log.
-            for log in ex.logs():
-                log.close()
+            close_logs(ex)  # slots go back to the store once the last reader is out of the log
             ex.notify()
 
     def _expire_periodically(self) -> None:
