@@ -100,8 +100,9 @@ class ServerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     listen: str
     task_id: str
-    pid: int
+    pid: int  # the serving process
     tls: bool = False
+    keeper_pid: int = 0  # `router serve` itself (handover.keeper): SIGUSR2 there hands over
 
 
 _info_encoder = msgspec.json.Encoder()

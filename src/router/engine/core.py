@@ -73,9 +73,9 @@ class Engine:
         self._spawned_record = threading.local()  # a spawner thread's last Spawned: its number in the journal
         self._boot_id = procs.boot_id()
         self._store: SegmentStore | None = None
-        self._registry = Registry(max_running_execs)
-        self._loop = LoopThread("router-engine")
-        self._space = LogSpace(log_dir, self._loop, on_log_full, lambda: self._registry.finished_bytes, self._expire,
+        self.registry = Registry(max_running_execs)
+        self.loop = LoopThread("router-engine")
+        self._space = LogSpace(log_dir, self.loop, on_log_full, lambda: self.registry.finished_bytes, self._expire,
                                lambda: self._journal.flush() if self._journal is not None else None)
         self.base_env = base_environment()
         if exec_user is not None:
@@ -85,7 +85,7 @@ class Engine:
         self._watchers: set[Watcher] = set()  # Watch calls; offered each exec as it starts and finishes
         self._oom: OomKills | None = None  # opened at start
         # Threads that run posix_spawn (see _spawn).
-        self._spawner: Spawner[Exec, spawn.Started] = Spawner(self._loop, SPAWN_THREADS, self._start_process,
+        self._spawner: Spawner[Exec, spawn.Started] = Spawner(self.loop, SPAWN_THREADS, self._start_process,
                                                               self._spawned)
         self._stopping = False
 
@@ -108,27 +108,27 @@ class Engine:
             slots = self._journal_path.parent / "spawning"
             spawning = spawn_slots.read(slots)  # before SpawnSlots touches the files
             self._slots = spawn_slots.SpawnSlots(slots, self._boot_id, SPAWN_THREADS)
-            self._journal = ExecJournal(journal, self._loop, self._store, lambda: self._registry.running,
+            self._journal = ExecJournal(journal, self.loop, self._store, lambda: self.registry.running,
                                         self._durability)
             adopted = adopting.rebuild(state.execs, self._store, self._stdin_limit) if adopting else []
-            restore(state.execs, self._journal.journal, self._store, self._registry, self._stdin_limit,
+            restore(state.execs, self._journal.journal, self._store, self.registry, self._stdin_limit,
                     self._boot_id, spawning)
         self._oom = OomKills()
-        self._loop.start()
+        self.loop.start()
         if self._journal is not None:
             self._journal.start()
         self._spawner.start()
         if adopting is not None:
-            self._loop.run(adopting.attach, adopted, self._adopt, timeout=30)
-        self._loop.call_soon(self._expire_periodically)
+            self.loop.run(adopting.attach, adopted, self._adopt, timeout=30)
+        self.loop.call_soon(self._expire_periodically)
         if self._reap_orphans:
             main_thread_id = threading.main_thread().native_id
             assert main_thread_id is not None
-            self._loop.call_soon(self._reap, main_thread_id)
+            self.loop.call_soon(self._reap, main_thread_id)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Kill everything every exec started, reap, close pipes and logs, end the loop thread."""
-        execs = self._registry.close()
+        execs = self.registry.close()
         if execs is None or self._store is None:
             return
         self._stopping = True
@@ -136,17 +136,17 @@ class Engine:
             # Spawns in flight finish (their outcomes queued for the loop) and queued ones are
             # dropped first (each queued _spawn has submitted its own by the time the barrier
             # returns), so that _kill_all, queued after them, finds every child.
-            self._loop.run(lambda: None, timeout=timeout)
+            self.loop.run(lambda: None, timeout=timeout)
             stopping = RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping")
             for ex in self._spawner.stop():
-                self._loop.call_soon(self._forget, ex, stopping)
-            self._loop.call_soon(signals.kill_all, execs, self._lingering_groups)
+                self.loop.call_soon(self._forget, ex, stopping)
+            self.loop.call_soon(signals.kill_all, execs, self._lingering_groups)
             deadline = time.monotonic() + timeout
             for ex in execs:
                 ex.wait_until(lambda ex=ex: not ex.running or ex.failed is not None, lambda: True, deadline)  # type: ignore[misc]
-            self._loop.run(self._close_all, execs, timeout=timeout)
+            self.loop.run(self._close_all, execs, timeout=timeout)
         finally:
-            self._loop.stop(timeout)
+            self.loop.stop(timeout)
             for ex in execs:
                 close_logs(ex)
                 ex.abandon_waiters()  # their loop has stopped; the aio server ended them first
@@ -169,11 +169,15 @@ class Engine:
 
     @property
     def running_count(self) -> int:
-        return self._registry.running
+        return self.registry.running
 
     @property
     def retention(self) -> Retention:
         return self._retention
+
+    @property
+    def journaled(self) -> bool:
+        return self._journal is not None
 
     @property
     def log_full(self) -> bool:
@@ -188,7 +192,7 @@ class Engine:
             listener(self._journal.full)
 
     def get(self, exec_id: str) -> Exec:
-        return self._registry.get(exec_id)
+        return self.registry.get(exec_id)
 
     def begin_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec) -> Exec:
         """Start an exec, or return the one already started with this id and the same request.
@@ -196,8 +200,8 @@ class Engine:
         if self._journal is not None and self._journal.full:
             raise throttled(f"the state filesystem is full: the journal {self._journal.journal.path} keeps its room "
                             "for the exits of running execs", retry_after=RETRY_AFTER_SECS)
-        return self._registry.begin(exec_id, fingerprint, lambda: self._new_exec(exec_id, fingerprint, spec),
-                                    lambda ex: self._loop.call_soon(self._spawn, ex))
+        return self.registry.begin(exec_id, fingerprint, lambda: self._new_exec(exec_id, fingerprint, spec),
+                                    lambda ex: self.loop.call_soon(self._spawn, ex))
 
     def _new_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec) -> Exec:
         assert self._store is not None
@@ -211,40 +215,40 @@ class Engine:
 
     def execs(self) -> list[Exec]:
         """Every exec the router knows, oldest start first."""
-        return self._registry.all()
+        return self.registry.all()
 
     def signal(self, ex: Exec, sig: int, target: str) -> None:
         """`sig` to the exec's group, leader or terminal session (signals.py), on the loop thread."""
-        self._loop.run(functools.partial(signals.send_signal, ex, sig, target), timeout=10)
+        self.loop.run(functools.partial(signals.send_signal, ex, sig, target), timeout=10)
 
     def kill(self, ex: Exec, grace: float) -> None:
         """TERM, then KILL after `grace` (at once without one), to the group; the caller waits."""
-        self._loop.run(lambda: signals.start_kill(ex, grace, self._loop.loop), timeout=10)
+        self.loop.run(lambda: signals.start_kill(ex, grace, self.loop.loop), timeout=10)
 
     def resize(self, ex: Exec, rows: int, cols: int) -> None:
-        self._loop.run(functools.partial(signals.resize_terminal, ex, rows, cols), timeout=10)
+        self.loop.run(functools.partial(signals.resize_terminal, ex, rows, cols), timeout=10)
 
     def watch(self, watcher: Watcher) -> None:
         """Offer `watcher` every exec that started or finished already, then each as it does."""
         def add() -> None:
             self._watchers.add(watcher)
-            for ex in self._registry.all():
+            for ex in self.registry.all():
                 if ex.complete:
                     watcher.offer(ex)
                 elif ex.child is not None:
                     watcher.offer_started(ex)
-        self._loop.run(add, timeout=10)
+        self.loop.run(add, timeout=10)
 
     def unwatch(self, watcher: Watcher) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): so are the watchers
-            self._loop.call_soon(self._watchers.discard, watcher)
+            self.loop.call_soon(self._watchers.discard, watcher)
 
     def offer_stdin(self, ex: Exec, offset: int, data: bytes, eof: bool) -> bool:
         """Accept stdin bytes at `offset`, skipping what a retry repeats. False, taking nothing,
         if the buffer has no room yet: offer again once the exec changes."""
         accepted, flush = ex.stdin.offer(offset, data, eof)
         if flush:
-            self._loop.call_soon(ex.stdin.flush)
+            self.loop.call_soon(ex.stdin.flush)
         return accepted
 
     # -- loop thread: start ----------------------------------------------------------------------
@@ -285,7 +289,7 @@ class Engine:
         return started
 
     def _spawned(self, outcomes: list[tuple[Exec, spawn.Started | Exception]]) -> None:
-        self._registry.spawned(len(outcomes))
+        self.registry.spawned(len(outcomes))
         for ex, outcome in outcomes:
             try:
                 self._start_child(ex, outcome)
@@ -308,13 +312,13 @@ class Engine:
     def hand_over(self, give: Callable[[list[adoption.Carried]], None]) -> None:
         """Freeze the loop thread and `give` every running exec to a new process (adoption.py)."""
         assert self._journal is not None
-        self._loop.run(adoption.frozen, self._registry, self._journal, self._durability, give)
+        self.loop.run(adoption.frozen, self.registry, self._journal, self._durability, give)
 
     def _adopt(self, ex: Exec, started: spawn.Started, child: Child) -> None:
         """Loop thread: an exec a handover brought, watched and drained as if spawned here."""
-        self._registry.adopt(ex, ex.leader_status is None)
+        self.registry.adopt(ex, ex.leader_status is None)
         self._start_child(ex, started, child)
-        child.rearm(self._loop.loop, self._kill_grace)
+        child.rearm(self.loop.loop, self._kill_grace)
         self._on_output(ex)
 
     def _start_child(self, ex: Exec, started: spawn.Started | Exception, adopted: Child | None = None) -> None:
@@ -325,12 +329,12 @@ class Engine:
             return
         if isinstance(started, Exception):
             raise started
-        loop = self._loop.loop
+        loop = self.loop.loop
         child = ex.child = adopted or Child(started.pid, started.pidfd, ex.spec.pty is not None)
-        child.watch(self._loop.readers, lambda: self._on_exit(ex))
+        child.watch(self.loop.readers, lambda: self._on_exit(ex))
         outputs = [(fd, out) for fd, out in ((started.stdout_reader, ex.stdout), (started.stderr_reader, ex.stderr))
                    if fd >= 0 and out is not None]
-        ex.output = OutputPipes(ex.exec_id, loop, self._loop.readers, outputs, ex.spec.pty is not None,
+        ex.output = OutputPipes(ex.exec_id, loop, self.loop.readers, outputs, ex.spec.pty is not None,
                                 lambda: self._on_output(ex), lambda: self._on_output_done(ex), self._space)
         if ex.spec.timeout_secs is not None and adopted is None:
             child.arm_timeout(loop, ex.spec.timeout_secs, self._kill_grace)
@@ -342,7 +346,7 @@ class Engine:
 
     def _forget(self, ex: Exec, error: RouterError) -> None:
         """A start that failed for lack of resources leaves no exec behind, so a retry can run it."""
-        self._registry.forget(ex)
+        self.registry.forget(ex)
         self._record(Forgotten(ex.exec_id))
         close_logs(ex)
         self._once_written(functools.partial(ex.fail, error))
@@ -377,7 +381,7 @@ class Engine:
 
     def _set_status(self, ex: Exec, status: ExitStatus) -> None:
         """The leader ended: journal how, and once that is written tell the clients."""
-        self._registry.exited()
+        self.registry.exited()
         ex.leader_status = status
         cause, ended_at = signals.exit_cause(ex, status, self._oom, self._stopping), time.time()
         with ex.cond:
@@ -407,21 +411,20 @@ class Engine:
         if self._journal is not None:
             ex.all_output_journaled()
         settle(ex)  # trimmed to what a finished exec answers with
-        self._registry.finished(ex, ex.held_bytes())
+        self.registry.finished(ex, ex.held_bytes())
         for watcher in list(self._watchers):
             watcher.offer(ex)
         self._expire()
 
     def _expire(self, need: int = 0) -> None:
-        for ex in self._registry.expire(self._retention.releasing(need, self._registry.finished_bytes)):
+        for ex in self.registry.expire(self._retention.releasing(need, self.registry.finished_bytes)):
             self._record(Forgotten(ex.exec_id))
             close_logs(ex)  # slots go back to the store once the last reader is out of the log
             ex.notify()
 
     def _expire_periodically(self) -> None:
-        self._expire()
-        # Often enough that age is honoured to within a quarter of the limit.
-        self._loop.loop.call_later(min(max(self._retention.secs / 4, 0.05), 60.0), self._expire_periodically)
+        self._expire()  # next often enough that age is honoured to within a quarter of the limit
+        self.loop.loop.call_later(min(max(self._retention.secs / 4, 0.05), 60.0), self._expire_periodically)
 
     # -- loop thread: shutdown -------------------------------------------------------------------
 
@@ -444,4 +447,4 @@ class Engine:
     def _reap(self, main_thread_id: int) -> None:
         """As init of a container (or a subreaper), reap the orphans an exec's children leave."""
         procs.reap_orphans(main_thread_id)
-        self._loop.loop.call_later(ORPHAN_REAP_SECS, self._reap, main_thread_id)
+        self.loop.loop.call_later(ORPHAN_REAP_SECS, self._reap, main_thread_id)
