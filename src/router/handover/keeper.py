@@ -201,7 +201,8 @@ class Keeper:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(w)
         for sig in (*FORWARDED, signal.SIGUSR2, signal.SIGCHLD):
-            signal.signal(sig, lambda *_: None)
+            if signal.getsignal(sig) != signal.SIG_IGN:  # ignored as started (nohup): it stays so, here and below
+                signal.signal(sig, lambda *_: None)
         self._selector.register(r, selectors.EVENT_READ, None)
         self.current = self._start()
         while self._exit_code is None:

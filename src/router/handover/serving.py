@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 # How long a successor may take to say Hello (it imports and reads its configuration first), then
 # to commit once it has the execs, then to serve once committed (it replays the journal).
 HELLO_SECS, COMMIT_SECS, SERVING_SECS = 60.0, 30.0, 300.0
+# Tests make a successor fail on purpose: "version" (it speaks another protocol), "before-commit"
+# (it dies with the execs in hand).
+FAILPOINT = "ROUTER_HANDOVER_FAILPOINT"
 # A spawn in flight when a handover starts finishes before the loop freezes, within this.
 SPAWNS_SECS = 5.0
 
@@ -190,7 +193,8 @@ def take(sock: socket.socket) -> tuple[str, list[Carried]]:
     """From the old process: the address it listens on and its running execs. HandoverFailed if it
     refuses (it serves on)."""
     sock.settimeout(COMMIT_SECS)
-    wire.send(sock, messages.Hello(messages.VERSION, __version__))
+    failpoint = os.environ.get(FAILPOINT, "")
+    wire.send(sock, messages.Hello(messages.VERSION + (failpoint == "version"), __version__))
     frozen, fds = wire.recv(sock, messages.from_old)
     wire.close_all(fds)
     if isinstance(frozen, messages.Refused):
@@ -209,4 +213,6 @@ def take(sock: socket.socket) -> tuple[str, list[Carried]]:
         elif isinstance(msg, messages.End):
             break
         wire.close_all(fds)
+    if failpoint == "before-commit":
+        os._exit(3)  # as a successor that crashes with the execs in hand
     return frozen.listen, carried

@@ -32,18 +32,9 @@ def request(state_dir: pathlib.Path) -> int:
         if now is not None and now.pid != info.pid:
             print(f"router serve --takeover: pid {now.pid} serves {now.listen} (it took over from pid {info.pid})")
             return 0
-        if not _alive(info.pid):
+        if not config.alive(info.pid):
             break
     print(f"router serve --takeover: no new process took over from pid {info.pid}: see the router's log "
           "(the old process serves on if the new one failed)", file=sys.stderr)
     return 1
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
