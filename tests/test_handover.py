@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 
+import grpc
 import pytest
 
 from router._proto import api_pb2
@@ -17,6 +18,7 @@ from router._proto import exec_control_pb2 as ec
 from router.client import RouterClient, exit_code
 from tests.helpers.drivers import driver_result, modal_driver
 from tests.helpers.execs import PIPES
+from tests.helpers.health import LIVENESS, NOT_SERVING, SERVING, health
 from tests.helpers.polling import eventually
 from tests.helpers.processes import ROUTER, alive
 from tests.helpers.servers import TASK_ID, router_process, serving_pid, state_token
@@ -143,6 +145,35 @@ def test_a_failed_successor_leaves_the_old_process_serving(tmp_path: pathlib.Pat
             assert b"".join(client.read("s")) == b"got abc\nend\n"
             client.start("after", ["echo", "still"], **PIPES)
             assert exit_code(client.wait("after")) == 0
+    finally:
+        server.__exit__(None, None, None)
+
+
+def test_readiness_says_not_serving_while_it_hands_over(tmp_path: pathlib.Path) -> None:
+    """Readiness is NOT_SERVING from the moment the old process stops taking new execs until the
+    new one serves; liveness stays SERVING; a new exec meanwhile is UNAVAILABLE (retried)."""
+    state = tmp_path / "state"
+    os.environ["ROUTER_HANDOVER_FAILPOINT"] = "slow-commit"
+    try:
+        server = router_process(state)
+        keeper, listen = server.__enter__()
+    finally:
+        del os.environ["ROUTER_HANDOVER_FAILPOINT"]
+    try:
+        assert health(listen) == SERVING
+        with RouterClient(listen, state_token(state), TASK_ID, retries=0) as client:
+            client.start("s", ["sleep", "30"], **PIPES)
+            old = serving_pid(state)
+            keeper.send_signal(signal.SIGUSR2)
+            assert eventually(lambda: health(listen) == NOT_SERVING, 30)
+            assert health(listen, LIVENESS) == SERVING
+            with pytest.raises(grpc.RpcError) as refused:
+                client.start("new", ["true"], **PIPES)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert eventually(lambda: serving_pid(state) != old, 30)
+            assert eventually(lambda: health(listen) == SERVING, 10)
+            client.start("new", ["true"], **PIPES)
+            assert exit_code(client.wait("new")) == 0
     finally:
         server.__exit__(None, None, None)
 

@@ -3,7 +3,8 @@ another client polls in a loop, SIGUSR2 to `router serve` hands everything to a 
 
     python -m benchmarks.tools.handover [--rounds 5] [--execs 200]
 
-Per round: the time from SIGUSR2 to the new process serving (server.json names it), the longest
+A third client connects afresh for every poll (refused connections show there). Per round: the
+time from SIGUSR2 to the new process serving (server.json names it), the longest
 gap between two chunks of the followed stream, the longest gap between two answered polls, and the
 calls that failed (each retried, so none is lost: the count says how many retries the switch cost).
 `--execs` running execs (sleeping) are handed over beside the stream.
@@ -45,8 +46,12 @@ class Follower(threading.Thread):
 
 
 class Poller(threading.Thread):
-    def __init__(self, target: str, token: str, exec_id: str) -> None:
+    """Polls in a loop on one channel, or (`fresh`) each poll on a new connection, as a client
+    that connects during the switch does."""
+
+    def __init__(self, target: str, token: str, exec_id: str, fresh: bool = False) -> None:
         super().__init__(daemon=True)
+        self.target, self.token, self.fresh = target, token, fresh
         self.client = RouterClient(target, token, TASK_ID, retries=0)
         self.exec_id = exec_id
         self.answered: list[float] = []
@@ -56,7 +61,11 @@ class Poller(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                self.client.poll(self.exec_id, timeout=5)
+                if self.fresh:
+                    with RouterClient(self.target, self.token, TASK_ID, retries=0) as client:
+                        client.poll(self.exec_id, timeout=5)
+                else:
+                    self.client.poll(self.exec_id, timeout=5)
                 self.answered.append(time.monotonic())
             except grpc.RpcError:
                 self.failed += 1
@@ -69,11 +78,16 @@ def longest_gap(times: list[float], start: float, end: float) -> float:
     return max((b - a for a, b in zip(inside, inside[1:], strict=False)), default=float("nan"))
 
 
-def one_round(router: RouterProcess, token: str, client: RouterClient) -> tuple[float, float, float, int]:
+Round = tuple[float, float, float, int, int, int]
+
+
+def one_round(router: RouterProcess, token: str, client: RouterClient) -> Round:
     follower = Follower(client, "ticker")
     poller = Poller(router.target, token, "ticker")
+    connector = Poller(router.target, token, "ticker", fresh=True)
     follower.start()
     poller.start()
+    connector.start()
     time.sleep(1.0)
     old = config.read_server_info(router.dir)
     assert old is not None
@@ -86,11 +100,13 @@ def one_round(router: RouterProcess, token: str, client: RouterClient) -> tuple[
         time.sleep(0.001)
     switched = time.monotonic() - began
     time.sleep(1.0)
-    poller.stop.set()
-    poller.join()
+    for p in (poller, connector):
+        p.stop.set()
+        p.join()
     end = time.monotonic()
     return (switched, longest_gap(follower.arrivals, began - 0.5, end),
-            longest_gap(poller.answered, began - 0.5, end), poller.failed)
+            longest_gap(poller.answered, began - 0.5, end), poller.failed,
+            len([t for t in connector.answered if began - 0.5 <= t]), connector.failed)
 
 
 def main() -> None:
@@ -109,11 +125,15 @@ def main() -> None:
             for r in range(args.rounds):
                 row = one_round(router, token, client)
                 rows.append(row)
-                print(f"round {r + 1}: serving after {row[0] * 1e3:7.1f} ms; longest gap: stream {row[1] * 1e3:7.1f} ms,"
-                      f" polls {row[2] * 1e3:7.1f} ms; failed polls (retried) {row[3]}", flush=True)
+                print(f"round {r + 1}: serving after {row[0] * 1e3:7.1f} ms;"
+                      f" longest gap: stream {row[1] * 1e3:7.1f} ms,"
+                      f" polls {row[2] * 1e3:7.1f} ms; failed polls (retried) {row[3]}; new connections:"
+                      f" {row[4]} answered, {row[5]} failed", flush=True)
             med = [statistics.median(col) for col in zip(*rows, strict=True)]
-            print(f"median ({args.rounds} rounds, {args.execs} execs + 1 streaming): serving after {med[0] * 1e3:.1f} ms;"
-                  f" longest gap: stream {med[1] * 1e3:.1f} ms, polls {med[2] * 1e3:.1f} ms; failed polls {med[3]:.0f}")
+            print(f"median ({args.rounds} rounds, {args.execs} execs + 1 streaming):"
+                  f" serving after {med[0] * 1e3:.1f} ms;"
+                  f" longest gap: stream {med[1] * 1e3:.1f} ms, polls {med[2] * 1e3:.1f} ms; failed polls {med[3]:.0f};"
+                  f" new connections failed {sum(row[5] for row in rows)} of {sum(row[4] + row[5] for row in rows)}")
     finally:
         router.stop()
 

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 # to commit once it has the execs, then to serve once committed (it replays the journal).
 HELLO_SECS, COMMIT_SECS, SERVING_SECS = 60.0, 30.0, 300.0
 # Tests make a successor fail on purpose: "version" (it speaks another protocol), "before-commit"
-# (it dies with the execs in hand).
+# (it dies with the execs in hand), or dawdle: "slow-commit" (2 s before it commits).
 FAILPOINT = "ROUTER_HANDOVER_FAILPOINT"
 # A spawn in flight when a handover starts finishes before the loop freezes, within this.
 SPAWNS_SECS = 5.0
@@ -215,4 +215,6 @@ def take(sock: socket.socket) -> tuple[str, list[Carried]]:
         wire.close_all(fds)
     if failpoint == "before-commit":
         os._exit(3)  # as a successor that crashes with the execs in hand
+    if failpoint == "slow-commit":
+        time.sleep(2)  # as a successor on a loaded machine: the old process waits, frozen
     return frozen.listen, carried
