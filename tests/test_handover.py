@@ -13,6 +13,7 @@ import time
 import grpc
 import pytest
 
+from router import config
 from router._proto import api_pb2
 from router._proto import exec_control_pb2 as ec
 from router.client import RouterClient, exit_code
@@ -176,6 +177,33 @@ def test_readiness_says_not_serving_while_it_hands_over(tmp_path: pathlib.Path) 
             assert exit_code(client.wait("new")) == 0
     finally:
         server.__exit__(None, None, None)
+
+
+def test_a_crashed_serving_process_is_started_again(tmp_path: pathlib.Path) -> None:
+    """kill -9 of the serving process (not the keeper): the keeper starts a new one, which restores
+    from the journal as after any crash (a running exec is lost, its group ended)."""
+    state = tmp_path / "state"
+    with router_process(state) as (keeper, listen):
+        token = state_token(state)
+        with RouterClient(listen, token, TASK_ID) as client:
+            client.start("done", ["echo", "kept"], **PIPES)
+            assert exit_code(client.wait("done")) == 0
+            client.start("running", ["sleep", "60"], **PIPES)
+            leader = client.inspect("running").pid
+            old = serving_pid(state)
+            os.kill(old, signal.SIGKILL)
+            assert eventually(lambda: config_pid(state) not in (0, old), 30)
+            assert keeper.poll() is None
+            assert eventually(lambda: not alive(leader), 10)
+            assert client.inspect("running").exit.cause == ec.EXIT_CAUSE_LOST
+            assert b"".join(client.read("done")) == b"kept\n"
+            client.start("after", ["true"], **PIPES)
+            assert exit_code(client.wait("after")) == 0
+
+
+def config_pid(state: pathlib.Path) -> int:
+    info = config.read_server_info(state)
+    return 0 if info is None else info.pid
 
 
 def test_takeover_flag(tmp_path: pathlib.Path) -> None:

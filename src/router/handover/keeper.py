@@ -53,9 +53,10 @@ class ServingProcess:
 
 
 class Keeper:
-    def __init__(self, argv: list[str], lock: int) -> None:
+    def __init__(self, argv: list[str], lock: int, state_dir: pathlib.Path) -> None:
         self._argv = argv
         self._lock = lock
+        self._state_dir = state_dir
         self._selector = selectors.DefaultSelector()
         self.current: ServingProcess | None = None
         self._successor: ServingProcess | None = None
@@ -67,14 +68,14 @@ class Keeper:
 
     # -- processes -------------------------------------------------------------------------------
 
-    def _start(self, handover: socket.socket | None = None) -> ServingProcess:
+    def _start(self, handover: socket.socket | None = None, extra: tuple[str, ...] = ()) -> ServingProcess:
         ours, theirs = wire.pair()
         env = dict(os.environ, **{KEEPER_FD: str(theirs.fileno()), LOCK_FD: str(self._lock)})
         passed = [theirs.fileno()]
         if handover is not None:
             env[HANDOVER_FD] = str(handover.fileno())
             passed.append(handover.fileno())
-        argv = [sys.executable, "-m", "router.cli", *self._argv]
+        argv = [sys.executable, "-m", "router.cli", *self._argv, *extra]
         keeper = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover (the child execs at once)
@@ -182,7 +183,8 @@ class Keeper:
             self._restarts.append(now)
             logger.error("the serving process %d ended (%d): starting a new one", pid, code)
             self._adopted.clear()  # the new one restores them as lost: orphans now
-            self.current = self._start()
+            info = config.read_server_info(self._state_dir)  # its address (a port 0 was chosen once)
+            self.current = self._start(extra=("--listen", info.listen) if info is not None and info.pid == pid else ())
         else:
             self._exit_code = code
 
@@ -248,4 +250,4 @@ def keep(argv: list[str], state_dir: pathlib.Path) -> int:
         print(f"router serve: {e}", file=sys.stderr)
         return 1
     os.set_inheritable(lock, True)  # the serving processes hold it too: the lock outlives a handover
-    return Keeper(argv, lock).run()
+    return Keeper(argv, lock, state_dir).run()
