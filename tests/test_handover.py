@@ -211,6 +211,7 @@ def test_takeover_flag(tmp_path: pathlib.Path) -> None:
     with router_process(state) as (keeper, listen):
         with RouterClient(listen, state_token(state), TASK_ID) as client:
             client.start("s", ["sh", "-c", "sleep 1; echo done"], **PIPES)
+            assert_inherits_stdio_only(client, "fds-before")  # nor what the keeper passed
             old = serving_pid(state)
             done = subprocess.run([*ROUTER, "serve", "--takeover", "--state-dir", str(state)],
                                   capture_output=True, text=True, timeout=120)
@@ -218,6 +219,14 @@ def test_takeover_flag(tmp_path: pathlib.Path) -> None:
             assert serving_pid(state) != old
             assert exit_code(client.wait("s")) == 0
             assert b"".join(client.read("s")) == b"done\n"
+            # What the new process was handed (the exec's pipes, its pidfd) is not inherited by new execs.
+            assert_inherits_stdio_only(client, "fds-after")
+
+
+def assert_inherits_stdio_only(client: RouterClient, exec_id: str) -> None:
+    client.start(exec_id, ["ls", "/proc/self/fd"], **PIPES)
+    assert exit_code(client.wait(exec_id)) == 0
+    assert b"".join(client.read(exec_id)).split() == [b"0", b"1", b"2", b"3"]  # 3: ls's own
 
 
 def read_until(client: RouterClient, exec_id: str, needle: bytes) -> bytes:

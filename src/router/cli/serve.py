@@ -55,11 +55,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if keeper.KEEPER_FD not in os.environ:
         return keeper.keep(args.argv, state_dir)
     # The serving process, started by the keeper (which holds the lock for it).
-    link = KeeperLink(socket.socket(fileno=int(os.environ.pop(keeper.KEEPER_FD))))
-    os.set_inheritable(int(os.environ.pop(keeper.LOCK_FD)), False)  # not into execs
+    link = KeeperLink(socket.socket(fileno=keeper.passed_fd(keeper.KEEPER_FD)))
+    keeper.passed_fd(keeper.LOCK_FD)  # held, never used: the keeper's lock
     listen, adopting, predecessor = args.listen, None, None
     if keeper.HANDOVER_FD in os.environ:
-        predecessor = socket.socket(fileno=int(os.environ.pop(keeper.HANDOVER_FD)))
+        predecessor = socket.socket(fileno=keeper.passed_fd(keeper.HANDOVER_FD))
         try:
             listen, carried = take(predecessor)
             wire.send(predecessor, messages.Commit())

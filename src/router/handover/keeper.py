@@ -227,6 +227,14 @@ class Keeper:
                 pass
 
 
+def passed_fd(name: str) -> int:
+    """In a serving process: the descriptor the keeper passed in the environment variable `name`,
+    made close-on-exec (execs must not inherit it)."""
+    fd = int(os.environ.pop(name))
+    os.set_inheritable(fd, False)
+    return fd
+
+
 def _children() -> list[int]:
     try:
         with open(f"/proc/self/task/{os.getpid()}/children") as f:
