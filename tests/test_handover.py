@@ -206,6 +206,28 @@ def config_pid(state: pathlib.Path) -> int:
     return 0 if info is None else info.pid
 
 
+def test_sigterm_during_a_handover_reaches_whoever_serves_after_it(tmp_path: pathlib.Path) -> None:
+    state = tmp_path / "state"
+    os.environ["ROUTER_HANDOVER_FAILPOINT"] = "slow-commit"
+    try:
+        server = router_process(state)
+        keeper, listen = server.__enter__()
+    finally:
+        del os.environ["ROUTER_HANDOVER_FAILPOINT"]
+    try:
+        with RouterClient(listen, state_token(state), TASK_ID) as client:
+            client.start("s", ["sleep", "1"], **PIPES)
+            leader = client.inspect("s").pid
+        old = serving_pid(state)
+        keeper.send_signal(signal.SIGUSR2)
+        assert eventually(lambda: health(listen) == NOT_SERVING, 30)
+        keeper.send_signal(signal.SIGTERM)
+        assert keeper.wait(30) == 0
+        assert not alive(old) and not alive(leader)
+    finally:
+        server.__exit__(None, None, None)
+
+
 def test_takeover_flag(tmp_path: pathlib.Path) -> None:
     state = tmp_path / "state"
     with router_process(state) as (keeper, listen):

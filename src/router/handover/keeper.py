@@ -65,6 +65,7 @@ class Keeper:
         self._reported: set[int] = set()
         self._restarts: list[float] = []
         self._exit_code: int | None = None
+        self._deferred: list[int] = []  # signals that came during a handover: for whoever serves after it
 
     # -- processes -------------------------------------------------------------------------------
 
@@ -136,6 +137,7 @@ class Keeper:
             if old is not None:
                 self._retired.add(old.pid)
             logger.info("handover: pid %d serves", proc.pid)
+            self._replay()
 
     def _reap(self) -> None:
         for pid in _children():
@@ -172,6 +174,7 @@ class Keeper:
             self._close(successor)
             self._successor = None
             logger.error("handover failed: the new serving process %d exited (%d) before serving", pid, code)
+            self._replay()
             return
         assert self.current is not None
         self._close(self.current)
@@ -187,6 +190,11 @@ class Keeper:
             self.current = self._start(extra=("--listen", info.listen) if info is not None and info.pid == pid else ())
         else:
             self._exit_code = code
+
+    def _replay(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for sig in deferred:
+            self._on_signal(sig)
 
     def _close(self, proc: ServingProcess) -> None:
         if proc.sock.fileno() >= 0:
@@ -220,6 +228,8 @@ class Keeper:
     def _on_signal(self, sig: int) -> None:
         if sig == signal.SIGUSR2:
             self._hand_over()
+        elif sig in FORWARDED and self._successor is not None:
+            self._deferred.append(sig)  # the old process is frozen: a stop waits for the outcome
         elif sig in FORWARDED and self.current is not None:
             try:
                 os.kill(self.current.pid, sig)
