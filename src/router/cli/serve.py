@@ -62,7 +62,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         predecessor = socket.socket(fileno=keeper.passed_fd(keeper.HANDOVER_FD))
         try:
             listen, carried = take(predecessor)
-            wire.send(predecessor, messages.Commit())
         except (HandoverFailed, OSError, EOFError, ValueError) as e:
             print(f"router serve: cannot take over: {e}", file=sys.stderr)
             return 1
@@ -107,6 +106,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if server.tls is not None:
         tls = server.tls
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=tls.reload, daemon=True).start())
+    if predecessor is not None:
+        # The point of no return: the journal and the execs' pipes are this process's from here.
+        # Whatever fails before (configuration, TLS files, the secret store) leaves the old one serving.
+        try:
+            wire.send(predecessor, messages.Commit())
+        except OSError as e:
+            print(f"router serve: cannot take over: the serving process is gone ({e})", file=sys.stderr)
+            return 1
     try:
         server.start(adopting=adopting, lock=False)
     except config.StateDirBusy as e:
