@@ -21,7 +21,7 @@ from router.engine.records import ExitCause
 from router.server.service import SERVICE_NAME
 from tests.helpers.execs import start_request
 from tests.helpers.grpc_raw import Raw
-from tests.helpers.health import NOT_SERVING, SERVING, health, ready
+from tests.helpers.health import LIVENESS, NOT_SERVING, SERVING, health
 from tests.helpers.polling import eventually
 from tests.helpers.processes import alive
 from tests.helpers.servers import TASK_ID, router_process, state_token
@@ -82,9 +82,9 @@ def test_a_drain_lets_a_running_exec_finish_and_refuses_new_ones(tmp_path: pathl
         assert next(events).kind == ec.WATCH_EVENT_KIND_STARTED  # the Watch is in flight
         proc.send_signal(signal.SIGTERM)
         # Not ready for new execs at once; alive all along.
-        assert eventually(lambda: not ready(listen)), "still ready while draining"
+        assert eventually(lambda: health(listen) == NOT_SERVING), "still ready while draining"
         assert health(listen, SERVICE_NAME) == NOT_SERVING
-        assert health(listen, "router.liveness") == SERVING
+        assert health(listen, LIVENESS) == SERVING
         refused = _refused(raw, "new")
         assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused
         assert (refused.details() or "").startswith("the router is draining: "), refused.details()
@@ -131,7 +131,7 @@ def test_execs_still_running_when_the_drain_time_is_up_end_with_cause_shutdown(t
         waiting = _wait(raw, "sleeper")
         proc.send_signal(signal.SIGTERM)
         began = time.monotonic()
-        assert eventually(lambda: not ready(listen)), "still ready while draining"
+        assert eventually(lambda: health(listen) == NOT_SERVING), "still ready while draining"
         # The Wait in flight when the drain ends gets the exit it was waiting for.
         assert exit_code(waiting.result(timeout=20)) == 128 + signal.SIGKILL
         assert 2 <= time.monotonic() - began < 2 + 3
@@ -161,7 +161,7 @@ def test_a_second_signal_ends_the_drain_at_once(tmp_path: pathlib.Path, how: str
         pid = _pid(raw, "sleeper")
         waiting = _wait(raw, "sleeper")
         _interrupt(proc, how)
-        assert eventually(lambda: not ready(listen)), "still ready while draining"
+        assert eventually(lambda: health(listen) == NOT_SERVING), "still ready while draining"
         assert _refused(raw, "new").code() == grpc.StatusCode.UNAVAILABLE
         assert alive(pid) and exit_code(raw.call("TaskExecPoll", pb.TaskExecPollRequest(
             task_id=TASK_ID, exec_id="sleeper"))) is None
@@ -192,13 +192,13 @@ def test_readiness_stays_not_serving_while_draining_when_the_state_filesystem_ha
             while raw.code("TaskExecStart", start_request(f"new{n}", ["true"])) == grpc.StatusCode.OK:
                 n += 1
                 assert n < 5000, "new execs were never refused"
-            assert not ready(listen)
+            assert health(listen) == NOT_SERVING
             proc.send_signal(signal.SIGTERM)
             filler.unlink()
             # The journal has room again (no more RESOURCE_EXHAUSTED): the drain alone refuses now.
             assert eventually(lambda: raw.code("TaskExecStart", start_request("after", ["true"]))
                               == grpc.StatusCode.UNAVAILABLE, timeout=10)
-            assert not eventually(lambda: ready(listen), timeout=0.5), "ready again while draining"
-            assert health(listen, "router.liveness") == SERVING
+            assert not eventually(lambda: health(listen) == SERVING, timeout=0.5), "ready again while draining"
+            assert health(listen, LIVENESS) == SERVING
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(10) == 0

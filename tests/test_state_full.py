@@ -9,17 +9,22 @@ import pathlib
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 
 from router._proto import task_command_router_pb2 as pb
 from router.client import RouterClient, exit_code
 from tests.helpers.execs import PIPES
 from tests.helpers.grpc_raw import Raw
-from tests.helpers.health import SERVING, health, ready
+from tests.helpers.health import health
 from tests.helpers.polling import eventually
 from tests.helpers.servers import TASK_ID, router_process, state_token
 from tests.helpers.tmpfs import fill, tmpfs
 
 MiB = 1 << 20
+
+
+def _ready(listen: str) -> bool:
+    return health(listen, "") == health_pb2.HealthCheckResponse.SERVING
 
 
 def _start_code(client: RouterClient, exec_id: str) -> grpc.StatusCode:
@@ -55,8 +60,8 @@ def test_running_execs_end_and_are_answered_on_a_full_state_filesystem(tmp_path:
                 assert n < 5000, "new execs were never refused"
             assert n > 0  # the reserve held back only what running execs need
             # Not ready for new execs, and alive: an orchestrator should wait, not restart it.
-            assert not ready(listen)
-            assert health(listen, "router.liveness") == SERVING
+            assert not _ready(listen)
+            assert health(listen, "router.liveness") == health_pb2.HealthCheckResponse.SERVING
             # An image has no room either: RESOURCE_EXHAUSTED, saying why.
             raw = Raw(int(listen.rsplit(":", 1)[1]), token)
             snapshot = pb.TaskSnapshotDirectoryRequest(task_id=TASK_ID, path=bytes(tree))
@@ -76,11 +81,11 @@ def test_running_execs_end_and_are_answered_on_a_full_state_filesystem(tmp_path:
             proc.wait(10)
         with router_process(state, "--log-dir", str(logs), "--server-mode", mode) as (_, listen), \
                 RouterClient(listen, token, TASK_ID, retries=0) as client:
-            assert eventually(lambda: not ready(listen)), "restarted on a full filesystem, it said it was ready"
+            assert eventually(lambda: not _ready(listen)), "restarted on a full filesystem, it said it was ready"
             for i in range(3):
                 assert exit_code(client.poll(f"cat{i}")) == 0
                 assert b"".join(client.read(f"cat{i}")) == b"before\nafter\n"
             filler.unlink()  # space returns: new execs are accepted again, without a restart
-            assert eventually(lambda: ready(listen), timeout=10)
+            assert eventually(lambda: _ready(listen), timeout=10)
             assert eventually(lambda: _start_code(client, "after-room") == grpc.StatusCode.OK, timeout=10)
             assert exit_code(client.wait("after-room")) == 0

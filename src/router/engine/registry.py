@@ -29,7 +29,7 @@ class Registry:
         self._running = 0
         self._starting = 0
         self._closing = False
-        self._refusing: str | None = None  # why new execs are refused (a drain): see refuse()
+        self.refusing: RouterError | None = None  # why new execs are refused for now (a handover)
         # In the order they finished, each with the output it held then (Exec.retained_bytes, None
         # until it is here): a deque costs a pointer per exec, a dict of them ten times as much.
         self._finished: collections.deque[Exec] = collections.deque()
@@ -70,8 +70,8 @@ class Registry:
                     raise RouterError(grpc.StatusCode.ALREADY_EXISTS,
                                       f"exec {exec_id!r} already exists with a different request")
                 return ex
-            if self._refusing is not None:
-                raise RouterError(grpc.StatusCode.UNAVAILABLE, self._refusing)
+            if self.refusing is not None:
+                raise self.refusing
             if self._max_running and self._running >= self._max_running:
                 raise throttled(f"too many running execs ({self._running})", retry_after=RETRY_AFTER_SECS)
             self._budget.admit(self._starting)
@@ -81,13 +81,6 @@ class Registry:
             self._starting += 1
             admitted(ex)
             return ex
-
-    def refuse(self, why: str) -> None:
-        """Admit no new exec from now on, with UNAVAILABLE saying `why`; a retried start of one
-        already here is answered as before (the first reason stays)."""
-        with self._lock:
-            if self._refusing is None:
-                self._refusing = why
 
     def spawned(self, n: int) -> None:
         """The spawns of `n` admitted execs came back (whether they started or not)."""
@@ -122,6 +115,16 @@ class Registry:
         with self._lock:
             self._execs[ex.exec_id] = ex
             self._keep(ex, held_bytes)
+
+    def adopt(self, ex: Exec, running: bool) -> None:
+        """An exec a handover brought, still running (or its leader exited, its output not yet complete)."""
+        with self._lock:
+            self._execs[ex.exec_id] = ex
+            self._running += running
+
+    @property
+    def starting(self) -> int:
+        return self._starting
 
     def _keep(self, ex: Exec, held_bytes: int) -> None:
         ex.retained_bytes = held_bytes

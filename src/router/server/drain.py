@@ -11,6 +11,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import grpc
+
+from router.errors import RouterError
+
 if TYPE_CHECKING:  # the parser reads DEFAULT_DRAIN_SECS: no engine for `router exec`
     from router.engine.core import Engine
 
@@ -35,16 +39,16 @@ class StopRequests:
         (self.again if self.first.is_set() else self.first).set()
 
 
-def drain(engine: Engine, set_ready: Callable[[bool], None], secs: float, hurry: threading.Event) -> None:
-    """Refuse new execs and say not ready, then wait until no exec runs, `secs` pass or `hurry` is
-    set; the caller then ends what still runs. `secs` <= 0: no drain at all."""
+def drain(engine: Engine, refuse: Callable[[RouterError], None], secs: float, hurry: threading.Event) -> None:
+    """`refuse` new execs (it says not ready too), then wait until no exec runs, `secs` pass or
+    `hurry` is set; the caller then ends what still runs. `secs` <= 0: no drain at all."""
     if secs <= 0:
         return
     began = time.monotonic()
     until = time.strftime("%H:%M:%S UTC", time.gmtime(time.time() + secs))
-    engine.refuse_new_execs(f"the router is draining: it takes no new exec, and stops once the running ones "
-                            f"end (at {until} at the latest); start it on another router, or here once restarted")
-    set_ready(False)
+    refuse(RouterError(grpc.StatusCode.UNAVAILABLE, f"the router is draining: it takes no new exec, and stops once "
+                       f"the running ones end (at {until} at the latest); start it on another router, or here "
+                       "once restarted"))
     logger.info("draining: %d execs running, new execs refused; stopping once they end, at %s (--drain-secs %g) "
                 "at the latest; a second SIGTERM or SIGINT stops at once", engine.running_count, until, secs)
     deadline = began + secs

@@ -24,10 +24,12 @@ from grpc_reflection.v1alpha import reflection
 from router import tls
 from router.auth import Authenticator, verification_key
 from router.config import ServerConfig, lock_state_dir
+from router.engine.adoption import Adoption
 from router.engine.core import Engine
 from router.engine.descriptors import raise_open_file_limit
 from router.engine.retention import Retention
 from router.engine.spawn import exec_user
+from router.errors import RouterError
 from router.images.store import Images
 from router.secretstore import SecretError, SecretStore, secrets_dir
 from router.tls import ServerTls, is_loopback
@@ -43,7 +45,7 @@ LIVENESS_SERVICE = "router.liveness"
 REFLECTED = (SERVICE_NAME, control.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
 
-def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
+def server_options(config: ServerConfig, reuse_port: bool = False) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", config.max_receive_message_size),
         ("grpc.max_send_message_length", config.max_receive_message_size),
@@ -57,7 +59,8 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
         # The default (1000) cancels a third of a 4000-call burst.
         ("grpc.server.max_pending_requests", 65_536),
         ("grpc.server.max_pending_requests_hard_limit", 65_536),
-        ("grpc.so_reuseport", 0),
+        # Only a successor taking over shares its predecessor's port (router.handover.listeners).
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_concurrent_streams", config.max_streams_per_connection),
     ]
 
@@ -66,9 +69,11 @@ class RouterServer:
     """The engine plus a gRPC server on top of it. `start()` (then `port` is known), then `stop()`,
     after a `drain()` if wanted."""
 
-    def __init__(self, config: ServerConfig, key: bytes) -> None:
-        """`key`: the HS256 key of the state directory. ValueError if the configuration is unsafe or
-        inconsistent (say, a non-loopback address without TLS or --insecure), before anything starts."""
+    def __init__(self, config: ServerConfig, key: bytes, takeover: bool = False) -> None:
+        """`key`: the HS256 key of the state directory; `takeover`: a successor in a handover (the
+        process it succeeds still serves: its images in the making are not debris). ValueError if the
+        configuration is unsafe or inconsistent (say, a non-loopback address without TLS or
+        --insecure), before anything starts."""
         self.config = config
         if not config.tls.enabled and not config.insecure and not is_loopback(config.listen):
             raise ValueError(f"{config.listen} is not a loopback address: serve it with --tls-cert and --tls-key, "
@@ -99,7 +104,8 @@ class RouterServer:
             exec_user=exec_user(config.exec_user) if config.exec_user else None,
         )
         self.images = Images(pathlib.Path(config.state_dir), config.mount_method)
-        self.images.gc()  # expired images, and what a crash left half-written
+        if not takeover:
+            self.images.gc()  # expired images, and what a crash left half-written
         service = Service(config, self.engine, self.images)
         controls = control.Control(service, config.max_receive_message_size)
         self._handlers = Handlers({SERVICE_NAME: (METHODS, service), control.SERVICE_NAME: (control.METHODS, controls)},
@@ -111,15 +117,21 @@ class RouterServer:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._aio_loop: asyncio.AbstractEventLoop | None = None
         self._aio_thread: threading.Thread | None = None
-        # Why the router is not ready for new execs ("state full", "draining"): see _set_readiness.
+        self._reuse_port = False
+        # Why new execs are refused ("handover", "draining", "stopping": see _refuse), and why the
+        # router is not ready ("state full" too: see _set_readiness); each holds on its own.
+        self._refusals: dict[str, RouterError] = {}
         self._unready: set[str] = set()
         self._readiness_lock = threading.Lock()
 
-    def start(self) -> None:
-        """StateDirBusy if another server serves the state directory."""
-        self._lock = lock_state_dir(pathlib.Path(self.config.state_dir))
+    def start(self, adopting: Adoption | None = None, lock: bool = True) -> None:
+        """StateDirBusy if another server serves the state directory. `adopting`: the running execs
+        of the process this one takes over from (on its port); `lock`: False under a keeper, which holds it."""
+        if lock:
+            self._lock = lock_state_dir(pathlib.Path(self.config.state_dir))
+        self._reuse_port = adopting is not None
         try:
-            self.engine.start()
+            self.engine.start(adopting)
         except BaseException:
             self._unlock()
             raise
@@ -147,7 +159,7 @@ class RouterServer:
         threading.stack_size(256 * 1024)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.config.max_workers,
                                                            thread_name_prefix="router-rpc")
-        server = grpc.server(self._pool, options=server_options(self.config))
+        server = grpc.server(self._pool, options=server_options(self.config, self._reuse_port))
         server.add_generic_rpc_handlers(self._handlers.generic_handlers(aio=False))
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -160,7 +172,7 @@ class RouterServer:
         self.engine.on_state_full(lambda full: self._set_readiness("state full", not full))
 
     async def _start_aio(self) -> None:
-        server = grpc.aio.server(options=server_options(self.config))
+        server = grpc.aio.server(options=server_options(self.config, self._reuse_port))
         server.add_generic_rpc_handlers(self._handlers.generic_handlers(aio=True))
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -181,7 +193,7 @@ class RouterServer:
         return [("", readiness), (SERVICE_NAME, readiness), (LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)]
 
     def _set_readiness(self, reason: str, ready: bool) -> None:
-        """From any thread: `reason` (a full state filesystem, a drain) holds or no longer does;
+        """From any thread: `reason` (a full state filesystem, a refusal) holds or no longer does;
         the router is ready while none holds. The health servicer of either server mode."""
         with self._readiness_lock:  # so that the last change is the last set
             (self._unready.discard if ready else self._unready.add)(reason)
@@ -203,10 +215,42 @@ class RouterServer:
             raise OSError(f"cannot listen on {self.config.listen}")
         return int(port)
 
+    @property
+    def draining(self) -> bool:
+        return "draining" in self._refusals
+
     def drain(self, secs: float, hurry: threading.Event) -> None:
         """Refuse new execs and say not ready until stop(), and wait up to `secs` for the running
         execs to end, or until `hurry` is set (drain.py). Then call stop()."""
-        drain.drain(self.engine, lambda ready: self._set_readiness("draining", ready), secs, hurry)
+        drain.drain(self.engine, lambda why: self._refuse("draining", why), secs, hurry)
+
+    def refuse_new_execs(self, why: RouterError | None) -> None:
+        """New execs get `why` (and readiness says NOT_SERVING) until called with None: a handover."""
+        self._refuse("handover", why)
+
+    def _refuse(self, reason: str, why: RouterError | None) -> None:
+        """New execs get the first refusal that holds (UNAVAILABLE: a handover, a drain, a stop),
+        and readiness is NOT_SERVING while one does."""
+        with self._readiness_lock:
+            if why is None:
+                self._refusals.pop(reason, None)
+            else:
+                self._refusals.setdefault(reason, why)
+            self.engine.registry.refusing = next(iter(self._refusals.values()), None)
+        self._set_readiness(reason, why is None)
+
+    def abandon(self, grace: float = 0.5) -> None:
+        """After a handover: end the calls in flight (UNAVAILABLE: clients retry at the successor) and
+        stop serving, leaving the engine as it is (its execs, its journal are the successor's)."""
+        gone = RouterError(grpc.StatusCode.UNAVAILABLE, "the router handed over to a new process: retry")
+        for ex in self.engine.registry.all():
+            with ex.cond:
+                ex.failed = gone
+            ex.notify()
+        if self._grpc is not None and self._aio_loop is not None:
+            asyncio.run_coroutine_threadsafe(self._stop_aio(grace), self._aio_loop).result()
+        elif self._grpc is not None:
+            self._grpc.stop(grace).wait()
 
     def stop(self, grace: float = 2.0) -> None:
         """End every exec still running (cause `shutdown`) and answer the calls waiting on them,
@@ -215,7 +259,7 @@ class RouterServer:
         try:
             if self._grpc is not None:
                 try:
-                    self.engine.refuse_new_execs("the router is stopping")
+                    self._refuse("stopping", RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping"))
                     self.engine.end_execs()
                 finally:
                     if self._aio_loop is not None:
