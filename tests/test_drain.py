@@ -24,7 +24,7 @@ from tests.helpers.grpc_raw import Raw
 from tests.helpers.health import LIVENESS, NOT_SERVING, SERVING, health
 from tests.helpers.polling import eventually
 from tests.helpers.processes import alive
-from tests.helpers.servers import TASK_ID, router_process, state_token
+from tests.helpers.servers import TASK_ID, open_log, router_process, serving_pid, state_token
 from tests.helpers.tmpfs import fill, tmpfs
 
 # Reads a line of stdin, then runs 3 s more.
@@ -192,8 +192,9 @@ def test_readiness_stays_not_serving_while_draining_when_the_state_filesystem_ha
             while raw.code("TaskExecStart", start_request(f"new{n}", ["true"])) == grpc.StatusCode.OK:
                 n += 1
                 assert n < 5000, "new execs were never refused"
-            assert health(listen) == NOT_SERVING
+            assert eventually(lambda: health(listen) == NOT_SERVING), "ready on a full state filesystem"
             proc.send_signal(signal.SIGTERM)
+            assert eventually(lambda: "draining: " in open_log(proc), 10), "no drain began"
             filler.unlink()
             # The journal has room again (no more RESOURCE_EXHAUSTED): the drain alone refuses now.
             assert eventually(lambda: raw.code("TaskExecStart", start_request("after", ["true"]))
@@ -202,3 +203,27 @@ def test_readiness_stays_not_serving_while_draining_when_the_state_filesystem_ha
             assert health(listen, LIVENESS) == SERVING
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(10) == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_handover_asked_for_while_draining_is_refused_and_the_drain_goes_on(tmp_path: pathlib.Path) -> None:
+    """SIGUSR2 during a drain: a successor would take new execs again, so the serving process
+    refuses it and drains on; the second SIGTERM then stops it."""
+    token = state_token(tmp_path)
+    with router_process(tmp_path, drain_secs=60) as (keeper, listen), \
+            Raw(int(listen.rsplit(":", 1)[1]), token) as raw:
+        raw.call("TaskExecStart", start_request("sleeper", SLEEPER))
+        pid, serving = _pid(raw, "sleeper"), serving_pid(tmp_path)
+        keeper.send_signal(signal.SIGTERM)
+        assert eventually(lambda: health(listen) == NOT_SERVING), "still ready while draining"
+        keeper.send_signal(signal.SIGUSR2)
+        assert eventually(lambda: "handover failed, serving on: this router is draining" in open_log(keeper), 30)
+        assert serving_pid(tmp_path) == serving and alive(pid)
+        refused = _refused(raw, "new")
+        assert "the router is draining" in (refused.details() or ""), refused.details()
+        assert not eventually(lambda: health(listen) == SERVING, timeout=0.5), "ready again while draining"
+        keeper.send_signal(signal.SIGTERM)
+        assert keeper.wait(15) == 0
+        assert "drain ended by a second signal" in open_log(keeper)
+    assert not alive(pid)
+    assert _cause(tmp_path, "sleeper") == ExitCause.SHUTDOWN

@@ -22,7 +22,7 @@ from tests.helpers.execs import PIPES
 from tests.helpers.health import LIVENESS, NOT_SERVING, SERVING, health
 from tests.helpers.polling import eventually
 from tests.helpers.processes import ROUTER, alive
-from tests.helpers.servers import TASK_ID, router_process, serving_pid, state_token
+from tests.helpers.servers import TASK_ID, open_log, router_process, serving_pid, state_token
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -259,21 +259,3 @@ def read_until(client: RouterClient, exec_id: str, needle: bytes) -> bytes:
         if needle in seen:
             break
     return seen
-
-
-_logs: dict[int, list[str]] = {}
-
-
-def open_log(proc: subprocess.Popen[str]) -> str:
-    """What the router printed so far (read without blocking: its stdout is a pipe)."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    os.set_blocking(fd, False)
-    lines = _logs.setdefault(proc.pid, [])
-    try:
-        chunk = os.read(fd, 1 << 20)
-        if chunk:
-            lines.append(chunk.decode(errors="replace"))
-    except BlockingIOError:
-        pass
-    return "".join(lines)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -103,3 +104,21 @@ def router_process(state_dir: pathlib.Path, *extra: str, prefix: Sequence[str] =
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+_logs: dict[int, list[str]] = {}
+
+
+def open_log(proc: subprocess.Popen[str]) -> str:
+    """What a router_process printed so far (read without blocking: its stdout is a pipe)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    lines = _logs.setdefault(proc.pid, [])
+    try:
+        chunk = os.read(fd, 1 << 20)
+        if chunk:
+            lines.append(chunk.decode(errors="replace"))
+    except BlockingIOError:
+        pass
+    return "".join(lines)
