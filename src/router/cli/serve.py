@@ -53,7 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                                         leeway_secs=args.jwt_leeway, task_claim=args.jwt_task_claim),
                               tls=TlsFiles(cert=absolute_path(args.tls_cert), key=absolute_path(args.tls_key),
                                            client_ca=absolute_path(args.tls_client_ca)),
-                              insecure=args.insecure, secrets_dir=absolute_path(args.secrets_dir),
+                              insecure=args.insecure, metrics_listen=args.metrics_listen or "",
+                              secrets_dir=absolute_path(args.secrets_dir),
                               exec_user=args.exec_user,
                               max_arg_bytes=args.max_arg_bytes, max_env_bytes=args.max_env_bytes,
                               max_receive_message_size=args.max_message_size,
@@ -83,6 +84,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except config.StateDirBusy as e:
         print(f"router serve: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # the metrics address
+        print(f"router serve: {e.strerror}", file=sys.stderr)
+        return 1
     except RuntimeError as e:  # grpc's "Failed to bind"
         print(f"router serve: cannot listen on {args.listen}: the address is in use or not this host's ({e})",
               file=sys.stderr)
@@ -91,11 +95,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     listen = f"{host}:{server.port}"
     try:
         config.write_server_info(state_dir, config.ServerInfo(listen=listen, task_id=task_id, pid=os.getpid(),
-                                                              tls=cfg.tls.enabled))
+                                                              tls=cfg.tls.enabled, metrics=server.metrics_url))
     except OSError as e:  # a full state filesystem: serve anyway, the journal keeps its own room
         print(f"router serve: cannot write {state_dir / 'server.json'} ({e.strerror}): clients on this host "
               f"need --target {listen}", file=sys.stderr, flush=True)
     print(f"router listening on {listen}", flush=True)
+    if server.metrics_url:
+        print(f"metrics on {server.metrics_url}", flush=True)
     print(f"task id: {task_id}", flush=True)
     print(f"state directory: {state_dir}", flush=True)
     if cfg.reap_orphans:

@@ -13,6 +13,8 @@ import grpc
 from router import _fastio
 from router.errors import RouterError
 
+from .stats import ExecStats
+
 
 class StdinBuffer:
     """Accepted stdin bytes, in order, until the child takes them.
@@ -38,6 +40,8 @@ class StdinBuffer:
         self._fd = -1
         self._eof_queued = False
         self._writing = False
+        self._stats: ExecStats | None = None
+        self._counted = 0  # of `written`, in the stats already
 
     def offer(self, offset: int, data: bytes, eof: bool) -> tuple[bool, bool]:
         """Accept `data` written at `offset`: (accepted, flush needed). Not accepted, taking
@@ -69,11 +73,13 @@ class StdinBuffer:
 
     # -- loop thread ----------------------------------------------------------------------------
 
-    def attach(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
-        """Start writing to the child's stdin (`fd`, the router's end, made non-blocking)."""
+    def attach(self, loop: asyncio.AbstractEventLoop, fd: int, stats: ExecStats) -> None:
+        """Start writing to the child's stdin (`fd`, the router's end, made non-blocking); count
+        the bytes accepted for it in `stats` from now on."""
         os.set_blocking(fd, False)
         self._loop = loop
         self._fd = fd
+        self._stats = stats
         self.flush()
 
     def flush(self) -> None:
@@ -82,6 +88,9 @@ class StdinBuffer:
         if fd < 0:
             return
         with self._cond:
+            if self._stats is not None:  # counted here, on the loop thread, not by the writers' threads
+                self._stats.stdin_bytes += self.written - self._counted
+                self._counted = self.written
             if self._terminal and self.eof and not self._eof_queued and not self._dropping:
                 self._eof_queued = True
                 eof_bytes = terminal_eof(fd, self._last)
