@@ -13,7 +13,7 @@ from router.config import ServerConfig
 from router.server.grpc_server import RouterServer
 
 from .grpc_raw import Raw
-from .processes import ROUTER
+from .processes import ROUTER, terminate
 
 # The task every router of the suite serves.
 TASK_ID = "ta-test"
@@ -85,12 +85,6 @@ def router_process(state_dir: pathlib.Path, *extra: str,
         assert listen, "server did not start:\n" + "".join(before)
         yield proc, listen
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
         if proc.stdout is not None:
             proc.stdout.close()
