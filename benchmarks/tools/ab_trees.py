@@ -5,6 +5,11 @@ by side with local posix_spawn: an A/B between commits on one noisy machine.
     git worktree add /tmp/before <commit> && (cd /tmp/before && python setup.py build_ext --inplace)
     python -m benchmarks.tools.ab_trees --tree before=/tmp/before/src --tree after=src --execs 1000 --rounds 9
 
+One tree may run twice under two names, with `--flags NAME=FLAGS` adding `router serve` flags to
+one of them (metrics on and off, say):
+
+    python -m benchmarks.tools.ab_trees --tree off=src --tree on=src --flags "on=--metrics-listen 127.0.0.1:0"
+
 Each tree's router is `router serve` started with PYTHONPATH=<tree>, all of them at once; each
 round runs every router's batch and then local posix_spawn in 64 threads (what BatchExecRate
 measures), so that the machine's drift touches all alike. Prints every round and the medians:
@@ -28,7 +33,10 @@ def main() -> None:
     parser.add_argument("--execs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", choices=("batch", "modal"), default="batch")
+    parser.add_argument("--flags", action="append", default=[], metavar="NAME=FLAGS",
+                        help="`router serve` flags (split on spaces) for the tree named NAME; repeat")
     args = parser.parse_args()
+    flags = {f.split("=", 1)[0]: f.split("=", 1)[-1].split() for f in args.flags}
 
     def run(side: AioSide, md: object, n: int) -> float:
         if args.calls == "modal":
@@ -43,7 +51,7 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         sides = {}
         for name, src in trees:
-            router = router_from(src)
+            router = router_from(src, args=flags.get(name, ()))
             stack.enter_context(router)
             side = stack.enter_context(AioSide(router.target))
             run(side, router.metadata, 8)  # channels, first spawns

@@ -84,9 +84,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except config.StateDirBusy as e:
         print(f"router serve: {e}", file=sys.stderr)
         return 1
-    except OSError as e:  # the metrics address
-        print(f"router serve: {e.strerror}", file=sys.stderr)
-        return 1
     except RuntimeError as e:  # grpc's "Failed to bind"
         print(f"router serve: cannot listen on {args.listen}: the address is in use or not this host's ({e})",
               file=sys.stderr)

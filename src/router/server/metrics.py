@@ -150,6 +150,7 @@ class _HttpServer(http.server.ThreadingHTTPServer):
     """A thread per scrape (joined at close), TLS handshakes in that thread, not the accepting one."""
 
     ssl_context: ssl.SSLContext | None = None
+    daemon_threads = False  # server_close() joins them: no scrape outlives the server
 
     def __init__(self, address: tuple[Any, ...], family: socket.AddressFamily, registry: CollectorRegistry) -> None:
         self.address_family = family
