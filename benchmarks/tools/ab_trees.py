@@ -11,10 +11,10 @@ one of them (metrics on and off, say):
     python -m benchmarks.tools.ab_trees --tree off=src --tree on=src --flags "on=--metrics-listen 127.0.0.1:0"
 
 Each tree's router is `router serve` started with PYTHONPATH=<tree>, all of them at once; each
-round runs every router's batch and then local posix_spawn in 64 threads (what BatchExecRate
-measures), so that the machine's drift touches all alike. Prints every round and the medians:
-execs/s, the router's CPU per exec and its children's (utime + stime from /proc) and the ratio
-to local.
+round runs every router's batch (starting with the next tree each round) and then local posix_spawn
+in 64 threads (what BatchExecRate measures), so that the machine's drift touches all alike.
+Prints every round and the medians: execs/s, the router's CPU per exec and its children's (utime
++ stime from /proc) and the ratio to local.
 """
 from __future__ import annotations
 
@@ -56,8 +56,11 @@ def main() -> None:
             side = stack.enter_context(AioSide(router.target))
             run(side, router.metadata, 8)  # channels, first spawns
             sides[name] = (router, side)
-        for _ in range(args.rounds):
-            for name, (router, side) in sides.items():
+        names = list(sides)
+        for number in range(args.rounds):
+            # Each round starts with the next tree: no tree always runs right after local, or first.
+            for name in names[number % len(names):] + names[:number % len(names)]:
+                router, side = sides[name]
                 before, kids_before = cpu_seconds(router.pid, children=False), cpu_seconds(router.pid, own=False)
                 rates[name].append(run(side, router.metadata, args.execs))
                 cpu[name].append((cpu_seconds(router.pid, children=False) - before) * 1e6 / args.execs)
@@ -71,6 +74,10 @@ def main() -> None:
           "children's", {k: round(statistics.median(v)) for k, v in kids.items()})
     ratios = {name: [r / loc for r, loc in zip(rates[name], rates["local"], strict=True)] for name, _ in trees}
     print("ratio to local", {name: round(statistics.median(r), 3) for name, r in ratios.items()})
+    first = trees[0][0]
+    paired = {name: [r / f for r, f in zip(rates[name], rates[first], strict=True)] for name, _ in trees[1:]}
+    print(f"ratio to {first}, median of the rounds'",
+          {name: round(statistics.median(r), 3) for name, r in paired.items()})
 
 
 if __name__ == "__main__":
