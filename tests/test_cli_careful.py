@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from router.client import RouterClient
 from tests.helpers.processes import ROUTER
 from tests.helpers.processes import run_router as router
-from tests.helpers.servers import TASK_ID, router_process, state_token
+from tests.helpers.servers import TASK_ID, router_process, serving_pid, state_token
 
 DEAD = "127.0.0.1:1"  # nothing listens there: connection refused
 
@@ -147,10 +147,11 @@ def test_signals_reach_the_remote_group_and_a_second_sigint_kills(served: tuple)
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["stopped", "frozen"])
 def test_give_up_is_a_promise(served: tuple, frozen: bool) -> None:
-    proc, listen, state = served
+    _, listen, state = served
     target = listen if frozen else DEAD
+    serving = serving_pid(state)  # frozen: the serving process (its keeper would pass nothing on)
     if frozen:
-        proc.send_signal(signal.SIGSTOP)
+        os.kill(serving, signal.SIGSTOP)
     try:
         for argv, status in ((["exec", "-n", "--", "true"], 255), (["ls"], 1), (["inspect", "ex-1"], 1),
                              (["kill", "ex-1"], 1), (["logs", "ex-1"], 1)):
@@ -161,7 +162,7 @@ def test_give_up_is_a_promise(served: tuple, frozen: bool) -> None:
             line = one_line(result)
             assert ("did not answer within 2 s" if frozen else "cannot reach") in line, line
     finally:
-        proc.send_signal(signal.SIGCONT)
+        os.kill(serving, signal.SIGCONT)
 
 
 def test_execs_of_a_router_that_ignores_signals_ignore_none(tmp_path: pathlib.Path) -> None:
@@ -171,7 +172,7 @@ def test_execs_of_a_router_that_ignores_signals_ignore_none(tmp_path: pathlib.Pa
     with router_process(tmp_path, prefix=ignoring) as (proc, _):
         status = pathlib.Path(f"/proc/{proc.pid}/status").read_text()
         ignored = int(status.split("SigIgn:")[1].split()[0], 16)
-        # As set up (SIGINT and SIGTERM it handles itself, to stop).
+        # As set up (SIGINT and SIGTERM it handles itself, to stop); its serving process inherits them.
         assert ignored & (1 << (signal.SIGHUP - 1)) and ignored & (1 << (signal.SIGQUIT - 1))
         for flags in ([], ["-t"]):
             result = router("exec", "--state-dir", str(tmp_path), *flags, "-n", "--", "grep", "^Sig[BI]",
@@ -182,7 +183,7 @@ def test_execs_of_a_router_that_ignores_signals_ignore_none(tmp_path: pathlib.Pa
 
 def test_give_up_holds_for_a_router_frozen_under_a_stream(served: tuple) -> None:
     """`logs -f` follows a running exec; the router freezes: it gives up in time all the same."""
-    proc, listen, state = served
+    _, listen, state = served
     started = _started(state, "echo ready; exec sleep 60")
     ids = router("ls", "--state-dir", str(state), "--state", "running").stdout.decode().split()
     follow = subprocess.Popen([*ROUTER, "logs", "--state-dir", str(state), "--give-up", "2", "-f",
@@ -190,13 +191,13 @@ def test_give_up_holds_for_a_router_frozen_under_a_stream(served: tuple) -> None
     try:
         assert follow.stdout is not None
         assert follow.stdout.readline() == b"ready\n"
-        proc.send_signal(signal.SIGSTOP)
+        os.kill(serving_pid(state), signal.SIGSTOP)
         began = time.monotonic()
         _, err = follow.communicate(timeout=30)
         assert follow.returncode == 1 and time.monotonic() - began < 2 + 2.5, (time.monotonic() - began, err)
         assert err.count(b"\n") == 1 and b"Traceback" not in err, err
     finally:
-        proc.send_signal(signal.SIGCONT)
+        os.kill(serving_pid(state), signal.SIGCONT)
         if follow.poll() is None:
             follow.kill()
             follow.communicate()

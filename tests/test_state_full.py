@@ -9,12 +9,13 @@ import pathlib
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from router._proto import task_command_router_pb2 as pb
 from router.client import RouterClient, exit_code
 from tests.helpers.execs import PIPES
 from tests.helpers.grpc_raw import Raw
+from tests.helpers.health import health
 from tests.helpers.polling import eventually
 from tests.helpers.servers import TASK_ID, router_process, state_token
 from tests.helpers.tmpfs import fill, tmpfs
@@ -22,14 +23,8 @@ from tests.helpers.tmpfs import fill, tmpfs
 MiB = 1 << 20
 
 
-def _health(listen: str, service: str) -> int:
-    with grpc.insecure_channel(listen) as channel:
-        check = health_pb2_grpc.HealthStub(channel).Check
-        return check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
-
-
 def _ready(listen: str) -> bool:
-    return _health(listen, "") == health_pb2.HealthCheckResponse.SERVING
+    return health(listen, "") == health_pb2.HealthCheckResponse.SERVING
 
 
 def _start_code(client: RouterClient, exec_id: str) -> grpc.StatusCode:
@@ -66,7 +61,7 @@ def test_running_execs_end_and_are_answered_on_a_full_state_filesystem(tmp_path:
             assert n > 0  # the reserve held back only what running execs need
             # Not ready for new execs, and alive: an orchestrator should wait, not restart it.
             assert not _ready(listen)
-            assert _health(listen, "router.liveness") == health_pb2.HealthCheckResponse.SERVING
+            assert health(listen, "router.liveness") == health_pb2.HealthCheckResponse.SERVING
             # An image has no room either: RESOURCE_EXHAUSTED, saying why.
             raw = Raw(int(listen.rsplit(":", 1)[1]), token)
             snapshot = pb.TaskSnapshotDirectoryRequest(task_id=TASK_ID, path=bytes(tree))

@@ -119,7 +119,7 @@ def measure(execs: int, seconds: float, rate: float, rounds: int) -> None:
         engine.start()
         print(f"  restored {execs} execs in {time.perf_counter() - t:.2f} s", flush=True)
         # Reaching into the engine: nothing else triggers a compaction on demand.
-        loop = engine._loop
+        loop = engine.loop
         assert engine._journal is not None
         journal = engine._journal.journal
         ticker = Ticker(loop.loop)

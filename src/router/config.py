@@ -6,6 +6,7 @@ import fcntl
 import os
 import pathlib
 import secrets
+import time
 from typing import Literal
 
 import msgspec
@@ -102,8 +103,9 @@ class ServerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     listen: str
     task_id: str
-    pid: int
+    pid: int  # the serving process
     tls: bool = False
+    keeper_pid: int = 0  # `router serve` itself (handover.keeper): SIGUSR2 there hands over
     metrics: str = ""  # the URL of /metrics, if served
 
 
@@ -148,6 +150,10 @@ def read_server_info(state_dir: pathlib.Path) -> ServerInfo | None:
         return None
 
 
+# A lock whose keeper is gone is free within this (handover/keeper.py).
+HOLDER_GONE_SECS = 5.0
+
+
 class StateDirBusy(Exception):
     """Another server holds the state directory."""
 
@@ -159,18 +165,44 @@ def lock_state_dir(state_dir: pathlib.Path) -> int:
     naming the holder, if another server has it."""
     fd = os.open(state_dir / "serve.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock_once_holder_gone(fd)
     except OSError as e:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise
         info = read_server_info(state_dir)
-        where = f", listening on {info.listen}" if info is not None and str(info.pid) == holder else ""
+        ours = info is not None and holder in (str(info.pid), str(info.keeper_pid))
+        where = f", listening on {info.listen}" if info is not None and ours else ""
         raise StateDirBusy(f"{state_dir} is served by another router (pid {holder}{where})") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _flock_once_holder_gone(fd: int) -> None:
+    """flock, waiting a moment if the keeper that took the lock is gone: its serving process, which
+    holds the lock too, dies with it (PDEATHSIG) a moment later."""
+    deadline = time.monotonic() + HOLDER_GONE_SECS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            if not holder.isdigit() or alive(int(holder)) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def remove_server_info(state_dir: pathlib.Path) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from router import auth
 from router.client import RouterClient
-from router.config import ServerConfig
+from router.config import ServerConfig, read_server_info
 from router.server.grpc_server import RouterServer
 
 from .grpc_raw import Raw
@@ -60,6 +60,13 @@ def state_token(state_dir: pathlib.Path, ttl_secs: int | None = None) -> str:
     (made there first if there is none yet)."""
     key = auth.load_or_create_key(state_dir)
     return auth.mint_token(key, TASK_ID) if ttl_secs is None else auth.mint_token(key, TASK_ID, ttl_secs)
+
+
+def serving_pid(state_dir: pathlib.Path) -> int:
+    """The pid of the process serving `state_dir` (`router serve` itself is its keeper)."""
+    info = read_server_info(state_dir)
+    assert info is not None, f"no server.json in {state_dir}"
+    return info.pid
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ def _quiet_stdout() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # `router serve` starts itself again
     if getattr(args, "command", None) and args.command[0] == "--":
         args.command = args.command[1:]
     failed = ROUTER_FAILED if args.cmd in ("exec", "batch") else 1

@@ -80,6 +80,9 @@ def parser() -> Parser:
                        help="when running execs fill the log filesystem (finished ones released already): trim "
                             "the one holding the most output to its head and tail (default), or block: stop "
                             "draining the largest writer until there is room; small outputs always find room")
+    serve.add_argument("--takeover", action="store_true",
+                       help="have the router serving STATE_DIR hand its running execs to a new serving process "
+                            "from the code installed now (as SIGUSR2 to it does), then exit")
     serve.add_argument("--durability", choices=("process", "machine"), default="process",
                        help="answers wait for the journal's records: written, so they survive the router's death "
                             "(process, default), or also synced to disk, so they survive a power cut (machine)")

@@ -1,18 +1,30 @@
-"""`router serve`: the server on its configuration, until SIGINT or SIGTERM."""
+"""`router serve`: the keeper (handover/keeper.py), which starts this again as the serving process:
+the server on its configuration, until SIGINT or SIGTERM, or until it hands over to a successor."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import gc
 import logging
 import os
 import pathlib
 import signal
+import socket
 import sys
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from router import config
 from router.engine import procs
+from router.engine.adoption import Adoption
+from router.handover import keeper, listeners, messages, takeover, wire
+from router.handover.serving import HandoverFailed, KeeperLink, give, take
 from router.tls import TlsFiles
+
+if TYPE_CHECKING:
+    from router.server.grpc_server import RouterServer
 
 GC_THRESHOLD = 10_000  # allocations between young-generation collections in `router serve`
 
@@ -38,8 +50,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"router serve: cannot use the state directory {state_dir}: {e.strerror}", file=sys.stderr)
         return 1
+    if args.takeover:
+        return takeover.request(state_dir)
+    if keeper.KEEPER_FD not in os.environ:
+        return keeper.keep(args.argv, state_dir)
+    # The serving process, started by the keeper (which holds the lock for it).
+    link = KeeperLink(socket.socket(fileno=int(os.environ.pop(keeper.KEEPER_FD))))
+    os.set_inheritable(int(os.environ.pop(keeper.LOCK_FD)), False)  # not into execs
+    listen, adopting, predecessor = args.listen, None, None
+    if keeper.HANDOVER_FD in os.environ:
+        predecessor = socket.socket(fileno=int(os.environ.pop(keeper.HANDOVER_FD)))
+        try:
+            listen, carried = take(predecessor)
+            wire.send(predecessor, messages.Commit())
+        except (HandoverFailed, OSError, EOFError, ValueError) as e:
+            print(f"router serve: cannot take over: {e}", file=sys.stderr)
+            return 1
+        adopting = Adoption(carried, link)
     log_dir = str(pathlib.Path(args.log_dir).expanduser().resolve()) if args.log_dir else ""
-    cfg = config.ServerConfig(state_dir=str(state_dir), task_id=task_id, listen=args.listen, log_dir=log_dir,
+    cfg = config.ServerConfig(state_dir=str(state_dir), task_id=task_id, listen=listen, log_dir=log_dir,
                               kill_grace_secs=args.kill_grace, server_mode=args.server_mode,
                               reap_orphans=procs.inherits_orphans(),
                               retain_bytes=args.retain_bytes,
@@ -62,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               max_calls_per_token=args.max_calls_per_token,
                               **({} if args.max_workers is None else {"max_workers": args.max_workers}))
     try:
-        server = RouterServer(cfg, key)
+        server = RouterServer(cfg, key, takeover=adopting is not None)
     except ValueError as e:
         print(f"router serve: {e}", file=sys.stderr)
         return 2
@@ -73,14 +102,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # (700 allocations) the collector ran ~90 times per 1,000 execs of `true`, ~10% of the server's
     # CPU (benchmarks/HISTORY.md, "A leaner start and finish per exec").
     gc.set_threshold(GC_THRESHOLD)
-    stop = threading.Event()
+    stop, handed_over = threading.Event(), threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     if server.tls is not None:
         tls = server.tls
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=tls.reload, daemon=True).start())
     try:
-        server.start()
+        server.start(adopting=adopting, lock=False)
     except config.StateDirBusy as e:
         print(f"router serve: {e}", file=sys.stderr)
         return 1
@@ -88,11 +117,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"router serve: cannot listen on {args.listen}: the address is in use or not this host's ({e})",
               file=sys.stderr)
         return 1
-    host = args.listen.rsplit(":", 1)[0]
+    host = listen.rsplit(":", 1)[0]
     listen = f"{host}:{server.port}"
+    link.start(server.engine.loop.call_soon)
+    def on_handed_over() -> None:
+        handed_over.set()
+        stop.set()
+    link.on_handover = functools.partial(_give, server, listen, on_handed_over)
+    if adopting is not None and predecessor is not None:
+        _took_over(server, link, adopting, predecessor)
     try:
         config.write_server_info(state_dir, config.ServerInfo(listen=listen, task_id=task_id, pid=os.getpid(),
-                                                              tls=cfg.tls.enabled, metrics=server.metrics_url))
+                                                              tls=cfg.tls.enabled, keeper_pid=os.getppid(),
+                                                              metrics=server.metrics_url))
     except OSError as e:  # a full state filesystem: serve anyway, the journal keeps its own room
         print(f"router serve: cannot write {state_dir / 'server.json'} ({e.strerror}): clients on this host "
               f"need --target {listen}", file=sys.stderr, flush=True)
@@ -108,7 +145,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         stop.wait()
     finally:
+        if handed_over.is_set():
+            print("router handed over to a new serving process", flush=True)
+            server.abandon()
+            os._exit(0)  # nothing of the engine may run on: the journal, the execs are the successor's
         print("router shutting down", flush=True)
         server.stop()
         config.remove_server_info(state_dir)
     return 0
+
+
+def _give(server: RouterServer, listen: str, handed_over: Callable[[], None], successor: socket.socket) -> None:
+    """A handover thread (KeeperLink.on_handover): the running execs to the successor, or, if that
+    fails, serving on."""
+    give(successor, listen, server.engine.journaled, server.engine.hand_over, server.refuse_new_execs,
+         lambda: server.engine.registry.starting, handed_over)
+
+
+def _took_over(server: RouterServer, link: KeeperLink, adopting: Adoption, predecessor: socket.socket) -> None:
+    """Serving the adopted execs: the keeper reaps their leaders from now on, the predecessor
+    stops; once it has closed its listener, the port is ours alone again."""
+    link.adopt([running.pid for running, _, _ in adopting.carried.values()])
+    link.send(messages.Serving(os.getpid()))
+    wire.send(predecessor, messages.Serving(os.getpid()))
+
+    def port_ours_alone() -> None:
+        with contextlib.suppress(OSError):
+            predecessor.settimeout(None)
+            predecessor.recv(1)  # its end closes when it exits
+        predecessor.close()
+        listeners.reuse_port(server.port, False)
+    threading.Thread(target=port_ours_alone, name="router-handover", daemon=True).start()

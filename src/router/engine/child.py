@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable
 
 from router import _fastio
@@ -30,6 +31,13 @@ class Child:
         self.usage: Usage | None = None  # its rusage, once reaped
         self._readers: Readers | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        # Monotonic times (one clock for every process of the machine) a handover carries over.
+        self.timeout_at: float | None = None
+        self.kill_at: float | None = None  # the SIGKILL after a grace
+
+    @property
+    def pidfd(self) -> int:
+        return self._pidfd
 
     @property
     def held(self) -> bool:
@@ -80,6 +88,7 @@ class Child:
         released first; SIGKILL at once without a grace."""
         if grace > 0:
             self.signal(signal.SIGTERM)
+            self.kill_at = time.monotonic() + grace
             self._timers.append(loop.call_later(grace, self.signal, signal.SIGKILL))
         else:
             self.signal(signal.SIGKILL)
@@ -90,7 +99,16 @@ class Child:
 
     def arm_timeout(self, loop: asyncio.AbstractEventLoop, secs: float, grace: float) -> None:
         """At `secs`, SIGKILL the exec; with a `grace`, SIGTERM first and SIGKILL `grace` later."""
+        self.timeout_at = time.monotonic() + secs
         self._timers.append(loop.call_later(secs, self._on_timeout, loop, grace))
+
+    def rearm(self, loop: asyncio.AbstractEventLoop, grace: float) -> None:
+        """After a handover: the timeout and a pending SIGKILL at their original times."""
+        now = time.monotonic()
+        if self.timeout_at is not None and not self.timed_out:
+            self._timers.append(loop.call_later(max(0.0, self.timeout_at - now), self._on_timeout, loop, grace))
+        if self.kill_at is not None:
+            self._timers.append(loop.call_later(max(0.0, self.kill_at - now), self.signal, signal.SIGKILL))
 
     def _on_timeout(self, loop: asyncio.AbstractEventLoop, grace: float) -> None:
         self.timed_out = True
@@ -101,12 +119,9 @@ class Child:
     def release(self) -> bool:
         """Reap the leader and drop the pidfd: after this its pid and group id may be reused.
         True if members of its process group live on (background jobs that closed their output)."""
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
         if self._pidfd < 0:
+            self.drop()
             return False
-        self._unwatch()
         if self.exited:
             # By pid, for its rusage: the pidfd held until here keeps the pid from reuse.
             reaped = _fastio.reap(self.pid)
@@ -114,7 +129,16 @@ class Child:
                 self.usage = Usage(user_cpu_secs=reaped[0], system_cpu_secs=reaped[1], max_rss_bytes=reaped[2])
         else:
             logger.error("leader %d survived SIGKILL; leaving it unreaped", self.pid)
-        _fastio.close_now(self._pidfd)
-        self._pidfd = -1
+        self.drop()
         # Linux keeps a group's id from reuse while it has members.
         return procs.group_exists(self.pid)
+
+    def drop(self) -> None:
+        """Cancel the timers, stop watching, close the pidfd (the leader reaped, or someone else's)."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if self._pidfd >= 0:
+            self._unwatch()
+            _fastio.close_now(self._pidfd)
+            self._pidfd = -1

@@ -21,11 +21,11 @@ import grpc
 from router._fastio import SegmentedLog, SegmentStore
 from router.errors import RETRY_AFTER_SECS, RouterError, throttled
 
-from . import procs, signals, spawn, spawn_slots
+from . import adoption, procs, signals, spawn, spawn_slots
 from .child import Child
 from .durability import Durability
 from .execs import Exec
-from .finished import close_empty_log, settle
+from .finished import close_empty_log, close_logs, settle
 from .journal import Journal
 from .journal_format import Begun, Exited, Forgotten, Record, Spawned, Stdin
 from .journaling import ExecJournal
@@ -73,10 +73,9 @@ class Engine:
         self._spawned_record = threading.local()  # a spawner thread's last Spawned: its number in the journal
         self._boot_id = procs.boot_id()
         self._store: SegmentStore | None = None
-        self._registry = Registry(max_running_execs)
-        self.stats = self._registry.stats  # what metrics read (stats.py)
-        self._loop = LoopThread("router-engine")
-        self._space = LogSpace(log_dir, self._loop, on_log_full, lambda: self._registry.finished_bytes, self._expire,
+        self.registry = Registry(max_running_execs)
+        self.loop = LoopThread("router-engine")
+        self._space = LogSpace(log_dir, self.loop, on_log_full, lambda: self.registry.finished_bytes, self._expire,
                                lambda: self._journal.flush() if self._journal is not None else None)
         self.base_env = base_environment()
         if exec_user is not None:
@@ -86,13 +85,14 @@ class Engine:
         self._watchers: set[Watcher] = set()  # Watch calls; offered each exec as it starts and finishes
         self._oom: OomKills | None = None  # opened at start
         # Threads that run posix_spawn (see _spawn).
-        self._spawner: Spawner[Exec, spawn.Started] = Spawner(self._loop, SPAWN_THREADS, self._start_process,
+        self._spawner: Spawner[Exec, spawn.Started] = Spawner(self.loop, SPAWN_THREADS, self._start_process,
                                                               self._spawned)
         self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, adopting: adoption.Adoption | None = None) -> None:
+        """`adopting`: the running execs a handover brings (router.handover), taken over once the journal is read."""
         self._log_dir.mkdir(parents=True, exist_ok=True)
         if self._journal_path is None:
             remove_arenas(self._log_dir)  # without a journal nothing can read what a previous run left
@@ -108,24 +108,27 @@ class Engine:
             slots = self._journal_path.parent / "spawning"
             spawning = spawn_slots.read(slots)  # before SpawnSlots touches the files
             self._slots = spawn_slots.SpawnSlots(slots, self._boot_id, SPAWN_THREADS)
-            self._journal = ExecJournal(journal, self._loop, self._store, lambda: self._registry.running,
+            self._journal = ExecJournal(journal, self.loop, self._store, lambda: self.registry.running,
                                         self._durability)
-            restore(state.execs, self._journal.journal, self._store, self._registry, self._stdin_limit,
+            adopted = adopting.rebuild(state.execs, self._store, self._stdin_limit) if adopting else []
+            restore(state.execs, self._journal.journal, self._store, self.registry, self._stdin_limit,
                     self._boot_id, spawning)
         self._oom = OomKills()
-        self._loop.start()
+        self.loop.start()
         if self._journal is not None:
             self._journal.start()
         self._spawner.start()
-        self._loop.call_soon(self._expire_periodically)
+        if adopting is not None:
+            self.loop.run(adopting.attach, adopted, self._adopt, timeout=30)
+        self.loop.call_soon(self._expire_periodically)
         if self._reap_orphans:
             main_thread_id = threading.main_thread().native_id
             assert main_thread_id is not None
-            self._loop.call_soon(self._reap, main_thread_id)
+            self.loop.call_soon(self._reap, main_thread_id)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Kill everything every exec started, reap, close pipes and logs, end the loop thread."""
-        execs = self._registry.close()
+        execs = self.registry.close()
         if execs is None or self._store is None:
             return
         self._stopping = True
@@ -133,20 +136,19 @@ class Engine:
             # Spawns in flight finish (their outcomes queued for the loop) and queued ones are
             # dropped first (each queued _spawn has submitted its own by the time the barrier
             # returns), so that _kill_all, queued after them, finds every child.
-            self._loop.run(lambda: None, timeout=timeout)
+            self.loop.run(lambda: None, timeout=timeout)
             stopping = RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping")
             for ex in self._spawner.stop():
-                self._loop.call_soon(self._forget, ex, stopping)
-            self._loop.call_soon(signals.kill_all, execs, self._lingering_groups)
+                self.loop.call_soon(self._forget, ex, stopping)
+            self.loop.call_soon(signals.kill_all, execs, self._lingering_groups)
             deadline = time.monotonic() + timeout
             for ex in execs:
                 ex.wait_until(lambda ex=ex: not ex.running or ex.failed is not None, lambda: True, deadline)  # type: ignore[misc]
-            self._loop.run(self._close_all, execs, timeout=timeout)
+            self.loop.run(self._close_all, execs, timeout=timeout)
         finally:
-            self._loop.stop(timeout)
+            self.loop.stop(timeout)
             for ex in execs:
-                for log in ex.logs():
-                    log.close()
+                close_logs(ex)
                 ex.abandon_waiters()  # their loop has stopped; the aio server ended them first
                 ex.notify()
             close_empty_log(self._store)
@@ -167,11 +169,15 @@ class Engine:
 
     @property
     def running_count(self) -> int:
-        return self._registry.running
+        return self.registry.running
 
     @property
     def retention(self) -> Retention:
         return self._retention
+
+    @property
+    def journaled(self) -> bool:
+        return self._journal is not None
 
     @property
     def log_full(self) -> bool:
@@ -186,7 +192,7 @@ class Engine:
             listener(self._journal.full)
 
     def get(self, exec_id: str) -> Exec:
-        return self._registry.get(exec_id)
+        return self.registry.get(exec_id)
 
     def begin_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec) -> Exec:
         """Start an exec, or return the one already started with this id and the same request.
@@ -194,8 +200,8 @@ class Engine:
         if self._journal is not None and self._journal.full:
             raise throttled(f"the state filesystem is full: the journal {self._journal.journal.path} keeps its room "
                             "for the exits of running execs", retry_after=RETRY_AFTER_SECS)
-        return self._registry.begin(exec_id, fingerprint, lambda: self._new_exec(exec_id, fingerprint, spec),
-                                    lambda ex: self._loop.call_soon(self._spawn, ex))
+        return self.registry.begin(exec_id, fingerprint, lambda: self._new_exec(exec_id, fingerprint, spec),
+                                    lambda ex: self.loop.call_soon(self._spawn, ex))
 
     def _new_exec(self, exec_id: str, fingerprint: bytes, spec: ExecSpec) -> Exec:
         assert self._store is not None
@@ -209,42 +215,40 @@ class Engine:
 
     def execs(self) -> list[Exec]:
         """Every exec the router knows, oldest start first."""
-        return self._registry.all()
+        return self.registry.all()
 
     def signal(self, ex: Exec, sig: int, target: str) -> None:
-        """Send `sig` to the exec's group ("group"), leader ("leader") or terminal session ("session")
-        on the loop thread; FAILED_PRECONDITION once it has ended."""
-        self._loop.run(functools.partial(signals.send_signal, ex, sig, target), timeout=10)
+        """`sig` to the exec's group, leader or terminal session (signals.py), on the loop thread."""
+        self.loop.run(functools.partial(signals.send_signal, ex, sig, target), timeout=10)
 
     def kill(self, ex: Exec, grace: float) -> None:
-        """TERM, then KILL after `grace` (at once without one), to the whole group; the caller
-        waits for the exec to finish."""
-        self._loop.run(lambda: signals.start_kill(ex, grace, self._loop.loop), timeout=10)
+        """TERM, then KILL after `grace` (at once without one), to the group; the caller waits."""
+        self.loop.run(lambda: signals.start_kill(ex, grace, self.loop.loop), timeout=10)
 
     def resize(self, ex: Exec, rows: int, cols: int) -> None:
-        self._loop.run(functools.partial(signals.resize_terminal, ex, rows, cols), timeout=10)
+        self.loop.run(functools.partial(signals.resize_terminal, ex, rows, cols), timeout=10)
 
     def watch(self, watcher: Watcher) -> None:
         """Offer `watcher` every exec that started or finished already, then each as it does."""
         def add() -> None:
             self._watchers.add(watcher)
-            for ex in self._registry.all():
+            for ex in self.registry.all():
                 if ex.complete:
                     watcher.offer(ex)
                 elif ex.child is not None:
                     watcher.offer_started(ex)
-        self._loop.run(add, timeout=10)
+        self.loop.run(add, timeout=10)
 
     def unwatch(self, watcher: Watcher) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown): so are the watchers
-            self._loop.call_soon(self._watchers.discard, watcher)
+            self.loop.call_soon(self._watchers.discard, watcher)
 
     def offer_stdin(self, ex: Exec, offset: int, data: bytes, eof: bool) -> bool:
         """Accept stdin bytes at `offset`, skipping what a retry repeats. False, taking nothing,
         if the buffer has no room yet: offer again once the exec changes."""
         accepted, flush = ex.stdin.offer(offset, data, eof)
         if flush:
-            self._loop.call_soon(ex.stdin.flush)
+            self.loop.call_soon(ex.stdin.flush)
         return accepted
 
     # -- loop thread: start ----------------------------------------------------------------------
@@ -261,10 +265,8 @@ class Engine:
             self._journal.when_written(then)
 
     def _spawn(self, ex: Exec) -> None:
-        """Hand the exec to a spawner thread (spawner.py) once its Begun record is written: an exec
-        that ran is always in the journal, so a retried start after a crash never runs it twice.
-        A spawn's pipes exist only inside its call, so a batch of thousands never holds the child
-        ends of more than SPAWN_THREADS children at once."""
+        """To a spawner thread once its Begun is written: a retried start after a crash never runs it
+        twice. Pipes exist only inside a spawn: a batch never holds more than SPAWN_THREADS' child ends."""
         self._record(Begun.from_spec(ex.exec_id, ex.fingerprint, ex.spec, ex.started_at, self.base_env))
         self._once_written(lambda: self._submit(ex))
 
@@ -273,8 +275,7 @@ class Engine:
             self._forget(ex, RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping"))
 
     def _start_process(self, ex: Exec) -> spawn.Started:
-        """A spawner thread: only the exec's fixed fields are read. The leader's pid goes to this
-        thread's slot as soon as it exists (spawn_slots.py) and its Spawned to the next flush."""
+        """A spawner thread (fixed fields only): the pid to its slot at once (spawn_slots.py), Spawned next."""
         pid_fd = -1
         if self._journal is not None and self._slots is not None:
             # This thread's slot names its last child until that child's Spawned is written.
@@ -288,7 +289,7 @@ class Engine:
         return started
 
     def _spawned(self, outcomes: list[tuple[Exec, spawn.Started | Exception]]) -> None:
-        self._registry.spawned(outcomes)
+        self.registry.spawned(outcomes)
         for ex, outcome in outcomes:
             try:
                 self._start_child(ex, outcome)
@@ -308,7 +309,19 @@ class Engine:
             for watcher in list(self._watchers):
                 watcher.offer_started(ex)
 
-    def _start_child(self, ex: Exec, started: spawn.Started | Exception) -> None:
+    def hand_over(self, give: Callable[[list[adoption.Carried]], None]) -> None:
+        """Freeze the loop thread and `give` every running exec to a new process (adoption.py)."""
+        assert self._journal is not None
+        self.loop.run(adoption.frozen, self.registry, self._journal, self._durability, give)
+
+    def _adopt(self, ex: Exec, started: spawn.Started, child: Child) -> None:
+        """Loop thread: an exec a handover brought, watched and drained as if spawned here."""
+        self.registry.adopt(ex, ex.leader_status is None)
+        self._start_child(ex, started, child)
+        child.rearm(self.loop.loop, self._kill_grace)
+        self._on_output(ex)
+
+    def _start_child(self, ex: Exec, started: spawn.Started | Exception, adopted: Child | None = None) -> None:
         if isinstance(started, OSError):
             if started.errno in _RESOURCE_ERRNOS and started.filename is None:
                 raise throttled(f"cannot start process: {started.strerror}", retry_after=RETRY_AFTER_SECS)
@@ -316,34 +329,26 @@ class Engine:
             return
         if isinstance(started, Exception):
             raise started
-        loop = self._loop.loop
-        child = ex.child = Child(started.pid, started.pidfd, ex.spec.pty is not None)
-        child.watch(self._loop.readers, lambda: self._on_exit(ex))
+        loop = self.loop.loop
+        child = ex.child = adopted or Child(started.pid, started.pidfd, ex.spec.pty is not None)
+        child.watch(self.loop.readers, lambda: self._on_exit(ex))
         outputs = exec_outputs(ex, started)
-        ex.output = OutputPipes(ex.exec_id, loop, self._loop.readers, outputs, ex.spec.pty is not None,
+        ex.output = OutputPipes(ex.exec_id, loop, self.loop.readers, outputs, ex.spec.pty is not None,
                                 lambda: self._on_output(ex), lambda: self._on_output_done(ex), self._space,
-                                self.stats)
-        if ex.spec.timeout_secs is not None:
+                                self.registry.stats)
+        if ex.spec.timeout_secs is not None and adopted is None:
             child.arm_timeout(loop, ex.spec.timeout_secs, self._kill_grace)
-        ex.stdin.attach(loop, started.stdin_writer, self.stats)
+        ex.stdin.attach(loop, started.stdin_writer, self.registry.stats)
 
     def _fail_start(self, ex: Exec, e: OSError) -> None:
-        status, reason = spawn.failed_start(ex.spec, e)
-        merged = ex.spec.stderr == "stdout" or ex.spec.pty is not None
-        target = ex.stderr if ex.stderr is not None else (ex.stdout if merged else None)
-        if target is not None:
-            target.append(reason)
-        for log in ex.logs():
-            log.mark_eof()
-        self._set_status(ex, status)
+        self._set_status(ex, spawn.failed_start_output(ex.spec, ex.logs(), ex.stdout, ex.stderr, e))
         self._on_finished(ex)
 
     def _forget(self, ex: Exec, error: RouterError) -> None:
         """A start that failed for lack of resources leaves no exec behind, so a retry can run it."""
-        self._registry.forget(ex)
+        self.registry.forget(ex)
         self._record(Forgotten(ex.exec_id))
-        for log in ex.logs():
-            log.close()
+        close_logs(ex)
         self._once_written(functools.partial(ex.fail, error))
 
     # -- loop thread: the end --------------------------------------------------------------------
@@ -351,8 +356,7 @@ class Engine:
     def _on_exit(self, ex: Exec) -> None:
         """The leader exited: publish its status, but leave it unreaped until the exec is finished."""
         assert ex.child is not None and ex.output is not None
-        status = ex.child.exit_status()
-        if status is None:
+        if (status := ex.child.exit_status()) is None:
             return  # spurious wake-up, or already seen
         ex.stdin.close()
         ex.output.leader_exited()
@@ -379,15 +383,14 @@ class Engine:
         """The leader ended: journal how, and once that is written tell the clients."""
         ex.leader_status = status
         cause, ended_at = signals.exit_cause(ex, status, self._oom, self._stopping), time.time()
-        self._registry.exited(cause, ended_at - ex.started_at)
+        self.registry.exited(cause, ended_at - ex.started_at)
         with ex.cond:
             ex.stdin.drop()
         self._record(Exited(ex.exec_id, status, ended_at, cause))
         self._once_written(functools.partial(ex.publish_exit, status, cause, ended_at))
 
     def _release(self, ex: Exec) -> None:
-        if ex.child is not None and ex.child.release():
-            # Background processes that closed their output outlive the exec; stop() ends them.
+        if ex.child is not None and ex.child.release():  # background jobs outlive it: stop() ends them
             self._lingering_groups.add(ex.child.pid)
 
     def _on_finished(self, ex: Exec) -> None:
@@ -408,23 +411,20 @@ class Engine:
         if self._journal is not None:
             ex.all_output_journaled()
         settle(ex)  # trimmed to what a finished exec answers with
-        self._registry.finished(ex, ex.held_bytes())
+        self.registry.finished(ex, ex.held_bytes())
         for watcher in list(self._watchers):
             watcher.offer(ex)
         self._expire()
 
     def _expire(self, need: int = 0) -> None:
-        for ex in self._registry.expire(self._retention.releasing(need, self._registry.finished_bytes)):
+        for ex in self.registry.expire(self._retention.releasing(need, self.registry.finished_bytes)):
             self._record(Forgotten(ex.exec_id))
-            # Slots go back to the store once the last reader is out of the log.
-            for log in ex.logs():
-                log.close()
+            close_logs(ex)  # slots go back to the store once the last reader is out of the log
             ex.notify()
 
     def _expire_periodically(self) -> None:
-        self._expire()
-        # Often enough that age is honoured to within a quarter of the limit.
-        self._loop.loop.call_later(min(max(self._retention.secs / 4, 0.05), 60.0), self._expire_periodically)
+        self._expire()  # next often enough that age is honoured to within a quarter of the limit
+        self.loop.loop.call_later(min(max(self._retention.secs / 4, 0.05), 60.0), self._expire_periodically)
 
     # -- loop thread: shutdown -------------------------------------------------------------------
 
@@ -447,4 +447,4 @@ class Engine:
     def _reap(self, main_thread_id: int) -> None:
         """As init of a container (or a subreaper), reap the orphans an exec's children leave."""
         procs.reap_orphans(main_thread_id)
-        self._loop.loop.call_later(ORPHAN_REAP_SECS, self._reap, main_thread_id)
+        self.loop.loop.call_later(ORPHAN_REAP_SECS, self._reap, main_thread_id)

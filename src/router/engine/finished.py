@@ -132,3 +132,8 @@ def settle(ex: Exec) -> None:
             ex.started = STARTED
     if not ex.holds_output_for_journal:
         ex.let_go()
+
+
+def close_logs(ex: Exec) -> None:
+    for log in ex.logs():
+        log.close()

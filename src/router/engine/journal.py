@@ -217,6 +217,11 @@ class Journal:
                 os.close(self._fd)
                 self._fd = -1
 
+    def settle(self) -> None:
+        """Cancel a compaction in flight and wait for its thread (another process opens the file next)."""
+        with self._quiesced():
+            pass
+
     def sync(self) -> None:
         """fdatasync(2) the file: every record flushed so far survives a power cut."""
         with self._io_lock:

@@ -86,6 +86,15 @@ class OutputPipes:
     def draining(self) -> list[SegmentedLog]:
         return list(self._logs.values())
 
+    def descriptors(self) -> tuple[dict[int, SegmentedLog], int]:
+        """For a handover: each open stream's pipe (or terminal) and its log, and a terminal's master
+        kept open after its output ended (-1 if none)."""
+        return dict(self._logs), self._held_master
+
+    def keep_master(self, fd: int) -> None:
+        """For a handover: a terminal's master whose output has ended, held until the leader exits."""
+        self._held_master = fd
+
     def changed(self) -> None:
         """A log was trimmed: tell readers (and the journal)."""
         self._on_change()

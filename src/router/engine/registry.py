@@ -32,6 +32,7 @@ class Registry:
         self._running = 0
         self._starting = 0
         self._closing = False
+        self.refusing: RouterError | None = None  # why new execs are refused for now (a handover)
         # In the order they finished, each with the output it held then (Exec.retained_bytes, None
         # until it is here): a deque costs a pointer per exec, a dict of them ten times as much.
         self._finished: collections.deque[Exec] = collections.deque()
@@ -72,6 +73,8 @@ class Registry:
                     raise RouterError(grpc.StatusCode.ALREADY_EXISTS,
                                       f"exec {exec_id!r} already exists with a different request")
                 return ex
+            if self.refusing is not None:
+                raise self.refusing
             if self._max_running and self._running >= self._max_running:
                 raise throttled(f"too many running execs ({self._running})", retry_after=RETRY_AFTER_SECS)
             self._budget.admit(self._starting)
@@ -119,6 +122,16 @@ class Registry:
         with self._lock:
             self._execs[ex.exec_id] = ex
             self._keep(ex, held_bytes)
+
+    def adopt(self, ex: Exec, running: bool) -> None:
+        """An exec a handover brought, still running (or its leader exited, its output not yet complete)."""
+        with self._lock:
+            self._execs[ex.exec_id] = ex
+            self._running += running
+
+    @property
+    def starting(self) -> int:
+        return self._starting
 
     def _keep(self, ex: Exec, held_bytes: int) -> None:
         ex.retained_bytes = held_bytes

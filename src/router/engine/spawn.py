@@ -16,6 +16,7 @@ from typing import NamedTuple
 import grpc
 
 from router import _fastio
+from router._fastio import SegmentedLog
 from router.errors import RouterError
 
 from .child_stdio import PIPE_SIZE, ChildStdio, open_stdio
@@ -190,3 +191,17 @@ def failed_start(spec: ExecSpec, e: OSError) -> tuple[ExitStatus, bytes]:
         what = "command not found" if code == 127 else e.strerror
         reason = f"router: {spec.args[0]}: {what}\n"
     return ExitStatus(code=code), reason.encode("utf-8", "replace")
+
+
+def failed_start_output(spec: ExecSpec, logs: list[SegmentedLog], stdout: SegmentedLog | None,
+                        stderr: SegmentedLog | None, e: OSError) -> ExitStatus:
+    """Write why the start failed to the exec's stderr (or the stream it is merged into), end its
+    logs, and return the status a shell would give."""
+    status, reason = failed_start(spec, e)
+    merged = spec.stderr == "stdout" or spec.pty is not None
+    target = stderr if stderr is not None else (stdout if merged else None)
+    if target is not None:
+        target.append(reason)
+    for log in logs:
+        log.mark_eof()
+    return status

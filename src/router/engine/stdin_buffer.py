@@ -7,6 +7,7 @@ import os
 import termios
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
 import grpc
 
@@ -14,6 +15,18 @@ from router import _fastio
 from router.errors import RouterError
 
 from .stats import ExecStats
+
+
+class CarriedStdin(NamedTuple):
+    """A stdin buffer's state as a handover carries it."""
+
+    fd: int
+    written: int
+    eof: bool
+    pending: bytes
+    dropping: bool
+    eof_queued: bool
+    last: bytes
 
 
 class StdinBuffer:
@@ -35,6 +48,7 @@ class StdinBuffer:
         self._pending: collections.deque[memoryview] = collections.deque()
         self._dropping = False  # the child is gone or closed its stdin: accept and drop
         self._last = b""  # the last byte accepted, to end a terminal's input cleanly
+        self._frozen = False  # a handover is taking the buffer: offers wait for the new process
         # Loop thread only.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd = -1
@@ -48,6 +62,8 @@ class StdinBuffer:
         nothing, while the buffer has no room: offer again once the exec changes."""
         view = memoryview(data)
         with self._cond:
+            if self._frozen:
+                raise RouterError(grpc.StatusCode.UNAVAILABLE, "the router is handing over to a new process: retry")
             n = new_bytes(self.written, self.eof, offset, len(view))
             if self.eof:
                 return True, False
@@ -71,11 +87,34 @@ class StdinBuffer:
         self._pending.clear()
         self.pending_bytes = 0
 
+    # -- a handover (loop thread, `cond` held) ----------------------------------------------------
+
+    def freeze(self) -> CarriedStdin:
+        """Take no more offers (UNAVAILABLE: the client retries at the new process) and say where
+        the buffer is: the fd (-1 once closed), the offsets, the bytes not yet written."""
+        self._frozen = True
+        return CarriedStdin(self._fd, self.written, self.eof, b"".join(self._pending), self._dropping,
+                            self._eof_queued, self._last)
+
+    def thaw(self) -> None:
+        self._frozen = False
+
+    def carry_on(self, carried: CarriedStdin) -> None:
+        """In the new process, before attach(): go on from where the old one was."""
+        self.written, self.eof, self._dropping = carried.written, carried.eof, carried.dropping
+        self._eof_queued, self._last = carried.eof_queued, carried.last
+        self._counted = carried.written  # counted by the old process
+        if carried.pending:
+            self._pending.append(memoryview(carried.pending))
+        self.pending_bytes = len(carried.pending)
+
     # -- loop thread ----------------------------------------------------------------------------
 
     def attach(self, loop: asyncio.AbstractEventLoop, fd: int, stats: ExecStats) -> None:
-        """Start writing to the child's stdin (`fd`, the router's end, made non-blocking); count
-        the bytes accepted for it in `stats` from now on."""
+        """Start writing to the child's stdin (`fd`, the router's end, made non-blocking; -1: none);
+        count the bytes accepted for it in `stats` from now on."""
+        if fd < 0:
+            return
         os.set_blocking(fd, False)
         self._loop = loop
         self._fd = fd

@@ -24,10 +24,12 @@ from grpc_reflection.v1alpha import reflection
 from router import tls
 from router.auth import Authenticator, verification_key
 from router.config import ServerConfig, lock_state_dir
+from router.engine.adoption import Adoption
 from router.engine.core import Engine
 from router.engine.descriptors import raise_open_file_limit
 from router.engine.retention import Retention
 from router.engine.spawn import exec_user
+from router.errors import RouterError
 from router.images.store import Images
 from router.secretstore import SecretError, SecretStore, secrets_dir
 from router.tls import ServerTls, is_loopback
@@ -47,7 +49,7 @@ LIVENESS_SERVICE = "router.liveness"
 REFLECTED = (SERVICE_NAME, control.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
 
-def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
+def server_options(config: ServerConfig, reuse_port: bool = False) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", config.max_receive_message_size),
         ("grpc.max_send_message_length", config.max_receive_message_size),
@@ -61,7 +63,8 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
         # The default (1000) cancels a third of a 4000-call burst.
         ("grpc.server.max_pending_requests", 65_536),
         ("grpc.server.max_pending_requests_hard_limit", 65_536),
-        ("grpc.so_reuseport", 0),
+        # Only a successor taking over shares its predecessor's port (router.handover.listeners).
+        ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.max_concurrent_streams", config.max_streams_per_connection),
     ]
 
@@ -69,9 +72,11 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
 class RouterServer:
     """The engine plus a gRPC server on top of it. `start()` (then `port` is known), then `stop()`."""
 
-    def __init__(self, config: ServerConfig, key: bytes) -> None:
-        """`key`: the HS256 key of the state directory. ValueError if the configuration is unsafe or
-        inconsistent (say, a non-loopback address without TLS or --insecure), before anything starts."""
+    def __init__(self, config: ServerConfig, key: bytes, takeover: bool = False) -> None:
+        """`key`: the HS256 key of the state directory; `takeover`: a successor in a handover (the
+        process it succeeds still serves: its images in the making are not debris). ValueError if the
+        configuration is unsafe or inconsistent (say, a non-loopback address without TLS or
+        --insecure), before anything starts."""
         self.config = config
         for address, flag in ((config.listen, "--listen"), (config.metrics_listen, "--metrics-listen")):
             if address and not config.tls.enabled and not is_loopback(address):
@@ -105,7 +110,8 @@ class RouterServer:
             exec_user=exec_user(config.exec_user) if config.exec_user else None,
         )
         self.images = Images(pathlib.Path(config.state_dir), config.mount_method)
-        self.images.gc()  # expired images, and what a crash left half-written
+        if not takeover:
+            self.images.gc()  # expired images, and what a crash left half-written
         service = Service(config, self.engine, self.images)
         controls = control.Control(service, config.max_receive_message_size)
         rpcs = RpcStats() if config.metrics_listen else None
@@ -125,12 +131,17 @@ class RouterServer:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._aio_loop: asyncio.AbstractEventLoop | None = None
         self._aio_thread: threading.Thread | None = None
+        self._reuse_port = False
+        self._refusing = False
 
-    def start(self) -> None:
-        """StateDirBusy if another server serves the state directory."""
-        self._lock = lock_state_dir(pathlib.Path(self.config.state_dir))
+    def start(self, adopting: Adoption | None = None, lock: bool = True) -> None:
+        """StateDirBusy if another server serves the state directory. `adopting`: the running execs
+        of the process this one takes over from (on its port); `lock`: False under a keeper, which holds it."""
+        if lock:
+            self._lock = lock_state_dir(pathlib.Path(self.config.state_dir))
+        self._reuse_port = adopting is not None
         try:
-            self.engine.start()
+            self.engine.start(adopting)
         except BaseException:
             self._unlock()
             raise
@@ -169,7 +180,7 @@ class RouterServer:
         threading.stack_size(256 * 1024)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.config.max_workers,
                                                            thread_name_prefix="router-rpc")
-        server = grpc.server(self._pool, options=server_options(self.config))
+        server = grpc.server(self._pool, options=server_options(self.config, self._reuse_port))
         server.add_generic_rpc_handlers(self._handlers.generic_handlers(aio=False))
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -182,7 +193,7 @@ class RouterServer:
         self.engine.on_state_full(lambda full: self._set_readiness(not full))
 
     async def _start_aio(self) -> None:
-        server = grpc.aio.server(options=server_options(self.config))
+        server = grpc.aio.server(options=server_options(self.config, self._reuse_port))
         server.add_generic_rpc_handlers(self._handlers.generic_handlers(aio=True))
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -221,6 +232,24 @@ class RouterServer:
         if port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         return int(port)
+
+    def refuse_new_execs(self, why: RouterError | None) -> None:
+        """New execs get `why` (and readiness says NOT_SERVING) until called with None: a handover."""
+        self.engine.registry.refusing = why
+        self._set_readiness(why is None)
+
+    def abandon(self, grace: float = 0.5) -> None:
+        """After a handover: end the calls in flight (UNAVAILABLE: clients retry at the successor) and
+        stop serving, leaving the engine as it is (its execs, its journal are the successor's)."""
+        gone = RouterError(grpc.StatusCode.UNAVAILABLE, "the router handed over to a new process: retry")
+        for ex in self.engine.registry.all():
+            with ex.cond:
+                ex.failed = gone
+            ex.notify()
+        if self._grpc is not None and self._aio_loop is not None:
+            asyncio.run_coroutine_threadsafe(self._stop_aio(grace), self._aio_loop).result()
+        elif self._grpc is not None:
+            self._grpc.stop(grace).wait()
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop accepting calls, end those in flight after `grace`, then kill and reap every exec."""

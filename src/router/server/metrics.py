@@ -70,7 +70,7 @@ class RouterCollector(Collector):
                                     value=self._tls.not_after - time.time())
 
     def _execs(self) -> Iterator[Metric]:
-        stats = self._engine.stats
+        stats = self._engine.registry.stats
         started = CounterMetricFamily("router_execs_started", "Execs started (ok), or whose process could not be "
                                       "started (failed).", labels=["result"])
         started.add_metric(["ok"], stats.started_ok)
@@ -95,7 +95,7 @@ class RouterCollector(Collector):
 
     def _storage(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("router_log_retained_bytes", "Output bytes finished execs hold (--retain-bytes).",
-                                value=self._engine.stats.retained_bytes())
+                                value=self._engine.registry.stats.retained_bytes())
         try:
             fs = os.statvfs(self._log_dir)
         except OSError:

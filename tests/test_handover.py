@@ -1,0 +1,220 @@
+"""Live handover: SIGUSR2 to `router serve` (the keeper) or `router serve --takeover` starts a new
+serving process that takes over every running exec; what runs never notices."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import grpc
+import pytest
+
+from router._proto import api_pb2
+from router._proto import exec_control_pb2 as ec
+from router.client import RouterClient, exit_code
+from tests.helpers.drivers import driver_result, modal_driver
+from tests.helpers.execs import PIPES
+from tests.helpers.health import LIVENESS, NOT_SERVING, SERVING, health
+from tests.helpers.polling import eventually
+from tests.helpers.processes import ROUTER, alive
+from tests.helpers.servers import TASK_ID, router_process, serving_pid, state_token
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def hand_over(keeper: subprocess.Popen[str], state: pathlib.Path) -> int:
+    """SIGUSR2 to the keeper; the new serving process's pid, once the old one has exited."""
+    old = serving_pid(state)
+    keeper.send_signal(signal.SIGUSR2)
+    assert eventually(lambda: serving_pid(state) != old, 60), "no new process took over"
+    assert eventually(lambda: not alive(old), 30), "the old serving process did not exit"
+    assert keeper.poll() is None
+    return serving_pid(state)
+
+
+def test_running_execs_with_timeouts_and_stdin_carry_on(tmp_path: pathlib.Path) -> None:
+    """200 running execs: half wait for stdin, half for their timeout. After the handover they have
+    the same pids, stdin goes on at its offsets (a retried write is taken once), exit codes are
+    theirs and the timeouts fire at their original times."""
+    state = tmp_path / "state"
+    with router_process(state) as (keeper, listen):
+        with RouterClient(listen, state_token(state), TASK_ID) as client:
+            started = {}
+            for i in range(200):
+                if i % 2:
+                    client.start(f"t{i}", ["sh", "-c", "echo up; sleep 100"], **PIPES, timeout_secs=6)
+                else:
+                    client.start(f"s{i}", ["sh", "-c", f'read line; echo "got $line"; exit {i % 7}'], **PIPES)
+                    client.write_stdin(f"s{i}", 0, b"hel")
+                started[i] = time.monotonic()
+            pids = {info.exec_id: info.pid for info in client.execs()}
+            old = serving_pid(state)
+            new = hand_over(keeper, state)
+            assert new != old and keeper.pid not in (old, new)
+            assert {info.exec_id: info.pid for info in client.execs()} == pids
+            for i in range(0, 200, 2):
+                client.write_stdin(f"s{i}", 0, f"hello-{i}\n".encode(), eof=True)  # its first 3 bytes repeat
+            for i in range(200):
+                exec_id = f"t{i}" if i % 2 else f"s{i}"
+                result = client.wait(exec_id)
+                info = client.inspect(exec_id)
+                if i % 2:
+                    assert info.exit.cause == ec.EXIT_CAUSE_TIMED_OUT, exec_id
+                    elapsed = info.ended_at - info.started_at
+                    assert 5.5 < elapsed < 9, (exec_id, elapsed)
+                    assert b"".join(client.read(exec_id)) == b"up\n"
+                else:
+                    assert exit_code(result) == i % 7, exec_id
+                    assert b"".join(client.read(exec_id)) == f"got hello-{i}\n".encode()
+    assert keeper.returncode == 0
+
+
+def test_a_pty_exec_being_typed_into(tmp_path: pathlib.Path) -> None:
+    state = tmp_path / "state"
+    with router_process(state) as (keeper, listen):
+        with RouterClient(listen, state_token(state), TASK_ID) as client:
+            client.start("tty", ["sh", "-c", "while read line; do echo \"you said $line\"; done; echo bye"],
+                         **PIPES, pty_info=api_pb2.PTYInfo(enabled=True))
+            client.write_stdin("tty", 0, b"one\n")
+            assert b"you said one" in read_until(client, "tty", b"you said one")
+            pid = client.inspect("tty").pid
+            hand_over(keeper, state)
+            assert client.inspect("tty").pid == pid
+            client.write_stdin("tty", 4, b"two\n", eof=True)
+            assert exit_code(client.wait("tty")) == 0
+            out = b"".join(client.read("tty")).replace(b"\r\n", b"\n")
+            assert out.count(b"you said one\n") == 1 and out.count(b"you said two\n") == 1 and out.endswith(b"bye\n")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("modal") is None, reason="Modal's client is not installed")
+def test_a_stream_read_by_modals_client_across_the_handover(tmp_path: pathlib.Path) -> None:
+    """1 GiB written while Modal's client reads it: every byte once, in order (sha256)."""
+    size = 1 << 30
+    # Deterministic bytes, written in a steady trickle so the handover lands mid-stream.
+    program = ("import hashlib,sys,time\n"
+               f"n={size}; block=1<<20; i=0\n"
+               "while n:\n"
+               " b=hashlib.sha256(str(i).encode()).digest()*(block//32); b=b[:min(n,block)]\n"
+               " sys.stdout.buffer.write(b); n-=len(b); i+=1\n"
+               " if i % 64 == 0: sys.stdout.flush(); time.sleep(0.05)\n")
+    expected = hashlib.sha256()
+    n, i = size, 0
+    while n:
+        b = (hashlib.sha256(str(i).encode()).digest() * ((1 << 20) // 32))[:min(n, 1 << 20)]
+        expected.update(b)
+        n -= len(b)
+        i += 1
+    state = tmp_path / "state"
+    with router_process(state) as (keeper, listen):
+        token = state_token(state)
+        with RouterClient(listen, token, TASK_ID) as client:
+            client.start("big", ["python3", "-c", program], **PIPES)
+            with modal_driver(f"http://{listen}", token, TASK_ID, "follow", "big") as reader:
+                assert reader.stdout is not None
+                assert reader.stdout.readline().strip() == "reading"
+                assert eventually(lambda: client.inspect("big").stdout_bytes > 100 << 20, 60)
+                hand_over(keeper, state)
+                assert client.inspect("big").running
+                assert driver_result(reader, 150) == {"length": size, "sha256": expected.hexdigest()}
+            assert exit_code(client.wait("big")) == 0
+
+
+@pytest.mark.parametrize("failpoint", ["before-commit", "version"])
+def test_a_failed_successor_leaves_the_old_process_serving(tmp_path: pathlib.Path, failpoint: str) -> None:
+    state = tmp_path / "state"
+    os.environ["ROUTER_HANDOVER_FAILPOINT"] = failpoint  # inherited by the keeper, for its successors
+    try:
+        server = router_process(state)
+        keeper, listen = server.__enter__()
+    finally:
+        del os.environ["ROUTER_HANDOVER_FAILPOINT"]
+    try:
+        with RouterClient(listen, state_token(state), TASK_ID) as client:
+            client.start("s", ["sh", "-c", "read line; echo \"got $line\"; sleep 0.5; echo end; exit 5"], **PIPES)
+            client.write_stdin("s", 0, b"a")
+            old = serving_pid(state)
+            keeper.send_signal(signal.SIGUSR2)
+            assert eventually(lambda: "handover failed" in open_log(keeper), 30)
+            assert serving_pid(state) == old and alive(old)
+            client.write_stdin("s", 0, b"abc\n", eof=True)
+            assert exit_code(client.wait("s")) == 5
+            assert b"".join(client.read("s")) == b"got abc\nend\n"
+            client.start("after", ["echo", "still"], **PIPES)
+            assert exit_code(client.wait("after")) == 0
+    finally:
+        server.__exit__(None, None, None)
+
+
+def test_readiness_says_not_serving_while_it_hands_over(tmp_path: pathlib.Path) -> None:
+    """Readiness is NOT_SERVING from the moment the old process stops taking new execs until the
+    new one serves; liveness stays SERVING; a new exec meanwhile is UNAVAILABLE (retried)."""
+    state = tmp_path / "state"
+    os.environ["ROUTER_HANDOVER_FAILPOINT"] = "slow-commit"
+    try:
+        server = router_process(state)
+        keeper, listen = server.__enter__()
+    finally:
+        del os.environ["ROUTER_HANDOVER_FAILPOINT"]
+    try:
+        assert health(listen) == SERVING
+        with RouterClient(listen, state_token(state), TASK_ID, retries=0) as client:
+            client.start("s", ["sleep", "30"], **PIPES)
+            old = serving_pid(state)
+            keeper.send_signal(signal.SIGUSR2)
+            assert eventually(lambda: health(listen) == NOT_SERVING, 30)
+            assert health(listen, LIVENESS) == SERVING
+            with pytest.raises(grpc.RpcError) as refused:
+                client.start("new", ["true"], **PIPES)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert eventually(lambda: serving_pid(state) != old, 30)
+            assert eventually(lambda: health(listen) == SERVING, 10)
+            client.start("new", ["true"], **PIPES)
+            assert exit_code(client.wait("new")) == 0
+    finally:
+        server.__exit__(None, None, None)
+
+
+def test_takeover_flag(tmp_path: pathlib.Path) -> None:
+    state = tmp_path / "state"
+    with router_process(state) as (keeper, listen):
+        with RouterClient(listen, state_token(state), TASK_ID) as client:
+            client.start("s", ["sh", "-c", "sleep 1; echo done"], **PIPES)
+            old = serving_pid(state)
+            done = subprocess.run([*ROUTER, "serve", "--takeover", "--state-dir", str(state)],
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            assert serving_pid(state) != old
+            assert exit_code(client.wait("s")) == 0
+            assert b"".join(client.read("s")) == b"done\n"
+
+
+def read_until(client: RouterClient, exec_id: str, needle: bytes) -> bytes:
+    """A running exec's output from its start until `needle` shows up (the stream read stops there)."""
+    seen = b""
+    for chunk in client.read(exec_id):
+        seen += chunk
+        if needle in seen:
+            break
+    return seen
+
+
+_logs: dict[int, list[str]] = {}
+
+
+def open_log(proc: subprocess.Popen[str]) -> str:
+    """What the router printed so far (read without blocking: its stdout is a pipe)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    lines = _logs.setdefault(proc.pid, [])
+    try:
+        chunk = os.read(fd, 1 << 20)
+        if chunk:
+            lines.append(chunk.decode(errors="replace"))
+    except BlockingIOError:
+        pass
+    return "".join(lines)
