@@ -21,19 +21,9 @@ from tests.helpers.execs import PIPES
 from tests.helpers.health import LIVENESS, NOT_SERVING, SERVING, health
 from tests.helpers.polling import eventually
 from tests.helpers.processes import ROUTER, alive
-from tests.helpers.servers import TASK_ID, router_process, serving_pid, state_token
+from tests.helpers.servers import TASK_ID, hand_over, router_process, serving_pid, state_token
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def hand_over(keeper: subprocess.Popen[str], state: pathlib.Path) -> int:
-    """SIGUSR2 to the keeper; the new serving process's pid, once the old one has exited."""
-    old = serving_pid(state)
-    keeper.send_signal(signal.SIGUSR2)
-    assert eventually(lambda: serving_pid(state) != old, 60), "no new process took over"
-    assert eventually(lambda: not alive(old), 30), "the old serving process did not exit"
-    assert keeper.poll() is None
-    return serving_pid(state)
 
 
 def test_running_execs_with_timeouts_and_stdin_carry_on(tmp_path: pathlib.Path) -> None:

@@ -31,7 +31,7 @@ from tests.helpers.execs import PIPES
 from tests.helpers.grpc_raw import Raw
 from tests.helpers.polling import eventually
 from tests.helpers.processes import run_router, terminate
-from tests.helpers.servers import TASK_ID, router_process, running, state_token
+from tests.helpers.servers import TASK_ID, hand_over, router_process, running, state_token
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -285,3 +285,26 @@ def test_execs_a_dead_router_left_running_count_as_lost(tmp_path: pathlib.Path) 
     assert value(samples, "router_execs_started_total", result="ok") == 0
     assert value(samples, "router_exec_duration_seconds_count") == 0  # how long it ran is not known
 
+
+def test_metrics_keep_their_port_across_a_handover(tmp_path: pathlib.Path) -> None:
+    """The successor listens on the same metrics port (shared with SO_REUSEPORT for the switch) and
+    counts from its own start, the execs it adopted included."""
+    state, port = tmp_path / "state", free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    with router_process(state, "--metrics-listen", f"127.0.0.1:{port}") as (keeper, listen):
+        with RouterClient(listen, state_token(state), TASK_ID) as client:
+            client.start("sleeper", ["sleep", "60"], **PIPES)
+            client.start("quick", ["true"], **PIPES)
+            client.wait("quick")
+            before = scrape(url)
+            assert value(before, "router_execs_started_total", result="ok") == 2
+            assert value(before, "router_execs_running") == 1
+            new = hand_over(keeper, state)
+            info = read_server_info(state)
+            assert info is not None and (info.pid, info.metrics) == (new, url)
+            after = scrape(url)
+            assert value(after, "router_execs_running") == 1  # the adopted one
+            assert value(after, "router_execs_started_total", result="ok") == 0  # started by the old process
+            client.kill("sleeper")
+            assert value(scrape(url), "router_execs_finished_total", cause="killed") == 1
+    assert keeper.returncode == 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -13,7 +14,8 @@ from router.config import ServerConfig, read_server_info
 from router.server.grpc_server import RouterServer
 
 from .grpc_raw import Raw
-from .processes import ROUTER, terminate
+from .polling import eventually
+from .processes import ROUTER, alive, terminate
 
 # The task every router of the suite serves.
 TASK_ID = "ta-test"
@@ -67,6 +69,16 @@ def serving_pid(state_dir: pathlib.Path) -> int:
     info = read_server_info(state_dir)
     assert info is not None, f"no server.json in {state_dir}"
     return info.pid
+
+
+def hand_over(keeper: subprocess.Popen[str], state: pathlib.Path) -> int:
+    """SIGUSR2 to the keeper; the new serving process's pid, once the old one has exited."""
+    old = serving_pid(state)
+    keeper.send_signal(signal.SIGUSR2)
+    assert eventually(lambda: serving_pid(state) != old, 60), "no new process took over"
+    assert eventually(lambda: not alive(old), 30), "the old serving process did not exit"
+    assert keeper.poll() is None
+    return serving_pid(state)
 
 
 @contextlib.contextmanager

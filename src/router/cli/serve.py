@@ -158,8 +158,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _give(server: RouterServer, listen: str, handed_over: Callable[[], None], successor: socket.socket) -> None:
     """A handover thread (KeeperLink.on_handover): the running execs to the successor, or, if that
     fails, serving on."""
-    give(successor, listen, server.engine.journaled, server.engine.hand_over, server.refuse_new_execs,
-         lambda: server.engine.registry.starting, handed_over)
+    metrics_ports = server.ports[1:]  # shared with the successor for the switch too (gRPC's: give() does it)
+    for port in metrics_ports:
+        listeners.reuse_port(port, True)
+    try:
+        give(successor, listen, server.engine.journaled, server.engine.hand_over, server.refuse_new_execs,
+             lambda: server.engine.registry.starting, handed_over)
+    finally:  # it failed: serving on (after a handover, give() never returns)
+        for port in metrics_ports:
+            listeners.reuse_port(port, False)
 
 
 def _took_over(server: RouterServer, link: KeeperLink, adopting: Adoption, predecessor: socket.socket) -> None:
@@ -174,5 +181,6 @@ def _took_over(server: RouterServer, link: KeeperLink, adopting: Adoption, prede
             predecessor.settimeout(None)
             predecessor.recv(1)  # its end closes when it exits
         predecessor.close()
-        listeners.reuse_port(server.port, False)
+        for port in server.ports:
+            listeners.reuse_port(port, False)
     threading.Thread(target=port_ours_alone, name="router-handover", daemon=True).start()

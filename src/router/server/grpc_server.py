@@ -155,12 +155,17 @@ class RouterServer:
             else:
                 self._start_threads()
             if self.metrics is not None:
-                self.metrics.start()
+                self.metrics.start(reuse_port=self._reuse_port)
         except BaseException:
             self._stop_grpc(0)
             self.engine.stop()
             self._unlock()
             raise
+
+    @property
+    def ports(self) -> list[int]:
+        """The ports this server listens on: gRPC's, then /metrics' if served."""
+        return [self.port, *([self.metrics.port] if self.metrics is not None else [])]
 
     @property
     def metrics_url(self) -> str:

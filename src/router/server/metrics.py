@@ -152,9 +152,16 @@ class _HttpServer(http.server.ThreadingHTTPServer):
     ssl_context: ssl.SSLContext | None = None
     daemon_threads = False  # server_close() joins them: no scrape outlives the server
 
-    def __init__(self, address: tuple[Any, ...], family: socket.AddressFamily, registry: CollectorRegistry) -> None:
+    def __init__(self, address: tuple[Any, ...], family: socket.AddressFamily, registry: CollectorRegistry,
+                 reuse_port: bool) -> None:
         self.address_family = family
+        self._reuse_port = reuse_port
         super().__init__(address, MetricsHandler.factory(registry))
+
+    def server_bind(self) -> None:
+        if self._reuse_port:  # a successor in a handover: its predecessor still listens here
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(REQUEST_TIMEOUT_SECS)
@@ -189,13 +196,14 @@ class MetricsServer:
     def scheme(self) -> str:
         return "https" if self._tls_files is not None else "http"
 
-    def start(self) -> None:
-        """OSError if the address cannot be listened on."""
+    def start(self, reuse_port: bool = False) -> None:
+        """OSError if the address cannot be listened on. `reuse_port`: share it with the process this
+        one takes over from (SO_REUSEPORT, which that one set on its own listener for the switch)."""
         host, _, port = self.listen.rpartition(":")
         try:
             family, _, _, _, address = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM,
                                                           flags=socket.AI_PASSIVE)[0]
-            server = _HttpServer(address, family, self.registry)
+            server = _HttpServer(address, family, self.registry, reuse_port)
         except OSError as e:
             raise OSError(e.errno, f"cannot serve metrics on {self.listen}: {e.strerror}") from None
         if self._tls_files is not None:
