@@ -37,10 +37,10 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 # What `workload` leaves, sample by sample (labels as a dict); every cause not named here is 0.
 EXPECTED: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {
-    ("router_execs_started_total", (("result", "ok"),)): 12,
+    ("router_execs_started_total", (("result", "ok"),)): 13,
     ("router_execs_started_total", (("result", "failed"),)): 1,
     ("router_execs_finished_total", (("cause", "exited"),)): 10,
-    ("router_execs_finished_total", (("cause", "killed"),)): 1,
+    ("router_execs_finished_total", (("cause", "killed"),)): 2,
     ("router_execs_finished_total", (("cause", "timed_out"),)): 1,
     ("router_execs_finished_total", (("cause", "failed_to_start"),)): 1,
     ("router_execs_finished_total", (("cause", "signalled"),)): 0,
@@ -48,16 +48,17 @@ EXPECTED: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {
     ("router_execs_finished_total", (("cause", "shutdown"),)): 0,
     ("router_execs_finished_total", (("cause", "oom"),)): 0,
     ("router_execs_running", ()): 0,
-    ("router_exec_duration_seconds_count", ()): 13,
+    ("router_exec_duration_seconds_count", ()): 14,
     ("router_output_bytes_total", (("stream", "stdout"),)): 5 + 12,
     ("router_output_bytes_total", (("stream", "stderr"),)): 3,
     ("router_stdin_bytes_total", ()): 12,
     ("router_log_filesystem_full", ()): 0,
-    ("router_rpc_duration_seconds_count", (("code", "OK"), ("method", "TaskExecStart"))): 13,
+    ("router_rpc_duration_seconds_count", (("code", "OK"), ("method", "TaskExecStart"))): 14,
     ("router_rpc_duration_seconds_count", (("code", "OK"), ("method", "TaskExecStdinWrite"))): 1,
     ("router_rpc_duration_seconds_count", (("code", "NOT_FOUND"), ("method", "TaskExecPoll"))): 1,
     ("router_rpc_duration_seconds_count", (("code", "UNAUTHENTICATED"), ("method", "TaskExecPoll"))): 1,
-    ("router_rpc_duration_seconds_count", (("code", "OK"), ("method", "Kill"))): 1,
+    ("router_rpc_duration_seconds_count", (("code", "OK"), ("method", "Kill"))): 2,
+    ("router_rpc_duration_seconds_count", (("code", "CANCELLED"), ("method", "TaskExecStdioRead"))): 1,
     ("router_image_operations_total", (("op", "snapshot"), ("result", "ok"))): 1,
     ("router_image_operations_total", (("op", "snapshot"), ("result", "not_found"))): 1,
     ("router_image_operations_total", (("op", "mount"), ("result", "ok"))): 1,
@@ -67,7 +68,8 @@ EXPECTED: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {
 
 
 def workload(client: RouterClient, raw: Raw, tmp_path: pathlib.Path) -> None:
-    """Execs of every kind, stdin, a NOT_FOUND and an UNAUTHENTICATED call, image operations: EXPECTED."""
+    """Execs of every kind, stdin, a NOT_FOUND and an UNAUTHENTICATED call, a read the client
+    cancels, image operations: EXPECTED."""
     ids = [f"true-{i}" for i in range(5)] + [f"three-{i}" for i in range(3)]
     for exec_id in ids:
         client.start(exec_id, ["true"] if exec_id.startswith("true") else ["sh", "-c", "exit 3"], **PIPES)
@@ -87,6 +89,10 @@ def workload(client: RouterClient, raw: Raw, tmp_path: pathlib.Path) -> None:
     assert raw.code("TaskExecPoll", poll) == grpc.StatusCode.NOT_FOUND
     assert raw.code("TaskExecPoll", poll, metadata=(("authorization", "Bearer nope"),)) == \
         grpc.StatusCode.UNAUTHENTICATED
+    client.start("followed", ["sleep", "60"], **PIPES)
+    read = raw.call("TaskExecStdioRead", pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="followed"))
+    read.cancel()  # while the read waits for output
+    client.kill("followed")
     tree, target = tmp_path / "tree", tmp_path / "mnt"
     tree.mkdir()
     (tree / "a.txt").write_bytes(b"hello\n")
@@ -137,12 +143,13 @@ def test_a_workload_s_exact_counts(tmp_path: pathlib.Path, mode: str) -> None:
         before = scrape(url)
         assert value(before, "router_execs_started_total", result="ok") == 0
         workload(client, raw, tmp_path)
+        # The server learns of the cancelled read a moment after the client gave it up.
+        assert eventually(lambda: expected_in(scrape(url)) == EXPECTED), expected_in(scrape(url))
         samples = scrape(url)
-    assert expected_in(samples) == EXPECTED
     # The timed-out exec ran a second: its bucket and the sum say so.
-    assert value(samples, "router_exec_duration_seconds_bucket", le="0.5") <= 12
+    assert value(samples, "router_exec_duration_seconds_bucket", le="0.5") <= 13
     assert value(samples, "router_exec_duration_seconds_sum") >= 1.0
-    assert value(samples, "router_exec_duration_seconds_bucket", le="+Inf") == 13
+    assert value(samples, "router_exec_duration_seconds_bucket", le="+Inf") == 14
     assert value(samples, "router_log_retained_bytes") >= 5 + 12 + 3  # finished execs' output, kept
     assert value(samples, "router_log_filesystem_free_bytes") > 0
     assert value(samples, "router_journal_bytes") > 0
@@ -215,7 +222,7 @@ def test_prometheus_scrapes_the_workload_s_exact_counts(tmp_path: pathlib.Path) 
 
             assert eventually(lambda: seen() == expected, timeout=10), (seen(), expected)
             scraped_at = prometheus_query(base, "router_exec_duration_seconds_bucket")
-            assert scraped_at[(("le", "+Inf"),)] == 13 == value(done, "router_exec_duration_seconds_count")
+            assert scraped_at[(("le", "+Inf"),)] == 14 == value(done, "router_exec_duration_seconds_count")
             assert prometheus_query(base, "process_open_fds")[()] > 0
 
 
