@@ -211,7 +211,9 @@ class Keeper:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(w)
         for sig in (*FORWARDED, signal.SIGUSR2, signal.SIGCHLD):
-            if signal.getsignal(sig) != signal.SIG_IGN:  # ignored as started (nohup): it stays so, here and below
+            # SIGHUP and SIGQUIT ignored as started (nohup) stay so, here and below; SIGINT and
+            # SIGTERM always stop it (a script's background job starts with SIGINT ignored).
+            if sig in (signal.SIGINT, signal.SIGTERM) or signal.getsignal(sig) != signal.SIG_IGN:
                 signal.signal(sig, lambda *_: None)
         self._selector.register(r, selectors.EVENT_READ, None)
         self.current = self._start()
