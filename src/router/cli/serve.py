@@ -106,6 +106,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if server.tls is not None:
         tls = server.tls
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=tls.reload, daemon=True).start())
+    else:  # the keeper passes a terminal's hangup on: nothing to reload, nothing to stop
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if predecessor is not None:
         # The point of no return: the journal and the execs' pipes are this process's from here.
         # Whatever fails before (configuration, TLS files, the secret store) leaves the old one serving.
@@ -170,7 +172,8 @@ def _took_over(server: RouterServer, link: KeeperLink, adopting: Adoption, prede
     stops; once it has closed its listener, the port is ours alone again."""
     link.adopt([running.pid for running, _, _ in adopting.carried.values()])
     link.send(messages.Serving(os.getpid()))
-    wire.send(predecessor, messages.Serving(os.getpid()))
+    with contextlib.suppress(OSError):  # it died after we committed: the keeper has seen to it
+        wire.send(predecessor, messages.Serving(os.getpid()))
 
     def port_ours_alone() -> None:
         with contextlib.suppress(OSError):
