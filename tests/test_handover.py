@@ -127,13 +127,7 @@ def test_a_stream_read_by_modals_client_across_the_handover(tmp_path: pathlib.Pa
 @pytest.mark.parametrize("failpoint", ["before-commit", "version"])
 def test_a_failed_successor_leaves_the_old_process_serving(tmp_path: pathlib.Path, failpoint: str) -> None:
     state = tmp_path / "state"
-    os.environ["ROUTER_HANDOVER_FAILPOINT"] = failpoint  # inherited by the keeper, for its successors
-    try:
-        server = router_process(state)
-        keeper, listen = server.__enter__()
-    finally:
-        del os.environ["ROUTER_HANDOVER_FAILPOINT"]
-    try:
+    with router_process(state, prefix=failing(failpoint)) as (keeper, listen):
         with RouterClient(listen, state_token(state), TASK_ID) as client:
             client.start("s", ["sh", "-c", "read line; echo \"got $line\"; sleep 0.5; echo end; exit 5"], **PIPES)
             client.write_stdin("s", 0, b"a")
@@ -152,21 +146,13 @@ def test_a_failed_successor_leaves_the_old_process_serving(tmp_path: pathlib.Pat
             assert b"".join(client.read("s")) == b"got abc\nend\n"
             client.start("after", ["echo", "still"], **PIPES)
             assert exit_code(client.wait("after")) == 0
-    finally:
-        server.__exit__(None, None, None)
 
 
 def test_readiness_says_not_serving_while_it_hands_over(tmp_path: pathlib.Path) -> None:
     """Readiness is NOT_SERVING from the moment the old process stops taking new execs until the
     new one serves; liveness stays SERVING; a new exec meanwhile is UNAVAILABLE (retried)."""
     state = tmp_path / "state"
-    os.environ["ROUTER_HANDOVER_FAILPOINT"] = "slow-commit"
-    try:
-        server = router_process(state)
-        keeper, listen = server.__enter__()
-    finally:
-        del os.environ["ROUTER_HANDOVER_FAILPOINT"]
-    try:
+    with router_process(state, prefix=failing("slow-commit")) as (keeper, listen):
         assert health(listen) == SERVING
         with RouterClient(listen, state_token(state), TASK_ID, retries=0) as client:
             client.start("s", ["sleep", "30"], **PIPES)
@@ -181,8 +167,6 @@ def test_readiness_says_not_serving_while_it_hands_over(tmp_path: pathlib.Path) 
             assert eventually(lambda: health(listen) == SERVING, 10)
             client.start("new", ["true"], **PIPES)
             assert exit_code(client.wait("new")) == 0
-    finally:
-        server.__exit__(None, None, None)
 
 
 def test_a_crashed_serving_process_is_started_again(tmp_path: pathlib.Path) -> None:
@@ -216,13 +200,7 @@ def test_an_exit_during_a_second_handover_reaches_the_successor(tmp_path: pathli
     """A leader handed over once is the keeper's child; it exits while the second handover's old
     process is frozen: its status reaches the successor all the same."""
     state = tmp_path / "state"
-    os.environ["ROUTER_HANDOVER_FAILPOINT"] = "slow-commit"
-    try:
-        server = router_process(state)
-        keeper, listen = server.__enter__()
-    finally:
-        del os.environ["ROUTER_HANDOVER_FAILPOINT"]
-    try:
+    with router_process(state, prefix=failing("slow-commit")) as (keeper, listen):
         with RouterClient(listen, state_token(state), TASK_ID) as client:
             client.start("a", ["sleep", "100"], **PIPES)
             leader = client.inspect("a").pid
@@ -234,19 +212,11 @@ def test_an_exit_during_a_second_handover_reaches_the_successor(tmp_path: pathli
             assert eventually(lambda: serving_pid(state) != old, 60)
             assert exit_code(client.wait("a")) == 128 + signal.SIGTERM
             assert eventually(lambda: not alive(leader), 10)  # reaped
-    finally:
-        server.__exit__(None, None, None)
 
 
 def test_sigterm_during_a_handover_reaches_whoever_serves_after_it(tmp_path: pathlib.Path) -> None:
     state = tmp_path / "state"
-    os.environ["ROUTER_HANDOVER_FAILPOINT"] = "slow-commit"
-    try:
-        server = router_process(state)
-        keeper, listen = server.__enter__()
-    finally:
-        del os.environ["ROUTER_HANDOVER_FAILPOINT"]
-    try:
+    with router_process(state, prefix=failing("slow-commit")) as (keeper, listen):
         with RouterClient(listen, state_token(state), TASK_ID) as client:
             client.start("s", ["sleep", "1"], **PIPES)
             leader = client.inspect("s").pid
@@ -256,8 +226,6 @@ def test_sigterm_during_a_handover_reaches_whoever_serves_after_it(tmp_path: pat
         keeper.send_signal(signal.SIGTERM)
         assert keeper.wait(30) == 0
         assert not alive(old) and not alive(leader)
-    finally:
-        server.__exit__(None, None, None)
 
 
 def test_takeover_flag(tmp_path: pathlib.Path) -> None:
@@ -275,6 +243,11 @@ def test_takeover_flag(tmp_path: pathlib.Path) -> None:
             assert b"".join(client.read("s")) == b"done\n"
             # What the new process was handed (the exec's pipes, its pidfd) is not inherited by new execs.
             assert_inherits_stdio_only(client, "fds-after")
+
+
+def failing(failpoint: str) -> list[str]:
+    """A prefix for router_process: the router's successors fail (or dawdle) as `failpoint` says."""
+    return ["env", f"ROUTER_HANDOVER_FAILPOINT={failpoint}"]
 
 
 def assert_inherits_stdio_only(client: RouterClient, exec_id: str) -> None:
