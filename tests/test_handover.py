@@ -13,6 +13,7 @@ import time
 import grpc
 import pytest
 
+from router import config
 from router._proto import api_pb2
 from router._proto import exec_control_pb2 as ec
 from router.client import RouterClient, exit_code
@@ -116,18 +117,18 @@ def test_a_stream_read_by_modals_client_across_the_handover(tmp_path: pathlib.Pa
 @pytest.mark.parametrize("failpoint", ["before-commit", "version"])
 def test_a_failed_successor_leaves_the_old_process_serving(tmp_path: pathlib.Path, failpoint: str) -> None:
     state = tmp_path / "state"
-    os.environ["ROUTER_HANDOVER_FAILPOINT"] = failpoint  # inherited by the keeper, for its successors
-    try:
-        server = router_process(state)
-        keeper, listen = server.__enter__()
-    finally:
-        del os.environ["ROUTER_HANDOVER_FAILPOINT"]
-    try:
+    with router_process(state, prefix=failing(failpoint)) as (keeper, listen):
         with RouterClient(listen, state_token(state), TASK_ID) as client:
             client.start("s", ["sh", "-c", "read line; echo \"got $line\"; sleep 0.5; echo end; exit 5"], **PIPES)
             client.write_stdin("s", 0, b"a")
             old = serving_pid(state)
-            keeper.send_signal(signal.SIGUSR2)
+            if failpoint == "version":  # asked for by hand: the outcome is said, at once
+                began = time.monotonic()
+                done = subprocess.run([*ROUTER, "serve", "--takeover", "--state-dir", str(state)],
+                                      capture_output=True, text=True, timeout=120)
+                assert done.returncode == 1 and "failed" in done.stderr and time.monotonic() - began < 30, done
+            else:
+                keeper.send_signal(signal.SIGUSR2)
             assert eventually(lambda: "handover failed" in open_log(keeper), 30)
             assert serving_pid(state) == old and alive(old)
             client.write_stdin("s", 0, b"abc\n", eof=True)
@@ -135,21 +136,13 @@ def test_a_failed_successor_leaves_the_old_process_serving(tmp_path: pathlib.Pat
             assert b"".join(client.read("s")) == b"got abc\nend\n"
             client.start("after", ["echo", "still"], **PIPES)
             assert exit_code(client.wait("after")) == 0
-    finally:
-        server.__exit__(None, None, None)
 
 
 def test_readiness_says_not_serving_while_it_hands_over(tmp_path: pathlib.Path) -> None:
     """Readiness is NOT_SERVING from the moment the old process stops taking new execs until the
     new one serves; liveness stays SERVING; a new exec meanwhile is UNAVAILABLE (retried)."""
     state = tmp_path / "state"
-    os.environ["ROUTER_HANDOVER_FAILPOINT"] = "slow-commit"
-    try:
-        server = router_process(state)
-        keeper, listen = server.__enter__()
-    finally:
-        del os.environ["ROUTER_HANDOVER_FAILPOINT"]
-    try:
+    with router_process(state, prefix=failing("slow-commit")) as (keeper, listen):
         assert health(listen) == SERVING
         with RouterClient(listen, state_token(state), TASK_ID, retries=0) as client:
             client.start("s", ["sleep", "30"], **PIPES)
@@ -164,8 +157,65 @@ def test_readiness_says_not_serving_while_it_hands_over(tmp_path: pathlib.Path) 
             assert eventually(lambda: health(listen) == SERVING, 10)
             client.start("new", ["true"], **PIPES)
             assert exit_code(client.wait("new")) == 0
-    finally:
-        server.__exit__(None, None, None)
+
+
+def test_a_crashed_serving_process_is_started_again(tmp_path: pathlib.Path) -> None:
+    """kill -9 of the serving process (not the keeper): the keeper starts a new one, which restores
+    from the journal as after any crash (a running exec is lost, its group ended)."""
+    state = tmp_path / "state"
+    with router_process(state) as (keeper, listen):
+        token = state_token(state)
+        with RouterClient(listen, token, TASK_ID) as client:
+            client.start("done", ["echo", "kept"], **PIPES)
+            assert exit_code(client.wait("done")) == 0
+            client.start("running", ["sleep", "60"], **PIPES)
+            leader = client.inspect("running").pid
+            old = serving_pid(state)
+            os.kill(old, signal.SIGKILL)
+            assert eventually(lambda: config_pid(state) not in (0, old), 30)
+            assert keeper.poll() is None
+            assert eventually(lambda: not alive(leader), 10)
+            assert client.inspect("running").exit.cause == ec.EXIT_CAUSE_LOST
+            assert b"".join(client.read("done")) == b"kept\n"
+            client.start("after", ["true"], **PIPES)
+            assert exit_code(client.wait("after")) == 0
+
+
+def config_pid(state: pathlib.Path) -> int:
+    info = config.read_server_info(state)
+    return 0 if info is None else info.pid
+
+
+def test_an_exit_during_a_second_handover_reaches_the_successor(tmp_path: pathlib.Path) -> None:
+    """A leader handed over once is the keeper's child; it exits while the second handover's old
+    process is frozen: its status reaches the successor all the same."""
+    state = tmp_path / "state"
+    with router_process(state, prefix=failing("slow-commit")) as (keeper, listen):
+        with RouterClient(listen, state_token(state), TASK_ID) as client:
+            client.start("a", ["sleep", "100"], **PIPES)
+            leader = client.inspect("a").pid
+            hand_over(keeper, state)
+            old = serving_pid(state)
+            keeper.send_signal(signal.SIGUSR2)
+            assert eventually(lambda: health(listen) == NOT_SERVING, 30)  # frozen: the successor dawdles
+            os.kill(leader, signal.SIGTERM)
+            assert eventually(lambda: serving_pid(state) != old, 60)
+            assert exit_code(client.wait("a")) == 128 + signal.SIGTERM
+            assert eventually(lambda: not alive(leader), 10)  # reaped
+
+
+def test_sigterm_during_a_handover_reaches_whoever_serves_after_it(tmp_path: pathlib.Path) -> None:
+    state = tmp_path / "state"
+    with router_process(state, prefix=failing("slow-commit")) as (keeper, listen):
+        with RouterClient(listen, state_token(state), TASK_ID) as client:
+            client.start("s", ["sleep", "1"], **PIPES)
+            leader = client.inspect("s").pid
+        old = serving_pid(state)
+        keeper.send_signal(signal.SIGUSR2)
+        assert eventually(lambda: health(listen) == NOT_SERVING, 30)
+        keeper.send_signal(signal.SIGTERM)
+        assert keeper.wait(30) == 0
+        assert not alive(old) and not alive(leader)
 
 
 def test_takeover_flag(tmp_path: pathlib.Path) -> None:
@@ -173,6 +223,7 @@ def test_takeover_flag(tmp_path: pathlib.Path) -> None:
     with router_process(state) as (keeper, listen):
         with RouterClient(listen, state_token(state), TASK_ID) as client:
             client.start("s", ["sh", "-c", "sleep 1; echo done"], **PIPES)
+            assert_inherits_stdio_only(client, "fds-before")  # nor what the keeper passed
             old = serving_pid(state)
             done = subprocess.run([*ROUTER, "serve", "--takeover", "--state-dir", str(state)],
                                   capture_output=True, text=True, timeout=120)
@@ -180,6 +231,19 @@ def test_takeover_flag(tmp_path: pathlib.Path) -> None:
             assert serving_pid(state) != old
             assert exit_code(client.wait("s")) == 0
             assert b"".join(client.read("s")) == b"done\n"
+            # What the new process was handed (the exec's pipes, its pidfd) is not inherited by new execs.
+            assert_inherits_stdio_only(client, "fds-after")
+
+
+def failing(failpoint: str) -> list[str]:
+    """A prefix for router_process: the router's successors fail (or dawdle) as `failpoint` says."""
+    return ["env", f"ROUTER_HANDOVER_FAILPOINT={failpoint}"]
+
+
+def assert_inherits_stdio_only(client: RouterClient, exec_id: str) -> None:
+    client.start(exec_id, ["ls", "/proc/self/fd"], **PIPES)
+    assert exit_code(client.wait(exec_id)) == 0
+    assert b"".join(client.read(exec_id)).split() == [b"0", b"1", b"2", b"3"]  # 3: ls's own
 
 
 def read_until(client: RouterClient, exec_id: str, needle: bytes) -> bytes:

@@ -55,14 +55,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if keeper.KEEPER_FD not in os.environ:
         return keeper.keep(args.argv, state_dir)
     # The serving process, started by the keeper (which holds the lock for it).
-    link = KeeperLink(socket.socket(fileno=int(os.environ.pop(keeper.KEEPER_FD))))
-    os.set_inheritable(int(os.environ.pop(keeper.LOCK_FD)), False)  # not into execs
+    link = KeeperLink(socket.socket(fileno=keeper.passed_fd(keeper.KEEPER_FD)))
+    keeper.passed_fd(keeper.LOCK_FD)  # held, never used: the keeper's lock
     listen, adopting, predecessor = args.listen, None, None
     if keeper.HANDOVER_FD in os.environ:
-        predecessor = socket.socket(fileno=int(os.environ.pop(keeper.HANDOVER_FD)))
+        predecessor = socket.socket(fileno=keeper.passed_fd(keeper.HANDOVER_FD))
         try:
             listen, carried = take(predecessor)
-            wire.send(predecessor, messages.Commit())
         except (HandoverFailed, OSError, EOFError, ValueError) as e:
             print(f"router serve: cannot take over: {e}", file=sys.stderr)
             return 1
@@ -108,6 +107,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if server.tls is not None:
         tls = server.tls
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=tls.reload, daemon=True).start())
+    else:  # the keeper passes a terminal's hangup on: nothing to reload, nothing to stop
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if predecessor is not None:
+        # The point of no return: the journal and the execs' pipes are this process's from here.
+        # Whatever fails before (configuration, TLS files, the secret store) leaves the old one serving.
+        try:
+            wire.send(predecessor, messages.Commit())
+        except OSError as e:
+            print(f"router serve: cannot take over: the serving process is gone ({e})", file=sys.stderr)
+            return 1
     try:
         server.start(adopting=adopting, lock=False)
     except config.StateDirBusy as e:
@@ -174,7 +183,8 @@ def _took_over(server: RouterServer, link: KeeperLink, adopting: Adoption, prede
     stops; once it has closed its listener, the port is ours alone again."""
     link.adopt([running.pid for running, _, _ in adopting.carried.values()])
     link.send(messages.Serving(os.getpid()))
-    wire.send(predecessor, messages.Serving(os.getpid()))
+    with contextlib.suppress(OSError):  # it died after we committed: the keeper has seen to it
+        wire.send(predecessor, messages.Serving(os.getpid()))
 
     def port_ours_alone() -> None:
         with contextlib.suppress(OSError):

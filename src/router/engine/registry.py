@@ -133,6 +133,12 @@ class Registry:
     def starting(self) -> int:
         return self._starting
 
+    def refuse(self, why: RouterError | None) -> None:
+        """Refuse new execs with `why` (None: admit again). Under the lock: a begin() past its check
+        has counted itself in `starting` by the time this returns."""
+        with self._lock:
+            self.refusing = why
+
     def _keep(self, ex: Exec, held_bytes: int) -> None:
         ex.retained_bytes = held_bytes
         self._finished.append(ex)

@@ -41,7 +41,9 @@ def recv(sock: socket.socket, decoder: msgspec.msgpack.Decoder[Any]) -> tuple[An
     """The next message and its descriptors (the caller owns them); EOFError once the peer is gone.
     A message that does not decode raises msgspec.ValidationError/DecodeError, its descriptors closed."""
     fds = array.array("i")
-    data, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    # Close-on-exec at once: execs spawned later must not inherit another exec's pipes.
+    data, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * fds.itemsize),
+                                           socket.MSG_CMSG_CLOEXEC)
     for level, kind, cdata in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(cdata[:len(cdata) - len(cdata) % fds.itemsize])

@@ -240,7 +240,7 @@ class RouterServer:
 
     def refuse_new_execs(self, why: RouterError | None) -> None:
         """New execs get `why` (and readiness says NOT_SERVING) until called with None: a handover."""
-        self.engine.registry.refusing = why
+        self.engine.registry.refuse(why)
         self._set_readiness(why is None)
 
     def abandon(self, grace: float = 0.5) -> None:

@@ -66,6 +66,8 @@ def error_trailers(err: RouterError) -> tuple[tuple[str, bytes], ...]:
 def _as_router_error(e: Exception, method: str) -> RouterError:
     if isinstance(e, RouterError):
         return e
+    if isinstance(e, TimeoutError):  # the engine's loop did not take the call in time (frozen for a handover)
+        return RouterError(grpc.StatusCode.UNAVAILABLE, "the router's engine did not answer in time: retry")
     logger.exception("%s failed", method)
     return RouterError(grpc.StatusCode.INTERNAL, f"internal error: {e!r}")
 
