@@ -22,17 +22,8 @@ import argparse
 import contextlib
 import statistics
 
-from router.config import read_server_info
-
-from ..suite.common import IN_FLIGHT, RouterProcess, cpu_seconds, router_from
+from ..suite.common import IN_FLIGHT, cpu_seconds, router_from
 from ..suite.workloads import AioSide, local_spawn_rate, router_batch, router_exec_rate
-
-
-def serving_pid(router: RouterProcess) -> int:
-    """The process that serves (and spawns): under a keeper (`router serve` since the live handover)
-    the one server.json names, else `router serve` itself."""
-    info = read_server_info(router.dir)
-    return info.pid if info is not None else router.pid
 
 
 def main() -> None:
@@ -70,7 +61,7 @@ def main() -> None:
             # Each round starts with the next tree: no tree always runs right after local, or first.
             for name in names[number % len(names):] + names[:number % len(names)]:
                 router, side = sides[name]
-                pid = serving_pid(router)
+                pid = router.pid  # the serving process's (under the keeper)
                 before, kids_before = cpu_seconds(pid, children=False), cpu_seconds(pid, own=False)
                 rates[name].append(run(side, router.metadata, args.execs))
                 cpu[name].append((cpu_seconds(pid, children=False) - before) * 1e6 / args.execs)
