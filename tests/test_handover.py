@@ -22,19 +22,9 @@ from tests.helpers.execs import PIPES
 from tests.helpers.health import LIVENESS, NOT_SERVING, SERVING, health
 from tests.helpers.polling import eventually
 from tests.helpers.processes import ROUTER, alive
-from tests.helpers.servers import TASK_ID, open_log, router_process, serving_pid, state_token
+from tests.helpers.servers import TASK_ID, hand_over, open_log, router_process, serving_pid, state_token
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def hand_over(keeper: subprocess.Popen[str], state: pathlib.Path) -> int:
-    """SIGUSR2 to the keeper; the new serving process's pid, once the old one has exited."""
-    old = serving_pid(state)
-    keeper.send_signal(signal.SIGUSR2)
-    assert eventually(lambda: serving_pid(state) != old, 60), "no new process took over"
-    assert eventually(lambda: not alive(old), 30), "the old serving process did not exit"
-    assert keeper.poll() is None
-    return serving_pid(state)
 
 
 def test_running_execs_with_timeouts_and_stdin_carry_on(tmp_path: pathlib.Path) -> None:
@@ -127,18 +117,18 @@ def test_a_stream_read_by_modals_client_across_the_handover(tmp_path: pathlib.Pa
 @pytest.mark.parametrize("failpoint", ["before-commit", "version"])
 def test_a_failed_successor_leaves_the_old_process_serving(tmp_path: pathlib.Path, failpoint: str) -> None:
     state = tmp_path / "state"
-    os.environ["ROUTER_HANDOVER_FAILPOINT"] = failpoint  # inherited by the keeper, for its successors
-    try:
-        server = router_process(state)
-        keeper, listen = server.__enter__()
-    finally:
-        del os.environ["ROUTER_HANDOVER_FAILPOINT"]
-    try:
+    with router_process(state, prefix=failing(failpoint)) as (keeper, listen):
         with RouterClient(listen, state_token(state), TASK_ID) as client:
             client.start("s", ["sh", "-c", "read line; echo \"got $line\"; sleep 0.5; echo end; exit 5"], **PIPES)
             client.write_stdin("s", 0, b"a")
             old = serving_pid(state)
-            keeper.send_signal(signal.SIGUSR2)
+            if failpoint == "version":  # asked for by hand: the outcome is said, at once
+                began = time.monotonic()
+                done = subprocess.run([*ROUTER, "serve", "--takeover", "--state-dir", str(state)],
+                                      capture_output=True, text=True, timeout=120)
+                assert done.returncode == 1 and "failed" in done.stderr and time.monotonic() - began < 30, done
+            else:
+                keeper.send_signal(signal.SIGUSR2)
             assert eventually(lambda: "handover failed" in open_log(keeper), 30)
             assert serving_pid(state) == old and alive(old)
             client.write_stdin("s", 0, b"abc\n", eof=True)
@@ -146,21 +136,13 @@ def test_a_failed_successor_leaves_the_old_process_serving(tmp_path: pathlib.Pat
             assert b"".join(client.read("s")) == b"got abc\nend\n"
             client.start("after", ["echo", "still"], **PIPES)
             assert exit_code(client.wait("after")) == 0
-    finally:
-        server.__exit__(None, None, None)
 
 
 def test_readiness_says_not_serving_while_it_hands_over(tmp_path: pathlib.Path) -> None:
     """Readiness is NOT_SERVING from the moment the old process stops taking new execs until the
     new one serves; liveness stays SERVING; a new exec meanwhile is UNAVAILABLE (retried)."""
     state = tmp_path / "state"
-    os.environ["ROUTER_HANDOVER_FAILPOINT"] = "slow-commit"
-    try:
-        server = router_process(state)
-        keeper, listen = server.__enter__()
-    finally:
-        del os.environ["ROUTER_HANDOVER_FAILPOINT"]
-    try:
+    with router_process(state, prefix=failing("slow-commit")) as (keeper, listen):
         assert health(listen) == SERVING
         with RouterClient(listen, state_token(state), TASK_ID, retries=0) as client:
             client.start("s", ["sleep", "30"], **PIPES)
@@ -175,8 +157,6 @@ def test_readiness_says_not_serving_while_it_hands_over(tmp_path: pathlib.Path) 
             assert eventually(lambda: health(listen) == SERVING, 10)
             client.start("new", ["true"], **PIPES)
             assert exit_code(client.wait("new")) == 0
-    finally:
-        server.__exit__(None, None, None)
 
 
 def test_a_crashed_serving_process_is_started_again(tmp_path: pathlib.Path) -> None:
@@ -206,15 +186,27 @@ def config_pid(state: pathlib.Path) -> int:
     return 0 if info is None else info.pid
 
 
+def test_an_exit_during_a_second_handover_reaches_the_successor(tmp_path: pathlib.Path) -> None:
+    """A leader handed over once is the keeper's child; it exits while the second handover's old
+    process is frozen: its status reaches the successor all the same."""
+    state = tmp_path / "state"
+    with router_process(state, prefix=failing("slow-commit")) as (keeper, listen):
+        with RouterClient(listen, state_token(state), TASK_ID) as client:
+            client.start("a", ["sleep", "100"], **PIPES)
+            leader = client.inspect("a").pid
+            hand_over(keeper, state)
+            old = serving_pid(state)
+            keeper.send_signal(signal.SIGUSR2)
+            assert eventually(lambda: health(listen) == NOT_SERVING, 30)  # frozen: the successor dawdles
+            os.kill(leader, signal.SIGTERM)
+            assert eventually(lambda: serving_pid(state) != old, 60)
+            assert exit_code(client.wait("a")) == 128 + signal.SIGTERM
+            assert eventually(lambda: not alive(leader), 10)  # reaped
+
+
 def test_sigterm_during_a_handover_reaches_whoever_serves_after_it(tmp_path: pathlib.Path) -> None:
     state = tmp_path / "state"
-    os.environ["ROUTER_HANDOVER_FAILPOINT"] = "slow-commit"
-    try:
-        server = router_process(state)
-        keeper, listen = server.__enter__()
-    finally:
-        del os.environ["ROUTER_HANDOVER_FAILPOINT"]
-    try:
+    with router_process(state, prefix=failing("slow-commit")) as (keeper, listen):
         with RouterClient(listen, state_token(state), TASK_ID) as client:
             client.start("s", ["sleep", "1"], **PIPES)
             leader = client.inspect("s").pid
@@ -224,8 +216,6 @@ def test_sigterm_during_a_handover_reaches_whoever_serves_after_it(tmp_path: pat
         keeper.send_signal(signal.SIGTERM)
         assert keeper.wait(30) == 0
         assert not alive(old) and not alive(leader)
-    finally:
-        server.__exit__(None, None, None)
 
 
 def test_takeover_flag(tmp_path: pathlib.Path) -> None:
@@ -243,6 +233,11 @@ def test_takeover_flag(tmp_path: pathlib.Path) -> None:
             assert b"".join(client.read("s")) == b"done\n"
             # What the new process was handed (the exec's pipes, its pidfd) is not inherited by new execs.
             assert_inherits_stdio_only(client, "fds-after")
+
+
+def failing(failpoint: str) -> list[str]:
+    """A prefix for router_process: the router's successors fail (or dawdle) as `failpoint` says."""
+    return ["env", f"ROUTER_HANDOVER_FAILPOINT={failpoint}"]
 
 
 def assert_inherits_stdio_only(client: RouterClient, exec_id: str) -> None:

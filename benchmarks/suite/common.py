@@ -42,7 +42,7 @@ from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router._proto import task_command_router_pb2_grpc as pb_grpc
 from router.client import CHANNEL_OPTIONS, STDOUT, exit_code
-from router.config import ServerConfig
+from router.config import ServerConfig, read_server_info
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -432,6 +432,13 @@ class RouterProcess(ServerProcess):
             if self.log_dir:
                 shutil.rmtree(self.log_dir, ignore_errors=True)
             raise
+
+    @property
+    def pid(self) -> int:
+        """The serving process's (what CPU, memory and descriptor figures are of): `router serve`
+        is its keeper (router.handover), which does nothing per call."""
+        info = read_server_info(self.dir)
+        return info.pid if info is not None else self.proc.pid
 
     @property
     def logs(self) -> pathlib.Path:

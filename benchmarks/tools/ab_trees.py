@@ -5,11 +5,16 @@ by side with local posix_spawn: an A/B between commits on one noisy machine.
     git worktree add /tmp/before <commit> && (cd /tmp/before && python setup.py build_ext --inplace)
     python -m benchmarks.tools.ab_trees --tree before=/tmp/before/src --tree after=src --execs 1000 --rounds 9
 
+One tree may run twice under two names, with `--flags NAME=FLAGS` adding `router serve` flags to
+one of them (metrics on and off, say):
+
+    python -m benchmarks.tools.ab_trees --tree off=src --tree on=src --flags "on=--metrics-listen 127.0.0.1:0"
+
 Each tree's router is `router serve` started with PYTHONPATH=<tree>, all of them at once; each
-round runs every router's batch and then local posix_spawn in 64 threads (what BatchExecRate
-measures), so that the machine's drift touches all alike. Prints every round and the medians:
-execs/s, the router's CPU per exec and its children's (utime + stime from /proc) and the ratio
-to local.
+round runs every router's batch (starting with the next tree each round) and then local posix_spawn
+in 64 threads (what BatchExecRate measures), so that the machine's drift touches all alike.
+Prints every round and the medians: execs/s, the router's CPU per exec and its children's (utime
++ stime from /proc) and the ratio to local.
 """
 from __future__ import annotations
 
@@ -28,7 +33,10 @@ def main() -> None:
     parser.add_argument("--execs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", choices=("batch", "modal"), default="batch")
+    parser.add_argument("--flags", action="append", default=[], metavar="NAME=FLAGS",
+                        help="`router serve` flags (split on spaces) for the tree named NAME; repeat")
     args = parser.parse_args()
+    flags = {f.split("=", 1)[0]: f.split("=", 1)[-1].split() for f in args.flags}
 
     def run(side: AioSide, md: object, n: int) -> float:
         if args.calls == "modal":
@@ -43,17 +51,21 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         sides = {}
         for name, src in trees:
-            router = router_from(src)
+            router = router_from(src, args=flags.get(name, ()))
             stack.enter_context(router)
             side = stack.enter_context(AioSide(router.target))
             run(side, router.metadata, 8)  # channels, first spawns
             sides[name] = (router, side)
-        for _ in range(args.rounds):
-            for name, (router, side) in sides.items():
-                before, kids_before = cpu_seconds(router.pid, children=False), cpu_seconds(router.pid, own=False)
+        names = list(sides)
+        for number in range(args.rounds):
+            # Each round starts with the next tree: no tree always runs right after local, or first.
+            for name in names[number % len(names):] + names[:number % len(names)]:
+                router, side = sides[name]
+                pid = router.pid  # the serving process's (under the keeper)
+                before, kids_before = cpu_seconds(pid, children=False), cpu_seconds(pid, own=False)
                 rates[name].append(run(side, router.metadata, args.execs))
-                cpu[name].append((cpu_seconds(router.pid, children=False) - before) * 1e6 / args.execs)
-                kids[name].append((cpu_seconds(router.pid, own=False) - kids_before) * 1e6 / args.execs)
+                cpu[name].append((cpu_seconds(pid, children=False) - before) * 1e6 / args.execs)
+                kids[name].append((cpu_seconds(pid, own=False) - kids_before) * 1e6 / args.execs)
             rates["local"].append(local_spawn_rate(args.execs, IN_FLIGHT, 600.0))
             print({k: round(v[-1]) for k, v in rates.items()}, "router CPU us/exec",
                   {k: round(v[-1]) for k, v in cpu.items()}, "children's", {k: round(v[-1]) for k, v in kids.items()},
@@ -63,6 +75,10 @@ def main() -> None:
           "children's", {k: round(statistics.median(v)) for k, v in kids.items()})
     ratios = {name: [r / loc for r, loc in zip(rates[name], rates["local"], strict=True)] for name, _ in trees}
     print("ratio to local", {name: round(statistics.median(r), 3) for name, r in ratios.items()})
+    first = trees[0][0]
+    paired = {name: [r / f for r, f in zip(rates[name], rates[first], strict=True)] for name, _ in trees[1:]}
+    print(f"ratio to {first}, median of the rounds'",
+          {name: round(statistics.median(r), 3) for name, r in paired.items()})
 
 
 if __name__ == "__main__":

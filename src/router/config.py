@@ -84,6 +84,8 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls: TlsFiles = TlsFiles()
     # Serving a non-loopback address without TLS needs this, said explicitly.
     insecure: bool = False
+    # HOST:PORT serving /metrics (server/metrics.py), no token asked; empty: none. Same TLS rule as `listen`.
+    metrics_listen: str = ""
     # One file per secret id (ID.json or ID.toml, owner-only); empty: STATE_DIR/secrets.
     secrets_dir: str = ""
     # USER[:GROUP] every exec runs as (with that user's groups and HOME); empty: the router's own.
@@ -104,6 +106,7 @@ class ServerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pid: int  # the serving process
     tls: bool = False
     keeper_pid: int = 0  # `router serve` itself (handover.keeper): SIGUSR2 there hands over
+    metrics: str = ""  # the URL of /metrics, if served
 
 
 _info_encoder = msgspec.json.Encoder()

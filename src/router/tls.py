@@ -11,6 +11,7 @@ import logging
 import pathlib
 import socket
 import threading
+from collections.abc import Callable
 
 import grpc
 import msgspec
@@ -46,15 +47,17 @@ def _read(path: str, what: str) -> bytes:
         raise ValueError(f"cannot read the {what} {path}: {e.strerror}") from None
 
 
-def _configuration(files: TlsFiles) -> grpc.ServerCertificateConfiguration:
+def _configuration(files: TlsFiles) -> tuple[grpc.ServerCertificateConfiguration, float]:
+    """grpc's configuration for the files, and when the certificate expires (unix time)."""
     key, cert = _read(files.key, "TLS key"), _read(files.cert, "TLS certificate")
-    _check_pair(key, cert)
+    not_after = _check_pair(key, cert)
     ca = _read(files.client_ca, "client CA") if files.client_ca else None
-    return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+    return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca), not_after
 
 
-def _check_pair(key_pem: bytes, cert_pem: bytes) -> None:
-    """grpc would only fail at the next handshake: check here that the key belongs to the certificate."""
+def _check_pair(key_pem: bytes, cert_pem: bytes) -> float:
+    """grpc would only fail at the next handshake: check here that the key belongs to the certificate.
+    When the certificate expires (unix time)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
@@ -67,6 +70,7 @@ def _check_pair(key_pem: bytes, cert_pem: bytes) -> None:
     if key.public_key().public_bytes(serialization.Encoding.PEM, public) != \
             cert.public_key().public_bytes(serialization.Encoding.PEM, public):
         raise ValueError("the TLS key does not belong to the TLS certificate")
+    return cert.not_valid_after_utc.timestamp()
 
 
 class ServerTls:
@@ -75,7 +79,8 @@ class ServerTls:
         self._files = files
         self._lock = threading.Lock()
         self._pending: grpc.ServerCertificateConfiguration | None = None
-        initial = _configuration(files)
+        initial, self.not_after = _configuration(files)  # not_after: the served certificate's (unix time)
+        self.reloaded: list[Callable[[], None]] = []  # called after each successful reload
         self.credentials = grpc.dynamic_ssl_server_credentials(
             initial, self._fetch, require_client_authentication=bool(files.client_ca))
 
@@ -88,12 +93,15 @@ class ServerTls:
     def reload(self) -> bool:
         """Read the files again; new handshakes use them. False (logged) if they do not load."""
         try:
-            configuration = _configuration(self._files)
+            configuration, not_after = _configuration(self._files)
         except ValueError as e:
             logger.error("TLS reload failed, still serving the previous certificate: %s", e)
             return False
         with self._lock:
             self._pending = configuration
+            self.not_after = not_after
+        for listener in self.reloaded:
+            listener()
         logger.info("TLS certificate reloaded from %s", self._files.cert)
         return True
 

@@ -5,6 +5,7 @@ import contextlib
 import os
 import subprocess
 import sys
+from typing import Any
 
 ROUTER = [sys.executable, "-m", "router.cli"]
 
@@ -31,3 +32,14 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """SIGTERM (if it still runs), then SIGKILL if it has not ended within `timeout`; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -14,7 +15,8 @@ from router.config import ServerConfig, read_server_info
 from router.server.grpc_server import RouterServer
 
 from .grpc_raw import Raw
-from .processes import ROUTER
+from .polling import eventually
+from .processes import ROUTER, alive, terminate
 
 # The task every router of the suite serves.
 TASK_ID = "ta-test"
@@ -70,6 +72,16 @@ def serving_pid(state_dir: pathlib.Path) -> int:
     return info.pid
 
 
+def hand_over(keeper: subprocess.Popen[str], state: pathlib.Path) -> int:
+    """SIGUSR2 to the keeper; the new serving process's pid, once the old one has exited."""
+    old = serving_pid(state)
+    keeper.send_signal(signal.SIGUSR2)
+    assert eventually(lambda: serving_pid(state) != old, 60), "no new process took over"
+    assert eventually(lambda: not alive(old), 30), "the old serving process did not exit"
+    assert keeper.poll() is None
+    return serving_pid(state)
+
+
 @contextlib.contextmanager
 def router_process(state_dir: pathlib.Path, *extra: str, prefix: Sequence[str] = (),
                    drain_secs: float | None = 0) -> Iterator[tuple[subprocess.Popen[str], str]]:
@@ -95,13 +107,7 @@ def router_process(state_dir: pathlib.Path, *extra: str, prefix: Sequence[str] =
         assert listen, "server did not start:\n" + "".join(before)
         yield proc, listen
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
         if proc.stdout is not None:
             proc.stdout.close()
 

@@ -54,6 +54,9 @@ def parser() -> Parser:
     serve = sub.add_parser("serve", help="start the server")
     serve.add_argument("--listen", type=listen, default=config.DEFAULT_LISTEN,
                        help="HOST:PORT (default %(default)s; port 0 picks one)")
+    serve.add_argument("--metrics-listen", type=listen, metavar="HOST:PORT",
+                       help="serve Prometheus metrics at /metrics here, no token asked (default: none; port 0 "
+                            "picks one); a non-loopback address needs TLS or --insecure, as --listen does")
     serve.add_argument("--state-dir", help="where keys, logs and state live (default: the user's state directory)")
     serve.add_argument("--task-id", help="the task this server serves (default: generated once per state directory)")
     serve.add_argument("--log-dir", help="where output logs live (default: STATE_DIR/logs); shared with nothing "

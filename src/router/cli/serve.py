@@ -84,7 +84,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                                         leeway_secs=args.jwt_leeway, task_claim=args.jwt_task_claim),
                               tls=TlsFiles(cert=absolute_path(args.tls_cert), key=absolute_path(args.tls_key),
                                            client_ca=absolute_path(args.tls_client_ca)),
-                              insecure=args.insecure, secrets_dir=absolute_path(args.secrets_dir),
+                              insecure=args.insecure, metrics_listen=args.metrics_listen or "",
+                              secrets_dir=absolute_path(args.secrets_dir),
                               exec_user=args.exec_user,
                               max_arg_bytes=args.max_arg_bytes, max_env_bytes=args.max_env_bytes,
                               max_receive_message_size=args.max_message_size,
@@ -109,6 +110,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if server.tls is not None:
         tls = server.tls
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=tls.reload, daemon=True).start())
+    else:  # the keeper passes a terminal's hangup on: nothing to reload, nothing to stop
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if predecessor is not None:
         # The point of no return: the journal and the execs' pipes are this process's from here.
         # Whatever fails before (configuration, TLS files, the secret store) leaves the old one serving.
@@ -138,11 +141,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _took_over(server, link, adopting, predecessor)
     try:
         config.write_server_info(state_dir, config.ServerInfo(listen=listen, task_id=task_id, pid=os.getpid(),
-                                                              tls=cfg.tls.enabled, keeper_pid=os.getppid()))
+                                                              tls=cfg.tls.enabled, keeper_pid=os.getppid(),
+                                                              metrics=server.metrics_url))
     except OSError as e:  # a full state filesystem: serve anyway, the journal keeps its own room
         print(f"router serve: cannot write {state_dir / 'server.json'} ({e.strerror}): clients on this host "
               f"need --target {listen}", file=sys.stderr, flush=True)
     print(f"router listening on {listen}", flush=True)
+    if server.metrics_url:
+        print(f"metrics on {server.metrics_url}", flush=True)
     print(f"task id: {task_id}", flush=True)
     print(f"state directory: {state_dir}", flush=True)
     if cfg.reap_orphans:
@@ -171,8 +177,15 @@ def _give(server: RouterServer, listen: str, handed_over: Callable[[], None], su
         if why is not None and server.draining:
             raise HandoverFailed("this router is draining (it got SIGTERM or SIGINT): it stops once its execs end")
         server.refuse_new_execs(why)
-    give(successor, listen, server.engine.journaled, server.engine.hand_over, refuse,
-         lambda: server.engine.registry.starting, handed_over)
+    metrics_ports = server.ports[1:]  # shared with the successor for the switch too (gRPC's: give() does it)
+    for port in metrics_ports:
+        listeners.reuse_port(port, True)
+    try:
+        give(successor, listen, server.engine.journaled, server.engine.hand_over, refuse,
+             lambda: server.engine.registry.starting, handed_over)
+    finally:  # it failed: serving on (after a handover, give() never returns)
+        for port in metrics_ports:
+            listeners.reuse_port(port, False)
 
 
 def _took_over(server: RouterServer, link: KeeperLink, adopting: Adoption, predecessor: socket.socket) -> None:
@@ -180,12 +193,14 @@ def _took_over(server: RouterServer, link: KeeperLink, adopting: Adoption, prede
     stops; once it has closed its listener, the port is ours alone again."""
     link.adopt([running.pid for running, _, _ in adopting.carried.values()])
     link.send(messages.Serving(os.getpid()))
-    wire.send(predecessor, messages.Serving(os.getpid()))
+    with contextlib.suppress(OSError):  # it died after we committed: the keeper has seen to it
+        wire.send(predecessor, messages.Serving(os.getpid()))
 
     def port_ours_alone() -> None:
         with contextlib.suppress(OSError):
             predecessor.settimeout(None)
             predecessor.recv(1)  # its end closes when it exits
         predecessor.close()
-        listeners.reuse_port(server.port, False)
+        for port in server.ports:
+            listeners.reuse_port(port, False)
     threading.Thread(target=port_ours_alone, name="router-handover", daemon=True).start()

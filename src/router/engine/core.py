@@ -33,7 +33,7 @@ from .limits import base_environment
 from .log_space import LogSpace, OnLogFull, remove_arenas, trim
 from .loop import LoopThread
 from .oom import OomKills
-from .output import OutputPipes
+from .output import OutputPipes, exec_outputs
 from .records import ExecSpec, ExitStatus
 from .registry import Registry
 from .restore import restore
@@ -285,7 +285,7 @@ class Engine:
         return started
 
     def _spawned(self, outcomes: list[tuple[Exec, spawn.Started | Exception]]) -> None:
-        self.registry.spawned(len(outcomes))
+        self.registry.spawned(outcomes)
         for ex, outcome in outcomes:
             try:
                 self._start_child(ex, outcome)
@@ -328,13 +328,13 @@ class Engine:
         loop = self.loop.loop
         child = ex.child = adopted or Child(started.pid, started.pidfd, ex.spec.pty is not None)
         child.watch(self.loop.readers, lambda: self._on_exit(ex))
-        outputs = [(fd, out) for fd, out in ((started.stdout_reader, ex.stdout), (started.stderr_reader, ex.stderr))
-                   if fd >= 0 and out is not None]
+        outputs = exec_outputs(ex, started)
         ex.output = OutputPipes(ex.exec_id, loop, self.loop.readers, outputs, ex.spec.pty is not None,
-                                lambda: self._on_output(ex), lambda: self._on_output_done(ex), self._space)
+                                lambda: self._on_output(ex), lambda: self._on_output_done(ex), self._space,
+                                self.registry.stats)
         if ex.spec.timeout_secs is not None and adopted is None:
             child.arm_timeout(loop, ex.spec.timeout_secs, self._kill_grace)
-        ex.stdin.attach(loop, started.stdin_writer)
+        ex.stdin.attach(loop, started.stdin_writer, self.registry.stats)
 
     def _fail_start(self, ex: Exec, e: OSError) -> None:
         self._set_status(ex, spawn.failed_start_output(ex.spec, ex.logs(), ex.stdout, ex.stderr, e))
@@ -377,9 +377,9 @@ class Engine:
 
     def _set_status(self, ex: Exec, status: ExitStatus) -> None:
         """The leader ended: journal how, and once that is written tell the clients."""
-        self.registry.exited()
         ex.leader_status = status
         cause, ended_at = signals.exit_cause(ex, status, self._oom, self._stopping), time.time()
+        self.registry.exited(cause, ended_at - ex.started_at)
         with ex.cond:
             ex.stdin.drop()
         self._record(Exited(ex.exec_id, status, ended_at, cause))

@@ -21,6 +21,7 @@ from router import _fastio
 from router._fastio import SegmentedLog, SegmentStore
 
 from .execs import Exec
+from .stats import ExecStats
 from .stdin_buffer import new_bytes
 
 # Every finished exec's start future: done, with no error.
@@ -52,7 +53,7 @@ class ClosedStdin:
                 self.eof = eof
             return True, False
 
-    def attach(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    def attach(self, loop: asyncio.AbstractEventLoop, fd: int, stats: ExecStats) -> None:
         """Nothing will be written: the descriptor is closed at once."""
         _fastio.close_now(fd)
 

@@ -7,17 +7,36 @@ import errno
 import logging
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from router import _fastio
 from router._fastio import SegmentedLog
 
 from .log_space import LogSpace
 from .loop import Readers
+from .records import StreamName
+from .spawn import Started
+from .stats import ExecStats
+
+if TYPE_CHECKING:
+    from .execs import Exec
 
 logger = logging.getLogger(__name__)
 
 # After a failed write to a log, reading that pipe waits this long: the pipe holds the child back.
 DRAIN_RETRY_SECS = 0.5
+
+Output = tuple[int, SegmentedLog, StreamName]  # a pipe (or terminal) drained, its log, the stream it is
+
+
+def exec_outputs(ex: Exec, started: Started) -> list[Output]:
+    """The router's ends of a started exec's output that have a log, each with its log and stream."""
+    outputs: list[Output] = []
+    if started.stdout_reader >= 0 and ex.stdout is not None:
+        outputs.append((started.stdout_reader, ex.stdout, "stdout"))
+    if started.stderr_reader >= 0 and ex.stderr is not None:
+        outputs.append((started.stderr_reader, ex.stderr, "stderr"))
+    return outputs
 
 
 class OutputPipes:
@@ -25,21 +44,23 @@ class OutputPipes:
 
     `on_change` runs after new bytes, an end of stream or a trim; `on_done` once every stream is
     complete. A log `space` finds no room for is held back: its pipe is not read until
-    `resume_held`.
+    `resume_held`. `stats` counts the bytes drained, by stream.
     """
 
-    def __init__(self, exec_id: str, loop: asyncio.AbstractEventLoop, readers: Readers,
-                 outputs: list[tuple[int, SegmentedLog]], terminal: bool, on_change: Callable[[], None],
-                 on_done: Callable[[], None], space: LogSpace) -> None:
+    def __init__(self, exec_id: str, loop: asyncio.AbstractEventLoop, readers: Readers, outputs: list[Output],
+                 terminal: bool, on_change: Callable[[], None], on_done: Callable[[], None], space: LogSpace,
+                 stats: ExecStats) -> None:
         self._exec_id = exec_id
         self._space = space
+        self._counted = stats.output_bytes
+        self._streams = {fd: name for fd, _, name in outputs}
         self._held: set[int] = set()
         self._loop = loop
         self._readers = readers
         self._terminal = terminal
         self._on_change = on_change
         self._on_done = on_done
-        self._logs = dict(outputs)
+        self._logs = {fd: log for fd, log, _ in outputs}
         self._held_master = -1  # a terminal's master, kept open until the leader exits
         self._leader_exited = False
         self._retries: list[asyncio.TimerHandle] = []
@@ -113,6 +134,7 @@ class OutputPipes:
             self._retries.append(self._loop.call_later(DRAIN_RETRY_SECS, self._resume, fd))
             return
         self._space.wrote(n)
+        self._counted[self._streams[fd]] += n
         if eof:
             self._close(fd)
         if n or eof:

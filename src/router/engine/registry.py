@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -13,15 +13,18 @@ from router.errors import RETRY_AFTER_SECS, RouterError, not_found, throttled
 
 from .descriptors import DescriptorBudget
 from .execs import Exec
+from .records import ExitCause
 from .retention import Retention
+from .stats import ExecStats
 
 
 class Registry:
     """Thread-safe. `running` counts execs admitted and not yet exited (at most `max_running`, if
     not 0), `starting` those of them not yet spawned; finished execs are kept in the order they
-    finished, with their output's size, for retention."""
+    finished, with their output's size, for retention. `stats` counts starts and exits for metrics."""
 
     def __init__(self, max_running: int) -> None:
+        self.stats = ExecStats(lambda: self._finished_bytes)
         self._lock = threading.Lock()
         self._execs: dict[str, Exec] = {}
         self._max_running = max_running
@@ -82,15 +85,19 @@ class Registry:
             admitted(ex)
             return ex
 
-    def spawned(self, n: int) -> None:
-        """The spawns of `n` admitted execs came back (whether they started or not)."""
+    def spawned(self, outcomes: Sequence[tuple[Exec, object]]) -> None:
+        """The spawns of admitted execs came back, each with its process or the exception that
+        prevented it."""
+        started = sum(not isinstance(outcome, BaseException) for _, outcome in outcomes)
         with self._lock:
-            self._starting -= n
+            self._starting -= len(outcomes)
+            self.stats.started_ok += started
 
-    def exited(self) -> None:
-        """An admitted exec stopped running."""
+    def exited(self, cause: ExitCause, secs: float) -> None:
+        """An admitted exec stopped running, for `cause`, `secs` after it was admitted."""
         with self._lock:
             self._running -= 1
+            self.stats.exited(cause, secs)
 
     def forget(self, ex: Exec) -> None:
         """Drop an exec whose start failed, so a retry of its id starts afresh."""
@@ -125,6 +132,12 @@ class Registry:
     @property
     def starting(self) -> int:
         return self._starting
+
+    def refuse(self, why: RouterError | None) -> None:
+        """Refuse new execs with `why` (None: admit again). Under the lock: a begin() past its check
+        has counted itself in `starting` by the time this returns."""
+        with self._lock:
+            self.refusing = why
 
     def _keep(self, ex: Exec, held_bytes: int) -> None:
         ex.retained_bytes = held_bytes

@@ -43,6 +43,8 @@ def restore(journaled: dict[str, JournaledExec], journal: Journal, store: Segmen
         registry.restore(ex, ex.held_bytes())
         for record in records:
             journal.append(record)
+            if isinstance(record, Exited):  # lost just now, not at an earlier restart
+                registry.stats.exited(ExitCause.LOST, None)
     store.finish_restore()
     journal.flush(fsync=True)
     logger.info("restored %d execs from the journal", registry.finished_count)

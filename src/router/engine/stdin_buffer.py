@@ -14,6 +14,8 @@ import grpc
 from router import _fastio
 from router.errors import RouterError
 
+from .stats import ExecStats
+
 
 class CarriedStdin(NamedTuple):
     """A stdin buffer's state as a handover carries it."""
@@ -52,6 +54,8 @@ class StdinBuffer:
         self._fd = -1
         self._eof_queued = False
         self._writing = False
+        self._stats: ExecStats | None = None
+        self._counted = 0  # of `written`, in the stats already
 
     def offer(self, offset: int, data: bytes, eof: bool) -> tuple[bool, bool]:
         """Accept `data` written at `offset`: (accepted, flush needed). Not accepted, taking
@@ -99,19 +103,22 @@ class StdinBuffer:
         """In the new process, before attach(): go on from where the old one was."""
         self.written, self.eof, self._dropping = carried.written, carried.eof, carried.dropping
         self._eof_queued, self._last = carried.eof_queued, carried.last
+        self._counted = carried.written  # counted by the old process
         if carried.pending:
             self._pending.append(memoryview(carried.pending))
         self.pending_bytes = len(carried.pending)
 
     # -- loop thread ----------------------------------------------------------------------------
 
-    def attach(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
-        """Start writing to the child's stdin (`fd`, the router's end, made non-blocking; -1: none)."""
+    def attach(self, loop: asyncio.AbstractEventLoop, fd: int, stats: ExecStats) -> None:
+        """Start writing to the child's stdin (`fd`, the router's end, made non-blocking; -1: none);
+        count the bytes accepted for it in `stats` from now on."""
         if fd < 0:
             return
         os.set_blocking(fd, False)
         self._loop = loop
         self._fd = fd
+        self._stats = stats
         self.flush()
 
     def flush(self) -> None:
@@ -120,6 +127,9 @@ class StdinBuffer:
         if fd < 0:
             return
         with self._cond:
+            if self._stats is not None:  # counted here, on the loop thread, not by the writers' threads
+                self._stats.stdin_bytes += self.written - self._counted
+                self._counted = self.written
             if self._terminal and self.eof and not self._eof_queued and not self._dropping:
                 self._eof_queued = True
                 eof_bytes = terminal_eof(fd, self._last)

@@ -11,6 +11,7 @@ selector: signals arrive as bytes on a pipe (signal.set_wakeup_fd).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -30,11 +31,14 @@ logger = logging.getLogger(__name__)
 KEEPER_FD = "ROUTER_KEEPER_FD"
 HANDOVER_FD = "ROUTER_HANDOVER_FD"
 LOCK_FD = "ROUTER_LOCK_FD"  # the state directory's lock, held by the keeper for every serving process
+HANDOVER_STATUS = "handover"  # in STATE_DIR: "started: PID", "serving: PID" or "failed: why"
 # A serving process that exits with this lost its execs' state mid-handover: start a fresh one
 # (it restores from the journal, as after a crash).
 RESTART = 75
 # A serving process that crashes (dies of a signal) is restarted, at most this often.
 RESTARTS, RESTART_WINDOW_SECS = 3, 60.0
+# A successor that has not served by then (the old process gives up on it well before) is killed.
+SUCCESSOR_SECS = 420.0
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 
@@ -49,6 +53,7 @@ class ServingProcess:
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
         self.sock = sock
+        self.started = time.monotonic()
         self.serving = False  # said Serving (a successor, once it has taken over)
 
 
@@ -61,7 +66,9 @@ class Keeper:
         self.current: ServingProcess | None = None
         self._successor: ServingProcess | None = None
         self._retired: set[int] = set()  # serving processes that handed over, not yet exited
-        self._adopted: set[int] = set()  # leaders handed over: reaped when the serving process says
+        # Leaders handed over, each with the serving process that adopted it last: told of its exit
+        # (once per adoption: a successor adopting it again is told again), reaped when it says.
+        self._adopted: dict[int, ServingProcess] = {}
         self._reported: set[int] = set()
         self._restarts: list[float] = []
         self._exit_code: int | None = None
@@ -103,8 +110,9 @@ class Keeper:
             logger.warning("SIGUSR2: a handover is under way already (or nothing serves): ignored")
             return
         old_end, new_end = wire.pair()
-        self._successor = self._start(new_end)
+        self._successor = self._start(new_end, self._last_listen())
         logger.info("handover: started pid %d to take over from pid %d", self._successor.pid, current.pid)
+        self._status(f"started: {self._successor.pid}")
         try:
             wire.send(current.sock, messages.HandOver(), [old_end.fileno()])
         except OSError as e:
@@ -123,12 +131,14 @@ class Keeper:
             return
         wire.close_all(fds)
         if isinstance(msg, messages.Adopt):
-            self._adopted.update(msg.pids)
-            wire.send(proc.sock, messages.Adopted())
+            for pid in msg.pids:
+                self._adopted[pid] = proc
+                self._reported.discard(pid)  # an exit its predecessor was told, frozen, and never handled
+            self._send(proc, messages.Adopted())
             self._reap()
         elif isinstance(msg, messages.Release):
-            if msg.pid in self._adopted:
-                self._adopted.discard(msg.pid)
+            if self._adopted.get(msg.pid) is proc:  # only its owner's word (not any process's)
+                del self._adopted[msg.pid]
                 self._reported.discard(msg.pid)
                 _reap_quietly(msg.pid)
         elif isinstance(msg, messages.Serving) and proc is self._successor:
@@ -137,30 +147,41 @@ class Keeper:
             if old is not None:
                 self._retired.add(old.pid)
             logger.info("handover: pid %d serves", proc.pid)
+            self._status(f"serving: {proc.pid}")
             self._replay()
 
     def _reap(self) -> None:
-        for pid in _children():
-            if self.current is not None and pid == self.current.pid or \
-                    self._successor is not None and pid == self._successor.pid or pid in self._retired:
+        children = _children()
+        serving = {proc.pid for proc in (self.current, self._successor) if proc is not None} | self._retired
+        for pid in children:  # serving processes first: an exit below goes to whoever owns it now
+            if pid in serving:
                 try:
                     ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
                 except ChildProcessError:
                     continue
                 if ended is not None:
                     self._serving_exited(pid, ended)
-            elif pid in self._adopted:
-                if pid not in self._reported and self.current is not None:
-                    try:
-                        ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-                    except ChildProcessError:
-                        continue
-                    if ended is not None:
-                        self._reported.add(pid)
-                        normally = ended.si_code == os.CLD_EXITED
-                        wire.send(self.current.sock, messages.Exited(pid, normally, ended.si_status))
-            else:
+        for pid in children:
+            if pid in serving:
+                continue
+            owner = self._adopted.get(pid)
+            if owner is None:
                 _reap_quietly(pid)  # an orphan
+            elif pid not in self._reported:
+                try:
+                    ended = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                except ChildProcessError:
+                    continue
+                if ended is not None:
+                    self._reported.add(pid)
+                    self._send(owner, messages.Exited(pid, ended.si_code == os.CLD_EXITED, ended.si_status))
+
+    def _send(self, proc: ServingProcess, msg: object) -> None:
+        """To a serving process; one that is gone is seen gone at its exit (its socket is closed then)."""
+        try:
+            wire.send(proc.sock, msg)
+        except (OSError, ValueError) as e:
+            logger.warning("keeper: cannot tell pid %d: %s", proc.pid, e)
 
     def _serving_exited(self, pid: int, ended: os.waitid_result) -> None:
         code = ended.si_status if ended.si_code == os.CLD_EXITED else 128 + ended.si_status
@@ -174,11 +195,21 @@ class Keeper:
             self._close(successor)
             self._successor = None
             logger.error("handover failed: the new serving process %d exited (%d) before serving", pid, code)
+            self._status(f"failed: the new serving process {pid} exited ({code}) before serving")
+            if self.current is None:  # the old one is gone too: start afresh from the journal
+                self._adopted.clear()
+                self._reported.clear()
+                self.current = self._start(extra=self._last_listen())
             self._replay()
             return
         assert self.current is not None
         self._close(self.current)
         self.current = None
+        if self._successor is not None:
+            # It died during a handover: the successor carries on (or, if it fails too, a fresh start).
+            logger.error("the serving process %d ended (%d) during a handover", pid, code)
+            self._retired.discard(pid)
+            return
         crashed = ended.si_code != os.CLD_EXITED or code == RESTART
         now = time.monotonic()
         self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_SECS]
@@ -186,10 +217,22 @@ class Keeper:
             self._restarts.append(now)
             logger.error("the serving process %d ended (%d): starting a new one", pid, code)
             self._adopted.clear()  # the new one restores them as lost: orphans now
-            info = config.read_server_info(self._state_dir)  # its address (a port 0 was chosen once)
-            self.current = self._start(extra=("--listen", info.listen) if info is not None and info.pid == pid else ())
+            self._reported.clear()
+            self.current = self._start(extra=self._last_listen())
         else:
             self._exit_code = code
+
+    def _last_listen(self) -> tuple[str, ...]:
+        """The address the router serves (a port 0 was chosen once): the next serving process's."""
+        info = config.read_server_info(self._state_dir)
+        return ("--listen", info.listen) if info is not None else ()
+
+    def _status(self, line: str) -> None:
+        """The last handover's outcome, for `router serve --takeover` (STATE_DIR/handover)."""
+        try:
+            config.write_private(self._state_dir / HANDOVER_STATUS, f"{line}\n".encode())
+        except OSError as e:
+            logger.warning("keeper: cannot write %s: %s", HANDOVER_STATUS, e)
 
     def _replay(self) -> None:
         deferred, self._deferred = self._deferred, []
@@ -211,7 +254,9 @@ class Keeper:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(w)
         for sig in (*FORWARDED, signal.SIGUSR2, signal.SIGCHLD):
-            if signal.getsignal(sig) != signal.SIG_IGN:  # ignored as started (nohup): it stays so, here and below
+            # SIGHUP and SIGQUIT ignored as started (nohup) stay so, here and below; SIGINT and
+            # SIGTERM always stop it (a script's background job starts with SIGINT ignored).
+            if sig in (signal.SIGINT, signal.SIGTERM) or signal.getsignal(sig) != signal.SIG_IGN:
                 signal.signal(sig, lambda *_: None)
         self._selector.register(r, selectors.EVENT_READ, None)
         self.current = self._start()
@@ -223,6 +268,11 @@ class Keeper:
                 else:
                     self._on_message(key.data)
             self._reap()  # SIGCHLD, and every second for a missed one
+            successor = self._successor
+            if successor is not None and time.monotonic() - successor.started > SUCCESSOR_SECS:
+                logger.error("handover: pid %d did not serve within %ss: killed", successor.pid, SUCCESSOR_SECS)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(successor.pid, signal.SIGKILL)
         return self._exit_code
 
     def _on_signal(self, sig: int) -> None:

@@ -1,5 +1,5 @@
 """`router serve --takeover`: ask the keeper serving a state directory for a handover (as SIGUSR2
-to it does) and wait until the new serving process serves, or the old one is found serving on."""
+to it does) and wait for its outcome, which the keeper writes to STATE_DIR/handover."""
 from __future__ import annotations
 
 import os
@@ -10,15 +10,19 @@ import time
 
 from router import config
 
-WAIT_SECS = 120.0
+from .keeper import HANDOVER_STATUS
+
+WAIT_SECS = 600.0  # the keeper ends a successor that has not served well before
 
 
 def request(state_dir: pathlib.Path) -> int:
     info = config.read_server_info(state_dir)
-    if info is None or not info.keeper_pid:
-        print(f"router serve --takeover: no router serves {state_dir} (no server.json naming its keeper)",
+    if info is None or not info.keeper_pid or not _is_router(info.keeper_pid):
+        print(f"router serve --takeover: no router serves {state_dir} (no running keeper named in its server.json)",
               file=sys.stderr)
         return 1
+    status = state_dir / HANDOVER_STATUS
+    status.unlink(missing_ok=True)
     try:
         os.kill(info.keeper_pid, signal.SIGUSR2)
     except OSError as e:
@@ -26,15 +30,29 @@ def request(state_dir: pathlib.Path) -> int:
               file=sys.stderr)
         return 1
     deadline = time.monotonic() + WAIT_SECS
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = config.read_server_info(state_dir)
-        if now is not None and now.pid != info.pid:
-            print(f"router serve --takeover: pid {now.pid} serves {now.listen} (it took over from pid {info.pid})")
+    while time.monotonic() < deadline and config.alive(info.keeper_pid):
+        time.sleep(0.05)
+        try:
+            line = status.read_text().strip()  # written after our signal: it removed the last one
+        except OSError:
+            continue
+        if line.startswith("serving:"):
+            now = config.read_server_info(state_dir)
+            print(f"router serve --takeover: pid {line.split()[-1]} serves {now.listen if now else info.listen}"
+                  f" (it took over from pid {info.pid})")
             return 0
-        if not config.alive(info.pid):
-            break
-    print(f"router serve --takeover: no new process took over from pid {info.pid}: see the router's log "
-          "(the old process serves on if the new one failed)", file=sys.stderr)
+        if line.startswith("failed:"):
+            print(f"router serve --takeover: the handover {line} (pid {info.pid} serves on; the router's log "
+                  "says why)", file=sys.stderr)
+            return 1
+    print(f"router serve --takeover: no outcome from the keeper (pid {info.keeper_pid})", file=sys.stderr)
     return 1
 
+
+def _is_router(pid: int) -> bool:
+    """Whether `pid` is a `router serve` (a stale server.json may name a pid now someone else's)."""
+    try:
+        argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"serve" in argv and any(b"router" in arg for arg in argv)

@@ -366,6 +366,11 @@ class Images:
             self._table.mounts.remove(top)
             self._save_table()
 
+    @property
+    def mounts_active(self) -> int:
+        with self._lock:
+            return len(self._table.mounts)
+
     def mounted_images(self) -> set[str]:
         with self._lock:
             return {m.image_id for m in self._table.mounts if m.image_id}

@@ -14,7 +14,7 @@ import logging
 import os
 import pathlib
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import uvloop
@@ -35,8 +35,12 @@ from router.secretstore import SecretError, SecretStore, secrets_dir
 from router.tls import ServerTls, is_loopback
 
 from . import control, drain
+from .call_stats import RpcStats
 from .handlers import Handlers
 from .service import METHODS, SERVICE_NAME, Service
+
+if TYPE_CHECKING:
+    from .metrics import MetricsServer
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +79,13 @@ class RouterServer:
         configuration is unsafe or inconsistent (say, a non-loopback address without TLS or
         --insecure), before anything starts."""
         self.config = config
-        if not config.tls.enabled and not config.insecure and not is_loopback(config.listen):
-            raise ValueError(f"{config.listen} is not a loopback address: serve it with --tls-cert and --tls-key, "
-                             "or say --insecure to serve plaintext anyway")
-        if config.insecure and not config.tls.enabled and not is_loopback(config.listen):
-            logger.warning("serving %s WITHOUT TLS (--insecure): tokens and output cross the network in the clear",
-                        config.listen)
+        for address, flag in ((config.listen, "--listen"), (config.metrics_listen, "--metrics-listen")):
+            if address and not config.tls.enabled and not is_loopback(address):
+                if not config.insecure:
+                    raise ValueError(f"{address} ({flag}) is not a loopback address: serve it with --tls-cert and "
+                                     "--tls-key, or say --insecure to serve plaintext anyway")
+                logger.warning("serving %s WITHOUT TLS (--insecure): what it answers crosses the network in the "
+                               "clear", address)
         tls.check(config.tls)  # a TLS flag without --tls-cert must never mean plaintext
         self.tls = ServerTls(config.tls) if config.tls.enabled else None
         try:
@@ -89,15 +94,17 @@ class RouterServer:
             raise ValueError(f"the secret store: {e}") from None
         authenticator = Authenticator(verification_key(config.tokens, key), config.task_id, config.tokens)
         raise_open_file_limit()
+        log_dir = pathlib.Path(config.log_dir) if config.log_dir else pathlib.Path(config.state_dir) / "logs"
+        journal_path = pathlib.Path(config.state_dir) / "journal" if config.journal else None
         self.engine = Engine(
-            pathlib.Path(config.log_dir) if config.log_dir else pathlib.Path(config.state_dir) / "logs",
+            log_dir,
             segment_size=config.log_segment_size,
             stdin_buffer_limit=config.stdin_buffer_limit,
             kill_grace_secs=config.kill_grace_secs,
             max_running_execs=config.max_running_execs,
             reap_orphans=config.reap_orphans,
             retention=Retention(bytes=config.retain_bytes, secs=config.retain_secs, execs=config.retain_execs),
-            journal_path=pathlib.Path(config.state_dir) / "journal" if config.journal else None,
+            journal_path=journal_path,
             max_exec_output=config.max_exec_output,
             on_log_full=config.on_log_full,
             durability=config.durability,
@@ -108,8 +115,16 @@ class RouterServer:
             self.images.gc()  # expired images, and what a crash left half-written
         service = Service(config, self.engine, self.images)
         controls = control.Control(service, config.max_receive_message_size)
+        rpcs = RpcStats() if config.metrics_listen else None
         self._handlers = Handlers({SERVICE_NAME: (METHODS, service), control.SERVICE_NAME: (control.METHODS, controls)},
-                                  authenticator, config.max_calls_per_token)
+                                  authenticator, config.max_calls_per_token, rpcs)
+        self.metrics: MetricsServer | None = None
+        if rpcs is not None:
+            from .metrics import MetricsServer, RouterCollector  # prometheus_client only when asked for
+
+            collector = RouterCollector(self.engine, rpcs, service.image_ops, self.images, log_dir, journal_path,
+                                        self.tls)
+            self.metrics = MetricsServer(config.metrics_listen, collector, self.tls, config.tls)
         self.port = 0
         self._lock = -1  # STATE_DIR/serve.lock, held from start() to stop()
         self._grpc: Any = None
@@ -144,10 +159,26 @@ class RouterServer:
                 asyncio.run_coroutine_threadsafe(self._start_aio(), self._aio_loop).result()
             else:
                 self._start_threads()
+            if self.metrics is not None:
+                self.metrics.start(reuse_port=self._reuse_port)
         except BaseException:
+            self._stop_grpc(0)
             self.engine.stop()
             self._unlock()
             raise
+
+    @property
+    def ports(self) -> list[int]:
+        """The ports this server listens on: gRPC's, then /metrics' if served."""
+        return [self.port, *([self.metrics.port] if self.metrics is not None else [])]
+
+    @property
+    def metrics_url(self) -> str:
+        """Where /metrics is served ("" if it is not), once started."""
+        if self.metrics is None:
+            return ""
+        host = self.config.metrics_listen.rsplit(":", 1)[0]
+        return f"{self.metrics.scheme}://{host}:{self.metrics.port}/metrics"
 
     def _unlock(self) -> None:
         if self._lock >= 0:
@@ -236,7 +267,7 @@ class RouterServer:
                 self._refusals.pop(reason, None)
             else:
                 self._refusals.setdefault(reason, why)
-            self.engine.registry.refusing = next(iter(self._refusals.values()), None)
+            self.engine.registry.refuse(next(iter(self._refusals.values()), None))
         self._set_readiness(reason, why is None)
 
     def abandon(self, grace: float = 0.5) -> None:
@@ -257,6 +288,17 @@ class RouterServer:
         then stop as grpc's graceful stop does: no new call, those in flight ended after `grace`;
         then close the engine."""
         try:
+            if self.metrics is not None:
+                self.metrics.stop()
+        finally:
+            self._stop_grpc(grace)
+            self.engine.stop()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._unlock()  # last: the journal is closed
+
+    def _stop_grpc(self, grace: float) -> None:
+        try:
             if self._grpc is not None:
                 try:
                     self._refuse("stopping", RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping"))
@@ -275,10 +317,6 @@ class RouterServer:
                 self._aio_loop = self._aio_thread = None
             # Dropped so that grpc.aio can end its poller thread once nothing of it is left.
             self._grpc = self._health = None
-            self.engine.stop()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-            self._unlock()  # last: the journal is closed
 
     async def _stop_aio(self, grace: float) -> None:
         await self._health.enter_graceful_shutdown()

@@ -24,6 +24,7 @@ from router._proto import api_pb2
 from router.auth import Authenticator
 from router.errors import RouterError, invalid, throttled
 
+from .call_stats import RpcStats
 from .service import Body, Method, Offload, Wait
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,17 @@ def _as_router_error(e: Exception, method: str) -> RouterError:
     return RouterError(grpc.StatusCode.INTERNAL, f"internal error: {e!r}")
 
 
+def _ended_by(e: BaseException, context: Any) -> grpc.StatusCode:
+    """The status a call that raised `e` ends with: its RouterError's; CANCELLED (or DEADLINE_EXCEEDED,
+    past its deadline) when grpc ended it under the handler; INTERNAL for a bug."""
+    if isinstance(e, RouterError):
+        return e.code
+    if isinstance(e, asyncio.CancelledError | GeneratorExit):
+        left = context.time_remaining()
+        return grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left <= 0 else grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.INTERNAL
+
+
 def _deadline(context: Any) -> float | None:
     """The call's deadline on the monotonic clock; None if it has none (grpcio then says ~1e19 s)."""
     left = context.time_remaining()
@@ -81,37 +93,48 @@ class Handlers:
     """grpc method handlers for the services, for one of the two servers."""
 
     def __init__(self, services: dict[str, tuple[dict[str, Method], Any]], auth: Authenticator,
-                 max_calls_per_token: int = 65_536) -> None:
-        """`services`: service name -> (its methods, the object whose same-named methods are their bodies)."""
+                 max_calls_per_token: int = 65_536, rpcs: RpcStats | None = None) -> None:
+        """`services`: service name -> (its methods, the object whose same-named methods are their bodies);
+        `rpcs`: where each call's duration and status go, for metrics (None: not timed)."""
         self._services = services
+        self._rpcs = rpcs
         self._auth = auth
         self._max_calls = max_calls_per_token
         self._calls: dict[str, int] = {}  # calls in flight, by token
         self._calls_lock = threading.Lock()
 
     @contextlib.contextmanager
-    def _call(self, make: Callable[[Any], Body], request: Any, context: Any) -> Iterator[Body]:
-        """Authorise the call, count it against its token while it runs, and give its body."""
-        metadata = context.invocation_metadata()
-        granted = self._auth.token_task(metadata)
-        if isinstance(request, MalformedRequest):
-            raise invalid("request", f"cannot be parsed: {request.error}")
-        self._auth.check_task(granted, request.task_id)
-        token = next(v for k, v in metadata if k == "authorization")
-        with self._calls_lock:
-            n = self._calls.get(token, 0)
-            if n >= self._max_calls:
-                raise throttled(f"{n} calls of this token are in flight, the most allowed "
-                                f"(--max-calls-per-token {self._max_calls})", retry_after=1.0)
-            self._calls[token] = n + 1
+    def _call(self, name: str, make: Callable[[Any], Body], request: Any, context: Any) -> Iterator[Body]:
+        """Authorise the call, count it against its token while it runs, and give its body; with
+        metrics on, time it to its end (a stream's last frame) with the status it ends with."""
+        started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
-            yield make(request)
-        finally:
+            metadata = context.invocation_metadata()
+            granted = self._auth.token_task(metadata)
+            if isinstance(request, MalformedRequest):
+                raise invalid("request", f"cannot be parsed: {request.error}")
+            self._auth.check_task(granted, request.task_id)
+            token = next(v for k, v in metadata if k == "authorization")
             with self._calls_lock:
-                if self._calls[token] == 1:
-                    del self._calls[token]
-                else:
-                    self._calls[token] -= 1
+                n = self._calls.get(token, 0)
+                if n >= self._max_calls:
+                    raise throttled(f"{n} calls of this token are in flight, the most allowed "
+                                    f"(--max-calls-per-token {self._max_calls})", retry_after=1.0)
+                self._calls[token] = n + 1
+            try:
+                yield make(request)
+            finally:
+                with self._calls_lock:
+                    if self._calls[token] == 1:
+                        del self._calls[token]
+                    else:
+                        self._calls[token] -= 1
+        except BaseException as e:
+            code = _ended_by(e, context)
+            raise
+        finally:
+            if self._rpcs is not None:
+                self._rpcs.observe(name, code, time.perf_counter() - started)
 
     def generic_handlers(self, aio: bool) -> list[grpc.GenericRpcHandler]:
         out = []
@@ -135,7 +158,7 @@ class Handlers:
     def _threaded_unary(self, name: str, make: Callable[[Any], Body]) -> Callable[[Any, grpc.ServicerContext], Any]:
         def handler(request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                with self._call(make, request, context) as body:
+                with self._call(name, make, request, context) as body:
                     frames = _drive_threaded(body, context)
                     try:
                         next(frames)
@@ -155,7 +178,7 @@ class Handlers:
                          make: Callable[[Any], Body]) -> Callable[[Any, grpc.ServicerContext], Iterator[bytes]]:
         def handler(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
             try:
-                with self._call(make, request, context) as body:
+                with self._call(name, make, request, context) as body:
                     yield from _drive_threaded(body, context)
                 return
             except Exception as e:
@@ -171,7 +194,7 @@ class Handlers:
     def _aio_unary(self, name: str, make: Callable[[Any], Body]) -> Callable[[Any, grpc.aio.ServicerContext], Any]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                with self._call(make, request, context) as body:
+                with self._call(name, make, request, context) as body:
                     returned: list[Any] = []
                     async for _ in _drive_aio(body, returned):
                         raise AssertionError(f"{name} yielded a frame")
@@ -186,7 +209,7 @@ class Handlers:
                     make: Callable[[Any], Body]) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[bytes]]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             try:
-                with self._call(make, request, context) as body:
+                with self._call(name, make, request, context) as body:
                     async for frame in _drive_aio(body, []):
                         yield frame
                 return
@@ -231,8 +254,10 @@ def _drive_threaded(body: Body, context: grpc.ServicerContext) -> Generator[byte
                     watched.add(id(step.exec))
                     context.add_callback(step.exec.notify)  # a call that ends wakes the wait at once
                 if not step.exec.wait_until(step.ready, context.is_active, deadline):
-                    # Over: cancelled (nobody reads the status) or past its deadline.
-                    raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED, "the call ended while waiting")
+                    # Over: cancelled (nobody reads the status, but metrics do) or past its deadline.
+                    expired = deadline is not None and time.monotonic() >= deadline
+                    raise RouterError(grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED,
+                                      "the call ended while waiting")
             else:
                 yield step
             step = next(body)

@@ -28,6 +28,7 @@ from router.images.store import Images
 from router.secretstore import MissingSecret, SecretError, SecretStore, secrets_dir
 
 from . import validate
+from .call_stats import ImageOps
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class Service:
         self._config = config
         self._engine = engine
         self._images = images
+        self.image_ops = ImageOps()
         self._secrets = SecretStore(secrets_dir(config))
         self._base_env_bytes = validate.env_bytes(engine.base_env)  # the engine's base_env never changes
 
@@ -156,17 +158,17 @@ class Service:
 
     def TaskMountDirectory(self, request: pb.TaskMountDirectoryRequest) -> Body:
         args = validate.mount_args(request)
-        yield Offload(lambda: self._images.mount(args))
+        yield Offload(lambda: self.image_ops.run("mount", lambda: self._images.mount(args)))
         return empty_pb2.Empty()
 
     def TaskUnmountDirectory(self, request: pb.TaskUnmountDirectoryRequest) -> Body:
         path = validate.unmount_path(request)
-        yield Offload(lambda: self._images.unmount(path))
+        yield Offload(lambda: self.image_ops.run("unmount", lambda: self._images.unmount(path)))
         return empty_pb2.Empty()
 
     def TaskSnapshotDirectory(self, request: pb.TaskSnapshotDirectoryRequest) -> Body:
         args = validate.snapshot_args(request)
-        image_id = yield Offload(lambda: self._images.snapshot(args))
+        image_id = yield Offload(lambda: self.image_ops.run("snapshot", lambda: self._images.snapshot(args)))
         return pb.TaskSnapshotDirectoryResponse(image_id=image_id)
 
 
