@@ -85,6 +85,9 @@ def parser() -> Parser:
                             "(process, default), or also synced to disk, so they survive a power cut (machine)")
     serve.add_argument("--no-journal", action="store_true",
                        help="keep no records: a restarted router starts empty (and deletes old logs)")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text",
+                       help="the server's own log lines on stderr (not exec output): text (default), or json: one "
+                            "object per line with time, level, event and the event's fields (README, \"Logs\")")
     serve.add_argument("--mount-method", choices=("auto", "overlay", "copy"), default="auto",
                        help="how images are mounted: overlay (needs the privilege to mount), copy, or auto "
                             "(overlay when a probe mount works; default)")

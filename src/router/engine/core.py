@@ -172,8 +172,9 @@ class Engine:
         return self.registry.running
 
     @property
-    def retention(self) -> Retention:
-        return self._retention
+    def registry(self) -> Registry:
+        """Read only: how many execs run and are retained, and the output they hold."""
+        return self._registry
 
     @property
     def journaled(self) -> bool:
@@ -303,8 +304,7 @@ class Engine:
 
     def _started(self, ex: Exec) -> None:
         """Its start is journaled: answer it."""
-        ex.started.set_result(None)
-        ex.notify()
+        ex.answer_started()  # and log it (exec_log.py)
         if ex.child is not None:  # not when it failed to start (it has finished instead)
             for watcher in list(self._watchers):
                 watcher.offer_started(ex)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from router._fastio import SegmentedLog, SegmentStore
 
-from . import procs
+from . import exec_log, procs
 from .execs import Exec
 from .finished import NO_ENV, RestoredStdin, settle
 from .journal import Journal
@@ -74,6 +74,7 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
             ex.status = LOST
             ex.cause, ex.ended_at = ExitCause.LOST, lost.ended_at
             ex.exited_at = time.monotonic()
+            exec_log.ended(ex)
         else:
             ex.status = je.exited.status
             ex.cause, ex.ended_at = je.exited.cause, je.exited.ended_at
