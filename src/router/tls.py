@@ -46,11 +46,19 @@ def _read(path: str, what: str) -> bytes:
         raise ValueError(f"cannot read the {what} {path}: {e.strerror}") from None
 
 
-def _configuration(files: TlsFiles) -> grpc.ServerCertificateConfiguration:
+def _configuration(files: TlsFiles) -> tuple[grpc.ServerCertificateConfiguration, float]:
+    """grpc's configuration of the files, and when their certificate expires."""
     key, cert = _read(files.key, "TLS key"), _read(files.cert, "TLS certificate")
     _check_pair(key, cert)
     ca = _read(files.client_ca, "client CA") if files.client_ca else None
-    return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+    return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca), not_after(cert)
+
+
+def not_after(cert_pem: bytes) -> float:
+    """When the (first) certificate of a PEM chain expires, in unix time."""
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc.timestamp()
 
 
 def _check_pair(key_pem: bytes, cert_pem: bytes) -> None:
@@ -75,7 +83,7 @@ class ServerTls:
         self._files = files
         self._lock = threading.Lock()
         self._pending: grpc.ServerCertificateConfiguration | None = None
-        initial = _configuration(files)
+        initial, self.not_after = _configuration(files)  # not_after: the served certificate's expiry
         self.credentials = grpc.dynamic_ssl_server_credentials(
             initial, self._fetch, require_client_authentication=bool(files.client_ca))
 
@@ -88,13 +96,16 @@ class ServerTls:
     def reload(self) -> bool:
         """Read the files again; new handshakes use them. False (logged) if they do not load."""
         try:
-            configuration = _configuration(self._files)
+            configuration, expires = _configuration(self._files)
         except ValueError as e:
-            logger.error("TLS reload failed, still serving the previous certificate: %s", e)
+            logger.error("TLS reload failed, still serving the previous certificate: %s", e,
+                         extra={"event": "tls_reload_failed", "cert": self._files.cert})
             return False
         with self._lock:
             self._pending = configuration
-        logger.info("TLS certificate reloaded from %s", self._files.cert)
+            self.not_after = expires
+        logger.info("TLS certificate reloaded from %s", self._files.cert,
+                    extra={"event": "tls_reloaded", "cert": self._files.cert, "not_after": expires})
         return True
 
 

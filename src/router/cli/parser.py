@@ -11,6 +11,7 @@ from router.engine import retention
 
 from . import admin
 from . import serve as serve_cmd
+from . import status as status_cmd
 from .argtypes import halt, listen, message_size, positive, seconds, signal_number, size, whole
 from .connection import add_connection_args
 from .exec import cmd_exec
@@ -181,6 +182,11 @@ def parser() -> Parser:
     ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     ex.set_defaults(func=cmd_exec)
 
+    status = sub.add_parser("status", help="the server's state: version, uptime, addresses, execs, free space, "
+                            "mounts, certificate expiry")
+    add_connection_args(status)
+    status.add_argument("--json", action="store_true", help="as JSON, for machines (bytes and seconds as numbers)")
+    status.set_defaults(func=status_cmd.cmd_status)
     ls = sub.add_parser("ls", help="list execs")
     add_connection_args(ls)
     ls.add_argument("--state", choices=sorted(admin.STATES), default="any", help="which execs (default %(default)s)")

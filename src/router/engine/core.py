@@ -172,9 +172,8 @@ class Engine:
         return self.registry.running
 
     @property
-    def registry(self) -> Registry:
-        """Read only: how many execs run and are retained, and the output they hold."""
-        return self._registry
+    def retention(self) -> Retention:
+        return self._retention
 
     @property
     def journaled(self) -> bool:

@@ -370,6 +370,11 @@ class Images:
         with self._lock:
             return {m.image_id for m in self._table.mounts if m.image_id}
 
+    def mount_paths(self) -> list[bytes]:
+        """Where images are mounted now, oldest mount first."""
+        with self._lock:
+            return [m.path for m in self._table.mounts]
+
     # -- maintenance ---------------------------------------------------------------------------
 
     def remove(self, image_id: str) -> None:

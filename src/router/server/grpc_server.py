@@ -37,6 +37,7 @@ from router.tls import ServerTls, is_loopback
 from . import control
 from .handlers import Handlers
 from .service import METHODS, SERVICE_NAME, Service
+from .status import ServerStatus
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,9 @@ class RouterServer:
             raise ValueError(f"the secret store: {e}") from None
         authenticator = Authenticator(verification_key(config.tokens, key), config.task_id, config.tokens)
         raise_open_file_limit()
+        log_dir = pathlib.Path(config.log_dir) if config.log_dir else pathlib.Path(config.state_dir) / "logs"
         self.engine = Engine(
-            pathlib.Path(config.log_dir) if config.log_dir else pathlib.Path(config.state_dir) / "logs",
+            log_dir,
             segment_size=config.log_segment_size,
             stdin_buffer_limit=config.stdin_buffer_limit,
             kill_grace_secs=config.kill_grace_secs,
@@ -106,7 +108,9 @@ class RouterServer:
         if not takeover:
             self.images.gc()  # expired images, and what a crash left half-written
         service = Service(config, self.engine, self.images)
-        controls = control.Control(service, config.max_receive_message_size)
+        # What Status answers; `status.draining = True` says the server is draining.
+        self.status = ServerStatus(config, self.engine, self.images, self.tls, log_dir)
+        controls = control.Control(service, config.max_receive_message_size, self.status)
         self._handlers = Handlers({SERVICE_NAME: (METHODS, service), control.SERVICE_NAME: (control.METHODS, controls)},
                                   authenticator, config.max_calls_per_token)
         self.port = 0
@@ -143,6 +147,8 @@ class RouterServer:
             self.engine.stop()
             self._unlock()
             raise
+        self.status.listen = f"{self.config.listen.rsplit(':', 1)[0]}:{self.port}"
+        self.engine.on_state_full(self.status.set_state_full)
 
     def _unlock(self) -> None:
         if self._lock >= 0:
