@@ -217,7 +217,9 @@ class Images:
                 self._cache.update(walk.seen)
                 save_stat_cache(self._cache_path, self._cache)
         logger.info("snapshot %s of %r: %d entries, %d bytes read, %d bytes added", image_id, args.path,
-                 len(manifest.entries), walk.read, walk.stored)
+                    len(manifest.entries), walk.read, walk.stored,
+                    extra={"event": "image_snapshot", "image_id": image_id, "entries": len(manifest.entries),
+                           "bytes_read": walk.read, "bytes_added": walk.stored})
         return image_id
 
     def _overlay_base(self, path: bytes) -> OverlayBase | None:
@@ -292,7 +294,8 @@ class Images:
                 raise _store_error(e, f"mount at {target!r}") from None
             self._table.mounts.append(entry)
             self._save_table()
-        logger.info("mounted %s at %r (%s)", args.image_id or "an empty directory", target, entry.method)
+        logger.info("mounted %s at %r (%s)", args.image_id or "an empty directory", target, entry.method,
+                    extra={"event": "image_mounted", "image_id": args.image_id, "method": entry.method})
 
     def _content(self, record: ImageRecord, key: bytes | None) -> Callable[[Entry], Iterator[bytes]]:
         if record.encrypted:
@@ -353,7 +356,7 @@ class Images:
                     detached = mounts.unmount(path)
                     own = self._mounts / top.mount_id
                     if detached:  # still in use: its upper layer goes once the last user does
-                        logger.warning("%r was busy: detached lazily", path)
+                        logger.warning("%r was busy: detached lazily", path, extra={"event": "unmount_lazy"})
                     else:
                         shutil.rmtree(own, ignore_errors=True)
                 else:

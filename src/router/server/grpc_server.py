@@ -80,7 +80,7 @@ class RouterServer:
                              "or say --insecure to serve plaintext anyway")
         if config.insecure and not config.tls.enabled and not is_loopback(config.listen):
             logger.warning("serving %s WITHOUT TLS (--insecure): tokens and output cross the network in the clear",
-                        config.listen)
+                           config.listen, extra={"event": "serving_insecure", "listen": config.listen})
         tls.check(config.tls)  # a TLS flag without --tls-cert must never mean plaintext
         self.tls = ServerTls(config.tls) if config.tls.enabled else None
         try:
