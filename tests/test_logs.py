@@ -2,6 +2,7 @@
 and end with its exit and cause, text as before, and never a secret or a token."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -11,17 +12,18 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import grpc
 import pytest
 
-from router import auth, logs
+from router import auth, log_writer, logs
 from router._proto import api_pb2
 from router._proto import task_command_router_pb2 as pb
 from router.client import RouterClient
 from router.secretstore import SecretStore
-from tests.helpers.execs import PIPES
+from tests.helpers.execs import PIPES, start_request
 from tests.helpers.grpc_raw import Raw
 from tests.helpers.servers import TASK_ID, router_process, state_token
 
@@ -181,3 +183,49 @@ def test_usage_errors_in_json_mode_are_json_too(tmp_path: pathlib.Path) -> None:
     assert done.returncode == 2 and done.stdout == ""
     [entry] = parsed(done.stderr)
     assert entry["level"] == "error" and entry["event"] == "usage_error" and "--max-workers" in entry["message"]
+
+
+def test_a_stderr_nobody_reads_stalls_no_exec_and_not_the_stop(tmp_path: pathlib.Path) -> None:
+    """router_process's pipe is read only up to the address: 3,000 lines fill it several times."""
+    ids = [f"e{i}" for i in range(1500)]
+    with router_process(tmp_path) as (proc, listen), \
+            RouterClient(listen, state_token(tmp_path), TASK_ID, retries=0) as client:
+        assert all(r.code == 0 for r in client.batch_start([start_request(i, ["true"]) for i in ids]))
+        assert len(list(client.watch(ids))) == len(ids)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert time.monotonic() - began < 8  # a second for each write that finds the reader gone
+
+
+def test_lines_wait_for_a_stalled_reader_then_the_dropped_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(log_writer, "MAX_PENDING_LINES", 50)
+    r, w = os.pipe()
+    handler = log_writer.BlockHandler(w, lambda n: f"{n} dropped")
+    try:
+        os.set_blocking(w, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(w, b"-" * 4096)  # the pipe is full: the reader has stopped
+        os.set_blocking(w, True)
+        handler.add("first", urgent=True)
+        time.sleep(0.5)  # the handler's thread took it and waits for the reader
+        began = time.monotonic()
+        for i in range(200):
+            handler.add(f"line {i}", urgent=i % 50 == 0)
+        handler.flush(stall=0.2)  # gives up on the reader, as the stop does
+        assert time.monotonic() - began < 1.5
+        os.set_blocking(r, False)
+        got = b""
+        deadline = time.monotonic() + 10
+        while b" dropped\n" not in got and time.monotonic() < deadline:
+            with contextlib.suppress(BlockingIOError):
+                got += os.read(r, 1 << 16)
+            time.sleep(0.01)
+        lines = got.replace(b"-", b"").decode().splitlines()
+        assert lines[0] == "first"
+        assert lines[1:] == [f"line {i}" for i in range(50)] + ["150 dropped"]  # whole lines, in order
+    finally:
+        handler.close()
+        os.close(r)
+        os.close(w)

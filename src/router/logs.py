@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import threading
 import time
 from typing import Any, Literal
 
 import msgspec
 
+from .log_writer import MAX_PENDING_LINES, STALL_SECS, BlockHandler, write_whole
+
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # What every LogRecord has: anything else on a record came from `extra` and is an event's field.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-# Lines below WARNING reach stderr in blocks at most this late: a write per line cost the exec rate
-# 7% (benchmarks/RESULTS.md, "Logs"); WARNING and above are written at once.
-FLUSH_SECS = 0.1
 _encode = msgspec.json.Encoder(enc_hook=str).encode
 
 
@@ -99,62 +96,27 @@ class JsonFormatter(logging.Formatter):
         return _dumps({"time": rfc3339(created), "level": level.lower(), **fields, "message": message})
 
 
-class BlockHandler(logging.Handler):
-    """Lines to a descriptor, those below WARNING in blocks written by a thread of its own at most
-    FLUSH_SECS after them; WARNING and above at once, with what came before. Only whole lines
-    are written, so another writer on the descriptor never cuts one."""
+class _ServeHandler(BlockHandler):
+    """router serve's handler: a BlockHandler whose formatter can also make a line without a LogRecord."""
 
-    def __init__(self, fd: int) -> None:
-        super().__init__()
-        self._fd = fd
-        self._lines: list[str] = []
-        self._pending = threading.Event()
-        threading.Thread(target=self._flush_pending, name="router-log-flush", daemon=True).start()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self._lines.append(self.format(record))  # handle() holds self.lock
-        except Exception:
-            self.handleError(record)
-            return
-        if record.levelno >= logging.WARNING:
-            self.flush()
-        elif not self._pending.is_set():
-            self._pending.set()
+    def __init__(self, fd: int, formatter: TextFormatter | JsonFormatter) -> None:
+        super().__init__(fd, self._dropped_message)
+        self.setFormatter(formatter)
+        self._format_line = formatter.line
 
     def write(self, level: str, name: str, message: str, fields: dict[str, Any]) -> None:
-        """An INFO line of logger `name` as the formatter would make it, without a LogRecord (see `direct`)."""
-        formatter = self.formatter
-        assert isinstance(formatter, TextFormatter | JsonFormatter)
-        line = formatter.line(time.time(), level, name, message, fields)
-        with self.lock:  # type: ignore[union-attr]
-            self._lines.append(line)
-        if not self._pending.is_set():
-            self._pending.set()
+        """A line below WARNING of logger `name`, as the formatter would make it (see `direct`)."""
+        self.add(self._format_line(time.time(), level, name, message, fields))
 
-    def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            lines, self._lines = self._lines, []
-            if not lines:
-                return
-            data = memoryview(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
-            try:
-                while data:
-                    data = data[os.write(self._fd, data):]
-            except OSError:
-                pass  # nowhere to say it: the lines are lost, the server goes on
-
-    def _flush_pending(self) -> None:
-        while self._pending.wait():
-            time.sleep(FLUSH_SECS)
-            self._pending.clear()
-            self.flush()
+    def _dropped_message(self, n: int) -> str:
+        return self._format_line(time.time(), "WARNING", __name__, f"{n} log lines were dropped: stderr took none "
+                                 f"while {MAX_PENDING_LINES} waited", {"event": "log_lines_dropped", "dropped": n})
 
 
-_configured: BlockHandler | None = None  # router serve's, once configure() made it
+_configured: _ServeHandler | None = None  # router serve's, once configure() made it
 
 
-def direct(logger: logging.Logger) -> BlockHandler | None:
+def direct(logger: logging.Logger) -> _ServeHandler | None:
     """The handler to `write` the logger's INFO lines to, skipping the LogRecord and the rest of
     logging (a quarter of the cost, for the lines of every exec): only while its lines would reach
     that handler alone, unfiltered (not while a test captures them, say); else None."""
@@ -172,8 +134,8 @@ def direct(logger: logging.Logger) -> BlockHandler | None:
 def configure(log_format: LogFormat, level: int = logging.INFO) -> None:
     """The root logger of `router serve`: to stderr, in this format."""
     global _configured
-    handler = _configured = BlockHandler(sys.stderr.fileno())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler = _configured = _ServeHandler(sys.stderr.fileno(), JsonFormatter() if log_format == "json" else
+                                          TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # Neither format shows them, and each costs every record a call (logging's "Optimization").
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
@@ -187,13 +149,20 @@ class Announcer:
         self._json = log_format == "json"
 
     def __call__(self, event: str, message: str, **fields: Any) -> None:
-        print(line(event, message, **fields) if self._json else message, flush=True)
+        self._print(1, line(event, message, **fields) if self._json else message)
 
     def error(self, event: str, message: str, **fields: Any) -> None:
-        print(line(event, message, "error", **fields) if self._json else message, file=sys.stderr, flush=True)
+        self._print(2, line(event, message, "error", **fields) if self._json else message)
+
+    @staticmethod
+    def _print(fd: int, text: str) -> None:
+        """After what was logged before; a reader that takes nothing for STALL_SECS does not hold up
+        the server's start or stop (the line is dropped)."""
+        flush()
+        write_whole(fd, (text + "\n").encode("utf-8", "backslashreplace"), STALL_SECS)
 
 
 def flush() -> None:
-    """Write what was logged so far."""
+    """Write what was logged so far (what is printed next comes after it)."""
     for handler in logging.root.handlers:
         handler.flush()
