@@ -208,11 +208,11 @@ def test_lines_wait_for_a_stalled_reader_then_the_dropped_are_counted(monkeypatc
             while True:
                 os.write(w, b"-" * 4096)  # the pipe is full: the reader has stopped
         os.set_blocking(w, True)
-        handler.add("first", urgent=True)
+        handler.add("first")
         time.sleep(0.5)  # the handler's thread took it and waits for the reader
         began = time.monotonic()
         for i in range(200):
-            handler.add(f"line {i}", urgent=i % 50 == 0)
+            handler.add(f"line {i}")
         handler.flush(stall=0.2)  # gives up on the reader, as the stop does
         assert time.monotonic() - began < 1.5
         os.set_blocking(r, False)
@@ -226,6 +226,27 @@ def test_lines_wait_for_a_stalled_reader_then_the_dropped_are_counted(monkeypatc
         assert lines[0] == "first"
         assert lines[1:] == [f"line {i}" for i in range(50)] + ["150 dropped"]  # whole lines, in order
     finally:
+        handler.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_a_warning_is_written_with_what_came_before_when_the_call_returns() -> None:
+    r, w = os.pipe()
+    handler = log_writer.BlockHandler(w, lambda n: f"{n} dropped")
+    logger = logging.getLogger("router.tests.warning")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        logger.info("first")  # waits for the next block
+        logger.warning("second")  # an os._exit may come next: written before the call returns
+        os.set_blocking(r, False)
+        assert os.read(r, 1000) == b"first\nsecond\n"
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
         handler.close()
         os.close(r)
         os.close(w)

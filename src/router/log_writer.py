@@ -1,12 +1,13 @@
 """Log lines to a descriptor (stderr) without ever stalling the server on it.
 
-Lines are kept in memory and written in blocks by a thread of their own: at most FLUSH_SECS after
-them (a write per line cost the exec rate several percent), at once for WARNING and above. A reader
-that stops reading (a pipe nobody drains, a stuck collector) blocks only that thread; past
-MAX_PENDING_LINES new lines are dropped and counted, and the count is logged once the reader takes
-lines again. A flush from any other thread (at exit, before `router serve` prints) gives up on a
-reader that takes nothing for STALL_SECS. Only whole lines are written, so another writer on the
-descriptor never cuts one.
+Lines below WARNING are kept in memory and written in blocks by a thread of their own, at most
+FLUSH_SECS after them (a write per line cost the exec rate several percent); WARNING and above are
+written, with what came before, before the logging call returns. A reader that stops reading (a
+pipe nobody drains, a stuck collector) blocks only that thread; past MAX_PENDING_LINES new lines are
+dropped and counted, and the count is logged once the reader takes lines again. A write from any
+other thread (a WARNING, at exit, before `router serve` prints) gives up on a reader that takes
+nothing for STALL_SECS. Only whole lines are written, so another writer on the descriptor never
+cuts one.
 """
 from __future__ import annotations
 
@@ -53,8 +54,14 @@ class BlockHandler(logging.Handler):
         self._dropped = 0
         self._writing = threading.Lock()  # one writer at a time, so blocks keep their order
         self._pending = threading.Event()
-        self._urgent = self._closed = False
+        self._closed = False
         threading.Thread(target=self._flush_pending, name="router-log-flush", daemon=True).start()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        emitted = super().handle(record)
+        if record.levelno >= logging.WARNING:
+            self.flush()  # before the call returns (an os._exit may follow), outside the lock emit held
+        return emitted
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -62,19 +69,16 @@ class BlockHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        self.add(line, urgent=record.levelno >= logging.WARNING)
+        self.add(line)
 
-    def add(self, line: str, urgent: bool = False) -> None:
-        """A formatted line, to be written with the next block (at once if `urgent`)."""
+    def add(self, line: str) -> None:
+        """A formatted line, to be written with the next block."""
         with self.lock:  # type: ignore[union-attr]
             if len(self._lines) >= MAX_PENDING_LINES:
                 self._dropped += 1
                 return
             self._lines.append(line)
-        if urgent:
-            self._urgent = True
-            self._pending.set()
-        elif not self._pending.is_set():
+        if not self._pending.is_set():
             self._pending.set()
 
     def flush(self, stall: float | None = STALL_SECS) -> None:
@@ -106,8 +110,7 @@ class BlockHandler(logging.Handler):
     def _flush_pending(self) -> None:
         while not self._closed:
             self._pending.wait()
-            if not self._urgent and not self._closed:
+            if not self._closed:
                 time.sleep(FLUSH_SECS)
-            self._urgent = False
             self._pending.clear()
             self.flush(stall=None)
