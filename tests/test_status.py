@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 
 import router
-from router import auth
+from router import auth, config
 from router._proto import exec_control_pb2 as ec
 from router._proto import exec_control_pb2_grpc as ec_grpc
 from router._proto import task_command_router_pb2 as pb
@@ -42,7 +42,9 @@ def test_status_shows_running_then_retained_execs(tmp_path: pathlib.Path) -> Non
         assert eventually(lambda: client.inspect("sleeper").stdout_bytes == len(b"hello\n"))
         first = status_json(tmp_path)
         assert first["execs_running"] == 1 and first["execs_retained"] == 0 and first["retained_bytes"] == 0
-        assert first["state"] == "serving" and first["pid"] == proc.pid and first["listen"] == listen
+        served = config.read_server_info(tmp_path)  # the serving process, started by the keeper (proc)
+        assert served is not None and first["pid"] == served.pid and first["keeper_pid"] == proc.pid
+        assert first["state"] == "serving" and first["listen"] == listen
         assert first["version"] == router.__version__ and first["task_id"] == TASK_ID
         assert first["server_mode"] == "aio" and first["durability"] == "process"
         assert first["metrics_listen"] is None and first["tls_not_after"] is None
@@ -64,7 +66,8 @@ def test_status_shows_running_then_retained_execs(tmp_path: pathlib.Path) -> Non
         pairs = {m.group(1): m.group(2) for m in matches if m is not None}
         assert len(pairs) == len(lines) == 15
         assert len({line.index(value) for line, value in zip(lines, pairs.values(), strict=True)}) == 1  # aligned
-        assert pairs["state"] == "serving" and pairs["execs running"] == "0" and pairs["pid"] == str(proc.pid)
+        assert pairs["state"] == "serving" and pairs["execs running"] == "0"
+        assert pairs["pid"] == f"{served.pid} (keeper {proc.pid})"
         assert re.fullmatch(r"1 \(\d+ B of output\)", pairs["execs retained"])
         assert re.fullmatch(r"\d+s \(since .* UTC\)", pairs["uptime"]) and pairs["listen"] == listen
         assert re.fullmatch(r"[\d.]+ [KMGTP]iB free of [\d.]+ [KMGTP]iB  " + re.escape(str(tmp_path / "logs")),

@@ -277,7 +277,7 @@ class FilesystemSpace(_message.Message):
     def __init__(self, path: _Optional[str] = ..., free_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., full: _Optional[bool] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "started_at", "uptime_secs", "listen", "metrics_listen", "pid", "serving", "server_mode", "durability", "execs_running", "execs_retained", "retained_bytes", "log_filesystem", "state_filesystem", "mounts_active", "mount_paths", "tls_not_after", "task_id")
+    __slots__ = ("version", "started_at", "uptime_secs", "listen", "metrics_listen", "pid", "serving", "server_mode", "durability", "execs_running", "execs_retained", "retained_bytes", "log_filesystem", "state_filesystem", "mounts_active", "mount_paths", "tls_not_after", "task_id", "keeper_pid")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECS_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +296,7 @@ class StatusResponse(_message.Message):
     MOUNT_PATHS_FIELD_NUMBER: _ClassVar[int]
     TLS_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KEEPER_PID_FIELD_NUMBER: _ClassVar[int]
     version: str
     started_at: float
     uptime_secs: float
@@ -314,4 +315,5 @@ class StatusResponse(_message.Message):
     mount_paths: _containers.RepeatedScalarFieldContainer[bytes]
     tls_not_after: float
     task_id: str
-    def __init__(self, version: _Optional[str] = ..., started_at: _Optional[float] = ..., uptime_secs: _Optional[float] = ..., listen: _Optional[str] = ..., metrics_listen: _Optional[str] = ..., pid: _Optional[int] = ..., serving: _Optional[str] = ..., server_mode: _Optional[str] = ..., durability: _Optional[str] = ..., execs_running: _Optional[int] = ..., execs_retained: _Optional[int] = ..., retained_bytes: _Optional[int] = ..., log_filesystem: _Optional[_Union[FilesystemSpace, _Mapping]] = ..., state_filesystem: _Optional[_Union[FilesystemSpace, _Mapping]] = ..., mounts_active: _Optional[int] = ..., mount_paths: _Optional[_Iterable[bytes]] = ..., tls_not_after: _Optional[float] = ..., task_id: _Optional[str] = ...) -> None: ...
+    keeper_pid: int
+    def __init__(self, version: _Optional[str] = ..., started_at: _Optional[float] = ..., uptime_secs: _Optional[float] = ..., listen: _Optional[str] = ..., metrics_listen: _Optional[str] = ..., pid: _Optional[int] = ..., serving: _Optional[str] = ..., server_mode: _Optional[str] = ..., durability: _Optional[str] = ..., execs_running: _Optional[int] = ..., execs_retained: _Optional[int] = ..., retained_bytes: _Optional[int] = ..., log_filesystem: _Optional[_Union[FilesystemSpace, _Mapping]] = ..., state_filesystem: _Optional[_Union[FilesystemSpace, _Mapping]] = ..., mounts_active: _Optional[int] = ..., mount_paths: _Optional[_Iterable[bytes]] = ..., tls_not_after: _Optional[float] = ..., task_id: _Optional[str] = ..., keeper_pid: _Optional[int] = ...) -> None: ...

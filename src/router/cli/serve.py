@@ -126,6 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = listen.rsplit(":", 1)[0]
     listen = f"{host}:{server.port}"
     link.start(server.engine.loop.call_soon)
+    server.status.keeper_pid = os.getppid()
     def on_handed_over() -> None:
         handed_over.set()
         stop.set()

@@ -59,7 +59,7 @@ def lines(status: ec.StatusResponse) -> list[tuple[str, str]]:
     return [
         ("state", status.serving),
         ("version", status.version),
-        ("pid", str(status.pid)),
+        ("pid", f"{status.pid}" + (f" (keeper {status.keeper_pid})" if status.keeper_pid else "")),
         ("uptime", f"{duration(status.uptime_secs)} (since {_utc(status.started_at)})"),
         ("listen", status.listen),
         ("metrics", status.metrics_listen or "off"),
@@ -82,7 +82,8 @@ def _filesystem(fs: ec.FilesystemSpace) -> dict[str, Any]:
 def as_json(status: ec.StatusResponse) -> dict[str, Any]:
     """For machines: bytes and seconds as numbers, times in ISO 8601 (UTC)."""
     return {
-        "state": status.serving, "version": status.version, "pid": status.pid, "task_id": status.task_id,
+        "state": status.serving, "version": status.version, "pid": status.pid,
+        "keeper_pid": status.keeper_pid or None, "task_id": status.task_id,
         "started_at": _iso(status.started_at), "uptime_secs": status.uptime_secs, "listen": status.listen,
         "metrics_listen": status.metrics_listen or None, "server_mode": status.server_mode,
         "durability": status.durability, "execs_running": status.execs_running,

@@ -40,6 +40,7 @@ class ServerStatus:
         self.draining = False
         # New execs are refused until the state filesystem has room (engine.on_state_full).
         self.state_full = False
+        self.keeper_pid = 0  # set by `router serve` under its keeper
 
     def set_state_full(self, full: bool) -> None:
         self.state_full = full
@@ -61,7 +62,7 @@ class ServerStatus:
             retained_bytes=registry.finished_bytes,
             log_filesystem=filesystem(self._log_dir, self._engine.log_full),
             state_filesystem=filesystem(pathlib.Path(config.state_dir), self.state_full),
-            mounts_active=len(mounts), mount_paths=mounts, task_id=config.task_id)
+            mounts_active=len(mounts), mount_paths=mounts, task_id=config.task_id, keeper_pid=self.keeper_pid)
         if self._tls is not None:
             status.tls_not_after = self._tls.not_after
         return status
