@@ -85,6 +85,7 @@ def test_a_drain_lets_a_running_exec_finish_and_refuses_new_ones(tmp_path: pathl
         assert eventually(lambda: health(listen) == NOT_SERVING), "still ready while draining"
         assert health(listen, SERVICE_NAME) == NOT_SERVING
         assert health(listen, LIVENESS) == SERVING
+        assert client.status().serving == "draining"
         refused = _refused(raw, "new")
         assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused
         assert (refused.details() or "").startswith("the router is draining: "), refused.details()

@@ -49,7 +49,7 @@ EXPECTED: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {
     ("router_execs_finished_total", (("cause", "oom"),)): 0,
     ("router_execs_running", ()): 0,
     ("router_exec_duration_seconds_count", ()): 14,
-    ("router_output_bytes_total", (("stream", "stdout"),)): 5 + 12,
+    ("router_output_bytes_total", (("stream", "stdout"),)): 5 + 12 + 2,
     ("router_output_bytes_total", (("stream", "stderr"),)): 3,
     ("router_stdin_bytes_total", ()): 12,
     ("router_log_filesystem_full", ()): 0,
@@ -89,9 +89,10 @@ def workload(client: RouterClient, raw: Raw, tmp_path: pathlib.Path) -> None:
     assert raw.code("TaskExecPoll", poll) == grpc.StatusCode.NOT_FOUND
     assert raw.code("TaskExecPoll", poll, metadata=(("authorization", "Bearer nope"),)) == \
         grpc.StatusCode.UNAUTHENTICATED
-    client.start("followed", ["sleep", "60"], **PIPES)
+    client.start("followed", ["sh", "-c", "echo x; exec sleep 60"], **PIPES)
     read = raw.call("TaskExecStdioRead", pb.TaskExecStdioReadRequest(task_id=TASK_ID, exec_id="followed"))
-    read.cancel()  # while the read waits for output
+    next(read)  # the server's handler runs: a cancel before it did would never reach it
+    read.cancel()  # while the read waits for more output
     client.kill("followed")
     tree, target = tmp_path / "tree", tmp_path / "mnt"
     tree.mkdir()
@@ -220,7 +221,8 @@ def test_prometheus_scrapes_the_workload_s_exact_counts(tmp_path: pathlib.Path) 
                 by_name = {name: prometheus_query(base, name) for name in {name for name, _ in expected}}
                 return {(name, labels): by_name[name].get(labels) for name, labels in expected}
 
-            assert eventually(lambda: seen() == expected, timeout=10), (seen(), expected)
+            assert eventually(lambda: seen() == expected, timeout=10), \
+                {key: (got, expected[key]) for key, got in seen().items() if got != expected[key]}
             scraped_at = prometheus_query(base, "router_exec_duration_seconds_bucket")
             assert scraped_at[(("le", "+Inf"),)] == 14 == value(done, "router_exec_duration_seconds_count")
             assert prometheus_query(base, "process_open_fds")[()] > 0

@@ -62,6 +62,8 @@ def test_running_execs_end_and_are_answered_on_a_full_state_filesystem(tmp_path:
             # Not ready for new execs, and alive: an orchestrator should wait, not restart it.
             assert not _ready(listen)
             assert health(listen, "router.liveness") == health_pb2.HealthCheckResponse.SERVING
+            status = client.status()  # and `router status` says why
+            assert status.serving == "full" and status.state_filesystem.full and not status.log_filesystem.full
             # An image has no room either: RESOURCE_EXHAUSTED, saying why.
             raw = Raw(int(listen.rsplit(":", 1)[1]), token)
             snapshot = pb.TaskSnapshotDirectoryRequest(task_id=TASK_ID, path=bytes(tree))
@@ -87,5 +89,6 @@ def test_running_execs_end_and_are_answered_on_a_full_state_filesystem(tmp_path:
                 assert b"".join(client.read(f"cat{i}")) == b"before\nafter\n"
             filler.unlink()  # space returns: new execs are accepted again, without a restart
             assert eventually(lambda: _ready(listen), timeout=10)
+            assert client.status().serving == "serving" and not client.status().state_filesystem.full
             assert eventually(lambda: _start_code(client, "after-room") == grpc.StatusCode.OK, timeout=10)
             assert exit_code(client.wait("after-room")) == 0

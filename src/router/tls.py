@@ -95,14 +95,16 @@ class ServerTls:
         try:
             configuration, not_after = _configuration(self._files)
         except ValueError as e:
-            logger.error("TLS reload failed, still serving the previous certificate: %s", e)
+            logger.error("TLS reload failed, still serving the previous certificate: %s", e,
+                         extra={"event": "tls_reload_failed", "cert": self._files.cert})
             return False
         with self._lock:
             self._pending = configuration
             self.not_after = not_after
         for listener in self.reloaded:
             listener()
-        logger.info("TLS certificate reloaded from %s", self._files.cert)
+        logger.info("TLS certificate reloaded from %s", self._files.cert,
+                    extra={"event": "tls_reloaded", "cert": self._files.cert, "not_after": self.not_after})
         return True
 
 

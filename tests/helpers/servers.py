@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import signal
 import subprocess
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import IO, Any
 
 from router import auth
 from router.client import RouterClient
@@ -84,16 +85,18 @@ def hand_over(keeper: subprocess.Popen[str], state: pathlib.Path) -> int:
 
 @contextlib.contextmanager
 def router_process(state_dir: pathlib.Path, *extra: str, prefix: Sequence[str] = (),
+                   stderr: IO[bytes] | int = subprocess.STDOUT,
                    drain_secs: float | None = 0) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`router serve` in its own process on a free port (run through `prefix`, a command that execs
-    its arguments, if given); yields (process, HOST:PORT), its stdout still open for the lines after
-    the address. Always stopped (SIGTERM). `drain_secs`: its --drain-secs, None for the default;
-    0 unless a test is about draining, so that the stop kills what still runs at once."""
+    its arguments, if given); yields (process, HOST:PORT), its stdout (and stderr) still open for the
+    lines after the address, in text or JSON (--log-format json); its stderr goes there too unless
+    `stderr` says where. Always stopped (SIGTERM). `drain_secs`: its --drain-secs, None for the
+    default; 0 unless a test is about draining, so that the stop kills what still runs at once."""
     drain = () if drain_secs is None else ("--drain-secs", str(drain_secs))
     proc = subprocess.Popen(
         [*prefix, *ROUTER, "serve", "--listen", "127.0.0.1:0", "--state-dir", str(state_dir),
          "--task-id", TASK_ID, *drain, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=stderr, text=True,
     )
     try:
         assert proc.stdout is not None
@@ -102,6 +105,9 @@ def router_process(state_dir: pathlib.Path, *extra: str, prefix: Sequence[str] =
         for line in proc.stdout:
             if line.startswith("router listening on "):
                 listen = line.split()[-1]
+                break
+            if line.startswith('{"time":') and json.loads(line)["event"] == "listening":  # --log-format json
+                listen = json.loads(line)["listen"]
                 break
             before.append(line)
         assert listen, "server did not start:\n" + "".join(before)

@@ -257,3 +257,63 @@ class WatchResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[WatchEvent]
     def __init__(self, events: _Optional[_Iterable[_Union[WatchEvent, _Mapping]]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class FilesystemSpace(_message.Message):
+    __slots__ = ("path", "free_bytes", "total_bytes", "full")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    free_bytes: int
+    total_bytes: int
+    full: bool
+    def __init__(self, path: _Optional[str] = ..., free_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., full: _Optional[bool] = ...) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("version", "started_at", "uptime_secs", "listen", "metrics_listen", "pid", "serving", "server_mode", "durability", "execs_running", "execs_retained", "retained_bytes", "log_filesystem", "state_filesystem", "mounts_active", "mount_paths", "tls_not_after", "task_id", "keeper_pid")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECS_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
+    METRICS_LISTEN_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    SERVER_MODE_FIELD_NUMBER: _ClassVar[int]
+    DURABILITY_FIELD_NUMBER: _ClassVar[int]
+    EXECS_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    EXECS_RETAINED_FIELD_NUMBER: _ClassVar[int]
+    RETAINED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOG_FILESYSTEM_FIELD_NUMBER: _ClassVar[int]
+    STATE_FILESYSTEM_FIELD_NUMBER: _ClassVar[int]
+    MOUNTS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    MOUNT_PATHS_FIELD_NUMBER: _ClassVar[int]
+    TLS_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    KEEPER_PID_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    started_at: float
+    uptime_secs: float
+    listen: str
+    metrics_listen: str
+    pid: int
+    serving: str
+    server_mode: str
+    durability: str
+    execs_running: int
+    execs_retained: int
+    retained_bytes: int
+    log_filesystem: FilesystemSpace
+    state_filesystem: FilesystemSpace
+    mounts_active: int
+    mount_paths: _containers.RepeatedScalarFieldContainer[bytes]
+    tls_not_after: float
+    task_id: str
+    keeper_pid: int
+    def __init__(self, version: _Optional[str] = ..., started_at: _Optional[float] = ..., uptime_secs: _Optional[float] = ..., listen: _Optional[str] = ..., metrics_listen: _Optional[str] = ..., pid: _Optional[int] = ..., serving: _Optional[str] = ..., server_mode: _Optional[str] = ..., durability: _Optional[str] = ..., execs_running: _Optional[int] = ..., execs_retained: _Optional[int] = ..., retained_bytes: _Optional[int] = ..., log_filesystem: _Optional[_Union[FilesystemSpace, _Mapping]] = ..., state_filesystem: _Optional[_Union[FilesystemSpace, _Mapping]] = ..., mounts_active: _Optional[int] = ..., mount_paths: _Optional[_Iterable[bytes]] = ..., tls_not_after: _Optional[float] = ..., task_id: _Optional[str] = ..., keeper_pid: _Optional[int] = ...) -> None: ...

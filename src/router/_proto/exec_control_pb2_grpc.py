@@ -69,6 +69,11 @@ class ExecControlStub:
                 request_serializer=router_dot___proto_dot_exec__control__pb2.WatchRequest.SerializeToString,
                 response_deserializer=router_dot___proto_dot_exec__control__pb2.WatchResponse.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/task_command_router.v1.ExecControl/Status',
+                request_serializer=router_dot___proto_dot_exec__control__pb2.StatusRequest.SerializeToString,
+                response_deserializer=router_dot___proto_dot_exec__control__pb2.StatusResponse.FromString,
+                _registered_method=True)
 
 
 class ExecControlServicer:
@@ -120,6 +125,13 @@ class ExecControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Status(self, request, context):
+        """The router's state in one answer: version, uptime, addresses, execs, space, mounts, certificate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +169,11 @@ def add_ExecControlServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=router_dot___proto_dot_exec__control__pb2.WatchRequest.FromString,
                     response_serializer=router_dot___proto_dot_exec__control__pb2.WatchResponse.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=router_dot___proto_dot_exec__control__pb2.StatusRequest.FromString,
+                    response_serializer=router_dot___proto_dot_exec__control__pb2.StatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +365,33 @@ class ExecControl:
             '/task_command_router.v1.ExecControl/Watch',
             router_dot___proto_dot_exec__control__pb2.WatchRequest.SerializeToString,
             router_dot___proto_dot_exec__control__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/task_command_router.v1.ExecControl/Status',
+            router_dot___proto_dot_exec__control__pb2.StatusRequest.SerializeToString,
+            router_dot___proto_dot_exec__control__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

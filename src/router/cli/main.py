@@ -1,4 +1,4 @@
-"""The `router` command: serve, token, exec, batch, ls, inspect, kill, logs, images, secrets.
+"""The `router` command: serve, token, exec, batch, status, ls, inspect, kill, logs, images, secrets.
 
 No traceback reaches a user: a failure is one line on stderr. Exit statuses: `exec` and `batch`
 use 255 for their own failures and usage errors (their other statuses are the commands'), the

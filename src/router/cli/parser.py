@@ -12,6 +12,7 @@ from router.server.drain import DEFAULT_DRAIN_SECS
 
 from . import admin
 from . import serve as serve_cmd
+from . import status as status_cmd
 from .argtypes import halt, listen, message_size, positive, seconds, signal_number, size, whole
 from .connection import add_connection_args
 from .exec import cmd_exec
@@ -93,6 +94,9 @@ def parser() -> Parser:
                             "(process, default), or also synced to disk, so they survive a power cut (machine)")
     serve.add_argument("--no-journal", action="store_true",
                        help="keep no records: a restarted router starts empty (and deletes old logs)")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text",
+                       help="the server's own log lines on stderr (not exec output): text (default), or json: one "
+                            "object per line with time, level, event and the event's fields (README, \"Logs\")")
     serve.add_argument("--mount-method", choices=("auto", "overlay", "copy"), default="auto",
                        help="how images are mounted: overlay (needs the privilege to mount), copy, or auto "
                             "(overlay when a probe mount works; default)")
@@ -186,6 +190,11 @@ def parser() -> Parser:
     ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     ex.set_defaults(func=cmd_exec)
 
+    status = sub.add_parser("status", help="the server's state: version, uptime, addresses, execs, free space, "
+                            "mounts, certificate expiry")
+    add_connection_args(status)
+    status.add_argument("--json", action="store_true", help="as JSON, for machines (bytes and seconds as numbers)")
+    status.set_defaults(func=status_cmd.cmd_status)
     ls = sub.add_parser("ls", help="list execs")
     add_connection_args(ls)
     ls.add_argument("--state", choices=sorted(admin.STATES), default="any", help="which execs (default %(default)s)")

@@ -7,17 +7,15 @@ import argparse
 import contextlib
 import functools
 import gc
-import logging
 import os
 import pathlib
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from router import config
+from router import config, logs
 from router.engine import procs
 from router.engine.adoption import Adoption
 from router.handover import keeper, listeners, messages, takeover, wire
@@ -40,18 +38,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from router.server.drain import StopRequests
     from router.server.grpc_server import RouterServer
 
+    say = logs.Announcer(args.log_format)
     if args.max_workers is not None and args.server_mode != "threads":
-        print("router serve: --max-workers is for --server-mode threads (aio serves every call on one event "
-              "loop thread)", file=sys.stderr)
+        say.error("usage_error", "router serve: --max-workers is for --server-mode threads (aio serves every call "
+                  "on one event loop thread)")
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_format)
     state_dir = config.state_dir_from(args.state_dir)
     try:
         config.ensure_state_dir(state_dir)
         task_id = args.task_id or config.load_or_create_task_id(state_dir)
         key = load_or_create_key(state_dir)
     except OSError as e:
-        print(f"router serve: cannot use the state directory {state_dir}: {e.strerror}", file=sys.stderr)
+        say.error("cannot_start", f"router serve: cannot use the state directory {state_dir}: {e.strerror}",
+                  state_dir=str(state_dir))
         return 1
     if args.takeover:
         return takeover.request(state_dir)
@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             listen, carried = take(predecessor)
         except (HandoverFailed, OSError, EOFError, ValueError) as e:
-            print(f"router serve: cannot take over: {e}", file=sys.stderr)
+            say.error("takeover_failed", f"router serve: cannot take over: {e}")
             return 1
         adopting = Adoption(carried, link)
     log_dir = str(pathlib.Path(args.log_dir).expanduser().resolve()) if args.log_dir else ""
@@ -95,10 +95,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         server = RouterServer(cfg, key, takeover=adopting is not None)
     except ValueError as e:
-        print(f"router serve: {e}", file=sys.stderr)
+        say.error("bad_configuration", f"router serve: {e}")
         return 2
     except OSError as e:  # the log directory, the journal, the image store
-        print(f"router serve: cannot start: {e}", file=sys.stderr)
+        say.error("cannot_start", f"router serve: cannot start: {e}")
         return 1
     # Every exec allocates dozens of objects kept as long as the exec is: at the default threshold
     # (700 allocations) the collector ran ~90 times per 1,000 execs of `true`, ~10% of the server's
@@ -118,20 +118,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             wire.send(predecessor, messages.Commit())
         except OSError as e:
-            print(f"router serve: cannot take over: the serving process is gone ({e})", file=sys.stderr)
+            say.error("takeover_failed", f"router serve: cannot take over: the serving process is gone ({e})")
             return 1
     try:
         server.start(adopting=adopting, lock=False)
     except config.StateDirBusy as e:
-        print(f"router serve: {e}", file=sys.stderr)
+        say.error("state_dir_busy", f"router serve: {e}", state_dir=str(state_dir))
         return 1
     except RuntimeError as e:  # grpc's "Failed to bind"
-        print(f"router serve: cannot listen on {args.listen}: the address is in use or not this host's ({e})",
-              file=sys.stderr)
+        say.error("cannot_listen", f"router serve: cannot listen on {args.listen}: the address is in use or not "
+                  f"this host's ({e})", listen=args.listen)
         return 1
     host = listen.rsplit(":", 1)[0]
     listen = f"{host}:{server.port}"
     link.start(server.engine.loop.call_soon)
+    server.status.keeper_pid = os.getppid()
     def on_handed_over() -> None:
         handed_over.set()
         stops.first.set()
@@ -144,26 +145,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                                               tls=cfg.tls.enabled, keeper_pid=os.getppid(),
                                                               metrics=server.metrics_url))
     except OSError as e:  # a full state filesystem: serve anyway, the journal keeps its own room
-        print(f"router serve: cannot write {state_dir / 'server.json'} ({e.strerror}): clients on this host "
-              f"need --target {listen}", file=sys.stderr, flush=True)
-    print(f"router listening on {listen}", flush=True)
+        say.error("cannot_write_server_info", f"router serve: cannot write {state_dir / 'server.json'} "
+                  f"({e.strerror}): clients on this host need --target {listen}", listen=listen)
+    say("listening", f"router listening on {listen}", listen=listen, pid=os.getpid())
     if server.metrics_url:
-        print(f"metrics on {server.metrics_url}", flush=True)
-    print(f"task id: {task_id}", flush=True)
-    print(f"state directory: {state_dir}", flush=True)
+        say("metrics", f"metrics on {server.metrics_url}", url=server.metrics_url)
+    say("task", f"task id: {task_id}", task_id=task_id)
+    say("state_dir", f"state directory: {state_dir}", state_dir=str(state_dir))
     if cfg.reap_orphans:
-        print("reaping orphaned processes (this router is their init)", flush=True)
+        say("reaping_orphans", "reaping orphaned processes (this router is their init)")
     task_flag = f" --task-id {task_id}" if args.task_id else ""  # a task the state directory does not name
-    print(f"get a token with: router token --state-dir {state_dir}{task_flag}", flush=True)
+    say("token_hint", f"get a token with: router token --state-dir {state_dir}{task_flag}")
     try:
         stops.first.wait()
         if not handed_over.is_set():
-            print("router shutting down", flush=True)
+            say("shutting_down", "router shutting down")
             server.drain(args.drain_secs, stops.again)
     finally:
         if handed_over.is_set():
-            print("router handed over to a new serving process", flush=True)
+            say("handed_over", "router handed over to a new serving process")
             server.abandon()
+            logs.flush()  # os._exit skips logging's own flush at exit
             os._exit(0)  # nothing of the engine may run on: the journal, the execs are the successor's
         server.stop()
         config.remove_server_info(state_dir)

@@ -79,6 +79,9 @@ class AsyncRouterClient(_Client):
     async def inspect(self, exec_id: str) -> ec.ExecInfo:
         return await self._run(self._inspect(exec_id))
 
+    async def status(self) -> ec.StatusResponse:
+        return await self._run(self._status())
+
     def execs(self, state: ec.ExecState = ec.EXEC_STATE_ANY) -> AsyncIterator[ec.ExecInfo]:
         return self._drive(_Run(self._execs(state)))
 

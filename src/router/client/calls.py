@@ -336,6 +336,10 @@ class _Client:
         info: ec.ExecInfo = yield from self._unary("Inspect", ec.InspectRequest(task_id=self.task_id, exec_id=exec_id))
         return info
 
+    def _status(self) -> _Steps[ec.StatusResponse]:
+        status: ec.StatusResponse = yield from self._unary("Status", ec.StatusRequest(task_id=self.task_id))
+        return status
+
     def _execs(self, state: ec.ExecState) -> _Steps[None]:
         token = ""
         while True:

@@ -103,6 +103,10 @@ class RouterClient(_Client):
     def inspect(self, exec_id: str) -> ec.ExecInfo:
         return self._run(self._inspect(exec_id))
 
+    def status(self) -> ec.StatusResponse:
+        """The router's state: version, uptime, addresses, execs, space, mounts, certificate."""
+        return self._run(self._status())
+
     def execs(self, state: ec.ExecState = ec.EXEC_STATE_ANY) -> Iterator[ec.ExecInfo]:
         """Every exec in that state, page by page."""
         return self._drive(_Run(self._execs(state)))

@@ -128,7 +128,8 @@ class Child:
             if reaped is not None:
                 self.usage = Usage(user_cpu_secs=reaped[0], system_cpu_secs=reaped[1], max_rss_bytes=reaped[2])
         else:
-            logger.error("leader %d survived SIGKILL; leaving it unreaped", self.pid)
+            logger.error("leader %d survived SIGKILL; leaving it unreaped", self.pid,
+                         extra={"event": "leader_survived_sigkill", "pid": self.pid})
         self.drop()
         # Linux keeps a group's id from reuse while it has members.
         return procs.group_exists(self.pid)

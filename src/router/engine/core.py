@@ -299,8 +299,7 @@ class Engine:
 
     def _started(self, ex: Exec) -> None:
         """Its start is journaled: answer it."""
-        ex.started.set_result(None)
-        ex.notify()
+        ex.answer_started()  # and log it (exec_log.py)
         if ex.child is not None:  # not when it failed to start (it has finished instead)
             for watcher in list(self._watchers):
                 watcher.offer_started(ex)

@@ -73,7 +73,8 @@ class MachineSync:
                 self._journal.sync()
                 return
             except OSError as e:
-                logger.error("syncing the journal and logs failed, retrying in %ss: %s", RETRY_SECS, e)
+                logger.error("syncing the journal and logs failed, retrying in %ss: %s", RETRY_SECS, e,
+                             extra={"event": "sync_failed"})
             except ValueError:
                 return  # closed: the router stops
             threading.Event().wait(RETRY_SECS)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from router._fastio import SegmentedLog
 from router.errors import RouterError
 
+from . import exec_log
 from .records import ExecSpec, ExitCause, ExitStatus, StreamName, Usage
 from .stdin_buffer import StdinBuffer
 
@@ -273,6 +274,14 @@ class Exec(Changes):
             self.status, self.cause, self.ended_at = status, cause, ended_at
             self.exited_at = time.monotonic()
         self.notify()
+        exec_log.ended(self)
+
+    def answer_started(self) -> None:
+        """Its start is journaled: answer it, and log it if its process started (loop thread)."""
+        self.started.set_result(None)
+        self.notify()
+        if self.child is not None:  # not when it failed to start (it has finished instead)
+            exec_log.started(self)
 
     def fail(self, error: RouterError) -> None:
         """Its start failed and it was dropped: tell its waiters why (loop thread)."""

@@ -95,14 +95,15 @@ class ExecJournal:
             if not self._failing:
                 self._failing = True
                 logger.error("writing the journal %s failed (answers wait until it works; retrying every %ss): %s",
-                             self.journal.path, RETRY_SECS, e)
+                             self.journal.path, RETRY_SECS, e, extra={"event": "journal_write_failed"})
             self._dirty.update(ex for ex, _ in changed)
             self._waiting[:0] = waiting
             self._loop.loop.call_later(RETRY_SECS, self.flush_soon)
             return
         if self._failing:
             self._failing = False
-            logger.warning("writing the journal %s works again", self.journal.path)
+            logger.warning("writing the journal %s works again", self.journal.path,
+                           extra={"event": "journal_write_recovered"})
         self._keep_reserve()
         if self._sync is None:
             self._written(held, changed, waiting)
@@ -138,9 +139,11 @@ class ExecJournal:
                 listener(full)
             if full:
                 logger.error("the state filesystem of %s is full: new execs are refused until it has room for "
-                             "the journal's reserve (running execs go on)", self.journal.path)
+                             "the journal's reserve (running execs go on)", self.journal.path,
+                             extra={"event": "state_filesystem_full"})
             else:
-                logger.warning("the state filesystem of %s has room again: new execs are accepted", self.journal.path)
+                logger.warning("the state filesystem of %s has room again: new execs are accepted", self.journal.path,
+                               extra={"event": "state_filesystem_room"})
 
     def _recycle(self) -> None:
         self._recycle_armed = False

@@ -203,7 +203,8 @@ class LogSpace:
                       else "holding back the largest writers")
             logger.warning("the log filesystem of %s is full (%d bytes free, %d kept for small outputs): releasing "
                            "finished execs' output, %s (--on-log-full %s)", self._log_dir, max(self._free, 0),
-                           self.reserve, action, self._policy)
+                           self.reserve, action, self._policy,
+                           extra={"event": "log_filesystem_full", "free_bytes": max(self._free, 0)})
             self._loop.loop.call_later(TICK_SECS, self._tick)
 
     def _tick(self) -> None:
@@ -217,8 +218,9 @@ class LogSpace:
             self._loop.loop.call_later(TICK_SECS, self._tick)
             return
         self.full = False
-        logger.info("the log filesystem of %s has room again (%d bytes free)", self._log_dir,
-                    self._room(fresh=True) + self.reserve)
+        free = self._room(fresh=True) + self.reserve
+        logger.info("the log filesystem of %s has room again (%d bytes free)", self._log_dir, free,
+                    extra={"event": "log_filesystem_room", "free_bytes": free})
 
 
 def remove_arenas(log_dir: pathlib.Path) -> None:

@@ -129,7 +129,8 @@ class OutputPipes:
                 self._hold(fd)
                 return
             # The log kept what it took from the pipe; stop reading until writing can work again.
-            logger.error("writing output failed (exec %s), retrying in %ss: %s", self._exec_id, DRAIN_RETRY_SECS, e)
+            logger.error("writing output failed (exec %s), retrying in %ss: %s", self._exec_id, DRAIN_RETRY_SECS, e,
+                         extra={"event": "output_write_failed", "exec_id": self._exec_id})
             self._readers.remove_reader(fd)
             self._retries.append(self._loop.call_later(DRAIN_RETRY_SECS, self._resume, fd))
             return

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from router._fastio import SegmentedLog, SegmentStore
 
-from . import procs
+from . import exec_log, procs
 from .execs import Exec
 from .finished import NO_ENV, RestoredStdin, settle
 from .journal import Journal
@@ -47,7 +47,8 @@ def restore(journaled: dict[str, JournaledExec], journal: Journal, store: Segmen
                 registry.stats.exited(ExitCause.LOST, None)
     store.finish_restore()
     journal.flush(fsync=True)
-    logger.info("restored %d execs from the journal", registry.finished_count)
+    logger.info("restored %d execs from the journal", registry.finished_count,
+                extra={"event": "journal_restored", "execs": registry.finished_count})
 
 
 def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, stdin_limit: int,
@@ -65,7 +66,8 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
         try:
             ex = _rebuild(je, store, stdin_limit)
         except ValueError as e:
-            logger.error("exec %s cannot be restored from the journal, dropped: %s", je.exec_id, e)
+            logger.error("exec %s cannot be restored from the journal, dropped: %s", je.exec_id, e,
+                         extra={"event": "exec_restore_failed", "exec_id": je.exec_id})
             continue
         records: list[Record] = []
         if incomplete:
@@ -76,6 +78,7 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
             ex.status = LOST
             ex.cause, ex.ended_at = ExitCause.LOST, lost.ended_at
             ex.exited_at = time.monotonic()
+            exec_log.ended(ex)
         else:
             ex.status = je.exited.status
             ex.cause, ex.ended_at = je.exited.cause, je.exited.ended_at
@@ -167,7 +170,8 @@ def _kill_child_of_unfinished_spawn(je: JournaledExec, slot: Slot) -> None:
         names = procs.environment_names(pid)
         if (names is not None and je.begun.env_names and names.issuperset(je.begun.env_names)) \
                 or procs.command_line(pid) == je.begun.args:
-            logger.warning("exec %s was being spawned when its router died: ending group %d", je.exec_id, group)
+            logger.warning("exec %s was being spawned when its router died: ending group %d", je.exec_id, group,
+                           extra={"event": "lost_spawn_ended", "exec_id": je.exec_id, "group": group})
             _kill_group(group, group == pid, je.begun.pty is not None)
 
 

@@ -217,7 +217,8 @@ class Images:
                 self._cache.update(walk.seen)
                 save_stat_cache(self._cache_path, self._cache)
         logger.info("snapshot %s of %r: %d entries, %d bytes read, %d bytes added", image_id, args.path,
-                 len(manifest.entries), walk.read, walk.stored)
+                    len(manifest.entries), walk.read, walk.stored,
+                    extra={"event": "image_snapshot", "image_id": image_id, "bytes_added": walk.stored})
         return image_id
 
     def _overlay_base(self, path: bytes) -> OverlayBase | None:
@@ -292,7 +293,8 @@ class Images:
                 raise _store_error(e, f"mount at {target!r}") from None
             self._table.mounts.append(entry)
             self._save_table()
-        logger.info("mounted %s at %r (%s)", args.image_id or "an empty directory", target, entry.method)
+        logger.info("mounted %s at %r (%s)", args.image_id or "an empty directory", target, entry.method,
+                    extra={"event": "image_mounted", "image_id": args.image_id, "method": entry.method})
 
     def _content(self, record: ImageRecord, key: bytes | None) -> Callable[[Entry], Iterator[bytes]]:
         if record.encrypted:
@@ -353,7 +355,7 @@ class Images:
                     detached = mounts.unmount(path)
                     own = self._mounts / top.mount_id
                     if detached:  # still in use: its upper layer goes once the last user does
-                        logger.warning("%r was busy: detached lazily", path)
+                        logger.warning("%r was busy: detached lazily", path, extra={"event": "unmount_lazy"})
                     else:
                         shutil.rmtree(own, ignore_errors=True)
                 else:
@@ -366,14 +368,14 @@ class Images:
             self._table.mounts.remove(top)
             self._save_table()
 
-    @property
-    def mounts_active(self) -> int:
-        with self._lock:
-            return len(self._table.mounts)
-
     def mounted_images(self) -> set[str]:
         with self._lock:
             return {m.image_id for m in self._table.mounts if m.image_id}
+
+    def mount_paths(self) -> list[bytes]:
+        """Where images are mounted now, oldest mount first."""
+        with self._lock:
+            return [m.path for m in self._table.mounts]
 
     # -- maintenance ---------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """The router's own service, `task_command_router.v1.ExecControl` (proto/router/_proto/exec_control.proto):
-signal, kill, resize, list, inspect, batch start, watch. Bodies as in service.py: generators that
+signal, kill, resize, list, inspect, batch start, watch, status. Bodies as in service.py: generators that
 yield Wait/Offload/frames and return the response; the same handlers drive them.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from router.errors import RouterError, invalid
 
 from . import exit_causes, validate
 from .service import Body, Method, Offload, Service, Wait
+from .status import ServerStatus
 
 SERVICE_NAME = "task_command_router.v1.ExecControl"
 METHODS: dict[str, Method] = {
@@ -28,6 +29,7 @@ METHODS: dict[str, Method] = {
     "Inspect": Method(ec.InspectRequest, ec.ExecInfo, False),
     "BatchStart": Method(ec.BatchStartRequest, ec.BatchStartResponse, False),
     "Watch": Method(ec.WatchRequest, None, True),  # frames: encoded WatchResponses
+    "Status": Method(ec.StatusRequest, ec.StatusResponse, False),
 }
 _TARGETS = {ec.SIGNAL_TARGET_GROUP: "group", ec.SIGNAL_TARGET_LEADER: "leader", ec.SIGNAL_TARGET_SESSION: "session"}
 MAX_PAGE = 1000
@@ -113,8 +115,9 @@ class _Starts(Changes):
 class Control:
     """The bodies of ExecControl, by name (see METHODS)."""
 
-    def __init__(self, service: Service, max_message_size: int) -> None:
+    def __init__(self, service: Service, max_message_size: int, status: ServerStatus) -> None:
         self._service = service
+        self._status = status
         self._engine = service.engine
         # A larger output in an event could not be sent: the whole Watch would fail.
         self._max_event_output = max(0, max_message_size - EVENT_FIELDS_ROOM)
@@ -193,6 +196,10 @@ class Control:
             except RouterError as e:
                 results[i] = ec.BatchItemResult(exec_id=ex.exec_id, code=e.code.value[0], message=e.message)
         return ec.BatchStartResponse(results=results)
+
+    def Status(self, request: ec.StatusRequest) -> Body:
+        status: ec.StatusResponse = yield Offload(self._status.response)  # statvfs may block
+        return status
 
     def Watch(self, request: ec.WatchRequest) -> Body:
         for exec_id in request.exec_ids:

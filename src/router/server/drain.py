@@ -49,17 +49,22 @@ def drain(engine: Engine, refuse: Callable[[RouterError], None], secs: float, hu
     refuse(RouterError(grpc.StatusCode.UNAVAILABLE, f"the router is draining: it takes no new exec, and stops once "
                        f"the running ones end (at {until} at the latest); start it on another router, or here "
                        "once restarted"))
+    running = engine.running_count
     logger.info("draining: %d execs running, new execs refused; stopping once they end, at %s (--drain-secs %g) "
-                "at the latest; a second SIGTERM or SIGINT stops at once", engine.running_count, until, secs)
+                "at the latest; a second SIGTERM or SIGINT stops at once", running, until, secs,
+                extra={"event": "drain_started", "running": running, "deadline": until, "drain_secs": secs})
     deadline = began + secs
     while engine.running_count:
         left = deadline - time.monotonic()
         if left <= 0 or hurry.wait(min(POLL_SECS, left)):
             break
     took, running = time.monotonic() - began, engine.running_count
+    ended = {"event": "drain_ended", "secs": round(took, 3), "running": running}
     if not running:
-        logger.info("drained in %.1f s: no exec runs", took)
+        logger.info("drained in %.1f s: no exec runs", took, extra={**ended, "outcome": "drained"})
     elif hurry.is_set():
-        logger.info("drain ended by a second signal after %.1f s: ending the %d execs still running", took, running)
+        logger.info("drain ended by a second signal after %.1f s: ending the %d execs still running", took, running,
+                    extra={**ended, "outcome": "second_signal"})
     else:
-        logger.info("drain time is up (%g s): ending the %d execs still running (cause shutdown)", secs, running)
+        logger.info("drain time is up (%g s): ending the %d execs still running (cause shutdown)", secs, running,
+                    extra={**ended, "outcome": "time_up"})

@@ -38,6 +38,7 @@ from . import control, drain
 from .call_stats import RpcStats
 from .handlers import Handlers
 from .service import METHODS, SERVICE_NAME, Service
+from .status import ServerStatus
 
 if TYPE_CHECKING:
     from .metrics import MetricsServer
@@ -85,7 +86,7 @@ class RouterServer:
                     raise ValueError(f"{address} ({flag}) is not a loopback address: serve it with --tls-cert and "
                                      "--tls-key, or say --insecure to serve plaintext anyway")
                 logger.warning("serving %s WITHOUT TLS (--insecure): what it answers crosses the network in the "
-                               "clear", address)
+                               "clear", address, extra={"event": "serving_insecure", "listen": address})
         tls.check(config.tls)  # a TLS flag without --tls-cert must never mean plaintext
         self.tls = ServerTls(config.tls) if config.tls.enabled else None
         try:
@@ -114,7 +115,9 @@ class RouterServer:
         if not takeover:
             self.images.gc()  # expired images, and what a crash left half-written
         service = Service(config, self.engine, self.images)
-        controls = control.Control(service, config.max_receive_message_size)
+        # What Status answers; `status.draining = True` says the server is draining.
+        self.status = ServerStatus(config, self.engine, self.images, self.tls, log_dir)
+        controls = control.Control(service, config.max_receive_message_size, self.status)
         rpcs = RpcStats() if config.metrics_listen else None
         self._handlers = Handlers({SERVICE_NAME: (METHODS, service), control.SERVICE_NAME: (control.METHODS, controls)},
                                   authenticator, config.max_calls_per_token, rpcs)
@@ -166,6 +169,9 @@ class RouterServer:
             self.engine.stop()
             self._unlock()
             raise
+        self.status.listen = f"{self.config.listen.rsplit(':', 1)[0]}:{self.port}"
+        self.status.metrics_url = self.metrics_url
+        self.engine.on_state_full(self.status.set_state_full)
 
     @property
     def ports(self) -> list[int]:
@@ -261,13 +267,15 @@ class RouterServer:
 
     def _refuse(self, reason: str, why: RouterError | None) -> None:
         """New execs get the first refusal that holds (UNAVAILABLE: a handover, a drain, a stop),
-        and readiness is NOT_SERVING while one does."""
+        and readiness is NOT_SERVING while one does; Status says so."""
         with self._readiness_lock:
             if why is None:
                 self._refusals.pop(reason, None)
             else:
                 self._refusals.setdefault(reason, why)
             self.engine.registry.refuse(next(iter(self._refusals.values()), None))
+            self.status.handing_over = "handover" in self._refusals
+            self.status.draining = "draining" in self._refusals
         self._set_readiness(reason, why is None)
 
     def abandon(self, grace: float = 0.5) -> None:

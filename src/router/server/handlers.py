@@ -68,7 +68,7 @@ def _as_router_error(e: Exception, method: str) -> RouterError:
         return e
     if isinstance(e, TimeoutError):  # the engine's loop did not take the call in time (frozen for a handover)
         return RouterError(grpc.StatusCode.UNAVAILABLE, "the router's engine did not answer in time: retry")
-    logger.exception("%s failed", method)
+    logger.exception("%s failed", method, extra={"event": "rpc_failed", "method": method})
     return RouterError(grpc.StatusCode.INTERNAL, f"internal error: {e!r}")
 
 

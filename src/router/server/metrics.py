@@ -63,7 +63,7 @@ class RouterCollector(Collector):
         yield ops
         yield GaugeMetricFamily("router_image_store_bytes", "Disk the image store's blobs and records occupy.",
                                 value=self._image_store_bytes())
-        yield GaugeMetricFamily("router_mounts_active", "Images mounted now.", value=self._images.mounts_active)
+        yield GaugeMetricFamily("router_mounts_active", "Images mounted now.", value=len(self._images.mount_paths()))
         if self._tls is not None:
             yield GaugeMetricFamily("router_tls_certificate_expiry_seconds",
                                     "Seconds until the served TLS certificate expires (negative: expired).",

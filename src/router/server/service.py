@@ -242,5 +242,5 @@ def _log_error(e: OSError, what: str) -> RouterError:
         return throttled(f"cannot read {what}: {e.strerror}", retry_after=1.0)
     if e.errno == errno.EIO:
         return RouterError(grpc.StatusCode.DATA_LOSS, f"cannot read {what}: {e.strerror}")
-    logger.exception("reading %s failed", what)
+    logger.exception("reading %s failed", what, extra={"event": "read_failed"})
     return RouterError(grpc.StatusCode.INTERNAL, f"cannot read {what}: {e!r}")
