@@ -4,6 +4,7 @@ once they end, or ends them (cause shutdown) when --drain-secs is up, or at a se
 calls in flight then get their answers. Real `router serve` processes, in both server modes."""
 from __future__ import annotations
 
+import ctypes
 import os
 import pathlib
 import signal
@@ -228,3 +229,32 @@ def test_a_handover_asked_for_while_draining_is_refused_and_the_drain_goes_on(tm
         assert "drain ended by a second signal" in open_log(keeper)
     assert not alive(pid)
     assert _cause(tmp_path, "sleeper") == ExitCause.SHUTDOWN
+
+
+def _other_thread(pid: int) -> int:
+    """A thread of process `pid` other than its main one that takes SIGTERM (does not block it)."""
+    for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
+        if tid == pid:
+            continue
+        status = pathlib.Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        blocked = int(status.split("SigBlk:")[1].split()[0], 16)
+        if not blocked & (1 << (signal.SIGTERM - 1)):
+            return tid
+    raise AssertionError(f"no thread of {pid} takes SIGTERM")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["aio", "threads"])
+def test_a_sigterm_taken_by_another_thread_than_the_main_one_drains(tmp_path: pathlib.Path, mode: str) -> None:
+    """The kernel gives a process's signal to any thread that does not block it (another one when
+    the main thread has a signal pending already): its handler runs in the main thread all the same,
+    at once, not whenever the main thread wakes up."""
+    token = state_token(tmp_path)
+    with router_process(tmp_path, "--server-mode", mode, drain_secs=60) as (_, listen), \
+            Raw(int(listen.rsplit(":", 1)[1]), token) as raw:
+        raw.call("TaskExecStart", start_request("sleeper", SLEEPER))
+        serving = serving_pid(tmp_path)
+        tgkill = ctypes.CDLL(None, use_errno=True).syscall
+        assert tgkill(234, serving, _other_thread(serving), signal.SIGTERM) == 0  # SYS_tgkill on x86-64
+        assert eventually(lambda: health(listen) == NOT_SERVING, 3), "the SIGTERM was not handled"
+        assert _refused(raw, "new").code() == grpc.StatusCode.UNAVAILABLE

@@ -157,7 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     task_flag = f" --task-id {task_id}" if args.task_id else ""  # a task the state directory does not name
     say("token_hint", f"get a token with: router token --state-dir {state_dir}{task_flag}")
     try:
-        stops.first.wait()
+        stops.wait()
         if not handed_over.is_set():
             say("shutting_down", "router shutting down")
             server.drain(args.drain_secs, stops.again)

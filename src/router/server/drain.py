@@ -25,6 +25,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_DRAIN_SECS = 25.0
 # How often the drain looks whether execs still run: the stop follows the last one's end by at most this.
 POLL_SECS = 0.05
+# How often the main thread looks for a signal another thread took: Python runs a handler only in the
+# main thread, once it runs Python code again, and a wait without a timeout never returns to it.
+WAKE_SECS = 0.1
 
 
 class StopRequests:
@@ -37,6 +40,11 @@ class StopRequests:
 
     def request(self) -> None:
         (self.again if self.first.is_set() else self.first).set()
+
+    def wait(self) -> None:
+        """Until the first request (the main thread: see WAKE_SECS)."""
+        while not self.first.wait(WAKE_SECS):
+            pass
 
 
 def drain(engine: Engine, refuse: Callable[[RouterError], None], secs: float, hurry: threading.Event) -> None:
