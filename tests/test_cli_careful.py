@@ -295,7 +295,8 @@ def test_random_argv_never_tracebacks_nor_hangs(router_target: tuple[str, pathli
     argv = [command, "--state-dir", str(state)] + ([] if command == "token" else ["--target", target,
                                                                                  "--give-up", "1"])
     began = time.monotonic()
-    result = router(*argv, *words, input=b"true\n", timeout=30)
+    # In the test's directory: a value may become a relative path (`token --state nan` is --state-dir nan).
+    result = router(*argv, *words, input=b"true\n", timeout=30, cwd=state)
     assert b"Traceback" not in result.stderr, (words, result.stderr)
     assert time.monotonic() - began < 10, words
     if command not in ("exec", "batch"):  # theirs are the commands' statuses (and batch's count of failures)

@@ -11,9 +11,10 @@ ROUTER = [sys.executable, "-m", "router.cli"]
 
 
 def run_router(*args: str, input: bytes | None = None, timeout: float = 60,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    """`router ARGS...` in its own process, to its end; output captured."""
-    return subprocess.run([*ROUTER, *args], input=input, capture_output=True, timeout=timeout, env=env)
+               env: dict[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+               ) -> subprocess.CompletedProcess[bytes]:
+    """`router ARGS...` in its own process (in `cwd`, if given), to its end; output captured."""
+    return subprocess.run([*ROUTER, *args], input=input, capture_output=True, timeout=timeout, env=env, cwd=cwd)
 
 
 def children() -> list[int]:
