@@ -12,17 +12,17 @@ from typing import Protocol
 
 import msgspec
 
-from router._fastio import SegmentedLog, SegmentStore
+from router._fastio import SegmentStore
 
 from . import procs
 from .child import Child
 from .durability import Durability
 from .execs import Exec
-from .finished import NO_ENV
-from .journal_format import JournaledExec, Output
+from .journal_format import JournaledExec
 from .journaling import ExecJournal
-from .records import ExecSpec, ExitStatus, exit_status
+from .records import ExitStatus, exit_status
 from .registry import Registry
+from .restore import rebuilt
 from .spawn import Started
 from .stdin_buffer import CarriedStdin, StdinBuffer
 
@@ -122,24 +122,18 @@ def _buffer(ex: Exec) -> StdinBuffer:
     return ex.stdin
 
 
-def rebuild(journaled: dict[str, JournaledExec], carried: dict[str, RunningExec], pending: dict[str, bytes],
-            store: SegmentStore, stdin_limit: int) -> list[Exec]:
+def rebuild(journaled: dict[str, JournaledExec], carried: dict[str, Carried], store: SegmentStore,
+            stdin_limit: int) -> list[Exec]:
     """The carried execs, taken out of `journaled` (before the restore of the rest), each with its
     logs at their journaled length and still open where a pipe comes with it. ValueError if the
     journal does not know one (the old process did not flush it: the handover cannot go on)."""
     execs = []
-    for exec_id, running in carried.items():
+    for exec_id, (running, pending, _) in carried.items():
         je = journaled.pop(exec_id, None)
         if je is None or je.spawned is None:
             raise ValueError(f"exec {exec_id} is not in the journal")
-        b = je.begun
-        spec = ExecSpec(args=b.args, env=NO_ENV, workdir=b.workdir, stdout=b.stdout, stderr=b.stderr,
-                        timeout_secs=b.timeout_secs, pty=b.pty)
-        has_stdout, has_stderr = spec.logged_streams()
-        stdout = _log(store, je.stdout, running.stdout >= 0) if has_stdout else None
-        stderr = _log(store, je.stderr, running.stderr >= 0) if has_stderr else None
-        ex = Exec(exec_id, b.fingerprint, spec, stdout, stderr, stdin_limit)
-        ex.started_at = b.started_at
+        open_streams = tuple(name for name, fd in (("stdout", running.stdout), ("stderr", running.stderr)) if fd >= 0)
+        ex = rebuilt(je, store, stdin_limit, open_streams)
         ex.hold_output_for_journal()
         lengths = {}
         for name, log in ex.named_logs():
@@ -147,7 +141,7 @@ def rebuild(journaled: dict[str, JournaledExec], carried: dict[str, RunningExec]
             lengths[name] = log.committed
         ex.output_journaled(lengths)
         ex.kill_requested = running.kill_requested
-        _buffer(ex).carry_on(CarriedStdin(-1, running.stdin_written, running.stdin_eof, pending.get(exec_id, b""),
+        _buffer(ex).carry_on(CarriedStdin(-1, running.stdin_written, running.stdin_eof, pending,
                                        running.stdin_dropping, running.stdin_eof_queued, running.stdin_last))
         if je.exited is not None:  # the old process saw the leader exit; its output goes on
             ex.leader_status = ex.status = je.exited.status
@@ -159,12 +153,6 @@ def rebuild(journaled: dict[str, JournaledExec], carried: dict[str, RunningExec]
     return execs
 
 
-def _log(store: SegmentStore, out: Output | None, open_: bool) -> SegmentedLog:
-    if out is None:
-        return SegmentedLog.restore(store, [], 0, not open_)
-    return SegmentedLog.restore(store, list(out.slots), out.committed, out.eof or not open_)
-
-
 class Adoption:
     """The new process's side: what the old one sent, rebuilt once the journal is read (`rebuild`),
     then taken over on the loop thread (`attach`)."""
@@ -174,8 +162,7 @@ class Adoption:
         self.exits = exits
 
     def rebuild(self, journaled: dict[str, JournaledExec], store: SegmentStore, stdin_limit: int) -> list[Exec]:
-        return rebuild(journaled, {k: v[0] for k, v in self.carried.items()},
-                       {k: v[1] for k, v in self.carried.items()}, store, stdin_limit)
+        return rebuild(journaled, self.carried, store, stdin_limit)
 
     def attach(self, execs: list[Exec], adopt: Callable[[Exec, Started, Child], None]) -> None:
         for ex in execs:

@@ -64,7 +64,7 @@ def restored_execs(journaled: dict[str, JournaledExec], store: SegmentStore, std
             # nothing of it may run on unwatched (once: what is journaled below says it is over).
             _kill_lost_group(je, boot_id, spawning.get(je.exec_id))
         try:
-            ex = _rebuild(je, store, stdin_limit)
+            ex = rebuilt(je, store, stdin_limit)
         except ValueError as e:
             logger.error("exec %s cannot be restored from the journal, dropped: %s", je.exec_id, e,
                          extra={"event": "exec_restore_failed", "exec_id": je.exec_id})
@@ -101,15 +101,17 @@ def _output_complete(je: JournaledExec) -> bool:
     return all(out is None or out.eof for out in (je.stdout, je.stderr))
 
 
-def _rebuild(je: JournaledExec, store: SegmentStore, stdin_limit: int) -> Exec:
+def rebuilt(je: JournaledExec, store: SegmentStore, stdin_limit: int, open_streams: tuple[str, ...] = ()) -> Exec:
+    """The exec as journaled, its logs at their journaled length: complete, but for the streams in
+    `open_streams` whose end was not journaled (a handover brings their pipes: adoption.py).
+    ValueError if a log cannot be restored."""
     b = je.begun
     spec = ExecSpec(args=b.args, env=NO_ENV, workdir=b.workdir, stdout=b.stdout, stderr=b.stderr,
                     timeout_secs=b.timeout_secs, pty=b.pty)
-    # The logs the exec had, each complete at its journaled length.
     has_stdout, has_stderr = spec.logged_streams()
-    stdout = _restored_log(store, je.stdout) if has_stdout else None
+    stdout = _restored_log(store, je.stdout, "stdout" in open_streams) if has_stdout else None
     try:
-        stderr = _restored_log(store, je.stderr) if has_stderr else None
+        stderr = _restored_log(store, je.stderr, "stderr" in open_streams) if has_stderr else None
     except ValueError:
         if stdout is not None:
             stdout.close()
@@ -121,11 +123,11 @@ def _rebuild(je: JournaledExec, store: SegmentStore, stdin_limit: int) -> Exec:
     return ex
 
 
-def _restored_log(store: SegmentStore, out: Output | None) -> SegmentedLog:
-    """The log as journaled, complete: a stream never journaled had no output yet."""
+def _restored_log(store: SegmentStore, out: Output | None, open_: bool) -> SegmentedLog:
+    """The log as journaled (a stream never journaled had no output yet), complete unless `open_`."""
     if out is None:
-        return SegmentedLog.restore(store, [], 0, True)
-    return SegmentedLog.restore(store, list(out.slots), out.committed, True)
+        return SegmentedLog.restore(store, [], 0, not open_)
+    return SegmentedLog.restore(store, list(out.slots), out.committed, out.eof or not open_)
 
 
 def _kill_lost_group(je: JournaledExec, boot_id: str, slot: Slot | None) -> None:
