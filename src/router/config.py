@@ -12,6 +12,7 @@ from typing import Literal
 import msgspec
 import platformdirs
 
+from router.engine import procs
 from router.engine.retention import DEFAULT_EXECS, DEFAULT_SECS
 from router.tls import TlsFiles
 
@@ -190,19 +191,9 @@ def _flock_once_holder_gone(fd: int) -> None:
             return
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            if not holder.isdigit() or alive(int(holder)) or time.monotonic() > deadline:
+            if not holder.isdigit() or procs.alive(int(holder)) or time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def remove_server_info(state_dir: pathlib.Path) -> None:

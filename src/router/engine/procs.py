@@ -7,7 +7,7 @@ import signal
 import time
 from collections.abc import Iterable
 
-_PR_GET_CHILD_SUBREAPER = 37
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 1, 36, 37
 
 
 def _stats() -> Iterable[tuple[int, list[bytes]]]:
@@ -123,8 +123,34 @@ def inherits_orphans() -> bool:
     if os.getpid() == 1:
         return True
     flag = ctypes.c_int(0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value != 0
+    return _libc().prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 and flag.value != 0
+
+
+def prctl(option: int, value: int) -> None:
+    """prctl(2) with one integer argument (PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER); OSError if it fails."""
+    if _libc().prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option})")
+
+
+def alive(pid: int) -> bool:
+    """Whether a process `pid` exists (a zombie does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def is_router_serve(pid: int) -> bool:
+    """Whether `pid` runs `router serve` (a stale file may name a pid now someone else's)."""
+    argv = command_line(pid)
+    return argv is not None and "serve" in argv and any("router" in arg for arg in argv)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def reap_orphans(thread_id: int) -> int:

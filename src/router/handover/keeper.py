@@ -12,7 +12,6 @@ selector: signals arrive as bytes on a pipe (signal.set_wakeup_fd).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import pathlib
@@ -23,6 +22,7 @@ import sys
 import time
 
 from router import config
+from router.engine import procs
 
 from . import messages, wire
 
@@ -40,13 +40,6 @@ RESTARTS, RESTART_WINDOW_SECS = 3, 60.0
 # A successor that has not served by then (the old process gives up on it well before) is killed.
 SUCCESSOR_SECS = 420.0
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
-
-
-def _prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), f"prctl({option})")
 
 
 class ServingProcess:
@@ -89,7 +82,7 @@ class Keeper:
         if pid == 0:  # pragma: no cover (the child execs at once)
             try:
                 os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the keeper, which passes it on once
-                _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # a killed keeper takes its server along
+                procs.prctl(procs.PR_SET_PDEATHSIG, signal.SIGKILL)  # a killed keeper takes its server along
                 if os.getppid() != keeper:
                     os._exit(1)
                 for fd in passed:
@@ -250,7 +243,7 @@ class Keeper:
     # -- the loop ----------------------------------------------------------------------------------
 
     def run(self) -> int:
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        procs.prctl(procs.PR_SET_CHILD_SUBREAPER, 1)
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(w)
         for sig in (*FORWARDED, signal.SIGUSR2, signal.SIGCHLD):

@@ -9,6 +9,7 @@ import sys
 import time
 
 from router import config
+from router.engine import procs
 
 from .keeper import HANDOVER_STATUS
 
@@ -17,7 +18,7 @@ WAIT_SECS = 600.0  # the keeper ends a successor that has not served well before
 
 def request(state_dir: pathlib.Path) -> int:
     info = config.read_server_info(state_dir)
-    if info is None or not info.keeper_pid or not _is_router(info.keeper_pid):
+    if info is None or not info.keeper_pid or not procs.is_router_serve(info.keeper_pid):
         print(f"router serve --takeover: no router serves {state_dir} (no running keeper named in its server.json)",
               file=sys.stderr)
         return 1
@@ -30,7 +31,7 @@ def request(state_dir: pathlib.Path) -> int:
               file=sys.stderr)
         return 1
     deadline = time.monotonic() + WAIT_SECS
-    while time.monotonic() < deadline and config.alive(info.keeper_pid):
+    while time.monotonic() < deadline and procs.alive(info.keeper_pid):
         time.sleep(0.05)
         try:
             line = status.read_text().strip()  # written after our signal: it removed the last one
@@ -48,11 +49,3 @@ def request(state_dir: pathlib.Path) -> int:
     print(f"router serve --takeover: no outcome from the keeper (pid {info.keeper_pid})", file=sys.stderr)
     return 1
 
-
-def _is_router(pid: int) -> bool:
-    """Whether `pid` is a `router serve` (a stale server.json may name a pid now someone else's)."""
-    try:
-        argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"serve" in argv and any(b"router" in arg for arg in argv)
