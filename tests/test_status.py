@@ -99,7 +99,7 @@ def test_status_says_draining_and_lists_mounts(tmp_path: pathlib.Path) -> None:
         try:
             status = client.status()
             assert status.mounts_active == 1 and list(status.mount_paths) == [bytes(target)]
-            server.status.draining = True  # what the drain on SIGTERM sets
+            server.status.unready.add("draining")  # what the drain on SIGTERM holds
             assert client.status().serving == "draining"
         finally:
             raw.call("TaskUnmountDirectory", pb.TaskUnmountDirectoryRequest(task_id=TASK_ID, path=bytes(target)))

@@ -115,7 +115,7 @@ class RouterServer:
         if not takeover:
             self.images.gc()  # expired images, and what a crash left half-written
         service = Service(config, self.engine, self.images)
-        # What Status answers; `status.draining = True` says the server is draining.
+        # What Status answers: whether it serves, from the reasons it is not ready (_unready).
         self.status = ServerStatus(config, self.engine, self.images, self.tls, log_dir)
         controls = control.Control(service, config.max_receive_message_size, self.status)
         rpcs = RpcStats() if config.metrics_listen else None
@@ -140,6 +140,7 @@ class RouterServer:
         # router is not ready ("state full" too: see _set_readiness); each holds on its own.
         self._refusals: dict[str, RouterError] = {}
         self._unready: set[str] = set()
+        self.status.unready = self._unready
         self._readiness_lock = threading.Lock()
 
     def start(self, adopting: Adoption | None = None, lock: bool = True) -> None:
@@ -171,7 +172,6 @@ class RouterServer:
             raise
         self.status.listen = f"{self.config.listen.rsplit(':', 1)[0]}:{self.port}"
         self.status.metrics_url = self.metrics_url
-        self.engine.on_state_full(self.status.set_state_full)
 
     @property
     def ports(self) -> list[int]:
@@ -274,8 +274,6 @@ class RouterServer:
             else:
                 self._refusals.setdefault(reason, why)
             self.engine.registry.refuse(next(iter(self._refusals.values()), None))
-            self.status.handing_over = "handover" in self._refusals
-            self.status.draining = "draining" in self._refusals
         self._set_readiness(reason, why is None)
 
     def abandon(self, grace: float = 0.5) -> None:

@@ -1,8 +1,8 @@
 """ExecControl's Status: the router's state in one answer (`router status`).
 
-RouterServer keeps one `ServerStatus`; what changes while it serves is an attribute a part of the
-server sets: `draining` (the stop that lets running execs finish), `state_full` (the engine's
-listener), `listen` once the port is bound.
+RouterServer keeps one `ServerStatus`; whether it serves is read from the reasons it is not ready
+(`unready`, the server's own set: "handover", "draining", "state full", ...), and the server sets
+`listen` and `metrics_url` once bound.
 """
 from __future__ import annotations
 
@@ -36,22 +36,16 @@ class ServerStatus:
         self._log_dir = log_dir
         self.started_at = time.time()
         self.listen = config.listen
-        # Set by the drain on SIGTERM: running execs are served, new ones refused.
-        self.draining = False
-        # New execs are refused until the state filesystem has room (engine.on_state_full).
-        self.state_full = False
+        self.unready: set[str] = set()  # the server's reasons it is not ready (RouterServer._set_readiness)
         self.keeper_pid = 0  # set by `router serve` under its keeper
-        self.handing_over = False  # new execs wait for the serving process this one hands over to
         self.metrics_url = ""  # where /metrics is served, once bound
-
-    def set_state_full(self, full: bool) -> None:
-        self.state_full = full
 
     @property
     def serving(self) -> str:
-        if self.handing_over:
+        unready = self.unready
+        if "handover" in unready:
             return "handing_over"
-        return "draining" if self.draining else "full" if self.state_full else "serving"
+        return "draining" if "draining" in unready else "full" if "state full" in unready else "serving"
 
     def response(self) -> ec.StatusResponse:
         """The answer; it reads two filesystems' space, so it may block (an Offload)."""
@@ -65,7 +59,7 @@ class ServerStatus:
             execs_running=registry.running, execs_retained=registry.finished_count,
             retained_bytes=registry.finished_bytes,
             log_filesystem=filesystem(self._log_dir, self._engine.log_full),
-            state_filesystem=filesystem(pathlib.Path(config.state_dir), self.state_full),
+            state_filesystem=filesystem(pathlib.Path(config.state_dir), "state full" in self.unready),
             mounts_active=len(mounts), mount_paths=mounts, task_id=config.task_id, keeper_pid=self.keeper_pid)
         if self._tls is not None:
             status.tls_not_after = self._tls.not_after
