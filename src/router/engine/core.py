@@ -183,9 +183,8 @@ class Engine:
     def on_state_full(self, listener: Callable[[bool], None]) -> None:
         """Call `listener(full)` (loop thread) when new execs start or stop being refused for want
         of room for the journal (journaling.py), and at once with how it is now; after start()."""
-        if self._journal is not None:
-            self._journal.full_listeners.append(listener)
-            listener(self._journal.full)
+        if self._journal is not None:  # on the loop thread: a change meanwhile cannot overtake the first call
+            self.loop.run(self._journal.listen_full, listener, timeout=10)
 
     def get(self, exec_id: str) -> Exec:
         return self.registry.get(exec_id)

@@ -44,6 +44,7 @@ class ExecJournal:
         self.full = False
         self.full_listeners: list[Callable[[bool], None]] = []  # told (loop thread) when `full` changes
         self._reserve_tried = 0.0
+        self._reserve_retry_armed = False
         self._failing = False  # writes fail: said once, and once when they work again
         # Slots given back are handed out again only once the journal says who gave them up.
         self._store = store
@@ -128,11 +129,13 @@ class ExecJournal:
         none, look again at most every RETRY_SECS."""
         now = time.monotonic()
         if self.full and now - self._reserve_tried < RETRY_SECS:
+            # Too soon: try at the end of the interval (a timer a hair early must not end the retries).
+            self._retry_reserve(RETRY_SECS - (now - self._reserve_tried))
             return
         self._reserve_tried = now
         full = not self.journal.reserve((self._running() + 1) * RESERVE_PER_EXEC + RESERVE_MARGIN)
         if full:
-            self._loop.loop.call_later(RETRY_SECS, self.flush_soon)  # nothing else may flush while it is full
+            self._retry_reserve(RETRY_SECS)  # nothing else may flush while it is full
         if full != self.full:
             self.full = full
             for listener in self.full_listeners:
@@ -144,6 +147,20 @@ class ExecJournal:
             else:
                 logger.warning("the state filesystem of %s has room again: new execs are accepted", self.journal.path,
                                extra={"event": "state_filesystem_room"})
+
+    def listen_full(self, listener: Callable[[bool], None]) -> None:
+        """Loop thread: call `listener(full)` now and whenever `full` changes."""
+        self.full_listeners.append(listener)
+        listener(self.full)
+
+    def _retry_reserve(self, secs: float) -> None:
+        if not self._reserve_retry_armed:
+            self._reserve_retry_armed = True
+            self._loop.loop.call_later(secs, self._reserve_retry)
+
+    def _reserve_retry(self) -> None:
+        self._reserve_retry_armed = False
+        self.flush_soon()
 
     def _recycle(self) -> None:
         self._recycle_armed = False
