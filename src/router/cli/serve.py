@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from router import config, logs
-from router.engine import procs
+from router.engine import procs, scheduling
 from router.engine.adoption import Adoption
 from router.handover import keeper, listeners, messages, takeover, wire
 from router.handover.serving import HandoverFailed, KeeperLink, give, take
@@ -58,6 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if keeper.KEEPER_FD not in os.environ:
         return keeper.keep(args.argv, state_dir)
     # The serving process, started by the keeper (which holds the lock for it).
+    scheduling.batch_threads()  # before its threads start: they inherit it
     link = KeeperLink(socket.socket(fileno=keeper.passed_fd(keeper.KEEPER_FD)))
     keeper.passed_fd(keeper.LOCK_FD)  # held, never used: the keeper's lock
     listen, adopting, predecessor = args.listen, None, None

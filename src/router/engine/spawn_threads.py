@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from . import scheduling
 from .loop import LoopThread
 
 T = TypeVar("T")
@@ -70,6 +71,7 @@ class Spawner(Generic[T, R]):
                 items.append(item)
 
     def _work(self) -> None:
+        scheduling.as_started()  # the children inherit this thread's policy
         while (item := self._requests.get()) is not None:
             outcome: R | Exception
             try:

@@ -1,0 +1,87 @@
+"""What Modal's call path costs the router, against what the calls themselves cost, in one run.
+
+For each router (a source tree, as in ab_trees), every round measures:
+- Modal's calls: TaskExecStart + TaskExecWait of `true`, 64 in flight: execs/s and the serving
+  process's CPU per exec (utime + stime from /proc, children excluded);
+- BatchStart + Watch of the same number of `true`: execs/s and CPU per exec;
+and once per round, beside them:
+- a bare grpc.aio server on uvloop (benchmarks/suite/bare_grpc.py, the kind the router serves by
+  default): empty unary calls, 64 in flight: calls/s and its CPU per call;
+- local posix_spawn of `true` in 64 threads: execs/s.
+
+It prints every round and the medians, and the target's two sides: Modal's CPU per exec against
+BatchStart's plus two bare calls', and the rate through Modal's calls against local posix_spawn.
+
+    python -m benchmarks.tools.call_path --execs 2000 --rounds 7
+    python -m benchmarks.tools.call_path --tree before=/tmp/before/src --tree after=src
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+from collections.abc import Callable
+
+from ..suite.bare_grpc import CALL_METHOD
+from ..suite.common import IN_FLIGHT, BareGrpcProcess, cpu_seconds, router_from
+from ..suite.workloads import AioSide, Outcome, local_spawn_rate, router_batch, router_exec_rate, rpc_calls
+
+
+def measured(pid: int, n: int, run: Callable[..., Outcome], *args: object) -> tuple[float, float]:
+    """(rate, CPU microseconds per item of the process `pid`, children excluded) of `run(*args)`."""
+    before = cpu_seconds(pid, children=False)
+    rate = run(*args).checked().rate
+    return rate, (cpu_seconds(pid, children=False) - before) * 1e6 / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tree", action="append", metavar="NAME=SRC",
+                        help="a name and a source tree (its src/ directory, built); repeat (default: src)")
+    parser.add_argument("--execs", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    trees = [(t.split("=", 1)[0], t.split("=", 1)[-1]) for t in args.tree or ["head=src"]]
+    n = args.execs
+    series: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        series.setdefault(key, []).append(value)
+
+    with contextlib.ExitStack() as stack:
+        bare = stack.enter_context(BareGrpcProcess("aio-uvloop"))
+        bare_side = stack.enter_context(AioSide(bare.target))
+        rpc_calls(bare_side, CALL_METHOD, 200, IN_FLIGHT, 60.0).checked()
+        routers = {}
+        for name, src in trees:
+            router = stack.enter_context(router_from(src))
+            side = stack.enter_context(AioSide(router.target))
+            router_exec_rate(side, router.metadata, 64, IN_FLIGHT, 60.0).checked()  # channels, first spawns
+            routers[name] = (router, side)
+        for number in range(args.rounds):
+            for name, (router, side) in routers.items():
+                md = router.metadata
+                rate, cpu = measured(router.pid, n, router_exec_rate, side, md, n, IN_FLIGHT, 600.0)
+                add(f"{name} modal/s", rate)
+                add(f"{name} modal us", cpu)
+                rate, cpu = measured(router.pid, n, router_batch, side, md, n, ["true"], 0, 600.0)
+                add(f"{name} batch/s", rate)
+                add(f"{name} batch us", cpu)
+            rate, cpu = measured(bare.pid, n, rpc_calls, bare_side, CALL_METHOD, n, IN_FLIGHT, 600.0)
+            add("bare calls/s", rate)
+            add("bare us", cpu)
+            add("local/s", local_spawn_rate(n, IN_FLIGHT, 600.0))
+            print(f"round {number + 1}:", {k: round(v[-1]) for k, v in series.items()}, flush=True)
+    med = {k: statistics.median(v) for k, v in series.items()}
+    print("medians:", {k: round(v) for k, v in med.items()})
+    for name, _ in trees:
+        allowed = med[f"{name} batch us"] + 2 * med["bare us"]
+        ratios = [m / loc for m, loc in zip(series[f"{name} modal/s"], series["local/s"], strict=True)]
+        print(f"{name}: CPU per exec through Modal's calls {med[f'{name} modal us']:.0f} us against BatchStart's "
+              f"{med[f'{name} batch us']:.0f} + two bare calls' 2 x {med['bare us']:.0f} = {allowed:.0f} us "
+              f"(ratio {med[f'{name} modal us'] / allowed:.2f}); rate through Modal's calls / local posix_spawn: "
+              f"median of the rounds' {statistics.median(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    main()
