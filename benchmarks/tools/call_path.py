@@ -14,11 +14,13 @@ BatchStart's plus two bare calls', and the rate through Modal's calls against lo
 
     python -m benchmarks.tools.call_path --execs 2000 --rounds 7
     python -m benchmarks.tools.call_path --tree before=/tmp/before/src --tree after=src
+    python -m benchmarks.tools.call_path --bare-batch   # the bare server under SCHED_BATCH as well
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 from collections.abc import Callable
 
@@ -40,6 +42,8 @@ def main() -> None:
                         help="a name and a source tree (its src/ directory, built); repeat (default: src)")
     parser.add_argument("--execs", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--bare-batch", action="store_true",
+                        help="run the bare server's threads under SCHED_BATCH too, as the router's run")
     args = parser.parse_args()
     trees = [(t.split("=", 1)[0], t.split("=", 1)[-1]) for t in args.tree or ["head=src"]]
     n = args.execs
@@ -50,6 +54,9 @@ def main() -> None:
 
     with contextlib.ExitStack() as stack:
         bare = stack.enter_context(BareGrpcProcess("aio-uvloop"))
+        if args.bare_batch:
+            for tid in os.listdir(f"/proc/{bare.pid}/task"):
+                os.sched_setscheduler(int(tid), os.SCHED_BATCH, os.sched_param(0))
         bare_side = stack.enter_context(AioSide(bare.target))
         rpc_calls(bare_side, CALL_METHOD, 200, IN_FLIGHT, 60.0).checked()
         routers = {}

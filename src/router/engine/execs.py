@@ -134,7 +134,8 @@ class Changes:
                     return
                 await fut
             finally:
-                self._forget_waiter(fut)
+                if not fut.done() or fut.cancelled():  # notify() took the ones it completed
+                    self._forget_waiter(fut)
 
     def _changed(self) -> asyncio.Future[None]:
         fut = asyncio.get_running_loop().create_future()
