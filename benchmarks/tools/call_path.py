@@ -29,11 +29,28 @@ from ..suite.common import IN_FLIGHT, BareGrpcProcess, cpu_seconds, router_from
 from ..suite.workloads import AioSide, Outcome, local_spawn_rate, router_batch, router_exec_rate, rpc_calls
 
 
-def measured(pid: int, n: int, run: Callable[..., Outcome], *args: object) -> tuple[float, float]:
-    """(rate, CPU microseconds per item of the process `pid`, children excluded) of `run(*args)`."""
-    before = cpu_seconds(pid, children=False)
+def client_cpu() -> tuple[float, float]:
+    """CPU seconds of this process (the client, or local posix_spawn's parent) and of its reaped children."""
+    t = os.times()
+    return t.user + t.system, t.children_user + t.children_system
+
+
+def measured(pid: int, n: int, run: Callable[..., Outcome], *args: object) -> tuple[float, float, float, float]:
+    """Of `run(*args)`: its rate, and CPU microseconds per item of the server `pid` (children excluded),
+    of the server's children and of this process (the client)."""
+    before, kids, (client, _) = cpu_seconds(pid, children=False), cpu_seconds(pid, own=False), client_cpu()
     rate = run(*args).checked().rate
-    return rate, (cpu_seconds(pid, children=False) - before) * 1e6 / n
+    return (rate, (cpu_seconds(pid, children=False) - before) * 1e6 / n,
+            (cpu_seconds(pid, own=False) - kids) * 1e6 / n, (client_cpu()[0] - client) * 1e6 / n)
+
+
+def local_measured(n: int) -> tuple[float, float, float]:
+    """local posix_spawn of `true` in 64 threads: its rate, and CPU microseconds per exec of this
+    process and of the children."""
+    own, kids = client_cpu()
+    rate = local_spawn_rate(n, IN_FLIGHT, 600.0)
+    after = client_cpu()
+    return rate, (after[0] - own) * 1e6 / n, (after[1] - kids) * 1e6 / n
 
 
 def main() -> None:
@@ -68,16 +85,18 @@ def main() -> None:
         for number in range(args.rounds):
             for name, (router, side) in routers.items():
                 md = router.metadata
-                rate, cpu = measured(router.pid, n, router_exec_rate, side, md, n, IN_FLIGHT, 600.0)
-                add(f"{name} modal/s", rate)
-                add(f"{name} modal us", cpu)
-                rate, cpu = measured(router.pid, n, router_batch, side, md, n, ["true"], 0, 600.0)
+                for key, value in zip(("modal/s", "modal us", "modal children us", "modal client us"),
+                                      measured(router.pid, n, router_exec_rate, side, md, n, IN_FLIGHT, 600.0), strict=True):
+                    add(f"{name} {key}", value)
+                rate, cpu, _, _ = measured(router.pid, n, router_batch, side, md, n, ["true"], 0, 600.0)
                 add(f"{name} batch/s", rate)
                 add(f"{name} batch us", cpu)
-            rate, cpu = measured(bare.pid, n, rpc_calls, bare_side, CALL_METHOD, n, IN_FLIGHT, 600.0)
+            rate, cpu, _, client = measured(bare.pid, n, rpc_calls, bare_side, CALL_METHOD, n, IN_FLIGHT, 600.0)
             add("bare calls/s", rate)
             add("bare us", cpu)
-            add("local/s", local_spawn_rate(n, IN_FLIGHT, 600.0))
+            add("bare client us", client)
+            for key, value in zip(("local/s", "local parent us", "local children us"), local_measured(n), strict=True):
+                add(key, value)
             print(f"round {number + 1}:", {k: round(v[-1]) for k, v in series.items()}, flush=True)
     med = {k: statistics.median(v) for k, v in series.items()}
     print("medians:", {k: round(v) for k, v in med.items()})
@@ -88,6 +107,15 @@ def main() -> None:
               f"{med[f'{name} batch us']:.0f} + two bare calls' 2 x {med['bare us']:.0f} = {allowed:.0f} us "
               f"(ratio {med[f'{name} modal us'] / allowed:.2f}); rate through Modal's calls / local posix_spawn: "
               f"median of the rounds' {statistics.median(ratios):.3f}")
+        # What two cores allow: CPU per exec on each side, all of it on the machine's two cores.
+        modal = med[f"{name} modal us"] + med[f"{name} modal children us"] + med[f"{name} modal client us"]
+        local = med["local parent us"] + med["local children us"]
+        router, kids, client = (med[f"{name} modal {k}"] for k in ("us", "children us", "client us"))
+        print(f"{name}: CPU per exec, router {router:.0f} + its children {kids:.0f} + the client {client:.0f} = "
+              f"{modal:.0f} us (two cores: at most {2e6 / modal:.0f} execs/s); local posix_spawn "
+              f"{med['local parent us']:.0f} + children {med['local children us']:.0f} = {local:.0f} us (at most "
+              f"{2e6 / local:.0f}); ratio of those bounds {local / modal:.3f}; with no router CPU at all "
+              f"{local / (modal - router):.3f}")
 
 
 if __name__ == "__main__":
