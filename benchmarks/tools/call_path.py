@@ -86,7 +86,8 @@ def main() -> None:
             for name, (router, side) in routers.items():
                 md = router.metadata
                 for key, value in zip(("modal/s", "modal us", "modal children us", "modal client us"),
-                                      measured(router.pid, n, router_exec_rate, side, md, n, IN_FLIGHT, 600.0), strict=True):
+                                      measured(router.pid, n, router_exec_rate, side, md, n, IN_FLIGHT, 600.0),
+                                      strict=True):
                     add(f"{name} {key}", value)
                 rate, cpu, _, _ = measured(router.pid, n, router_batch, side, md, n, ["true"], 0, 600.0)
                 add(f"{name} batch/s", rate)
