@@ -1,4 +1,5 @@
-"""The serving process's threads run under SCHED_BATCH; the execs it starts, as the router was started."""
+"""`router serve --sched-batch`: the serving process's threads run under SCHED_BATCH; the execs it
+starts, as the router was started. Without it, nothing changes."""
 from __future__ import annotations
 
 import os
@@ -33,9 +34,16 @@ def thread_policies(pid: int) -> set[int]:
     return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
 
 
+def test_by_default_nothing_changes(tmp_path: pathlib.Path) -> None:
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    with router_process(tmp_path) as (_, listen):
+        assert exec_policies(tmp_path, listen) == [os.SCHED_OTHER, os.SCHED_OTHER]
+        assert thread_policies(serving_pid(tmp_path)) == {os.SCHED_OTHER}
+
+
 def test_router_threads_batch_and_its_execs_as_started(tmp_path: pathlib.Path) -> None:
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
-    with router_process(tmp_path) as (proc, listen):
+    with router_process(tmp_path, "--sched-batch") as (proc, listen):
         assert exec_policies(tmp_path, listen) == [os.SCHED_OTHER, os.SCHED_OTHER]
         pid = serving_pid(tmp_path)
         assert os.sched_getscheduler(pid) == os.SCHED_BATCH  # its main thread: gRPC's and the engine's followed it
@@ -44,6 +52,6 @@ def test_router_threads_batch_and_its_execs_as_started(tmp_path: pathlib.Path) -
 
 
 def test_router_started_under_another_policy_keeps_it(tmp_path: pathlib.Path) -> None:
-    with router_process(tmp_path, prefix=["chrt", "--idle", "0"]) as (_, listen):
+    with router_process(tmp_path, "--sched-batch", prefix=["chrt", "--idle", "0"]) as (_, listen):
         assert exec_policies(tmp_path, listen) == [os.SCHED_IDLE, os.SCHED_IDLE]
         assert thread_policies(serving_pid(tmp_path)) == {os.SCHED_IDLE}

@@ -14,6 +14,7 @@ BatchStart's plus two bare calls', and the rate through Modal's calls against lo
 
     python -m benchmarks.tools.call_path --execs 2000 --rounds 7
     python -m benchmarks.tools.call_path --tree before=/tmp/before/src --tree after=src
+    python -m benchmarks.tools.call_path --tree plain=src --tree batch=src --flags "batch=--sched-batch"
     python -m benchmarks.tools.call_path --bare-batch   # the bare server under SCHED_BATCH as well
 """
 from __future__ import annotations
@@ -59,10 +60,13 @@ def main() -> None:
                         help="a name and a source tree (its src/ directory, built); repeat (default: src)")
     parser.add_argument("--execs", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--flags", action="append", default=[], metavar="NAME=FLAGS",
+                        help="`router serve` flags (split on spaces) for the tree named NAME; repeat")
     parser.add_argument("--bare-batch", action="store_true",
                         help="run the bare server's threads under SCHED_BATCH too, as the router's run")
     args = parser.parse_args()
     trees = [(t.split("=", 1)[0], t.split("=", 1)[-1]) for t in args.tree or ["head=src"]]
+    flags = {f.split("=", 1)[0]: f.split("=", 1)[-1].split() for f in args.flags}
     n = args.execs
     series: dict[str, list[float]] = {}
 
@@ -78,7 +82,7 @@ def main() -> None:
         rpc_calls(bare_side, CALL_METHOD, 200, IN_FLIGHT, 60.0).checked()
         routers = {}
         for name, src in trees:
-            router = stack.enter_context(router_from(src))
+            router = stack.enter_context(router_from(src, args=flags.get(name, ())))
             side = stack.enter_context(AioSide(router.target))
             router_exec_rate(side, router.metadata, 64, IN_FLIGHT, 60.0).checked()  # channels, first spawns
             routers[name] = (router, side)

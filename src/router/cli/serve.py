@@ -58,7 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if keeper.KEEPER_FD not in os.environ:
         return keeper.keep(args.argv, state_dir)
     # The serving process, started by the keeper (which holds the lock for it).
-    scheduling.batch_threads()  # before its threads start: they inherit it
+    if args.sched_batch:
+        scheduling.batch_threads()  # before its threads start: they inherit it
     link = KeeperLink(socket.socket(fileno=keeper.passed_fd(keeper.KEEPER_FD)))
     keeper.passed_fd(keeper.LOCK_FD)  # held, never used: the keeper's lock
     listen, adopting, predecessor = args.listen, None, None

@@ -1,12 +1,14 @@
-"""The serving process's threads run under SCHED_BATCH; the execs it starts, as the router was started.
+"""`router serve --sched-batch`: the serving process's threads run under SCHED_BATCH; the execs it
+starts, as the router was started.
 
 Under load the router's threads (gRPC's, the engine loop, the spawners) wake each other many times
 per exec. Under SCHED_OTHER each wake-up may preempt the thread that made it, mid-call and holding
 the GIL, which then wakes again to take it back: switches that cost more CPU than the calls around
-them. SCHED_BATCH threads do not preempt on wake-up. Measured with Modal's calls (start + wait of
-`true`, 64 in flight): the router's CPU per exec 1,040 -> 880 us, its exec rate +34%
-(benchmarks/HISTORY.md, "Modal's call path"). An idle router answers as fast: a wake-up onto an
-idle core runs at once whatever the policy.
+them. SCHED_BATCH threads do not preempt on wake-up: with Modal's calls (start + wait of `true`, 64
+in flight) the router's CPU per exec fell 15-19%. But they do not preempt anything else either:
+while the router's own execs keep every CPU busy, each wake-up waits for a scheduler tick, and a
+small exec's start + wait took 1.7x as long (benchmarks/HISTORY.md, "Modal's call path"). Hence a
+choice, not the default. An idle core runs a wake-up at once whatever the policy.
 
 Children inherit the policy of the thread that spawns them, so the spawner threads go back to the
 router's own starting policy (`as_started`) and the execs never see SCHED_BATCH. A router started
