@@ -113,14 +113,14 @@ def main() -> None:
               f"(ratio {med[f'{name} modal us'] / allowed:.2f}); rate through Modal's calls / local posix_spawn: "
               f"median of the rounds' {statistics.median(ratios):.3f}")
         # What two cores allow: CPU per exec on each side, all of it on the machine's two cores.
-        modal = med[f"{name} modal us"] + med[f"{name} modal children us"] + med[f"{name} modal client us"]
+        own, kids, client = (med[f"{name} modal {k}"] for k in ("us", "children us", "client us"))
+        modal = own + kids + client
         local = med["local parent us"] + med["local children us"]
-        router, kids, client = (med[f"{name} modal {k}"] for k in ("us", "children us", "client us"))
-        print(f"{name}: CPU per exec, router {router:.0f} + its children {kids:.0f} + the client {client:.0f} = "
+        print(f"{name}: CPU per exec, router {own:.0f} + its children {kids:.0f} + the client {client:.0f} = "
               f"{modal:.0f} us (two cores: at most {2e6 / modal:.0f} execs/s); local posix_spawn "
               f"{med['local parent us']:.0f} + children {med['local children us']:.0f} = {local:.0f} us (at most "
               f"{2e6 / local:.0f}); ratio of those bounds {local / modal:.3f}; with no router CPU at all "
-              f"{local / (modal - router):.3f}")
+              f"{local / (modal - own):.3f}")
 
 
 if __name__ == "__main__":
