@@ -76,23 +76,25 @@ class Mailbox:
     __slots__ = ("_loop", "_lock", "_calls", "_queued", "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._lock = threading.Lock()
+        self._loop = weakref.ref(loop)  # not kept alive by its entry in _MAILBOXES
+        # Reentrant: a collection started by an allocation under it may run a finalizer that posts
+        # here (an abandoned Watch unwatches).
+        self._lock = threading.RLock()
         self._calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._queued = False
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run fn(*args) on the loop soon. RuntimeError if the loop is closed."""
+        loop = self._loop()
+        if loop is None or loop.is_closed():  # as call_soon_threadsafe says
+            raise RuntimeError("Event loop is closed")
         with self._lock:
-            if self._queued:
-                if self._loop.is_closed():  # as call_soon_threadsafe says
-                    raise RuntimeError("Event loop is closed")
-                self._calls.append((fn, args))
-                return
             self._calls.append((fn, args))
+            if self._queued:
+                return
             self._queued = True
         try:
-            self._loop.call_soon_threadsafe(self._run)
+            loop.call_soon_threadsafe(self._run)
         except RuntimeError:
             with self._lock:
                 self._queued = False
@@ -111,7 +113,7 @@ class Mailbox:
 
 
 _MAILBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox] = weakref.WeakKeyDictionary()
-_MAILBOXES_LOCK = threading.Lock()
+_MAILBOXES_LOCK = threading.RLock()  # reentrant as Mailbox._lock is
 
 
 def mailbox(loop: asyncio.AbstractEventLoop) -> Mailbox:

@@ -77,6 +77,8 @@ def _ended_by(e: BaseException, context: Any) -> grpc.StatusCode:
     past its deadline) when grpc ended it under the handler; INTERNAL for a bug."""
     if isinstance(e, RouterError):
         return e.code
+    if isinstance(e, TimeoutError):
+        return grpc.StatusCode.UNAVAILABLE  # as _as_router_error answers it
     if isinstance(e, asyncio.CancelledError | GeneratorExit):
         left = context.time_remaining()
         return grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left <= 0 else grpc.StatusCode.CANCELLED
@@ -128,17 +130,16 @@ class Handlers:
             else:
                 self._calls[token] -= 1
 
-    def _timed(self, name: str, started: float, e: BaseException | None, context: Any) -> None:
+    def _timed(self, name: str, started: float, code: grpc.StatusCode) -> None:
         """With metrics on, the call's duration to its end (a stream's last frame) and its status."""
         if self._rpcs is not None:
-            code = grpc.StatusCode.OK if e is None else _ended_by(e, context)
             self._rpcs.observe(name, code, time.perf_counter() - started)
 
     @contextlib.contextmanager
     def _call(self, name: str, make: Callable[[Any], Body], request: Any, context: Any) -> Iterator[Body]:
         """`_admit`, the body, `_release` and `_timed` around a call (the streams' and the threaded
         server's handlers)."""
-        started, ended = time.perf_counter(), None
+        started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             token = self._admit(request, context)
             try:
@@ -146,10 +147,10 @@ class Handlers:
             finally:
                 self._release(token)
         except BaseException as e:
-            ended = e
+            code = _ended_by(e, context)  # the code, not the exception: its traceback holds these frames
             raise
         finally:
-            self._timed(name, started, ended, context)
+            self._timed(name, started, code)
 
     def generic_handlers(self, aio: bool) -> list[grpc.GenericRpcHandler]:
         out = []
@@ -208,8 +209,7 @@ class Handlers:
 
     def _aio_unary(self, name: str, make: Callable[[Any], Body]) -> Callable[[Any, grpc.aio.ServicerContext], Any]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            ended: BaseException | None = None
+            started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 token = self._admit(request, context)
                 try:
@@ -217,13 +217,13 @@ class Handlers:
                 finally:
                     self._release(token)
             except Exception as e:
-                ended = e
                 err = _as_router_error(e, name)
+                code = err.code
             except BaseException as e:  # cancelled: grpc ended the call
-                ended = e
+                code = _ended_by(e, context)
                 raise
             finally:
-                self._timed(name, started, ended, context)
+                self._timed(name, started, code)
             await context.abort(err.code, err.message, error_trailers(err))
 
         return handler
