@@ -43,7 +43,6 @@ from router._proto import task_command_router_pb2 as pb
 from router.client import STDERR, STDOUT, RouterClient
 
 from .batch_jobs import (
-    CALLS_AHEAD,
     CHUNK,
     CODE_NAMES,
     KILL_GRACE_SECS,
@@ -52,7 +51,6 @@ from .batch_jobs import (
     PIPE_BYTES,
     Attempt,
     BatchError,
-    CallFailed,
     Finished,
     Halt,
     Interrupted,
@@ -61,7 +59,7 @@ from .batch_jobs import (
     Options,
     Outcome,
     Progress,
-    Started,
+    WatchFailed,
     read_jobs,
     write_results,
 )
@@ -81,13 +79,8 @@ class Batch:
         self._err = err
         self._prefix = f"batch-{uuid.uuid4().hex}"
         self._running: dict[str, Attempt] = {}
-        self._starting = [0] * len(self._clients)  # per target, attempts in BatchStarts not yet answered
-        self._calls = 0  # those BatchStarts
-        self._killing = False  # by --halt now or a signal: attempts are killed as soon as they start
-        self._killed: set[str] = set()  # neither logged nor counted
-        self._chunks: queue.SimpleQueue[tuple[int, list[Attempt]] | None] = queue.SimpleQueue()
-        self._starter = threading.Thread(target=self._start_chunks, daemon=True, name="batch-start")
-        self._events: queue.SimpleQueue[Finished | Started | CallFailed | Interrupted] = queue.SimpleQueue()
+        self._killed: set[str] = set()  # by --halt now: neither logged nor counted
+        self._events: queue.SimpleQueue[Finished | WatchFailed | Interrupted] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._done = 0
         self._failed = 0
@@ -100,18 +93,15 @@ class Batch:
     def run(self) -> int:
         """Run every job (or until --halt); the exit status. On an error or an interrupt, the jobs
         still running are killed before it propagates."""
-        self._starter.start()
         try:
-            while self._running or self._calls or (self._pending and not self._stopping):
-                if not self._stopping:
-                    self._refill()
-                self._collect()
+            while self._running or (self._pending and not self._stopping):
+                started = not self._stopping and self._refill()
+                if self._running:
+                    self._collect(wait=not started)  # after a start, only what has come: then the next chunk
         except BaseException:
-            self._kill_all()  # the Watch threads end once the caller closes the clients
+            self._kill_running()  # the Watch threads end once the caller closes the clients
             raise
         finally:
-            self._chunks.put(None)
-            self._starter.join()
             self._progress.end(self._done, self._failed)
             if self._joblog is not None:
                 self._joblog.close()
@@ -125,81 +115,57 @@ class Batch:
 
     # -- starting ------------------------------------------------------------------------------
 
-    @property
-    def _live(self) -> int:
-        """Attempts running or being started."""
-        return len(self._running) + sum(self._starting)
-
-    def _refill(self) -> None:
-        """Hand chunks (one per target at a time) to the thread that starts them, while the -j window
-        has room and fewer than CALLS_AHEAD are waiting for their answer."""
-        while self._pending and self._calls < CALLS_AHEAD:
-            free = self._options.jobs - self._live
-            if free <= 0:
-                return
-            load = list(self._starting)
-            for attempt in self._running.values():
-                load[attempt.target] += 1
-            chunks: dict[int, list[Attempt]] = {}
-            for _ in range(min(free, len(self._pending), CHUNK * len(self._clients))):
-                job = self._pending.popleft()
-                target = self._pick(job, load)
-                load[target] += 1
-                job.attempts += 1
-                attempt = Attempt(job, target, f"{self._prefix}-{job.seq}-{job.attempts}", 0.0)
-                chunks.setdefault(target, []).append(attempt)
-            for target, attempts in chunks.items():
-                for at in range(0, len(attempts), CHUNK):
-                    self._calls += 1
-                    self._starting[target] += len(attempts[at:at + CHUNK])
-                    self._chunks.put((target, attempts[at:at + CHUNK]))
+    def _refill(self) -> bool:
+        """Start a chunk per target, if the -j window has room; whether any started. One at a time, so
+        that the output of the jobs done so far goes out while the next chunk starts."""
+        free = self._options.jobs - len(self._running)
+        if free <= 0 or not self._pending:
+            return False
+        load = [0] * len(self._clients)
+        for attempt in self._running.values():
+            load[attempt.target] += 1
+        chunks: dict[int, list[Attempt]] = {}
+        for _ in range(min(free, len(self._pending), CHUNK * len(self._clients))):
+            job = self._pending.popleft()
+            target = self._pick(job, load)
+            load[target] += 1
+            job.attempts += 1
+            attempt = Attempt(job, target, f"{self._prefix}-{job.seq}-{job.attempts}", 0.0)
+            chunks.setdefault(target, []).append(attempt)
+        for target, attempts in chunks.items():
+            for at in range(0, len(attempts), CHUNK):
+                self._start(target, attempts[at:at + CHUNK])
+        return True
 
     def _pick(self, job: Job, load: list[int]) -> int:
         """The least loaded target, among those the job has not failed on if there are any."""
         fresh = [t for t in range(len(load)) if t not in job.failed_on] or list(range(len(load)))
         return min(fresh, key=lambda t: load[t])
 
-    def _start_chunks(self) -> None:
-        """The BatchStarts, one at a time in the order handed over (its own thread, so that the next
-        is made while the main thread writes output); each answer onto the queue."""
-        while (chunk := self._chunks.get()) is not None:
-            target, attempts = chunk
-            sent = time.time()
-            if self._stopping:  # --halt, a signal or an error since it was handed over: start no more
-                self._events.put(Started(target, attempts, None, sent))
-                continue
-            items = [pb.TaskExecStartRequest(exec_id=a.exec_id, command_args=["sh", "-c", a.job.command],
-                                             stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_PIPE,
-                                             stderr_config=pb.TASK_EXEC_STDERR_CONFIG_PIPE,
-                                             timeout_secs=self._options.timeout_secs or None)
-                     for a in attempts]
-            try:
-                self._events.put(Started(target, attempts, self._clients[target].batch_start(items), sent))
-            except (grpc.RpcError, ValueError) as e:  # ValueError: the channel was closed under it
-                self._events.put(CallFailed(e))
-
-    def _started(self, event: Started) -> None:
-        self._calls -= 1
-        self._starting[event.target] -= len(event.attempts)
-        if event.results is None:
-            return  # never started: neither logged nor counted, so that --resume runs them
+    def _start(self, target: int, attempts: list[Attempt]) -> None:
+        items = [pb.TaskExecStartRequest(exec_id=a.exec_id, command_args=["sh", "-c", a.job.command],
+                                         stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_PIPE,
+                                         stderr_config=pb.TASK_EXEC_STDERR_CONFIG_PIPE,
+                                         timeout_secs=self._options.timeout_secs or None)
+                 for a in attempts]
+        client = self._clients[target]
+        sent = time.time()
+        results = client.batch_start(items)
         started = []
-        for attempt, result in zip(event.attempts, event.results, strict=True):
-            attempt.started = event.sent
+        for attempt, result in zip(attempts, results, strict=True):
+            attempt.started = sent
             if result.code == 0:
                 self._running[attempt.exec_id] = attempt
                 started.append(attempt.exec_id)
             else:
                 reason = f"{CODE_NAMES.get(result.code, result.code)}: {result.message}"
-                self._ended(attempt, Outcome(not_started=reason), b"", b"", event.sent, event.sent)
+                self._ended(attempt, Outcome(not_started=reason), b"", b"", sent, sent)
         if started:
-            thread = threading.Thread(target=self._follow, args=(self._clients[event.target], started), daemon=True,
+            thread = threading.Thread(target=self._follow, args=(client, started), daemon=True,
                                       name=f"batch-watch-{len(self._threads)}")
             thread.start()
             self._threads.append(thread)
             self._threads = [t for t in self._threads if t.is_alive()]
-        if self._killing:  # started after the kill: killed now
-            self._kill_running()
 
     def _follow(self, client: RouterClient, exec_ids: list[str]) -> None:
         """One Watch over a chunk's execs (its own thread): each exit, with its output, onto the queue."""
@@ -217,27 +183,25 @@ class Batch:
                 self._events.put(Finished(event.exec_id, event.exit, stdout, stderr,
                                           started.pop(event.exec_id, 0.0), event.time))
         except (grpc.RpcError, ValueError) as e:  # ValueError: the channel was closed under it
-            self._events.put(CallFailed(e))
+            self._events.put(WatchFailed(e))
 
     # -- finishing -----------------------------------------------------------------------------
 
-    def _collect(self) -> None:
-        """Handle every event that has come (waiting a while for the first), then show progress."""
-        events: list[Finished | Started | CallFailed | Interrupted] = []
+    def _collect(self, wait: bool) -> None:
+        """Handle every exit that has come (if `wait`, waiting a while for the first), then show progress."""
+        events: list[Finished | WatchFailed | Interrupted] = []
         try:
-            events.append(self._events.get(timeout=self._progress.interval))
+            if wait:
+                events.append(self._events.get(timeout=self._progress.interval))
             while True:
                 events.append(self._events.get_nowait())
         except queue.Empty:
             pass
         for event in events:
-            if isinstance(event, CallFailed):
+            if isinstance(event, WatchFailed):
                 raise event.error
             if isinstance(event, Interrupted):
                 self._interrupt(event.signal)
-                continue
-            if isinstance(event, Started):
-                self._started(event)
                 continue
             attempt = self._running.pop(event.exec_id)
             if event.exec_id in self._killed:
@@ -289,11 +253,10 @@ class Batch:
         print(f"router batch: halting after {self._failed} failed jobs; the last: job {job.seq} "
               f"({outcome.text()}): {job.command}", file=self._err)
         if halt.now:
-            print(f"router batch: killing {self._live} running jobs", file=self._err, flush=True)
-            self._killing = True
+            print(f"router batch: killing {len(self._running)} running jobs", file=self._err, flush=True)
             self._kill_running()
-        elif self._live:
-            print(f"router batch: starting no more jobs; waiting for {self._live} running",
+        elif self._running:
+            print(f"router batch: starting no more jobs; waiting for {len(self._running)} running",
                   file=self._err, flush=True)
 
     def interrupt(self, signum: int, _frame: object = None) -> None:
@@ -309,20 +272,8 @@ class Batch:
         self._interrupted = signum
         self._stopping = True
         self._progress.clear()
-        print(f"router batch: interrupted; killing {self._live} running jobs", file=self._err, flush=True)
-        self._killing = True
+        print(f"router batch: interrupted; killing {len(self._running)} running jobs", file=self._err, flush=True)
         self._kill_running()
-
-    def _kill_all(self) -> None:
-        """On an error: kill what runs, then what the BatchStarts still being made start."""
-        self._stopping = self._killing = True
-        self._kill_running()
-        self._chunks.put(None)
-        self._starter.join()  # every call it makes ends: answered, or failed
-        with contextlib.suppress(queue.Empty):
-            while True:
-                if isinstance(event := self._events.get_nowait(), Started):
-                    self._started(event)
 
     def _kill_running(self) -> None:
         """Kill every attempt still running; their exits are neither logged nor counted, so that

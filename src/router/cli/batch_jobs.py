@@ -26,10 +26,6 @@ NOT_RUN = -1  # parallel's joblog Exitval for a job killed by a timeout (and her
 # first outputs come after one chunk's spawns rather than all of them (benchmarks/HISTORY.md,
 # "Fan-out and exec rate through BatchStart + Watch").
 CHUNK = 256
-# BatchStarts handed to the thread that makes them and not yet answered: with two, the next chunk
-# is ready when one is answered, so that the router's spawners wait neither for the main thread
-# (writing output) nor for the chunk to be made.
-CALLS_AHEAD = 2
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
 
@@ -91,18 +87,7 @@ class Finished:
 
 
 @dataclasses.dataclass(frozen=True)
-class Started:
-    """A BatchStart's answer, from the thread that makes the calls: each attempt's result, in order;
-    None if the call was not made (the attempts were to be killed first)."""
-    target: int
-    attempts: list[Attempt]
-    results: list[ec.BatchItemResult] | None
-    sent: float  # unix time
-
-
-@dataclasses.dataclass(frozen=True)
-class CallFailed:
-    """A BatchStart or a Watch failed (after the client's retries): raised in the main thread."""
+class WatchFailed:
     error: Exception
 
 
