@@ -164,6 +164,23 @@ def test_halt_soon_waits_for_running_jobs_and_starts_no_more(target: Target, tmp
     assert len(list(target.client.execs())) == 3
 
 
+@pytest.mark.timeout(60)
+def test_halt_soon_starts_no_later_chunk(target: Target, tmp_path: pathlib.Path) -> None:
+    """Three chunks' worth at once, the first job failing at once: the halt comes between chunks, so the
+    last is never started; every job that did start ran to its end and is logged, and --resume runs
+    the rest."""
+    log = tmp_path / "log"
+    jobs = lines("exit 3", *["sleep 1; echo done"] * (3 * CHUNK - 1))
+    first = batch(target, "-j", str(3 * CHUNK), "--halt", "soon,fail=1", "--joblog", str(log), input=jobs)
+    assert first.returncode == 3 and b"starting no more jobs" in first.stderr, first.stderr
+    rows = by_seq(joblog(log))
+    assert len(rows) == len(list(target.client.execs())) < 3 * CHUNK  # all that started, and not all
+    assert first.stdout.count(b"done\n") == len(rows) - 1
+    rest = batch(target, "-j", str(3 * CHUNK), "--joblog", str(log), "--resume", input=jobs)
+    assert rest.returncode == 0 and rest.stdout.count(b"done\n") == 3 * CHUNK - len(rows)
+    assert sorted(by_seq(joblog(log))) == list(range(1, 3 * CHUNK + 1))
+
+
 def test_resume_after_a_halt_and_after_an_interrupt(target: Target, tmp_path: pathlib.Path) -> None:
     log, marker = tmp_path / "log", tmp_path / "marker"
     commands = [f"sleep 0.05; echo {i}" for i in range(1, 201)]
