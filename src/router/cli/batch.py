@@ -1,8 +1,9 @@
 """`router batch`: each line of a file run as `sh -c LINE` on one or more routers, GNU parallel style.
 
-Few calls per job (one gRPC call costs the server ~0.2 ms: benchmarks/HISTORY.md): jobs start in chunks, one
-BatchStart per target per refill of the -j window, and each chunk is followed by one Watch over
-its ids that ends by itself when the last of them exits. Output up to OUTPUT_LIMIT comes in the
+Few calls per job (one gRPC call costs the server ~0.2 ms: benchmarks/HISTORY.md): jobs start in chunks of
+up to CHUNK, one BatchStart per target at a time while the -j window has room, the output that has
+come written between them; each chunk is followed by one Watch over its ids that ends by itself
+when the last of them exits. Output up to OUTPUT_LIMIT comes in the
 exit event; only larger output costs TaskExecStdioRead calls. A Watch over every exec would be one
 call per run instead, but at connect it sends every exec the router still keeps (up to 10,000 by
 default, each with its output), a previous batch's included; a Watch per chunk sees only ours.
