@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import io
 import os
 import pathlib
 import pty
@@ -15,7 +17,8 @@ from typing import NamedTuple
 
 import pytest
 
-from router.cli.batch_jobs import JOBLOG_HEADER
+from router.cli.batch import widen_pipe
+from router.cli.batch_jobs import CHUNK, JOBLOG_HEADER, PIPE_BYTES
 from router.client import RouterClient
 from tests.helpers.processes import ROUTER
 from tests.helpers.servers import serving
@@ -161,6 +164,23 @@ def test_halt_soon_waits_for_running_jobs_and_starts_no_more(target: Target, tmp
     assert len(list(target.client.execs())) == 3
 
 
+@pytest.mark.timeout(60)
+def test_halt_soon_starts_no_later_chunk(target: Target, tmp_path: pathlib.Path) -> None:
+    """Three chunks' worth at once, the first job failing at once: the halt comes between chunks, so the
+    last is never started; every job that did start ran to its end and is logged, and --resume runs
+    the rest."""
+    log = tmp_path / "log"
+    jobs = lines("exit 3", *["sleep 1; echo done"] * (3 * CHUNK - 1))
+    first = batch(target, "-j", str(3 * CHUNK), "--halt", "soon,fail=1", "--joblog", str(log), input=jobs)
+    assert first.returncode == 3 and b"starting no more jobs" in first.stderr, first.stderr
+    rows = by_seq(joblog(log))
+    assert len(rows) == len(list(target.client.execs())) < 3 * CHUNK  # all that started, and not all
+    assert first.stdout.count(b"done\n") == len(rows) - 1
+    rest = batch(target, "-j", str(3 * CHUNK), "--joblog", str(log), "--resume", input=jobs)
+    assert rest.returncode == 0 and rest.stdout.count(b"done\n") == 3 * CHUNK - len(rows)
+    assert sorted(by_seq(joblog(log))) == list(range(1, 3 * CHUNK + 1))
+
+
 def test_resume_after_a_halt_and_after_an_interrupt(target: Target, tmp_path: pathlib.Path) -> None:
     log, marker = tmp_path / "log", tmp_path / "marker"
     commands = [f"sleep 0.05; echo {i}" for i in range(1, 201)]
@@ -213,6 +233,37 @@ def test_two_targets_share_the_jobs(tmp_path: pathlib.Path) -> None:
             hosts = [row[1] for row in rows.values()]
             assert set(hosts) == {a.listen, b.listen} and min(hosts.count(a.listen), hosts.count(b.listen)) >= 50
             assert len(list(a.client.execs())) + len(list(b.client.execs())) == 200
+
+
+@pytest.mark.timeout(60)
+def test_output_goes_out_while_later_chunks_start(target: Target, tmp_path: pathlib.Path) -> None:
+    """Four chunks of CHUNK jobs at once: the first chunks' output is written before the last chunk
+    is started, not once every job has started (each job of the last one finds it there)."""
+    out = tmp_path / "out"
+    early = [f"echo {i}" for i in range(3 * CHUNK)]
+    last = [f"if [ -s {out} ]; then echo early; else echo late; fi" for _ in range(CHUNK)]
+    with out.open("wb") as stdout:
+        result = subprocess.run([*ROUTER, "batch", "--target", target.listen, "--token", target.token, "-j",
+                                 str(4 * CHUNK)], input=lines(*early, *last), stdout=stdout, stderr=subprocess.PIPE,
+                                check=False, timeout=50)
+    assert result.returncode == 0, result.stderr
+    words = out.read_bytes().split()
+    assert sorted(w for w in words if w.isdigit()) == sorted(str(i).encode() for i in range(3 * CHUNK))
+    assert words.count(b"early") == CHUNK, words.count(b"late")
+
+
+def test_a_pipe_on_stdout_is_widened(tmp_path: pathlib.Path) -> None:
+    """A pipe's buffer holds PIPE_BYTES of output, so that the CLI need not wait for its reader every
+    64 KiB; on anything else (a file, a closed stream) it is a no-op."""
+    read, write = os.pipe()
+    with os.fdopen(read, "rb") as reader, os.fdopen(write, "wb") as writer:
+        widen_pipe(writer)
+        assert fcntl.fcntl(writer.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES
+        assert fcntl.fcntl(reader.fileno(), fcntl.F_GETPIPE_SZ) == PIPE_BYTES  # one buffer, both ends
+    with (tmp_path / "file").open("wb") as file:
+        widen_pipe(file)
+    widen_pipe(file)  # closed: fileno() raises ValueError
+    widen_pipe(io.BytesIO())  # no descriptor at all
 
 
 def test_a_job_that_cannot_start_fails_alone(tmp_path: pathlib.Path) -> None:

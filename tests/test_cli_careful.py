@@ -7,6 +7,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -273,6 +274,21 @@ def test_every_flag_says_what_it_does() -> None:
     undocumented = [(name, action.dest) for name, sub in top.commands.items() for action in sub._actions
                     if action.help is None and action.dest != "help"]
     assert not undocumented
+
+
+def test_batch_and_exec_load_no_other_commands_modules() -> None:
+    """A CLI start is on the clock of `router batch` and `router exec`: the parser and those two
+    load neither `serve` (the engine, handover) nor the admin commands, whose `ls --state` choices
+    the parser holds apart from admin's map of them."""
+    code = ("import sys; from router.cli.parser import parser; parser(); import router.cli.batch, router.cli.exec; "
+            "print(*sys.modules)")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=60).stdout.split()
+    assert not [m for m in loaded if m.startswith((b"router.cli.serve", b"router.cli.admin", b"router.handover",
+                                                  b"router.engine.adoption", b"router.server.grpc_server"))]
+    from router.cli.admin import STATES
+    from router.cli.argtypes import EXEC_STATES
+
+    assert sorted(STATES) == sorted(EXEC_STATES)
 
 
 @pytest.fixture(params=["dead", "live"])

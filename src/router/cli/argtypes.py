@@ -6,6 +6,9 @@ import math
 import signal
 from typing import Any
 
+# `router ls --state`'s values (admin.STATES maps them): here, so that the parser need not import admin.
+EXEC_STATES = ("any", "exited", "running")
+
 
 def whole(low: int, high: int = 2**63 - 1) -> Any:
     """A whole number in [low, high]."""

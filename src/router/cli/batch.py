@@ -1,8 +1,9 @@
 """`router batch`: each line of a file run as `sh -c LINE` on one or more routers, GNU parallel style.
 
-Few calls per job (one gRPC call costs the server ~0.2 ms: benchmarks/HISTORY.md): jobs start in chunks, one
-BatchStart per target per refill of the -j window, and each chunk is followed by one Watch over
-its ids that ends by itself when the last of them exits. Output up to OUTPUT_LIMIT comes in the
+Few calls per job (one gRPC call costs the server ~0.2 ms: benchmarks/HISTORY.md): jobs start in chunks of
+up to CHUNK, one BatchStart per target at a time while the -j window has room, the output that has
+come written between them; each chunk is followed by one Watch over its ids that ends by itself
+when the last of them exits. Output up to OUTPUT_LIMIT comes in the
 exit event; only larger output costs TaskExecStdioRead calls. A Watch over every exec would be one
 call per run instead, but at connect it sends every exec the router still keeps (up to 10,000 by
 default, each with its output), a previous batch's included; a Watch per chunk sees only ours.
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
+import io
 import queue
 import signal
 import sys
@@ -46,6 +49,7 @@ from .batch_jobs import (
     KILL_GRACE_SECS,
     MAX_STATUS,
     OUTPUT_LIMIT,
+    PIPE_BYTES,
     Attempt,
     BatchError,
     Finished,
@@ -92,10 +96,9 @@ class Batch:
         still running are killed before it propagates."""
         try:
             while self._running or (self._pending and not self._stopping):
-                if not self._stopping:
-                    self._refill()
+                started = not self._stopping and self._refill()
                 if self._running:
-                    self._collect()
+                    self._collect(wait=not started)  # after a start, only what has come: then the next chunk
         except BaseException:
             self._kill_running()  # the Watch threads end once the caller closes the clients
             raise
@@ -113,15 +116,17 @@ class Batch:
 
     # -- starting ------------------------------------------------------------------------------
 
-    def _refill(self) -> None:
+    def _refill(self) -> bool:
+        """Start a chunk per target, if the -j window has room; whether any started. One at a time, so
+        that the output of the jobs done so far goes out while the next chunk starts."""
         free = self._options.jobs - len(self._running)
         if free <= 0 or not self._pending:
-            return
+            return False
         load = [0] * len(self._clients)
         for attempt in self._running.values():
             load[attempt.target] += 1
         chunks: dict[int, list[Attempt]] = {}
-        for _ in range(min(free, len(self._pending))):
+        for _ in range(min(free, len(self._pending), CHUNK * len(self._clients))):
             job = self._pending.popleft()
             target = self._pick(job, load)
             load[target] += 1
@@ -131,6 +136,7 @@ class Batch:
         for target, attempts in chunks.items():
             for at in range(0, len(attempts), CHUNK):
                 self._start(target, attempts[at:at + CHUNK])
+        return True
 
     def _pick(self, job: Job, load: list[int]) -> int:
         """The least loaded target, among those the job has not failed on if there are any."""
@@ -182,10 +188,12 @@ class Batch:
 
     # -- finishing -----------------------------------------------------------------------------
 
-    def _collect(self) -> None:
-        """Handle every exit that has come (waiting a while for the first), then show progress."""
+    def _collect(self, wait: bool) -> None:
+        """Handle every exit that has come (if `wait`, waiting a while for the first), then show progress."""
+        events: list[Finished | WatchFailed | Interrupted] = []
         try:
-            events = [self._events.get(timeout=self._progress.interval)]
+            if wait:
+                events.append(self._events.get(timeout=self._progress.interval))
             while True:
                 events.append(self._events.get_nowait())
         except queue.Empty:
@@ -282,12 +290,21 @@ class Batch:
                 failing.add(attempt.target)  # (Kill of an exec that has exited answers its exit)
 
 
+def widen_pipe(stream: BinaryIO) -> None:
+    """If `stream` is a pipe, make its buffer PIPE_BYTES: with the default 64 KiB each job's output
+    waits for the reader to take it, a round trip between the two processes per 64 KiB."""
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):  # not a pipe, or no fd
+        fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
 def run(clients: Sequence[RouterClient], hosts: Sequence[str], source: BinaryIO, options: Options,
         out: BinaryIO | None = None, err: TextIO | None = None) -> int:
     """Read the jobs (skipping those in the joblog, with --resume) and run them; the exit status."""
     skip = Joblog.logged(options.joblog) if options.resume and options.joblog else set()
     jobs = read_jobs(source, skip)
-    runner = Batch(clients, hosts, jobs, options, out or sys.stdout.buffer, err or sys.stderr)
+    out = out or sys.stdout.buffer
+    widen_pipe(out)
+    runner = Batch(clients, hosts, jobs, options, out, err or sys.stderr)
     if threading.current_thread() is not threading.main_thread():  # only it may handle signals
         return runner.run()
     previous = {sig: signal.signal(sig, runner.interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -15,6 +15,9 @@ from router._proto import exec_control_pb2 as ec
 # Output delivered in the exit event: 64 KiB is a pipe's buffer, and the size the batch benchmark
 # writes per job; the router reads it on its event loop, so each event's read stays short.
 OUTPUT_LIMIT = 64 * 1024
+# The buffer asked for a pipe on stdout: Linux's default limit for an unprivileged process
+# (/proc/sys/fs/pipe-max-size); a chunk's outputs then go to the reader in 1 MiB rounds.
+PIPE_BYTES = 1024 * 1024
 # --halt now: TERM, then KILL after this long, for each running job's process group.
 KILL_GRACE_SECS = 1.0
 MAX_STATUS = 101  # parallel's cap on the exit status (number of failed jobs)

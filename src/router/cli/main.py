@@ -7,6 +7,7 @@ other commands 1 for failures and 2 for usage errors; 128+N after signal N (141 
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -26,6 +27,16 @@ def _quiet_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command's exit status; the process ends next."""
+    try:
+        return _run(argv)
+    finally:
+        # The heap goes back to the OS whole; without this, Python's collection at exit first walks
+        # every object the imports made (~25 ms here, on the clock of every `router batch` and `exec`).
+        gc.freeze()
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # `router serve` starts itself again
     if getattr(args, "command", None) and args.command[0] == "--":

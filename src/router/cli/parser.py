@@ -4,24 +4,27 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+from collections.abc import Callable
+from importlib import import_module
 from typing import Any, NoReturn
 
 from router import config
 from router.engine import retention
 from router.server.drain import DEFAULT_DRAIN_SECS
 
-from . import admin
-from . import serve as serve_cmd
-from . import status as status_cmd
-from .argtypes import halt, listen, message_size, positive, seconds, signal_number, size, whole
+from .argtypes import EXEC_STATES, halt, listen, message_size, positive, seconds, signal_number, size, whole
 from .connection import add_connection_args
-from .exec import cmd_exec
 
 
-def _batch(args: argparse.Namespace) -> int:
-    from .batch import cmd_batch  # only `router batch` needs it
+def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command's function, imported when it runs: each command pays only for its own imports
+    (`serve` brings the engine and handover, ~50 modules; a CLI start is on the clock of `router
+    batch` and `router exec`)."""
 
-    return cmd_batch(args)
+    def run(args: argparse.Namespace) -> int:
+        return int(getattr(import_module(f"{__package__}.{module}"), name)(args))
+
+    return run
 
 
 class Parser(argparse.ArgumentParser):
@@ -135,7 +138,7 @@ def parser() -> Parser:
     lim.add_argument("--max-calls-per-token", type=positive, default=65_536, metavar="N",
                      help="calls in flight per token; past it RESOURCE_EXHAUSTED with a retry delay "
                      "(default %(default)s)")
-    serve.set_defaults(func=serve_cmd.cmd_serve)
+    serve.set_defaults(func=_command("serve", "cmd_serve"))
 
     images = sub.add_parser("images", help="list, remove and garbage-collect the state directory's images")
     images.add_argument("--state-dir", help="default: the user's state directory")
@@ -147,7 +150,7 @@ def parser() -> Parser:
     rm = images_sub.add_parser("rm", help="remove images (not while mounted)", parents=[state_dir])
     rm.add_argument("ids", nargs="+", metavar="ID", help="image ids (im-...)")
     images_sub.add_parser("gc", help="remove expired images and content no image references", parents=[state_dir])
-    images.set_defaults(func=admin.cmd_images)
+    images.set_defaults(func=_command("admin", "cmd_images"))
 
     sec_cmd = sub.add_parser("secrets", help="the secret store: set, remove and list secrets (names only)")
     sec_cmd.add_argument("--state-dir", help="default: the user's state directory")
@@ -166,7 +169,7 @@ def parser() -> Parser:
     rm_ = secrets_sub.add_parser("rm", help="remove a secret", parents=[dirs])
     rm_.add_argument("id", help="the secret's id")
     secrets_sub.add_parser("ls", help="list secret ids and their variable names", parents=[dirs])
-    sec_cmd.set_defaults(func=admin.cmd_secrets)
+    sec_cmd.set_defaults(func=_command("admin", "cmd_secrets"))
 
     token = sub.add_parser("token", help="print a bearer token for the task")
     token.add_argument("--state-dir", help="default: the user's state directory")
@@ -176,7 +179,7 @@ def parser() -> Parser:
     token.add_argument("--init", action="store_true",
                        help="make the state directory's key (and task) if it has none; without it such a "
                             "directory is refused")
-    token.set_defaults(func=admin.cmd_token)
+    token.set_defaults(func=_command("admin", "cmd_token"))
 
     ex = sub.add_parser("exec", help="run a command on a server and stream its output", usage_status=255)
     add_connection_args(ex)
@@ -193,21 +196,21 @@ def parser() -> Parser:
                          "runs (restored after), its size and changes forwarded; stdout and stderr arrive as one "
                          "stream. Without a terminal on stdin, a warning and no terminal; -tt: a terminal anyway")
     ex.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
-    ex.set_defaults(func=cmd_exec)
+    ex.set_defaults(func=_command("exec", "cmd_exec"))
 
     status = sub.add_parser("status", help="the server's state: version, uptime, addresses, execs, free space, "
                             "mounts, certificate expiry")
     add_connection_args(status)
     status.add_argument("--json", action="store_true", help="as JSON, for machines (bytes and seconds as numbers)")
-    status.set_defaults(func=status_cmd.cmd_status)
+    status.set_defaults(func=_command("status", "cmd_status"))
     ls = sub.add_parser("ls", help="list execs")
     add_connection_args(ls)
-    ls.add_argument("--state", choices=sorted(admin.STATES), default="any", help="which execs (default %(default)s)")
-    ls.set_defaults(func=admin.cmd_ls)
+    ls.add_argument("--state", choices=EXEC_STATES, default="any", help="which execs (default %(default)s)")
+    ls.set_defaults(func=_command("admin", "cmd_ls"))
     inspect = sub.add_parser("inspect", help="an exec in full (JSON): command, times, bytes, exit and its cause, usage")
     add_connection_args(inspect)
     inspect.add_argument("id", help="the exec's id")
-    inspect.set_defaults(func=admin.cmd_inspect)
+    inspect.set_defaults(func=_command("admin", "cmd_inspect"))
     kill = sub.add_parser("kill", help="end an exec's whole process group (TERM, grace, KILL), or send one signal")
     add_connection_args(kill)
     kill.add_argument("id", help="the exec's id")
@@ -215,14 +218,14 @@ def parser() -> Parser:
                       help="send this signal (name or number) to the group instead")
     kill.add_argument("--grace", type=seconds(), default=10.0,
                       help="seconds between TERM and KILL (default %(default)s, as docker stop; 0: KILL at once)")
-    kill.set_defaults(func=admin.cmd_kill)
+    kill.set_defaults(func=_command("admin", "cmd_kill"))
     logs = sub.add_parser("logs", help="an exec's output")
     add_connection_args(logs)
     logs.add_argument("id", help="the exec's id")
     logs.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
     logs.add_argument("--from", dest="offset", type=whole(0), default=0, metavar="OFFSET", help="start at this byte")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing output as it comes, until the end")
-    logs.set_defaults(func=admin.cmd_logs)
+    logs.set_defaults(func=_command("admin", "cmd_logs"))
 
     bat = sub.add_parser("batch", help="run each line of FILE as `sh -c LINE`, N at once, GNU parallel style",
                          usage_status=255,
@@ -245,6 +248,6 @@ def parser() -> Parser:
     bat.add_argument("--connect-timeout", type=seconds(above=True), default=10.0, metavar="SECS",
                      help="give up on a server not reached within this long (default %(default)s)")
     bat.add_argument("file", nargs="?", default="-", metavar="FILE", help="one command line per line (default: stdin)")
-    bat.set_defaults(func=_batch)
+    bat.set_defaults(func=_command("batch", "cmd_batch"))
     p.commands = dict(sub.choices)
     return p
