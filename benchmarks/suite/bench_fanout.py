@@ -71,7 +71,7 @@ class Fanout:
 
 class FanoutRatio(alternating.RouterVsReference):
     """router / reference fan-out rate (= reference / router wall time), alternating rounds in one
-    setup (target: >= 0.5 of local subprocesses at N=1024)."""
+    setup (target: >= 0.75 of local subprocesses at N=1024)."""
 
     params = [SIZE.fanout, ["local", "ssh"]]
     param_names = ["n", "reference"]
@@ -80,7 +80,7 @@ class FanoutRatio(alternating.RouterVsReference):
 
     @staticmethod
     def target(n: int, reference: str) -> Target | None:
-        return Target(">=", 0.5) if (n, reference) == (1024, "local") else None
+        return Target(">=", 0.75) if (n, reference) == (1024, "local") else None
 
     def track_ratio(self, n: int, reference: str) -> float:
         return self.ratio()
