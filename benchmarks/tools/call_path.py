@@ -1,6 +1,6 @@
 """What Modal's call path costs the router, against what the calls themselves cost, in one run.
 
-For each router (a source tree, as in ab_trees), every round measures:
+For each router (a source tree, as in ab_trees; each round starts with the next), every round measures:
 - Modal's calls: TaskExecStart + TaskExecWait of `true`, 64 in flight: execs/s and the serving
   process's CPU per exec (utime + stime from /proc, children excluded);
 - BatchStart + Watch of the same number of `true`: execs/s and CPU per exec;
@@ -87,7 +87,9 @@ def main() -> None:
             router_exec_rate(side, router.metadata, 64, IN_FLIGHT, 60.0).checked()  # channels, first spawns
             routers[name] = (router, side)
         for number in range(args.rounds):
-            for name, (router, side) in routers.items():
+            names = list(routers)  # each round starts with the next tree: none always follows another
+            for name in names[number % len(names):] + names[:number % len(names)]:
+                router, side = routers[name]
                 md = router.metadata
                 for key, value in zip(("modal/s", "modal us", "modal children us", "modal client us"),
                                       measured(router.pid, n, router_exec_rate, side, md, n, IN_FLIGHT, 600.0),

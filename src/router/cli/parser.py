@@ -97,7 +97,7 @@ def parser() -> Parser:
                             "(process, default), or also synced to disk, so they survive a power cut (machine)")
     serve.add_argument("--sched-batch", action="store_true",
                        help="run the router's own threads under SCHED_BATCH (its execs keep the policy it started "
-                            "with): ~15%% less CPU per exec through Modal's calls at high fan-out, but while its "
+                            "with): 12-19%% less CPU per exec through Modal's calls at high fan-out, but while its "
                             "execs keep every CPU busy each of its answers may wait for a scheduler tick "
                             "(benchmarks/RESULTS.md)")
     serve.add_argument("--no-journal", action="store_true",

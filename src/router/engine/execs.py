@@ -17,7 +17,6 @@ from router._fastio import SegmentedLog
 from router.errors import RouterError
 
 from . import exec_log
-from .loop import mailbox
 from .records import ExecSpec, ExitCause, ExitStatus, StreamName, Usage
 from .stdin_buffer import StdinBuffer
 
@@ -314,7 +313,7 @@ class Exec(Changes):
         return False
 
 def _wake(waiters: list[asyncio.Future[None]]) -> None:
-    """Complete futures on their loops: directly on our own, through its mailbox otherwise."""
+    """Complete futures on their loops: directly on our own, through call_soon_threadsafe otherwise."""
     try:
         here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
@@ -327,7 +326,7 @@ def _wake(waiters: list[asyncio.Future[None]]) -> None:
             _complete(futs)
         else:
             try:
-                mailbox(loop).post(_complete, futs)
+                loop.call_soon_threadsafe(_complete, futs)
             except RuntimeError:
                 pass  # that loop is closed: its calls are over
 

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import select
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -67,72 +66,11 @@ class Readers:
         self._callbacks.clear()
 
 
-class Mailbox:
-    """Calls for one event loop from any thread, run there in the order posted, with one wake-up
-    (call_soon_threadsafe) for all posted since they last ran: a wake-up costs a write, the loop's
-    return from epoll and a switch of threads and of the GIL, more than most calls themselves
-    (benchmarks/HISTORY.md, "Modal's call path")."""
-
-    __slots__ = ("_loop", "_lock", "_calls", "_queued", "__weakref__")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = weakref.ref(loop)  # not kept alive by its entry in _MAILBOXES
-        # Reentrant: a collection started by an allocation under it may run a finalizer that posts
-        # here (an abandoned Watch unwatches).
-        self._lock = threading.RLock()
-        self._calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
-        self._queued = False
-
-    def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run fn(*args) on the loop soon. RuntimeError if the loop is closed."""
-        loop = self._loop()
-        if loop is None or loop.is_closed():  # as call_soon_threadsafe says
-            raise RuntimeError("Event loop is closed")
-        with self._lock:
-            self._calls.append((fn, args))
-            if self._queued:
-                return
-            self._queued = True
-        try:
-            loop.call_soon_threadsafe(self._run)
-        except RuntimeError:
-            with self._lock:
-                self._queued = False
-                self._calls.clear()
-            raise
-
-    def _run(self) -> None:
-        with self._lock:
-            calls, self._calls = self._calls, []
-            self._queued = False
-        for fn, args in calls:
-            try:
-                fn(*args)
-            except Exception:  # as the loop does with a failing callback: say so, go on with the rest
-                logger.exception("callback %r failed", fn)
-
-
-_MAILBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox] = weakref.WeakKeyDictionary()
-_MAILBOXES_LOCK = threading.RLock()  # reentrant as Mailbox._lock is
-
-
-def mailbox(loop: asyncio.AbstractEventLoop) -> Mailbox:
-    """The one Mailbox of `loop`."""
-    box = _MAILBOXES.get(loop)
-    if box is None:
-        with _MAILBOXES_LOCK:
-            box = _MAILBOXES.get(loop)
-            if box is None:
-                box = _MAILBOXES[loop] = Mailbox(loop)
-    return box
-
-
 class LoopThread:
     def __init__(self, name: str) -> None:
         self._name = name
         self._loop: uvloop.Loop | None = None
         self._readers: Readers | None = None
-        self._mailbox: Mailbox | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -158,7 +96,6 @@ class LoopThread:
         asyncio.set_event_loop(loop)
         self._loop = loop
         self._readers = Readers(loop)
-        self._mailbox = mailbox(loop)
         ready.set()
         try:
             loop.run_forever()
@@ -167,10 +104,8 @@ class LoopThread:
             loop.close()
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run fn(*args) on the loop thread as soon as it can, after what was posted before it.
-        Callable from any thread; RuntimeError once the loop has stopped."""
-        assert self._mailbox is not None, "the loop thread is not running"
-        self._mailbox.post(fn, *args)
+        """Run fn(*args) on the loop thread as soon as it can. Callable from any thread."""
+        self.loop.call_soon_threadsafe(fn, *args)
 
     def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
         """Run fn(*args) on the loop thread and return its result (or raise its exception)."""

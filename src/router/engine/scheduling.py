@@ -5,7 +5,7 @@ Under load the router's threads (gRPC's, the engine loop, the spawners) wake eac
 per exec. Under SCHED_OTHER each wake-up may preempt the thread that made it, mid-call and holding
 the GIL, which then wakes again to take it back: switches that cost more CPU than the calls around
 them. SCHED_BATCH threads do not preempt on wake-up: with Modal's calls (start + wait of `true`, 64
-in flight) the router's CPU per exec fell 15-19%. But they do not preempt anything else either:
+in flight) the router's CPU per exec fell 12-19%. But they do not preempt anything else either:
 while the router's own execs keep every CPU busy, each wake-up waits for a scheduler tick, and a
 small exec's start + wait took 1.7x as long (benchmarks/HISTORY.md, "Modal's call path"). Hence a
 choice, not the default. An idle core runs a wake-up at once whatever the policy.
