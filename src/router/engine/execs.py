@@ -133,8 +133,7 @@ class Changes:
                     return
                 await fut
             finally:
-                if not fut.done() or fut.cancelled():  # notify() took the ones it completed
-                    self._forget_waiter(fut)
+                self._forget_waiter(fut)
 
     def _changed(self) -> asyncio.Future[None]:
         fut = asyncio.get_running_loop().create_future()

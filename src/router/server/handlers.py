@@ -105,52 +105,38 @@ class Handlers:
         self._calls: dict[str, int] = {}  # calls in flight, by token
         self._calls_lock = threading.Lock()
 
-    def _admit(self, request: Any, context: Any) -> str:
-        """Authorise the call and count it against its token while it runs: the token, which
-        `_release` is given when the call ends. Plain calls, not a context manager: this runs
-        twice per exec on Modal's path (benchmarks/HISTORY.md, "Modal's call path")."""
-        metadata = context.invocation_metadata()
-        granted = self._auth.token_task(metadata)
-        if isinstance(request, MalformedRequest):
-            raise invalid("request", f"cannot be parsed: {request.error}")
-        self._auth.check_task(granted, request.task_id)
-        token: str = next(v for k, v in metadata if k == "authorization")
-        with self._calls_lock:
-            n = self._calls.get(token, 0)
-            if n >= self._max_calls:
-                raise throttled(f"{n} calls of this token are in flight, the most allowed "
-                                f"(--max-calls-per-token {self._max_calls})", retry_after=1.0)
-            self._calls[token] = n + 1
-        return token
-
-    def _release(self, token: str) -> None:
-        with self._calls_lock:
-            if self._calls[token] == 1:
-                del self._calls[token]
-            else:
-                self._calls[token] -= 1
-
-    def _timed(self, name: str, started: float, code: grpc.StatusCode) -> None:
-        """With metrics on, the call's duration to its end (a stream's last frame) and its status."""
-        if self._rpcs is not None:
-            self._rpcs.observe(name, code, time.perf_counter() - started)
-
     @contextlib.contextmanager
     def _call(self, name: str, make: Callable[[Any], Body], request: Any, context: Any) -> Iterator[Body]:
-        """`_admit`, the body, `_release` and `_timed` around a call (the streams' and the threaded
-        server's handlers)."""
+        """Authorise the call, count it against its token while it runs, and give its body; with
+        metrics on, time it to its end (a stream's last frame) with the status it ends with."""
         started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
-            token = self._admit(request, context)
+            metadata = context.invocation_metadata()
+            granted = self._auth.token_task(metadata)
+            if isinstance(request, MalformedRequest):
+                raise invalid("request", f"cannot be parsed: {request.error}")
+            self._auth.check_task(granted, request.task_id)
+            token = next(v for k, v in metadata if k == "authorization")
+            with self._calls_lock:
+                n = self._calls.get(token, 0)
+                if n >= self._max_calls:
+                    raise throttled(f"{n} calls of this token are in flight, the most allowed "
+                                    f"(--max-calls-per-token {self._max_calls})", retry_after=1.0)
+                self._calls[token] = n + 1
             try:
                 yield make(request)
             finally:
-                self._release(token)
+                with self._calls_lock:
+                    if self._calls[token] == 1:
+                        del self._calls[token]
+                    else:
+                        self._calls[token] -= 1
         except BaseException as e:
-            code = _ended_by(e, context)  # the code, not the exception: its traceback holds these frames
+            code = _ended_by(e, context)
             raise
         finally:
-            self._timed(name, started, code)
+            if self._rpcs is not None:
+                self._rpcs.observe(name, code, time.perf_counter() - started)
 
     def generic_handlers(self, aio: bool) -> list[grpc.GenericRpcHandler]:
         out = []
@@ -209,21 +195,14 @@ class Handlers:
 
     def _aio_unary(self, name: str, make: Callable[[Any], Body]) -> Callable[[Any, grpc.aio.ServicerContext], Any]:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
-                token = self._admit(request, context)
-                try:
-                    return await _run_aio(make(request), name)
-                finally:
-                    self._release(token)
+                with self._call(name, make, request, context) as body:
+                    returned: list[Any] = []
+                    async for _ in _drive_aio(body, returned):
+                        raise AssertionError(f"{name} yielded a frame")
+                    return returned[0]
             except Exception as e:
                 err = _as_router_error(e, name)
-                code = err.code
-            except BaseException as e:  # cancelled: grpc ended the call
-                code = _ended_by(e, context)
-                raise
-            finally:
-                self._timed(name, started, code)
             await context.abort(err.code, err.message, error_trailers(err))
 
         return handler
@@ -233,7 +212,7 @@ class Handlers:
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
             try:
                 with self._call(name, make, request, context) as body:
-                    async for frame in _drive_aio(body):
+                    async for frame in _drive_aio(body, []):
                         yield frame
                 return
             except Exception as e:
@@ -243,41 +222,23 @@ class Handlers:
         return handler
 
 
-async def _run_aio(body: Body, name: str) -> Any:
-    """Run a unary body on the event loop and return its response."""
+async def _drive_aio(body: Body, returned: list[Any]) -> AsyncIterator[bytes]:
+    """Run a body on the event loop: await its waits (grpc cancels them when the call ends), run
+    its offloads in a worker thread, yield its frames; its response goes into `returned`."""
     result = None
     while True:
         try:
             step = body.send(result)
         except StopIteration as done:
-            return done.value
-        if isinstance(step, bytes):
-            raise AssertionError(f"{name} yielded a frame")
-        result = await _awaited(step)
-
-
-async def _drive_aio(body: Body) -> AsyncIterator[bytes]:
-    """Run a streaming body on the event loop, yielding its frames."""
-    result = None
-    while True:
-        try:
-            step = body.send(result)
-        except StopIteration:
+            returned.append(done.value)
             return
-        if isinstance(step, bytes):
-            result = None
-            yield step
+        result = None
+        if isinstance(step, Offload):
+            result = await asyncio.to_thread(step.fn)
+        elif isinstance(step, Wait):
+            await step.exec.until(step.ready)
         else:
-            result = await _awaited(step)
-
-
-async def _awaited(step: Wait | Offload) -> Any:
-    """Await a body's Wait (grpc cancels it when the call ends), or run its Offload in a worker
-    thread: what to send back into the body."""
-    if isinstance(step, Wait):
-        await step.exec.until(step.ready)
-        return None
-    return await asyncio.to_thread(step.fn)
+            yield step
 
 
 def _drive_threaded(body: Body, context: grpc.ServicerContext) -> Generator[bytes, None, Any]:
