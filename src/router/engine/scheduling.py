@@ -21,14 +21,14 @@ import os
 
 logger = logging.getLogger(__name__)
 
-# The policy and priority the process started with, once `batch_threads` changed them.
-_started_as: tuple[int, int] | None = None
+# Whether `batch_threads` moved the process from SCHED_OTHER (the only policy it changes).
+_batched = False
 
 
 def batch_threads() -> None:
     """Run the calling thread, and every thread it starts from now on, under SCHED_BATCH, if it
     runs under SCHED_OTHER. Call before the serving process starts its threads."""
-    global _started_as
+    global _batched
     try:
         policy = os.sched_getscheduler(0)
         if policy != os.SCHED_OTHER:
@@ -38,16 +38,16 @@ def batch_threads() -> None:
         logger.info("cannot run the router's threads under SCHED_BATCH: %s", e,
                     extra={"event": "sched_batch_refused"})
         return
-    _started_as = (policy, 0)
+    _batched = True
 
 
 def as_started() -> None:
-    """Put the calling thread back under the policy the process started with (for a thread that
-    spawns execs: its children inherit it)."""
-    if _started_as is None:
+    """Put the calling thread back under the policy the process started with, SCHED_OTHER, if
+    `batch_threads` changed it (for a thread that spawns execs: its children inherit it)."""
+    if not _batched:
         return
     try:
-        os.sched_setscheduler(0, _started_as[0], os.sched_param(_started_as[1]))
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     except OSError as e:
         logger.warning("cannot put a spawner thread back under its starting scheduling policy: %s", e,
                        extra={"event": "sched_restore_failed"})
