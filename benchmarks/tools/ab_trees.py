@@ -22,44 +22,35 @@ import argparse
 import contextlib
 import statistics
 
-from ..suite.common import IN_FLIGHT, cpu_seconds, router_from
+from ..suite.common import IN_FLIGHT, cpu_seconds
 from ..suite.workloads import AioSide, local_spawn_rate, router_batch, router_exec_rate
+from .trees import add_tree_args, rotation, started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tree", action="append", required=True, metavar="NAME=SRC",
-                        help="a name and a source tree (its src/ directory, built); repeat")
+    add_tree_args(parser)
     parser.add_argument("--execs", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", choices=("batch", "modal"), default="batch")
-    parser.add_argument("--flags", action="append", default=[], metavar="NAME=FLAGS",
-                        help="`router serve` flags (split on spaces) for the tree named NAME; repeat")
     args = parser.parse_args()
-    flags = {f.split("=", 1)[0]: f.split("=", 1)[-1].split() for f in args.flags}
 
     def run(side: AioSide, md: object, n: int) -> float:
         if args.calls == "modal":
             return router_exec_rate(side, md, n, IN_FLIGHT, 600.0).checked().rate
         return router_batch(side, md, n, ["true"], 0, 600.0).checked().rate
 
-    trees = [(t.split("=", 1)[0], t.split("=", 1)[-1]) for t in args.tree]
-    rates: dict[str, list[float]] = {name: [] for name, _ in trees}
-    cpu: dict[str, list[float]] = {name: [] for name, _ in trees}
-    kids: dict[str, list[float]] = {name: [] for name, _ in trees}
-    rates["local"] = []
+    rates: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    kids: dict[str, list[float]] = {}
     with contextlib.ExitStack() as stack:
-        sides = {}
-        for name, src in trees:
-            router = router_from(src, args=flags.get(name, ()))
-            stack.enter_context(router)
-            side = stack.enter_context(AioSide(router.target))
-            run(side, router.metadata, 8)  # channels, first spawns
-            sides[name] = (router, side)
+        sides = started(stack, args, lambda side, md: run(side, md, 8))
         names = list(sides)
+        for series in (rates, cpu, kids):
+            series.update({name: [] for name in names})
+        rates["local"] = []
         for number in range(args.rounds):
-            # Each round starts with the next tree: no tree always runs right after local, or first.
-            for name in names[number % len(names):] + names[:number % len(names)]:
+            for name in rotation(names, number):
                 router, side = sides[name]
                 pid = router.pid  # the serving process's (under the keeper)
                 before, kids_before = cpu_seconds(pid, children=False), cpu_seconds(pid, own=False)
@@ -73,10 +64,10 @@ def main() -> None:
     print("median execs/s", {k: round(statistics.median(v)) for k, v in rates.items()},
           "router CPU us/exec", {k: round(statistics.median(v)) for k, v in cpu.items()},
           "children's", {k: round(statistics.median(v)) for k, v in kids.items()})
-    ratios = {name: [r / loc for r, loc in zip(rates[name], rates["local"], strict=True)] for name, _ in trees}
+    ratios = {name: [r / loc for r, loc in zip(rates[name], rates["local"], strict=True)] for name in names}
     print("ratio to local", {name: round(statistics.median(r), 3) for name, r in ratios.items()})
-    first = trees[0][0]
-    paired = {name: [r / f for r, f in zip(rates[name], rates[first], strict=True)] for name, _ in trees[1:]}
+    first = names[0]
+    paired = {name: [r / f for r, f in zip(rates[name], rates[first], strict=True)] for name in names[1:]}
     print(f"ratio to {first}, median of the rounds'",
           {name: round(statistics.median(r), 3) for name, r in paired.items()})
 

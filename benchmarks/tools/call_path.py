@@ -15,7 +15,6 @@ BatchStart's plus two bare calls', and the rate through Modal's calls against lo
     python -m benchmarks.tools.call_path --execs 2000 --rounds 7
     python -m benchmarks.tools.call_path --tree before=/tmp/before/src --tree after=src
     python -m benchmarks.tools.call_path --tree plain=src --tree batch=src --flags "batch=--sched-batch"
-    python -m benchmarks.tools.call_path --bare-batch   # the bare server under SCHED_BATCH as well
 """
 from __future__ import annotations
 
@@ -26,8 +25,9 @@ import statistics
 from collections.abc import Callable
 
 from ..suite.bare_grpc import CALL_METHOD
-from ..suite.common import IN_FLIGHT, BareGrpcProcess, cpu_seconds, router_from
+from ..suite.common import IN_FLIGHT, BareGrpcProcess, cpu_seconds
 from ..suite.workloads import AioSide, Outcome, local_spawn_rate, router_batch, router_exec_rate, rpc_calls
+from .trees import add_tree_args, rotation, started
 
 
 def client_cpu() -> tuple[float, float]:
@@ -56,17 +56,10 @@ def local_measured(n: int) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tree", action="append", metavar="NAME=SRC",
-                        help="a name and a source tree (its src/ directory, built); repeat (default: src)")
+    add_tree_args(parser, default="head=src")
     parser.add_argument("--execs", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--flags", action="append", default=[], metavar="NAME=FLAGS",
-                        help="`router serve` flags (split on spaces) for the tree named NAME; repeat")
-    parser.add_argument("--bare-batch", action="store_true",
-                        help="run the bare server's threads under SCHED_BATCH too, as the router's run")
     args = parser.parse_args()
-    trees = [(t.split("=", 1)[0], t.split("=", 1)[-1]) for t in args.tree or ["head=src"]]
-    flags = {f.split("=", 1)[0]: f.split("=", 1)[-1].split() for f in args.flags}
     n = args.execs
     series: dict[str, list[float]] = {}
 
@@ -75,20 +68,12 @@ def main() -> None:
 
     with contextlib.ExitStack() as stack:
         bare = stack.enter_context(BareGrpcProcess("aio-uvloop"))
-        if args.bare_batch:
-            for tid in os.listdir(f"/proc/{bare.pid}/task"):
-                os.sched_setscheduler(int(tid), os.SCHED_BATCH, os.sched_param(0))
         bare_side = stack.enter_context(AioSide(bare.target))
         rpc_calls(bare_side, CALL_METHOD, 200, IN_FLIGHT, 60.0).checked()
-        routers = {}
-        for name, src in trees:
-            router = stack.enter_context(router_from(src, args=flags.get(name, ())))
-            side = stack.enter_context(AioSide(router.target))
-            router_exec_rate(side, router.metadata, 64, IN_FLIGHT, 60.0).checked()  # channels, first spawns
-            routers[name] = (router, side)
+        routers = started(stack, args, lambda side, md: router_exec_rate(side, md, 64, IN_FLIGHT, 60.0).checked())
+        names = list(routers)
         for number in range(args.rounds):
-            names = list(routers)  # each round starts with the next tree: none always follows another
-            for name in names[number % len(names):] + names[:number % len(names)]:
+            for name in rotation(names, number):
                 router, side = routers[name]
                 md = router.metadata
                 for key, value in zip(("modal/s", "modal us", "modal children us", "modal client us"),
@@ -107,7 +92,7 @@ def main() -> None:
             print(f"round {number + 1}:", {k: round(v[-1]) for k, v in series.items()}, flush=True)
     med = {k: statistics.median(v) for k, v in series.items()}
     print("medians:", {k: round(v) for k, v in med.items()})
-    for name, _ in trees:
+    for name in names:
         allowed = med[f"{name} batch us"] + 2 * med["bare us"]
         ratios = [m / loc for m, loc in zip(series[f"{name} modal/s"], series["local/s"], strict=True)]
         print(f"{name}: CPU per exec through Modal's calls {med[f'{name} modal us']:.0f} us against BatchStart's "
