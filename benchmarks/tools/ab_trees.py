@@ -22,9 +22,9 @@ import argparse
 import contextlib
 import statistics
 
-from ..suite.common import IN_FLIGHT, cpu_seconds
-from ..suite.workloads import AioSide, local_spawn_rate, router_batch, router_exec_rate
-from .trees import add_tree_args, rotation, started
+from ..suite.common import IN_FLIGHT
+from ..suite.workloads import AioSide, Outcome, local_spawn_rate, router_batch, router_exec_rate
+from .trees import add_tree_args, measured, rotation, started
 
 
 def main() -> None:
@@ -35,16 +35,16 @@ def main() -> None:
     parser.add_argument("--calls", choices=("batch", "modal"), default="batch")
     args = parser.parse_args()
 
-    def run(side: AioSide, md: object, n: int) -> float:
+    def run(side: AioSide, md: object, n: int) -> Outcome:
         if args.calls == "modal":
-            return router_exec_rate(side, md, n, IN_FLIGHT, 600.0).checked().rate
-        return router_batch(side, md, n, ["true"], 0, 600.0).checked().rate
+            return router_exec_rate(side, md, n, IN_FLIGHT, 600.0)
+        return router_batch(side, md, n, ["true"], 0, 600.0)
 
     rates: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     kids: dict[str, list[float]] = {}
     with contextlib.ExitStack() as stack:
-        sides = started(stack, args, lambda side, md: run(side, md, 8))
+        sides = started(stack, args, lambda side, md: run(side, md, 8).checked())
         names = list(sides)
         for series in (rates, cpu, kids):
             series.update({name: [] for name in names})
@@ -52,11 +52,10 @@ def main() -> None:
         for number in range(args.rounds):
             for name in rotation(names, number):
                 router, side = sides[name]
-                pid = router.pid  # the serving process's (under the keeper)
-                before, kids_before = cpu_seconds(pid, children=False), cpu_seconds(pid, own=False)
-                rates[name].append(run(side, router.metadata, args.execs))
-                cpu[name].append((cpu_seconds(pid, children=False) - before) * 1e6 / args.execs)
-                kids[name].append((cpu_seconds(pid, own=False) - kids_before) * 1e6 / args.execs)
+                rate, own, children, _ = measured(router.pid, args.execs, run, side, router.metadata, args.execs)
+                rates[name].append(rate)
+                cpu[name].append(own)
+                kids[name].append(children)
             rates["local"].append(local_spawn_rate(args.execs, IN_FLIGHT, 600.0))
             print({k: round(v[-1]) for k, v in rates.items()}, "router CPU us/exec",
                   {k: round(v[-1]) for k, v in cpu.items()}, "children's", {k: round(v[-1]) for k, v in kids.items()},

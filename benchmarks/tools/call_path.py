@@ -20,29 +20,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
-from collections.abc import Callable
 
 from ..suite.bare_grpc import CALL_METHOD
-from ..suite.common import IN_FLIGHT, BareGrpcProcess, cpu_seconds
-from ..suite.workloads import AioSide, Outcome, local_spawn_rate, router_batch, router_exec_rate, rpc_calls
-from .trees import add_tree_args, rotation, started
-
-
-def client_cpu() -> tuple[float, float]:
-    """CPU seconds of this process (the client, or local posix_spawn's parent) and of its reaped children."""
-    t = os.times()
-    return t.user + t.system, t.children_user + t.children_system
-
-
-def measured(pid: int, n: int, run: Callable[..., Outcome], *args: object) -> tuple[float, float, float, float]:
-    """Of `run(*args)`: its rate, and CPU microseconds per item of the server `pid` (children excluded),
-    of the server's children and of this process (the client)."""
-    before, kids, (client, _) = cpu_seconds(pid, children=False), cpu_seconds(pid, own=False), client_cpu()
-    rate = run(*args).checked().rate
-    return (rate, (cpu_seconds(pid, children=False) - before) * 1e6 / n,
-            (cpu_seconds(pid, own=False) - kids) * 1e6 / n, (client_cpu()[0] - client) * 1e6 / n)
+from ..suite.common import IN_FLIGHT, BareGrpcProcess
+from ..suite.workloads import AioSide, local_spawn_rate, router_batch, router_exec_rate, rpc_calls
+from .trees import add_tree_args, client_cpu, measured, rotation, started
 
 
 def local_measured(n: int) -> tuple[float, float, float]:

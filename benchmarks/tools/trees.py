@@ -1,14 +1,15 @@
 """Routers built from different source trees side by side, for the A/B tools (ab_trees, call_path):
-`--tree NAME=SRC` and `--flags NAME=FLAGS`, each router started with its channels warmed, and the
-order of a round's trees."""
+`--tree NAME=SRC` and `--flags NAME=FLAGS`, each router started with its channels warmed, the
+order of a round's trees, and a round's rate with the CPU it cost each process."""
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from collections.abc import Callable
 
-from ..suite.common import RouterProcess, router_from
-from ..suite.workloads import AioSide
+from ..suite.common import RouterProcess, cpu_seconds, router_from
+from ..suite.workloads import AioSide, Outcome
 
 
 def add_tree_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -41,3 +42,18 @@ def rotation(names: list[str], number: int) -> list[str]:
     right after another (and after what it left running) or first."""
     k = number % len(names)
     return names[k:] + names[:k]
+
+
+def client_cpu() -> tuple[float, float]:
+    """CPU seconds of this process (the client, or local posix_spawn's parent) and of its reaped children."""
+    t = os.times()
+    return t.user + t.system, t.children_user + t.children_system
+
+
+def measured(pid: int, n: int, run: Callable[..., Outcome], *args: object) -> tuple[float, float, float, float]:
+    """Of `run(*args)`: its rate, and CPU microseconds per item of the server `pid` (children excluded),
+    of the server's children and of this process (the client)."""
+    before, kids, (client, _) = cpu_seconds(pid, children=False), cpu_seconds(pid, own=False), client_cpu()
+    rate = run(*args).checked().rate
+    return (rate, (cpu_seconds(pid, children=False) - before) * 1e6 / n,
+            (cpu_seconds(pid, own=False) - kids) * 1e6 / n, (client_cpu()[0] - client) * 1e6 / n)
