@@ -81,6 +81,12 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # How images are mounted: "overlay" (O(1), needs the privilege to mount), "copy", or "auto"
     # (overlay if a probe mount works, else copy).
     mount_method: Literal["auto", "overlay", "copy"] = "auto"
+    # Images in a bucket (s3://BUCKET[/PREFIX], README "Images in object storage"), the local store
+    # then a cache of at most image_cache_bytes; empty: in the state directory.
+    image_store: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    image_cache_bytes: int = 10 << 30
     tokens: TokenPolicy = TokenPolicy()
     tls: TlsFiles = TlsFiles()
     # Serving a non-loopback address without TLS needs this, said explicitly.

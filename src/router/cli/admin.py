@@ -9,7 +9,7 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from router import config
 from router._proto import exec_control_pb2 as ec
@@ -18,6 +18,9 @@ from router.server import exit_causes
 
 from .connection import connect
 from .serve import absolute_path
+
+if TYPE_CHECKING:
+    from router.images.store import Images
 
 STATES = {"running": ec.EXEC_STATE_RUNNING, "exited": ec.EXEC_STATE_EXITED, "any": ec.EXEC_STATE_ANY}
 
@@ -28,9 +31,24 @@ def _when(t: float | None) -> str:
 
 def cmd_images(args: argparse.Namespace) -> int:
     from router.errors import RouterError
-    from router.images.store import Images
+    from router.images.opening import StoreFlags, open_images
 
-    images = Images(config.state_dir_from(args.state_dir), method="copy")  # no probe mount: nothing is mounted here
+    flags = StoreFlags(args.image_store, args.s3_endpoint, args.s3_region, args.image_cache_bytes)
+    try:
+        # method copy: no probe mount, nothing is mounted here
+        images = open_images(config.state_dir_from(args.state_dir), "copy", flags)
+        try:
+            return _images(args, images)
+        finally:
+            images.close()
+    except RouterError as e:
+        print(f"router images {args.images_cmd}: {e.message}", file=sys.stderr)
+        return 1
+
+
+def _images(args: argparse.Namespace, images: Images) -> int:
+    from router.errors import RouterError
+
     if args.images_cmd == "ls":
         mounted = images.mounted_images()
         rows = [("ID", "CREATED", "EXPIRES", "ENTRIES", "BYTES", "ENCRYPTED", "MOUNTED", "SOURCE")]
@@ -53,7 +71,7 @@ def cmd_images(args: argparse.Namespace) -> int:
             else:
                 print(image_id)
         return 1 if failed else 0
-    done = images.gc()
+    done = images.gc(args.grace if args.image_store else 0.0)
     print(f"removed {done.images} expired images and {done.blobs} unreferenced blobs ({done.bytes} bytes)")
     return 0
 

@@ -15,6 +15,9 @@ from router.server.drain import DEFAULT_DRAIN_SECS
 from .argtypes import EXEC_STATES, halt, listen, message_size, positive, seconds, signal_number, size, whole
 from .connection import add_connection_args
 
+DEFAULT_IMAGE_CACHE_BYTES = 10 << 30  # images/opening.py's; not imported: a CLI start pays for what it uses
+DEFAULT_GC_GRACE_SECS = 3600.0
+
 
 def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
     """A command's function, imported when it runs: each command pays only for its own imports
@@ -46,6 +49,23 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """One line: what is wrong, and where to read how it is used."""
         self.exit(self.usage_status, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _image_store_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup, after_subcommand: bool = False) -> None:
+    """Where images live: the same flags for `serve` and `images` (README, "Images in object storage");
+    after a subcommand too, where they must not overwrite what was said before it."""
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if after_subcommand else value
+
+    p.add_argument("--image-store", metavar="s3://BUCKET[/PREFIX]", default=default(""),
+                   help="keep images in this S3-compatible bucket (credentials from the AWS chain: environment, "
+                        "shared config files, instance role); default: the state directory")
+    p.add_argument("--s3-endpoint", metavar="URL", default=default(""), help="the S3 server (default: AWS, by region)")
+    p.add_argument("--s3-region", metavar="REGION", default=default(""),
+                   help="the bucket's region (default: the AWS chain's)")
+    p.add_argument("--image-cache-bytes", type=size, metavar="SIZE", default=default(DEFAULT_IMAGE_CACHE_BYTES),
+                   help="with --image-store: the local cache of the bucket's blobs, least recently used "
+                        "evicted first, never a mounted image's (default 10G)")
 
 
 def parser() -> Parser:
@@ -108,6 +128,7 @@ def parser() -> Parser:
     serve.add_argument("--mount-method", choices=("auto", "overlay", "copy"), default="auto",
                        help="how images are mounted: overlay (needs the privilege to mount), copy, or auto "
                             "(overlay when a probe mount works; default)")
+    _image_store_flags(serve.add_argument_group("images in object storage"))
     sec = serve.add_argument_group("security (SECURITY.md)")
     sec.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (chain)")
     sec.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
@@ -140,16 +161,22 @@ def parser() -> Parser:
                      "(default %(default)s)")
     serve.set_defaults(func=_command("serve", "cmd_serve"))
 
-    images = sub.add_parser("images", help="list, remove and garbage-collect the state directory's images")
+    images = sub.add_parser("images", help="list, remove and garbage-collect the state directory's (or a "
+                                           "bucket's) images")
     images.add_argument("--state-dir", help="default: the user's state directory")
+    _image_store_flags(images)
     images_sub = images.add_subparsers(dest="images_cmd", required=True, metavar="ls|rm|gc", parser_class=Parser,
                                        help="what to do")
     state_dir = Parser(add_help=False)  # --state-dir after the subcommand too
     state_dir.add_argument("--state-dir", default=argparse.SUPPRESS, help="default: the user's state directory")
+    _image_store_flags(state_dir, after_subcommand=True)
     images_sub.add_parser("ls", help="list images, oldest first", parents=[state_dir])
     rm = images_sub.add_parser("rm", help="remove images (not while mounted)", parents=[state_dir])
     rm.add_argument("ids", nargs="+", metavar="ID", help="image ids (im-...)")
-    images_sub.add_parser("gc", help="remove expired images and content no image references", parents=[state_dir])
+    gc = images_sub.add_parser("gc", help="remove expired images and content no image references", parents=[state_dir])
+    gc.add_argument("--grace", type=seconds(), default=DEFAULT_GC_GRACE_SECS, metavar="SECS",
+                    help="in a bucket, keep unreferenced content younger than this (default %(default)s; "
+                         "snapshots in progress are protected whatever it is)")
     images.set_defaults(func=_command("admin", "cmd_images"))
 
     sec_cmd = sub.add_parser("secrets", help="the secret store: set, remove and list secrets (names only)")

@@ -31,7 +31,31 @@ SHORT_NAME_END = 22  # a short name is hash characters 2 to 22: `/ab/` + 20 = 24
 NAME_LENGTH = 64  # a blob's own name: its SHA-256 in hex (a short name is shorter)
 
 
+class Claim(Protocol):
+    def confirm(self, blobs: set[str], manifest: str) -> None:
+        """Before a snapshot's record is written: its blobs and manifest are there, and stay."""
+
+
+class Sweep(Protocol):
+    def candidates(self, kind: str) -> Iterator[tuple[str, int]]:
+        """(name, size) of the blobs ("blobs") or documents of a kind a gc may delete if no image
+        references them (size 0 where the listing does not say)."""
+
+
 class Backend(Protocol):
+    keeps_blobs: bool  # snapshots leave their blobs here, local: an overlay tree can be built at once
+
+    def claim(self) -> contextlib.AbstractContextManager[Claim]:
+        """Held by a snapshot from its start to its record (remote.py: what keeps gc off its blobs)."""
+    def gc_pass(self, grace: float) -> contextlib.AbstractContextManager[Sweep]: ...
+    def fetched(self, names: set[str], verify: bool) -> contextlib.AbstractContextManager[int]:
+        """The blobs named local files (blob_path) until the block ends; how many had to be fetched."""
+    def close(self) -> None: ...
+    def mounts_are(self, mounted: dict[str, str]) -> None:
+        """This store's mounts now, mount id -> image id (remote.py: so that no router's gc collects them)."""
+    def mounted_anywhere(self) -> set[str]:
+        """Images mounted through any router that shares this backend."""
+    def abort_uploads(self, older_than: float) -> int: ...
     def has_blob(self, name: str) -> bool: ...
     def put_blob(self, name: str, pieces: Iterator[bytes]) -> int:
         """Store the blob unless present; bytes written (0 if it was there)."""
@@ -87,7 +111,23 @@ def copy_range(src: int, dst: int, size: int) -> None:
         done += n
 
 
+class _Confirmed:
+    def confirm(self, blobs: set[str], manifest: str) -> None:
+        pass  # the store's flock keeps gc out of a snapshot on this host
+
+
+class _LocalSweep:
+    def __init__(self, backend: LocalBackend) -> None:
+        self._backend = backend
+
+    def candidates(self, kind: str) -> Iterator[tuple[str, int]]:
+        names = self._backend.blob_names() if kind == "blobs" else self._backend.doc_names(kind)
+        return ((name, 0) for name in list(names))
+
+
 class LocalBackend:
+    keeps_blobs = True
+
     def __init__(self, root: pathlib.Path) -> None:
         self.root = root
         self._blobs = root / "blobs"
@@ -95,6 +135,30 @@ class LocalBackend:
         self._tmp = root / "tmp"
         for d in (self._blobs, self._docs, self._tmp):
             d.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[Claim]:
+        yield _Confirmed()
+
+    @contextlib.contextmanager
+    def gc_pass(self, grace: float) -> Iterator[Sweep]:
+        yield _LocalSweep(self)  # no grace: the store's flock keeps snapshots out while gc runs
+
+    @contextlib.contextmanager
+    def fetched(self, names: set[str], verify: bool) -> Iterator[int]:
+        yield 0
+
+    def close(self) -> None:
+        pass
+
+    def mounts_are(self, mounted: dict[str, str]) -> None:
+        pass  # the mount table, in the state directory, is all a local gc reads
+
+    def mounted_anywhere(self) -> set[str]:
+        return set()
+
+    def abort_uploads(self, older_than: float) -> int:
+        return 0
 
     def drop_partial(self) -> int:
         """Remove what writes cut short by a crash left behind (callers exclude writers meanwhile)."""
@@ -110,13 +174,21 @@ class LocalBackend:
     def _short(self, name: str) -> pathlib.Path:
         return self._blobs / name[:2] / name[2:SHORT_NAME_END]
 
-    def _tmpfile(self) -> tuple[pathlib.Path, int]:
+    def tmpfile(self) -> tuple[pathlib.Path, int]:
         path = self._tmp / secrets.token_hex(8)
-        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
+        return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
 
     def _publish(self, tmp: pathlib.Path, final: pathlib.Path) -> None:
         final.parent.mkdir(exist_ok=True)
         os.rename(tmp, final)
+
+    def publish(self, tmp: pathlib.Path, name: str) -> None:
+        """A complete temp file (tmpfile()) becomes blob `name`."""
+        self._publish(tmp, self._blob(name))
+
+    def spool(self) -> int:
+        """A read-write file that vanishes when closed, on the store's filesystem."""
+        return os.open(self._tmp, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
 
     def has_blob(self, name: str) -> bool:
         return self._blob(name).exists()
@@ -124,7 +196,7 @@ class LocalBackend:
     def put_blob(self, name: str, pieces: Iterator[bytes]) -> int:
         if self.has_blob(name):
             return 0
-        tmp, fd = self._tmpfile()
+        tmp, fd = self.tmpfile()
         written = 0
         try:
             with open(fd, "wb", closefd=True) as f:
@@ -140,7 +212,7 @@ class LocalBackend:
     def put_blob_from(self, name: str, fd: int, size: int) -> int:
         if self.has_blob(name):
             return 0
-        tmp, out = self._tmpfile()
+        tmp, out = self.tmpfile()
         try:
             try:
                 copy_range(fd, out, size)
@@ -195,7 +267,7 @@ class LocalBackend:
                     yield f.name
 
     def put_doc(self, kind: str, name: str, data: bytes) -> None:
-        tmp, fd = self._tmpfile()
+        tmp, fd = self.tmpfile()
         try:
             with open(fd, "wb", closefd=True) as f:
                 f.write(data)

@@ -124,6 +124,11 @@ def load_table(path: pathlib.Path) -> MountTable:
     return table
 
 
+def image_mounts(table: MountTable) -> dict[str, str]:
+    """Mount id -> image id, for the mounts of an image (not of an empty directory)."""
+    return {m.mount_id: m.image_id for m in table.mounts if m.image_id}
+
+
 def table_images(path: pathlib.Path) -> set[str]:
     """Images the table saved at `path` names (a running server's, when the CLI asks)."""
     try:

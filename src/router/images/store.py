@@ -36,11 +36,12 @@ import msgspec
 from router.config import write_private
 from router.errors import RouterError, invalid, not_found
 
+from . import collection, mounts
 from . import manifest as manifests
-from . import mounts
 from .args import MountArgs, SnapshotArgs
 from .blobs import Backend, LocalBackend
 from .crypt import ImageKey, WrongKey
+from .fs import empty_dir, store_error
 from .manifest import Entry, Manifest, ManifestError
 from .materialize import copy_tree
 from .records import GcResult, ImageRecord, decode_record, encode_record, new_image_id, valid_image_id
@@ -50,22 +51,29 @@ from .trees import Trees
 logger = logging.getLogger(__name__)
 
 MountMethod = Literal["auto", "overlay", "copy"]
-_RECORDS, _MANIFESTS = "images", "manifests"
+_RECORDS, _MANIFESTS = collection.RECORDS, collection.MANIFESTS
 _STAT_CACHE_LIMIT = 1_000_000
 
 
 class Images:
-    def __init__(self, state_dir: pathlib.Path, method: MountMethod = "auto", backend: Backend | None = None) -> None:
+    def __init__(self, state_dir: pathlib.Path, method: MountMethod = "auto",
+                 backend: Callable[[LocalBackend, Callable[[], set[str] | None]], Backend] | None = None) -> None:
+        """`backend(local, pinned)`: where images live, given the local store (for a cache) and what
+        must stay in it; by default the local store itself."""
         self.root = state_dir / "images"
         self._state_dir = os.path.realpath(state_dir).encode()
-        self.backend: Backend = backend or LocalBackend(self.root / "store")
+        local = LocalBackend(self.root / "store")
+        self.backend: Backend = backend(local, self._pinned_blobs) if backend else local
+        self._mount_blobs: dict[str, set[str]] = {}  # an overlay-mounted image's blobs, which stay cached
         self._trees = Trees(self.root / "trees", self.backend.redirect)
         self._mounts = self.root / "mounts"
         self._empty = self.root / "empty"
         for d in (self._mounts, self._empty):
             d.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.root / "lock"
-        self._lock = threading.Lock()  # the mount table, the stat cache, the snapshot index
+        # The mount table, the stat cache, the snapshot index; reentrant: a mount (which holds it)
+        # can evict from a remote store's cache, which asks what is mounted.
+        self._lock = threading.RLock()
         self._snapshot_locks: dict[str, threading.Lock] = {}
         self._validated: set[str] = set()  # hashes of manifests validated since this store opened
         self._table_path = self.root / "mounts.msgpack"
@@ -76,11 +84,13 @@ class Images:
             method = "overlay" if mounts.can_mount(self.root) else "copy"
         self.method: mounts.Method = method
         self._by_snapshot = {r.snapshot_id: r.id for r in self.records() if r.snapshot_id}
+        self.backend.mounts_are(mounts.image_mounts(self._table))
 
     # -- persistence ---------------------------------------------------------------------------
 
     def _save_table(self) -> None:
         write_private(self._table_path, msgspec.msgpack.encode(self._table))
+        self.backend.mounts_are(mounts.image_mounts(self._table))  # in a bucket: no router's gc takes them
 
     @contextlib.contextmanager
     def _flock(self, exclusive: bool) -> Iterator[None]:
@@ -169,7 +179,7 @@ class Images:
         except OSError as e:
             if e.errno == errno.ENAMETOOLONG:
                 raise invalid("path", f"{args.path!r}: {e.strerror}") from None
-            raise _store_error(e, f"snapshot of {args.path!r}") from None
+            raise store_error(e, f"snapshot of {args.path!r}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"{args.path!r} is not a directory")
         self._outside_state(args.path)
@@ -181,7 +191,7 @@ class Images:
         with self._lock:
             cache = dict(self._cache)
         walk = Walk(self.backend, cache, key, self._overlay_base(args.path) if key is None else None)
-        with self._flock(exclusive=False):
+        with self._flock(exclusive=False), self.backend.claim() as claim:
             try:
                 manifest = walk.manifest(args.path)
             except FileChanging as e:
@@ -189,11 +199,11 @@ class Images:
             except PermissionError as e:
                 raise RouterError(grpc.StatusCode.PERMISSION_DENIED, f"snapshot of {args.path!r}: {e}") from None
             except OSError as e:
-                raise _store_error(e, f"snapshot of {args.path!r}") from None
+                raise store_error(e, f"snapshot of {args.path!r}") from None
             data = manifests.encode(manifest)
             digest = hashlib.sha256(data).hexdigest()
             try:
-                if key is None and self.method == "overlay":
+                if key is None and self.method == "overlay" and self.backend.keeps_blobs:
                     self._trees.build(digest, manifest)
                 if key is not None:
                     self.backend.put_doc(_MANIFESTS, image_id, key.seal_bytes(data))
@@ -207,9 +217,10 @@ class Images:
                     added_bytes=walk.stored, manifest_sha256=digest,
                     blobs=sorted(manifest.blobs()) if key is not None else [],
                     encrypted=key is not None, salt=salt or b"")
+                claim.confirm(manifest.blobs(), image_id if key is not None else digest)
                 self.backend.put_doc(_RECORDS, image_id, encode_record(record))
             except OSError as e:
-                raise _store_error(e, f"storing the snapshot of {args.path!r}") from None
+                raise store_error(e, f"storing the snapshot of {args.path!r}") from None
         if walk.seen:
             with self._lock:
                 if len(self._cache) > _STAT_CACHE_LIMIT:
@@ -254,7 +265,7 @@ class Images:
     def mount(self, args: MountArgs) -> None:
         record = self.record(args.image_id) if args.image_id else None
         manifest = None
-        if record is not None and (record.encrypted or self.method != "overlay"
+        if record is not None and (record.encrypted or self.method != "overlay" or not self.backend.keeps_blobs
                                    or not self._trees.path(record.manifest_sha256).is_dir()):
             manifest = self.manifest(record, args.key)  # else the tree, built from it, is all a mount needs
         # Mounts are known by the directory itself: a path through a symlink names the same mount
@@ -279,8 +290,15 @@ class Images:
                                       f"cannot create {target!r}: {e.strerror}") from None
                 created = True
             mount_id = secrets.token_hex(8)
+            blobs = manifest.blobs() if manifest is not None else set()
+            plain = record is not None and not record.encrypted
             try:
-                with self._flock(exclusive=False):  # gc must not collect the image meanwhile
+                # gc must not collect the image meanwhile; a remote store's blobs come to the cache.
+                with self._flock(exclusive=False), self.backend.fetched(blobs, verify=plain):
+                    if self.method == "overlay" and plain and blobs:
+                        for name in blobs:
+                            self.backend.redirect(name)  # an evicted blob's second name comes back with it
+                        self._mount_blobs[mount_id] = blobs
                     if self.method == "overlay":
                         self._mount_overlay(target, mount_id, record, manifest, args.key)
                         entry = mounts.MountRecord(target, args.image_id, "overlay", mount_id, created=created)
@@ -288,9 +306,12 @@ class Images:
                         hidden = self._mount_copy(target, mount_id, record, manifest, args.key)
                         entry = mounts.MountRecord(target, args.image_id, "copy", mount_id, hidden=hidden,
                                                    created=created)
-            except OSError as e:
+            except BaseException as e:
+                self._mount_blobs.pop(mount_id, None)
                 shutil.rmtree(self._mounts / mount_id, ignore_errors=True)
-                raise _store_error(e, f"mount at {target!r}") from None
+                if isinstance(e, OSError):
+                    raise store_error(e, f"mount at {target!r}") from None
+                raise
             self._table.mounts.append(entry)
             self._save_table()
         logger.info("mounted %s at %r (%s)", args.image_id or "an empty directory", target, entry.method,
@@ -337,7 +358,7 @@ class Images:
             try:
                 copy_tree(manifest, target, self._content(record, key), local)
             except BaseException:
-                _empty_dir(target)
+                empty_dir(target)
                 if hidden:
                     os.rmdir(target)
                     os.rename(hidden, target)
@@ -359,14 +380,28 @@ class Images:
                     else:
                         shutil.rmtree(own, ignore_errors=True)
                 else:
-                    _empty_dir(path)
+                    empty_dir(path)
                     if top.hidden:
                         os.rmdir(path)
                         os.rename(top.hidden, path)
             except OSError as e:
-                raise _store_error(e, f"unmount of {path!r}") from None
+                raise store_error(e, f"unmount of {path!r}") from None
             self._table.mounts.remove(top)
+            self._mount_blobs.pop(top.mount_id, None)
             self._save_table()
+
+    def _pinned_blobs(self) -> set[str] | None:
+        """The blobs overlay mounts here read from the cache (a mount made before a restart is looked up)."""
+        with self._lock:
+            for m in self._table.mounts:
+                if m.method == "overlay" and m.image_id and m.mount_id not in self._mount_blobs:
+                    try:
+                        record = self.record_any(m.image_id)
+                        self._mount_blobs[m.mount_id] = (set() if record.encrypted
+                                                         else self.manifest(record, None).blobs())
+                    except RouterError:  # gone from the store, or it cannot be reached: evict nothing
+                        return None
+            return set().union(*self._mount_blobs.values())
 
     def mounted_images(self) -> set[str]:
         with self._lock:
@@ -381,7 +416,7 @@ class Images:
 
     def remove(self, image_id: str) -> None:
         record = self.record_any(image_id)
-        if image_id in self.mounted_images() or image_id in mounts.table_images(self._table_path):
+        if image_id in self.mounted_images() | mounts.table_images(self._table_path) | self.backend.mounted_anywhere():
             raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"image {image_id!r} is mounted")
         with self._flock(exclusive=True):
             self.backend.delete_doc(_RECORDS, record.id)
@@ -395,55 +430,20 @@ class Images:
             raise not_found(f"image {image_id!r} not found")
         return decode_record(data)
 
-    def gc(self) -> GcResult:
-        """Remove expired images (unless mounted), then blobs and trees no image references."""
-        now = time.time()
-        mounted = self.mounted_images() | mounts.table_images(self._table_path)
-        images = blobs = freed = 0
+    def gc(self, grace: float = 0.0) -> GcResult:
+        """Remove expired images (unless mounted), then what no image references (collection.py)."""
+        mounted = self.mounted_images() | mounts.table_images(self._table_path) | self.backend.mounted_anywhere()
         with self._flock(exclusive=True):
-            self.backend.drop_partial()
-            live = []
-            for record in self.records():
-                if record.expired(now) and record.id not in mounted:
-                    self.backend.delete_doc(_RECORDS, record.id)
-                    images += 1
-                else:
-                    live.append(record)
-            wanted = {b for r in live for b in r.blobs}
-            for record in {r.manifest_sha256: r for r in live if not r.encrypted}.values():
-                try:
-                    wanted |= self.manifest(record, None).blobs()
-                except RouterError:
-                    logger.error("gc: the manifest %s cannot be read; all content is kept", record.manifest_sha256)
-                    return GcResult(images, blobs, freed)  # keep everything rather than guess
-            manifests_wanted = {r.id if r.encrypted else r.manifest_sha256 for r in live}
-            for name in self.backend.doc_names(_MANIFESTS):
-                if name not in manifests_wanted:
-                    self.backend.delete_doc(_MANIFESTS, name)
-            for name in list(self.backend.blob_names()):
-                if name not in wanted:
-                    freed += self.backend.delete_blob(name)
-                    blobs += 1
-            self._trees.remove_all_but({r.manifest_sha256 for r in live})
-        return GcResult(images, blobs, freed)
+            return collection.collect(self.backend, self.records, lambda r: self.manifest(r, None), mounted,
+                                      self._trees, grace)
 
-
-def _empty_dir(path: bytes) -> None:
-    for name in os.listdir(path):
-        full = os.path.join(path, name)
-        if os.path.isdir(full) and not os.path.islink(full):
-            shutil.rmtree(full)
+    def startup(self) -> None:
+        """At a server's start: what a crash left half-written; expired images, in a local store
+        (a bucket's are an operator's `router images gc`, not every router's start)."""
+        if self.backend.keeps_blobs:
+            self.gc()
         else:
-            os.unlink(full)
+            self.backend.drop_partial()
 
-
-def _store_error(e: OSError, what: str) -> RouterError:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM):
-        return RouterError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{what}: {e.strerror}")
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return RouterError(grpc.StatusCode.PERMISSION_DENIED, f"{what}: {e.strerror}")
-    if e.errno == errno.EBUSY:
-        return RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"{what}: busy")
-    if e.errno == errno.EIO:
-        return RouterError(grpc.StatusCode.DATA_LOSS, f"{what}: {e.strerror}")
-    return RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"{what}: {e}")
+    def close(self) -> None:
+        self.backend.close()

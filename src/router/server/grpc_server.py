@@ -30,7 +30,7 @@ from router.engine.descriptors import raise_open_file_limit
 from router.engine.retention import Retention
 from router.engine.spawn import exec_user
 from router.errors import RouterError
-from router.images.store import Images
+from router.images.opening import StoreFlags, open_images
 from router.secretstore import SecretError, SecretStore, secrets_dir
 from router.tls import ServerTls, is_loopback
 
@@ -94,6 +94,12 @@ class RouterServer:
         except (SecretError, OSError) as e:
             raise ValueError(f"the secret store: {e}") from None
         authenticator = Authenticator(verification_key(config.tokens, key), config.task_id, config.tokens)
+        try:  # before anything starts: a bucket that cannot be used stops the start
+            self.images = open_images(pathlib.Path(config.state_dir), config.mount_method,
+                                      StoreFlags(config.image_store, config.s3_endpoint, config.s3_region,
+                                                 config.image_cache_bytes))
+        except RouterError as e:
+            raise ValueError(e.message) from None
         raise_open_file_limit()
         log_dir = pathlib.Path(config.log_dir) if config.log_dir else pathlib.Path(config.state_dir) / "logs"
         journal_path = pathlib.Path(config.state_dir) / "journal" if config.journal else None
@@ -111,9 +117,8 @@ class RouterServer:
             durability=config.durability,
             exec_user=exec_user(config.exec_user) if config.exec_user else None,
         )
-        self.images = Images(pathlib.Path(config.state_dir), config.mount_method)
         if not takeover:
-            self.images.gc()  # expired images, and what a crash left half-written
+            self.images.startup()  # what a crash left half-written
         service = Service(config, self.engine, self.images)
         # What Status answers: whether it serves, from the reasons it is not ready (_unready).
         self.status = ServerStatus(config, self.engine, self.images, self.tls, log_dir)
@@ -299,6 +304,7 @@ class RouterServer:
         finally:
             self._stop_grpc(grace)
             self.engine.stop()
+            self.images.close()
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
             self._unlock()  # last: the journal is closed

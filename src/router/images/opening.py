@@ -1,0 +1,49 @@
+"""Opening the image store a server or the CLI names: the state directory's own, or a bucket's."""
+from __future__ import annotations
+
+import pathlib
+import secrets
+from typing import NamedTuple
+
+from router.config import write_private
+
+from .store import Images, MountMethod
+
+DEFAULT_CACHE_BYTES = 10 << 30
+
+
+class StoreFlags(NamedTuple):
+    url: str = ""  # s3://BUCKET[/PREFIX]; empty: the state directory's store
+    endpoint: str = ""  # an S3-compatible server's URL; empty: AWS's, from the region
+    region: str = ""
+    cache_bytes: int = DEFAULT_CACHE_BYTES  # the local cache of a bucket's blobs
+
+
+def load_or_create_store_id(state_dir: pathlib.Path) -> str:
+    """This state directory's name among the routers sharing a bucket (its mounts are marked under it)."""
+    path = state_dir / "images" / "store-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store_id = secrets.token_hex(8)
+        write_private(path, store_id.encode() + b"\n")
+        return store_id
+
+
+def open_images(state_dir: pathlib.Path, method: MountMethod, flags: StoreFlags) -> Images:
+    """The store; with a bucket, checked first (RouterError naming it if it cannot be used)."""
+    if not flags.url:
+        return Images(state_dir, method)
+    from .remote import RemoteBackend
+    from .s3 import Bucket, parse_url
+
+    bucket = Bucket(parse_url(flags.url), flags.endpoint, flags.region)
+    try:
+        bucket.check()
+        store_id = load_or_create_store_id(state_dir)
+        return Images(state_dir, method,
+                      lambda local, pinned: RemoteBackend(bucket, local, flags.cache_bytes, pinned, store_id))
+    except BaseException:
+        bucket.close()
+        raise
