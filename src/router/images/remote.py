@@ -24,6 +24,7 @@ image mounted here (`pinned`). Snapshots upload from the walked files and do not
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
@@ -46,6 +47,8 @@ GC_STALE_SECS = 600.0  # a gc whose marker is older than this died: ignored, and
 GC_REFRESH_SECS = 60.0
 CLAIM_STALE_SECS = 3600.0  # a claim older than this belongs to a snapshot that died
 GC_WAIT_SECS = 300.0  # how long a snapshot waits for a gc that overlapped it
+UPLOADS_IN_FLIGHT = 32  # small blobs a snapshot sends in the background at once
+BACKGROUND_MAX = 1 << 20  # a blob up to this size is sent in the background
 DEFAULT_GRACE_SECS = 3600.0
 _RUNNING, _STARTED, _CLAIMS, _MOUNTED = "gc/running/", "gc/started", "claims/", "mounted/"
 
@@ -58,8 +61,18 @@ class Claim:
         self._before = generation
         self.name = _CLAIMS + uuid.uuid4().hex
         self.written = False
+        # The small blobs this snapshot is uploading in the background: done before it confirms.
+        self.uploads: list[concurrent.futures.Future[None]] = []
+        self.in_flight = threading.Semaphore(UPLOADS_IN_FLIGHT)
+
+    def uploaded(self) -> None:
+        """Wait for the background uploads; raise the first that failed."""
+        concurrent.futures.wait(self.uploads)
+        for f in self.uploads:
+            f.result()
 
     def confirm(self, blobs: set[str], manifest: str) -> None:
+        self.uploaded()
         bucket = self._remote.bucket
         keys = sorted({"blobs/" + b for b in blobs} | {f"docs/manifests/{manifest}"})
         bucket.put(self.name, "\n".join(keys).encode())
@@ -120,6 +133,7 @@ class RemoteBackend:
         self._present: set[str] = set()  # blobs seen in the bucket in this gc generation
         self._present_generation: str | None = None
         self._in_use: dict[str, int] = {}  # blobs fetched for a mount under way
+        self._claims = threading.local()  # the claim of the snapshot this thread runs, if any
         self._cache: dict[str, tuple[int, float]] = {}  # local blobs: size, last use
         for name in local.blob_names():
             with contextlib.suppress(FileNotFoundError):
@@ -156,9 +170,12 @@ class RemoteBackend:
                 self._present = present
                 self._present_generation = None if generation[1] else generation[0]
         claim = Claim(self, generation)
+        self._claims.claim = claim
         try:
             yield claim
         finally:
+            self._claims.claim = None
+            concurrent.futures.wait(claim.uploads)  # none left running after a failed snapshot
             if claim.written:
                 with contextlib.suppress(RouterError):  # a leftover goes stale, and the next gc removes it
                     self.bucket.delete(claim.name)
@@ -274,6 +291,10 @@ class RemoteBackend:
         with self._lock:
             if name in self._present:
                 return True
+        if getattr(self._claims, "claim", None) is not None:
+            # A snapshot listed the bucket as it began: a blob not listed is sent, and a conditional
+            # write says "already there" if another router added it since (one request, not two).
+            return False
         if self.bucket.head("blobs/" + name) is None:
             return False
         with self._lock:
@@ -290,7 +311,22 @@ class RemoteBackend:
         return self._stored(name, written, size)
 
     def put_blob_from(self, name: str, fd: int, size: int) -> int:
-        return self._stored(name, self.bucket.upload_from("blobs/" + name, fd, size), size)
+        claim: Claim | None = getattr(self._claims, "claim", None)
+        if claim is None or size > BACKGROUND_MAX:  # a large one goes at once (in parallel parts)
+            return self._stored(name, self.bucket.upload_from("blobs/" + name, fd, size), size)
+        # A small one is read now and sent while the walk goes on, a few at a time: a tree of
+        # small files is as many round trips as files (its confirm() waits for them all).
+        data = os.pread(fd, size, 0)
+        claim.in_flight.acquire()
+
+        def send() -> None:
+            try:
+                self._stored(name, self.bucket.put("blobs/" + name, data, if_absent=True), size)
+            finally:
+                claim.in_flight.release()
+
+        claim.uploads.append(self.bucket.submit(send))
+        return size  # sent, unless the bucket turns out to have it already
 
     def read_blob(self, name: str) -> Iterator[bytes]:
         with self.fetched({name}, verify=False):

@@ -83,6 +83,16 @@ class Bucket:
                 self._pool = None
         self._client.close()
 
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="router-s3")
+            return self._pool
+
+    def submit(self, fn: Callable[[], None]) -> concurrent.futures.Future[None]:
+        """fn() on one of the bucket's threads."""
+        return self._executor().submit(fn)
+
     def each(self, fn: Callable[[T], None], items: list[T]) -> None:
         """fn(item) for every item, `threads` at once; the first failure is raised once all stopped.
         Inline from one of the pool's own threads (a blob's ranges inside a fetch of many blobs)."""
@@ -90,10 +100,7 @@ class Bucket:
             for item in items:
                 fn(item)
             return
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="router-s3")
-            pool = self._pool
+        pool = self._executor()
         futures = [pool.submit(fn, item) for item in items]
         concurrent.futures.wait(futures)
         for f in futures:
@@ -251,25 +258,32 @@ class Bucket:
                     self._client.abort_multipart_upload(Bucket=self.url.bucket, Key=key, UploadId=upload)
 
     def download(self, name: str, fd: int) -> int | None:
-        """The object into fd from offset 0 (a large one in parallel ranges): its size, None if absent."""
+        """The object into fd from offset 0, in parallel ranges: its size, None if absent. The first
+        range's answer says the whole size (Content-Range), so no request is spent on asking."""
+        from botocore.exceptions import ClientError
+
         with self._calling(f"read {name}"):
-            r = self._get_object(name)
-            if r is None:
-                return None
-            size = int(r["ContentLength"])
-            if size <= 2 * PART_BYTES:
-                self._receive(name, r["Body"], fd, 0, size)
-                return size
-            r["Body"].close()
+            try:
+                r = self._client.get_object(Bucket=self.url.bucket, Key=self._key(name),
+                                            Range=f"bytes=0-{PART_BYTES - 1}")
+            except ClientError as e:
+                code = _status(e)[0]
+                if code == "NoSuchKey":
+                    return None
+                if code == "InvalidRange":  # an empty object has no first byte
+                    return 0
+                raise
+            size = int(str(r.get("ContentRange", "")).rpartition("/")[2] or r["ContentLength"])
 
         def fetch(offset: int) -> None:
             end = min(offset + PART_BYTES, size)
             with self._calling(f"read {name}"):
-                body = self._client.get_object(Bucket=self.url.bucket, Key=self._key(name),
-                                               Range=f"bytes={offset}-{end - 1}")["Body"]
+                body = r["Body"] if offset == 0 else self._client.get_object(
+                    Bucket=self.url.bucket, Key=self._key(name), Range=f"bytes={offset}-{end - 1}")["Body"]
                 self._receive(name, body, fd, offset, end - offset)
 
-        self.each(fetch, list(range(0, size, PART_BYTES)))
+        # The first range's body is read beside the others, not before them.
+        self.each(fetch, list(range(0, size, PART_BYTES)) or [0])
         return size
 
     def _receive(self, name: str, body: Any, fd: int, offset: int, size: int) -> None:
