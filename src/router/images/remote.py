@@ -365,6 +365,11 @@ class RemoteBackend:
             self.local.put_doc(kind, name, data)
         return data
 
+    def get_docs(self, kind: str, names: list[str]) -> list[bytes | None]:
+        docs: dict[str, bytes | None] = {}
+        self.bucket.each(lambda n: docs.__setitem__(n, self.get_doc(kind, n)), names)
+        return [docs[n] for n in names]
+
     def delete_doc(self, kind: str, name: str) -> None:
         self.bucket.delete(f"docs/{kind}/{name}")
         self.local.delete_doc(kind, name)

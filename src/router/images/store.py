@@ -104,12 +104,8 @@ class Images:
     # -- records -------------------------------------------------------------------------------
 
     def records(self) -> list[ImageRecord]:
-        out = []
-        for name in self.backend.doc_names(_RECORDS):
-            data = self.backend.get_doc(_RECORDS, name)
-            if data is not None:
-                out.append(decode_record(data))
-        return sorted(out, key=lambda r: r.created)
+        docs = self.backend.get_docs(_RECORDS, self.backend.doc_names(_RECORDS))
+        return sorted((decode_record(d) for d in docs if d is not None), key=lambda r: r.created)
 
     def record(self, image_id: str) -> ImageRecord:
         """The live record of image_id; NOT_FOUND if unknown or expired."""
