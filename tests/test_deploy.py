@@ -15,6 +15,10 @@ import yaml
 
 from router.cli.parser import parser
 from router.server.grpc_server import LIVENESS_SERVICE
+from tests.helpers.certs import CA, write
+from tests.helpers.health import LIVENESS, SERVING, health
+from tests.helpers.processes import run_router
+from tests.helpers.servers import free_port, router_process
 
 DEPLOY = pathlib.Path(__file__).resolve().parent.parent / "deploy"
 MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
@@ -150,3 +154,34 @@ def test_privileges_fit_the_mount_method() -> None:
         assert context.get("privileged") or "SYS_ADMIN" in context["capabilities"]["add"]
         assert context["runAsUser"] == 0 and context.get("allowPrivilegeEscalation") is not False
         assert context["appArmorProfile"] == {"type": "Unconfined"}
+
+
+def test_the_containers_args_start_a_router_whose_probes_and_token_work(tmp_path: pathlib.Path) -> None:
+    """The StatefulSet's args as they are, but for where things are on this machine: its mounts in
+    tmp_path, its addresses on loopback (free ports), copy mounts (no privilege here)."""
+    container = router_container()
+    ca = CA("fleet CA")
+    cert, key = ca.issue("router", server=True)
+    places = {m["mountPath"]: tmp_path / m["name"] for m in container["volumeMounts"]}
+    for place in places.values():
+        place.mkdir()
+    write(places["/etc/router/tls"], "tls.crt", cert)
+    write(places["/etc/router/tls"], "tls.key", key)
+    (places["/etc/router/token"] / "jwt.key").write_text(os.urandom(32).hex() + "\n")
+    args = []
+    for arg in container["args"][1:]:  # after `serve`
+        for mount, place in places.items():
+            arg = arg.replace(mount, str(place))
+        if arg.startswith("--mount-method="):
+            arg = "--mount-method=copy"
+        if "0.0.0.0:" in arg:
+            arg = arg.split("0.0.0.0:")[0] + f"127.0.0.1:{free_port()}"
+        args.append(arg.replace("$(POD_NAME)", "router-0"))
+    probe = next(a for a in args if a.startswith("--health-listen=")).split("=")[1]
+    with router_process(places["/var/lib/router"], *args, drain_secs=None) as (_, listen):
+        assert health(probe) == SERVING and health(probe, LIVENESS) == SERVING
+        key_file = str(places["/etc/router/token"] / "jwt.key")
+        token = run_router("token", "--jwt-key-file", key_file, "--task-id", "router-0").stdout.decode().strip()
+        listed = run_router("ls", "--target", listen, "--token", token, "--task-id", "router-0",
+                            "--tls-ca", write(tmp_path, "ca.pem", ca.pem()))
+        assert listed.returncode == 0, listed.stderr
