@@ -135,7 +135,8 @@ def test_every_file_a_flag_names_is_on_a_volume_it_can_be() -> None:
     mounts = {m["mountPath"]: m for m in router_container()["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     claims = {c["metadata"]["name"] for c in stateful["spec"]["volumeClaimTemplates"]}
-    assert mounts[args.state_dir]["name"] in claims and not mounts[args.state_dir].get("readOnly")
+    state = mounts[str(pathlib.PurePosixPath(args.state_dir).parent)]  # a directory in the volume
+    assert state["name"] in claims and not state.get("readOnly")
     # A Secret of kubernetes.io/tls holds tls.crt and tls.key; the token key's Secret, jwt.key.
     for path in (args.jwt_key_file, args.tls_cert, args.tls_key):
         where = pathlib.PurePosixPath(path)
@@ -178,7 +179,7 @@ def test_the_containers_args_start_a_router_whose_probes_and_token_work(tmp_path
             arg = arg.split("0.0.0.0:")[0] + f"127.0.0.1:{free_port()}"
         args.append(arg.replace("$(POD_NAME)", "router-0"))
     probe = next(a for a in args if a.startswith("--health-listen=")).split("=")[1]
-    with router_process(places["/var/lib/router"], *args, drain_secs=None) as (_, listen):
+    with router_process(places["/var/lib/router"] / "state", *args, drain_secs=None) as (_, listen):
         assert health(probe) == SERVING and health(probe, LIVENESS) == SERVING
         key_file = str(places["/etc/router/token"] / "jwt.key")
         token = run_router("token", "--jwt-key-file", key_file, "--task-id", "router-0").stdout.decode().strip()
