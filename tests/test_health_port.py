@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import signal
+import socket
 
 import grpc
 import pytest
@@ -16,6 +17,7 @@ from tests.helpers.certs import CA, write
 from tests.helpers.execs import PIPES
 from tests.helpers.health import LIVENESS, NOT_SERVING, SERVING, health
 from tests.helpers.polling import eventually
+from tests.helpers.processes import run_router
 from tests.helpers.servers import TASK_ID, free_port, hand_over, router_process, state_token
 
 
@@ -53,3 +55,16 @@ def test_a_drain_is_not_ready_and_still_alive_on_the_health_port(tmp_path: pathl
             assert health(probe, LIVENESS) == SERVING
             keeper.send_signal(signal.SIGTERM)  # the second signal: the stop at once
             assert keeper.wait(30) == 0
+
+
+@pytest.mark.parametrize("mode", ["aio", "threads"])
+def test_a_busy_health_address_is_named_and_nothing_starts(tmp_path: pathlib.Path, mode: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        out = run_router("serve", "--state-dir", str(tmp_path), "--listen", "127.0.0.1:0", "--health-listen", address,
+                         "--server-mode", mode)
+    assert out.returncode == 1 and b"Traceback" not in out.stderr
+    assert f"router serve: cannot serve health on {address} (--health-listen)" in out.stderr.decode()
+    assert not (tmp_path / "server.json").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import logging
 import os
 import pathlib
@@ -238,9 +239,13 @@ class RouterServer:
         on --health-listen: Kubernetes' gRPC probes speak no TLS (1.37's `mode: TLS` aside) and carry
         no client certificate, while the health service needs no token and says only SERVING or not."""
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        self.health_port = int(server.add_insecure_port(self.config.health_listen))
+        try:
+            self.health_port = int(server.add_insecure_port(self.config.health_listen))
+        except RuntimeError:  # grpc's "Failed to bind"
+            self.health_port = 0
         if self.health_port == 0:
-            raise OSError(f"cannot listen on {self.config.health_listen} (--health-listen)")
+            raise OSError(errno.EADDRNOTAVAIL, f"cannot serve health on {self.config.health_listen} (--health-listen): "
+                          "the address is in use or not this host's")
         return server
 
     @staticmethod
