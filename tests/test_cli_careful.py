@@ -16,18 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from router.client import RouterClient
-from tests.helpers.processes import ROUTER
+from tests.helpers.processes import ROUTER, one_line
 from tests.helpers.processes import run_router as router
 from tests.helpers.servers import TASK_ID, router_process, serving_pid, state_token
 
 DEAD = "127.0.0.1:1"  # nothing listens there: connection refused
-
-
-def one_line(result: subprocess.CompletedProcess[bytes]) -> str:
-    """The single line a failure prints on stderr (and no traceback)."""
-    assert b"Traceback" not in result.stderr, result.stderr
-    assert result.stderr.count(b"\n") == 1 and result.stderr.endswith(b"\n"), result.stderr
-    return result.stderr.decode()
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from tests.helpers.execs import PIPES
 from tests.helpers.grpc_raw import Raw
 from tests.helpers.polling import eventually
 from tests.helpers.processes import run_router, terminate
-from tests.helpers.servers import TASK_ID, hand_over, router_process, running, state_token
+from tests.helpers.servers import TASK_ID, free_port, hand_over, router_process, running, state_token
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -171,12 +171,6 @@ def test_a_workload_s_exact_counts(tmp_path: pathlib.Path, mode: str) -> None:
 
 
 # -- a real Prometheus -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prometheus_query(base: str, query: str) -> dict[tuple[tuple[str, str], ...], float]:

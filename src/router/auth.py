@@ -1,7 +1,8 @@
 """Bearer tokens: JWTs that name the task they are for, verified as the configuration says.
 
 The algorithm and key come from the configuration, never from the token's header: HS256 with the
-key in the state directory (the default; `router token` mints those), or RS256 / ES256 / EdDSA with
+key in the state directory (the default; `router token` mints those) or in a file of its own
+(`--jwt-key-file`: a mounted Secret shared by a fleet), or RS256 / ES256 / EdDSA with
 a public key (tokens minted by the operator's identity provider). `exp` is required; `nbf` and
 `iat` are honoured with a leeway; audience and issuer are checked when configured; the claim that
 names the task is configurable. Every refusal says why, never what the token was.
@@ -32,6 +33,25 @@ _KEY_TYPES: dict[str, tuple[type, str]] = {
 def load_or_create_key(state_dir: pathlib.Path) -> bytes:
     """The HS256 signing key, generated into the state directory on first use (mode 0600)."""
     return read_or_create_private(state_dir / "jwt.key", secrets.token_hex(32).encode())
+
+
+# RFC 7518 3.2: an HS256 key as long as the hash's output at least.
+MIN_KEY_BYTES = 32
+
+
+def read_key_file(path: str) -> bytes:
+    """The HS256 key in `path` (`--jwt-key-file`), less one trailing newline (`echo` and `openssl rand
+    -hex` end with one; a Secret made from such a file keeps it). ValueError, one line naming the
+    file, if it cannot be read or is too short."""
+    try:
+        key = pathlib.Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read the token key file {path}: {e.strerror}") from None
+    key = key[:-2] if key.endswith(b"\r\n") else key.removesuffix(b"\n")
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"the token key file {path} holds {len(key)} bytes; an HS256 key needs at least "
+                         f"{MIN_KEY_BYTES} (e.g. openssl rand -hex 32 > {path})")
+    return key
 
 
 def mint_token(key: bytes, task_id: str, ttl_secs: int = DEFAULT_TOKEN_TTL_SECS) -> str:

@@ -93,6 +93,9 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     insecure: bool = False
     # HOST:PORT serving /metrics (server/metrics.py), no token asked; empty: none. Same TLS rule as `listen`.
     metrics_listen: str = ""
+    # HOST:PORT serving grpc.health.v1 alone, always plaintext (Kubernetes' gRPC probes; README,
+    # "Running a fleet"); empty: none (health is on `listen` anyway).
+    health_listen: str = ""
     # One file per secret id (ID.json or ID.toml, owner-only); empty: STATE_DIR/secrets.
     secrets_dir: str = ""
     # USER[:GROUP] every exec runs as (with that user's groups and HOME); empty: the router's own.

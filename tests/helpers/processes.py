@@ -17,6 +17,13 @@ def run_router(*args: str, input: bytes | None = None, timeout: float = 60,
     return subprocess.run([*ROUTER, *args], input=input, capture_output=True, timeout=timeout, env=env, cwd=cwd)
 
 
+def one_line(result: subprocess.CompletedProcess[bytes]) -> str:
+    """The single line a failure prints on stderr (and no traceback)."""
+    assert b"Traceback" not in result.stderr, result.stderr
+    assert result.stderr.count(b"\n") == 1 and result.stderr.endswith(b"\n"), result.stderr
+    return result.stderr.decode()
+
+
 def children() -> list[int]:
     """Live and zombie children of this process (any thread's)."""
     pids: list[int] = []

@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
@@ -57,6 +58,14 @@ def serving(tmp_path: pathlib.Path, **overrides: Any) -> Iterator[tuple[RouterSe
         finally:
             client.close()
             raw.channel.close()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now: for a router that must keep its port across a restart
+    or a handover (port 0 would pick a new one each time)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def state_token(state_dir: pathlib.Path, ttl_secs: int | None = None) -> str:

@@ -17,7 +17,7 @@ from router.client import STDERR, STDOUT
 from router.server import exit_causes
 
 from .connection import connect
-from .serve import absolute_path
+from .serve import absolute_path, token_key
 
 if TYPE_CHECKING:
     from router.images.store import Images
@@ -121,6 +121,8 @@ def _read_value(name: str) -> str:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    if args.jwt_key_file:
+        return _token_from_key_file(args)
     state_dir = config.state_dir_from(args.state_dir)
     if not (state_dir / "jwt.key").exists() and not args.init:
         print(f"router token: {state_dir} has no signing key (jwt.key): not a router's state directory? "
@@ -132,6 +134,24 @@ def cmd_token(args: argparse.Namespace) -> int:
     from router.auth import load_or_create_key, mint_token  # jwt and cryptography: ~0.1 s, not for every command
 
     print(mint_token(load_or_create_key(state_dir), task_id, args.ttl))
+    return 0
+
+
+def _token_from_key_file(args: argparse.Namespace) -> int:
+    """A token signed with --jwt-key-file's key, for a router serving --task-id with that key file."""
+    if not args.task_id:
+        print("router token: --jwt-key-file needs --task-id (the task of the router the token is for)",
+              file=sys.stderr)
+        return 2
+    from router.auth import mint_token
+
+    try:
+        key = token_key(args, pathlib.Path())
+    except ValueError as e:
+        print(f"router token: {e}", file=sys.stderr)
+        return 1
+    print(f"token for task {args.task_id}, valid {args.ttl} s:", file=sys.stderr)
+    print(mint_token(key, args.task_id, args.ttl))
     return 0
 
 

@@ -81,6 +81,9 @@ def parser() -> Parser:
     serve.add_argument("--metrics-listen", type=listen, metavar="HOST:PORT",
                        help="serve Prometheus metrics at /metrics here, no token asked (default: none; port 0 "
                             "picks one); a non-loopback address needs TLS or --insecure, as --listen does")
+    serve.add_argument("--health-listen", type=listen, metavar="HOST:PORT",
+                       help="serve the gRPC health service alone here, always plaintext, no token asked: for "
+                            "Kubernetes' gRPC probes, which speak no TLS (default: none; health is on --listen too)")
     serve.add_argument("--state-dir", help="where keys, logs and state live (default: the user's state directory)")
     serve.add_argument("--task-id", help="the task this server serves (default: generated once per state directory)")
     serve.add_argument("--log-dir", help="where output logs live (default: STATE_DIR/logs); shared with nothing "
@@ -136,7 +139,10 @@ def parser() -> Parser:
     sec.add_argument("--insecure", action="store_true",
                      help="allow plaintext on a non-loopback address (a warning is logged)")
     sec.add_argument("--jwt-alg", choices=("HS256", "RS256", "ES256", "EdDSA"), default="HS256",
-                     help="token algorithm (default HS256 with STATE_DIR/jwt.key)")
+                     help="token algorithm (default HS256 with STATE_DIR/jwt.key or --jwt-key-file)")
+    sec.add_argument("--jwt-key-file", metavar="FILE",
+                     help="read the HS256 key from FILE (a mounted secret; at least 32 bytes, one trailing newline "
+                          "ignored) instead of STATE_DIR/jwt.key; `router token --jwt-key-file FILE` mints for it")
     sec.add_argument("--jwt-public-key", metavar="PEM", help="verification key for RS256, ES256 or EdDSA")
     sec.add_argument("--jwt-audience", default="", help="require this `aud`")
     sec.add_argument("--jwt-issuer", default="", help="require this `iss`")
@@ -203,6 +209,9 @@ def parser() -> Parser:
     token.add_argument("--task-id", help="default: the state directory's task")
     token.add_argument("--ttl", type=positive, default=config.DEFAULT_TOKEN_TTL_SECS, metavar="SECS",
                        help="lifetime in seconds (default %(default)s)")
+    token.add_argument("--jwt-key-file", metavar="FILE",
+                       help="sign with the HS256 key in FILE, as routers started with --jwt-key-file FILE verify "
+                            "(needs --task-id; the state directory is not used)")
     token.add_argument("--init", action="store_true",
                        help="make the state directory's key (and task) if it has none; without it such a "
                             "directory is refused")

@@ -33,8 +33,20 @@ def absolute_path(value: str | None) -> str:
     return str(pathlib.Path(value).expanduser().resolve()) if value else ""
 
 
+def token_key(args: argparse.Namespace, state_dir: pathlib.Path) -> bytes:
+    """The HS256 key: --jwt-key-file's (a mounted Secret; STATE_DIR/jwt.key is then neither read nor
+    made), else the state directory's, made there on first use. ValueError, one line, if the file is
+    unusable or given with another algorithm; OSError if the state directory is."""
+    from router.auth import load_or_create_key, read_key_file  # jwt and cryptography: not for every command
+
+    if not args.jwt_key_file:
+        return load_or_create_key(state_dir)
+    if getattr(args, "jwt_alg", "HS256") != "HS256":
+        raise ValueError(f"--jwt-key-file is an HS256 key; --jwt-alg {args.jwt_alg} verifies with --jwt-public-key")
+    return read_key_file(absolute_path(args.jwt_key_file))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from router.auth import load_or_create_key
     from router.server.drain import StopRequests
     from router.server.grpc_server import RouterServer
 
@@ -48,11 +60,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config.ensure_state_dir(state_dir)
         task_id = args.task_id or config.load_or_create_task_id(state_dir)
-        key = load_or_create_key(state_dir)
+        key = token_key(args, state_dir)
     except OSError as e:
         say.error("cannot_start", f"router serve: cannot use the state directory {state_dir}: {e.strerror}",
                   state_dir=str(state_dir))
         return 1
+    except ValueError as e:
+        say.error("bad_configuration", f"router serve: {e}")
+        return 2
     if args.takeover:
         return takeover.request(state_dir)
     if keeper.KEEPER_FD not in os.environ:
@@ -89,6 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                               tls=TlsFiles(cert=absolute_path(args.tls_cert), key=absolute_path(args.tls_key),
                                            client_ca=absolute_path(args.tls_client_ca)),
                               insecure=args.insecure, metrics_listen=args.metrics_listen or "",
+                              health_listen=args.health_listen or "",
                               secrets_dir=absolute_path(args.secrets_dir),
                               exec_user=args.exec_user,
                               max_arg_bytes=args.max_arg_bytes, max_env_bytes=args.max_env_bytes,
@@ -154,12 +170,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     say("listening", f"router listening on {listen}", listen=listen, pid=os.getpid())
     if server.metrics_url:
         say("metrics", f"metrics on {server.metrics_url}", url=server.metrics_url)
+    if server.health_port:
+        health = f"{args.health_listen.rsplit(':', 1)[0]}:{server.health_port}"
+        say("health", f"health (plaintext) on {health}", listen=health)
     say("task", f"task id: {task_id}", task_id=task_id)
     say("state_dir", f"state directory: {state_dir}", state_dir=str(state_dir))
     if cfg.reap_orphans:
         say("reaping_orphans", "reaping orphaned processes (this router is their init)")
-    task_flag = f" --task-id {task_id}" if args.task_id else ""  # a task the state directory does not name
-    say("token_hint", f"get a token with: router token --state-dir {state_dir}{task_flag}")
+    # A task the state directory does not name, or a key file (which names none)
+    task_flag = f" --task-id {task_id}" if args.task_id or args.jwt_key_file else ""
+    signer = f"--jwt-key-file {absolute_path(args.jwt_key_file)}" if args.jwt_key_file else f"--state-dir {state_dir}"
+    say("token_hint", f"get a token with: router token {signer}{task_flag}")
     try:
         stops.wait()
         if not handed_over.is_set():
@@ -183,14 +204,14 @@ def _give(server: RouterServer, listen: str, handed_over: Callable[[], None], su
         if why is not None and server.draining:
             raise HandoverFailed("this router is draining (it got SIGTERM or SIGINT): it stops once its execs end")
         server.refuse_new_execs(why)
-    metrics_ports = server.ports[1:]  # shared with the successor for the switch too (gRPC's: give() does it)
-    for port in metrics_ports:
+    other_ports = server.ports[1:]  # shared with the successor for the switch too (gRPC's: give() does it)
+    for port in other_ports:
         listeners.reuse_port(port, True)
     try:
         give(successor, listen, server.engine.journaled, server.engine.hand_over, refuse,
              lambda: server.engine.registry.starting, handed_over)
     finally:  # it failed: serving on (after a handover, give() never returns)
-        for port in metrics_ports:
+        for port in other_ports:
             listeners.reuse_port(port, False)
 
 

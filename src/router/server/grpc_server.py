@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import logging
 import os
 import pathlib
@@ -137,6 +138,8 @@ class RouterServer:
         self._lock = -1  # STATE_DIR/serve.lock, held from start() to stop()
         self._grpc: Any = None
         self._health: Any = None
+        self._health_grpc: Any = None  # --health-listen's server
+        self.health_port = 0
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._aio_loop: asyncio.AbstractEventLoop | None = None
         self._aio_thread: threading.Thread | None = None
@@ -180,8 +183,9 @@ class RouterServer:
 
     @property
     def ports(self) -> list[int]:
-        """The ports this server listens on: gRPC's, then /metrics' if served."""
-        return [self.port, *([self.metrics.port] if self.metrics is not None else [])]
+        """The ports this server listens on: gRPC's, then /metrics' and the health port's if served."""
+        return [self.port, *([self.metrics.port] if self.metrics is not None else []),
+                *([self.health_port] if self.health_port else [])]
 
     @property
     def metrics_url(self) -> str:
@@ -209,6 +213,9 @@ class RouterServer:
         self.port = self._bind(server)
         server.start()
         self._grpc = server
+        if self.config.health_listen:
+            self._health_grpc = self._health_only(grpc.server(self._pool, options=self._health_options()))
+            self._health_grpc.start()
         for name, status in self._health_statuses(ready=True):
             self._health.set(name, status)
         self.engine.on_state_full(lambda full: self._set_readiness("state full", not full))
@@ -222,9 +229,29 @@ class RouterServer:
         self.port = self._bind(server)
         await server.start()
         self._grpc = server
+        if self.config.health_listen:
+            self._health_grpc = self._health_only(grpc.aio.server(options=self._health_options()))
+            await self._health_grpc.start()
         for name, status in self._health_statuses(ready=True):
             await self._health.set(name, status)
         self.engine.on_state_full(lambda full: self._set_readiness("state full", not full))
+
+    def _health_options(self) -> list[tuple[str, Any]]:
+        return [("grpc.so_reuseport", int(self._reuse_port))]  # shared in a handover, as the main port
+
+    def _health_only(self, server: Any) -> Any:
+        """`server` with the health service alone (the same servicer: one set of statuses), plaintext
+        on --health-listen: Kubernetes' gRPC probes speak no TLS (1.37's `mode: TLS` aside) and carry
+        no client certificate, while the health service needs no token and says only SERVING or not."""
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        try:
+            self.health_port = int(server.add_insecure_port(self.config.health_listen))
+        except RuntimeError:  # grpc's "Failed to bind"
+            self.health_port = 0
+        if self.health_port == 0:
+            raise OSError(errno.EADDRNOTAVAIL, f"cannot serve health on {self.config.health_listen} (--health-listen): "
+                          "the address is in use or not this host's")
+        return server
 
     @staticmethod
     def _health_statuses(ready: bool) -> list[tuple[str, int]]:
@@ -293,6 +320,7 @@ class RouterServer:
             asyncio.run_coroutine_threadsafe(self._stop_aio(grace), self._aio_loop).result()
         elif self._grpc is not None:
             self._grpc.stop(grace).wait()
+            self._stop_health_only()
 
     def stop(self, grace: float = 2.0) -> None:
         """End every exec still running (cause `shutdown`) and answer the calls waiting on them,
@@ -321,6 +349,7 @@ class RouterServer:
                     else:
                         self._health.enter_graceful_shutdown()
                         self._grpc.stop(grace).wait()
+                        self._stop_health_only()
         finally:
             if self._aio_loop is not None and self._aio_thread is not None:
                 self._aio_loop.call_soon_threadsafe(self._aio_loop.stop)
@@ -328,8 +357,14 @@ class RouterServer:
                 self._aio_loop.close()
                 self._aio_loop = self._aio_thread = None
             # Dropped so that grpc.aio can end its poller thread once nothing of it is left.
-            self._grpc = self._health = None
+            self._grpc = self._health = self._health_grpc = None
+
+    def _stop_health_only(self) -> None:
+        if self._health_grpc is not None:
+            self._health_grpc.stop(0).wait()
 
     async def _stop_aio(self, grace: float) -> None:
         await self._health.enter_graceful_shutdown()
         await self._grpc.stop(grace)
+        if self._health_grpc is not None:
+            await self._health_grpc.stop(0)
