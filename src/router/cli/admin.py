@@ -36,7 +36,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     flags = StoreFlags(args.image_store, args.s3_endpoint, args.s3_region, args.image_cache_bytes)
     try:
         # method copy: no probe mount, nothing is mounted here
-        images = open_images(config.state_dir_from(args.state_dir), "copy", flags)
+        images = open_images(config.state_dir_from(args.state_dir), "copy", flags, serving=False)
         try:
             return _images(args, images)
         finally:
@@ -44,6 +44,9 @@ def cmd_images(args: argparse.Namespace) -> int:
     except RouterError as e:
         print(f"router images {args.images_cmd}: {e.message}", file=sys.stderr)
         return 1
+    except ValueError as e:  # --image-store that is not s3://BUCKET[/PREFIX]
+        print(f"router images {args.images_cmd}: {e}", file=sys.stderr)
+        return 2
 
 
 def _images(args: argparse.Namespace, images: Images) -> int:

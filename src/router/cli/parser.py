@@ -182,7 +182,7 @@ def parser() -> Parser:
     gc = images_sub.add_parser("gc", help="remove expired images and content no image references", parents=[state_dir])
     gc.add_argument("--grace", type=seconds(), default=DEFAULT_GC_GRACE_SECS, metavar="SECS",
                     help="in a bucket, keep unreferenced content younger than this (default %(default)s; "
-                         "snapshots in progress are protected whatever it is)")
+                         "snapshots in progress keep what they use through their claims, whatever it is)")
     images.set_defaults(func=_command("admin", "cmd_images"))
 
     sec_cmd = sub.add_parser("secrets", help="the secret store: set, remove and list secrets (names only)")

@@ -23,12 +23,16 @@ import errno
 import os
 import pathlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 COPY_CHUNK = 1024 * 1024
 SHORT_NAME_END = 22  # a short name is hash characters 2 to 22: `/ab/` + 20 = 24 bytes
 NAME_LENGTH = 64  # a blob's own name: its SHA-256 in hex (a short name is shorter)
+
+
+class SourceChanged(Exception):
+    """Raised by a `settled` check: the file being stored changed while it was read (nothing is stored)."""
 
 
 class Claim(Protocol):
@@ -51,16 +55,23 @@ class Backend(Protocol):
     def fetched(self, names: set[str], verify: bool) -> contextlib.AbstractContextManager[int]:
         """The blobs named local files (blob_path) until the block ends; how many had to be fetched."""
     def close(self) -> None: ...
+    def mark_mount(self, mount_id: str, image_id: str) -> None:
+        """Before a mount of `image_id` is made (remote.py: so that no router's gc or rm takes it)."""
+    def pin(self, mount_id: str, names: set[str] | None) -> None:
+        """The blobs a mount reads from stay local until unpin() (None: unknown, keep all)."""
+    def unpin(self, mount_id: str) -> None: ...
     def mounts_are(self, mounted: dict[str, str]) -> None:
         """This store's mounts now, mount id -> image id (remote.py: so that no router's gc collects them)."""
     def mounted_anywhere(self) -> set[str]:
         """Images mounted through any router that shares this backend."""
     def abort_uploads(self, older_than: float) -> int: ...
     def has_blob(self, name: str) -> bool: ...
-    def put_blob(self, name: str, pieces: Iterator[bytes]) -> int:
-        """Store the blob unless present; bytes written (0 if it was there)."""
-    def put_blob_from(self, name: str, fd: int, size: int) -> int:
-        """Store `size` bytes read from fd at offset 0 (the backend may clone them), unless present."""
+    def put_blob(self, name: str, pieces: Iterator[bytes], settled: Callable[[], None] = ...) -> int:
+        """Store the blob unless present; bytes written (0 if it was there). `settled()`, once every
+        piece was read and before the blob can be seen, raises SourceChanged if the source changed."""
+    def put_blob_from(self, name: str, fd: int, size: int, settled: Callable[[], None] = ...) -> int:
+        """Store `size` bytes read from fd at offset 0 (the backend may clone them), unless present;
+        `settled` as for put_blob."""
     def read_blob(self, name: str) -> Iterator[bytes]: ...
     def blob_path(self, name: str) -> str | None:
         """A local file holding the blob, if the backend has one (overlay's data layer, cloning)."""
@@ -71,6 +82,8 @@ class Backend(Protocol):
     def delete_blob(self, name: str) -> int: ...
     def blob_names(self) -> Iterator[str]: ...
     def put_doc(self, kind: str, name: str, data: bytes) -> None: ...
+    def put_doc_once(self, kind: str, name: str, data: bytes) -> None:
+        """Store an immutable document unless there (a manifest by its hash)."""
     def get_doc(self, kind: str, name: str) -> bytes | None: ...
     def get_docs(self, kind: str, names: list[str]) -> list[bytes | None]:
         """get_doc of each name (a bucket's in parallel)."""
@@ -153,8 +166,17 @@ class LocalBackend:
     def close(self) -> None:
         pass
 
-    def mounts_are(self, mounted: dict[str, str]) -> None:
+    def mark_mount(self, mount_id: str, image_id: str) -> None:
         pass  # the mount table, in the state directory, is all a local gc reads
+
+    def pin(self, mount_id: str, names: set[str] | None) -> None:
+        pass  # nothing is evicted from a local store
+
+    def unpin(self, mount_id: str) -> None:
+        pass
+
+    def mounts_are(self, mounted: dict[str, str]) -> None:
+        pass
 
     def mounted_anywhere(self) -> set[str]:
         return set()
@@ -195,7 +217,7 @@ class LocalBackend:
     def has_blob(self, name: str) -> bool:
         return self._blob(name).exists()
 
-    def put_blob(self, name: str, pieces: Iterator[bytes]) -> int:
+    def put_blob(self, name: str, pieces: Iterator[bytes], settled: Callable[[], None] = lambda: None) -> int:
         if self.has_blob(name):
             return 0
         tmp, fd = self.tmpfile()
@@ -205,13 +227,14 @@ class LocalBackend:
                 for piece in pieces:
                     f.write(piece)
                     written += len(piece)
+            settled()
             self._publish(tmp, self._blob(name))
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return written
 
-    def put_blob_from(self, name: str, fd: int, size: int) -> int:
+    def put_blob_from(self, name: str, fd: int, size: int, settled: Callable[[], None] = lambda: None) -> int:
         if self.has_blob(name):
             return 0
         tmp, out = self.tmpfile()
@@ -220,6 +243,7 @@ class LocalBackend:
                 copy_range(fd, out, size)
             finally:
                 os.close(out)
+            settled()
             self._publish(tmp, self._blob(name))
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -291,6 +315,10 @@ class LocalBackend:
 
     def get_docs(self, kind: str, names: list[str]) -> list[bytes | None]:
         return [self.get_doc(kind, name) for name in names]
+
+    def put_doc_once(self, kind: str, name: str, data: bytes) -> None:
+        if not (self._docs / kind / name).exists():
+            self.put_doc(kind, name, data)
 
     def delete_doc(self, kind: str, name: str) -> None:
         (self._docs / kind / name).unlink(missing_ok=True)

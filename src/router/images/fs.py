@@ -1,4 +1,5 @@
-"""The image store's filesystem helpers: emptying a directory, and an OSError as the status a call answers."""
+"""The image store's filesystem helpers: paths kept out of the state directory, emptying a directory,
+and an OSError as the status a call answers."""
 from __future__ import annotations
 
 import errno
@@ -7,7 +8,14 @@ import shutil
 
 import grpc
 
-from router.errors import RouterError
+from router.errors import RouterError, invalid
+
+
+def outside_state(state_dir: bytes, path: bytes) -> None:
+    """INVALID_ARGUMENT if `path` is the router's state directory (real path) or inside it."""
+    real = os.path.realpath(path)
+    if real == state_dir or real.startswith(state_dir + b"/"):
+        raise invalid("path", f"{path!r} is inside the router's state directory")
 
 
 def empty_dir(path: bytes) -> None:

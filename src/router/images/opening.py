@@ -31,19 +31,21 @@ def load_or_create_store_id(state_dir: pathlib.Path) -> str:
         return store_id
 
 
-def open_images(state_dir: pathlib.Path, method: MountMethod, flags: StoreFlags) -> Images:
-    """The store; with a bucket, checked first (RouterError naming it if it cannot be used)."""
+def open_images(state_dir: pathlib.Path, method: MountMethod, flags: StoreFlags, serving: bool = True) -> Images:
+    """The store; with a bucket, checked first (RouterError naming it if it cannot be used).
+    `serving`: a server's, not the CLI's (images/store.py)."""
     if not flags.url:
-        return Images(state_dir, method)
+        return Images(state_dir, method, serving=serving)
     from .remote import RemoteBackend
     from .s3 import Bucket, parse_url
 
-    bucket = Bucket(parse_url(flags.url), flags.endpoint, flags.region)
+    url = parse_url(flags.url)
+    bucket = Bucket(url, flags.endpoint, flags.region)
     try:
         bucket.check()
         store_id = load_or_create_store_id(state_dir)
-        return Images(state_dir, method,
-                      lambda local, pinned: RemoteBackend(bucket, local, flags.cache_bytes, pinned, store_id))
+        return Images(state_dir, method, lambda local: RemoteBackend(bucket, local, flags.cache_bytes, store_id),
+                      serving)
     except BaseException:
         bucket.close()
         raise

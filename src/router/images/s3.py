@@ -13,9 +13,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import datetime
+import email.utils
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, TypeVar
 
@@ -71,13 +73,16 @@ class Bucket:
         self._threads = threads
         config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
                         max_pool_connections=2 * threads)
-        self._client = boto3.session.Session().client("s3", endpoint_url=endpoint or None,
-                                                     region_name=region or None, config=config)
+        with self._calling("be configured"):  # a profile named in the environment that does not exist, say
+            self._client = boto3.session.Session().client("s3", endpoint_url=endpoint or None,
+                                                         region_name=region or None, config=config)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._closed = False
 
     def close(self) -> None:
         with self._pool_lock:
+            self._closed = True
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
@@ -85,6 +90,8 @@ class Bucket:
 
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._pool_lock:
+            if self._closed:
+                raise RouterError(grpc.StatusCode.UNAVAILABLE, "the router is stopping")
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="router-s3")
             return self._pool
@@ -93,28 +100,43 @@ class Bucket:
         """fn() on one of the bucket's threads."""
         return self._executor().submit(fn)
 
-    def each(self, fn: Callable[[T], None], items: list[T]) -> None:
-        """fn(item) for every item, `threads` at once; the first failure is raised once all stopped.
-        Inline from one of the pool's own threads (a blob's ranges inside a fetch of many blobs)."""
+    def each(self, fn: Callable[[T], None], items: list[T], then: Callable[[T], None] | None = None) -> None:
+        """fn(item) for every item, `threads` at once; then(item), if given, on this thread in the
+        items' order as each is done (a download's hash follows its ranges). The first failure is
+        raised once all stopped. Inline from one of the pool's own threads (a blob's ranges inside
+        a fetch of many blobs)."""
         if len(items) <= 1 or threading.current_thread().name.startswith("router-s3"):
             for item in items:
                 fn(item)
+                if then is not None:
+                    then(item)
             return
         pool = self._executor()
         futures = [pool.submit(fn, item) for item in items]
-        concurrent.futures.wait(futures)
-        for f in futures:
-            f.result()
+        try:
+            for item, f in zip(items, futures, strict=True):
+                f.result()
+                if then is not None:
+                    then(item)
+        finally:
+            for f in futures:
+                f.cancel()
+            concurrent.futures.wait(futures)
 
     @contextlib.contextmanager
     def _calling(self, what: str) -> Iterator[None]:
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, ProfileNotFound
 
         try:
             yield
         except ClientError as e:
             code, http = _status(e)
-            if http >= 500 or code in ("SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError"):
+            if http == 501 or code == "NotImplemented":  # a store without what the router needs (If-None-Match)
+                raise RouterError(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"the image store {self.url} cannot {what}: {code or http}") from None
+            # 409: conditional writes of one key racing (AWS); 429: too many requests. Both pass.
+            if http >= 500 or http in (409, 429) or code in ("SlowDown", "RequestTimeout", "ServiceUnavailable",
+                                                             "InternalError", "ConditionalRequestConflict"):
                 raise RouterError(grpc.StatusCode.UNAVAILABLE,
                                   f"the image store {self.url} failed to {what} ({code or http}): retry") from None
             if code == "NoSuchBucket" or (http == 404 and code in ("", "404")):
@@ -129,6 +151,9 @@ class Bucket:
             raise RouterError(grpc.StatusCode.FAILED_PRECONDITION,
                               f"no credentials for the image store {self.url} (AWS_ACCESS_KEY_ID and "
                               "AWS_SECRET_ACCESS_KEY, a shared config file or an instance role)") from None
+        except (ProfileNotFound, NoRegionError) as e:
+            raise RouterError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"the image store {self.url} cannot {what}: {e}") from None
         except BotoCoreError as e:
             raise RouterError(grpc.StatusCode.UNAVAILABLE,
                               f"the image store {self.url} cannot be reached to {what}: {e}") from None
@@ -140,6 +165,13 @@ class Bucket:
         """That the bucket exists and answers us."""
         with self._calling("be reached"):
             self._client.head_bucket(Bucket=self.url.bucket)
+
+    def now(self) -> float:
+        """The store's clock (its Date header): staleness is judged on it, as LastModified is."""
+        with self._calling("be reached"):
+            r = self._client.head_bucket(Bucket=self.url.bucket)
+        date = r.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        return email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()
 
     def head(self, name: str) -> StoredObject | None:
         from botocore.exceptions import ClientError
@@ -200,15 +232,20 @@ class Bucket:
                 for o in page.get("Contents", []):
                     yield StoredObject(o["Key"][start:], int(o["Size"]), _unix(o["LastModified"]))
 
-    def upload_from(self, name: str, fd: int, size: int) -> bool:
-        """`size` bytes of fd from offset 0 under name, unless there already (then False)."""
+    def upload_from(self, name: str, fd: int, size: int, settled: Callable[[], None] = lambda: None) -> bool:
+        """`size` bytes of fd from offset 0 under name, unless there already (then False).
+        settled() is called once every byte was read and before the object becomes visible: it
+        raises if the file changed meanwhile (nothing is then stored)."""
         if size <= PART_BYTES:
-            return self.put(name, os.pread(fd, size, 0) if size else b"", if_absent=True)
+            data = os.pread(fd, size, 0) if size else b""
+            settled()
+            return self.put(name, data, if_absent=True)
         offsets = list(range(0, size, PART_BYTES))
         return self._multipart(name, len(offsets), lambda i: os.pread(fd, min(PART_BYTES, size - offsets[i]),
-                                                                      offsets[i]))
+                                                                      offsets[i]), settled)
 
-    def upload_pieces(self, name: str, pieces: Iterator[bytes], spool: Callable[[], int]) -> tuple[int, bool]:
+    def upload_pieces(self, name: str, pieces: Iterator[bytes], spool: Callable[[], int],
+                      settled: Callable[[], None] = lambda: None) -> tuple[int, bool]:
         """The concatenated pieces under name, unless there already: their size, and whether written.
         Pieces are spooled into the file `spool()` opens (and this closes) so that parts can go in
         parallel and be read again by a retry."""
@@ -220,11 +257,13 @@ class Bucket:
                 while view:
                     n = os.pwrite(fd, view, at)
                     view, at = view[n:], at + n
+            settled()
             return at, self.upload_from(name, fd, at)
         finally:
             os.close(fd)
 
-    def _multipart(self, name: str, parts: int, read: Callable[[int], bytes]) -> bool:
+    def _multipart(self, name: str, parts: int, read: Callable[[int], bytes],
+                   settled: Callable[[], None] = lambda: None) -> bool:
         from botocore.exceptions import ClientError
 
         key = self._key(name)
@@ -241,6 +280,7 @@ class Bucket:
         done = False
         try:
             self.each(send, list(range(parts)))
+            settled()
             with self._calling(f"write {name}"):
                 try:
                     self._client.complete_multipart_upload(
@@ -257,9 +297,11 @@ class Bucket:
                 with contextlib.suppress(RouterError), self._calling(f"abort the upload of {name}"):
                     self._client.abort_multipart_upload(Bucket=self.url.bucket, Key=key, UploadId=upload)
 
-    def download(self, name: str, fd: int) -> int | None:
+    def download(self, name: str, fd: int, landed: Callable[[int, int], None] | None = None) -> int | None:
         """The object into fd from offset 0, in parallel ranges: its size, None if absent. The first
-        range's answer says the whole size (Content-Range), so no request is spent on asking."""
+        range's answer says the whole size (Content-Range), so no request is spent on asking.
+        landed(offset, length) is called for each range, in order, as soon as it and those before
+        it are written."""
         from botocore.exceptions import ClientError
 
         with self._calling(f"read {name}"):
@@ -283,7 +325,8 @@ class Bucket:
                 self._receive(name, body, fd, offset, end - offset)
 
         # The first range's body is read beside the others, not before them.
-        self.each(fetch, list(range(0, size, PART_BYTES)) or [0])
+        self.each(fetch, list(range(0, size, PART_BYTES)) or [0],
+                  None if landed is None else lambda offset: landed(offset, min(PART_BYTES, size - offset)))
         return size
 
     def _receive(self, name: str, body: Any, fd: int, offset: int, size: int) -> None:

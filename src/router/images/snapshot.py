@@ -30,7 +30,7 @@ import msgspec
 
 from router.config import write_private
 
-from .blobs import COPY_CHUNK, Backend
+from .blobs import COPY_CHUNK, Backend, SourceChanged
 from .crypt import ImageKey
 from .manifest import KIND_OF_MODE, Entry, Manifest
 
@@ -177,11 +177,20 @@ class Walk:
                 digest.update(piece)
             self.read += before.st_size
             name = self._name(digest.hexdigest())
+
+            def settled() -> None:  # before the blob can be seen: not stored under a hash it no longer has
+                if _identity(os.fstat(fd)) != _identity(before):
+                    raise SourceChanged(os.fsdecode(full))
+
             if not self._backend.has_blob(name):
-                if self._key is None:
-                    self.stored += self._backend.put_blob_from(name, fd, before.st_size)
-                else:
-                    self.stored += self._backend.put_blob(name, self._key.seal(_pieces(fd, before.st_size)))
+                try:
+                    if self._key is None:
+                        self.stored += self._backend.put_blob_from(name, fd, before.st_size, settled)
+                    else:
+                        self.stored += self._backend.put_blob(name, self._key.seal(_pieces(fd, before.st_size)),
+                                                              settled)
+                except SourceChanged:
+                    return None
             after = os.fstat(fd)
         finally:
             os.close(fd)

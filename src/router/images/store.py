@@ -41,7 +41,7 @@ from . import manifest as manifests
 from .args import MountArgs, SnapshotArgs
 from .blobs import Backend, LocalBackend
 from .crypt import ImageKey, WrongKey
-from .fs import empty_dir, store_error
+from .fs import empty_dir, outside_state, store_error
 from .manifest import Entry, Manifest, ManifestError
 from .materialize import copy_tree
 from .records import GcResult, ImageRecord, decode_record, encode_record, new_image_id, valid_image_id
@@ -57,23 +57,20 @@ _STAT_CACHE_LIMIT = 1_000_000
 
 class Images:
     def __init__(self, state_dir: pathlib.Path, method: MountMethod = "auto",
-                 backend: Callable[[LocalBackend, Callable[[], set[str] | None]], Backend] | None = None) -> None:
-        """`backend(local, pinned)`: where images live, given the local store (for a cache) and what
-        must stay in it; by default the local store itself."""
+                 backend: Callable[[LocalBackend], Backend] | None = None, serving: bool = True) -> None:
+        """`backend(local)`: where images live, given the local store (for a cache); by default the
+        local store itself. `serving`: a server's (the CLI's leaves the mount marks alone)."""
         self.root = state_dir / "images"
         self._state_dir = os.path.realpath(state_dir).encode()
         local = LocalBackend(self.root / "store")
-        self.backend: Backend = backend(local, self._pinned_blobs) if backend else local
-        self._mount_blobs: dict[str, set[str]] = {}  # an overlay-mounted image's blobs, which stay cached
+        self.backend: Backend = backend(local) if backend else local
         self._trees = Trees(self.root / "trees", self.backend.redirect)
         self._mounts = self.root / "mounts"
         self._empty = self.root / "empty"
         for d in (self._mounts, self._empty):
             d.mkdir(parents=True, exist_ok=True)
         self._lock_path = self.root / "lock"
-        # The mount table, the stat cache, the snapshot index; reentrant: a mount (which holds it)
-        # can evict from a remote store's cache, which asks what is mounted.
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # the mount table, the stat cache, the snapshot index
         self._snapshot_locks: dict[str, threading.Lock] = {}
         self._validated: set[str] = set()  # hashes of manifests validated since this store opened
         self._table_path = self.root / "mounts.msgpack"
@@ -84,7 +81,15 @@ class Images:
             method = "overlay" if mounts.can_mount(self.root) else "copy"
         self.method: mounts.Method = method
         self._by_snapshot = {r.snapshot_id: r.id for r in self.records() if r.snapshot_id}
-        self.backend.mounts_are(mounts.image_mounts(self._table))
+        if serving and not self.backend.keeps_blobs:
+            self.backend.mounts_are(mounts.image_mounts(self._table))
+            for m in self._table.mounts:  # the cache keeps what the overlay mounts of an earlier run read
+                if m.method == "overlay" and m.image_id:
+                    try:
+                        record = self.record_any(m.image_id)
+                        self.backend.pin(m.mount_id, set() if record.encrypted else self.manifest(record, None).blobs())
+                    except RouterError:
+                        self.backend.pin(m.mount_id, None)  # unknown now: keep everything
 
     # -- persistence ---------------------------------------------------------------------------
 
@@ -146,11 +151,6 @@ class Images:
 
     # -- snapshot ------------------------------------------------------------------------------
 
-    def _outside_state(self, path: bytes, field: str = "path") -> None:
-        real = os.path.realpath(path)
-        if real == self._state_dir or real.startswith(self._state_dir + b"/"):
-            raise invalid(field, f"{path!r} is inside the router's state directory")
-
     def snapshot(self, args: SnapshotArgs) -> str:
         if args.snapshot_id:
             with self._lock:
@@ -178,7 +178,7 @@ class Images:
             raise store_error(e, f"snapshot of {args.path!r}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"{args.path!r} is not a directory")
-        self._outside_state(args.path)
+        outside_state(self._state_dir, args.path)
         image_id = new_image_id()
         key = salt = None
         if args.key is not None:
@@ -203,8 +203,8 @@ class Images:
                     self._trees.build(digest, manifest)
                 if key is not None:
                     self.backend.put_doc(_MANIFESTS, image_id, key.seal_bytes(data))
-                elif self.backend.get_doc(_MANIFESTS, digest) is None:
-                    self.backend.put_doc(_MANIFESTS, digest, data)  # equal trees share one manifest
+                else:
+                    self.backend.put_doc_once(_MANIFESTS, digest, data)  # equal trees share one manifest
                 now = time.time()
                 record = ImageRecord(
                     id=image_id, snapshot_id=args.snapshot_id, created=now,
@@ -259,59 +259,74 @@ class Images:
         return None
 
     def mount(self, args: MountArgs) -> None:
-        record = self.record(args.image_id) if args.image_id else None
-        manifest = None
-        if record is not None and (record.encrypted or self.method != "overlay" or not self.backend.keeps_blobs
-                                   or not self._trees.path(record.manifest_sha256).is_dir()):
-            manifest = self.manifest(record, args.key)  # else the tree, built from it, is all a mount needs
         # Mounts are known by the directory itself: a path through a symlink names the same mount
         # (the kernel's mount table lists resolved paths, and a restart reads that table).
         target = os.path.realpath(args.path)
         if target == b"/":
             raise invalid("path", f"{args.path!r} resolves to /")
-        self._outside_state(target)
-        with self._lock:
-            top = next((m for m in reversed(self._table.mounts) if m.path == target), None)
-            if top is not None and top.image_id == args.image_id:
-                return  # a retry: already mounted there
-            created = False
-            if os.path.lexists(target):
-                if not os.path.isdir(target):
-                    raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"{target!r} exists and is not a directory")
-            else:
-                try:
-                    os.makedirs(target, 0o755)
-                except OSError as e:
-                    raise RouterError(grpc.StatusCode.FAILED_PRECONDITION,
-                                      f"cannot create {target!r}: {e.strerror}") from None
-                created = True
-            mount_id = secrets.token_hex(8)
+        outside_state(self._state_dir, target)
+        if self._mounted_there(target, args.image_id):  # a retry: already mounted there
+            return
+        mount_id = secrets.token_hex(8)
+        if args.image_id:
+            self.backend.mark_mount(mount_id, args.image_id)  # first: from now on no gc or rm elsewhere takes it
+        entry = None
+        try:
+            record = self.record(args.image_id) if args.image_id else None
+            manifest = None
+            if record is not None and (record.encrypted or self.method != "overlay" or not self.backend.keeps_blobs
+                                       or not self._trees.path(record.manifest_sha256).is_dir()):
+                manifest = self.manifest(record, args.key)  # else the tree, built from it, is all a mount needs
             blobs = manifest.blobs() if manifest is not None else set()
             plain = record is not None and not record.encrypted
+            # gc must not collect the image meanwhile; a remote store's blobs come to the cache first.
+            with self._flock(exclusive=False), self.backend.fetched(blobs, verify=plain), self._lock:
+                if self._mounted_there(target, args.image_id, locked=True):
+                    return  # mounted by a call that ran meanwhile
+                entry = self._mount_new(target, mount_id, record, manifest, args.key, blobs if plain else set())
+                self._table.mounts.append(entry)
+                self._save_table()
+        finally:
+            if entry is None and args.image_id:
+                self.backend.mounts_are(mounts.image_mounts(self._table))  # its mark goes again
+        logger.info("mounted %s at %r (%s)", args.image_id or "an empty directory", target, self.method,
+                    extra={"event": "image_mounted", "image_id": args.image_id, "method": self.method})
+
+    def _mounted_there(self, target: bytes, image_id: str, locked: bool = False) -> bool:
+        with contextlib.nullcontext() if locked else self._lock:
+            top = next((m for m in reversed(self._table.mounts) if m.path == target), None)
+            return top is not None and top.image_id == image_id
+
+    def _mount_new(self, target: bytes, mount_id: str, record: ImageRecord | None, manifest: Manifest | None,
+                   key: bytes | None, plain_blobs: set[str]) -> mounts.MountRecord:
+        created = False  # (the lock held, the blobs local)
+        if os.path.lexists(target):
+            if not os.path.isdir(target):
+                raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"{target!r} exists and is not a directory")
+        else:
             try:
-                # gc must not collect the image meanwhile; a remote store's blobs come to the cache.
-                with self._flock(exclusive=False), self.backend.fetched(blobs, verify=plain):
-                    if self.method == "overlay" and plain and blobs:
-                        for name in blobs:
-                            self.backend.redirect(name)  # an evicted blob's second name comes back with it
-                        self._mount_blobs[mount_id] = blobs
-                    if self.method == "overlay":
-                        self._mount_overlay(target, mount_id, record, manifest, args.key)
-                        entry = mounts.MountRecord(target, args.image_id, "overlay", mount_id, created=created)
-                    else:
-                        hidden = self._mount_copy(target, mount_id, record, manifest, args.key)
-                        entry = mounts.MountRecord(target, args.image_id, "copy", mount_id, hidden=hidden,
-                                                   created=created)
-            except BaseException as e:
-                self._mount_blobs.pop(mount_id, None)
-                shutil.rmtree(self._mounts / mount_id, ignore_errors=True)
-                if isinstance(e, OSError):
-                    raise store_error(e, f"mount at {target!r}") from None
-                raise
-            self._table.mounts.append(entry)
-            self._save_table()
-        logger.info("mounted %s at %r (%s)", args.image_id or "an empty directory", target, entry.method,
-                    extra={"event": "image_mounted", "image_id": args.image_id, "method": entry.method})
+                os.makedirs(target, 0o755)
+            except OSError as e:
+                raise RouterError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot create {target!r}: {e.strerror}") \
+                    from None
+            created = True
+        try:
+            if self.method == "overlay":
+                for name in plain_blobs:
+                    self.backend.redirect(name)  # an evicted blob's second name comes back with it
+                self.backend.pin(mount_id, plain_blobs)  # the overlay reads them from the cache
+                self._mount_overlay(target, mount_id, record, manifest, key)
+                hidden = b""
+            else:
+                hidden = self._mount_copy(target, mount_id, record, manifest, key)
+            return mounts.MountRecord(target, record.id if record else "", self.method, mount_id, hidden=hidden,
+                                      created=created)
+        except BaseException as e:
+            self.backend.unpin(mount_id)
+            shutil.rmtree(self._mounts / mount_id, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise store_error(e, f"mount at {target!r}") from None
+            raise
 
     def _content(self, record: ImageRecord, key: bytes | None) -> Callable[[Entry], Iterator[bytes]]:
         if record.encrypted:
@@ -383,21 +398,8 @@ class Images:
             except OSError as e:
                 raise store_error(e, f"unmount of {path!r}") from None
             self._table.mounts.remove(top)
-            self._mount_blobs.pop(top.mount_id, None)
+            self.backend.unpin(top.mount_id)
             self._save_table()
-
-    def _pinned_blobs(self) -> set[str] | None:
-        """The blobs overlay mounts here read from the cache (a mount made before a restart is looked up)."""
-        with self._lock:
-            for m in self._table.mounts:
-                if m.method == "overlay" and m.image_id and m.mount_id not in self._mount_blobs:
-                    try:
-                        record = self.record_any(m.image_id)
-                        self._mount_blobs[m.mount_id] = (set() if record.encrypted
-                                                         else self.manifest(record, None).blobs())
-                    except RouterError:  # gone from the store, or it cannot be reached: evict nothing
-                        return None
-            return set().union(*self._mount_blobs.values())
 
     def mounted_images(self) -> set[str]:
         with self._lock:
