@@ -63,14 +63,15 @@ class Options:
 class Job:
     seq: int  # 1-based line number
     command: str
-    attempts: int = 0
-    failed_on: set[int] = dataclasses.field(default_factory=set)  # targets it failed on
+    attempts: int = 0  # counted against --retries: not those a lost router ended
+    runs: int = 0  # every start, so that each has an exec id of its own
+    failed_on: set[str] = dataclasses.field(default_factory=set)  # targets it failed on
 
 
 @dataclasses.dataclass
 class Attempt:
     job: Job
-    target: int
+    target: str  # the router's HOST:PORT
     exec_id: str
     started: float  # unix time its BatchStart was sent
 
@@ -87,8 +88,16 @@ class Finished:
 
 
 @dataclasses.dataclass(frozen=True)
-class WatchFailed:
-    error: Exception
+class Lost:
+    """Execs a router lost (unknown to it after it came back) or may have (set aside): run again."""
+    exec_ids: list[str]
+    target: str
+    why: str = ""  # set, the router is set aside for it
+
+
+@dataclasses.dataclass(frozen=True)
+class Changed:
+    """Which routers take new jobs may have changed."""
 
 
 @dataclasses.dataclass(frozen=True)

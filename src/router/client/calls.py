@@ -10,6 +10,7 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router._proto import exec_control_pb2 as ec
 from router._proto import exec_control_pb2_grpc as ec_grpc
@@ -251,6 +252,7 @@ class _Client:
         stubs = (pb_grpc.TaskCommandRouterStub(self._channel), ec_grpc.ExecControlStub(self._channel))
         # Every RPC of both services by name (no name is in both).
         self._rpcs: dict[str, Any] = {name: rpc for stub in stubs for name, rpc in vars(stub).items()}
+        self._rpcs["HealthCheck"] = health_pb2_grpc.HealthStub(self._channel).Check  # its Watch is not ours
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._retries = retries
 
@@ -362,6 +364,11 @@ class _Client:
 
     def _resize(self, exec_id: str, rows: int, cols: int) -> _Steps[None]:
         yield from self._unary("Resize", ec.ResizeRequest(task_id=self.task_id, exec_id=exec_id, rows=rows, cols=cols))
+
+    def _ready(self, timeout: float) -> _Steps[bool]:
+        """Readiness (grpc.health.v1, service ""), asked once: a failure is raised, not retried."""
+        response = yield _Call("HealthCheck", health_pb2.HealthCheckRequest(service=""), timeout)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
     def _batch_start(self, items: Sequence[pb.TaskExecStartRequest]) -> _Steps[list[ec.BatchItemResult]]:
         response = yield from self._unary("BatchStart", ec.BatchStartRequest(task_id=self.task_id, items=items), 300)
