@@ -83,13 +83,14 @@ def test_600_jobs_while_one_router_is_killed_and_another_restarted(tmp_path: pat
             proc_a.send_signal(signal.SIGKILL)  # router and serving process: gone for good
             killed = time.time()
             rows_reach(log, 200)
-            proc_b.terminate()
-            assert proc_b.wait(15) == 0
+            proc_b.send_signal(signal.SIGKILL)
+            proc_b.wait()
             restarted = time.time()
             stack.enter_context(router_process(b, "--listen", at_b))  # the same address, the same journal
             code, err = finish(run)
     assert code == 0, err[-3000:]
-    assert f"{at_a} set aside" in err, err
+    assert f"{at_a} set aside (no answer for 3 s)" in err, err
+    assert f"{at_b} set aside (it lost a job" in err and f"{at_b} is back" in err, err  # its journal said so
     rows = by_seq(joblog(log))
     assert sorted(rows) == list(range(1, 601)) and {r[6] for r in rows.values()} == {"0"}
     hosts = {seq: row[1] for seq, row in rows.items()}
@@ -102,6 +103,27 @@ def test_600_jobs_while_one_router_is_killed_and_another_restarted(tmp_path: pat
     for seq in range(1, 601):
         assert (results / str(seq) / "stdout").read_text() == f"{seq}\n"
         assert (results / str(seq) / "exit").read_text() == "0\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_router_back_without_its_jobs_has_them_run_again(tmp_path: pathlib.Path) -> None:
+    """Killed, and back on the same address with no journal: its jobs are unknown to it (NOT_FOUND),
+    so they run again (there, the only target) without using up --retries."""
+    log, ran = tmp_path / "log", tmp_path / "ran"
+    token = state_token(tmp_path)
+    with contextlib.ExitStack() as stack:
+        proc, listen = stack.enter_context(router_process(tmp_path, "--no-journal"))
+        with batch_running(token, [listen], "-j", "4", "--joblog", str(log), source=jobs(ran, 12, 1.0)) as run:
+            assert eventually(lambda: ran.exists() and len(starts(ran)) >= 4, 20)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            stack.enter_context(router_process(tmp_path, "--no-journal", "--listen", listen))
+            code, err = finish(run)
+    assert code == 0, err
+    assert f"{listen} set aside (it came back without its jobs)" in err and f"{listen} is back" in err, err
+    rows = by_seq(joblog(log))
+    assert sorted(rows) == list(range(1, 13)) and {r[6] for r in rows.values()} == {"0"}
+    assert len(starts(ran)) > 12  # the first four at least twice
 
 
 @pytest.mark.timeout(60)

@@ -199,8 +199,8 @@ class Fleet:
                     back = host.aside and ready
                     host.aside = host.aside and not ready
                     self._cond.notify_all()
-                else:
-                    back = False
+                else:  # no new jobs while it does not answer; set aside once that has lasted
+                    host.ready = back = False
                 silent = ready is None and now - host.answered > self.target_timeout and not host.aside
                 changed = was != (host.member and host.ready and not host.aside)
             if back:
