@@ -270,8 +270,9 @@ def parser() -> Parser:
                          usage_status=255,
                          description="Run each line of FILE (or stdin) with `sh -c` on the servers, N at once. "
                          "Exit status: 0 if every job succeeded, else the number of failed jobs (at most 101; "
-                         "with --halt ...,fail=1 the failed job's status); 255 if a server failed or for bad "
-                         "usage.")
+                         "with --halt ...,fail=1 the failed job's status); 255 if no server answered for "
+                         "--target-timeout, or for bad usage. A job whose server was lost runs again on another "
+                         "(at-least-once).")
     add_connection_args(bat, many=True)
     bat.add_argument("-j", "--jobs", type=positive, default=os.cpu_count() or 1, metavar="N",
                      help="jobs at once over all targets (default: this machine's CPUs, %(default)s)")
