@@ -15,30 +15,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import pathlib
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from router import auth
 
-from ..suite.common import TASK_ID, TMP, RouterProcess, ServerProcess, cpu_seconds, serve_argv
+from ..suite.common import TASK_ID, RouterProcess, cpu_seconds
 from .trees import client_cpu, rotation
-
-
-class SharedKeyRouter(ServerProcess):
-    """`router serve` on a state directory holding `key`, so that one token serves every router."""
-    ready = RouterProcess.ready
-    drains_for = RouterProcess.drains_for
-    pid = RouterProcess.pid  # the serving process's, not its keeper's
-
-    def __init__(self, key: bytes) -> None:
-        state = pathlib.Path(tempfile.mkdtemp(prefix="router-bench-fleet-", dir=TMP))
-        (state / "jwt.key").write_bytes(key)
-        os.chmod(state / "jwt.key", 0o600)
-        super().__init__(serve_argv(state), state)
 
 
 def run_batch(src: str, targets: list[str], token: str, jobs: int, lines: int) -> tuple[float, float]:
@@ -71,7 +56,7 @@ def main() -> None:
     cli: dict[str, list[float]] = {name: [] for name in sides}
     server: dict[str, list[float]] = {name: [] for name in sides}
     with contextlib.ExitStack() as stack:
-        routers = [stack.enter_context(SharedKeyRouter(secret)) for _ in range(3)]
+        routers = [stack.enter_context(RouterProcess(token_key=secret)) for _ in range(3)]
         for src, count in sides.values():
             run_batch(src, [r.target for r in routers[:count]], token, args.jobs, 50)  # warm: imports, channels
         for number in range(args.rounds):

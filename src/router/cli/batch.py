@@ -227,10 +227,10 @@ class Batch:
             if isinstance(event, Interrupted):
                 self._interrupt(event.signal)
             elif isinstance(event, Changed):
-                self._set_aside_jobs()
+                self._silent_jobs()
             elif isinstance(event, Lost):
                 if event.why:
-                    self._fleet.set_aside(event.target, event.why)  # its other jobs: Changed
+                    self._fleet.set_aside(event.target, event.why)
                 self._lost(event.exec_ids)
             else:
                 self._finished(event)
@@ -242,9 +242,9 @@ class Batch:
         if not self._stopping:
             self._again(attempts)
 
-    def _set_aside_jobs(self) -> None:
-        """The jobs of every router set aside run again elsewhere."""
-        self._lost([i for i, a in self._running.items() if self._fleet.host(a.target).aside])
+    def _silent_jobs(self) -> None:
+        """The jobs of every router set aside for its silence run again elsewhere."""
+        self._lost([i for i, a in self._running.items() if self._fleet.host(a.target).silent])
 
     def _finished(self, event: Finished) -> None:
         attempt = self._running.get(event.exec_id)

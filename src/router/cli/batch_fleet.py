@@ -33,6 +33,7 @@ class Host:
         self.answered = now  # monotonic: its last answer (of a probe or a call), or when it was added
         self.ready = False  # the last probe's readiness
         self.aside = False  # set aside (silent too long, or lost an exec) until a probe finds it ready
+        self.silent = False  # set aside for its silence: its jobs may be gone with it
         self.member = True  # in the target set now
 
 
@@ -101,25 +102,28 @@ class Fleet:
         with self._cond:
             self._hosts[address].ready = False
 
-    def set_aside(self, address: str, why: str) -> None:
+    def set_aside(self, address: str, why: str, silent: bool = False) -> None:
+        """No new jobs for it until a probe finds it ready. `silent`: it has not answered for
+        target_timeout, and the jobs it runs are to run elsewhere; else it lost some (a restart),
+        each reported as its Watch finds it."""
         with self._cond:
             host = self._hosts[address]
-            if host.aside:
+            if host.aside and (host.silent or not silent):
                 return
-            host.aside = True
-            host.ready = False
+            host.aside, host.silent, host.ready = True, silent, False
             self._cond.notify_all()
-        self._say(f"{address} set aside ({why}); its jobs run again elsewhere")
+        self._say(f"{address} set aside ({why}); " + ("its jobs run again elsewhere" if silent else
+                                                       "the jobs it lost run again elsewhere"))
         self.on_change()
 
     def wait_back(self, address: str, since: float) -> bool:
         """After a call to it failed at `since` (monotonic): True once it has answered since, False
-        once it is set aside (or the run ends)."""
+        once it is set aside for its silence (or the run ends)."""
         with self._cond:
             host = self._hosts[address]
-            while host.answered <= since and not host.aside and not self._stopped:
+            while host.answered <= since and not host.silent and not self._stopped:
                 self._cond.wait(PROBE_SECS)
-            return host.answered > since and not host.aside and not self._stopped
+            return host.answered > since and not host.silent and not self._stopped
 
     def close(self) -> None:
         """End the probes and close every client (so their calls end); again, nothing."""
@@ -198,15 +202,16 @@ class Fleet:
                     host.ready = ready
                     back = host.aside and ready
                     host.aside = host.aside and not ready
+                    host.silent = host.silent and not ready
                     self._cond.notify_all()
                 else:  # no new jobs while it does not answer; set aside once that has lasted
                     host.ready = back = False
-                silent = ready is None and now - host.answered > self.target_timeout and not host.aside
+                silent = ready is None and now - host.answered > self.target_timeout and not host.silent
                 changed = was != (host.member and host.ready and not host.aside)
             if back:
                 self._say(f"{host.address} is back")
             if silent:
-                self.set_aside(host.address, f"no answer for {self.target_timeout:g} s")
+                self.set_aside(host.address, f"no answer for {self.target_timeout:g} s", silent=True)
             elif changed:
                 self.on_change()
             if not self._sleep(PROBE_SECS):
