@@ -2,6 +2,7 @@
 file edited mid-run, dns: targets, and a run with no router left; plus `router.client.targets`."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pathlib
@@ -12,12 +13,15 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 
+import grpc
 import pytest
 
+from router.client import AsyncRouterClient, RouterClient
 from router.client.targets import Spec, TargetError, Targets
+from router.errors import RouterError
 from tests.helpers.polling import eventually
 from tests.helpers.processes import ROUTER
-from tests.helpers.servers import router_process, state_token
+from tests.helpers.servers import TASK_ID, router_process, serving, state_token
 from tests.test_batch import by_seq, joblog, lines, target_at
 
 # Short enough for a test; the default is 30 s.
@@ -241,3 +245,20 @@ def test_targets_from_specs_and_a_file_read_again_when_it_changes(tmp_path: path
         Targets(files=[tmp_path / "missing"])
     with pytest.raises(TargetError, match="no target given"):
         Targets()
+
+
+def test_ready_is_the_routers_readiness(tmp_path: pathlib.Path) -> None:
+    async def ready_async(port: int, token: str) -> bool:
+        async with AsyncRouterClient(f"127.0.0.1:{port}", token, TASK_ID, retries=0) as client:
+            return await client.ready()
+
+    with serving(tmp_path) as (server, client, raw):
+        assert client.ready() and asyncio.run(ready_async(server.port, raw.token))
+        server.refuse_new_execs(RouterError(grpc.StatusCode.UNAVAILABLE, "handing over"))
+        assert eventually(lambda: not client.ready())  # (set on the server's loop thread)
+        assert not asyncio.run(ready_async(server.port, raw.token))
+        server.refuse_new_execs(None)
+        assert eventually(client.ready)
+    with RouterClient("127.0.0.1:1", "token", TASK_ID) as nobody, pytest.raises(grpc.RpcError) as error:
+        nobody.ready(timeout=2)  # asked once, not retried
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
