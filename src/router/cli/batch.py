@@ -52,7 +52,7 @@ from router._proto import task_command_router_pb2 as pb
 from router.client import RouterClient
 from router.client.targets import TargetError, Targets
 
-from .batch_fleet import PROBE_SECS, Fleet
+from .batch_fleet import PROBE_SECS, RECONNECT_SECS, Fleet
 from .batch_jobs import (
     CHUNK,
     CODE_NAMES,
@@ -379,7 +379,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                       joblog=args.joblog, results=args.results, resume=args.resume)
 
     def client(address: str) -> RouterClient:  # no retries: the fleet moves the jobs of a router that fails
-        return connect(args, retries=0, target=address, give_up=args.target_timeout)
+        return connect(args, retries=0, target=address, give_up=args.target_timeout, reconnect_secs=RECONNECT_SECS)
 
     try:
         if not args.target and not args.targets_file:

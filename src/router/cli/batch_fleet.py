@@ -20,6 +20,9 @@ from router.client.targets import Targets
 
 # How often the target set is looked at and each router's readiness asked.
 PROBE_SECS = 0.5
+# The longest wait between a channel's attempts to reconnect to a router gone away: one restarted
+# is found within about this long (grpc's own backoff doubles to 120 s).
+RECONNECT_SECS = 1.0
 # The longest a probe waits for its answer (less, with a shorter --target-timeout).
 PROBE_TIMEOUT = 5.0
 

@@ -15,7 +15,7 @@ ROUTER_FAILED = 255
 
 
 def connect(args: argparse.Namespace, retries: int = 10, target: str | None = None,
-            give_up: float | None = None) -> RouterClient:
+            give_up: float | None = None, reconnect_secs: float | None = None) -> RouterClient:
     """A client from the connection flags (add_connection_args), the environment and the local state;
     `target` in place of --target ("": the local server's), `give_up` of --give-up (batch has several)."""
     if target is None:
@@ -24,7 +24,7 @@ def connect(args: argparse.Namespace, retries: int = 10, target: str | None = No
     client = RouterClient.from_env(chosen, args.token, task_id=args.task_id, state_dir=args.state_dir,
                                    tls_ca=args.tls_ca or "", tls_cert=args.tls_cert or "",
                                    tls_key=args.tls_key or "", server_name=args.tls_server_name, retries=retries,
-                                   give_up=give_up or args.give_up)
+                                   give_up=give_up or args.give_up, reconnect_secs=reconnect_secs)
     args.connected = client  # for main()'s message if a call fails
     return client
 

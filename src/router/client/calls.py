@@ -223,11 +223,13 @@ class _Client:
 
     def __init__(self, target: str, token: str, task_id: str, *, retries: int = 10,
                  credentials: grpc.ChannelCredentials | None = None, server_name: str = "",
-                 give_up: float | None = None) -> None:
+                 give_up: float | None = None, reconnect_secs: float | None = None) -> None:
         """`credentials` (tls.client_credentials) make it a TLS channel; `server_name` overrides the
         name expected in the server's certificate. `retries`: how often a call failing with a
         RETRYABLE status is made again (in a row; a stream's resumes count the same). `give_up`:
-        a call fails once the router has not answered it for this many seconds, retries included."""
+        a call fails once the router has not answered it for this many seconds, retries included.
+        `reconnect_secs`: the longest wait between attempts to reconnect to a router gone away
+        (grpc's own: doubling to 120 s), so that one back after a restart is found soon."""
         self._give_up = give_up
         self.token_source = "given"  # where the token came from (from_env says), for error messages
         self.task_id = task_id
@@ -244,6 +246,9 @@ class _Client:
                 "grpc.http2.min_sent_ping_interval_without_data_ms", "grpc.http2.ping_timeout_ms",
                 "grpc.min_reconnect_backoff_ms")]
             options.append(("grpc.http2.max_pings_without_data", 0))
+        if reconnect_secs is not None:
+            options += [("grpc.initial_reconnect_backoff_ms", min(1000, int(reconnect_secs * 1000))),
+                        ("grpc.max_reconnect_backoff_ms", int(reconnect_secs * 1000))]
         if credentials is None:
             self._channel = self._grpc.insecure_channel(target, options=options)
         else:
@@ -259,12 +264,13 @@ class _Client:
     @classmethod
     def from_env(cls, target: str | None = None, token: str | None = None, *, task_id: str | None = None,
                  state_dir: str | os.PathLike[str] | None = None, tls_ca: str = "", tls_cert: str = "",
-                 tls_key: str = "", server_name: str = "", retries: int = 10, give_up: float | None = None) -> Self:
+                 tls_key: str = "", server_name: str = "", retries: int = 10, give_up: float | None = None,
+                 reconnect_secs: float | None = None) -> Self:
         """A client for what is given, the rest found in the usual places (`find_connection`)."""
         found = find_connection(target, token, task_id=task_id, state_dir=state_dir, tls_ca=tls_ca,
                                 tls_cert=tls_cert, tls_key=tls_key)
         client = cls(found.target, found.token, found.task_id, retries=retries, credentials=found.credentials,
-                     server_name=server_name, give_up=give_up)
+                     server_name=server_name, give_up=give_up, reconnect_secs=reconnect_secs)
         client.token_source = found.token_source
         return client
 
