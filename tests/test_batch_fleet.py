@@ -262,3 +262,13 @@ def test_ready_is_the_routers_readiness(tmp_path: pathlib.Path) -> None:
     with RouterClient("127.0.0.1:1", "token", TASK_ID) as nobody, pytest.raises(grpc.RpcError) as error:
         nobody.ready(timeout=2)  # asked once, not retried
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_refused_token_ends_the_run_naming_the_router(tmp_path: pathlib.Path) -> None:
+    """An error no other router would mend is not a router to set aside: one line, 255, as before fleets."""
+    with target_at(tmp_path) as a:
+        result = subprocess.run([*ROUTER, "batch", "--target", a.listen, "--token", "not-a-token"],
+                                input=b"true\n", capture_output=True, timeout=30, check=False)
+    assert result.returncode == 255, result.stderr
+    assert result.stderr.startswith(f"router batch: the router at {a.listen} refused the token (given)".encode())
+    assert result.stderr.count(b"\n") == 1

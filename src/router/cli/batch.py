@@ -59,6 +59,7 @@ from .batch_jobs import (
     KILL_GRACE_SECS,
     MAX_STATUS,
     PIPE_BYTES,
+    ROUTER_TROUBLE,
     Attempt,
     BatchError,
     Changed,
@@ -71,13 +72,15 @@ from .batch_jobs import (
     Options,
     Outcome,
     Progress,
+    Refused,
+    RouterRefused,
     read_jobs,
     write_results,
 )
 from .batch_watch import follow
-from .connection import ROUTER_FAILED, connect
+from .connection import ROUTER_FAILED, connect, failure
 
-Event = Finished | Lost | Changed | Interrupted
+Event = Finished | Lost | Refused | Changed | Interrupted
 # Exit causes that say the router, not the job, ended it: the job runs again elsewhere.
 ROUTER_ENDED = frozenset({ec.EXIT_CAUSE_LOST, ec.EXIT_CAUSE_SHUTDOWN})
 # A refused start that another router (or this one, later) may take: the job waits for one.
@@ -185,6 +188,8 @@ class Batch:
         try:
             results = self._fleet.host(target).client.batch_start(items)
         except grpc.RpcError as e:  # it may have started them: at-least-once
+            if e.code() not in ROUTER_TROUBLE:
+                raise RouterRefused(Refused(target, e)) from None
             self._fleet.refused(target)
             self._warn(f"{target} did not take {len(attempts)} jobs ({e.code().name}); they go elsewhere")
             self._again(attempts)
@@ -228,6 +233,8 @@ class Batch:
                 self._interrupt(event.signal)
             elif isinstance(event, Changed):
                 self._silent_jobs()
+            elif isinstance(event, Refused):
+                raise RouterRefused(event)
             elif isinstance(event, Lost):
                 if event.why:
                     self._fleet.set_aside(event.target, event.why)
@@ -402,6 +409,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
             return run(fleet, source, options)
     except (BatchError, OSError) as e:
         print(f"router batch: {e}", file=sys.stderr)
+        return ROUTER_FAILED
+    except RouterRefused as e:
+        print(f"router batch: {failure(e.error, fleet.host(e.target).client, None)}", file=sys.stderr)
         return ROUTER_FAILED
     except KeyboardInterrupt:  # a second Ctrl-C while the first was killing the jobs
         print("router batch: interrupted again; jobs may be left running", file=sys.stderr)

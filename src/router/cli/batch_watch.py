@@ -10,14 +10,14 @@ from router._proto import exec_control_pb2 as ec
 from router.client import STDERR, STDOUT, RouterClient
 
 from .batch_fleet import Fleet
-from .batch_jobs import OUTPUT_LIMIT, Finished, Lost
+from .batch_jobs import OUTPUT_LIMIT, ROUTER_TROUBLE, Finished, Lost, Refused
 
 
-def follow(fleet: Fleet, target: str, exec_ids: list[str], put: Callable[[Finished | Lost], None]) -> None:
+def follow(fleet: Fleet, target: str, exec_ids: list[str], put: Callable[[Finished | Lost | Refused], None]) -> None:
     """One Watch over a chunk's execs (its own thread): each exit, with its output, to `put`.
     A broken Watch waits for its router to answer again, hands on the execs it no longer knows
     (Lost: it came back without them) and watches the rest again; once the router is set aside,
-    the rest are Lost (the batch has run them again already)."""
+    the rest are Lost (the batch has run them again already). Any other error ends the run (Refused)."""
     client = fleet.host(target).client
     left = dict.fromkeys(exec_ids)
     started: dict[str, float] = {}
@@ -43,7 +43,10 @@ def follow(fleet: Fleet, target: str, exec_ids: list[str], put: Callable[[Finish
             return
         except ValueError:  # the channel was closed under it: the run is over
             return
-        except grpc.RpcError:
+        except grpc.RpcError as e:
+            if e.code() not in ROUTER_TROUBLE:
+                put(Refused(target, e))
+                return
             broken = True
             if not fleet.wait_back(target, time.monotonic()):
                 put(Lost(list(left), target))
