@@ -42,7 +42,7 @@ from router import auth
 from router._proto import task_command_router_pb2 as pb
 from router._proto import task_command_router_pb2_grpc as pb_grpc
 from router.client import CHANNEL_OPTIONS, STDOUT, exit_code
-from router.config import ServerConfig, read_server_info
+from router.config import ServerConfig, read_server_info, write_private
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -413,10 +413,13 @@ class RouterProcess(ServerProcess):
     drains_for = 1.0
 
     def __init__(self, startup_timeout: float = 30.0, args: Sequence[str] = (),
-                 log_root: str | None = LOG_ROOT, tls: bool = False) -> None:
+                 log_root: str | None = LOG_ROOT, tls: bool = False, token_key: bytes = b"") -> None:
+        """`token_key`: the key to serve with (one token for several routers), else one made for it."""
         self.log_dir: str | None = None
         state_dir = pathlib.Path(tempfile.mkdtemp(prefix="router-bench-", dir=TMP))
         try:
+            if token_key:
+                write_private(state_dir / "jwt.key", token_key)
             self.metadata = token_metadata(state_dir, TASK_ID)
             argv = [*serve_argv(state_dir), *args]
             if tls:  # a certificate for 127.0.0.1 from a CA made here, which the channels trust

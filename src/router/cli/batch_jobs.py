@@ -11,6 +11,7 @@ from typing import BinaryIO, TextIO
 import grpc
 
 from router._proto import exec_control_pb2 as ec
+from router.client import RETRYABLE
 
 # Output delivered in the exit event: 64 KiB is a pipe's buffer, and the size the batch benchmark
 # writes per job; the router reads it on its event loop, so each event's read stays short.
@@ -28,6 +29,10 @@ NOT_RUN = -1  # parallel's joblog Exitval for a job killed by a timeout (and her
 CHUNK = 256
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
+
+
+# A failed call that another router (or this one, later) may answer: the router, not the request, failed.
+ROUTER_TROUBLE = frozenset({*RETRYABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
 class BatchError(Exception):
@@ -63,14 +68,15 @@ class Options:
 class Job:
     seq: int  # 1-based line number
     command: str
-    attempts: int = 0
-    failed_on: set[int] = dataclasses.field(default_factory=set)  # targets it failed on
+    attempts: int = 0  # counted against --retries: not those a lost router ended
+    runs: int = 0  # every start, so that each has an exec id of its own
+    failed_on: set[str] = dataclasses.field(default_factory=set)  # targets it failed on
 
 
 @dataclasses.dataclass
 class Attempt:
     job: Job
-    target: int
+    target: str  # the router's HOST:PORT
     exec_id: str
     started: float  # unix time its BatchStart was sent
 
@@ -87,8 +93,31 @@ class Finished:
 
 
 @dataclasses.dataclass(frozen=True)
-class WatchFailed:
-    error: Exception
+class Lost:
+    """Execs a router lost (unknown to it after it came back) or may have (set aside): run again."""
+    exec_ids: list[str]
+    target: str
+    why: str = ""  # set, the router is set aside for it
+
+
+@dataclasses.dataclass(frozen=True)
+class Refused:
+    """A router answered with an error no other router would mend (a token refused, say)."""
+    target: str
+    error: grpc.RpcError
+
+
+class RouterRefused(Exception):
+    """Ends the run: `error` from the router at `target` (exit 255, one line saying why)."""
+
+    def __init__(self, event: Refused) -> None:
+        super().__init__(event.target)
+        self.target, self.error = event.target, event.error
+
+
+@dataclasses.dataclass(frozen=True)
+class Changed:
+    """Which routers take new jobs may have changed."""
 
 
 @dataclasses.dataclass(frozen=True)

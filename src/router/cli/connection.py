@@ -14,14 +14,17 @@ from .argtypes import seconds
 ROUTER_FAILED = 255
 
 
-def connect(args: argparse.Namespace, retries: int = 10, target: str | None = None) -> RouterClient:
+def connect(args: argparse.Namespace, retries: int = 10, target: str | None = None,
+            give_up: float | None = None, reconnect_secs: float | None = None) -> RouterClient:
     """A client from the connection flags (add_connection_args), the environment and the local state;
-    `target` in place of --target (batch has several)."""
-    chosen = target if target is not None else (args.target if isinstance(args.target, str) else None)
+    `target` in place of --target ("": the local server's), `give_up` of --give-up (batch has several)."""
+    if target is None:
+        target = args.target if isinstance(args.target, str) else None
+    chosen = target or None
     client = RouterClient.from_env(chosen, args.token, task_id=args.task_id, state_dir=args.state_dir,
                                    tls_ca=args.tls_ca or "", tls_cert=args.tls_cert or "",
                                    tls_key=args.tls_key or "", server_name=args.tls_server_name, retries=retries,
-                                   give_up=args.give_up)
+                                   give_up=give_up or args.give_up, reconnect_secs=reconnect_secs)
     args.connected = client  # for main()'s message if a call fails
     return client
 
@@ -50,7 +53,8 @@ def add_connection_args(p: argparse.ArgumentParser, many: bool = False) -> None:
     """`many`: --target may be given several times (batch)."""
     p.add_argument("--target", action="append" if many else "store",
                    help="HOST:PORT of the server (default: the local server, else 127.0.0.1:50051)"
-                   + ("; repeat it to spread the jobs over several servers" if many else ""))
+                   + ("; repeat it to spread the jobs over several servers; dns:NAME:PORT: every address "
+                      "NAME resolves to, resolved again every few seconds (a headless Service)" if many else ""))
     p.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV}, else minted from the local state directory)")
     p.add_argument("--task-id", help="default: the token's task")
     p.add_argument("--state-dir", help="the local router's state directory, for its address, TLS and a token "

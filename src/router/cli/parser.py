@@ -17,6 +17,9 @@ from .connection import add_connection_args
 
 DEFAULT_IMAGE_CACHE_BYTES = 10 << 30  # images/opening.py's; not imported: a CLI start pays for what it uses
 DEFAULT_GC_GRACE_SECS = 3600.0
+# `router batch --target-timeout`: as --give-up's, under which a router's calls fail anyway; a
+# handover or a restart on the same state directory is back well within it.
+DEFAULT_TARGET_TIMEOUT = 30.0
 
 
 def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
@@ -267,8 +270,9 @@ def parser() -> Parser:
                          usage_status=255,
                          description="Run each line of FILE (or stdin) with `sh -c` on the servers, N at once. "
                          "Exit status: 0 if every job succeeded, else the number of failed jobs (at most 101; "
-                         "with --halt ...,fail=1 the failed job's status); 255 if a server failed or for bad "
-                         "usage.")
+                         "with --halt ...,fail=1 the failed job's status); 255 if no server answered for "
+                         "--target-timeout, or for bad usage. A job whose server was lost runs again on another "
+                         "(at-least-once).")
     add_connection_args(bat, many=True)
     bat.add_argument("-j", "--jobs", type=positive, default=os.cpu_count() or 1, metavar="N",
                      help="jobs at once over all targets (default: this machine's CPUs, %(default)s)")
@@ -282,7 +286,14 @@ def parser() -> Parser:
     bat.add_argument("--halt", type=halt, metavar="now,fail=N|soon,fail=N",
                      help="after N failed jobs: kill the running ones (now) or wait for them (soon); start no more")
     bat.add_argument("--connect-timeout", type=seconds(above=True), default=10.0, metavar="SECS",
-                     help="give up on a server not reached within this long (default %(default)s)")
+                     help="fail if no server is reached within this long at the start (default %(default)s)")
+    bat.add_argument("--targets-file", action="append", metavar="FILE",
+                     help="more targets, one HOST:PORT (or dns:NAME:PORT) a line, read again when it changes: "
+                          "an added one gets jobs, a removed one no new ones")
+    bat.add_argument("--target-timeout", type=seconds(above=True), default=DEFAULT_TARGET_TIMEOUT, metavar="SECS",
+                     help="a server that has not answered for this long is set aside and its jobs run again "
+                          "elsewhere; when none has, the run fails with 255 (default %(default)s; used in "
+                          "place of --give-up)")
     bat.add_argument("file", nargs="?", default="-", metavar="FILE", help="one command line per line (default: stdin)")
     bat.set_defaults(func=_command("batch", "cmd_batch"))
     p.commands = dict(sub.choices)

@@ -94,6 +94,9 @@ class AsyncRouterClient(_Client):
     async def resize(self, exec_id: str, rows: int, cols: int) -> None:
         await self._run(self._resize(exec_id, rows, cols))
 
+    async def ready(self, timeout: float = 5.0) -> bool:
+        return await self._run(self._ready(timeout))
+
     async def batch_start(self, items: Sequence[pb.TaskExecStartRequest]) -> list[ec.BatchItemResult]:
         return await self._run(self._batch_start(items))
 

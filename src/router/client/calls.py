@@ -10,6 +10,7 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router._proto import exec_control_pb2 as ec
 from router._proto import exec_control_pb2_grpc as ec_grpc
@@ -222,11 +223,13 @@ class _Client:
 
     def __init__(self, target: str, token: str, task_id: str, *, retries: int = 10,
                  credentials: grpc.ChannelCredentials | None = None, server_name: str = "",
-                 give_up: float | None = None) -> None:
+                 give_up: float | None = None, reconnect_secs: float | None = None) -> None:
         """`credentials` (tls.client_credentials) make it a TLS channel; `server_name` overrides the
         name expected in the server's certificate. `retries`: how often a call failing with a
         RETRYABLE status is made again (in a row; a stream's resumes count the same). `give_up`:
-        a call fails once the router has not answered it for this many seconds, retries included."""
+        a call fails once the router has not answered it for this many seconds, retries included.
+        `reconnect_secs`: the longest wait between attempts to reconnect to a router gone away
+        (grpc's own: doubling to 120 s), so that one back after a restart is found soon."""
         self._give_up = give_up
         self.token_source = "given"  # where the token came from (from_env says), for error messages
         self.task_id = task_id
@@ -243,6 +246,9 @@ class _Client:
                 "grpc.http2.min_sent_ping_interval_without_data_ms", "grpc.http2.ping_timeout_ms",
                 "grpc.min_reconnect_backoff_ms")]
             options.append(("grpc.http2.max_pings_without_data", 0))
+        if reconnect_secs is not None:
+            options += [("grpc.initial_reconnect_backoff_ms", min(1000, int(reconnect_secs * 1000))),
+                        ("grpc.max_reconnect_backoff_ms", int(reconnect_secs * 1000))]
         if credentials is None:
             self._channel = self._grpc.insecure_channel(target, options=options)
         else:
@@ -251,18 +257,20 @@ class _Client:
         stubs = (pb_grpc.TaskCommandRouterStub(self._channel), ec_grpc.ExecControlStub(self._channel))
         # Every RPC of both services by name (no name is in both).
         self._rpcs: dict[str, Any] = {name: rpc for stub in stubs for name, rpc in vars(stub).items()}
+        self._rpcs["HealthCheck"] = health_pb2_grpc.HealthStub(self._channel).Check  # its Watch is not ours
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._retries = retries
 
     @classmethod
     def from_env(cls, target: str | None = None, token: str | None = None, *, task_id: str | None = None,
                  state_dir: str | os.PathLike[str] | None = None, tls_ca: str = "", tls_cert: str = "",
-                 tls_key: str = "", server_name: str = "", retries: int = 10, give_up: float | None = None) -> Self:
+                 tls_key: str = "", server_name: str = "", retries: int = 10, give_up: float | None = None,
+                 reconnect_secs: float | None = None) -> Self:
         """A client for what is given, the rest found in the usual places (`find_connection`)."""
         found = find_connection(target, token, task_id=task_id, state_dir=state_dir, tls_ca=tls_ca,
                                 tls_cert=tls_cert, tls_key=tls_key)
         client = cls(found.target, found.token, found.task_id, retries=retries, credentials=found.credentials,
-                     server_name=server_name, give_up=give_up)
+                     server_name=server_name, give_up=give_up, reconnect_secs=reconnect_secs)
         client.token_source = found.token_source
         return client
 
@@ -362,6 +370,11 @@ class _Client:
 
     def _resize(self, exec_id: str, rows: int, cols: int) -> _Steps[None]:
         yield from self._unary("Resize", ec.ResizeRequest(task_id=self.task_id, exec_id=exec_id, rows=rows, cols=cols))
+
+    def _ready(self, timeout: float) -> _Steps[bool]:
+        """Readiness (grpc.health.v1, service ""), asked once: a failure is raised, not retried."""
+        response = yield _Call("HealthCheck", health_pb2.HealthCheckRequest(service=""), timeout)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
     def _batch_start(self, items: Sequence[pb.TaskExecStartRequest]) -> _Steps[list[ec.BatchItemResult]]:
         response = yield from self._unary("BatchStart", ec.BatchStartRequest(task_id=self.task_id, items=items), 300)

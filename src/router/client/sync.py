@@ -121,6 +121,11 @@ class RouterClient(_Client):
     def resize(self, exec_id: str, rows: int, cols: int) -> None:
         self._run(self._resize(exec_id, rows, cols))
 
+    def ready(self, timeout: float = 5.0) -> bool:
+        """Whether the router takes new execs (its readiness: not draining, handing over or full);
+        a call that fails (the router does not answer) raises its error, without a retry."""
+        return self._run(self._ready(timeout))
+
     def batch_start(self, items: Sequence[pb.TaskExecStartRequest]) -> list[ec.BatchItemResult]:
         return self._run(self._batch_start(items))
 
