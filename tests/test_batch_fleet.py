@@ -124,7 +124,10 @@ def test_a_router_back_without_its_jobs_has_them_run_again(tmp_path: pathlib.Pat
             stack.enter_context(router_process(tmp_path, "--no-journal", "--listen", listen))
             code, err = finish(run)
     assert code == 0, err
-    assert f"{listen} set aside (it came back without its jobs)" in err and f"{listen} is back" in err, err
+    # Its Watch finds the jobs unknown; or, when the kill came before the BatchStart was answered,
+    # the start itself failed: either way those jobs run again.
+    assert (f"{listen} set aside (it came back without its jobs)" in err and f"{listen} is back" in err
+            or f"{listen} did not take" in err), err
     rows = by_seq(joblog(log))
     assert sorted(rows) == list(range(1, 13)) and {r[6] for r in rows.values()} == {"0"}
     assert len(starts(ran)) > 12  # the first four at least twice

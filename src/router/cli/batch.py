@@ -79,6 +79,7 @@ from .batch_jobs import (
 )
 from .batch_watch import follow
 from .connection import ROUTER_FAILED, connect, failure
+from .parser import DEFAULT_TARGET_TIMEOUT
 
 Event = Finished | Lost | Refused | Changed | Interrupted
 # Exit causes that say the router, not the job, ended it: the job runs again elsewhere.
@@ -379,6 +380,8 @@ def run(fleet: Fleet, source: BinaryIO, options: Options, out: BinaryIO | None =
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
+    if args.target_timeout is None:  # an explicit --give-up shorter than the default holds here too
+        args.target_timeout = min(DEFAULT_TARGET_TIMEOUT, args.give_up)
     if args.resume and not args.joblog:
         print("router batch: --resume needs --joblog", file=sys.stderr)
         return ROUTER_FAILED

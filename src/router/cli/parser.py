@@ -290,10 +290,10 @@ def parser() -> Parser:
     bat.add_argument("--targets-file", action="append", metavar="FILE",
                      help="more targets, one HOST:PORT (or dns:NAME:PORT) a line, read again when it changes: "
                           "an added one gets jobs, a removed one no new ones")
-    bat.add_argument("--target-timeout", type=seconds(above=True), default=DEFAULT_TARGET_TIMEOUT, metavar="SECS",
+    bat.add_argument("--target-timeout", type=seconds(above=True), default=None, metavar="SECS",
                      help="a server that has not answered for this long is set aside and its jobs run again "
-                          "elsewhere; when none has, the run fails with 255 (default %(default)s; used in "
-                          "place of --give-up)")
+                          f"elsewhere; when none has, the run fails with 255 (default {DEFAULT_TARGET_TIMEOUT:g}, "
+                          "or --give-up if shorter)")
     bat.add_argument("file", nargs="?", default="-", metavar="FILE", help="one command line per line (default: stdin)")
     bat.set_defaults(func=_command("batch", "cmd_batch"))
     p.commands = dict(sub.choices)
