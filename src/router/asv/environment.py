@@ -19,7 +19,7 @@ from asv import environment, util  # type: ignore[import-untyped]
 from asv.console import log  # type: ignore[import-untyped]
 from asv.runner import BENCHMARK_RUN_SCRIPT  # type: ignore[import-untyped]
 
-from .remote import Router, tar_of
+from .remote import tar_of
 from .settings import TARGET_VAR, router_for, target_of
 
 # Without a build_command/install_command of its own, the project is installed from its checkout

@@ -1,0 +1,140 @@
+"""The asv plugin `router.asv`, with real asv (the benchmarks' version) on a small project made here,
+through real routers that each run in their own mount namespace where the project's tree is a
+fresh tmpfs: whatever reaches the router's host (the checkout, the suite, asv's runner, the result
+files) can only have crossed through the router's calls."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from asv.util import sanitize_filename  # type: ignore[import-untyped]
+
+import router
+from router.client import RouterClient, exit_code
+from tests.helpers.servers import TASK_ID, router_process, state_token
+
+pytestmark = [pytest.mark.timeout(400),
+              pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace per router needs root")]
+
+ASV = [sys.executable, "-m", "asv"]
+BENCHMARKS = '''
+import tinypkg
+
+def time_add():
+    tinypkg.add(1, 2)
+
+def track_known():
+    return tinypkg.add(40, 2)
+
+def time_fails():
+    raise RuntimeError("boom from the benchmark")
+'''
+
+
+def make_project(local: pathlib.Path, targets: list[str], remote: pathlib.Path) -> pathlib.Path:
+    """A git repository with a package, three benchmarks and an asv.conf.json for the plugin."""
+    project = local / "project"
+    (project / "src" / "tinypkg").mkdir(parents=True)
+    (project / "benchmarks").mkdir()
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "tinypkg"\nversion = "0.1"\n')
+    (project / "src" / "tinypkg" / "__init__.py").write_text("def add(a, b):\n    return a + b\n")
+    (project / "benchmarks" / "__init__.py").write_text("")
+    (project / "benchmarks" / "bench.py").write_text(BENCHMARKS)
+    conf = {"version": 1, "project": "tinypkg", "repo": ".", "branches": ["main"], "pythons": ["3.11"],
+            "plugins": [".router.asv"], "environment_type": "router", "router_targets": targets,
+            "router_env_dir": str(remote), "benchmark_dir": "benchmarks", "env_dir": ".asv/env",
+            "results_dir": ".asv/results", "html_dir": ".asv/html"}
+    (project / "asv.conf.json").write_text(json.dumps(conf, indent=2))
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=project, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "tinypkg"], cwd=project, check=True)
+    return project
+
+
+@contextlib.contextmanager
+def hidden_router(state: pathlib.Path, hidden: pathlib.Path, key: bytes | None = None) -> Iterator[str]:
+    """`router serve` in its own mount namespace, `hidden` covered there by an empty tmpfs; `key`:
+    its token key (routers given the same take the same tokens)."""
+    state.mkdir()
+    if key is not None:
+        (state / "jwt.key").write_bytes(key)
+        (state / "jwt.key").chmod(0o600)
+    prefix = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"', str(hidden)]
+    with router_process(state, prefix=prefix) as (_, target):
+        yield target
+
+
+def asv(project: pathlib.Path, local: pathlib.Path, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`asv ARGS` in the project, as a user would type it; the plugin from this tree."""
+    (local / "home").mkdir(exist_ok=True)
+    (local / "tmp").mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(local / "home"), "TMPDIR": str(local / "tmp"), "ROUTER_TOKEN": token,
+           "PYTHONPATH": str(pathlib.Path(router.__file__).parent.parent)}
+    return subprocess.run([*ASV, *args], cwd=project, env=env, capture_output=True, text=True, timeout=350)
+
+
+def results(project: pathlib.Path) -> dict[str, dict[str, object]]:
+    """Each results file's env name: its benchmarks' first results."""
+    found = {}
+    for path in (project / ".asv" / "results" / "box").glob("*-router*.json"):
+        data = json.loads(path.read_text())
+        found[data["env_name"]] = {name: values[0] for name, values in data["results"].items()}
+    return found
+
+
+def test_a_run_through_a_router_gives_the_timing_the_tracked_value_and_the_failure(tmp_path: pathlib.Path) -> None:
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir()
+    with hidden_router(tmp_path / "state", local) as target:
+        project = make_project(local, [target], remote)
+        token = state_token(tmp_path / "state")
+        with RouterClient(target, token, TASK_ID) as client:
+            client.start("look", ["ls", "-A", str(project.parent)])
+            assert exit_code(client.wait("look")) == 0 and b"".join(client.read("look")) == b""
+        assert asv(project, local, token, "machine", "--yes", "--machine", "box").returncode == 0
+        run = asv(project, local, token, "run", "--machine", "box", "--show-stderr")
+        assert run.returncode == 2, run.stdout + run.stderr  # asv's status when a benchmark failed
+        with RouterClient(target, token, TASK_ID) as client:
+            ran = [" ".join(info.args) for info in client.execs()]
+    assert [env for env in results(project)] == ["router-py3.11"]
+    got = results(project)["router-py3.11"]
+    assert isinstance(got["bench.time_add"], list) and 0 < got["bench.time_add"][0] < 1
+    assert got["bench.track_known"] == [42]
+    assert got["bench.time_fails"] is None
+    assert "RuntimeError: boom from the benchmark" in run.stdout  # --show-stderr
+    # Every benchmark process ran on the router: asv's runner script, shipped there.
+    for name in ("bench.time_add", "bench.track_known", "bench.time_fails"):
+        assert any(f"benchmark.py run {remote}" in args and f" {name} " in args for args in ran), ran
+
+
+def test_two_targets_each_get_their_own_environment(tmp_path: pathlib.Path) -> None:
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir()
+    with hidden_router(tmp_path / "state1", local) as one:
+        token = state_token(tmp_path / "state1")  # one $ROUTER_TOKEN for both: they share the key
+        key = (tmp_path / "state1" / "jwt.key").read_bytes()
+        with hidden_router(tmp_path / "state2", local, key) as two:
+            project = make_project(local, [one, two], remote)
+            assert asv(project, local, token, "machine", "--yes", "--machine", "box").returncode == 0
+            run = asv(project, local, token, "run", "--machine", "box", "--parallel", "2")
+            ran = {}
+            for target in (one, two):
+                with RouterClient(target, token, TASK_ID) as client:
+                    ran[target] = [" ".join(info.args) for info in client.execs()]
+    assert run.returncode == 2, run.stdout + run.stderr
+    envs = results(project)
+    expected = {target: sanitize_filename(f"router-py3.11-ROUTER_TARGET{target}") for target in (one, two)}
+    assert sorted(envs) == sorted(expected.values()), envs
+    for target, env in expected.items():
+        assert envs[env]["bench.track_known"] == [42]
+        # each environment's benchmark processes ran on its own target
+        assert any("benchmark.py run" in args and "bench.track_known" in args for args in ran[target])
