@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,10 @@ import pytest
 from asv.util import sanitize_filename  # type: ignore[import-untyped]
 
 import router
+from router._proto import exec_control_pb2 as ec
 from router.client import RouterClient, exit_code
+from tests.helpers.polling import eventually
+from tests.helpers.processes import terminate
 from tests.helpers.servers import TASK_ID, router_process, state_token
 
 pytestmark = [pytest.mark.timeout(400),
@@ -37,7 +41,8 @@ def time_fails():
 '''
 
 
-def make_project(local: pathlib.Path, targets: list[str], remote: pathlib.Path) -> pathlib.Path:
+def make_project(local: pathlib.Path, targets: list[str], remote: pathlib.Path,
+                 benchmarks: str = BENCHMARKS) -> pathlib.Path:
     """A git repository with a package, three benchmarks and an asv.conf.json for the plugin."""
     project = local / "project"
     (project / "src" / "tinypkg").mkdir(parents=True)
@@ -47,7 +52,7 @@ def make_project(local: pathlib.Path, targets: list[str], remote: pathlib.Path) 
         '[project]\nname = "tinypkg"\nversion = "0.1"\n')
     (project / "src" / "tinypkg" / "__init__.py").write_text("def add(a, b):\n    return a + b\n")
     (project / "benchmarks" / "__init__.py").write_text("")
-    (project / "benchmarks" / "bench.py").write_text(BENCHMARKS)
+    (project / "benchmarks" / "bench.py").write_text(benchmarks)
     conf = {"version": 1, "project": "tinypkg", "repo": ".", "branches": ["main"], "pythons": ["3.11"],
             "plugins": [".router.asv"], "environment_type": "router", "router_targets": targets,
             "router_env_dir": str(remote), "benchmark_dir": "benchmarks", "env_dir": ".asv/env",
@@ -73,13 +78,18 @@ def hidden_router(state: pathlib.Path, hidden: pathlib.Path, key: bytes | None =
         yield target
 
 
-def asv(project: pathlib.Path, local: pathlib.Path, token: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """`asv ARGS` in the project, as a user would type it; the plugin from this tree."""
+def asv_env(local: pathlib.Path, token: str) -> dict[str, str]:
+    """asv's environment as a user's: the plugin from this tree, asv's temporary files in the tree."""
     (local / "home").mkdir(exist_ok=True)
     (local / "tmp").mkdir(exist_ok=True)
-    env = {**os.environ, "HOME": str(local / "home"), "TMPDIR": str(local / "tmp"), "ROUTER_TOKEN": token,
-           "PYTHONPATH": str(pathlib.Path(router.__file__).parent.parent)}
-    return subprocess.run([*ASV, *args], cwd=project, env=env, capture_output=True, text=True, timeout=350)
+    return {**os.environ, "HOME": str(local / "home"), "TMPDIR": str(local / "tmp"), "ROUTER_TOKEN": token,
+            "PYTHONPATH": str(pathlib.Path(router.__file__).parent.parent)}
+
+
+def asv(project: pathlib.Path, local: pathlib.Path, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`asv ARGS` in the project, as a user would type it."""
+    return subprocess.run([*ASV, *args], cwd=project, env=asv_env(local, token), capture_output=True, text=True,
+                          timeout=350)
 
 
 def results(project: pathlib.Path) -> dict[str, dict[str, object]]:
@@ -138,3 +148,65 @@ def test_two_targets_each_get_their_own_environment(tmp_path: pathlib.Path) -> N
         assert envs[env]["bench.track_known"] == [42]
         # each environment's benchmark processes ran on its own target
         assert any("benchmark.py run" in args and "bench.track_known" in args for args in ran[target])
+
+
+SLEEPER = BENCHMARKS + '''
+
+def time_sleeps():
+    import time
+    time.sleep(3600)
+time_sleeps.timeout = 3
+time_sleeps.repeat = 1
+time_sleeps.number = 1
+'''
+
+
+def running(client: RouterClient, name: str) -> list[ec.ExecInfo]:
+    return [info for info in client.execs() if info.running and name in info.args]
+
+
+def test_asv_timeouts_and_ctrl_c_end_the_remote_benchmark(tmp_path: pathlib.Path) -> None:
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir()
+    with hidden_router(tmp_path / "state", local) as target:
+        project = make_project(local, [target], remote, SLEEPER)
+        token = state_token(tmp_path / "state")
+        assert asv(project, local, token, "machine", "--yes", "--machine", "box").returncode == 0
+        run = asv(project, local, token, "run", "--machine", "box", "--bench", "time_sleeps", "--show-stderr")
+        assert "asv: benchmark timed out (timeout 3" in run.stdout, run.stdout + run.stderr
+        with RouterClient(target, token, TASK_ID) as client:
+            assert eventually(lambda: not running(client, "bench.time_sleeps"))
+            # Ctrl-C of `asv run` (the terminal's SIGINT goes to asv; its children have groups of their own)
+            with open(tmp_path / "asv.out", "wb") as out:
+                proc = subprocess.Popen([*ASV, "run", "--machine", "box", "--bench", "time_sleeps"], cwd=project,
+                                        env=asv_env(local, token), stdout=out, stderr=subprocess.STDOUT)
+                try:
+                    assert eventually(lambda: running(client, "bench.time_sleeps"), timeout=60)
+                    proc.send_signal(signal.SIGINT)
+                    assert proc.wait(timeout=30) != 0
+                finally:
+                    terminate(proc)
+            assert eventually(lambda: not running(client, "bench.time_sleeps"), timeout=10)
+        assert "Interrupted" in (tmp_path / "asv.out").read_text()
+
+
+def test_a_build_error_and_a_router_gone_are_reported_as_asv_reports_them(tmp_path: pathlib.Path) -> None:
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir()
+    with hidden_router(tmp_path / "state", local) as target:
+        project = make_project(local, [target], remote)
+        (project / "setup.py").write_text("raise SystemExit('tinypkg: this commit does not build')\n")
+        (project / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=61"]\n'
+                                                'build-backend = "setuptools.build_meta"\n')
+        subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+        subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "broken"],
+                       cwd=project, check=True)
+        token = state_token(tmp_path / "state")
+        assert asv(project, local, token, "machine", "--yes", "--machine", "box").returncode == 0
+        broken = asv(project, local, token, "run", "--machine", "box")
+    assert broken.returncode != 0
+    assert "tinypkg: this commit does not build" in broken.stdout + broken.stderr
+    assert "Failed to build the project" in broken.stdout + broken.stderr
+    gone = asv(project, local, token, "run", "--machine", "box")  # the router has stopped
+    assert gone.returncode != 0
+    assert f"cannot reach the router at {target}" in gone.stdout + gone.stderr, gone.stdout + gone.stderr
