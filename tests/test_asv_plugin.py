@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from asv.util import sanitize_filename  # type: ignore[import-untyped]
@@ -19,6 +20,7 @@ from asv.util import sanitize_filename  # type: ignore[import-untyped]
 import router
 from router._proto import exec_control_pb2 as ec
 from router.client import RouterClient, exit_code
+from tests.helpers.asv_project import BENCHMARKS, commit, make_project
 from tests.helpers.polling import eventually
 from tests.helpers.processes import terminate
 from tests.helpers.servers import TASK_ID, router_process, state_token
@@ -27,42 +29,9 @@ pytestmark = [pytest.mark.timeout(400),
               pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace per router needs root")]
 
 ASV = [sys.executable, "-m", "asv"]
-BENCHMARKS = '''
-import tinypkg
-
-def time_add():
-    tinypkg.add(1, 2)
-
-def track_known():
-    return tinypkg.add(40, 2)
-
-def time_fails():
-    raise RuntimeError("boom from the benchmark")
-'''
-
-
-def make_project(local: pathlib.Path, targets: list[str], remote: pathlib.Path,
-                 benchmarks: str = BENCHMARKS) -> pathlib.Path:
-    """A git repository with a package, three benchmarks and an asv.conf.json for the plugin."""
-    project = local / "project"
-    (project / "src" / "tinypkg").mkdir(parents=True)
-    (project / "benchmarks").mkdir()
-    (project / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
-        '[project]\nname = "tinypkg"\nversion = "0.1"\n')
-    (project / "src" / "tinypkg" / "__init__.py").write_text("def add(a, b):\n    return a + b\n")
-    (project / "benchmarks" / "__init__.py").write_text("")
-    (project / "benchmarks" / "bench.py").write_text(benchmarks)
-    conf = {"version": 1, "project": "tinypkg", "repo": ".", "branches": ["main"], "pythons": ["3.11"],
-            "plugins": [".router.asv"], "environment_type": "router", "router_targets": targets,
-            "router_env_dir": str(remote), "benchmark_dir": "benchmarks", "env_dir": ".asv/env",
-            "results_dir": ".asv/results", "html_dir": ".asv/html"}
-    (project / "asv.conf.json").write_text(json.dumps(conf, indent=2))
-    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
-    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=project, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
-    subprocess.run([*git, "commit", "-qm", "tinypkg"], cwd=project, check=True)
-    return project
+def plugin_conf(targets: list[str], remote: pathlib.Path) -> dict[str, Any]:
+    return {"plugins": [".router.asv"], "environment_type": "router", "router_targets": targets,
+            "router_env_dir": str(remote)}
 
 
 @contextlib.contextmanager
@@ -105,7 +74,7 @@ def test_a_run_through_a_router_gives_the_timing_the_tracked_value_and_the_failu
     local, remote = tmp_path / "local", tmp_path / "remote"
     local.mkdir()
     with hidden_router(tmp_path / "state", local) as target:
-        project = make_project(local, [target], remote)
+        project = make_project(local / "project", **plugin_conf([target], remote))
         token = state_token(tmp_path / "state")
         with RouterClient(target, token, TASK_ID) as client:
             client.start("look", ["ls", "-A", str(project.parent)])
@@ -115,6 +84,18 @@ def test_a_run_through_a_router_gives_the_timing_the_tracked_value_and_the_failu
         assert run.returncode == 2, run.stdout + run.stderr  # asv's status when a benchmark failed
         with RouterClient(target, token, TASK_ID) as client:
             ran = [" ".join(info.args) for info in client.execs()]
+        # The router's host recorded as an asv machine; the environments there removed.
+        tool = [sys.executable, "-m", "router.asv"]
+        recorded = subprocess.run([*tool, "machine", "--machine", "hostbox"], cwd=project, env=asv_env(local, token),
+                                  capture_output=True, text=True, timeout=60)
+        assert recorded.returncode == 0, recorded.stderr
+        machine = json.loads((local / "home" / ".asv-machine.json").read_text())["hostbox"]
+        assert machine["num_cpu"] == str(os.cpu_count()) and machine["machine"] == "hostbox"
+        assert (remote / "suites").is_dir()
+        removed = subprocess.run([*tool, "remove"], cwd=project, env=asv_env(local, token), capture_output=True,
+                                 text=True, timeout=60)
+        assert removed.returncode == 0 and f"{target}: removed {remote}" in removed.stdout, removed.stderr
+        assert not remote.exists()
     assert [env for env in results(project)] == ["router-py3.11"]
     got = results(project)["router-py3.11"]
     assert isinstance(got["bench.time_add"], list) and 0 < got["bench.time_add"][0] < 1
@@ -133,7 +114,7 @@ def test_two_targets_each_get_their_own_environment(tmp_path: pathlib.Path) -> N
         token = state_token(tmp_path / "state1")  # one $ROUTER_TOKEN for both: they share the key
         key = (tmp_path / "state1" / "jwt.key").read_bytes()
         with hidden_router(tmp_path / "state2", local, key) as two:
-            project = make_project(local, [one, two], remote)
+            project = make_project(local / "project", **plugin_conf([one, two], remote))
             assert asv(project, local, token, "machine", "--yes", "--machine", "box").returncode == 0
             run = asv(project, local, token, "run", "--machine", "box", "--parallel", "2")
             ran = {}
@@ -169,7 +150,7 @@ def test_asv_timeouts_and_ctrl_c_end_the_remote_benchmark(tmp_path: pathlib.Path
     local, remote = tmp_path / "local", tmp_path / "remote"
     local.mkdir()
     with hidden_router(tmp_path / "state", local) as target:
-        project = make_project(local, [target], remote, SLEEPER)
+        project = make_project(local / "project", SLEEPER, **plugin_conf([target], remote))
         token = state_token(tmp_path / "state")
         assert asv(project, local, token, "machine", "--yes", "--machine", "box").returncode == 0
         run = asv(project, local, token, "run", "--machine", "box", "--bench", "time_sleeps", "--show-stderr")
@@ -194,13 +175,11 @@ def test_a_build_error_and_a_router_gone_are_reported_as_asv_reports_them(tmp_pa
     local, remote = tmp_path / "local", tmp_path / "remote"
     local.mkdir()
     with hidden_router(tmp_path / "state", local) as target:
-        project = make_project(local, [target], remote)
+        project = make_project(local / "project", **plugin_conf([target], remote))
         (project / "setup.py").write_text("raise SystemExit('tinypkg: this commit does not build')\n")
         (project / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=61"]\n'
                                                 'build-backend = "setuptools.build_meta"\n')
-        subprocess.run(["git", "add", "-A"], cwd=project, check=True)
-        subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "broken"],
-                       cwd=project, check=True)
+        commit(project, "broken")
         token = state_token(tmp_path / "state")
         assert asv(project, local, token, "machine", "--yes", "--machine", "box").returncode == 0
         broken = asv(project, local, token, "run", "--machine", "box")

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import subprocess
+import uuid
 from typing import Any
 
 from asv import environment, util  # type: ignore[import-untyped]
@@ -155,9 +156,17 @@ class RouterEnvironment(environment.Environment):  # type: ignore[misc]
         cwd = self._map(os.path.abspath(kwargs.pop("cwd", None) or self._path), outputs)
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self._install_timeout
-        local = self._router.exec_command(self._router.in_dir(cwd, self.remote_path, command), env)
-        result = util.check_output(local, **kwargs)
+        marker = f"router-asv-{uuid.uuid4().hex}"
+        local = self._router.exec_command(self._router.in_dir(cwd, self.remote_path, command, marker), env)
+        try:
+            result = util.check_output(local, **kwargs)
+        except (KeyboardInterrupt, util.ProcessError) as e:
+            if not isinstance(e, util.ProcessError) or e.retcode == util.TIMEOUT_RETCODE:
+                self._router.end(marker)
+            raise
         code = result[2] if kwargs.get("return_stderr") else 0
+        if code == util.TIMEOUT_RETCODE:
+            self._router.end(marker)
         if code == 0:
             for mine, there in outputs.items():
                 self._router.fetch(there, mine)

@@ -30,8 +30,22 @@ class Router:
         return [sys.executable, "-m", "router.cli", "exec", f"--target={self.target}", *flags,
                 *([] if stdin else ["-n"]), "--", *args]
 
-    def in_dir(self, workdir: str, env_dir: str, args: Sequence[str]) -> list[str]:
-        return ["sh", "-c", WRAPPER, "sh", workdir, env_dir, *args]
+    def in_dir(self, workdir: str, env_dir: str, args: Sequence[str], marker: str = "sh") -> list[str]:
+        """`args` in `workdir`, `env_dir`/bin first on PATH; `marker` in its arguments finds it again."""
+        return ["sh", "-c", WRAPPER, marker, workdir, env_dir, *args]
+
+    def end(self, marker: str) -> None:
+        """Kill the running execs with `marker` among their arguments: `router exec` passes asv's
+        SIGTERM (timeout, Ctrl-C) on, but not when it comes before its handlers are in place, and
+        asv's SIGKILL a second later cannot be passed on."""
+        from router._proto import exec_control_pb2 as ec
+        from router.client import RouterClient  # grpc only in the asv process that needs it
+
+        with RouterClient.from_env(self.target, give_up=10.0, tls_ca=self.tls.get("tls-ca", ""),
+                                   tls_cert=self.tls.get("tls-cert", ""), tls_key=self.tls.get("tls-key", "")) as client:
+            for info in client.execs(ec.EXEC_STATE_RUNNING):
+                if marker in info.args:
+                    client.kill(info.exec_id, 1.0, timeout=10.0)
 
     def check(self, args: Sequence[str], stdin: bytes | None = None, timeout: float | None = 600) -> bytes:
         """Run `args` there; its stdout, or CalledProcessError (with stderr) when it fails."""
