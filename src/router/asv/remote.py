@@ -41,8 +41,9 @@ class Router:
         from router._proto import exec_control_pb2 as ec
         from router.client import RouterClient  # grpc only in the asv process that needs it
 
-        with RouterClient.from_env(self.target, give_up=10.0, tls_ca=self.tls.get("tls-ca", ""),
-                                   tls_cert=self.tls.get("tls-cert", ""), tls_key=self.tls.get("tls-key", "")) as client:
+        tls = self.tls.get
+        with RouterClient.from_env(self.target, give_up=10.0, tls_ca=tls("tls-ca", ""), tls_cert=tls("tls-cert", ""),
+                                   tls_key=tls("tls-key", "")) as client:
             for info in client.execs(ec.EXEC_STATE_RUNNING):
                 if marker in info.args:
                     client.kill(info.exec_id, 1.0, timeout=10.0)
