@@ -19,6 +19,7 @@ from asv.util import sanitize_filename  # type: ignore[import-untyped]
 
 import router
 from router._proto import exec_control_pb2 as ec
+from router._proto import task_command_router_pb2 as pb
 from router.client import RouterClient, exit_code
 from tests.helpers.asv_project import BENCHMARKS, commit, make_project
 from tests.helpers.polling import eventually
@@ -77,8 +78,9 @@ def test_a_run_through_a_router_gives_the_timing_the_tracked_value_and_the_failu
         project = make_project(local / "project", **plugin_conf([target], remote))
         token = state_token(tmp_path / "state")
         with RouterClient(target, token, TASK_ID) as client:
-            client.start("look", ["ls", "-A", str(project.parent)])
-            assert exit_code(client.wait("look")) == 0 and b"".join(client.read("look")) == b""
+            client.start("look", ["sh", "-c", 'ls -A "$0"; echo listed', str(project.parent)],
+                         stdout_config=pb.TASK_EXEC_STDOUT_CONFIG_PIPE)
+            assert exit_code(client.wait("look")) == 0 and b"".join(client.read("look")) == b"listed\n"
         assert asv(project, local, token, "machine", "--yes", "--machine", "box").returncode == 0
         run = asv(project, local, token, "run", "--machine", "box", "--show-stderr")
         assert run.returncode == 2, run.stdout + run.stderr  # asv's status when a benchmark failed

@@ -20,13 +20,14 @@ from asv import environment, util  # type: ignore[import-untyped]
 from asv.console import log  # type: ignore[import-untyped]
 from asv.runner import BENCHMARK_RUN_SCRIPT  # type: ignore[import-untyped]
 
-from .remote import tar_of
+from .remote import tar_of, tree
 from .settings import TARGET_VAR, router_for, target_of
 
 # Without a build_command/install_command of its own, the project is installed from its checkout
 # there (asv's default builds a wheel into a local cache directory that the host cannot see).
 BUILD_COMMAND: list[str] = []
 INSTALL_COMMAND = ["in-dir={env_dir} python -m pip install {build_dir}"]
+RUNNER = "benchmark.py"  # asv's runner script, there beside the suite
 SKIP_ENV = {"PATH", "PYTHONPATH", "ASV_PYTHONPATH", "HOME", "PWD", "OLDPWD", "SHLVL", "_"}
 
 
@@ -78,12 +79,9 @@ class RouterEnvironment(environment.Environment):  # type: ignore[misc]
         """Where asv's runner script and the benchmark suite are there: sent once per asv command."""
         key = (self._router.target, self._benchmark_dir)
         if key not in self._shipped:
-            digest = hashlib.sha256(tar_of(self._benchmark_dir)).hexdigest()[:16]
-            there = f"{self.root}/suites/{digest}"
-            self._router.send_tree(self._benchmark_dir, f"{there}/suite")
-            with open(BENCHMARK_RUN_SCRIPT, "rb") as f:
-                runner = f.read()
-            self._router.check(["sh", "-c", 'cat > "$1"', "sh", f"{there}/benchmark.py"], stdin=runner)
+            tar = tar_of({"suite": self._benchmark_dir, RUNNER: BENCHMARK_RUN_SCRIPT})
+            there = f"{self.root}/suites/{hashlib.sha256(tar).hexdigest()[:16]}"
+            self._router.send_tree(tar, there, keep=True)
             self._shipped[key] = there
         return self._shipped[key]
 
@@ -92,7 +90,7 @@ class RouterEnvironment(environment.Environment):  # type: ignore[misc]
         if not os.path.isabs(value):
             return value
         if value == BENCHMARK_RUN_SCRIPT:
-            return f"{self._suite_there()}/benchmark.py"
+            return f"{self._suite_there()}/{RUNNER}"
         for local, there in ((self._benchmark_dir, "suite"), (self._path, ""), (self._env_dir, "..")):
             if value == local or value.startswith(local + os.sep):
                 base = f"{self._suite_there()}/suite" if there == "suite" else os.path.normpath(
@@ -134,7 +132,7 @@ class RouterEnvironment(environment.Environment):  # type: ignore[misc]
     def checkout_project(self, repo: Any, commit_hash: str) -> None:
         super().checkout_project(repo, commit_hash)
         log.info(f"Sending the checkout to {self._router.target}")
-        self._router.send_tree(self._build_root, f"{self.remote_path}/project", skip=())
+        self._router.send_tree(tar_of(tree(self._build_root)), f"{self.remote_path}/project")
 
     def find_executable(self, executable: str) -> str:
         return f"{self.remote_path}/bin/{executable}"
@@ -157,19 +155,17 @@ class RouterEnvironment(environment.Environment):  # type: ignore[misc]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self._install_timeout
         marker = f"router-asv-{uuid.uuid4().hex}"
-        local = self._router.exec_command(self._router.in_dir(cwd, self.remote_path, command, marker), env)
+        there = self._router.in_dir(cwd, self.remote_path, command, marker)
+        local = [*self._router.proxy(), *(f"--env={key}={value}" for key, value in sorted(env.items())),
+                 *(f"--fetch={path}={mine}" for mine, path in outputs.items()), "--", *there]
         try:
             result = util.check_output(local, **kwargs)
         except (KeyboardInterrupt, util.ProcessError) as e:
             if not isinstance(e, util.ProcessError) or e.retcode == util.TIMEOUT_RETCODE:
                 self._router.end(marker)
             raise
-        code = result[2] if kwargs.get("return_stderr") else 0
-        if code == util.TIMEOUT_RETCODE:
+        if kwargs.get("return_stderr") and result[2] == util.TIMEOUT_RETCODE:
             self._router.end(marker)
-        if code == 0:
-            for mine, there in outputs.items():
-                self._router.fetch(there, mine)
         return result
 
 

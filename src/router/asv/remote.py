@@ -8,13 +8,16 @@ import os
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
 
 # Every remote command runs under this: its working directory made first (asv's are fresh temporary
 # directories), the environment's bin first on PATH as on a local virtualenv.
 WRAPPER = 'mkdir -p "$1" && cd "$1" && PATH="$2/bin:$PATH" && shift 2 && exec "$@"'
-
 
 @dataclass(frozen=True)
 class Router:
@@ -25,28 +28,22 @@ class Router:
     def exec_command(self, args: Sequence[str], env: Mapping[str, str] = {}, stdin: bool = False) -> list[str]:
         """The local command that runs `args` on the router's host, its output, exit status and
         signals passed through."""
-        flags = [f"--{name}={path}" for name, path in sorted(self.tls.items()) if path]
-        flags += [f"--env={key}={value}" for key, value in sorted(env.items())]
-        return [sys.executable, "-m", "router.cli", "exec", f"--target={self.target}", *flags,
-                *([] if stdin else ["-n"]), "--", *args]
+        flags = [*self.flags(), *(f"--env={key}={value}" for key, value in sorted(env.items()))]
+        return [sys.executable, "-m", "router.cli", "exec", *flags, *([] if stdin else ["-n"]), "--", *args]
 
     def in_dir(self, workdir: str, env_dir: str, args: Sequence[str], marker: str = "sh") -> list[str]:
         """`args` in `workdir`, `env_dir`/bin first on PATH; `marker` in its arguments finds it again."""
         return ["sh", "-c", WRAPPER, marker, workdir, env_dir, *args]
 
     def end(self, marker: str) -> None:
-        """Kill the running execs with `marker` among their arguments: `router exec` passes asv's
-        SIGTERM (timeout, Ctrl-C) on, but not when it comes before its handlers are in place, and
-        asv's SIGKILL a second later cannot be passed on."""
-        from router._proto import exec_control_pb2 as ec
-        from router.client import RouterClient  # grpc only in the asv process that needs it
+        """Kill the running execs with `marker` among their arguments (proxy.py says when)."""
+        subprocess.run([*self.proxy(), "--end", marker], timeout=60, check=False)
 
-        tls = self.tls.get
-        with RouterClient.from_env(self.target, give_up=10.0, tls_ca=tls("tls-ca", ""), tls_cert=tls("tls-cert", ""),
-                                   tls_key=tls("tls-key", "")) as client:
-            for info in client.execs(ec.EXEC_STATE_RUNNING):
-                if marker in info.args:
-                    client.kill(info.exec_id, 1.0, timeout=10.0)
+    def proxy(self) -> list[str]:
+        return [sys.executable, "-m", "router.asv.proxy", *self.flags()]
+
+    def flags(self) -> list[str]:
+        return [f"--target={self.target}", *(f"--{name}={path}" for name, path in sorted(self.tls.items()) if path)]
 
     def check(self, args: Sequence[str], stdin: bytes | None = None, timeout: float | None = 600) -> bytes:
         """Run `args` there; its stdout, or CalledProcessError (with stderr) when it fails."""
@@ -56,26 +53,26 @@ class Router:
     def succeeds(self, args: Sequence[str]) -> bool:
         return subprocess.run(self.exec_command(args), capture_output=True, timeout=600).returncode == 0
 
-    def send_tree(self, local: str, remote: str, skip: Iterable[str] = ()) -> None:
-        """Replace the directory `remote` there with the files of `local` (a tar on the exec's stdin)."""
-        self.check(["sh", "-c", 'rm -rf "$1" && mkdir -p "$1" && tar -x -f - -C "$1"', "sh", remote],
-                   stdin=tar_of(local, skip))
-
-    def fetch(self, remote: str, local: str) -> None:
-        """Copy the file `remote` there to `local`, and remove it there."""
-        data = self.check(["sh", "-c", 'cat "$1" && rm -f "$1"', "sh", remote])
-        with open(local, "wb") as out:
-            out.write(data)
+    def send_tree(self, tar: bytes, remote: str, keep: bool = False) -> None:
+        """Replace the directory `remote` there with the files of `tar` (on the exec's stdin),
+        unpacked beside it and renamed, so that no command sees it half made; `keep`: leave one
+        already there as it is (a name that says its content: several asv runs may send it at once)."""
+        script = ('t="$1.part.$$" && rm -rf "$t" && mkdir -p "$t" && tar -x -f - -C "$t" && '
+                  'if [ -n "$2" ] && [ -d "$1" ]; then rm -rf "$t"; else rm -rf "$1" && mv "$t" "$1"; fi')
+        self.check(["sh", "-c", script, "sh", remote, "keep" if keep else ""], stdin=tar)
 
 
-def tar_of(directory: str, skip: Iterable[str] = ()) -> bytes:
-    """An uncompressed tar of the directory's contents (names relative to it), without `skip` names
-    and without Python's caches."""
-    left_out = {*skip, "__pycache__", ".git"}
+def tar_of(paths: Mapping[str, str]) -> bytes:
+    """An uncompressed tar of each local path (a file, or a directory with what it holds) under its
+    name, without Python's caches and git's metadata."""
+    left_out = {"__pycache__", ".git"}
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name in sorted(os.listdir(directory)):
-            if name not in left_out:
-                tar.add(os.path.join(directory, name), arcname=name,
-                        filter=lambda info: None if os.path.basename(info.name) in left_out else info)
+        for name, path in sorted(paths.items()):
+            tar.add(path, arcname=name, filter=lambda info: None if os.path.basename(info.name) in left_out else info)
     return buffer.getvalue()
+
+
+def tree(directory: str) -> dict[str, str]:
+    """What a directory holds, for tar_of: its contents at the tar's top."""
+    return {name: os.path.join(directory, name) for name in os.listdir(directory)}
