@@ -9,6 +9,7 @@ mapped to their counterparts; any other absolute local path is a file the comman
 file): it is written in a scratch directory there and copied back after the command succeeded."""
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import re
@@ -44,6 +45,8 @@ class RouterEnvironment(environment.Environment):  # type: ignore[misc]
         self._remote_dir = str(getattr(conf, "router_env_dir", "") or ".cache/router-asv")
         self._benchmark_dir = os.path.abspath(conf.benchmark_dir)
         self._system_site = bool(getattr(conf, "router_system_site_packages", False))
+        # asv's own environment is not the host's: only these of its variables go (fnmatch patterns).
+        self._pass_env = [str(p) for p in getattr(conf, "router_pass_env", None) or []]
         self._python, self._requirements = python, requirements  # asv's __init__ names the env with them
         super().__init__(conf, python, requirements, tagged_env_vars)
         if conf.build_command is None:
@@ -143,11 +146,12 @@ class RouterEnvironment(environment.Environment):  # type: ignore[misc]
 
     def run_executable(self, executable: str, args: list[str], **kwargs: Any) -> Any:
         """asv's run_executable, on the router's host: the command's environment is what asv adds to
-        its own (its ASV_* variables, the matrix's, a command's VAR=value prefixes), paths mapped."""
+        its own (its ASV_* variables, the matrix's, a command's VAR=value prefixes) and the variables
+        `router_pass_env` names, paths mapped."""
         outputs: dict[str, str] = {}
         given = kwargs.pop("env", None) or os.environ
-        env = {key: value for key, value in given.items()
-               if key not in SKIP_ENV and os.environ.get(key) != value}
+        env = {key: value for key, value in given.items() if key not in SKIP_ENV and (
+            os.environ.get(key) != value or any(fnmatch.fnmatchcase(key, p) for p in self._pass_env))}
         env.update(self._global_env_vars, PIP_USER="false")
         env = {key: self._map(value, outputs) for key, value in env.items()}
         command = [self.find_executable(executable), *(self._map(arg, outputs) for arg in args)]
