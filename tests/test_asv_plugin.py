@@ -53,6 +53,7 @@ def asv_env(local: pathlib.Path, token: str) -> dict[str, str]:
     (local / "home").mkdir(exist_ok=True)
     (local / "tmp").mkdir(exist_ok=True)
     return {**os.environ, "HOME": str(local / "home"), "TMPDIR": str(local / "tmp"), "ROUTER_TOKEN": token,
+            "TINY_PASSED": "7", "TINY_OTHER": "8",
             "PYTHONPATH": str(pathlib.Path(router.__file__).parent.parent)}
 
 
@@ -141,6 +142,14 @@ def time_sleeps():
 time_sleeps.timeout = 3
 time_sleeps.repeat = 1
 time_sleeps.number = 1
+
+def track_passed():
+    import os
+    return int(os.environ.get("TINY_PASSED", "-1"))
+
+def track_not_passed():
+    import os
+    return int(os.environ.get("TINY_OTHER", "-1"))
 '''
 
 
@@ -148,13 +157,21 @@ def running(client: RouterClient, name: str) -> list[ec.ExecInfo]:
     return [info for info in client.execs() if info.running and name in info.args]
 
 
-def test_asv_timeouts_and_ctrl_c_end_the_remote_benchmark(tmp_path: pathlib.Path) -> None:
+def test_asv_check_the_environment_passed_timeouts_and_ctrl_c(tmp_path: pathlib.Path) -> None:
     local, remote = tmp_path / "local", tmp_path / "remote"
     local.mkdir()
     with hidden_router(tmp_path / "state", local) as target:
-        project = make_project(local / "project", SLEEPER, **plugin_conf([target], remote))
+        project = make_project(local / "project", SLEEPER, **plugin_conf([target], remote),
+                               router_pass_env=["TINY_P*"])
         token = state_token(tmp_path / "state")
         assert asv(project, local, token, "machine", "--yes", "--machine", "box").returncode == 0
+        checked = asv(project, local, token, "check")
+        assert checked.returncode == 0 and "No problems found" in checked.stdout, checked.stdout + checked.stderr
+        # Of asv's own environment, only what router_pass_env names reaches the benchmarks.
+        passed = asv(project, local, token, "run", "--machine", "box", "--bench", "passed")
+        assert passed.returncode == 0, passed.stdout + passed.stderr
+        assert results(project)["router-py3.11"]["bench.track_passed"] == [7]
+        assert results(project)["router-py3.11"]["bench.track_not_passed"] == [-1]
         run = asv(project, local, token, "run", "--machine", "box", "--bench", "time_sleeps", "--show-stderr")
         assert "asv: benchmark timed out (timeout 3" in run.stdout, run.stdout + run.stderr
         with RouterClient(target, token, TASK_ID) as client:
