@@ -38,14 +38,22 @@ def plugin_conf(targets: list[str], remote: pathlib.Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def hidden_router(state: pathlib.Path, hidden: pathlib.Path, key: bytes | None = None) -> Iterator[str]:
     """`router serve` in its own mount namespace, `hidden` covered there by an empty tmpfs; `key`:
-    its token key (routers given the same take the same tokens)."""
+    its token key (routers given the same take the same tokens). Yields its HOST:PORT."""
+    with hidden_router_process(state, hidden, key) as (_, target):
+        yield target
+
+
+@contextlib.contextmanager
+def hidden_router_process(state: pathlib.Path, hidden: pathlib.Path,
+                          key: bytes | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """hidden_router's process and HOST:PORT."""
     state.mkdir()
     if key is not None:
         (state / "jwt.key").write_bytes(key)
         (state / "jwt.key").chmod(0o600)
     prefix = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"', str(hidden)]
-    with router_process(state, prefix=prefix) as (_, target):
-        yield target
+    with router_process(state, prefix=prefix) as (proc, target):
+        yield proc, target
 
 
 def asv_env(local: pathlib.Path, token: str) -> dict[str, str]:
@@ -208,3 +216,27 @@ def test_a_build_error_and_a_router_gone_are_reported_as_asv_reports_them(tmp_pa
     gone = asv(project, local, token, "run", "--machine", "box")  # the router has stopped
     assert gone.returncode != 0
     assert f"cannot reach the router at {target}" in gone.stdout + gone.stderr, gone.stdout + gone.stderr
+
+
+def test_a_router_that_stops_mid_benchmark_is_a_failed_benchmark(tmp_path: pathlib.Path) -> None:
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir()
+    with hidden_router_process(tmp_path / "state", local) as (server, target):
+        project = make_project(local / "project", SLEEPER.replace("timeout = 3", "timeout = 300"),
+                               **plugin_conf([target], remote))
+        token = state_token(tmp_path / "state")
+        assert asv(project, local, token, "machine", "--yes", "--machine", "box").returncode == 0
+        with open(tmp_path / "asv.out", "wb") as out:
+            proc = subprocess.Popen([*ASV, "run", "--machine", "box", "--bench", "time_sleeps", "--show-stderr"],
+                                    cwd=project, env=asv_env(local, token), stdout=out, stderr=subprocess.STDOUT)
+            try:
+                with RouterClient(target, token, TASK_ID) as client:
+                    assert eventually(lambda: running(client, "bench.time_sleeps"), timeout=60)
+                server.terminate()  # --drain-secs 0: it kills its execs and stops
+                assert proc.wait(timeout=60) == 2  # asv's status when a benchmark failed
+            finally:
+                terminate(proc)
+    shown = (tmp_path / "asv.out").read_text()
+    assert "bench.time_sleeps" in shown and "failed" in shown, shown
+    # killed by the router as it stopped (SIGKILL: 128 + 9), as asv reports a killed local one
+    assert "asv: benchmark failed (exit status 137)" in shown, shown
