@@ -93,8 +93,9 @@ def test_a_run_through_a_router_gives_the_timing_the_tracked_value_and_the_failu
         assert asv(project, local, token, "machine", "--yes", "--machine", "box").returncode == 0
         run = asv(project, local, token, "run", "--machine", "box", "--show-stderr")
         assert run.returncode == 2, run.stdout + run.stderr  # asv's status when a benchmark failed
-        with RouterClient(target, token, TASK_ID) as client:
-            ran = [" ".join(info.args) for info in client.execs()]
+        listed = subprocess.run([sys.executable, "-m", "router.cli", "ls", "--target", target],
+                                env=asv_env(local, token), capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
         # The router's host recorded as an asv machine; the environments there removed.
         tool = [sys.executable, "-m", "router.asv"]
         recorded = subprocess.run([*tool, "machine", "--machine", "hostbox"], cwd=project, env=asv_env(local, token),
@@ -113,9 +114,10 @@ def test_a_run_through_a_router_gives_the_timing_the_tracked_value_and_the_failu
     assert got["bench.track_known"] == [42]
     assert got["bench.time_fails"] is None
     assert "RuntimeError: boom from the benchmark" in run.stdout  # --show-stderr
-    # Every benchmark process ran on the router: asv's runner script, shipped there.
-    for name in ("bench.time_add", "bench.track_known", "bench.time_fails"):
-        assert any(f"benchmark.py run {remote}" in args and f" {name} " in args for args in ran), ran
+    # `router ls` shows every benchmark process: asv's runner script, shipped there, run there.
+    for name, status in (("bench.time_add", "exit 0"), ("bench.track_known", "exit 0"), ("bench.time_fails", "exit 1")):
+        assert any(f"benchmark.py run {remote}" in line and f" {name} " in line and status in line
+                   for line in listed.stdout.splitlines()), listed.stdout
 
 
 def test_two_targets_each_get_their_own_environment(tmp_path: pathlib.Path) -> None:
