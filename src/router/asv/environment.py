@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import subprocess
+import tempfile
 import uuid
 from typing import Any
 
@@ -89,7 +90,8 @@ class RouterEnvironment(environment.Environment):  # type: ignore[misc]
         return self._shipped[key]
 
     def _map(self, value: str, outputs: dict[str, str]) -> str:
-        """A local path in a command as the host sees it; other values as they are."""
+        """A local path in a command as the host sees it: the environment's, the suite's, asv's
+        temporary ones; other values as they are."""
         if not os.path.isabs(value):
             return value
         if value == BENCHMARK_RUN_SCRIPT:
@@ -99,12 +101,15 @@ class RouterEnvironment(environment.Environment):  # type: ignore[misc]
                 base = f"{self._suite_there()}/suite" if there == "suite" else os.path.normpath(
                     f"{self.remote_path}/{there}")
                 return base + value[len(local):]
+        if not value.startswith(os.path.join(tempfile.gettempdir(), "")):
+            return value  # the host's own path, or a local one it cannot see
+        # asv's temporary directories (a benchmark's cwd, setup_cache's) and files (what the
+        # command writes: read back after it succeeded), in a scratch directory there
+        scratch = f"{self.root}/scratch/{hashlib.md5(value.encode()).hexdigest()}"
         if os.path.isdir(value):
-            return f"{self.root}/scratch/{hashlib.md5(value.encode()).hexdigest()}"
-        if os.path.isdir(os.path.dirname(value)):  # a file the command writes: read back after
-            outputs[value] = f"{self.root}/scratch/{hashlib.md5(value.encode()).hexdigest()}.out"
-            return outputs[value]
-        return value
+            return scratch
+        outputs[value] = f"{scratch}.out"
+        return outputs[value]
 
     # -- asv's interface ---------------------------------------------------------------------
 
@@ -125,9 +130,12 @@ class RouterEnvironment(environment.Environment):  # type: ignore[misc]
         self._run_there(["sh", "-c", 'rm -rf "$1"', "sh", self.remote_path], timeout=self._install_timeout)
         self._run_there(venv, timeout=self._install_timeout)
         log.info(f"Installing requirements for {self.name}")
-        wanted = {**self._requirements, **self._base_requirements}
-        specs = [(key[4:] if key.startswith("pip+") else key) + (val or "") for key, val in wanted.items()]
-        self.run_executable("python", ["-m", "pip", "install", *specs])
+        for key, val in {**self._requirements, **self._base_requirements}.items():  # as asv's virtualenv does
+            declaration = util.ParsedPipDeclaration(f"{key[4:] if key.startswith('pip+') else key} {val}")
+            util.construct_pip_call(self._run_pip, declaration)()
+
+    def _run_pip(self, args: list[str], **kwargs: Any) -> Any:
+        return self.run_executable("python", ["-m", "pip", *args], **kwargs)
 
     def _run_there(self, args: list[str], **kwargs: Any) -> Any:
         return util.check_output(self._router.exec_command(args), **kwargs)
