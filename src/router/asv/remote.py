@@ -40,7 +40,7 @@ class Router:
         subprocess.run([*self.proxy(), "--end", marker], timeout=60, check=False)
 
     def proxy(self) -> list[str]:
-        return [sys.executable, "-m", "router.asv.proxy", *self.flags()]
+        return [sys.executable, "-m", "router.asv_proxy", *self.flags()]
 
     def flags(self) -> list[str]:
         return [f"--target={self.target}", *(f"--{name}={path}" for name, path in sorted(self.tls.items()) if path)]

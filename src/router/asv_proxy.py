@@ -1,7 +1,8 @@
-"""`python -m router.asv.proxy`: the local process asv runs for a command in a router environment.
+"""`python -m router.asv_proxy`: the local process asv runs for a command in a router environment
+(the asv plugin `router.asv`'s; outside that package, which imports asv: ~0.1 s a benchmark).
 
-    python -m router.asv.proxy --target T [--tls-...] [--env K=V]... [--fetch THERE=LOCAL]... -- CMD...
-    python -m router.asv.proxy --target T [--tls-...] --end MARKER
+    python -m router.asv_proxy --target T [--tls-...] [--env K=V]... [--fetch THERE=LOCAL]... -- CMD...
+    python -m router.asv_proxy --target T [--tls-...] --end MARKER
 
 `router exec` of CMD (its output, exit status and the signals asv sends passed through), then, if it
 succeeded, each file THERE copied to LOCAL and removed there (asv's result files) through a client
@@ -34,7 +35,7 @@ def fetch(client: RouterClient, there: str, local: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m router.asv.proxy")
+    parser = argparse.ArgumentParser(prog="python -m router.asv_proxy")
     parser.add_argument("--target", required=True)
     for name in ("tls-ca", "tls-cert", "tls-key"):
         parser.add_argument(f"--{name}", default="")
