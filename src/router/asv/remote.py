@@ -10,14 +10,11 @@ import sys
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
 
 # Every remote command runs under this: its working directory made first (asv's are fresh temporary
 # directories), the environment's bin first on PATH as on a local virtualenv.
 WRAPPER = 'mkdir -p "$1" && cd "$1" && PATH="$2/bin:$PATH" && shift 2 && exec "$@"'
+
 
 @dataclass(frozen=True)
 class Router:
@@ -36,7 +33,7 @@ class Router:
         return ["sh", "-c", WRAPPER, marker, workdir, env_dir, *args]
 
     def end(self, marker: str) -> None:
-        """Kill the running execs with `marker` among their arguments (proxy.py says when)."""
+        """Kill the running execs with `marker` among their arguments (router.asv_proxy says why)."""
         subprocess.run([*self.proxy(), "--end", marker], timeout=60, check=False)
 
     def proxy(self) -> list[str]:

@@ -48,6 +48,7 @@ _iter_matrix = environment.iter_matrix
 
 def iter_matrix(environment_type: str, pythons: list[str], conf: Any,
                 explicit_selection: bool = False) -> Iterator[dict[tuple[str, str | None], Any]]:
+    """asv's combinations, each once per target when there are several (see the module's docstring)."""
     for combination in _iter_matrix(environment_type, pythons, conf, explicit_selection):
         kind = environment_type or getattr(conf, "environment_type", "")
         many = kind == "router" and len(getattr(conf, "router_targets", None) or []) > 1
