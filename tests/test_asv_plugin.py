@@ -242,3 +242,32 @@ def test_a_router_that_stops_mid_benchmark_is_a_failed_benchmark(tmp_path: pathl
     assert "bench.time_sleeps" in shown and "failed" in shown, shown
     # killed by the router as it stopped (SIGKILL: 128 + 9), as asv reports a killed local one
     assert "asv: benchmark failed (exit status 137)" in shown, shown
+
+
+SLOWER = '''
+import tinypkg
+
+def time_add():
+    tinypkg.add(1, 2)
+'''
+
+
+def test_asv_continuous_and_find_through_a_router(tmp_path: pathlib.Path) -> None:
+    """A commit that makes `add` slow: `asv continuous` reports it, `asv find` names it."""
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir()
+    with hidden_router(tmp_path / "state", local) as target:
+        project = make_project(local / "project", SLOWER, **plugin_conf([target], remote))
+        (project / "src" / "tinypkg" / "__init__.py").write_text(
+            "import time\n\ndef add(a, b):\n    time.sleep(0.02)\n    return a + b\n")
+        commit(project, "slow add")
+        slow = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        token = state_token(tmp_path / "state")
+        assert asv(project, local, token, "machine", "--yes", "--machine", "box").returncode == 0
+        cont = asv(project, local, token, "continuous", "--machine", "box", "--quick", "HEAD~1", "HEAD")
+        out = cont.stdout + cont.stderr
+        assert cont.returncode == 1 and "bench.time_add" in out and "PERFORMANCE DECREASED" in out.upper(), out
+        found = asv(project, local, token, "find", "--machine", "box", "HEAD~1..HEAD", "bench.time_add")
+        out = found.stdout + found.stderr
+        assert found.returncode == 0 and f"Greatest regression found: {slow[:8]}" in out, out
