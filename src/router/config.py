@@ -7,6 +7,7 @@ import os
 import pathlib
 import secrets
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
@@ -138,15 +139,20 @@ def ensure_state_dir(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def load_or_create_task_id(state_dir: pathlib.Path) -> str:
-    """The task id this state directory serves: generated once, then kept."""
-    path = state_dir / "task_id"
+def load_or_create_id(path: pathlib.Path, new: Callable[[], str]) -> str:
+    """The id kept in `path`: `new()`, written there (owner-only) the first time, then kept."""
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        task_id = "ta-" + secrets.token_hex(12)
-        write_private(path, task_id.encode() + b"\n")
-        return task_id
+        made = new()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(path, made.encode() + b"\n")
+        return made
+
+
+def load_or_create_task_id(state_dir: pathlib.Path) -> str:
+    """The task id this state directory serves: generated once, then kept."""
+    return load_or_create_id(state_dir / "task_id", lambda: "ta-" + secrets.token_hex(12))
 
 
 def write_server_info(state_dir: pathlib.Path, info: ServerInfo) -> None:

@@ -5,7 +5,7 @@ import pathlib
 import secrets
 from typing import NamedTuple
 
-from router.config import write_private
+from router.config import load_or_create_id
 
 from .store import Images, MountMethod
 
@@ -17,18 +17,6 @@ class StoreFlags(NamedTuple):
     endpoint: str = ""  # an S3-compatible server's URL; empty: AWS's, from the region
     region: str = ""
     cache_bytes: int = DEFAULT_CACHE_BYTES  # the local cache of a bucket's blobs
-
-
-def load_or_create_store_id(state_dir: pathlib.Path) -> str:
-    """This state directory's name among the routers sharing a bucket (its mounts are marked under it)."""
-    path = state_dir / "images" / "store-id"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        store_id = secrets.token_hex(8)
-        write_private(path, store_id.encode() + b"\n")
-        return store_id
 
 
 def open_images(state_dir: pathlib.Path, method: MountMethod, flags: StoreFlags, serving: bool = True) -> Images:
@@ -43,7 +31,8 @@ def open_images(state_dir: pathlib.Path, method: MountMethod, flags: StoreFlags,
     bucket = Bucket(url, flags.endpoint, flags.region)
     try:
         bucket.check()
-        store_id = load_or_create_store_id(state_dir)
+        # This state directory's name among the routers sharing the bucket (its mounts are marked under it).
+        store_id = load_or_create_id(state_dir / "images" / "store-id", lambda: secrets.token_hex(8))
         return Images(state_dir, method, lambda local: RemoteBackend(bucket, local, flags.cache_bytes, store_id),
                       serving)
     except BaseException:
