@@ -21,7 +21,7 @@ import grpc
 
 from router.errors import RouterError
 
-from .blobs import COPY_CHUNK, LocalBackend
+from .blobs import LocalBackend, read_pieces
 from .s3 import Bucket
 
 logger = logging.getLogger(__name__)
@@ -122,10 +122,5 @@ class BlobCache:
 
 
 def _hash_range(digest: Any, fd: int, offset: int, size: int) -> None:
-    end = offset + size
-    while offset < end:
-        piece = os.pread(fd, min(COPY_CHUNK * 4, end - offset), offset)
-        if not piece:
-            break
+    for piece in read_pieces(fd, size, offset):
         digest.update(piece)
-        offset += len(piece)

@@ -101,6 +101,25 @@ def _fsync_dir(path: pathlib.Path) -> None:
         os.close(fd)
 
 
+def write_at(fd: int, data: bytes, offset: int) -> int:
+    """All of `data` into fd at `offset` (pwrite may write less than asked); its length."""
+    view = memoryview(data)
+    while view:
+        view = view[os.pwrite(fd, view, offset + len(data) - len(view)):]
+    return len(data)
+
+
+def read_pieces(fd: int, size: int, offset: int = 0) -> Iterator[bytes]:
+    """`size` bytes of fd from `offset`, in pieces (fewer only if the file is shorter)."""
+    end = offset + size
+    while offset < end:
+        piece = os.pread(fd, min(COPY_CHUNK, end - offset), offset)
+        if not piece:
+            return
+        offset += len(piece)
+        yield piece
+
+
 def copy_range(src: int, dst: int, size: int) -> None:
     """size bytes from src to dst, both from offset 0: in the kernel (a clone where the filesystem
     has reflinks), or through a buffer where the two filesystems cannot (overlay to ext4: EXDEV)."""
@@ -116,11 +135,7 @@ def copy_range(src: int, dst: int, size: int) -> None:
                 kernel = False
                 continue
         else:
-            piece = os.pread(src, min(COPY_CHUNK, size - done), done)
-            n = len(piece)
-            view = memoryview(piece)
-            while view:
-                view = view[os.pwrite(dst, view, done + n - len(view)):]
+            n = write_at(dst, os.pread(src, min(COPY_CHUNK, size - done), done), done)
         if n == 0:
             raise OSError(errno.EIO, f"the file shrank while it was stored ({done} of {size} bytes)")
         done += n

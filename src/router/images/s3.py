@@ -25,6 +25,8 @@ import grpc
 
 from router.errors import RouterError
 
+from .blobs import write_at
+
 PART_BYTES = 16 << 20  # at or below this a blob is one PUT; above, parts of this size
 THREADS = 8  # parts and ranges in flight per bucket
 T = TypeVar("T")
@@ -253,10 +255,7 @@ class Bucket:
         try:
             at = 0
             for piece in pieces:
-                view = memoryview(piece)
-                while view:
-                    n = os.pwrite(fd, view, at)
-                    view, at = view[n:], at + n
+                at += write_at(fd, piece, at)
             settled()
             return at, self.upload_from(name, fd, at)
         finally:
@@ -332,10 +331,7 @@ class Bucket:
     def _receive(self, name: str, body: Any, fd: int, offset: int, size: int) -> None:
         at = offset
         while piece := body.read(1 << 20):
-            view = memoryview(piece)
-            while view:
-                n = os.pwrite(fd, view, at)
-                view, at = view[n:], at + n
+            at += write_at(fd, piece, at)
         if at != offset + size:
             raise RouterError(grpc.StatusCode.UNAVAILABLE,
                               f"the image store {self.url} sent {at - offset} of {size} bytes of {name}: retry")

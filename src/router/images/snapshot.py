@@ -23,14 +23,13 @@ import os
 import pathlib
 import stat
 import zlib
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import msgspec
 
 from router.config import write_private
 
-from .blobs import COPY_CHUNK, Backend, SourceChanged
+from .blobs import Backend, SourceChanged, read_pieces
 from .crypt import ImageKey
 from .manifest import KIND_OF_MODE, Entry, Manifest
 
@@ -173,7 +172,7 @@ class Walk:
             if not stat.S_ISREG(before.st_mode):
                 return None  # replaced by something else since the walk saw it
             digest = hashlib.sha256()
-            for piece in _pieces(fd, before.st_size):
+            for piece in read_pieces(fd, before.st_size):
                 digest.update(piece)
             self.read += before.st_size
             name = self._name(digest.hexdigest())
@@ -187,7 +186,7 @@ class Walk:
                     if self._key is None:
                         self.stored += self._backend.put_blob_from(name, fd, before.st_size, settled)
                     else:
-                        self.stored += self._backend.put_blob(name, self._key.seal(_pieces(fd, before.st_size)),
+                        self.stored += self._backend.put_blob(name, self._key.seal(read_pieces(fd, before.st_size)),
                                                               settled)
                 except SourceChanged:
                     return None
@@ -197,17 +196,6 @@ class Walk:
         if _identity(before) != _identity(after):
             return None
         return CacheEntry(before.st_size, before.st_mtime_ns, before.st_ctime_ns, digest.hexdigest()), name
-
-
-def _pieces(fd: int, size: int) -> Iterator[bytes]:
-    """Exactly `size` bytes from offset 0 (fewer only if the file shrank: then caught by fstat)."""
-    offset = 0
-    while offset < size:
-        piece = os.pread(fd, min(COPY_CHUNK, size - offset), offset)
-        if not piece:
-            return
-        offset += len(piece)
-        yield piece
 
 
 def _xattrs(path: bytes) -> dict[str, bytes]:
