@@ -95,6 +95,7 @@ class BlobCache:
             finally:
                 os.close(fd)
             self.local.publish(tmp, name)
+            self.local.redirect(name)  # its short second name, which eviction took with it: trees redirect to it
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -312,8 +312,6 @@ class Images:
             created = True
         try:
             if self.method == "overlay":
-                for name in plain_blobs:
-                    self.backend.redirect(name)  # an evicted blob's second name comes back with it
                 self.backend.pin(mount_id, plain_blobs)  # the overlay reads them from the cache
                 self._mount_overlay(target, mount_id, record, manifest, key)
                 hidden = b""
