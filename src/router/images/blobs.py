@@ -60,8 +60,10 @@ class Backend(Protocol):
     def pin(self, mount_id: str, names: set[str] | None) -> None:
         """The blobs a mount reads from stay local until unpin() (None: unknown, keep all)."""
     def unpin(self, mount_id: str) -> None: ...
+    def unmark_mount(self, mount_id: str) -> None:
+        """Once the mount is gone, or was never made."""
     def mounts_are(self, mounted: dict[str, str]) -> None:
-        """This store's mounts now, mount id -> image id (remote.py: so that no router's gc collects them)."""
+        """At a start: this store's mounts, mount id -> image id (remote.py: so that no router's gc collects them)."""
     def mounted_anywhere(self) -> set[str]:
         """Images mounted through any router that shares this backend."""
     def abort_uploads(self, older_than: float) -> int: ...
@@ -188,6 +190,9 @@ class LocalBackend:
         pass  # nothing is evicted from a local store
 
     def unpin(self, mount_id: str) -> None:
+        pass
+
+    def unmark_mount(self, mount_id: str) -> None:
         pass
 
     def mounts_are(self, mounted: dict[str, str]) -> None:

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import grpc
@@ -193,14 +193,12 @@ class Coordinator:
         return listing
 
     @contextlib.contextmanager
-    def claim(self, waiting: Callable[[Claim], None]) -> Iterator[Claim]:
-        """`waiting(claim)` runs as the claim ends, before its object goes (the uploads it started)."""
+    def claim(self) -> Iterator[Claim]:
         gen = generation(self._bucket)
         claim = Claim(self._bucket, gen, self._listing_for(gen))
         try:
             yield claim
         finally:
-            waiting(claim)
             if claim.unbroken:  # the next snapshot of this generation knows what this one sent
                 sent = {k[len("blobs/"):] for k in claim.seen if k.startswith("blobs/")}
                 with self._lock:

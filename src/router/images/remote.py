@@ -78,18 +78,14 @@ class RemoteBackend:
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[SnapshotClaim]:
-        def settle(c: Claim) -> None:  # no upload outlives a failed snapshot
-            if snapshot is not None:
-                concurrent.futures.wait(snapshot.uploads)
-
-        snapshot: SnapshotClaim | None = None
-        with self._gc.claim(settle) as claim:
+        with self._gc.claim() as claim:
             snapshot = SnapshotClaim(claim)
             self._claims.claim = snapshot
             try:
                 yield snapshot
             finally:
                 self._claims.claim = None
+                concurrent.futures.wait(snapshot.uploads)  # none outlives a failed snapshot, nor its claim
 
     @contextlib.contextmanager
     def gc_pass(self, grace: float) -> Iterator[Sweep]:
@@ -102,18 +98,27 @@ class RemoteBackend:
         """Before a mount is made: from then on no router's gc or rm takes the image."""
         self.bucket.put(self._mounts_under + mount_id, image_id.encode())
 
+    def unmark_mount(self, mount_id: str) -> None:
+        """Once a mount is gone (or was never made). Best effort: a bucket that cannot be reached
+        now loses the mark at this router's next start (mounts_are)."""
+        try:
+            self.bucket.delete(self._mounts_under + mount_id)
+        except RouterError as e:
+            logger.warning("cannot remove mount %s's mark: %s", mount_id, e.message,
+                           extra={"event": "image_marks_failed"})
+
     def mounts_are(self, mounted: dict[str, str]) -> None:
-        """Marks for exactly these mounts: those of mounts gone are removed. Best effort: a bucket
-        that cannot be reached now is told at the next change or start."""
+        """At a start: marks for exactly these mounts, those of mounts gone removed (best effort)."""
         try:
             marked = {o.name[len(self._mounts_under):] for o in self.bucket.list(self._mounts_under)}
             for mount_id in set(mounted) - marked:
                 self.mark_mount(mount_id, mounted[mount_id])
-            for mount_id in marked - set(mounted):
-                self.bucket.delete(self._mounts_under + mount_id)
         except RouterError as e:
             logger.warning("cannot update this router's mount marks: %s", e.message,
                            extra={"event": "image_marks_failed"})
+            return
+        for mount_id in marked - set(mounted):
+            self.unmark_mount(mount_id)
 
     def mounted_anywhere(self) -> set[str]:
         return {(self.bucket.get(o.name) or b"").decode() for o in self.bucket.list(_MOUNTED)} - {""}

@@ -95,7 +95,6 @@ class Images:
 
     def _save_table(self) -> None:
         write_private(self._table_path, msgspec.msgpack.encode(self._table))
-        self.backend.mounts_are(mounts.image_mounts(self._table))  # in a bucket: no router's gc takes them
 
     @contextlib.contextmanager
     def _flock(self, exclusive: bool) -> Iterator[None]:
@@ -288,7 +287,7 @@ class Images:
                 self._save_table()
         finally:
             if entry is None and args.image_id:
-                self.backend.mounts_are(mounts.image_mounts(self._table))  # its mark goes again
+                self.backend.unmark_mount(mount_id)
         logger.info("mounted %s at %r (%s)", args.image_id or "an empty directory", target, self.method,
                     extra={"event": "image_mounted", "image_id": args.image_id, "method": self.method})
 
@@ -398,6 +397,7 @@ class Images:
             self._table.mounts.remove(top)
             self.backend.unpin(top.mount_id)
             self._save_table()
+        self.backend.unmark_mount(top.mount_id)  # a bucket's round trip, outside the lock
 
     def mounted_images(self) -> set[str]:
         with self._lock:
